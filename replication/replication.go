@@ -1,0 +1,219 @@
+// Package replication owns what Meridian knows about Postgres physical replication: log
+// sequence numbers (LSNs), the consistency tokens that carry a write's commit LSN back to the
+// client, the health and lag of a hot standby, and the bounded-staleness decision that picks
+// the source of a read (DESIGN.md §6).
+//
+// It talks to Postgres only through the small Querier interface (satisfied by *pgx.Conn,
+// *pgxpool.Pool and pgx.Tx), never opens connections itself, and never writes. Tests should run
+// it against a real primary and standby from internal/testenv.
+package replication
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Errors returned by this package.
+var (
+	// ErrBadLSN is returned for text that is not an LSN of the form "16/B374D848".
+	ErrBadLSN = errors.New("replication: malformed LSN")
+	// ErrBadToken is returned for a consistency token that does not decode.
+	ErrBadToken = errors.New("replication: malformed consistency token")
+	// ErrNotStandby is returned by standby-only queries run against a primary.
+	ErrNotStandby = errors.New("replication: server is not a standby")
+)
+
+// Querier is the part of pgx that this package needs.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// LSN is a Postgres write-ahead-log position.
+type LSN uint64
+
+// ParseLSN parses Postgres' textual LSN form, two hexadecimal halves separated by a slash.
+func ParseLSN(s string) (LSN, error) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok || hi == "" || lo == "" || len(hi) > 8 || len(lo) > 8 {
+		return 0, fmt.Errorf("%w: %q", ErrBadLSN, s)
+	}
+	h, err := strconv.ParseUint(hi, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %q", ErrBadLSN, s)
+	}
+	l, err := strconv.ParseUint(lo, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %q", ErrBadLSN, s)
+	}
+	return LSN(h<<32 | l), nil
+}
+
+// String returns the LSN in Postgres' textual form.
+func (l LSN) String() string {
+	return fmt.Sprintf("%X/%X", uint64(l)>>32, uint64(l)&0xFFFFFFFF)
+}
+
+// Token is a read-your-writes consistency token: the shard a write committed on and an LSN at
+// or after its commit record. A read carrying it may be served by a standby only once that
+// standby has replayed LSN.
+type Token struct {
+	Shard string
+	LSN   LSN
+}
+
+// tokenVersion prefixes every encoded token so the format can change without ambiguity.
+const tokenVersion = "1"
+
+var shardIDRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// Encode returns the token's opaque wire form (unpadded base64url of "1|shard|lsn-hex").
+// Tokens are not secrets and need no signature: a forged token can only make a read wait for,
+// or go to, a primary, never return another tenant's data.
+func (t Token) Encode() string {
+	raw := tokenVersion + "|" + t.Shard + "|" + strconv.FormatUint(uint64(t.LSN), 16)
+	return base64.RawURLEncoding.EncodeToString([]byte(raw))
+}
+
+// DecodeToken parses a token produced by Token.Encode.
+func DecodeToken(s string) (Token, error) {
+	if s == "" || len(s) > 256 {
+		return Token{}, ErrBadToken
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return Token{}, ErrBadToken
+	}
+	parts := strings.Split(string(raw), "|")
+	if len(parts) != 3 || parts[0] != tokenVersion || !shardIDRE.MatchString(parts[1]) {
+		return Token{}, ErrBadToken
+	}
+	lsn, err := strconv.ParseUint(parts[2], 16, 64)
+	if err != nil {
+		return Token{}, ErrBadToken
+	}
+	return Token{Shard: parts[1], LSN: LSN(lsn)}, nil
+}
+
+// CurrentLSN returns the primary's current WAL insert position. Taken after a write's COMMIT
+// returns, it is at or after that commit record, so it is a safe consistency-token LSN.
+func CurrentLSN(ctx context.Context, q Querier) (LSN, error) {
+	var s string
+	if err := q.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&s); err != nil {
+		return 0, fmt.Errorf("replication: current lsn: %w", err)
+	}
+	return ParseLSN(s)
+}
+
+// StandbyStatus is a standby's replication position at one moment.
+type StandbyStatus struct {
+	// Replayed is the last WAL position applied (visible to queries).
+	Replayed LSN
+	// Received is the last WAL position received from the primary.
+	Received LSN
+	// Lag is how far behind the primary the standby's visible state is. It is zero when every
+	// received record has been replayed, since an idle primary sends nothing newer.
+	Lag time.Duration
+}
+
+// ReadStandbyStatus queries a standby's replay position and lag. It returns ErrNotStandby when
+// the server is a primary.
+func ReadStandbyStatus(ctx context.Context, q Querier) (StandbyStatus, error) {
+	var (
+		inRecovery      bool
+		replayed, recvd *string
+		lagMicros       *float64
+	)
+	err := q.QueryRow(ctx, `SELECT pg_is_in_recovery(),
+		pg_last_wal_replay_lsn()::text,
+		pg_last_wal_receive_lsn()::text,
+		EXTRACT(EPOCH FROM (clock_timestamp() - pg_last_xact_replay_timestamp())) * 1e6`).
+		Scan(&inRecovery, &replayed, &recvd, &lagMicros)
+	if err != nil {
+		return StandbyStatus{}, fmt.Errorf("replication: standby status: %w", err)
+	}
+	if !inRecovery {
+		return StandbyStatus{}, ErrNotStandby
+	}
+	var st StandbyStatus
+	if replayed != nil {
+		if st.Replayed, err = ParseLSN(*replayed); err != nil {
+			return StandbyStatus{}, err
+		}
+	}
+	if recvd != nil {
+		if st.Received, err = ParseLSN(*recvd); err != nil {
+			return StandbyStatus{}, err
+		}
+	}
+	// Lag from the replay timestamp overstates an idle standby's lag (nothing new to replay), so
+	// it counts only while received WAL is still waiting to be replayed.
+	if lagMicros != nil && st.Received > st.Replayed && *lagMicros > 0 {
+		st.Lag = time.Duration(*lagMicros) * time.Microsecond
+	}
+	return st, nil
+}
+
+// Source is where a read is served from.
+type Source int
+
+// The read sources, in the words of the X-Read-Source header.
+const (
+	SourcePrimary Source = iota
+	SourceReplica
+	SourceCache
+)
+
+// String returns the X-Read-Source header value.
+func (s Source) String() string {
+	switch s {
+	case SourceReplica:
+		return "replica"
+	case SourceCache:
+		return "cache"
+	default:
+		return "primary"
+	}
+}
+
+// ReadRequest is what a read asks for.
+type ReadRequest struct {
+	// Strong is set by Prefer: consistency=strong.
+	Strong bool
+	// Token is the read's Consistency-Token, if any.
+	Token *Token
+}
+
+// Policy holds the staleness bounds. The zero value means the DESIGN.md defaults.
+type Policy struct {
+	// MaxStaleness is the most a standby may lag and still serve a default read (default 5 s).
+	MaxStaleness time.Duration
+}
+
+// DefaultMaxStaleness is Policy.MaxStaleness when unset.
+const DefaultMaxStaleness = 5 * time.Second
+
+// Decide picks the source of a read on shard from what the standby reported, without waiting.
+// A read carrying a token for this shard that the standby has not replayed yet goes to the
+// primary; the caller may first wait a short bound for the standby and ask again.
+func (p Policy) Decide(shard string, req ReadRequest, st StandbyStatus, standbyHealthy bool) Source {
+	maxStale := p.MaxStaleness
+	if maxStale <= 0 {
+		maxStale = DefaultMaxStaleness
+	}
+	switch {
+	case req.Strong, !standbyHealthy, st.Lag > maxStale:
+		return SourcePrimary
+	case req.Token != nil && req.Token.Shard == shard && st.Replayed < req.Token.LSN:
+		return SourcePrimary
+	default:
+		return SourceReplica
+	}
+}
