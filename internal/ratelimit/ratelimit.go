@@ -1,0 +1,540 @@
+// Package ratelimit decides whether the router admits a request, per tenant, per token
+// subject and per client IP, separately for each route class (DESIGN.md §7).
+//
+// The algorithm is GCRA (the generic cell rate algorithm, a token bucket stored as one
+// "theoretical arrival time" per key). All buckets a request touches are checked and updated by
+// one atomic Lua script in Redis (EVALSHA, falling back to EVAL when the script is not cached),
+// and a request is admitted only if every bucket admits it — a denied request consumes nothing.
+// Time comes from the Limiter's clock (Config.Now) and travels into the script, so the Redis and
+// the in-process paths compute exactly the same thing and tests can move time; routers sharing
+// one Redis therefore need NTP-synchronised clocks (a skew of d lets a bucket run d×rate ahead).
+//
+// If Redis fails or does not answer within Config.RedisTimeout, the decision is made by an
+// in-process limiter with the same algorithm; the package logs once per transition (slog) and
+// sets the gauge meridian_ratelimit_fallback to 1. While in fallback, at most one request per
+// Config.ProbeInterval tries Redis again; the first success switches back. The local limiter
+// starts with full buckets and is per process, so during an outage each router enforces the
+// limits on its own.
+//
+// The package never writes HTTP responses; Result.SetHeaders fills RateLimit-Limit,
+// RateLimit-Remaining, RateLimit-Reset and Retry-After for the router.
+//
+// Limits: Config.Limits maps (scope, class) to a rate and a burst. A rule for class "" applies
+// to every class of that scope through one shared bucket; a rule for a specific class takes
+// precedence and has its own bucket. A scope without any rule is not limited.
+//
+// Defaults (zero values):
+//   - Config.Redis nil: in-process only (the fallback gauge stays 0: nothing fell back).
+//   - Config.Limits nil: DefaultLimits() — tenant 500/s burst 1000, client IP 2000/s burst
+//     2000, subject unlimited (DESIGN.md §4 development defaults).
+//   - Config.RedisTimeout 0: 50 ms per decision.
+//   - Config.ProbeInterval 0: 1 s between Redis probes while in fallback.
+//   - Config.KeyPrefix "": "meridian:rl:".
+//   - Config.Now nil: time.Now.
+//   - Config.Logger nil: slog.Default().
+//   - Config.Registerer nil: metrics are kept but not registered anywhere.
+//   - Limit.Burst 0: max(1, ceil(Rate)).
+//
+// Tests run against a real redis-server from internal/testenv.
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Errors returned by this package.
+var (
+	// ErrBadClass means a Request named a route class other than read, write or admin.
+	ErrBadClass = errors.New("ratelimit: unknown route class")
+	// ErrBadLimit means a configured limit has a non-positive or non-finite rate or a negative burst.
+	ErrBadLimit = errors.New("ratelimit: invalid limit")
+)
+
+// Class is a route class.
+type Class string
+
+// Route classes.
+const (
+	ClassRead  Class = "read"
+	ClassWrite Class = "write"
+	ClassAdmin Class = "admin"
+)
+
+// Scope is what a bucket is keyed by.
+type Scope string
+
+// Scopes, in the order they are checked.
+const (
+	ScopeTenant  Scope = "tenant"
+	ScopeSubject Scope = "sub"
+	ScopeIP      Scope = "ip"
+)
+
+var scopes = [...]Scope{ScopeTenant, ScopeSubject, ScopeIP}
+
+// Limit is a sustained rate and the number of requests allowed at once.
+type Limit struct {
+	Rate  float64 `json:"rate" yaml:"rate"`   // requests per second, > 0
+	Burst int     `json:"burst" yaml:"burst"` // 0 = max(1, ceil(Rate))
+}
+
+func (l Limit) burst() int64 {
+	if l.Burst > 0 {
+		return int64(l.Burst)
+	}
+	return max(1, int64(math.Ceil(l.Rate)))
+}
+
+// interval is the GCRA emission interval in microseconds (at least 1).
+func (l Limit) interval() int64 {
+	return max(1, int64(math.Round(1e6/l.Rate)))
+}
+
+// Rule selects the requests a Limit applies to. Class "" means every class, sharing one bucket.
+type Rule struct {
+	Scope Scope
+	Class Class
+}
+
+// DefaultLimits returns DESIGN.md's development defaults.
+func DefaultLimits() map[Rule]Limit {
+	return map[Rule]Limit{
+		{Scope: ScopeTenant}: {Rate: 500, Burst: 1000},
+		{Scope: ScopeIP}:     {Rate: 2000, Burst: 2000},
+	}
+}
+
+// Config configures a Limiter. The package doc lists every default.
+type Config struct {
+	Redis         redis.Scripter
+	Limits        map[Rule]Limit
+	RedisTimeout  time.Duration
+	ProbeInterval time.Duration
+	KeyPrefix     string
+	Now           func() time.Time
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
+}
+
+// Request is what one HTTP request is limited by. Empty Tenant, Subject or IP skip that scope.
+type Request struct {
+	Class   Class
+	Tenant  string
+	Subject string
+	IP      string
+}
+
+// Result is one decision. When several buckets apply, the fields describe the binding one:
+// for a denied request the one that must wait longest, otherwise the one with the fewest
+// requests remaining.
+type Result struct {
+	Allowed    bool
+	Limit      int64         // the binding bucket's burst (RateLimit-Limit)
+	Remaining  int64         // requests still admitted at once (RateLimit-Remaining)
+	Reset      time.Duration // until the binding bucket is full again (RateLimit-Reset)
+	RetryAfter time.Duration // until a retry can succeed; 0 when allowed
+	Scope      Scope         // the binding scope; "" when nothing applied
+	Local      bool          // decided by the in-process fallback
+}
+
+// SetHeaders writes the RateLimit-* headers, and Retry-After when denied, in whole seconds
+// rounded up. It writes nothing when no limit applied.
+func (r Result) SetHeaders(h http.Header) {
+	if r.Scope == "" {
+		return
+	}
+	h.Set("RateLimit-Limit", strconv.FormatInt(r.Limit, 10))
+	h.Set("RateLimit-Remaining", strconv.FormatInt(r.Remaining, 10))
+	h.Set("RateLimit-Reset", strconv.FormatInt(ceilSeconds(r.Reset), 10))
+	if !r.Allowed {
+		h.Set("Retry-After", strconv.FormatInt(max(1, ceilSeconds(r.RetryAfter)), 10))
+	}
+}
+
+func ceilSeconds(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// Limiter makes rate-limit decisions. It is safe for concurrent use.
+type Limiter struct {
+	redis         redis.Scripter
+	limits        map[Rule]Limit
+	timeout       time.Duration
+	probeInterval time.Duration
+	prefix        string
+	now           func() time.Time
+	log           *slog.Logger
+	local         *localLimiter
+
+	fallback  atomic.Bool  // true while decisions are local because Redis failed
+	lastProbe atomic.Int64 // unix nanoseconds of the last Redis attempt while in fallback
+	probing   atomic.Bool  // one prober at a time
+	// transMu serialises fallback transitions so each is logged exactly once.
+	transMu sync.Mutex
+
+	fallbackGauge prometheus.Gauge
+	decisions     *prometheus.CounterVec
+	redisErrors   prometheus.Counter
+}
+
+// New builds a Limiter and registers its metrics with cfg.Registerer when non-nil.
+func New(cfg Config) (*Limiter, error) {
+	l := &Limiter{
+		redis:         cfg.Redis,
+		limits:        cfg.Limits,
+		timeout:       cfg.RedisTimeout,
+		probeInterval: cfg.ProbeInterval,
+		prefix:        cfg.KeyPrefix,
+		now:           cfg.Now,
+		log:           cfg.Logger,
+		local:         newLocalLimiter(),
+	}
+	if l.limits == nil {
+		l.limits = DefaultLimits()
+	}
+	for r, lim := range l.limits {
+		if !(lim.Rate > 0) || math.IsInf(lim.Rate, 0) || lim.Burst < 0 {
+			return nil, fmt.Errorf("%w: %s/%s rate %v burst %d", ErrBadLimit, r.Scope, r.Class, lim.Rate, lim.Burst)
+		}
+		switch r.Scope {
+		case ScopeTenant, ScopeSubject, ScopeIP:
+		default:
+			return nil, fmt.Errorf("%w: unknown scope %q", ErrBadLimit, r.Scope)
+		}
+		switch r.Class {
+		case "", ClassRead, ClassWrite, ClassAdmin:
+		default:
+			return nil, fmt.Errorf("%w: %q", ErrBadClass, r.Class)
+		}
+	}
+	if l.timeout <= 0 {
+		l.timeout = 50 * time.Millisecond
+	}
+	if l.probeInterval <= 0 {
+		l.probeInterval = time.Second
+	}
+	if l.prefix == "" {
+		l.prefix = "meridian:rl:"
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	if l.log == nil {
+		l.log = slog.Default()
+	}
+	l.fallbackGauge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "meridian_ratelimit_fallback",
+		Help: "1 while rate-limit decisions are made by the in-process limiter because Redis is unreachable.",
+	})
+	l.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meridian_ratelimit_decisions_total",
+		Help: "Rate-limit decisions by route class, decision (allowed, limited) and backend (redis, local).",
+	}, []string{"class", "decision", "backend"})
+	l.redisErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meridian_ratelimit_redis_errors_total",
+		Help: "Rate-limit decisions that fell back because Redis failed or timed out.",
+	})
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{l.fallbackGauge, l.decisions, l.redisErrors} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("ratelimit: register metrics: %w", err)
+			}
+		}
+	}
+	return l, nil
+}
+
+// Fallback reports whether decisions are currently made in-process.
+func (l *Limiter) Fallback() bool { return l.fallback.Load() }
+
+// bucket is one GCRA key with its limit.
+type bucket struct {
+	key   string
+	scope Scope
+	limit Limit
+}
+
+// buckets resolves the buckets req touches.
+func (l *Limiter) buckets(req Request) ([]bucket, error) {
+	switch req.Class {
+	case ClassRead, ClassWrite, ClassAdmin:
+	default:
+		return nil, fmt.Errorf("%w: %q", ErrBadClass, req.Class)
+	}
+	ids := [...]string{req.Tenant, req.Subject, req.IP}
+	var bs []bucket
+	for i, s := range scopes {
+		if ids[i] == "" {
+			continue
+		}
+		class := req.Class
+		lim, ok := l.limits[Rule{Scope: s, Class: class}]
+		if !ok {
+			class = ""
+			if lim, ok = l.limits[Rule{Scope: s}]; !ok {
+				continue
+			}
+		}
+		// The id goes last so that colons in it (IPv6) cannot collide with another key.
+		key := l.prefix + string(s) + ":" + string(class) + ":" + ids[i]
+		bs = append(bs, bucket{key: key, scope: s, limit: lim})
+	}
+	return bs, nil
+}
+
+// Allow decides req and, if allowed, consumes one request from every bucket it touches.
+// An error is returned only for an invalid request or when ctx itself has ended; Redis
+// failures are absorbed by the fallback.
+func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
+	bs, err := l.buckets(req)
+	if err != nil {
+		return Result{}, err
+	}
+	if len(bs) == 0 {
+		return Result{Allowed: true}, nil
+	}
+	now := l.now().UnixMicro()
+
+	if l.redis != nil && l.tryRedis() {
+		res, err := l.allowRedis(ctx, bs, now)
+		l.probing.Store(false)
+		if err == nil {
+			l.leaveFallback()
+			l.count(req.Class, res.Allowed, "redis")
+			return res, nil
+		}
+		if ctx.Err() != nil {
+			return Result{}, ctx.Err()
+		}
+		l.redisErrors.Inc()
+		l.enterFallback(err)
+	}
+	res := l.local.allow(bs, now)
+	res.Local = l.redis != nil
+	l.count(req.Class, res.Allowed, "local")
+	return res, nil
+}
+
+// tryRedis says whether this decision should go to Redis: always outside fallback, and for one
+// request per probe interval inside it.
+func (l *Limiter) tryRedis() bool {
+	if !l.fallback.Load() {
+		return true
+	}
+	now := time.Now().UnixNano() // real time: probing paces real network attempts
+	if now-l.lastProbe.Load() < int64(l.probeInterval) {
+		return false
+	}
+	if !l.probing.CompareAndSwap(false, true) {
+		return false
+	}
+	l.lastProbe.Store(now)
+	return true
+}
+
+func (l *Limiter) enterFallback(err error) {
+	l.transMu.Lock()
+	defer l.transMu.Unlock()
+	if l.fallback.Load() {
+		return
+	}
+	l.lastProbe.Store(time.Now().UnixNano())
+	l.fallback.Store(true)
+	l.fallbackGauge.Set(1)
+	l.log.Warn("ratelimit: Redis unreachable, using in-process limiter", "err", err)
+}
+
+func (l *Limiter) leaveFallback() {
+	if !l.fallback.Load() {
+		return
+	}
+	l.transMu.Lock()
+	defer l.transMu.Unlock()
+	if !l.fallback.Load() {
+		return
+	}
+	l.fallback.Store(false)
+	l.fallbackGauge.Set(0)
+	l.log.Info("ratelimit: Redis reachable again, using Redis")
+}
+
+func (l *Limiter) count(c Class, allowed bool, backend string) {
+	d := "limited"
+	if allowed {
+		d = "allowed"
+	}
+	l.decisions.WithLabelValues(string(c), d, backend).Inc()
+}
+
+// gcraScript checks every bucket and updates them all only if all admit the request.
+// KEYS: bucket keys. ARGV[1]: now (µs). Then per key i: ARGV[2i] emission interval (µs),
+// ARGV[2i+1] burst. Returns {allowed, then per key: remaining, retry_after_µs, reset_µs}.
+// TATs are stored as integer microseconds formatted with %.0f: Lua's default number format
+// keeps only 14 digits, which would corrupt a 16-digit timestamp.
+const gcraScript = `
+local now = tonumber(ARGV[1])
+local allowed = 1
+local out = {}
+local tats = {}
+for i = 1, #KEYS do
+  local t = tonumber(ARGV[2*i])
+  local burst = tonumber(ARGV[2*i+1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  if tat < now then tat = now end
+  local new_tat = tat + t
+  local diff = now - (new_tat - t * burst)
+  local remaining = math.floor(diff / t)
+  if remaining < 0 then
+    allowed = 0
+    out[#out+1] = 0
+    out[#out+1] = -diff
+    out[#out+1] = tat - now
+  else
+    tats[i] = new_tat
+    out[#out+1] = remaining
+    out[#out+1] = 0
+    out[#out+1] = new_tat - now
+  end
+end
+if allowed == 1 then
+  for i = 1, #KEYS do
+    local ttl = math.ceil((tats[i] - now) / 1000) + 1
+    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+  end
+end
+table.insert(out, 1, allowed)
+return out
+`
+
+var script = redis.NewScript(gcraScript)
+
+func (l *Limiter) allowRedis(ctx context.Context, bs []bucket, now int64) (Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.timeout)
+	defer cancel()
+	keys := make([]string, len(bs))
+	args := make([]any, 0, 1+2*len(bs))
+	args = append(args, now)
+	for i, b := range bs {
+		keys[i] = b.key
+		args = append(args, b.limit.interval(), b.limit.burst())
+	}
+	// Run uses EVALSHA and falls back to EVAL when Redis answers NOSCRIPT.
+	vals, err := script.Run(ctx, l.redis, keys, args...).Int64Slice()
+	if err != nil {
+		return Result{}, fmt.Errorf("ratelimit: redis: %w", err)
+	}
+	if len(vals) != 1+3*len(bs) {
+		return Result{}, fmt.Errorf("ratelimit: redis script returned %d values, want %d", len(vals), 1+3*len(bs))
+	}
+	outs := make([]outcome, len(bs))
+	for i := range bs {
+		outs[i] = outcome{remaining: vals[1+3*i], retryAfter: vals[2+3*i], reset: vals[3+3*i]}
+	}
+	return combine(bs, vals[0] == 1, outs), nil
+}
+
+// outcome is one bucket's part of a decision, in microseconds.
+type outcome struct {
+	remaining, retryAfter, reset int64
+}
+
+// combine picks the binding bucket's numbers.
+func combine(bs []bucket, allowed bool, outs []outcome) Result {
+	best := -1
+	for i, o := range outs {
+		if best < 0 {
+			best = i
+			continue
+		}
+		b := outs[best]
+		if allowed && o.remaining < b.remaining || !allowed && o.retryAfter > b.retryAfter {
+			best = i
+		}
+	}
+	o := outs[best]
+	r := Result{
+		Allowed:   allowed,
+		Limit:     bs[best].limit.burst(),
+		Remaining: max(0, o.remaining),
+		Reset:     time.Duration(max(0, o.reset)) * time.Microsecond,
+		Scope:     bs[best].scope,
+	}
+	if !allowed {
+		r.Remaining = 0
+		r.RetryAfter = time.Duration(max(1, o.retryAfter)) * time.Microsecond
+	}
+	return r
+}
+
+// localLimiter is the in-process GCRA used while Redis is unreachable; same arithmetic as
+// gcraScript.
+type localLimiter struct {
+	// mu guards the fields below.
+	mu        sync.Mutex
+	tats      map[string]int64 // key -> theoretical arrival time, µs
+	lastSweep int64
+}
+
+func newLocalLimiter() *localLimiter {
+	return &localLimiter{tats: make(map[string]int64)}
+}
+
+// sweepEvery bounds how often expired keys are dropped, so memory follows active keys only.
+const sweepEvery = int64(10 * time.Second / time.Microsecond)
+
+func (ll *localLimiter) allow(bs []bucket, now int64) Result {
+	ll.mu.Lock()
+	defer ll.mu.Unlock()
+	if now-ll.lastSweep > sweepEvery {
+		for k, tat := range ll.tats {
+			if tat <= now {
+				delete(ll.tats, k)
+			}
+		}
+		ll.lastSweep = now
+	}
+	allowed := true
+	outs := make([]outcome, len(bs))
+	newTats := make([]int64, len(bs))
+	for i, b := range bs {
+		t, burst := b.limit.interval(), b.limit.burst()
+		tat := max(ll.tats[b.key], now)
+		newTat := tat + t
+		diff := now - (newTat - t*burst)
+		remaining := floorDiv(diff, t)
+		if remaining < 0 {
+			allowed = false
+			outs[i] = outcome{remaining: 0, retryAfter: -diff, reset: tat - now}
+			continue
+		}
+		newTats[i] = newTat
+		outs[i] = outcome{remaining: remaining, reset: newTat - now}
+	}
+	if allowed {
+		for i, b := range bs {
+			ll.tats[b.key] = newTats[i]
+		}
+	}
+	return combine(bs, allowed, outs)
+}
+
+// floorDiv is math.floor(a/b) for b > 0, matching the Lua script for negative a.
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}

@@ -1,0 +1,466 @@
+// Package upstream chooses which API node a router request goes to and keeps that choice
+// resilient: region preference, power-of-two-choices balancing on in-flight requests, a
+// circuit breaker per node (which is also how failing nodes are ejected), bounded concurrency
+// per node, and retries with full-jitter backoff for idempotent requests only
+// (DESIGN.md §4 guardrails, §5).
+//
+// Nodes come from a Source (RegionSource adapts region.Cluster). A node is a candidate when
+// the source reports it healthy (active health: gossip says "ok") and its breaker admits it.
+// Breaker: closed → open after FailureThreshold consecutive failures (the node is ejected for
+// EjectBase, doubling on each re-ejection up to EjectMax) → half-open when that time has passed
+// (one probe request at a time) → closed on the probe's success (readmitted, backoff reset) or
+// open again on its failure.
+//
+// The package never queues: when every candidate is at MaxInFlight, Acquire returns
+// ErrSaturated at once and the router answers 503 with Retry-After (Config.RetryAfter).
+// It never writes HTTP responses either; Transport is an http.RoundTripper for
+// httputil.ReverseProxy, Do the same policy for any call.
+//
+// Defaults (zero values of Config):
+//   - MaxInFlight 0: 256 requests in flight per node.
+//   - FailureThreshold 0: 5 consecutive failures open the breaker.
+//   - EjectBase 0: 1 s; EjectMax 0: 30 s.
+//   - RetryAfter 0: 1 s (the hint for 503 answers on ErrSaturated/ErrNoUpstream).
+//   - Retry.MaxRetries 0: 2 retries; negative: none. Retry.BaseBackoff 0: 10 ms;
+//     Retry.MaxBackoff 0: 200 ms. Backoff is full jitter: uniform in [0, min(max, base·2^n)).
+//   - MaxBufferedBody 0: 1 MiB (request bodies up to this are buffered so they can be retried).
+//   - Now nil: time.Now; Rand nil: math/rand/v2.
+//   - Registerer nil: metrics are kept but not registered.
+//
+// Tests use httptest servers as upstreams and a fake Source.
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meridian-dev/meridian/region"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Errors returned by this package.
+var (
+	// ErrNoUpstream means no node of any requested region is healthy and admitted by its breaker.
+	ErrNoUpstream = errors.New("upstream: no healthy upstream node")
+	// ErrSaturated means every candidate node is at its concurrency limit.
+	ErrSaturated = errors.New("upstream: all upstream nodes saturated")
+	// ErrNoRegion means a request reached Transport without WithRegions.
+	ErrNoRegion = errors.New("upstream: request has no target region")
+)
+
+// Target is one upstream node.
+type Target struct {
+	ID      string // unique, e.g. the memberlist name
+	Region  string
+	Addr    string // "host:port" or "http://host:port"
+	Healthy bool   // what active health (gossip) says
+}
+
+// Source lists the nodes of a region.
+type Source interface {
+	Targets(region string) []Target
+}
+
+// Peerer is the part of region.Cluster RegionSource needs.
+type Peerer interface {
+	Peers(region string, role region.Role) []region.Member
+}
+
+// RegionSource adapts gossip membership to a Source of API nodes.
+type RegionSource struct{ Cluster Peerer }
+
+var _ Source = RegionSource{}
+var _ Peerer = (*region.Cluster)(nil)
+
+// Targets returns the region's API nodes; healthy means alive with health "ok".
+func (s RegionSource) Targets(r string) []Target {
+	ms := s.Cluster.Peers(r, region.RoleAPI)
+	out := make([]Target, len(ms))
+	for i, m := range ms {
+		out[i] = Target{ID: m.Name, Region: m.Region, Addr: m.HTTPAddr, Healthy: m.Serving()}
+	}
+	return out
+}
+
+// BreakerState is a node's circuit-breaker state; its value is the Prometheus gauge value.
+type BreakerState int
+
+// Breaker states.
+const (
+	Closed BreakerState = iota
+	HalfOpen
+	Open
+)
+
+func (s BreakerState) String() string {
+	return [...]string{"closed", "half-open", "open"}[s]
+}
+
+// RetryPolicy bounds retries. See the package doc for defaults.
+type RetryPolicy struct {
+	MaxRetries  int
+	BaseBackoff time.Duration
+	MaxBackoff  time.Duration
+}
+
+func (r RetryPolicy) maxRetries() int {
+	switch {
+	case r.MaxRetries < 0:
+		return 0
+	case r.MaxRetries == 0:
+		return 2
+	}
+	return r.MaxRetries
+}
+
+// Backoff returns the full-jitter wait before retry n (0-based), using rnd(n) ∈ [0, n).
+func (r RetryPolicy) Backoff(n int, rnd func(int64) int64) time.Duration {
+	base, ceil := r.BaseBackoff, r.MaxBackoff
+	if base <= 0 {
+		base = 10 * time.Millisecond
+	}
+	if ceil <= 0 {
+		ceil = 200 * time.Millisecond
+	}
+	d := ceil
+	if n < 30 && base<<n < ceil {
+		d = base << n
+	}
+	return time.Duration(rnd(int64(d)))
+}
+
+// Idempotent reports whether a request may be retried: GET, HEAD, OPTIONS, PUT and DELETE
+// always; POST and PATCH only with an Idempotency-Key (the API node then answers a replay with
+// the first response).
+func Idempotent(method string, h http.Header) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
+		return true
+	case http.MethodPost, http.MethodPatch:
+		return h.Get("Idempotency-Key") != ""
+	}
+	return false
+}
+
+// Config configures a Pool. The package doc lists every default.
+type Config struct {
+	Source           Source
+	MaxInFlight      int
+	FailureThreshold int
+	EjectBase        time.Duration
+	EjectMax         time.Duration
+	RetryAfter       time.Duration
+	Retry            RetryPolicy
+	MaxBufferedBody  int64
+	Now              func() time.Time
+	Rand             func(n int64) int64
+	Registerer       prometheus.Registerer
+}
+
+// node is the Pool's state for one upstream.
+type node struct {
+	inFlight    int
+	consecutive int // failures in a row
+	state       BreakerState
+	openUntil   time.Time
+	ejections   int // consecutive ejections, for backoff doubling
+	probing     bool
+}
+
+// Pool selects upstream nodes. It is safe for concurrent use.
+type Pool struct {
+	cfg Config
+
+	// mu guards nodes. Selection is short and allocation-light, so one lock is enough at the
+	// request rates of one router; shard it if profiles say otherwise.
+	mu    sync.Mutex
+	nodes map[string]*node
+
+	requests  *prometheus.CounterVec // node, region, outcome
+	ejections *prometheus.CounterVec // node, region
+	state     *prometheus.GaugeVec   // node, region
+	inflight  *prometheus.GaugeVec   // node, region
+	saturated *prometheus.CounterVec // region
+	retries   prometheus.Counter
+}
+
+// New builds a Pool.
+func New(cfg Config) (*Pool, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("upstream: Config.Source is required")
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 256
+	}
+	if cfg.FailureThreshold <= 0 {
+		cfg.FailureThreshold = 5
+	}
+	if cfg.EjectBase <= 0 {
+		cfg.EjectBase = time.Second
+	}
+	if cfg.EjectMax <= 0 {
+		cfg.EjectMax = 30 * time.Second
+	}
+	if cfg.RetryAfter <= 0 {
+		cfg.RetryAfter = time.Second
+	}
+	if cfg.MaxBufferedBody <= 0 {
+		cfg.MaxBufferedBody = 1 << 20
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Int64N
+	}
+	p := &Pool{cfg: cfg, nodes: make(map[string]*node)}
+	p.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meridian_upstream_requests_total", Help: "Upstream attempts by node, region and outcome (success, failure).",
+	}, []string{"node", "region", "outcome"})
+	p.ejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meridian_upstream_ejections_total", Help: "Times a node's circuit breaker opened.",
+	}, []string{"node", "region"})
+	p.state = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "meridian_upstream_breaker_state", Help: "Circuit-breaker state per node: 0 closed, 1 half-open, 2 open.",
+	}, []string{"node", "region"})
+	p.inflight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "meridian_upstream_in_flight", Help: "Requests in flight per node.",
+	}, []string{"node", "region"})
+	p.saturated = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meridian_upstream_saturated_total", Help: "Requests refused because every node of the region was at its concurrency limit.",
+	}, []string{"region"})
+	p.retries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meridian_upstream_retries_total", Help: "Retried upstream attempts.",
+	})
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{p.requests, p.ejections, p.state, p.inflight, p.saturated, p.retries} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("upstream: register metrics: %w", err)
+			}
+		}
+	}
+	return p, nil
+}
+
+// RetryAfter is the hint the router sends with 503 for ErrSaturated and ErrNoUpstream.
+func (p *Pool) RetryAfter() time.Duration { return p.cfg.RetryAfter }
+
+// State returns a node's breaker state (Closed for unknown nodes).
+func (p *Pool) State(id string) BreakerState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := p.nodes[id]; n != nil {
+		if n.state == Open && !p.cfg.Now().Before(n.openUntil) {
+			return HalfOpen
+		}
+		return n.state
+	}
+	return Closed
+}
+
+// Lease is one reserved slot on a node; call Done exactly once.
+type Lease struct {
+	Target Target
+	p      *Pool
+	probe  bool
+	once   sync.Once
+}
+
+// Acquire reserves a slot on a node of the first region (in order) that has a candidate,
+// skipping nodes for which skip returns true (nil = none). It never waits.
+func (p *Pool) Acquire(regions []string, skip func(id string) bool) (*Lease, error) {
+	saturated := false
+	for _, r := range regions {
+		ts := p.cfg.Source.Targets(r)
+		l, sat := p.acquireIn(r, ts, skip)
+		if l != nil {
+			return l, nil
+		}
+		if sat {
+			saturated = true
+			p.saturated.WithLabelValues(r).Inc()
+		}
+	}
+	if saturated {
+		return nil, ErrSaturated
+	}
+	return nil, fmt.Errorf("%w in %s", ErrNoUpstream, strings.Join(regions, ", "))
+}
+
+func (p *Pool) acquireIn(r string, ts []Target, skip func(string) bool) (*Lease, bool) {
+	now := p.cfg.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	type cand struct {
+		t Target
+		n *node
+	}
+	var cands []cand
+	for _, t := range ts {
+		if !t.Healthy || (skip != nil && skip(t.ID)) {
+			continue
+		}
+		n := p.nodes[t.ID]
+		if n == nil {
+			n = &node{}
+			p.nodes[t.ID] = n
+		}
+		switch {
+		case n.state == Closed:
+		case n.state == Open && now.Before(n.openUntil):
+			continue
+		case n.probing: // half-open (or open and due) with its one probe already out
+			continue
+		}
+		cands = append(cands, cand{t, n})
+	}
+	if len(cands) == 0 {
+		return nil, false
+	}
+	// Power of two choices: two random candidates, the less loaded wins; if both are full,
+	// fall back to scanning so a free node is never missed.
+	order := make([]int, 0, len(cands))
+	i := int(p.cfg.Rand(int64(len(cands))))
+	order = append(order, i)
+	if len(cands) > 1 {
+		j := int(p.cfg.Rand(int64(len(cands) - 1)))
+		if j >= i {
+			j++
+		}
+		if cands[j].n.inFlight < cands[i].n.inFlight {
+			order[0], j = j, i
+		}
+		order = append(order, j)
+	}
+	for k := range cands {
+		order = append(order, k)
+	}
+	for _, k := range order {
+		c := cands[k]
+		if c.n.inFlight >= p.cfg.MaxInFlight {
+			continue
+		}
+		c.n.inFlight++
+		l := &Lease{Target: c.t, p: p}
+		if c.n.state != Closed {
+			c.n.state = HalfOpen
+			c.n.probing = true
+			l.probe = true
+			p.state.WithLabelValues(c.t.ID, r).Set(float64(HalfOpen))
+		}
+		p.inflight.WithLabelValues(c.t.ID, r).Set(float64(c.n.inFlight))
+		return l, false
+	}
+	return nil, true
+}
+
+// Done releases the slot and records the attempt's outcome for the node's breaker.
+func (l *Lease) Done(failed bool) {
+	l.once.Do(func() { l.p.done(l, failed) })
+}
+
+func (p *Pool) done(l *Lease, failed bool) {
+	t := l.Target
+	now := p.cfg.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.nodes[t.ID]
+	n.inFlight--
+	p.inflight.WithLabelValues(t.ID, t.Region).Set(float64(n.inFlight))
+	if l.probe {
+		n.probing = false
+	}
+	if !failed {
+		p.requests.WithLabelValues(t.ID, t.Region, "success").Inc()
+		n.consecutive = 0
+		if l.probe || n.state != Closed {
+			n.state, n.ejections = Closed, 0
+			p.state.WithLabelValues(t.ID, t.Region).Set(float64(Closed))
+		}
+		return
+	}
+	p.requests.WithLabelValues(t.ID, t.Region, "failure").Inc()
+	n.consecutive++
+	if l.probe || (n.state == Closed && n.consecutive >= p.cfg.FailureThreshold) {
+		d := p.cfg.EjectMax
+		if n.ejections < 30 && p.cfg.EjectBase<<n.ejections < d {
+			d = p.cfg.EjectBase << n.ejections
+		}
+		n.ejections++
+		n.state, n.openUntil = Open, now.Add(d)
+		p.ejections.WithLabelValues(t.ID, t.Region).Inc()
+		p.state.WithLabelValues(t.ID, t.Region).Set(float64(Open))
+	}
+}
+
+// permanent marks an error that must be neither retried nor counted against the node.
+type permanent struct{ err error }
+
+func (e permanent) Error() string { return e.err.Error() }
+func (e permanent) Unwrap() error { return e.err }
+
+// Permanent wraps err so Do returns it at once without charging the node (e.g. a 4xx answer).
+func Permanent(err error) error { return permanent{err} }
+
+// Call describes one logical request for Do.
+type Call struct {
+	Regions    []string // preference order
+	Idempotent bool     // see Idempotent; false = exactly one attempt
+}
+
+// Do runs fn against a node, retrying on another node (when one exists) after a full-jitter
+// backoff if fn fails and the call is idempotent. fn's error counts against the node unless
+// wrapped with Permanent or caused by ctx ending. It returns the last error.
+func (p *Pool) Do(ctx context.Context, call Call, fn func(ctx context.Context, t Target) error) error {
+	retries := 0
+	if call.Idempotent {
+		retries = p.cfg.Retry.maxRetries()
+	}
+	tried := map[string]bool{}
+	var last error
+	for attempt := 0; attempt <= retries; attempt++ {
+		if attempt > 0 {
+			p.retries.Inc()
+			timer := time.NewTimer(p.cfg.Retry.Backoff(attempt-1, p.cfg.Rand))
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return errors.Join(last, ctx.Err())
+			case <-timer.C:
+			}
+		}
+		l, err := p.Acquire(call.Regions, func(id string) bool { return tried[id] })
+		if errors.Is(err, ErrNoUpstream) && len(tried) > 0 {
+			l, err = p.Acquire(call.Regions, nil) // only tried nodes left: reuse one
+		}
+		if err != nil {
+			if last != nil {
+				return errors.Join(last, err)
+			}
+			return err
+		}
+		tried[l.Target.ID] = true
+		err = fn(ctx, l.Target)
+		var perm permanent
+		switch {
+		case err == nil:
+			l.Done(false)
+			return nil
+		case errors.As(err, &perm):
+			l.Done(false)
+			return perm.err
+		case ctx.Err() != nil:
+			l.Done(false) // the caller gave up; not the node's fault
+			return err
+		}
+		l.Done(true)
+		last = err
+	}
+	return last
+}
