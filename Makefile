@@ -8,7 +8,7 @@ TEST_TIMEOUT ?= 15m
 # TEST_P is how many packages' tests run at once (the machine has 2 cores).
 TEST_P ?= 2
 
-.PHONY: all deps build test test-short lint fmt vet bench clean
+.PHONY: all deps build test test-short lint fmt vet bench clean up down demo
 
 all: build
 
@@ -34,6 +34,20 @@ fmt:
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+# up starts the local three-region cluster in the background (LATENCY=1 adds the cross-region
+# round trips); down stops it; demo brings it up with latency if it is not running and shows it.
+up: deps build
+	./bin/sim up $(if $(LATENCY),--latency)
+
+down:
+	@if [ -x ./bin/sim ]; then ./bin/sim down; else echo "no cluster running"; fi
+
+demo: deps build
+	@if [ -f .meridian/sim.pid ] && kill -0 $$(cat .meridian/sim.pid) 2>/dev/null; then \
+		echo "cluster already running (make down stops it)"; \
+	else ./bin/sim up --latency; fi
+	./bin/sim demo
 
 clean:
 	rm -rf bin .meridian

@@ -11,7 +11,10 @@
 // The schema (tenants, records with tombstones, idempotency_keys, outbox) puts row-level
 // security on every tenant table, keyed by the transaction-local setting TenantSetting, and
 // creates the LOGIN role AppRole that the services connect as: not superuser, no BYPASSRLS, owner
-// of nothing, DML grants only.
+// of nothing, DML grants only. The cross-tenant background jobs (outbox relay, idempotency-key
+// expiry, tombstone purge) connect as WorkerRole instead: it sees every tenant, but may only read
+// outbox rows and mark them sent, delete expired idempotency keys, delete tombstones older than
+// TombstoneMinAge, and read tenant ids and statuses. It inserts nothing and reads no record data.
 //
 // This package must never be imported by request paths for anything but its constants; it never
 // runs DDL outside Apply. Tests use real Postgres from internal/testenv.
@@ -28,6 +31,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	// Registers the "pgx" database/sql driver.
 	_ "github.com/jackc/pgx/v5/stdlib"
@@ -38,6 +42,19 @@ import (
 // AppRole is the LOGIN role the services connect as. It is not a superuser, cannot bypass
 // row-level security and owns no table.
 const AppRole = "meridian_app"
+
+// WorkerRole is the LOGIN role of the cross-tenant background jobs (outbox relay, idempotency-key
+// expiry, tombstone purge). Like AppRole it is not a superuser, cannot bypass row-level security
+// and owns no table; its policies let it see across tenants, and its grants are narrow: SELECT and
+// UPDATE(sent_at) of unsent rows on outbox, DELETE of expired idempotency_keys rows, DELETE of
+// tombstones older than TombstoneMinAge, SELECT(tenant_id, status) on tenants. See
+// docs/migrations.md.
+const WorkerRole = "meridian_worker"
+
+// TombstoneMinAge is the youngest tombstone (records.deleted, aged by updated_at) that
+// WorkerRole may purge; younger ones are invisible to it. It is a floor fixed by the schema,
+// not the purge job's retention, which should be longer.
+const TombstoneMinAge = 24 * time.Hour
 
 // TenantSetting is the per-transaction setting the row-level security policies compare
 // tenant_id with. Set it first in every transaction:

@@ -55,18 +55,18 @@ func connect(t *testing.T, dsn string) *pgx.Conn {
 	return conn
 }
 
-// connectApp connects to dsn's database as the service role (trust auth on loopback).
-func connectApp(t *testing.T, dsn string) *pgx.Conn {
+// connectAs connects to dsn's database as role (trust auth on loopback).
+func connectAs(t *testing.T, dsn, role string) *pgx.Conn {
 	t.Helper()
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		t.Fatalf("parse dsn: %v", err)
 	}
-	cfg.User = migrations.AppRole
+	cfg.User = role
 	cfg.Password = ""
 	conn, err := pgx.ConnectConfig(testCtx(t), cfg)
 	if err != nil {
-		t.Fatalf("connect as %s: %v", migrations.AppRole, err)
+		t.Fatalf("connect as %s: %v", role, err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	return conn
@@ -84,15 +84,20 @@ func schemaDump(t *testing.T, dsn string) string {
 		   FROM information_schema.columns WHERE table_schema = 'public'
 		  ORDER BY table_name, ordinal_position`,
 		`SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname`,
-		`SELECT tablename, policyname, cmd, roles::text, coalesce(qual, ''), coalesce(with_check, '')
+		`SELECT tablename, policyname, permissive, cmd, roles::text, coalesce(qual, ''),
+		        coalesce(with_check, '')
 		   FROM pg_policies ORDER BY tablename, policyname`,
 		`SELECT relname, relrowsecurity::text, relforcerowsecurity::text, relowner::regrole::text
 		   FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'S')
 		  ORDER BY relname`,
 		`SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
 		   FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2`,
-		`SELECT table_name, privilege_type FROM information_schema.role_table_grants
-		  WHERE grantee = 'meridian_app' ORDER BY 1, 2`,
+		`SELECT grantee, table_name, privilege_type FROM information_schema.role_table_grants
+		  WHERE grantee LIKE 'meridian%' ORDER BY 1, 2, 3`,
+		`SELECT grantee, table_name, column_name, privilege_type FROM information_schema.column_privileges
+		  WHERE grantee LIKE 'meridian%' ORDER BY 1, 2, 3, 4`,
+		`SELECT rolname, rolsuper, rolbypassrls, rolinherit, rolcanlogin, rolcreaterole, rolcreatedb
+		   FROM pg_roles WHERE rolname LIKE 'meridian%' ORDER BY 1`,
 		`SELECT version_id::text, is_applied::text FROM goose_db_version ORDER BY id`,
 	}
 	var b strings.Builder
@@ -117,8 +122,8 @@ func schemaDump(t *testing.T, dsn string) string {
 }
 
 func TestLatestCoversAllMigrations(t *testing.T) {
-	if got := migrations.Latest(); got < 3 {
-		t.Fatalf("Latest() = %d, want at least 3 (role, tables, rls)", got)
+	if got := migrations.Latest(); got < 4 {
+		t.Fatalf("Latest() = %d, want at least 4 (role, tables, rls, worker role)", got)
 	}
 }
 
@@ -142,7 +147,8 @@ func TestApplyEmptyDatabaseThenNoop(t *testing.T) {
 		t.Fatalf("Status = %d, %v; want %d", v, err, migrations.Latest())
 	}
 	before := schemaDump(t, dsn)
-	for _, must := range []string{"records_pkey", "tenant_isolation", "outbox_unsent_idx", "records true true"} {
+	for _, must := range []string{"records_pkey", "tenant_isolation", "outbox_unsent_idx", "records true true",
+		"worker_purge_bound", "meridian_worker outbox sent_at UPDATE"} {
 		if !strings.Contains(before, must) {
 			t.Fatalf("schema dump lacks %q:\n%s", must, before)
 		}
@@ -193,22 +199,28 @@ func TestApplyManyShardsOneCluster(t *testing.T) {
 	}
 }
 
-// TestApplyToleratesRoleCreatedConcurrently makes the role race deterministic: another
-// database's transaction has created the role but not committed, so our runner's CREATE ROLE
-// blocks on pg_authid's unique index and fails once that transaction commits.
+// TestApplyToleratesRoleCreatedConcurrently makes the role races deterministic: transactions in
+// another database have created the roles but not committed, so our runner's CREATE ROLE blocks
+// on pg_authid's unique index and fails once that transaction commits. The app role (00001) and
+// the worker role (00004) are released one after the other, so the runner meets both races.
 func TestApplyToleratesRoleCreatedConcurrently(t *testing.T) {
 	pg := testenv.Postgres(t)
 	ctx := testCtx(t)
-	other := connect(t, newDB(t, pg, "other"))
+	otherDSN := newDB(t, pg, "other")
 	dsn := newDB(t, pg, "racer")
 
-	tx, err := other.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, "CREATE ROLE meridian_app LOGIN"); err != nil {
-		t.Fatal(err)
+	roles := []string{migrations.AppRole, migrations.WorkerRole}
+	txs := make([]pgx.Tx, len(roles))
+	for i, role := range roles {
+		tx, err := connect(t, otherDSN).Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		if _, err := tx.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
+			t.Fatal(err)
+		}
+		txs[i] = tx
 	}
 
 	type outcome struct {
@@ -222,44 +234,73 @@ func TestApplyToleratesRoleCreatedConcurrently(t *testing.T) {
 	}()
 
 	watcher := connect(t, pg.DSN("postgres"))
-	testenv.WaitFor(t, 30*time.Second, func() error {
-		var n int
-		err := watcher.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = 'racer' AND wait_event_type = 'Lock'`).Scan(&n)
-		if err != nil {
-			return err
+	for i, role := range roles {
+		testenv.WaitFor(t, 30*time.Second, func() error {
+			var n int
+			err := watcher.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+				WHERE datname = 'racer' AND wait_event_type = 'Lock' AND query LIKE '%CREATE ROLE ' || $1 || '%'`,
+				role).Scan(&n)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				select {
+				case out := <-done:
+					t.Fatalf("Apply finished before blocking on role %s: %+v, %v", role, out.res, out.err)
+				default:
+				}
+				return fmt.Errorf("runner not yet blocked on role %s", role)
+			}
+			return nil
+		})
+		if err := txs[i].Commit(ctx); err != nil {
+			t.Fatal(err)
 		}
-		if n == 0 {
-			return errors.New("runner not yet blocked on the role's row")
-		}
-		return nil
-	})
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
 	}
 
 	out := <-done
 	if out.err != nil {
-		t.Fatalf("Apply with a concurrently created role: %v", out.err)
+		t.Fatalf("Apply with concurrently created roles: %v", out.err)
 	}
 	if out.res[0].To != migrations.Latest() {
 		t.Fatalf("result %+v, want To %d", out.res[0], migrations.Latest())
 	}
 }
 
+// TestApplyRefusesPrivilegedExistingRole runs both cases on one cluster: the roles are
+// cluster-global, so the app case resets its role before the worker case.
 func TestApplyRefusesPrivilegedExistingRole(t *testing.T) {
 	pg := testenv.Postgres(t)
 	ctx := testCtx(t)
-	dsn := newDB(t, pg, "shard1")
-	if err := pg.Exec(ctx, "CREATE ROLE meridian_app LOGIN BYPASSRLS"); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		role, attr string
+		stopsAt    int64 // version the shard is left at: the one before the role's migration
+		reset      string
+	}{
+		{migrations.AppRole, "BYPASSRLS", 0, "ALTER ROLE meridian_app NOBYPASSRLS"},
+		{migrations.WorkerRole, "SUPERUSER", 3, ""},
 	}
-	res, err := migrations.Apply(ctx, map[string]string{"s1": dsn})
-	if err == nil || !strings.Contains(err.Error(), "BYPASSRLS") || !strings.Contains(err.Error(), `"s1"`) {
-		t.Fatalf("Apply with a BYPASSRLS role: err = %v, want a refusal naming the shard and BYPASSRLS", err)
-	}
-	if res[0].Err == nil || res[0].To != 0 {
-		t.Fatalf("result %+v, want an error and version 0", res[0])
+	for i, tt := range tests {
+		t.Run(tt.role, func(t *testing.T) {
+			dsn := newDB(t, pg, fmt.Sprintf("shard%d", i))
+			if err := pg.Exec(ctx, "CREATE ROLE "+tt.role+" LOGIN "+tt.attr); err != nil {
+				t.Fatal(err)
+			}
+			res, err := migrations.Apply(ctx, map[string]string{"s1": dsn})
+			if err == nil || !strings.Contains(err.Error(), "role "+tt.role) ||
+				!strings.Contains(err.Error(), "BYPASSRLS") || !strings.Contains(err.Error(), `"s1"`) {
+				t.Fatalf("Apply with a %s %s role: err = %v, want a refusal naming the shard, the role and BYPASSRLS",
+					tt.attr, tt.role, err)
+			}
+			if res[0].Err == nil || res[0].To != tt.stopsAt {
+				t.Fatalf("result %+v, want an error and version %d", res[0], tt.stopsAt)
+			}
+			if tt.reset != "" {
+				if err := pg.Exec(ctx, tt.reset); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
@@ -420,7 +461,7 @@ func TestRowLevelSecurity(t *testing.T) {
 	pg := testenv.Postgres(t)
 	ctx := testCtx(t)
 	dsn := migrated(t, pg, "shard1")
-	app := connectApp(t, dsn)
+	app := connectAs(t, dsn, migrations.AppRole)
 
 	if err := seedTenant(ctx, app, "tenant-a", 3); err != nil {
 		t.Fatalf("seed tenant-a: %v", err)
@@ -511,7 +552,7 @@ func TestRowLevelSecurity(t *testing.T) {
 	t.Run("no tenant set sees nothing", func(t *testing.T) {
 		// The same connection has had the setting transaction-locally, so it is now '' rather
 		// than undefined; a fresh connection covers the undefined case.
-		for _, conn := range []*pgx.Conn{app, connectApp(t, dsn)} {
+		for _, conn := range []*pgx.Conn{app, connectAs(t, dsn, migrations.AppRole)} {
 			for _, table := range tables {
 				var n int
 				err := asTenant(ctx, conn, "", func(tx pgx.Tx) error {
@@ -547,46 +588,275 @@ func TestRowLevelSecurity(t *testing.T) {
 
 func TestAppRoleCannotChangeSchema(t *testing.T) {
 	pg := testenv.Postgres(t)
-	ctx := testCtx(t)
 	dsn := migrated(t, pg, "shard1")
-	app := connectApp(t, dsn)
+	checkCannotChangeSchema(t, connectAs(t, dsn, migrations.AppRole), migrations.WorkerRole)
+}
 
+// checkCannotChangeSchema checks that conn's role is neither superuser nor BYPASSRLS, owns
+// nothing, and gets permission denied (42501) for every schema or role change, for reading
+// goose's table and for switching to other (another role it must not become).
+func checkCannotChangeSchema(t *testing.T, conn *pgx.Conn, other string) {
+	t.Helper()
+	ctx := testCtx(t)
+	var role string
 	var super, bypass bool
-	if err := app.QueryRow(ctx, "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user").
-		Scan(&super, &bypass); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user").
+		Scan(&role, &super, &bypass); err != nil {
 		t.Fatal(err)
 	}
 	if super || bypass {
-		t.Fatalf("meridian_app: superuser=%v bypassrls=%v, want neither", super, bypass)
+		t.Fatalf("%s: superuser=%v bypassrls=%v, want neither", role, super, bypass)
 	}
 	var owned int
-	if err := app.QueryRow(ctx, `SELECT count(*) FROM pg_class
-		WHERE relnamespace = 'public'::regnamespace AND relowner = 'meridian_app'::regrole`).Scan(&owned); err != nil || owned != 0 {
-		t.Fatalf("meridian_app owns %d relations (%v), want 0", owned, err)
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_class
+		WHERE relnamespace = 'public'::regnamespace AND relowner = current_user::regrole`).Scan(&owned); err != nil || owned != 0 {
+		t.Fatalf("%s owns %d relations (%v), want 0", role, owned, err)
 	}
 
 	tests := []struct{ name, sql string }{
 		{"disable rls", "ALTER TABLE records DISABLE ROW LEVEL SECURITY"},
 		{"no force rls", "ALTER TABLE outbox NO FORCE ROW LEVEL SECURITY"},
 		{"drop policy", "DROP POLICY tenant_isolation ON tenants"},
+		{"drop worker bound", "DROP POLICY worker_purge_bound ON records"},
 		{"alter policy", "ALTER POLICY tenant_isolation ON idempotency_keys USING (true)"},
+		{"widen worker policy", "ALTER POLICY worker_expiry ON idempotency_keys USING (true)"},
+		{"create policy", "CREATE POLICY sneaky ON records USING (true)"},
 		{"add column", "ALTER TABLE records ADD COLUMN x int"},
 		{"drop table", "DROP TABLE records"},
 		{"drop index", "DROP INDEX records_data_path_idx"},
 		{"truncate", "TRUNCATE records"},
+		{"truncate outbox", "TRUNCATE outbox"},
 		{"create table", "CREATE TABLE public.sneaky (i int)"},
 		{"read goose table", "SELECT * FROM goose_db_version"},
-		{"grant bypass", "ALTER ROLE meridian_app BYPASSRLS"},
+		{"grant bypass", "ALTER ROLE " + role + " BYPASSRLS"},
+		{"grant itself", "GRANT SELECT ON goose_db_version TO " + role},
 		{"become superuser", "SET ROLE postgres"},
+		{"become " + other, "SET ROLE " + other},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := app.Exec(ctx, tt.sql)
+			_, err := conn.Exec(ctx, tt.sql)
 			if pgCode(err) != insufficientPrivilege {
-				t.Errorf("%s: err = %v, want permission denied (42501)", tt.sql, err)
+				t.Errorf("%s as %s: err = %v, want permission denied (42501)", tt.sql, role, err)
 			}
 		})
 	}
+}
+
+// TestWorkerRole checks what the cross-tenant jobs can do as meridian_worker, on two tenants
+// seeded by the service role: read and mark sent every tenant's outbox rows, delete expired
+// idempotency keys and old tombstones, and nothing else. Setting the tenant (which makes the
+// tenant_isolation policy apply to the worker too) must not widen any of it.
+func TestWorkerRole(t *testing.T) {
+	pg := testenv.Postgres(t)
+	ctx := testCtx(t)
+	dsn := migrated(t, pg, "shard1")
+	owner := connect(t, dsn)
+	app := connectAs(t, dsn, migrations.AppRole)
+	worker := connectAs(t, dsn, migrations.WorkerRole)
+
+	tenants := []string{"tenant-a", "tenant-b"}
+	for _, tenant := range tenants {
+		// Live records r0..r2, an unexpired key k1, one unsent outbox row.
+		if err := seedTenant(ctx, app, tenant, 3); err != nil {
+			t.Fatalf("seed %s: %v", tenant, err)
+		}
+	}
+	// As the owner (row-level security does not apply to the superuser): per tenant, r1 becomes
+	// a tombstone an hour older than TombstoneMinAge, r2 one an hour younger, and an expired key
+	// "old" is added.
+	const tombstone = `UPDATE records SET deleted = true, data = '{}', version = version + 1,
+		updated_at = now() - make_interval(secs => $2) WHERE id = $1`
+	minAge := migrations.TombstoneMinAge.Seconds()
+	for _, seed := range [][]any{
+		{tombstone, "r1", minAge + 3600},
+		{tombstone, "r2", minAge - 3600},
+		{`INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, body, expires_at)
+		  SELECT tenant_id, 'old', '\x01', 201, 'secret', now() - interval '1 minute' FROM tenants`},
+	} {
+		if _, err := owner.Exec(ctx, seed[0].(string), seed[1:]...); err != nil {
+			t.Fatalf("seed: %v\n%s", err, seed[0])
+		}
+	}
+	// ownerCount counts rows as the owner, to see what the worker really changed.
+	ownerCount := func(q string) int {
+		t.Helper()
+		var n int
+		if err := owner.QueryRow(ctx, q).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return n
+	}
+	// exec runs q as the worker in a transaction with tenant set ("" = none) and returns the
+	// number of rows it affected.
+	exec := func(tenant, q string, args ...any) (int64, error) {
+		var n int64
+		err := asTenant(ctx, worker, tenant, func(tx pgx.Tx) error {
+			tag, err := tx.Exec(ctx, q, args...)
+			n = tag.RowsAffected()
+			return err
+		})
+		return n, err
+	}
+	// tenantsOf runs q (selecting tenant_id) as the worker and returns the tenant of each row.
+	tenantsOf := func(q string) []string {
+		t.Helper()
+		var got []string
+		err := asTenant(ctx, worker, "", func(tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, q)
+			if err != nil {
+				return err
+			}
+			got, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			return err
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		slices.Sort(got)
+		return got
+	}
+
+	t.Run("role is locked down", func(t *testing.T) {
+		checkCannotChangeSchema(t, worker, migrations.AppRole)
+	})
+
+	t.Run("relay reads and marks every tenant's outbox", func(t *testing.T) {
+		if got := tenantsOf(`SELECT tenant_id FROM outbox WHERE sent_at IS NULL ORDER BY id`); !slices.Equal(got, tenants) {
+			t.Fatalf("unsent outbox rows of %v, want %v", got, tenants)
+		}
+		if got := tenantsOf(`SELECT tenant_id FROM tenants WHERE status = 'active'`); !slices.Equal(got, tenants) {
+			t.Fatalf("tenants %v, want %v", got, tenants)
+		}
+		// Un-sending an unsent row fails the WITH CHECK of the worker's policies.
+		if _, err := exec("", `UPDATE outbox SET sent_at = NULL`); pgCode(err) != insufficientPrivilege {
+			t.Fatalf("setting sent_at NULL: err = %v, want 42501", err)
+		}
+		var ids []int64
+		err := asTenant(ctx, worker, "", func(tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, `SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 100`)
+			if err != nil {
+				return err
+			}
+			ids, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const mark = `UPDATE outbox SET sent_at = now() WHERE id = ANY($1) AND sent_at IS NULL`
+		if n, err := exec("", mark, ids); err != nil || n != 2 {
+			t.Fatalf("marking %v sent: %d rows, %v; want 2", ids, n, err)
+		}
+		if n := ownerCount(`SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL`); n != 2 {
+			t.Fatalf("owner sees %d sent outbox rows, want 2", n)
+		}
+		// Sent rows stay sent, also when the tenant setting makes tenant_isolation apply.
+		for _, tenant := range []string{"", "tenant-a"} {
+			for _, q := range []string{`UPDATE outbox SET sent_at = NULL`, `UPDATE outbox SET sent_at = now()`} {
+				if n, err := exec(tenant, q); err != nil || n != 0 {
+					t.Errorf("%s (tenant %q): %d rows, %v; want 0 rows", q, tenant, n, err)
+				}
+			}
+		}
+	})
+
+	t.Run("expiry deletes only expired keys", func(t *testing.T) {
+		if got := tenantsOf(`SELECT tenant_id FROM idempotency_keys`); !slices.Equal(got, tenants) {
+			t.Fatalf("worker sees keys of %v, want only the expired one of each of %v", got, tenants)
+		}
+		for _, tenant := range []string{"", "tenant-a"} {
+			if n, err := exec(tenant, `DELETE FROM idempotency_keys WHERE key = 'k1'`); err != nil || n != 0 {
+				t.Errorf("deleting unexpired keys (tenant %q): %d rows, %v; want 0 rows", tenant, n, err)
+			}
+		}
+		if got := tenantsOf(`DELETE FROM idempotency_keys WHERE expires_at < now() RETURNING tenant_id`); !slices.Equal(got, tenants) {
+			t.Fatalf("expiry deleted keys of %v, want one of each of %v", got, tenants)
+		}
+		if n := ownerCount(`SELECT count(*) FROM idempotency_keys WHERE key = 'k1'`); n != 2 {
+			t.Fatalf("%d unexpired keys left, want 2", n)
+		}
+		if n := ownerCount(`SELECT count(*) FROM idempotency_keys WHERE expires_at < now()`); n != 0 {
+			t.Fatalf("%d expired keys left, want 0", n)
+		}
+	})
+
+	t.Run("purge deletes only old tombstones", func(t *testing.T) {
+		if got := tenantsOf(`SELECT tenant_id FROM records`); !slices.Equal(got, tenants) {
+			t.Fatalf("worker sees records of %v, want only the old tombstone of each of %v", got, tenants)
+		}
+		for _, tenant := range []string{"", "tenant-a"} {
+			for _, q := range []string{
+				`DELETE FROM records WHERE NOT deleted`,
+				`DELETE FROM records WHERE id = 'r2'`, // a tombstone younger than TombstoneMinAge
+			} {
+				if n, err := exec(tenant, q); err != nil || n != 0 {
+					t.Errorf("%s (tenant %q): %d rows, %v; want 0 rows", q, tenant, n, err)
+				}
+			}
+		}
+		got := tenantsOf(`DELETE FROM records WHERE deleted AND updated_at < now() - interval '1 hour'
+			RETURNING tenant_id`)
+		if !slices.Equal(got, tenants) {
+			t.Fatalf("purge deleted records of %v, want the old tombstone of each of %v", got, tenants)
+		}
+		if n := ownerCount(`SELECT count(*) FROM records WHERE id = 'r1'`); n != 0 {
+			t.Fatalf("%d old tombstones left, want 0", n)
+		}
+		if n := ownerCount(`SELECT count(*) FROM records WHERE id IN ('r0', 'r2')`); n != 4 {
+			t.Fatalf("%d live records and young tombstones left, want 4", n)
+		}
+	})
+
+	t.Run("nothing else", func(t *testing.T) {
+		denied := []string{
+			`SELECT data FROM records`,
+			`SELECT * FROM records WHERE NOT deleted`,
+			`SELECT version FROM records`,
+			`SELECT body FROM idempotency_keys`,
+			`SELECT * FROM idempotency_keys`,
+			`SELECT change_seq FROM tenants`,
+			`INSERT INTO tenants (tenant_id) VALUES ('tenant-a')`,
+			`INSERT INTO records (tenant_id, collection, id, version) VALUES ('tenant-a', 'books', 'x', 1)`,
+			`INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, expires_at)
+			 VALUES ('tenant-a', 'k9', '\x01', 200, now())`,
+			`INSERT INTO outbox (tenant_id, seq, collection, record_id, op, version)
+			 VALUES ('tenant-a', 9, 'books', 'x', 'create', 1)`,
+			`SELECT nextval('outbox_id_seq')`,
+			`UPDATE outbox SET op = 'delete'`,
+			`UPDATE outbox SET tenant_id = tenant_id`,
+			`UPDATE outbox SET sent_at = now(), version = version + 1`,
+			`UPDATE records SET deleted = true`,
+			`UPDATE idempotency_keys SET expires_at = now()`,
+			`UPDATE tenants SET status = 'moved'`,
+			`DELETE FROM outbox`,
+			`DELETE FROM tenants`,
+		}
+		for _, tenant := range []string{"", "tenant-a"} {
+			for _, q := range denied {
+				if _, err := exec(tenant, q); pgCode(err) != insufficientPrivilege {
+					t.Errorf("%s (tenant %q): err = %v, want permission denied (42501)", q, tenant, err)
+				}
+			}
+		}
+		err := asTenant(ctx, worker, "", func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SET LOCAL row_security = off"); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "SELECT id FROM records")
+			return err
+		})
+		if pgCode(err) != insufficientPrivilege {
+			t.Errorf("SELECT with row_security off: err = %v, want 42501", err)
+		}
+		// The worker's policies are its own: the app role without a tenant still sees nothing.
+		var n int
+		if err := asTenant(ctx, app, "", func(tx pgx.Tx) error {
+			return tx.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n)
+		}); err != nil || n != 0 {
+			t.Errorf("app role without tenant sees %d outbox rows (%v), want 0", n, err)
+		}
+	})
 }
 
 // planNode is the part of EXPLAIN (FORMAT JSON) output the index test reads.
@@ -633,61 +903,77 @@ func TestQueriesUseIndexes(t *testing.T) {
 			t.Fatalf("seed: %v\n%s", err, q)
 		}
 	}
-	app := connectApp(t, dsn)
+	app := connectAs(t, dsn, migrations.AppRole)
+	worker := connectAs(t, dsn, migrations.WorkerRole)
 
 	index := []string{"Index Scan", "Index Only Scan"}
 	anyIndex := []string{"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
 	tests := []struct {
-		name     string
-		asApp    bool // run as meridian_app with tenant-7 set (RLS adds its predicate)
+		name string
+		// as is who runs the query: "app" is meridian_app with tenant-7 set (RLS adds its
+		// predicate), "worker" is meridian_worker (its policies add theirs), "" the owner.
+		as       string
 		query    string
 		relation string
 		nodes    []string // acceptable node types for the scan of relation
 		indexes  []string // acceptable index names
 	}{
-		{"keyset forward", true,
+		{"keyset forward", "app",
 			`SELECT id, version, data FROM records WHERE tenant_id = 'tenant-7' AND collection = 'books'
 			   AND NOT deleted AND id > 'r00100' ORDER BY id LIMIT 50`,
 			"records", index, []string{"records_pkey"}},
-		{"keyset backward", true,
+		{"keyset backward", "app",
 			`SELECT id, version, data FROM records WHERE tenant_id = 'tenant-7' AND collection = 'books'
 			   AND NOT deleted AND id < 'r00200' ORDER BY id DESC LIMIT 50`,
 			"records", index, []string{"records_pkey"}},
-		{"first page, tenant from RLS only", true,
+		{"first page, tenant from RLS only", "app",
 			`SELECT * FROM records WHERE collection = 'notes' AND NOT deleted ORDER BY id LIMIT 50`,
 			"records", index, []string{"records_pkey"}},
-		{"single read", true,
+		{"single read", "app",
 			`SELECT * FROM records WHERE tenant_id = 'tenant-7' AND collection = 'books' AND id = 'r00042'`,
 			"records", index, []string{"records_pkey"}},
-		{"batch read", true,
+		{"batch read", "app",
 			`SELECT * FROM records WHERE tenant_id = 'tenant-7' AND collection = 'books'
 			   AND id = ANY('{r00001,r00002,r00003}')`,
 			"records", anyIndex, []string{"records_pkey"}},
-		{"where filter", true,
+		{"where filter", "app",
 			`SELECT * FROM records WHERE tenant_id = 'tenant-7' AND collection = 'books'
 			   AND data @> '{"color":"red"}' AND NOT deleted ORDER BY id LIMIT 50`,
 			"records", anyIndex, []string{"records_pkey", "records_data_path_idx"}},
-		{"fence check and seq", true,
+		{"fence check and seq", "app",
 			`UPDATE tenants SET change_seq = change_seq + 1 WHERE tenant_id = 'tenant-7'
 			   RETURNING change_seq, write_fenced`,
 			"tenants", index, []string{"tenants_pkey"}},
-		{"idempotency lookup", true,
+		{"idempotency lookup", "app",
 			`SELECT * FROM idempotency_keys WHERE tenant_id = 'tenant-7' AND key = 'k12'`,
 			"idempotency_keys", index, []string{"idempotency_keys_pkey"}},
-		{"changes stream", true,
+		{"changes stream", "app",
 			`SELECT * FROM outbox WHERE tenant_id = 'tenant-7' AND seq > 250 ORDER BY seq LIMIT 100`,
 			"outbox", anyIndex, []string{"outbox_tenant_seq_key"}},
-		{"relay unsent", false,
+		{"relay unsent", "",
 			`SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 100`,
 			"outbox", anyIndex, []string{"outbox_unsent_idx"}},
-		{"outbox retention", false,
+		{"outbox retention", "",
 			`DELETE FROM outbox WHERE sent_at < now() - interval '290 minutes'`,
 			"outbox", anyIndex, []string{"outbox_sent_at_idx"}},
-		{"idempotency expiry", false,
+		{"idempotency expiry", "",
 			`DELETE FROM idempotency_keys WHERE expires_at < now()`,
 			"idempotency_keys", anyIndex, []string{"idempotency_keys_expires_idx"}},
-		{"tombstone purge", false,
+		{"tombstone purge", "",
 			`DELETE FROM records WHERE deleted AND updated_at < now() - interval '250 minutes'`,
+			"records", anyIndex, []string{"records_tombstone_idx"}},
+		{"relay unsent as worker", "worker",
+			`SELECT id, tenant_id, seq, collection, record_id, op, version, lsn FROM outbox
+			  WHERE sent_at IS NULL ORDER BY id LIMIT 100`,
+			"outbox", anyIndex, []string{"outbox_unsent_idx"}},
+		{"relay mark sent as worker", "worker",
+			`UPDATE outbox SET sent_at = now() WHERE id = ANY('{1,2,3}') AND sent_at IS NULL`,
+			"outbox", anyIndex, []string{"outbox_pkey", "outbox_unsent_idx"}},
+		{"idempotency expiry as worker", "worker",
+			`DELETE FROM idempotency_keys WHERE expires_at < now()`,
+			"idempotency_keys", anyIndex, []string{"idempotency_keys_expires_idx"}},
+		{"tombstone purge as worker", "worker",
+			`DELETE FROM records WHERE deleted AND updated_at < now() - interval '30 days'`,
 			"records", anyIndex, []string{"records_tombstone_idx"}},
 	}
 	for _, tt := range tests {
@@ -697,9 +983,12 @@ func TestQueriesUseIndexes(t *testing.T) {
 				return q.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+tt.query).Scan(&raw)
 			}
 			var err error
-			if tt.asApp {
+			switch tt.as {
+			case "app":
 				err = asTenant(ctx, app, "tenant-7", explain)
-			} else {
+			case "worker":
+				err = asTenant(ctx, worker, "", explain)
+			default:
 				err = asTenant(ctx, owner, "", explain)
 			}
 			if err != nil {

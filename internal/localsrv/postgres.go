@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,6 +73,9 @@ type PostgresOptions struct {
 	Settings map[string]string
 	// Keep leaves the instance directory in place on Stop (for the launcher).
 	Keep bool
+	// PrimaryAddr is the host:port a standby clones and streams from (StartStandby only).
+	// "" = the primary's own address; the launcher passes a latency proxy in front of it.
+	PrimaryAddr string
 }
 
 // Postgres is a running cluster: a postgres child process on 127.0.0.1.
@@ -322,8 +326,15 @@ func StartStandby(ctx context.Context, primary *Postgres, opts PostgresOptions) 
 		if err := id.chown(dataDir); err != nil {
 			return err
 		}
+		host, port := "127.0.0.1", fmt.Sprint(primary.port)
+		if opts.PrimaryAddr != "" {
+			var err error
+			if host, port, err = net.SplitHostPort(opts.PrimaryAddr); err != nil {
+				return fmt.Errorf("localsrv: PrimaryAddr %q: %w", opts.PrimaryAddr, err)
+			}
+		}
 		cmd := exec.CommandContext(ctx, b.basebackup,
-			"-h", "127.0.0.1", "-p", fmt.Sprint(primary.port), "-U", Superuser,
+			"-h", host, "-p", port, "-U", Superuser,
 			"-D", dataDir, "-R", "-X", "stream", "-c", "fast", "--no-sync")
 		cmd.Dir = filepath.Dir(dataDir)
 		cmd.Env = serverEnv()
@@ -542,7 +553,8 @@ func (p *Postgres) IsStandby(ctx context.Context) (bool, error) {
 	return in, err
 }
 
-// CurrentLSN returns pg_current_wal_lsn() of a primary, the position to pass to a standby's
+// CurrentLSN returns pg_current_wal_insert_lsn() of a primary (the write position can trail
+// an asynchronous commit record), the position to pass to a standby's
 // WaitReplayed after a write.
 func (p *Postgres) CurrentLSN(ctx context.Context) (string, error) {
 	conn, err := p.Connect(ctx, "postgres")
@@ -551,7 +563,7 @@ func (p *Postgres) CurrentLSN(ctx context.Context) (string, error) {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var lsn string
-	err = conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn)
+	err = conn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn)
 	return lsn, err
 }
 

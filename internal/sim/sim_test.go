@@ -1,0 +1,147 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meridian-dev/meridian/internal/topology"
+)
+
+// repoRoot is the module root (two levels above this package).
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// testTopology is the repository's topology moved to a private port range (base+10000), so a
+// developer's running `make up` cluster and this test never collide.
+func testTopology(t *testing.T) *topology.Topology {
+	t.Helper()
+	base, err := topology.Load(filepath.Join(repoRoot(t), "deploy", "multi-region", "topology.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := base.File()
+	for i := range f.Regions {
+		f.Regions[i].PortBase += 13000
+	}
+	topo, err := topology.New(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return topo
+}
+
+// buildBinaries builds cmd/router and cmd/api into a temp dir (with -race when this test runs
+// with it, so the children are checked too).
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	bin := t.TempDir()
+	args := []string{"build", "-o", bin + "/"}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	args = append(args, "./cmd/router", "./cmd/api")
+	cmd := exec.Command("go", args...)
+	cmd.Dir = repoRoot(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func TestClusterUpDemoDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole three-region topology; run without -short")
+	}
+	topo := testTopology(t)
+	bin := buildBinaries(t)
+	dir := filepath.Join(t.TempDir(), "state")
+	var progress bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	c, err := Up(ctx, Options{Topology: topo, Dir: dir, BinDir: bin, Progress: &progress})
+	if err != nil {
+		t.Fatalf("Up: %v\nprogress:\n%s", err, progress.String())
+	}
+	downed := false
+	t.Cleanup(func() {
+		if !downed {
+			c.Down()
+		}
+	})
+	t.Logf("start-up:\n%s", progress.String())
+	if !strings.Contains(progress.String(), "every node ready") {
+		t.Fatalf("progress does not report readiness:\n%s", progress.String())
+	}
+
+	f, err := ReadClusterFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Regions) != 3 || f.AdminToken == "" || f.DevJWTSecret == "" {
+		t.Fatalf("cluster file incomplete: %+v", f)
+	}
+	for r, e := range f.Regions {
+		if e.Router == "" || len(e.API) == 0 || e.Postgres.Primary == "" || len(e.Postgres.Standbys) != 2 || e.Redis == "" || e.NATS == "" {
+			t.Fatalf("region %s endpoints incomplete: %+v", r, e)
+		}
+	}
+
+	var out bytes.Buffer
+	rows, err := Demo(ctx, f, &out)
+	if err != nil {
+		t.Fatalf("Demo: %v\n%s", err, out.String())
+	}
+	t.Logf("demo:\n%s", out.String())
+	if want := 3 * 3 * 2; len(rows) != want {
+		t.Fatalf("demo made %d requests, want %d", len(rows), want)
+	}
+	for _, r := range rows {
+		want := r.ViaRouter // reads are answered by the router's own region
+		if r.Kind == "write" {
+			want = r.HomeRegion // writes land in the tenant's home region
+		}
+		if r.ServedRegion != want {
+			t.Errorf("%s of %s (home %s) via %s: X-Served-Region %q, want %q", r.Kind, r.Tenant, r.HomeRegion, r.ViaRouter, r.ServedRegion, want)
+		}
+	}
+
+	pids := c.pids()
+	c.Down()
+	downed = true
+	for name, pid := range pids {
+		if syscall.Kill(pid, 0) == nil {
+			t.Errorf("%s (pid %d) still running after Down", name, pid)
+		}
+	}
+	for _, r := range topo.Regions() {
+		p, _ := topo.Ports(r)
+		for _, port := range append(append([]int{p.Postgres, p.Redis, p.NATSClient}, p.RouterHTTP...), p.APIHTTP...) {
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				t.Errorf("port %d of %s still taken after Down: %v", port, r, err)
+				continue
+			}
+			ln.Close()
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data")); !os.IsNotExist(err) {
+		t.Errorf("data directory left behind: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cluster.json")); !os.IsNotExist(err) {
+		t.Errorf("cluster.json left behind: %v", err)
+	}
+}
