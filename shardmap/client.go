@@ -73,7 +73,9 @@ func NewClient(cfg ClientConfig) *Client {
 	if c.cfg.Wait == 0 {
 		c.cfg.Wait = 10 * time.Second
 	}
-	for i, a := range c.cfg.Addrs {
+	// A copy: the caller's slice may be shared with other clients.
+	c.cfg.Addrs = make([]string, len(cfg.Addrs))
+	for i, a := range cfg.Addrs {
 		c.cfg.Addrs[i] = strings.TrimRight(a, "/")
 	}
 	c.cur.Store(emptyMap)

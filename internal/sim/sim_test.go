@@ -67,7 +67,16 @@ func TestClusterUpDemoDown(t *testing.T) {
 	}
 	topo := testTopology(t)
 	bin := buildBinaries(t)
-	dir := filepath.Join(t.TempDir(), "state")
+	// Not t.TempDir(): its parent is 0700 and Postgres runs as an unprivileged user.
+	base, err := os.MkdirTemp("", "meridian-sim-test-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(base, "state")
 	var progress bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

@@ -1,0 +1,269 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+)
+
+// requireAdmin lets only tokens with the admin scope through (a tenant token → 403).
+func (s *Server) requireAdmin(c *gin.Context) {
+	c.Set(ctxClass, ClassAdmin)
+	p, ok := s.authenticate(c)
+	if !ok {
+		return
+	}
+	if !p.HasScope("admin") {
+		s.problem(c, http.StatusForbidden, "Forbidden", "the admin API needs a token with scope admin")
+		return
+	}
+	c.Next()
+}
+
+// createTenantRequest is the body of POST /admin/v1/tenants.
+type createTenantRequest struct {
+	ID     string `json:"id"`
+	Region string `json:"region,omitempty"`
+}
+
+// TenantInfo is the answer of the tenant admin endpoints (DESIGN.md §4a); Epoch and Moving are
+// only in GET's answer.
+type TenantInfo struct {
+	ID         string  `json:"id"`
+	Shard      string  `json:"shard"`
+	HomeRegion string  `json:"home_region"`
+	Pinned     bool    `json:"pinned"`
+	Epoch      *uint64 `json:"epoch,omitempty"`
+	Moving     *bool   `json:"moving,omitempty"`
+}
+
+// DecodeCreateTenant parses a POST /admin/v1/tenants body strictly: one JSON object, no unknown
+// fields, no trailing data, a valid tenant id.
+func DecodeCreateTenant(body []byte) (id, region string, err error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var req createTenantRequest
+	if err := dec.Decode(&req); err != nil {
+		return "", "", fmt.Errorf("body must be {\"id\":...,\"region\":...}: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return "", "", errors.New("trailing data after the JSON body")
+	}
+	if !tenantIDRe.MatchString(req.ID) {
+		return "", "", fmt.Errorf("%w: id must match ^[a-z0-9][a-z0-9-]{2,62}$", ErrBadTenantID)
+	}
+	return req.ID, req.Region, nil
+}
+
+func (s *Server) createTenant(c *gin.Context) {
+	body, ok := s.readBody(c)
+	if !ok {
+		return
+	}
+	id, region, err := DecodeCreateTenant(body)
+	if err != nil {
+		s.problem(c, http.StatusBadRequest, "Bad Request", err.Error())
+		return
+	}
+	c.Set(ctxTenant, id)
+	if region != "" && !slices.ContainsFunc(s.cfg.Map.Summary().Regions, func(r RegionRef) bool { return r.ID == region }) {
+		s.problem(c, http.StatusBadRequest, "Bad Request", "unknown region "+region)
+		return
+	}
+	ctx := c.Request.Context()
+	// A tenant that is not pinned has no entry of its own in the map, so existence is the
+	// shard's record: ask it before placing the tenant anywhere.
+	if route, err := s.cfg.Map.Lookup(id); err == nil {
+		switch _, err := s.tenantOnShard(ctx, id, route); {
+		case err == nil:
+			s.problem(c, http.StatusConflict, "Conflict", "tenant "+id+" already exists")
+			return
+		case !errors.Is(err, ErrTenantNotFound):
+			s.adminUpstreamFailure(c, err)
+			return
+		}
+	}
+	route, err := s.cfg.Map.CreateTenant(ctx, id, region)
+	switch {
+	case errors.Is(err, ErrTenantExists):
+		s.problem(c, http.StatusConflict, "Conflict", "tenant "+id+" already exists")
+		return
+	case errors.Is(err, ErrUnknownRegion), errors.Is(err, ErrBadTenantID):
+		s.problem(c, http.StatusBadRequest, "Bad Request", err.Error())
+		return
+	case err != nil:
+		c.Header("Retry-After", "1")
+		s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", "shard map: "+err.Error())
+		return
+	}
+	payload, _ := json.Marshal(map[string]string{"id": id, "shard": route.Shard})
+	status, answer, err := s.internalCall(ctx, route.HomeRegion, http.MethodPost, "/internal/v1/tenants", payload)
+	switch {
+	case err != nil:
+		s.adminUpstreamFailure(c, err)
+		return
+	case status == http.StatusConflict || status == http.StatusOK:
+		// The API node answers 200 when the tenant row was already there, 201 when it made it.
+		s.problem(c, http.StatusConflict, "Conflict", "tenant "+id+" already exists")
+		return
+	case status != http.StatusCreated:
+		s.problem(c, http.StatusBadGateway, "Bad Gateway",
+			fmt.Sprintf("API node answered %d recording the tenant: %s", status, truncate(answer, 200)))
+		return
+	}
+	c.JSON(http.StatusCreated, TenantInfo{ID: id, Shard: route.Shard, HomeRegion: route.HomeRegion, Pinned: route.Pinned})
+}
+
+func (s *Server) getTenant(c *gin.Context) {
+	id := c.Param("id")
+	if !tenantIDRe.MatchString(id) {
+		s.problem(c, http.StatusBadRequest, "Bad Request", "tenant id must match ^[a-z0-9][a-z0-9-]{2,62}$")
+		return
+	}
+	c.Set(ctxTenant, id)
+	route, err := s.cfg.Map.Lookup(id)
+	if err != nil {
+		s.problem(c, http.StatusBadRequest, "Bad Request", err.Error())
+		return
+	}
+	if _, err := s.tenantOnShard(c.Request.Context(), id, route); err != nil {
+		if errors.Is(err, ErrTenantNotFound) {
+			s.problem(c, http.StatusNotFound, "Not Found", "tenant "+id+" not found")
+			return
+		}
+		s.adminUpstreamFailure(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, TenantInfo{ID: id, Shard: route.Shard, HomeRegion: route.HomeRegion,
+		Pinned: route.Pinned, Epoch: &route.Epoch, Moving: &route.Moving})
+}
+
+// tenantOnShard asks the tenant's shard (through an API node of its home region, which reads
+// the primary) whether the tenant was created; ErrTenantNotFound when it was not.
+func (s *Server) tenantOnShard(ctx context.Context, id string, route Route) ([]byte, error) {
+	status, body, err := s.internalCall(ctx, route.HomeRegion, http.MethodGet,
+		"/internal/v1/tenants/"+url.PathEscape(id)+"?shard="+url.QueryEscape(route.Shard), nil)
+	switch {
+	case err != nil:
+		return nil, err
+	case status == http.StatusOK:
+		return body, nil
+	case status == http.StatusNotFound:
+		return nil, ErrTenantNotFound
+	default:
+		return nil, fmt.Errorf("API node answered %d: %s", status, truncate(body, 200))
+	}
+}
+
+// internalCall sends a request with the cluster token to an API node of region, trying up to
+// three nodes when the connection fails. Internal calls are idempotent on the API side
+// (recording an existing tenant answers 409).
+func (s *Server) internalCall(ctx context.Context, region, method, path string, body []byte) (int, []byte, error) {
+	var avoid []string
+	var lastErr error
+	for range 3 {
+		up, err := s.cfg.Upstreams.Pick(region, avoid)
+		if err != nil {
+			if lastErr != nil {
+				return 0, nil, lastErr
+			}
+			return 0, nil, err
+		}
+		var rb io.Reader
+		if body != nil {
+			rb = bytes.NewReader(body)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(up.URL(), "/")+path, rb)
+		if err != nil {
+			up.Done(nil)
+			return 0, nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+s.cfg.ClusterToken)
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		req.Header.Set(HeaderShardmapVersion, fmt.Sprint(s.cfg.Map.Version()))
+		resp, err := s.client.Do(req)
+		if err != nil {
+			up.Done(err)
+			avoid = append(avoid, up.ID())
+			lastErr = fmt.Errorf("upstream %s: %w", up.URL(), err)
+			continue
+		}
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		up.Done(nil)
+		if err != nil {
+			return 0, nil, err
+		}
+		return resp.StatusCode, b, nil
+	}
+	return 0, nil, lastErr
+}
+
+func (s *Server) adminUpstreamFailure(c *gin.Context, err error) {
+	s.log(c).Warn("admin call to API node failed", "err", err)
+	if isTimeout(err) {
+		s.problem(c, http.StatusGatewayTimeout, "Gateway Timeout", err.Error())
+		return
+	}
+	c.Header("Retry-After", "1")
+	s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", err.Error())
+}
+
+func truncate(b []byte, n int) string {
+	if len(b) > n {
+		return string(b[:n]) + "…"
+	}
+	return string(b)
+}
+
+func (s *Server) getShardmap(c *gin.Context) {
+	c.JSON(http.StatusOK, s.cfg.Map.Summary())
+}
+
+// RegionMembers is one region in GET /admin/v1/regions.
+type RegionMembers struct {
+	ID      string   `json:"id"`
+	Members []Member `json:"members"`
+}
+
+// RegionsAnswer is the body of GET /admin/v1/regions.
+type RegionsAnswer struct {
+	Leader  string          `json:"leader"`
+	Regions []RegionMembers `json:"regions"`
+}
+
+func (s *Server) getRegions(c *gin.Context) {
+	var members []Member
+	if s.cfg.Members != nil {
+		members = s.cfg.Members.Members()
+	} else {
+		for _, n := range s.cfg.Upstreams.Nodes() {
+			members = append(members, Member{Name: n.ID, Region: n.Region, Role: "api", Address: n.URL, Healthy: n.Healthy})
+		}
+	}
+	byRegion := map[string][]Member{}
+	for _, r := range s.cfg.Map.Summary().Regions {
+		byRegion[r.ID] = []Member{}
+	}
+	for _, m := range members {
+		byRegion[m.Region] = append(byRegion[m.Region], m)
+	}
+	ans := RegionsAnswer{Leader: s.cfg.Map.Leader(), Regions: []RegionMembers{}}
+	for id, ms := range byRegion {
+		slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Role+a.Name, b.Role+b.Name) })
+		ans.Regions = append(ans.Regions, RegionMembers{ID: id, Members: ms})
+	}
+	slices.SortFunc(ans.Regions, func(a, b RegionMembers) int { return strings.Compare(a.ID, b.ID) })
+	c.JSON(http.StatusOK, ans)
+}

@@ -1,0 +1,361 @@
+package router
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestProxyRoutesWritesHomeAndReadsLocal(t *testing.T) {
+	rg := newRig(t, nil)
+	for _, tc := range []struct {
+		name, method, token, wantRegion string
+	}{
+		{"read of eu tenant served locally", "GET", tokEuco, "us-east"},
+		{"write of eu tenant goes home", "POST", tokEuco, "eu-west"},
+		{"read of us tenant served locally", "GET", tokAcme, "us-east"},
+		{"write of us tenant stays local", "PUT", tokAcme, "us-east"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := ""
+			if tc.method != "GET" {
+				body = `{"data":{"a":1}}`
+			}
+			tp := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+			resp, b := rg.do(t, tc.method, "/v1/collections/c/records/x?y=1", tc.token, body,
+				"traceparent", tp, "X-Request-Id", "req-123")
+			wantStatus(t, resp, b, 200)
+			if got := resp.Header.Get(HeaderServedRegion); got != tc.wantRegion {
+				t.Fatalf("X-Served-Region %q, want %q", got, tc.wantRegion)
+			}
+			if got := resp.Header.Get(HeaderRequestID); got != "req-123" {
+				t.Fatalf("X-Request-Id %q", got)
+			}
+			if got := resp.Header.Get(HeaderShardmapVersion); got != "5" {
+				t.Fatalf("X-Shardmap-Version %q", got)
+			}
+			var e echo
+			if err := json.Unmarshal(b, &e); err != nil {
+				t.Fatal(err)
+			}
+			if e.Method != tc.method || e.Path != "/v1/collections/c/records/x?y=1" || e.Body != body || e.Version != "5" {
+				t.Fatalf("upstream saw %+v", e)
+			}
+			req, _ := rg.nodes[tc.wantRegion].lastRequest()
+			got := req.Header.Get("traceparent")
+			if !strings.HasPrefix(got, "00-4bf92f3577b34da6a3ce929d0e0e4736-") || got == tp {
+				t.Fatalf("traceparent upstream %q: want same trace, new span", got)
+			}
+			if req.Header.Get(HeaderRequestID) != "req-123" {
+				t.Fatalf("upstream X-Request-Id %q", req.Header.Get(HeaderRequestID))
+			}
+		})
+	}
+}
+
+func TestProxyCreatesRequestIDAndTrace(t *testing.T) {
+	rg := newRig(t, nil)
+	resp, b := rg.do(t, "GET", "/v1/collections/c/records/x", tokAcme, "")
+	wantStatus(t, resp, b, 200)
+	if len(resp.Header.Get(HeaderRequestID)) != 36 {
+		t.Fatalf("generated request id %q", resp.Header.Get(HeaderRequestID))
+	}
+	req, _ := rg.nodes["us-east"].lastRequest()
+	if _, _, ok := ParseTraceparent(req.Header.Get("traceparent")); !ok {
+		t.Fatalf("upstream traceparent %q invalid", req.Header.Get("traceparent"))
+	}
+}
+
+func TestProxyReadGoesHomeWhenLocalUnhealthy(t *testing.T) {
+	rg := newRig(t, nil)
+	rg.ups.nodes[0].down = true // us-east
+	resp, b := rg.do(t, "GET", "/v1/collections/c/records/x", tokEuco, "")
+	wantStatus(t, resp, b, 200)
+	if got := resp.Header.Get(HeaderServedRegion); got != "eu-west" {
+		t.Fatalf("served by %q, want eu-west", got)
+	}
+	// A tenant homed in the dead region itself: writes fail fast with 503 + Retry-After.
+	resp, b = rg.do(t, "POST", "/v1/collections/c/records", tokAcme, `{"data":{}}`)
+	wantStatus(t, resp, b, 503)
+	if resp.Header.Get("Retry-After") == "" {
+		t.Fatal("503 without Retry-After")
+	}
+}
+
+func TestProxyWriteLease(t *testing.T) {
+	var now time.Time
+	rg := newRig(t, func(c *Config) { c.Now = func() time.Time { return now } })
+	rg.m.contact = time.Unix(1000, 0)
+	now = rg.m.contact.Add(1900 * time.Millisecond)
+	resp, b := rg.do(t, "POST", "/v1/collections/c/records", tokEuco, `{"data":{}}`)
+	wantStatus(t, resp, b, 200)
+	now = rg.m.contact.Add(2100 * time.Millisecond) // default lease 2 s has lapsed
+	resp, b = rg.do(t, "POST", "/v1/collections/c/records", tokEuco, `{"data":{}}`)
+	wantStatus(t, resp, b, 503)
+	if resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("Retry-After %q", resp.Header.Get("Retry-After"))
+	}
+	resp, b = rg.do(t, "GET", "/v1/collections/c/records/x", tokEuco, "")
+	wantStatus(t, resp, b, 200)
+}
+
+func TestProxyMisdirectedRetriesOnNewMap(t *testing.T) {
+	rg := newRig(t, nil)
+	// The eu-west node knows map version 9, where euco moved home to us-east.
+	rg.nodes["eu-west"].handle = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Header.Get(HeaderShardmapVersion) != "9" {
+			w.Header().Set(HeaderShardmapVersion, "9")
+			w.WriteHeader(http.StatusMisdirectedRequest)
+			return true
+		}
+		return false
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		rg.m.set("euco", Route{Shard: "us-east-7", HomeRegion: "us-east", Pinned: true, Epoch: 3}, 9)
+	}()
+	resp, b := rg.do(t, "POST", "/v1/collections/c/records", tokEuco, `{"data":{"n":1}}`)
+	wantStatus(t, resp, b, 200)
+	if got := resp.Header.Get(HeaderServedRegion); got != "us-east" {
+		t.Fatalf("served by %q after the 421, want us-east", got)
+	}
+	if got := resp.Header.Get(HeaderShardmapVersion); got != "9" {
+		t.Fatalf("X-Shardmap-Version %q, want 9", got)
+	}
+	if n := rg.nodes["eu-west"].hits.Load(); n != 1 {
+		t.Fatalf("eu-west node hit %d times, want 1", n)
+	}
+}
+
+func TestProxyMisdirectedTwiceIsPassedOn(t *testing.T) {
+	rg := newRig(t, func(c *Config) { c.MapWait = 50 * time.Millisecond })
+	rg.nodes["eu-west"].handle = func(w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set(HeaderShardmapVersion, "99")
+		w.WriteHeader(http.StatusMisdirectedRequest)
+		return true
+	}
+	resp, _ := rg.do(t, "POST", "/v1/collections/c/records", tokEuco, `{}`)
+	if resp.StatusCode != http.StatusMisdirectedRequest || rg.nodes["eu-west"].hits.Load() != 2 {
+		t.Fatalf("status %d after %d hits; want one retry, then the 421 passed on", resp.StatusCode, rg.nodes["eu-west"].hits.Load())
+	}
+}
+
+// deadURL is an address nothing listens on.
+func deadURL(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return "http://" + addr
+}
+
+func TestProxyRetries(t *testing.T) {
+	rg := newRig(t, nil)
+	// A second us-east node that accepts the request and drops the connection before answering.
+	drop := newAPINode(t, "us-east")
+	drop.handle = func(w http.ResponseWriter, r *http.Request) bool {
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+		return true
+	}
+	rg.ups.nodes = []*fakeNode{{id: "drop", region: "us-east", url: drop.srv.URL}, {id: "good", region: "us-east", url: rg.nodes["us-east"].srv.URL}}
+	// fakeUpstreams picks in order, so every first attempt hits the dropping node.
+	t.Run("idempotent retried on another node", func(t *testing.T) {
+		for _, m := range []string{"GET", "PUT", "DELETE"} {
+			resp, b := rg.do(t, m, "/v1/collections/c/records/x", tokAcme, "")
+			wantStatus(t, resp, b, 200)
+		}
+		resp, b := rg.do(t, "POST", "/v1/collections/c/records", tokAcme, `{"data":{}}`, "Idempotency-Key", "k1")
+		wantStatus(t, resp, b, 200)
+	})
+	t.Run("non-idempotent not retried after sending", func(t *testing.T) {
+		before := rg.nodes["us-east"].hits.Load()
+		resp, b := rg.do(t, "POST", "/v1/collections/c/records", tokAcme, `{"data":{}}`)
+		wantStatus(t, resp, b, 503)
+		if n := rg.nodes["us-east"].hits.Load(); n != before {
+			t.Fatal("a POST without Idempotency-Key was sent to a second node")
+		}
+	})
+	t.Run("non-idempotent retried when never sent", func(t *testing.T) {
+		rg.ups.nodes[0].url = deadURL(t)
+		resp, b := rg.do(t, "POST", "/v1/collections/c/records", tokAcme, `{"data":{}}`)
+		wantStatus(t, resp, b, 200)
+	})
+	t.Run("all nodes dead", func(t *testing.T) {
+		rg.ups.nodes[1].url = deadURL(t)
+		resp, b := rg.do(t, "GET", "/v1/collections/c/records/x", tokAcme, "")
+		wantStatus(t, resp, b, 503)
+		if resp.Header.Get("Retry-After") == "" {
+			t.Fatal("no Retry-After")
+		}
+	})
+}
+
+func TestProxyTimeoutIs504(t *testing.T) {
+	rg := newRig(t, func(c *Config) { c.UpstreamTimeout = 100 * time.Millisecond; c.MaxRetries = -1 })
+	rg.nodes["us-east"].handle = func(w http.ResponseWriter, r *http.Request) bool {
+		select {
+		case <-time.After(2 * time.Second):
+		case <-r.Context().Done():
+		}
+		return true
+	}
+	resp, b := rg.do(t, "GET", "/v1/collections/c/records/x", tokAcme, "")
+	wantStatus(t, resp, b, 504)
+}
+
+func TestProxySaturatedIs503(t *testing.T) {
+	rg := newRig(t, nil)
+	rg.ups.bound = 1
+	release := make(chan struct{})
+	rg.nodes["us-east"].handle = func(w http.ResponseWriter, r *http.Request) bool {
+		<-release
+		return false
+	}
+	done := make(chan int)
+	go func() {
+		resp, err := http.Get(rg.http.URL + "/v1/x") // no token: answered without an upstream
+		if err == nil {
+			resp.Body.Close()
+		}
+		req, _ := http.NewRequest("GET", rg.http.URL+"/v1/collections/c/records/x", nil)
+		req.Header.Set("Authorization", "Bearer "+tokAcme)
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			done <- 0
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	waitFor(t, 2*time.Second, func() error {
+		if rg.nodes["us-east"].hits.Load() == 0 {
+			return errors.New("first request not at the node yet")
+		}
+		return nil
+	})
+	resp, b := rg.do(t, "GET", "/v1/collections/c/records/y", tokAcme, "")
+	wantStatus(t, resp, b, 503)
+	if resp.Header.Get("Retry-After") == "" {
+		t.Fatal("no Retry-After")
+	}
+	close(release)
+	if got := <-done; got != 200 {
+		t.Fatalf("first request %d", got)
+	}
+}
+
+func TestProxyStreamsEventStream(t *testing.T) {
+	rg := newRig(t, nil)
+	release := make(chan struct{})
+	rg.nodes["us-east"].handle = func(w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		_, _ = w.Write([]byte("id: 1\ndata: {}\n\n"))
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		return true
+	}
+	defer close(release)
+	req, _ := http.NewRequest("GET", rg.http.URL+"/v1/changes", nil)
+	req.Header.Set("Authorization", "Bearer "+tokAcme)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "id: 1\n" {
+		t.Fatalf("first event line %q, %v (stream not flushed?)", line, err)
+	}
+}
+
+func TestProxyRefusals(t *testing.T) {
+	rg := newRig(t, func(c *Config) { c.Limiter = &fakeLimiter{limit: 1000} })
+	big := strings.Repeat("x", 1<<20+1)
+	for _, tc := range []struct {
+		name, method, token, body string
+		want                      int
+	}{
+		{"no token", "GET", "", "", 401},
+		{"bad token", "GET", "garbage", "", 401},
+		{"read scope cannot write", "POST", "acme|u|data:read", "{}", 403},
+		{"no tenant claim", "GET", "|u|data:read", "", 403},
+		{"bad tenant claim", "GET", "A!|u|data:read", "", 403},
+		{"body over 1 MiB", "POST", tokAcme, big, 413},
+		{"unknown path", "GET", tokAcme, "", 404},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := "/v1/collections/c/records"
+			if tc.name == "unknown path" {
+				path = "/nope"
+			}
+			resp, b := rg.do(t, tc.method, path, tc.token, tc.body)
+			wantStatus(t, resp, b, tc.want)
+			var p problemBody
+			if err := json.Unmarshal(b, &p); err != nil || p.Status != tc.want || p.RequestID == "" || p.Detail == "" {
+				t.Fatalf("problem body %s (%v)", b, err)
+			}
+		})
+	}
+}
+
+func TestProxyRateLimit(t *testing.T) {
+	rg := newRig(t, func(c *Config) { c.Limiter = &fakeLimiter{limit: 3} })
+	for i := range 3 {
+		resp, b := rg.do(t, "GET", "/v1/collections/c/records/x", tokAcme, "")
+		wantStatus(t, resp, b, 200)
+		if got := mustAtoi(t, resp.Header.Get("RateLimit-Remaining")); got != 2-i {
+			t.Fatalf("RateLimit-Remaining %d, want %d", got, 2-i)
+		}
+		if resp.Header.Get("RateLimit-Limit") != "3" || resp.Header.Get("RateLimit-Reset") != "1" {
+			t.Fatalf("RateLimit headers %v", resp.Header)
+		}
+	}
+	resp, b := rg.do(t, "GET", "/v1/collections/c/records/x", tokAcme, "")
+	wantStatus(t, resp, b, 429)
+	if resp.Header.Get("Retry-After") != "3" || resp.Header.Get("RateLimit-Remaining") != "0" {
+		t.Fatalf("429 headers %v", resp.Header)
+	}
+	resp, b = rg.do(t, "GET", "/v1/collections/c/records/x", tokEuco, "")
+	wantStatus(t, resp, b, 200)
+}
+
+func TestHealthAndReady(t *testing.T) {
+	rg := newRig(t, nil)
+	resp, b := rg.do(t, "GET", "/healthz", "", "")
+	wantStatus(t, resp, b, 200)
+	resp, b = rg.do(t, "GET", "/readyz", "", "")
+	wantStatus(t, resp, b, 200)
+	rg.m.mu.Lock()
+	rg.m.leader, rg.m.contact = "", time.Now().Add(-time.Minute)
+	rg.m.mu.Unlock()
+	resp, _ = rg.do(t, "GET", "/readyz", "", "")
+	if resp.StatusCode != 503 {
+		t.Fatalf("readyz without leader or fresh map: %d", resp.StatusCode)
+	}
+	rg.do(t, "GET", "/v1/collections/c/records/x", tokAcme, "")
+	resp, b = rg.do(t, "GET", "/metrics", "", "")
+	for _, want := range []string{
+		`meridian_router_requests_total{class="read",code="200"}`,
+		`meridian_router_upstream_requests_total{code="200",region="us-east"}`,
+		"meridian_router_proxy_overhead_seconds_count",
+		`meridian_router_upstream_breaker_state{node="us-east-a",region="us-east"} 0`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}

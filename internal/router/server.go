@@ -1,0 +1,215 @@
+package router
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meridian-dev/meridian/internal/problem"
+)
+
+// Server is one router's HTTP front: /v1 proxy, /admin/v1, /internal/v1 (the map node), and
+// the operational endpoints.
+type Server struct {
+	cfg    Config
+	engine *gin.Engine
+	m      *metrics
+	client *http.Client // for the API node's internal endpoints
+}
+
+// New builds a Server from cfg (see Config for required fields and defaults).
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:    cfg,
+		m:      newMetrics(cfg.Registry, cfg.Upstreams),
+		client: &http.Client{Transport: cfg.Transport, Timeout: cfg.UpstreamTimeout},
+	}
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	e.ContextWithFallback = true
+	e.HandleMethodNotAllowed = false
+	e.Use(s.observe)
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})))
+	if cfg.MapHandler != nil {
+		e.Any("/internal/v1/*path", gin.WrapH(cfg.MapHandler))
+	}
+	admin := e.Group("/admin/v1", s.requireAdmin)
+	admin.POST("/tenants", s.createTenant)
+	admin.GET("/tenants/:id", s.getTenant)
+	admin.GET("/shardmap", s.getShardmap)
+	admin.GET("/regions", s.getRegions)
+	e.Any("/v1/*path", s.proxy)
+	e.NoRoute(func(c *gin.Context) {
+		s.problem(c, http.StatusNotFound, "Not Found", "no route for "+c.Request.URL.Path)
+	})
+	s.engine = e
+	return s, nil
+}
+
+// Handler returns the router's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.engine }
+
+// observe assigns the request id, logs the request and records RED metrics and the proxy
+// overhead (time spent in the router, excluding the wait for API nodes).
+func (s *Server) observe(c *gin.Context) {
+	start := time.Now()
+	rid := RequestID(c.GetHeader(HeaderRequestID))
+	c.Set(ctxRequestID, rid)
+	c.Header(HeaderRequestID, rid)
+	c.Next()
+	total := time.Since(start)
+	class, _ := c.Get(ctxClass)
+	cl, _ := class.(string)
+	if cl == "" {
+		cl = Classify(c.Request.Method, c.Request.URL.Path)
+	}
+	status := c.Writer.Status()
+	s.m.requests.WithLabelValues(cl, strconv.Itoa(status)).Inc()
+	s.m.duration.WithLabelValues(cl).Observe(total.Seconds())
+	if up, ok := c.Get(ctxUpstream); ok {
+		if d, ok := up.(time.Duration); ok && cl != ClassStream {
+			s.m.overhead.Observe(max(total-d, 0).Seconds())
+		}
+	}
+	level := slog.LevelInfo
+	if status >= 500 {
+		level = slog.LevelWarn
+	}
+	if cl == ClassOther {
+		level = slog.LevelDebug
+	}
+	s.log(c).Log(c.Request.Context(), level, "request",
+		"method", c.Request.Method, "path", c.Request.URL.Path, "status", status,
+		"class", cl, "duration_ms", float64(total.Microseconds())/1000)
+}
+
+// log returns the logger with the request's attributes.
+func (s *Server) log(c *gin.Context) *slog.Logger {
+	return s.cfg.Logger.With("request_id", c.GetString(ctxRequestID),
+		"tenant", c.GetString(ctxTenant), "region", s.cfg.Region)
+}
+
+// problemBody is an RFC 9457 problem document (the shape internal/problem writes).
+type problemBody = problem.Problem
+
+// problem answers an application/problem+json error (internal/problem's shape and type URIs)
+// and stops the handler chain.
+func (s *Server) problem(c *gin.Context, status int, title, detail string) {
+	p := problem.New(status, title, detail)
+	p.RequestID = c.GetString(ctxRequestID)
+	b, _ := json.Marshal(p)
+	c.Header("Content-Type", "application/problem+json")
+	c.Status(status)
+	_, _ = c.Writer.Write(b)
+	c.Abort()
+}
+
+func (s *Server) healthz(c *gin.Context) {
+	c.JSON(http.StatusOK, gin.H{"status": "ok", "region": s.cfg.Region})
+}
+
+// readyz: ready once the map node has a leader, or has heard from one recently enough that its
+// map copy is fresh (a partitioned router keeps serving reads from it).
+func (s *Server) readyz(c *gin.Context) {
+	v := s.cfg.Map.Version()
+	leader := s.cfg.Map.Leader()
+	age := s.cfg.Now().Sub(s.cfg.Map.LeaderContact())
+	body := gin.H{"region": s.cfg.Region, "map_version": v, "leader": leader,
+		"leader_contact_age_ms": age.Milliseconds()}
+	if v > 0 && (leader != "" || age <= s.cfg.ReadyStaleness) {
+		body["status"] = "ready"
+		c.JSON(http.StatusOK, body)
+		return
+	}
+	body["status"] = "not ready"
+	c.Header("Retry-After", "1")
+	c.JSON(http.StatusServiceUnavailable, body)
+}
+
+// metrics are the router's Prometheus series.
+type metrics struct {
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	upstream    *prometheus.CounterVec
+	upstreamDur *prometheus.HistogramVec
+	overhead    prometheus.Histogram
+	rateLimit   *prometheus.CounterVec
+	misdirected prometheus.Counter
+}
+
+func newMetrics(reg *prometheus.Registry, ups Upstreams) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meridian_router_requests_total", Help: "Requests by route class and status.",
+		}, []string{"class", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "meridian_router_request_duration_seconds", Help: "Request duration by route class.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15),
+		}, []string{"class"}),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meridian_router_upstream_requests_total", Help: "Attempts to API nodes by region and status (\"error\": transport failure).",
+		}, []string{"region", "code"}),
+		upstreamDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "meridian_router_upstream_duration_seconds", Help: "Time to an API node's response headers by region.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15),
+		}, []string{"region"}),
+		overhead: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "meridian_router_proxy_overhead_seconds", Help: "Time in the router excluding the wait for API nodes.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 14),
+		}),
+		rateLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meridian_router_ratelimit_decisions_total", Help: "Rate-limit decisions (allow, deny, error) by backend (redis, local).",
+		}, []string{"decision", "backend"}),
+		misdirected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meridian_router_misdirected_total", Help: "421 answers from API nodes corrected by waiting for a newer map.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.upstream, m.upstreamDur, m.overhead, m.rateLimit,
+		m.misdirected, breakerCollector{ups})
+	return m
+}
+
+// breakerCollector reports each upstream node's breaker state at scrape time.
+type breakerCollector struct{ ups Upstreams }
+
+var breakerDesc = prometheus.NewDesc("meridian_router_upstream_breaker_state",
+	"Circuit breaker state per API node: 0 closed, 1 half-open, 2 open.",
+	[]string{"region", "node"}, nil)
+
+var healthyDesc = prometheus.NewDesc("meridian_router_upstream_healthy",
+	"1 when the API node is admitted for traffic, 0 when ejected.",
+	[]string{"region", "node"}, nil)
+
+func (b breakerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- breakerDesc
+	ch <- healthyDesc
+}
+
+func (b breakerCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, n := range b.ups.Nodes() {
+		v := 0.0
+		switch n.Breaker {
+		case "half-open":
+			v = 1
+		case "open":
+			v = 2
+		}
+		h := 0.0
+		if n.Healthy {
+			h = 1
+		}
+		ch <- prometheus.MustNewConstMetric(breakerDesc, prometheus.GaugeValue, v, n.Region, n.ID)
+		ch <- prometheus.MustNewConstMetric(healthyDesc, prometheus.GaugeValue, h, n.Region, n.ID)
+	}
+}

@@ -1,0 +1,378 @@
+package systemtest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/hashicorp/raft"
+
+	"github.com/meridian-dev/meridian/internal/api"
+	"github.com/meridian-dev/meridian/internal/api/mapsource"
+	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/internal/localsrv"
+	"github.com/meridian-dev/meridian/internal/ratelimit"
+	"github.com/meridian-dev/meridian/internal/router"
+	"github.com/meridian-dev/meridian/internal/testenv"
+	"github.com/meridian-dev/meridian/migrations"
+	"github.com/meridian-dev/meridian/shardmap"
+)
+
+const (
+	clusterToken = "sys-cluster-token"
+	jwtSecret    = "sys-jwt-secret"
+)
+
+// regions of the test topology: us-east and eu-west each host one shard's primary; us-west
+// hosts none (its API node reads the primaries directly), so the map has three voters.
+var regions = []string{"us-east", "eu-west", "us-west"}
+
+func fastRaft(c *raft.Config) {
+	c.HeartbeatTimeout = 100 * time.Millisecond
+	c.ElectionTimeout = 100 * time.Millisecond
+	c.LeaderLeaseTimeout = 100 * time.Millisecond
+	c.CommitTimeout = 5 * time.Millisecond
+}
+
+func testLogger() *slog.Logger {
+	if os.Getenv("SYSTEMTEST_LOG") != "" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// apiNode is a real internal/api node with its own listener address, so it can be killed and
+// restarted on the same address.
+type apiNode struct {
+	region string
+	addr   string
+	url    string
+	srv    *api.Server
+	client *shardmap.Client
+	pools  *api.Pools
+	stop   context.CancelFunc
+
+	mu   sync.Mutex
+	http *http.Server
+	hits atomic.Int64
+}
+
+func (a *apiNode) start(t testing.TB) {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		ln, err = net.Listen("tcp", a.addr)
+		return err
+	})
+	h := a.srv.Handler()
+	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v1/") {
+			a.hits.Add(1)
+		}
+		h.ServeHTTP(w, r)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	a.mu.Lock()
+	a.http = s
+	a.mu.Unlock()
+	go func() { _ = s.Serve(ln) }()
+}
+
+// kill closes the node's listener and every connection at once.
+func (a *apiNode) kill() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.http != nil {
+		a.http.Close()
+		a.http = nil
+	}
+}
+
+type clusterOptions struct {
+	limits     map[ratelimit.Rule]ratelimit.Limit
+	apiPerReg  map[string]int // API nodes per region (default 1)
+	wrapMap    map[string]func(router.ShardMap) router.ShardMap
+	failThresh int
+}
+
+// cluster is three routers (one per region, the map's voters), API nodes, two Postgres
+// clusters and one Redis, all on loopback.
+type cluster struct {
+	t       testing.TB
+	routers map[string]*router.Process
+	apis    map[string][]*apiNode
+	pg      map[string]*localsrv.Postgres
+	dbs     map[string]string // shard -> database
+	redis   *localsrv.Redis
+	shards  map[string]string // region -> shard id homed there
+}
+
+func newCluster(t testing.TB, o clusterOptions) *cluster {
+	t.Helper()
+	ctx := context.Background()
+	c := &cluster{t: t, routers: map[string]*router.Process{}, apis: map[string][]*apiNode{},
+		pg: map[string]*localsrv.Postgres{}, dbs: map[string]string{},
+		shards: map[string]string{"us-east": "use1", "eu-west": "euw1"}}
+	c.redis = testenv.Redis(t)
+	dsns := map[string]string{}
+	for _, r := range []string{"us-east", "eu-west"} {
+		pg := testenv.Postgres(t)
+		c.pg[r] = pg
+		sh := c.shards[r]
+		db := "shard_" + sh
+		if err := pg.CreateDatabase(ctx, db); err != nil {
+			t.Fatal(err)
+		}
+		c.dbs[sh] = db
+		dsns[sh] = pg.DSN(db)
+	}
+	if res, err := migrations.Apply(ctx, dsns); err != nil {
+		t.Fatalf("migrations: %v %+v", err, res)
+	}
+	verifier, err := auth.NewVerifier(auth.Config{Secret: []byte(jwtSecret)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limits := o.limits
+	if limits == nil {
+		limits = map[ratelimit.Rule]ratelimit.Limit{{Scope: ratelimit.ScopeTenant}: {Rate: 1e6, Burst: 1e6}}
+	}
+
+	// API node addresses first: routers get them as static lists.
+	static := map[string][]string{}
+	for _, r := range regions {
+		n := 1
+		if o.apiPerReg != nil && o.apiPerReg[r] > 0 {
+			n = o.apiPerReg[r]
+		}
+		for range n {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := &apiNode{region: r, addr: ln.Addr().String(), url: "http://" + ln.Addr().String()}
+			ln.Close()
+			c.apis[r] = append(c.apis[r], a)
+			static[r] = append(static[r], a.url)
+		}
+	}
+
+	var join []string
+	for i, r := range regions {
+		pc := router.ProcessConfig{
+			ID: r + "-router", Region: r, DataDir: t.TempDir(), RaftAddr: "127.0.0.1:0",
+			Bootstrap: i == 0, Join: join, ClusterToken: clusterToken, Verifier: verifier,
+			RedisAddr: c.redis.Addr(), Limits: limits, StaticAPI: static,
+			UpstreamTimeout: 3 * time.Second, EjectBase: 200 * time.Millisecond,
+			FailureThreshold: o.failThresh, RaftTune: fastRaft, Logger: testLogger().With("node", r+"-router"),
+		}
+		if o.wrapMap != nil {
+			pc.WrapMap = o.wrapMap[r]
+		}
+		p, err := router.Start(ctx, pc)
+		if err != nil {
+			t.Fatalf("start router %s: %v", r, err)
+		}
+		t.Cleanup(func() { _ = p.Close() })
+		c.routers[r] = p
+		if i == 0 {
+			join = []string{p.URL}
+			testenv.WaitFor(t, 10*time.Second, func() error {
+				if !p.Node.IsLeader() {
+					return fmt.Errorf("%s not leader yet", r)
+				}
+				return nil
+			})
+			c.bootstrapMap(p.Node)
+		}
+	}
+	// Every router must be a voter with the bootstrapped map.
+	want := c.routers["us-east"].Node.Map().Version()
+	testenv.WaitFor(t, 15*time.Second, func() error {
+		for r, p := range c.routers {
+			if v := p.Node.Map().Version(); v < want || len(p.Node.Map().Nodes()) < len(regions) {
+				return fmt.Errorf("router %s at map version %d with %d nodes", r, v, len(p.Node.Map().Nodes()))
+			}
+		}
+		return nil
+	})
+
+	for _, r := range regions {
+		var addrs []string
+		addrs = append(addrs, c.routers[r].URL)
+		for _, o := range regions {
+			if o != r {
+				addrs = append(addrs, c.routers[o].URL)
+			}
+		}
+		for _, a := range c.apis[r] {
+			a.client = shardmap.NewClient(shardmap.ClientConfig{Addrs: slices.Clone(addrs), // NewClient rewrites Addrs in place
+				Token: clusterToken, Wait: time.Second, Logger: testLogger()})
+			cctx, cancel := context.WithCancel(context.Background())
+			a.stop = cancel
+			go func() { _ = a.client.Run(cctx) }()
+			a.pools = api.NewPools(api.PoolConfig{MaxConns: 20})
+			a.srv, err = api.New(api.Config{Region: r, CursorKey: []byte("cursor"), ClusterToken: clusterToken,
+				Logger: testLogger().With("node", "api-"+a.addr)}, mapsource.Adapter{Src: a.client}, a.pools, verifier, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.start(t)
+			t.Cleanup(func() {
+				a.kill()
+				a.stop()
+				a.pools.Close()
+			})
+			testenv.WaitFor(t, 10*time.Second, func() error {
+				if v := a.client.Map().Version(); v < want {
+					return fmt.Errorf("api node %s at map version %d", a.url, v)
+				}
+				return nil
+			})
+		}
+	}
+	return c
+}
+
+func (c *cluster) bootstrapMap(n *shardmap.Node) {
+	c.t.Helper()
+	var shards []shardmap.Shard
+	for _, r := range []string{"us-east", "eu-west"} {
+		sh := c.shards[r]
+		eps := map[string]string{}
+		for _, rr := range regions {
+			eps[rr] = c.pg[r].Addr() // no standbys here: every region reads the primary
+		}
+		shards = append(shards, shardmap.Shard{ID: sh, HomeRegion: r, Database: c.dbs[sh], Endpoints: eps, State: "active"})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := n.Apply(ctx, shardmap.Bootstrap{Regions: regions, Shards: shards, SlotCount: 64}); err != nil {
+		c.t.Fatalf("bootstrap map: %v", err)
+	}
+}
+
+// token mints an HS256 token.
+func token(t testing.TB, tenant, sub, scope string) string {
+	t.Helper()
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": sub, "tenant": tenant, "scope": scope,
+		"iat": time.Now().Add(-time.Minute).Unix(), "exp": time.Now().Add(time.Hour).Unix()})
+	s, err := tok.SignedString([]byte(jwtSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// adminToken carries a tenant claim because internal/auth requires one on every token.
+func adminToken(t testing.TB) string { return token(t, "ops-admin", "root", "admin") }
+
+func dataToken(t testing.TB, tenant string) string {
+	return token(t, tenant, "user-"+tenant, "data:read data:write")
+}
+
+type answer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+var httpClient = &http.Client{Timeout: 10 * time.Second}
+
+func send(method, url, tok, body string, hdr ...string) (answer, error) {
+	var rb io.Reader
+	if body != "" {
+		rb = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rb)
+	if err != nil {
+		return answer{}, err
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return answer{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return answer{resp.StatusCode, resp.Header, b}, err
+}
+
+func (c *cluster) do(region, method, path, tok, body string, hdr ...string) answer {
+	c.t.Helper()
+	a, err := send(method, c.routers[region].URL+path, tok, body, hdr...)
+	if err != nil {
+		c.t.Fatalf("%s %s via %s: %v", method, path, region, err)
+	}
+	return a
+}
+
+// createTenant creates a tenant through a router's admin API.
+func (c *cluster) createTenant(via, id, region string) map[string]any {
+	c.t.Helper()
+	body := `{"id":"` + id + `"}`
+	if region != "" {
+		body = `{"id":"` + id + `","region":"` + region + `"}`
+	}
+	a := c.do(via, "POST", "/admin/v1/tenants", adminToken(c.t), body)
+	if a.status != 201 {
+		c.t.Fatalf("create tenant %s: %d %s", id, a.status, a.body)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(a.body, &m); err != nil {
+		c.t.Fatal(err)
+	}
+	return m
+}
+
+// rows counts a tenant's live records on a shard's primary (as superuser, so RLS is bypassed).
+func (c *cluster) rows(shard, tenant, where string) int {
+	c.t.Helper()
+	region := "us-east"
+	if shard == c.shards["eu-west"] {
+		region = "eu-west"
+	}
+	conn, err := c.pg[region].Connect(context.Background(), c.dbs[shard])
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var n int
+	q := `SELECT count(*) FROM records WHERE tenant_id = $1 AND NOT deleted`
+	if where != "" {
+		q += " AND " + where
+	}
+	if err := conn.QueryRow(context.Background(), q, tenant).Scan(&n); err != nil {
+		c.t.Fatal(err)
+	}
+	return n
+}
+
+func (c *cluster) leader() string {
+	for r, p := range c.routers {
+		if p.Node.IsLeader() {
+			return r
+		}
+	}
+	return ""
+}

@@ -1,0 +1,88 @@
+package router
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+
+	"github.com/google/uuid"
+)
+
+// ParseTraceparent parses a W3C traceparent header (version 00 layout; higher versions are
+// read by their first four fields, as the spec asks). It returns the trace id and flags.
+func ParseTraceparent(h string) (traceID, flags string, ok bool) {
+	h = strings.TrimSpace(h)
+	if len(h) < 55 {
+		return "", "", false
+	}
+	parts := strings.Split(h[:55], "-")
+	if len(parts) != 4 || len(h) > 55 && (h[:2] == "00" || h[55] != '-') {
+		return "", "", false
+	}
+	ver, tid, pid, fl := parts[0], parts[1], parts[2], parts[3]
+	if len(ver) != 2 || len(tid) != 32 || len(pid) != 16 || len(fl) != 2 {
+		return "", "", false
+	}
+	if !isLowerHex(ver) || !isLowerHex(tid) || !isLowerHex(pid) || !isLowerHex(fl) || ver == "ff" {
+		return "", "", false
+	}
+	if tid == strings.Repeat("0", 32) || pid == strings.Repeat("0", 16) {
+		return "", "", false
+	}
+	return tid, fl, true
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// NextTraceparent returns the traceparent to send upstream: the incoming trace continued with a
+// new span id for the router's hop, or a new sampled trace when the header is absent or invalid.
+func NextTraceparent(incoming string) string {
+	tid, fl, ok := ParseTraceparent(incoming)
+	if !ok {
+		tid, fl = randHex(16), "01"
+	}
+	return "00-" + tid + "-" + randHex(8) + "-" + fl
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	for {
+		_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
+		for _, x := range b {
+			if x != 0 {
+				return hex.EncodeToString(b)
+			}
+		}
+	}
+}
+
+// RequestID returns the client's X-Request-Id when it is a sane token (1–128 visible ASCII
+// characters without spaces or quotes), else a new UUIDv7.
+func RequestID(incoming string) string {
+	if n := len(incoming); n >= 1 && n <= 128 {
+		ok := true
+		for i := 0; i < n; i++ {
+			c := incoming[i]
+			if c <= ' ' || c > '~' || c == '"' || c == '\\' {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return incoming
+		}
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return uuid.NewString()
+	}
+	return id.String()
+}
