@@ -24,7 +24,7 @@ func repoRoot(t *testing.T) string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// testTopology is the repository's topology moved to a private port range (base+10000), so a
+// testTopology is the repository's topology moved to a private port range (base-10000, below the kernel's ephemeral range 32768+ that free-port tests draw from), so a
 // developer's running `make up` cluster and this test never collide.
 func testTopology(t *testing.T) *topology.Topology {
 	t.Helper()
@@ -34,7 +34,7 @@ func testTopology(t *testing.T) *topology.Topology {
 	}
 	f := base.File()
 	for i := range f.Regions {
-		f.Regions[i].PortBase += 13000
+		f.Regions[i].PortBase -= 10000
 	}
 	topo, err := topology.New(f)
 	if err != nil {

@@ -1,0 +1,167 @@
+// Command api is Meridian's regional data node: it serves the /v1 records API against the
+// Postgres shards, following the shard map it watches on the routers.
+//
+// Every flag can also be set by the environment variable named in its help text; a flag on the
+// command line wins. Defaults are the ones in DESIGN.md §4.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	apidoc "github.com/meridian-dev/meridian/api"
+	"github.com/meridian-dev/meridian/internal/api"
+	"github.com/meridian-dev/meridian/internal/api/mapsource"
+	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/shardmap"
+)
+
+type config struct {
+	region, listen, mapAddrs, clusterToken, cursorKey string
+	dbUser, dbPassword                                string
+	jwtSecret, jwksFile, jwtIssuer, jwtAudience       string
+	maxConns                                          int
+	connLifetime, connIdle, statementTimeout          time.Duration
+	idleInTx, deadline, idemTTL, idemCleanup          time.Duration
+	readHeaderTimeout, shutdownGrace                  time.Duration
+	maxBody                                           int64
+}
+
+// env returns the environment value of name, or def.
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func envDur(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return d
+	}
+	return def
+}
+
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return n
+	}
+	return def
+}
+
+func parseConfig(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("api", flag.ContinueOnError)
+	fs.StringVar(&c.region, "region", env("MERIDIAN_REGION", ""), "this node's region, e.g. us-east (MERIDIAN_REGION; required)")
+	fs.StringVar(&c.listen, "listen", env("MERIDIAN_API_LISTEN", "127.0.0.1:8081"), "HTTP listen address (MERIDIAN_API_LISTEN)")
+	fs.StringVar(&c.mapAddrs, "map-addrs", env("MERIDIAN_MAP_ADDRS", ""), "comma-separated base URLs of shard-map nodes (routers) (MERIDIAN_MAP_ADDRS; required)")
+	fs.StringVar(&c.clusterToken, "cluster-token", env("MERIDIAN_CLUSTER_TOKEN", ""), "cluster token for internal endpoints and the map (MERIDIAN_CLUSTER_TOKEN; required)")
+	fs.StringVar(&c.cursorKey, "cursor-key", env("MERIDIAN_CURSOR_KEY", ""), "HMAC key for list cursors, same on every node (MERIDIAN_CURSOR_KEY; default: the cluster token)")
+	fs.StringVar(&c.dbUser, "db-user", env("MERIDIAN_DB_USER", "meridian_app"), "Postgres role (MERIDIAN_DB_USER)")
+	fs.StringVar(&c.dbPassword, "db-password", env("MERIDIAN_DB_PASSWORD", ""), "Postgres password (MERIDIAN_DB_PASSWORD; empty = none)")
+	fs.StringVar(&c.jwtSecret, "jwt-secret", env("MERIDIAN_JWT_SECRET", ""), "HS256 secret, raw bytes (MERIDIAN_JWT_SECRET)")
+	fs.StringVar(&c.jwksFile, "jwks-file", env("MERIDIAN_JWKS_FILE", ""), "JWKS file with RS256/EdDSA keys (MERIDIAN_JWKS_FILE)")
+	fs.StringVar(&c.jwtIssuer, "jwt-issuer", env("MERIDIAN_JWT_ISSUER", ""), "required iss claim; empty = not checked (MERIDIAN_JWT_ISSUER)")
+	fs.StringVar(&c.jwtAudience, "jwt-audience", env("MERIDIAN_JWT_AUDIENCE", ""), "required aud claim; empty = not checked (MERIDIAN_JWT_AUDIENCE)")
+	fs.IntVar(&c.maxConns, "pool-max-conns", envInt("MERIDIAN_POOL_MAX_CONNS", 10), "max connections per shard pool (MERIDIAN_POOL_MAX_CONNS)")
+	fs.DurationVar(&c.connLifetime, "pool-conn-lifetime", envDur("MERIDIAN_POOL_CONN_LIFETIME", 30*time.Minute), "max connection lifetime (MERIDIAN_POOL_CONN_LIFETIME)")
+	fs.DurationVar(&c.connIdle, "pool-conn-idle", envDur("MERIDIAN_POOL_CONN_IDLE", 5*time.Minute), "max connection idle time (MERIDIAN_POOL_CONN_IDLE)")
+	fs.DurationVar(&c.statementTimeout, "statement-timeout", envDur("MERIDIAN_STATEMENT_TIMEOUT", time.Second), "Postgres statement_timeout (MERIDIAN_STATEMENT_TIMEOUT)")
+	fs.DurationVar(&c.idleInTx, "idle-in-tx-timeout", envDur("MERIDIAN_IDLE_IN_TX_TIMEOUT", 10*time.Second), "Postgres idle_in_transaction_session_timeout (MERIDIAN_IDLE_IN_TX_TIMEOUT)")
+	fs.DurationVar(&c.deadline, "request-deadline", envDur("MERIDIAN_REQUEST_DEADLINE", 5*time.Second), "per-request deadline (MERIDIAN_REQUEST_DEADLINE)")
+	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", envDur("MERIDIAN_READ_HEADER_TIMEOUT", 5*time.Second), "HTTP read-header timeout (MERIDIAN_READ_HEADER_TIMEOUT)")
+	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", envDur("MERIDIAN_SHUTDOWN_GRACE", 20*time.Second), "time to finish in-flight requests on shutdown (MERIDIAN_SHUTDOWN_GRACE)")
+	fs.DurationVar(&c.idemTTL, "idempotency-ttl", envDur("MERIDIAN_IDEMPOTENCY_TTL", 24*time.Hour), "Idempotency-Key lifetime (MERIDIAN_IDEMPOTENCY_TTL)")
+	fs.DurationVar(&c.idemCleanup, "idempotency-cleanup", envDur("MERIDIAN_IDEMPOTENCY_CLEANUP", 10*time.Minute), "expired-key cleanup interval (MERIDIAN_IDEMPOTENCY_CLEANUP)")
+	fs.Int64Var(&c.maxBody, "max-body", int64(envInt("MERIDIAN_MAX_BODY", 1<<20)), "request body cap in bytes (MERIDIAN_MAX_BODY)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if c.region == "" || c.mapAddrs == "" || c.clusterToken == "" {
+		return c, errors.New("-region, -map-addrs and -cluster-token are required")
+	}
+	if c.jwtSecret == "" && c.jwksFile == "" {
+		return c, errors.New("one of -jwt-secret and -jwks-file is required")
+	}
+	if c.cursorKey == "" {
+		c.cursorKey = c.clusterToken
+	}
+	return c, nil
+}
+
+func main() {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "api")
+	slog.SetDefault(log)
+	cfg, err := parseConfig(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "api:", err)
+		os.Exit(2)
+	}
+	if err := run(cfg, log); err != nil {
+		log.Error("exit", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg config, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	// Shard map: watch the routers.
+	client := shardmap.NewClient(shardmap.ClientConfig{Addrs: strings.Split(cfg.mapAddrs, ","), Token: cfg.clusterToken, Logger: log})
+	mapCtx, stopMap := context.WithCancel(context.Background())
+	mapDone := make(chan struct{})
+	go func() { defer close(mapDone); _ = client.Run(mapCtx) }()
+
+	verifier, err := auth.NewVerifier(auth.Config{Secret: []byte(cfg.jwtSecret), JWKSFile: cfg.jwksFile, Issuer: cfg.jwtIssuer, Audience: cfg.jwtAudience})
+	if err != nil {
+		stopMap()
+		return err
+	}
+	pools := api.NewPools(api.PoolConfig{User: cfg.dbUser, Password: cfg.dbPassword, MaxConns: int32(cfg.maxConns),
+		MaxConnLifetime: cfg.connLifetime, MaxConnIdleTime: cfg.connIdle, StatementTimeout: cfg.statementTimeout, IdleInTxTimeout: cfg.idleInTx})
+	srv, err := api.New(api.Config{Region: cfg.region, CursorKey: []byte(cfg.cursorKey), ClusterToken: cfg.clusterToken,
+		MaxBody: cfg.maxBody, Deadline: cfg.deadline, IdemTTL: cfg.idemTTL, Logger: log}, mapsource.Adapter{Src: client}, pools, verifier, apidoc.OpenAPI)
+	if err != nil {
+		stopMap()
+		return err
+	}
+	cleanupCtx, stopCleanup := context.WithCancel(context.Background())
+	go srv.RunCleanup(cleanupCtx, cfg.idemCleanup)
+
+	httpSrv := &http.Server{Addr: cfg.listen, Handler: srv.Handler(), ReadHeaderTimeout: cfg.readHeaderTimeout,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+	errc := make(chan error, 1)
+	go func() { errc <- httpSrv.ListenAndServe() }()
+	log.Info("listening", "addr", cfg.listen, "region", cfg.region)
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-errc:
+		stopCleanup()
+		stopMap()
+		pools.Close()
+		return err
+	}
+	// Order: stop accepting and finish in-flight requests, then background jobs, then the map
+	// watch, then the database pools the requests were using.
+	shCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+	defer cancel()
+	err = httpSrv.Shutdown(shCtx)
+	stopCleanup()
+	stopMap()
+	<-mapDone
+	pools.Close()
+	return err
+}

@@ -1,0 +1,70 @@
+package api
+
+import (
+	"compress/gzip"
+	"strings"
+	"sync"
+
+	"github.com/gin-gonic/gin"
+)
+
+var gzipPool = sync.Pool{New: func() any { w, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed); return w }}
+
+// acceptsGzip reports whether an Accept-Encoding value allows gzip (q=0 refuses it).
+func acceptsGzip(ae string) bool {
+	for _, part := range strings.Split(ae, ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if strings.EqualFold(strings.TrimSpace(name), "gzip") || strings.TrimSpace(name) == "*" {
+			p := strings.ReplaceAll(params, " ", "")
+			return p != "q=0" && p != "q=0.0" && p != "q=0.00" && p != "q=0.000"
+		}
+	}
+	return false
+}
+
+// gzipWriter compresses the body lazily: a response without a body (204, 304) is untouched.
+type gzipWriter struct {
+	gin.ResponseWriter
+	gz *gzip.Writer
+}
+
+func (w *gzipWriter) start() {
+	if w.gz == nil {
+		h := w.Header()
+		h.Set("Content-Encoding", "gzip")
+		h.Del("Content-Length")
+		w.gz = gzipPool.Get().(*gzip.Writer)
+		w.gz.Reset(w.ResponseWriter)
+	}
+}
+
+func (w *gzipWriter) Write(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	w.start()
+	return w.gz.Write(b)
+}
+
+func (w *gzipWriter) WriteString(s string) (int, error) { return w.Write([]byte(s)) }
+
+// gzipMiddleware compresses responses for clients that accept gzip.
+func gzipMiddleware() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		c.Header("Vary", "Accept-Encoding")
+		if !acceptsGzip(c.GetHeader("Accept-Encoding")) || c.Request.Method == "HEAD" {
+			c.Next()
+			return
+		}
+		gw := &gzipWriter{ResponseWriter: c.Writer}
+		c.Writer = gw
+		defer func() {
+			if gw.gz != nil {
+				_ = gw.gz.Close()
+				gzipPool.Put(gw.gz)
+			}
+			c.Writer = gw.ResponseWriter
+		}()
+		c.Next()
+	}
+}

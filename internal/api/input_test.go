@@ -1,0 +1,222 @@
+package api
+
+import (
+	"encoding/json"
+	"net/url"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestDecodeRecordBody(t *testing.T) {
+	tests := []struct {
+		name, body string
+		ok         bool
+	}{
+		{"ok", `{"data":{"a":1}}`, true},
+		{"ok whitespace", " {\"data\":{}} \n\t", true},
+		{"trailing value", `{"data":{}} {}`, false},
+		{"trailing garbage", `{"data":{}}x`, false},
+		{"unknown field", `{"data":{},"id":"x"}`, false},
+		{"missing data", `{}`, false},
+		{"null data", `{"data":null}`, false},
+		{"array data", `{"data":[1]}`, false},
+		{"string data", `{"data":"x"}`, false},
+		{"empty", ``, false},
+		{"nul char", `{"data":{"a":"\u0000"}}`, false},
+		{"not json", `data=1`, false},
+		{"top array", `[{"data":{}}]`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := decodeRecordBody(strings.NewReader(tt.body))
+			if (err == nil) != tt.ok {
+				t.Fatalf("err = %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+}
+
+func TestMergePatch(t *testing.T) {
+	// Cases from RFC 7396 Appendix A.
+	tests := []struct{ target, patch, want string }{
+		{`{"a":"b"}`, `{"a":"c"}`, `{"a":"c"}`},
+		{`{"a":"b"}`, `{"b":"c"}`, `{"a":"b","b":"c"}`},
+		{`{"a":"b"}`, `{"a":null}`, `{}`},
+		{`{"a":"b","b":"c"}`, `{"a":null}`, `{"b":"c"}`},
+		{`{"a":["b"]}`, `{"a":"c"}`, `{"a":"c"}`},
+		{`{"a":"c"}`, `{"a":["b"]}`, `{"a":["b"]}`},
+		{`{"a":{"b":"c"}}`, `{"a":{"b":"d","c":null}}`, `{"a":{"b":"d"}}`},
+		{`{"a":[{"b":"c"}]}`, `{"a":[1]}`, `{"a":[1]}`},
+		{`["a","b"]`, `["c","d"]`, `["c","d"]`},
+		{`{"a":"b"}`, `["c"]`, `["c"]`},
+		{`{"a":"foo"}`, `null`, `null`},
+		{`{"a":"foo"}`, `"bar"`, `"bar"`},
+		{`{"e":null}`, `{"a":1}`, `{"a":1,"e":null}`},
+		{`[1,2]`, `{"a":"b","c":null}`, `{"a":"b"}`},
+		{`{}`, `{"a":{"bb":{"ccc":null}}}`, `{"a":{"bb":{}}}`},
+		{`{"n":12345678901234567890}`, `{"m":1}`, `{"m":1,"n":12345678901234567890}`},
+	}
+	for _, tt := range tests {
+		var target, patch, want any
+		dec := func(s string, v *any) {
+			d := json.NewDecoder(strings.NewReader(s))
+			d.UseNumber()
+			if err := d.Decode(v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dec(tt.target, &target)
+		dec(tt.patch, &patch)
+		dec(tt.want, &want)
+		got := mergePatch(target, patch)
+		gb, _ := json.Marshal(got)
+		wb, _ := json.Marshal(want)
+		if string(gb) != string(wb) {
+			t.Errorf("merge(%s, %s) = %s, want %s", tt.target, tt.patch, gb, wb)
+		}
+	}
+}
+
+func TestDecodePatch(t *testing.T) {
+	for body, ok := range map[string]bool{
+		`{"data":{"f":null}}`: true,
+		`{}`:                  true,
+		`{"data":null}`:       false,
+		`{"data":1}`:          false,
+		`{"x":1}`:             false,
+		`{"data":{}}{}`:       false,
+	} {
+		if _, _, err := decodePatch(strings.NewReader(body)); (err == nil) != ok {
+			t.Errorf("%s: err = %v", body, err)
+		}
+	}
+}
+
+func TestContentType(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/json":                  true,
+		"application/json; charset=utf-8":   true,
+		"Application/JSON":                  true,
+		"application/merge-patch+json":      false,
+		"text/plain":                        false,
+		"":                                  false,
+		"application/x-www-form-urlencoded": false,
+		"application/json; charset=\"utf-8": false,
+	} {
+		if got := isJSONContentType(ct); got != want {
+			t.Errorf("%q: %v", ct, got)
+		}
+	}
+	if !isJSONContentType("application/merge-patch+json", "application/merge-patch+json") {
+		t.Error("merge patch not accepted as extra")
+	}
+}
+
+func TestParseListQuery(t *testing.T) {
+	tests := []struct {
+		q      string
+		ok     bool
+		limit  int
+		desc   bool
+		filter string
+		fields []string
+		ids    int
+	}{
+		{"", true, 50, false, "", nil, 0},
+		{"limit=1", true, 1, false, "", nil, 0},
+		{"limit=200", true, 200, false, "", nil, 0},
+		{"limit=201", false, 0, false, "", nil, 0},
+		{"limit=0", false, 0, false, "", nil, 0},
+		{"limit=-1", false, 0, false, "", nil, 0},
+		{"limit=abc", false, 0, false, "", nil, 0},
+		{"limit=1e2", false, 0, false, "", nil, 0},
+		{"limit=", false, 0, false, "", nil, 0},
+		{"limit=1&limit=2", false, 0, false, "", nil, 0},
+		{"order=-id", true, 50, true, "", nil, 0},
+		{"order=id", true, 50, false, "", nil, 0},
+		{"order=name", false, 0, false, "", nil, 0},
+		{"where[age]=30&where[name]=bob", true, 50, false, `{"age":30,"name":"bob"}`, nil, 0},
+		{`where[code]="30"`, true, 50, false, `{"code":"30"}`, nil, 0},
+		{"where[ok]=true&where[x]=null", true, 50, false, `{"ok":true,"x":null}`, nil, 0},
+		{"where[a.b]=1", false, 0, false, "", nil, 0},
+		{"where[]=1", false, 0, false, "", nil, 0},
+		{"fields=b,a,b", true, 50, false, "", []string{"a", "b"}, 0},
+		{"fields=", false, 0, false, "", nil, 0},
+		{"fields=a,,b", false, 0, false, "", nil, 0},
+		{"ids=a,b,a", true, 50, false, "", nil, 2},
+		{"ids=a,b&fields=x", true, 50, false, "", []string{"x"}, 0 + 2},
+		{"ids=a&limit=2", false, 0, false, "", nil, 0},
+		{"ids=a&cursor=x", false, 0, false, "", nil, 0},
+		{"ids=a,,b", false, 0, false, "", nil, 0},
+		{"ids=" + strings.Repeat("a,", 200) + "a", false, 0, false, "", nil, 0},
+		{"cursor=", false, 0, false, "", nil, 0},
+		{"limt=5", false, 0, false, "", nil, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.q, func(t *testing.T) {
+			v, err := url.ParseQuery(tt.q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lq, err := parseListQuery(v)
+			if (err == nil) != tt.ok {
+				t.Fatalf("err = %v, want ok=%v", err, tt.ok)
+			}
+			if !tt.ok {
+				return
+			}
+			if lq.Limit != tt.limit || lq.Desc != tt.desc || lq.FilterJSON != tt.filter || !reflect.DeepEqual(lq.Fields, tt.fields) || len(lq.IDs) != tt.ids {
+				t.Fatalf("got %+v", lq)
+			}
+		})
+	}
+}
+
+func TestCursor(t *testing.T) {
+	cc := cursorCodec{key: []byte("k1")}
+	s := cursorScope{Tenant: "acme", Collection: "notes", Filter: `{"a":1}`}
+	c := cc.Encode(s, "0190-abc")
+	id, err := cc.Decode(s, c)
+	if err != nil || id != "0190-abc" {
+		t.Fatalf("round trip: %q %v", id, err)
+	}
+	other := []cursorScope{
+		{Tenant: "acmf", Collection: "notes", Filter: `{"a":1}`},
+		{Tenant: "acme", Collection: "note", Filter: `{"a":1}`},
+		{Tenant: "acme", Collection: "notes", Filter: `{"a":2}`},
+		{Tenant: "acme", Collection: "notes", Filter: ``},
+		{Tenant: "acme", Collection: "notes", Filter: `{"a":1}`, Desc: true},
+		// Boundary shifting between parts must not collide.
+		{Tenant: "acmen", Collection: "otes", Filter: `{"a":1}`},
+	}
+	for _, o := range other {
+		if _, err := cc.Decode(o, c); err == nil {
+			t.Errorf("cursor accepted for scope %+v", o)
+		}
+	}
+	if _, err := (cursorCodec{key: []byte("k2")}).Decode(s, c); err == nil {
+		t.Error("cursor accepted under another key")
+	}
+	raw := []byte(c)
+	for i := range raw {
+		alt := append([]byte(nil), raw...)
+		alt[i] ^= 0x01
+		if id, err := cc.Decode(s, string(alt)); err == nil && id != "0190-abc" {
+			t.Fatalf("altered cursor at %d accepted with id %q", i, id)
+		}
+	}
+}
+
+func TestConsistencyToken(t *testing.T) {
+	tok := EncodeConsistencyToken("us-east-1", "0/16B3748")
+	sh, lsn, err := DecodeConsistencyToken(tok)
+	if err != nil || sh != "us-east-1" || lsn != "0/16B3748" {
+		t.Fatalf("%q %q %v", sh, lsn, err)
+	}
+	for _, bad := range []string{"", "!!", "MTp4", EncodeConsistencyToken("", "0/1")} {
+		if _, _, err := DecodeConsistencyToken(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,65 @@
+// Package mapsource adapts the shard map's watching client (shardmap.Client) to the small
+// api.ShardMap interface the data node declares. It holds no state of its own and must never
+// modify the map; tests of internal/api use a fake of api.ShardMap instead, and this adapter is
+// tested against a real decoded shardmap.Map.
+package mapsource
+
+import (
+	"context"
+	"time"
+
+	"github.com/meridian-dev/meridian/internal/api"
+	"github.com/meridian-dev/meridian/shardmap"
+)
+
+// Source is the subset of *shardmap.Client the adapter uses.
+type Source interface {
+	Map() *shardmap.Map
+	WaitVersion(ctx context.Context, v uint64) error
+	Age() time.Duration
+}
+
+var _ Source = (*shardmap.Client)(nil)
+
+// Adapter implements api.ShardMap over a Source.
+type Adapter struct{ Src Source }
+
+var _ api.ShardMap = Adapter{}
+
+// Lookup resolves tenant on the current snapshot.
+func (a Adapter) Lookup(tenant string) (api.Route, error) {
+	m := a.Src.Map()
+	r, err := m.Lookup(tenant)
+	if err != nil {
+		return api.Route{}, err
+	}
+	return api.Route{Shard: r.Shard, HomeRegion: r.HomeRegion, Epoch: r.Epoch, MapVersion: m.Version()}, nil
+}
+
+func convert(s shardmap.Shard) api.ShardInfo {
+	return api.ShardInfo{ID: s.ID, HomeRegion: s.HomeRegion, Database: s.Database, Endpoints: s.Endpoints}
+}
+
+// ShardInfo returns one shard of the current snapshot.
+func (a Adapter) ShardInfo(id string) (api.ShardInfo, bool) {
+	s, ok := a.Src.Map().Shard(id)
+	return convert(s), ok
+}
+
+// Shards returns every shard of the current snapshot.
+func (a Adapter) Shards() []api.ShardInfo {
+	var out []api.ShardInfo
+	for _, s := range a.Src.Map().Shards() {
+		out = append(out, convert(s))
+	}
+	return out
+}
+
+// Version is the current snapshot's version.
+func (a Adapter) Version() uint64 { return a.Src.Map().Version() }
+
+// WaitVersion waits for version v.
+func (a Adapter) WaitVersion(ctx context.Context, v uint64) error { return a.Src.WaitVersion(ctx, v) }
+
+// Age is the time since the map was last confirmed.
+func (a Adapter) Age() time.Duration { return a.Src.Age() }

@@ -1,0 +1,44 @@
+package mapsource
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meridian-dev/meridian/shardmap"
+)
+
+type fixed struct{ m *shardmap.Map }
+
+func (f fixed) Map() *shardmap.Map                        { return f.m }
+func (f fixed) WaitVersion(context.Context, uint64) error { return nil }
+func (f fixed) Age() time.Duration                        { return time.Second }
+
+func TestAdapter(t *testing.T) {
+	slots := `"` + strings.Repeat(`s1","`, 3) + `s1"`
+	m, err := shardmap.DecodeMap([]byte(`{"version":7,"slot_count":4,"regions":["us-east","eu-west"],
+		"shards":[{"id":"s1","home_region":"us-east","database":"d1","endpoints":{"us-east":"h:1"},"state":"active"},
+		          {"id":"s2","home_region":"eu-west","database":"d2","endpoints":{"eu-west":"h:2"},"state":"active"}],
+		"slots":[` + slots + `],"pins":{"acme":"s2"},"epochs":{"acme":3},"moves":[],"nodes":{}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := Adapter{Src: fixed{m}}
+	r, err := a.Lookup("acme")
+	if err != nil || r.Shard != "s2" || r.HomeRegion != "eu-west" || r.Epoch != 3 || r.MapVersion != 7 {
+		t.Fatalf("acme: %+v %v", r, err)
+	}
+	if r, _ := a.Lookup("other"); r.Shard != "s1" {
+		t.Fatalf("other: %+v", r)
+	}
+	if _, err := a.Lookup("BAD"); err == nil {
+		t.Fatal("bad tenant accepted")
+	}
+	if s, ok := a.ShardInfo("s2"); !ok || s.Database != "d2" || s.Endpoints["eu-west"] != "h:2" {
+		t.Fatalf("shard: %+v", s)
+	}
+	if len(a.Shards()) != 2 || a.Version() != 7 {
+		t.Fatal("shards/version")
+	}
+}

@@ -1,0 +1,228 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Store errors; handlers map them to problem+json statuses.
+var (
+	ErrTenantNotFound = errors.New("api: tenant not found")
+	ErrTenantFenced   = errors.New("api: tenant is fenced for writes")
+	ErrUnknownShard   = errors.New("api: shard not in map")
+	ErrNoEndpoint     = errors.New("api: shard has no endpoint for its home region")
+)
+
+// PoolConfig sizes each shard's pgxpool. Zero values take the documented defaults.
+type PoolConfig struct {
+	User, Password   string        // role to connect as; "" user = migrations.AppRole
+	MaxConns         int32         // 0 = 10
+	MinConns         int32         // 0 = 0
+	MaxConnLifetime  time.Duration // 0 = 30m
+	MaxConnIdleTime  time.Duration // 0 = 5m
+	StatementTimeout time.Duration // 0 = 1s
+	IdleInTxTimeout  time.Duration // 0 = 10s
+}
+
+func (pc PoolConfig) withDefaults() PoolConfig {
+	if pc.User == "" {
+		pc.User = "meridian_app"
+	}
+	if pc.MaxConns == 0 {
+		pc.MaxConns = 10
+	}
+	if pc.MaxConnLifetime == 0 {
+		pc.MaxConnLifetime = 30 * time.Minute
+	}
+	if pc.MaxConnIdleTime == 0 {
+		pc.MaxConnIdleTime = 5 * time.Minute
+	}
+	if pc.StatementTimeout == 0 {
+		pc.StatementTimeout = time.Second
+	}
+	if pc.IdleInTxTimeout == 0 {
+		pc.IdleInTxTimeout = 10 * time.Second
+	}
+	return pc
+}
+
+// Pools holds one primary pgxpool per shard, created on first use from the shard map's endpoint
+// of the shard's home region and replaced when that endpoint changes. A standby pool per shard
+// is the planned second member of shardPools (read path: see readPool).
+type Pools struct {
+	cfg PoolConfig
+	mu  sync.Mutex
+	// pools is guarded by mu.
+	pools map[string]*shardPools
+}
+
+type shardPools struct {
+	addr, db string
+	primary  *pgxpool.Pool
+}
+
+// NewPools returns an empty pool set.
+func NewPools(cfg PoolConfig) *Pools {
+	return &Pools{cfg: cfg.withDefaults(), pools: map[string]*shardPools{}}
+}
+
+// Primary returns the pool of the shard's primary.
+func (p *Pools) Primary(ctx context.Context, sh ShardInfo) (*pgxpool.Pool, error) {
+	addr := sh.Endpoints[sh.HomeRegion]
+	if addr == "" {
+		return nil, fmt.Errorf("%w: %s", ErrNoEndpoint, sh.ID)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if sp, ok := p.pools[sh.ID]; ok && sp.addr == addr && sp.db == sh.Database {
+		return sp.primary, nil
+	} else if ok {
+		go sp.primary.Close() // endpoint moved; let in-flight users finish
+	}
+	pool, err := p.open(ctx, addr, sh.Database)
+	if err != nil {
+		return nil, err
+	}
+	p.pools[sh.ID] = &shardPools{addr: addr, db: sh.Database, primary: pool}
+	return pool, nil
+}
+
+func (p *Pools) open(ctx context.Context, addr, db string) (*pgxpool.Pool, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("api: shard endpoint %q: %w", addr, err)
+	}
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(p.cfg.User, p.cfg.Password), Host: net.JoinHostPort(host, port), Path: "/" + db, RawQuery: "sslmode=disable"}
+	if p.cfg.Password == "" {
+		u.User = url.User(p.cfg.User)
+	}
+	pc, err := pgxpool.ParseConfig(u.String())
+	if err != nil {
+		return nil, err
+	}
+	pc.MaxConns, pc.MinConns = p.cfg.MaxConns, p.cfg.MinConns
+	pc.MaxConnLifetime, pc.MaxConnIdleTime = p.cfg.MaxConnLifetime, p.cfg.MaxConnIdleTime
+	pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(p.cfg.StatementTimeout.Milliseconds(), 10)
+	pc.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(p.cfg.IdleInTxTimeout.Milliseconds(), 10)
+	pc.ConnConfig.RuntimeParams["application_name"] = "meridian-api"
+	return pgxpool.NewWithConfig(ctx, pc)
+}
+
+// Each calls f for every open primary pool (metrics, readiness).
+func (p *Pools) Each(f func(shard string, pool *pgxpool.Pool)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, sp := range p.pools {
+		f(id, sp.primary)
+	}
+}
+
+// Close closes every pool.
+func (p *Pools) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, sp := range p.pools {
+		sp.primary.Close()
+		delete(p.pools, id)
+	}
+}
+
+// setTenant scopes a transaction to one tenant for row-level security.
+const setTenantSQL = `SELECT set_config('meridian.tenant', $1, true)`
+
+// inTx runs f in a transaction on pool scoped to tenant.
+func inTx(ctx context.Context, pool *pgxpool.Pool, tenant string, opts pgx.TxOptions, f func(pgx.Tx) error) error {
+	tx, err := pool.BeginTx(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, setTenantSQL, tenant); err != nil {
+		return err
+	}
+	if err := f(tx); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// noteKeyTenant remembers that tenant stored an Idempotency-Key on shard.
+func (s *Server) noteKeyTenant(shard, tenant string) {
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	if s.keyTenants == nil {
+		s.keyTenants = map[string]map[string]struct{}{}
+	}
+	if s.keyTenants[shard] == nil {
+		s.keyTenants[shard] = map[string]struct{}{}
+	}
+	s.keyTenants[shard][tenant] = struct{}{}
+}
+
+func (s *Server) knownTenants(shard string) []string {
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	out := make([]string, 0, len(s.keyTenants[shard]))
+	for t := range s.keyTenants[shard] {
+		out = append(out, t)
+	}
+	return out
+}
+
+// RunCleanup deletes expired Idempotency-Key rows on every shard homed in this region every
+// interval until ctx ends.
+func (s *Server) RunCleanup(ctx context.Context, interval time.Duration) {
+	tk := time.NewTicker(interval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+		for _, sh := range s.maps.Shards() {
+			if sh.HomeRegion != s.cfg.Region {
+				continue
+			}
+			if n, err := s.CleanupIdempotencyKeys(ctx, sh); err != nil {
+				s.log.Warn("idempotency cleanup", "shard", sh.ID, "err", err)
+			} else if n > 0 {
+				s.log.Info("idempotency cleanup", "shard", sh.ID, "deleted", n)
+			}
+		}
+	}
+}
+
+// CleanupIdempotencyKeys deletes expired Idempotency-Key rows of every tenant on shard and
+// returns how many it removed. It runs per tenant because row-level security scopes every
+// statement of meridian_app to one tenant.
+func (s *Server) CleanupIdempotencyKeys(ctx context.Context, sh ShardInfo) (int64, error) {
+	pool, err := s.pools.Primary(ctx, sh)
+	if err != nil {
+		return 0, err
+	}
+	// meridian_app cannot list tenants (row-level security), so the job covers the tenants
+	// this node has stored keys for since it started; keys of others are still never replayed
+	// once expired (claimKey re-claims them), they only wait for a cross-tenant purge.
+	var total int64
+	for _, tenant := range s.knownTenants(sh.ID) {
+		err := inTx(ctx, pool, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
+			tag, err := tx.Exec(ctx, `DELETE FROM idempotency_keys WHERE tenant_id = $1 AND expires_at < $2`, tenant, s.cfg.Now())
+			total += tag.RowsAffected()
+			return err
+		})
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
