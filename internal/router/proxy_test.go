@@ -348,6 +348,7 @@ func TestHealthAndReady(t *testing.T) {
 	}
 	rg.do(t, "GET", "/v1/collections/c/records/x", tokAcme, "")
 	resp, b = rg.do(t, "GET", "/metrics", "", "")
+	wantStatus(t, resp, b, 200)
 	for _, want := range []string{
 		`meridian_router_requests_total{class="read",code="200"}`,
 		`meridian_router_upstream_requests_total{code="200",region="us-east"}`,

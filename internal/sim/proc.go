@@ -74,14 +74,6 @@ func (c *child) stop(grace time.Duration) {
 	}
 }
 
-// kill ends the child at once (fault injection).
-func (c *child) kill() {
-	if c.running() {
-		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
-		<-c.exited
-	}
-}
-
 // logTail returns the last lines of the child's log, for error messages.
 func (c *child) logTail(n int) string {
 	b, err := os.ReadFile(c.logPath)
