@@ -1,0 +1,239 @@
+// Command bench measures a running Meridian cluster with internal/loadgen and writes the result
+// as Markdown (optionally appended to docs/BENCHMARKS.md with the command line and the machine)
+// and JSON.
+//
+// Scenarios:
+//
+//	get             GET /v1/collections/bench/records/{id} of a record created at setup
+//	post            POST /v1/collections/bench/records with a small {"data":{...}} body
+//	compare-router  the same GET direct to an API node and through the router, side by side
+//	compare-home    GET through one router for a tenant homed in its region and one homed in
+//	                another (-home), side by side
+//
+// With a cluster file, bench measures the router (and first API node) of -region, creates the
+// tenant homed in -home (default -region; tenants are named bench-<home> unless -tenant is
+// given) and, for reads, one record to read.
+//
+// Targets come from the launcher's cluster file (-cluster, default .meridian/cluster.json) or
+// from -target name=URL flags (base URLs). Examples:
+//
+//	go run ./cmd/bench -scenario compare-router -d 20s -out docs/BENCHMARKS.md
+//	go run ./cmd/bench -scenario post -region us-west -home us-east -d 20s
+//	go run ./cmd/bench -target api=http://127.0.0.1:8081 -jwt-secret s -tenant acme -scenario post
+//
+// Bench never prints or records tokens or secrets.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/meridian-dev/meridian/internal/loadgen"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args, os.Stdout, os.Stderr); err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// run is the whole command, testable: parse args, set up, measure, write.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args[1:], stderr)
+	if err != nil {
+		return err
+	}
+	plan, err := o.plan()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "bench: %s, %d workers, %s per target", o.scenario, o.cfg.Concurrency, o.cfg.Duration)
+	for _, t := range plan.targets {
+		fmt.Fprintf(stderr, ", %s=%s (tenant %s)", t.name, t.base, t.tenant.id)
+	}
+	fmt.Fprintln(stderr)
+
+	targets, err := setup(ctx, plan, stderr)
+	if err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	rep, err := loadgen.Run(ctx, o.cfg, targets)
+	if err != nil {
+		if rep != nil {
+			// Interrupted: show what was measured, but never record it as a result.
+			fmt.Fprintln(stderr, "bench: interrupted; partial figures, not written to -out or -json:")
+			_ = rep.WriteMarkdown(stderr)
+		}
+		return err
+	}
+
+	var md strings.Builder
+	writeSection(&md, o, plan, rep, machineInfo(ctx))
+	if _, err := io.WriteString(stdout, md.String()); err != nil {
+		return err
+	}
+	if o.out != "" {
+		f, err := os.OpenFile(o.out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		_, werr := io.WriteString(f, "\n"+md.String())
+		if err := errors.Join(werr, f.Close()); err != nil {
+			return fmt.Errorf("write %s: %w", o.out, err)
+		}
+		fmt.Fprintf(stderr, "bench: appended to %s\n", o.out)
+	}
+	if o.jsonOut != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		b = append(b, '\n')
+		if o.jsonOut == "-" {
+			_, err = stdout.Write(b)
+		} else {
+			err = os.WriteFile(o.jsonOut, b, 0o644)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// errUsage marks bad flags (exit status 2).
+var errUsage = errors.New("usage")
+
+// options are the parsed flags.
+type options struct {
+	cluster, region  string
+	home             string
+	targets          targetFlags
+	setupURL         string
+	token, jwtSecret string
+	adminToken       string
+	tenant           string
+	scenario         string
+	cfg              loadgen.Config
+	sequential       bool
+	out, jsonOut     string
+	title            string
+	args             []string
+	clusterFromFlag  bool
+}
+
+var _ flag.Value = (*targetFlags)(nil)
+
+// targetFlags collects repeated -target name=URL flags in order.
+type targetFlags []namedURL
+
+type namedURL struct{ name, base string }
+
+func (t *targetFlags) String() string {
+	var parts []string
+	for _, x := range *t {
+		parts = append(parts, x.name+"="+x.base)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (t *targetFlags) Set(v string) error {
+	name, base, ok := strings.Cut(v, "=")
+	if !ok || name == "" || !validBase(base) {
+		return fmt.Errorf("want name=http://host:port, got %q", v)
+	}
+	for _, x := range *t {
+		if x.name == name {
+			return fmt.Errorf("target %q given twice", name)
+		}
+	}
+	*t = append(*t, namedURL{name, strings.TrimRight(base, "/")})
+	return nil
+}
+
+func validBase(s string) bool {
+	return (strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")) && len(s) > len("https://")
+}
+
+const (
+	scenarioGet     = "get"
+	scenarioPost    = "post"
+	scenarioCompare = "compare-router"
+	// scenarioCompareHome reads, through one router, a tenant homed in the router's region and
+	// one homed in another (DESIGN.md §5: both should be served locally).
+	scenarioCompareHome = "compare-home"
+)
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{args: args}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.cluster, "cluster", ".meridian/cluster.json", "launcher cluster file (used unless -target is given)")
+	fs.StringVar(&o.region, "region", "", "region of the cluster file to measure (default us-east, else the first)")
+	fs.Var(&o.targets, "target", "name=URL base URL of a target; repeat for several (compare-router: direct first, router second)")
+	fs.StringVar(&o.setupURL, "setup", "", "base URL for setup requests (default: the cluster's router, a target named router, else the first target)")
+	fs.StringVar(&o.token, "token", "", "bearer token to send (else minted from -jwt-secret and -tenant)")
+	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "HS256 development secret, raw bytes (default: the cluster file's)")
+	fs.StringVar(&o.adminToken, "admin-token", "", "admin token to create the tenant (default: the cluster file's; none: skip)")
+	fs.StringVar(&o.tenant, "tenant", "", "tenant to measure (default bench-<home region> with a cluster file, else bench)")
+	fs.StringVar(&o.home, "home", "", "region to home the tenant in when creating it (default -region; compare-home: the next region)")
+	fs.StringVar(&o.scenario, "scenario", scenarioGet, "get, post, compare-router or compare-home")
+	fs.IntVar(&o.cfg.Concurrency, "c", loadgen.DefaultConcurrency, "concurrent workers")
+	fs.DurationVar(&o.cfg.Duration, "d", loadgen.DefaultDuration, "measured duration per target")
+	fs.IntVar(&o.cfg.Requests, "n", 0, "stop each target after this many requests (0: by -d only; with -d, whichever comes first)")
+	fs.DurationVar(&o.cfg.Warmup, "warmup", time.Second, "unmeasured warm-up per target")
+	fs.DurationVar(&o.cfg.Round, "round", loadgen.DefaultRound, "side-by-side round length")
+	fs.DurationVar(&o.cfg.Timeout, "timeout", loadgen.DefaultTimeout, "per-request timeout")
+	fs.BoolVar(&o.sequential, "sequential", false, "run targets one after another instead of side by side")
+	fs.StringVar(&o.out, "out", "", "append the Markdown section to this file (e.g. docs/BENCHMARKS.md)")
+	fs.StringVar(&o.jsonOut, "json", "", "write the JSON report to this file (- for stdout)")
+	fs.StringVar(&o.title, "title", "", "section heading (default from the scenario)")
+	if err := fs.Parse(args); err != nil {
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "cluster" {
+			o.clusterFromFlag = true
+		}
+	})
+	switch o.scenario {
+	case scenarioGet, scenarioPost, scenarioCompare, scenarioCompareHome:
+	default:
+		return nil, fmt.Errorf("%w: -scenario %q: want get, post, compare-router or compare-home", errUsage, o.scenario)
+	}
+	if o.cfg.Concurrency < 1 || o.cfg.Duration < 0 || o.cfg.Requests < 0 || (o.cfg.Duration == 0 && o.cfg.Requests == 0) {
+		return nil, fmt.Errorf("%w: -c must be ≥ 1 and -d or -n positive", errUsage)
+	}
+	if o.cfg.Warmup < 0 || o.cfg.Round <= 0 || o.cfg.Timeout <= 0 {
+		return nil, fmt.Errorf("%w: -warmup must be ≥ 0, -round and -timeout positive", errUsage)
+	}
+	if o.setupURL != "" && !validBase(o.setupURL) {
+		return nil, fmt.Errorf("%w: -setup %q is not an http(s) URL", errUsage, o.setupURL)
+	}
+	if o.clusterFromFlag && len(o.targets) > 0 {
+		return nil, fmt.Errorf("%w: give -cluster or -target, not both", errUsage)
+	}
+	if o.scenario == scenarioCompare && len(o.targets) > 0 && len(o.targets) != 2 {
+		return nil, fmt.Errorf("%w: compare-router takes exactly two -target flags: direct API node first, router second", errUsage)
+	}
+	o.cfg.SideBySide = !o.sequential
+	return o, nil
+}
