@@ -40,7 +40,7 @@ func Demo(ctx context.Context, f *ClusterFile, out io.Writer) ([]DemoRow, error)
 	for _, home := range regions {
 		tenant := "demo-" + home
 		body := fmt.Sprintf(`{"id":%q,"region":%q}`, tenant, home)
-		st, _, _, err := call(ctx, client, http.MethodPost, f.Regions[home].Router+"/admin/v1/tenants", f.AdminToken, body)
+		st, _, _, err := call(ctx, client, http.MethodPost, f.Regions[home].Router+"/admin/v1/tenants", f.AdminToken, body, "")
 		if err != nil {
 			return rows, err
 		}
@@ -65,13 +65,16 @@ func Demo(ctx context.Context, f *ClusterFile, out io.Writer) ([]DemoRow, error)
 			id := "from-" + via
 			url := router + "/v1/collections/notes/records/" + id
 			body := fmt.Sprintf(`{"data":{"written_via":%q,"at":%q}}`, via, time.Now().UTC().Format(time.RFC3339Nano))
+			// The read carries the write's Consistency-Token (read-your-writes, DESIGN.md §6), so
+			// a standby that hasn't replayed the write yet can't answer with the old state.
+			var consistency string
 			for _, kind := range []string{"write", "read"} {
 				method, b := http.MethodPut, body
 				if kind == "read" {
 					method, b = http.MethodGet, ""
 				}
 				t0 := time.Now()
-				st, h, _, err := call(ctx, client, method, url, tok, b)
+				st, h, _, err := call(ctx, client, method, url, tok, b, consistency)
 				if err != nil {
 					return rows, err
 				}
@@ -84,6 +87,11 @@ func Demo(ctx context.Context, f *ClusterFile, out io.Writer) ([]DemoRow, error)
 				if row.ServedRegion == "" {
 					return rows, fmt.Errorf("%s %s via %s: no X-Served-Region", method, url, via)
 				}
+				if kind == "write" {
+					if consistency = h.Get("Consistency-Token"); consistency == "" {
+						return rows, fmt.Errorf("%s %s via %s: no Consistency-Token", method, url, via)
+					}
+				}
 			}
 		}
 	}
@@ -93,7 +101,9 @@ func Demo(ctx context.Context, f *ClusterFile, out io.Writer) ([]DemoRow, error)
 	return rows, nil
 }
 
-func call(ctx context.Context, c *http.Client, method, url, token, body string) (int, http.Header, []byte, error) {
+// call makes one request with a bearer token, an optional JSON body and an optional
+// Consistency-Token.
+func call(ctx context.Context, c *http.Client, method, url, token, body, consistency string) (int, http.Header, []byte, error) {
 	var r io.Reader
 	if body != "" {
 		r = bytes.NewBufferString(body)
@@ -103,6 +113,9 @@ func call(ctx context.Context, c *http.Client, method, url, token, body string) 
 		return 0, nil, nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
+	if consistency != "" {
+		req.Header.Set("Consistency-Token", consistency)
+	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,7 +82,8 @@ func TestClusterUpDemoDown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	c, err := Up(ctx, Options{Topology: topo, Dir: dir, BinDir: bin, Progress: &progress})
+	// Latency mode, so the cross-region proxies (and partitions through them) are exercised too.
+	c, err := Up(ctx, Options{Topology: topo, Dir: dir, BinDir: bin, Progress: &progress, Latency: true})
 	if err != nil {
 		t.Fatalf("Up: %v\nprogress:\n%s", err, progress.String())
 	}
@@ -128,6 +130,8 @@ func TestClusterUpDemoDown(t *testing.T) {
 		}
 	}
 
+	checkPartition(t, ctx, c, f)
+
 	pids := c.pids()
 	c.Down()
 	downed = true
@@ -152,5 +156,54 @@ func TestClusterUpDemoDown(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "cluster.json")); !os.IsNotExist(err) {
 		t.Errorf("cluster.json left behind: %v", err)
+	}
+}
+
+// checkPartition cuts eu-west off: a write of a tenant homed there, sent through us-east's
+// router, fails cleanly (5xx problem, no hang) while us-east's own tenant is still served; after
+// Heal the write succeeds again.
+func checkPartition(t *testing.T, ctx context.Context, c *Cluster, f *ClusterFile) {
+	t.Helper()
+	euTok, err := MintToken(f.DevJWTSecret, TokenSpec{Tenant: "demo-eu-west"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	usTok, err := MintToken(f.DevJWTSecret, TokenSpec{Tenant: "demo-us-east"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 15 * time.Second}
+	router := f.Regions["us-east"].Router
+	put := func(tok string) int {
+		st, _, _, err := call(ctx, client, http.MethodPut, router+"/v1/collections/notes/records/partition", tok, `{"data":{"x":1}}`, "")
+		if err != nil {
+			t.Fatalf("PUT through us-east: %v", err)
+		}
+		return st
+	}
+	if err := c.Partition("nowhere"); err == nil {
+		t.Error("Partition of an unknown region succeeded")
+	}
+	if err := c.Partition("eu-west"); err != nil {
+		t.Fatal(err)
+	}
+	if st := put(euTok); st < 500 {
+		t.Errorf("write homed in a partitioned region: status %d, want 5xx", st)
+	}
+	if st := put(usTok); st != http.StatusOK && st != http.StatusCreated {
+		t.Errorf("write homed in us-east during eu-west's partition: status %d", st)
+	}
+	if got := c.Status().Partitioned; len(got) != 1 || got[0] != "eu-west" {
+		t.Errorf("Status().Partitioned = %v", got)
+	}
+	if err := c.Heal("eu-west"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for st := put(euTok); st != http.StatusOK && st != http.StatusCreated; st = put(euTok) {
+		if time.Now().After(deadline) {
+			t.Fatalf("write after Heal: status %d", st)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
