@@ -1,4 +1,5 @@
-# Meridian services image: router, api and rebalancer in one image; the compose file picks
+# Meridian services image: router, api, rebalancer and gencompose (the compose `init` service:
+# migrations, meridian_app password, shard-map bootstrap) in one image; the compose file picks
 # the binary with `command:` (e.g. ["router"]). Built by docker-compose.multiregion.yml.
 #
 #   docker build -t meridian:dev .
@@ -13,12 +14,12 @@ COPY . .
 # Static binaries: the runtime image has no libc.
 ENV CGO_ENABLED=0 GOFLAGS=-trimpath
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -ldflags="-s -w" -o /out/ ./cmd/router ./cmd/api ./cmd/rebalancer
+    go build -ldflags="-s -w" -o /out/ ./cmd/router ./cmd/api ./cmd/rebalancer ./cmd/gencompose
 
 # ---- runtime ----
 # distroless/static: no shell, no package manager, runs as nonroot (uid 65532).
 FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /out/router /out/api /out/rebalancer /usr/local/bin/
+COPY --from=build /out/router /out/api /out/rebalancer /out/gencompose /usr/local/bin/
 COPY deploy/multi-region/topology.yaml /etc/meridian/topology.yaml
 WORKDIR /home/nonroot
 USER nonroot:nonroot

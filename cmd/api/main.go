@@ -34,6 +34,8 @@ type config struct {
 	connLifetime, connIdle, statementTimeout          time.Duration
 	idleInTx, deadline, idemTTL, idemCleanup          time.Duration
 	readHeaderTimeout, shutdownGrace                  time.Duration
+	maxStaleness, rywWait, standbyInterval            time.Duration
+	standbyFailures                                   int
 	maxBody                                           int64
 }
 
@@ -83,6 +85,10 @@ func parseConfig(args []string) (config, error) {
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", envDur("MERIDIAN_SHUTDOWN_GRACE", 20*time.Second), "time to finish in-flight requests on shutdown (MERIDIAN_SHUTDOWN_GRACE)")
 	fs.DurationVar(&c.idemTTL, "idempotency-ttl", envDur("MERIDIAN_IDEMPOTENCY_TTL", 24*time.Hour), "Idempotency-Key lifetime (MERIDIAN_IDEMPOTENCY_TTL)")
 	fs.DurationVar(&c.idemCleanup, "idempotency-cleanup", envDur("MERIDIAN_IDEMPOTENCY_CLEANUP", 10*time.Minute), "expired-key cleanup interval (MERIDIAN_IDEMPOTENCY_CLEANUP)")
+	fs.DurationVar(&c.maxStaleness, "max-staleness", envDur("MERIDIAN_MAX_STALENESS", 5*time.Second), "most a local standby may lag and still serve default reads (MERIDIAN_MAX_STALENESS)")
+	fs.DurationVar(&c.rywWait, "ryw-wait", envDur("MERIDIAN_RYW_WAIT", 100*time.Millisecond), "how long a read with a Consistency-Token waits for the standby before using the primary; <0 = no wait (MERIDIAN_RYW_WAIT)")
+	fs.DurationVar(&c.standbyInterval, "standby-check-interval", envDur("MERIDIAN_STANDBY_CHECK_INTERVAL", 250*time.Millisecond), "how often a standby's replay position and lag are re-read (MERIDIAN_STANDBY_CHECK_INTERVAL)")
+	fs.IntVar(&c.standbyFailures, "standby-failures", envInt("MERIDIAN_STANDBY_FAILURES", 3), "consecutive failed checks or reads that take a standby out of the read path (MERIDIAN_STANDBY_FAILURES)")
 	fs.Int64Var(&c.maxBody, "max-body", int64(envInt("MERIDIAN_MAX_BODY", 1<<20)), "request body cap in bytes (MERIDIAN_MAX_BODY)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -131,7 +137,8 @@ func run(cfg config, log *slog.Logger) error {
 	pools := api.NewPools(api.PoolConfig{User: cfg.dbUser, Password: cfg.dbPassword, MaxConns: int32(cfg.maxConns),
 		MaxConnLifetime: cfg.connLifetime, MaxConnIdleTime: cfg.connIdle, StatementTimeout: cfg.statementTimeout, IdleInTxTimeout: cfg.idleInTx})
 	srv, err := api.New(api.Config{Region: cfg.region, CursorKey: []byte(cfg.cursorKey), ClusterToken: cfg.clusterToken,
-		MaxBody: cfg.maxBody, Deadline: cfg.deadline, IdemTTL: cfg.idemTTL, Logger: log}, mapsource.Adapter{Src: client}, pools, verifier, apidoc.OpenAPI)
+		MaxBody: cfg.maxBody, Deadline: cfg.deadline, IdemTTL: cfg.idemTTL, MaxStaleness: cfg.maxStaleness, RYWWait: cfg.rywWait,
+		StandbyInterval: cfg.standbyInterval, StandbyFailures: cfg.standbyFailures, Logger: log}, mapsource.Adapter{Src: client}, pools, verifier, apidoc.OpenAPI)
 	if err != nil {
 		stopMap()
 		return err

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/meridian-dev/meridian/replication"
 )
 
 func decodeRecord(t *testing.T, body string) record {
@@ -62,8 +64,8 @@ func TestRecordLifecycle(t *testing.T) {
 			t.Fatalf("create lacks %s", h)
 		}
 	}
-	if shard, lsn, err := DecodeConsistencyToken(r.Header.Get("Consistency-Token")); err != nil || shard != "s1" || lsn == "" {
-		t.Fatalf("consistency token: %q %q %v", shard, lsn, err)
+	if tok, err := replication.DecodeToken(r.Header.Get("Consistency-Token")); err != nil || tok.Shard != "s1" || tok.LSN == 0 {
+		t.Fatalf("consistency token: %+v %v", tok, err)
 	}
 	path := "/v1/collections/notes/records/" + rec.ID
 

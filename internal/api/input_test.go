@@ -2,10 +2,14 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
+	"net/http"
 	"net/url"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/meridian-dev/meridian/replication"
 )
 
 func TestDecodeRecordBody(t *testing.T) {
@@ -208,15 +212,49 @@ func TestCursor(t *testing.T) {
 	}
 }
 
-func TestConsistencyToken(t *testing.T) {
-	tok := EncodeConsistencyToken("us-east-1", "0/16B3748")
-	sh, lsn, err := DecodeConsistencyToken(tok)
-	if err != nil || sh != "us-east-1" || lsn != "0/16B3748" {
-		t.Fatalf("%q %q %v", sh, lsn, err)
+func TestParseReadPref(t *testing.T) {
+	good := replication.Token{Shard: "s1", LSN: 0x16B3748}.Encode()
+	tests := []struct {
+		name    string
+		hdr     map[string][]string
+		strong  bool
+		token   *replication.Token
+		wantErr bool
+	}{
+		{"none", nil, false, nil, false},
+		{"strong", map[string][]string{"Prefer": {"consistency=strong"}}, true, nil, false},
+		{"strong among others", map[string][]string{"Prefer": {"return=minimal, Consistency=\"STRONG\"; x=1"}}, true, nil, false},
+		{"strong in second header", map[string][]string{"Prefer": {"wait=5", "consistency=strong"}}, true, nil, false},
+		{"other consistency", map[string][]string{"Prefer": {"consistency=eventual"}}, false, nil, false},
+		{"unknown preference", map[string][]string{"Prefer": {"strong"}}, false, nil, false},
+		{"token", map[string][]string{"Consistency-Token": {good}}, false, &replication.Token{Shard: "s1", LSN: 0x16B3748}, false},
+		{"old colon format", map[string][]string{"Consistency-Token": {"MTpzMTowLzE2QjM3NDg"}}, false, nil, true},
+		{"not base64", map[string][]string{"Consistency-Token": {"!!"}}, false, nil, true},
+		{"empty token", map[string][]string{"Consistency-Token": {""}}, false, nil, true},
+		{"two tokens", map[string][]string{"Consistency-Token": {good, good}}, false, nil, true},
 	}
-	for _, bad := range []string{"", "!!", "MTp4", EncodeConsistencyToken("", "0/1")} {
-		if _, _, err := DecodeConsistencyToken(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := http.Header{}
+			for k, vs := range tc.hdr {
+				for _, v := range vs {
+					h.Add(k, v)
+				}
+			}
+			rp, err := parseReadPref(h)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
+			}
+			if tc.wantErr {
+				var he *httpError
+				if !errors.As(err, &he) || he.status != http.StatusBadRequest {
+					t.Fatalf("error %v is not a 400", err)
+				}
+				return
+			}
+			if rp.strong != tc.strong || (rp.token == nil) != (tc.token == nil) || (rp.token != nil && *rp.token != *tc.token) {
+				t.Fatalf("got %+v (token %v), want strong=%v token=%v", rp, rp.token, tc.strong, tc.token)
+			}
+		})
 	}
 }

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -9,7 +8,6 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/problem"
 )
 
@@ -107,8 +105,9 @@ func (s *Server) batchGet(c *gin.Context, t target, coll string, lq listQuery) {
 	if lq.Fields != nil {
 		args = append(args, lq.Fields)
 	}
-	byID := map[string]record{}
+	var byID map[string]record
 	err := s.readTx(c, t, func(tx pgx.Tx) error {
+		byID = map[string]record{} // a standby read that failed may be retried on the primary
 		rows, err := tx.Query(c.Request.Context(), `SELECT id, version, `+dataExpr(lq.Fields, 4)+`, created_at, updated_at FROM records
 			WHERE tenant_id = $1 AND collection = $2 AND id = ANY($3) AND NOT deleted`, args...)
 		if err != nil {
@@ -131,63 +130,4 @@ func (s *Server) batchGet(c *gin.Context, t target, coll string, lq listQuery) {
 		}
 	}
 	c.JSON(http.StatusOK, out)
-}
-
-// tenantBody is the body of POST /internal/v1/tenants.
-type tenantBody struct {
-	ID    string `json:"id"`
-	Shard string `json:"shard"`
-}
-
-// createTenant records a tenant on its shard (idempotent): 201 when created, 200 when it
-// already existed. Only the shard's home region may do it.
-func (s *Server) createTenant(c *gin.Context) {
-	body, ok := s.readBody(c)
-	if !ok {
-		return
-	}
-	var tb tenantBody
-	if err := decodeStrict(strings.NewReader(string(body)), &tb); err != nil {
-		problem.Write(c, http.StatusBadRequest, "", err.Error())
-		return
-	}
-	if !auth.TenantPattern.MatchString(tb.ID) {
-		problem.Write(c, http.StatusBadRequest, "", "id must match "+auth.TenantPattern.String())
-		return
-	}
-	sh, ok := s.maps.ShardInfo(tb.Shard)
-	if !ok {
-		problem.Write(c, http.StatusBadRequest, "", "unknown shard "+strconv.Quote(tb.Shard))
-		return
-	}
-	c.Set("tenant", tb.ID)
-	c.Set("shard", sh.ID)
-	if sh.HomeRegion != s.cfg.Region {
-		c.Header(hdrShardmapVersion, strconv.FormatUint(s.maps.Version(), 10))
-		problem.Write(c, http.StatusMisdirectedRequest, "", "shard "+sh.ID+" is homed in "+sh.HomeRegion)
-		return
-	}
-	pool, err := s.pools.Primary(c.Request.Context(), sh)
-	if err != nil {
-		s.failWith(c, err)
-		return
-	}
-	var created bool
-	err = inTx(c.Request.Context(), pool, tb.ID, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(c.Request.Context(), `INSERT INTO tenants (tenant_id) VALUES ($1) ON CONFLICT (tenant_id) DO NOTHING`, tb.ID)
-		created = tag.RowsAffected() == 1
-		return err
-	})
-	if err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			err = ErrTenantNotFound
-		}
-		s.failWith(c, err)
-		return
-	}
-	status := http.StatusOK
-	if created {
-		status = http.StatusCreated
-	}
-	c.JSON(status, tb)
 }

@@ -17,6 +17,10 @@ type metrics struct {
 	errors   *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	idemHits prometheus.Counter
+	// reads counts reads by the source that answered them (primary, replica).
+	reads *prometheus.CounterVec
+	// readFallbacks counts standby reads retried on the primary.
+	readFallbacks prometheus.Counter
 }
 
 func newMetrics(pools *Pools) *metrics {
@@ -30,8 +34,12 @@ func newMetrics(pools *Pools) *metrics {
 			Help: "HTTP request duration by route and method.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"route", "method"}),
 		idemHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_api_idempotency_replays_total",
 			Help: "Requests answered from a stored Idempotency-Key response."}),
+		reads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_api_reads_total",
+			Help: "Read transactions by the source that answered them."}, []string{"source"}),
+		readFallbacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_api_read_fallbacks_total",
+			Help: "Standby reads retried on the primary (standby behind its token, failed or missing the tenant)."}),
 	}
-	m.reg.MustRegister(m.requests, m.errors, m.duration, m.idemHits, poolCollector{pools},
+	m.reg.MustRegister(m.requests, m.errors, m.duration, m.idemHits, m.reads, m.readFallbacks, poolCollector{pools},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

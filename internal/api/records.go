@@ -21,6 +21,7 @@ import (
 
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/problem"
+	"github.com/meridian-dev/meridian/replication"
 )
 
 // Header names.
@@ -111,7 +112,8 @@ func (s *Server) failWith(c *gin.Context, err error) {
 type target struct {
 	tenant string
 	route  Route
-	pool   *pgxpool.Pool
+	shard  ShardInfo
+	pool   *pgxpool.Pool // the shard primary
 }
 
 // resolve finds the tenant's shard. Writes must be for a shard homed in this region; a router
@@ -159,24 +161,8 @@ func (s *Server) resolve(c *gin.Context, write bool) (target, bool) {
 		s.failWith(c, err)
 		return t, false
 	}
-	t.pool = pool
+	t.pool, t.shard = pool, sh
 	return t, true
-}
-
-// readTx runs f in a read-only transaction for the tenant, after checking the tenant exists.
-// Reads go to the shard primary for now; a standby pool slots in here (X-Read-Source).
-func (s *Server) readTx(c *gin.Context, t target, f func(pgx.Tx) error) error {
-	c.Header(hdrReadSource, "primary")
-	return inTx(c.Request.Context(), t.pool, t.tenant, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		var exists bool
-		if err := tx.QueryRow(c.Request.Context(), `SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)`, t.tenant).Scan(&exists); err != nil {
-			return err
-		}
-		if !exists {
-			return ErrTenantNotFound
-		}
-		return f(tx)
-	})
 }
 
 // writeOp is one write: what it does inside the transaction, and its idempotency identity.
@@ -255,9 +241,8 @@ func (s *Server) write(c *gin.Context, t target, op writeOp) {
 	}
 	// Read after COMMIT returned: at or past the commit record, on the same server. For a
 	// replay it is past the original commit, which was visible to our transaction.
-	var lsn string
-	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err == nil {
-		c.Header(hdrConsistency, EncodeConsistencyToken(t.route.Shard, lsn))
+	if lsn, err := replication.CurrentLSN(ctx, conn); err == nil {
+		c.Header(hdrConsistency, replication.Token{Shard: t.route.Shard, LSN: lsn}.Encode())
 	}
 	if replayed {
 		s.metrics.idemHits.Inc()

@@ -24,6 +24,7 @@ import (
 
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/problem"
+	"github.com/meridian-dev/meridian/replication"
 )
 
 // Config configures a Server. Zero values take the documented defaults.
@@ -36,8 +37,13 @@ type Config struct {
 	IdemTTL      time.Duration // Idempotency-Key lifetime; 0 = 24h
 	MapWait      time.Duration // how long to wait for a newer map a router names; 0 = 1s
 	MaxMapAge    time.Duration // /readyz fails when the map is older; 0 = 30s
-	Logger       *slog.Logger  // nil = slog.Default()
-	Now          func() time.Time
+	// Standby reads (DESIGN.md §6).
+	MaxStaleness    time.Duration // most a standby may lag and serve a default read; 0 = 5s
+	RYWWait         time.Duration // how long a read waits for the standby to replay its token; 0 = 100ms, <0 = no wait
+	StandbyInterval time.Duration // standby status is re-checked at most this often; 0 = 250ms
+	StandbyFailures int           // consecutive failed checks/reads that mark a standby unhealthy; 0 = 3
+	Logger          *slog.Logger  // nil = slog.Default()
+	Now             func() time.Time
 }
 
 // Server is the API node's HTTP service.
@@ -51,6 +57,9 @@ type Server struct {
 	metrics  *metrics
 	engine   *gin.Engine
 	openapi  []byte
+
+	readPolicy replication.Policy
+	standbys   *standbys
 
 	keyMu sync.Mutex
 	// keyTenants (shard -> tenants) is guarded by keyMu: tenants with stored keys, for cleanup.
@@ -77,6 +86,18 @@ func New(cfg Config, maps ShardMap, pools *Pools, verifier *auth.Verifier, opena
 	if cfg.MaxMapAge == 0 {
 		cfg.MaxMapAge = 30 * time.Second
 	}
+	if cfg.MaxStaleness <= 0 {
+		cfg.MaxStaleness = replication.DefaultMaxStaleness
+	}
+	if cfg.RYWWait == 0 {
+		cfg.RYWWait = defaultRYWWait
+	}
+	if cfg.StandbyInterval <= 0 {
+		cfg.StandbyInterval = defaultStandbyInterval
+	}
+	if cfg.StandbyFailures <= 0 {
+		cfg.StandbyFailures = defaultStandbyFailures
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -84,7 +105,8 @@ func New(cfg Config, maps ShardMap, pools *Pools, verifier *auth.Verifier, opena
 		cfg.Now = time.Now
 	}
 	s := &Server{cfg: cfg, maps: maps, pools: pools, verifier: verifier, cursors: cursorCodec{key: cfg.CursorKey},
-		log: cfg.Logger.With("region", cfg.Region), openapi: openapi}
+		log: cfg.Logger.With("region", cfg.Region), openapi: openapi, readPolicy: replication.Policy{MaxStaleness: cfg.MaxStaleness},
+		standbys: &standbys{interval: cfg.StandbyInterval, failures: cfg.StandbyFailures, now: time.Now, shards: map[string]*standbyState{}}}
 	s.metrics = newMetrics(pools)
 	s.engine = s.routes()
 	return s, nil
@@ -117,7 +139,9 @@ func (s *Server) routes() *gin.Engine {
 		}
 		c.Data(http.StatusOK, "application/json", s.openapi)
 	})
-	r.POST("/internal/v1/tenants", auth.ClusterToken(s.cfg.ClusterToken), s.createTenant)
+	internal := r.Group("/internal/v1", auth.ClusterToken(s.cfg.ClusterToken))
+	internal.POST("/tenants", s.createTenant)
+	internal.GET("/tenants/:id", s.getTenant)
 
 	v1 := r.Group("/v1", auth.Middleware(s.verifier))
 	read, write := auth.RequireScope(auth.ScopeRead), auth.RequireScope(auth.ScopeWrite)

@@ -56,23 +56,23 @@ func (pc PoolConfig) withDefaults() PoolConfig {
 }
 
 // Pools holds one primary pgxpool per shard, created on first use from the shard map's endpoint
-// of the shard's home region and replaced when that endpoint changes. A standby pool per shard
-// is the planned second member of shardPools (read path: see readPool).
+// of the shard's home region, and one pool per shard for the node's own region's copy when that
+// copy is a standby (Local). A pool is replaced when its endpoint or database changes.
 type Pools struct {
 	cfg PoolConfig
 	mu  sync.Mutex
-	// pools is guarded by mu.
-	pools map[string]*shardPools
+	// primaries and standbys (shard -> pool) are guarded by mu.
+	primaries, standbys map[string]*poolEntry
 }
 
-type shardPools struct {
+type poolEntry struct {
 	addr, db string
-	primary  *pgxpool.Pool
+	pool     *pgxpool.Pool
 }
 
 // NewPools returns an empty pool set.
 func NewPools(cfg PoolConfig) *Pools {
-	return &Pools{cfg: cfg.withDefaults(), pools: map[string]*shardPools{}}
+	return &Pools{cfg: cfg.withDefaults(), primaries: map[string]*poolEntry{}, standbys: map[string]*poolEntry{}}
 }
 
 // Primary returns the pool of the shard's primary.
@@ -81,18 +81,35 @@ func (p *Pools) Primary(ctx context.Context, sh ShardInfo) (*pgxpool.Pool, error
 	if addr == "" {
 		return nil, fmt.Errorf("%w: %s", ErrNoEndpoint, sh.ID)
 	}
+	return p.get(ctx, p.primaries, sh.ID, addr, sh.Database)
+}
+
+// Local returns the pool of the shard's copy in region and whether that copy is the primary.
+// It is the primary when the shard is homed in region, when region has no endpoint of its own,
+// or when region's endpoint is the primary's address.
+func (p *Pools) Local(ctx context.Context, sh ShardInfo, region string) (*pgxpool.Pool, bool, error) {
+	addr := sh.Endpoints[region]
+	if region == sh.HomeRegion || addr == "" || addr == sh.Endpoints[sh.HomeRegion] {
+		pool, err := p.Primary(ctx, sh)
+		return pool, true, err
+	}
+	pool, err := p.get(ctx, p.standbys, sh.ID, addr, sh.Database)
+	return pool, false, err
+}
+
+func (p *Pools) get(ctx context.Context, m map[string]*poolEntry, id, addr, db string) (*pgxpool.Pool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if sp, ok := p.pools[sh.ID]; ok && sp.addr == addr && sp.db == sh.Database {
-		return sp.primary, nil
+	if e, ok := m[id]; ok && e.addr == addr && e.db == db {
+		return e.pool, nil
 	} else if ok {
-		go sp.primary.Close() // endpoint moved; let in-flight users finish
+		go e.pool.Close() // endpoint moved; let in-flight users finish
 	}
-	pool, err := p.open(ctx, addr, sh.Database)
+	pool, err := p.open(ctx, addr, db)
 	if err != nil {
 		return nil, err
 	}
-	p.pools[sh.ID] = &shardPools{addr: addr, db: sh.Database, primary: pool}
+	m[id] = &poolEntry{addr: addr, db: db, pool: pool}
 	return pool, nil
 }
 
@@ -114,6 +131,8 @@ func (p *Pools) open(ctx context.Context, addr, db string) (*pgxpool.Pool, error
 	pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(p.cfg.StatementTimeout.Milliseconds(), 10)
 	pc.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(p.cfg.IdleInTxTimeout.Milliseconds(), 10)
 	pc.ConnConfig.RuntimeParams["application_name"] = "meridian-api"
+	// A dead copy must fail fast so a read can fall back to the primary within its deadline.
+	pc.ConnConfig.ConnectTimeout = 2 * time.Second
 	return pgxpool.NewWithConfig(ctx, pc)
 }
 
@@ -121,8 +140,17 @@ func (p *Pools) open(ctx context.Context, addr, db string) (*pgxpool.Pool, error
 func (p *Pools) Each(f func(shard string, pool *pgxpool.Pool)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for id, sp := range p.pools {
-		f(id, sp.primary)
+	for id, e := range p.primaries {
+		f(id, e.pool)
+	}
+}
+
+// EachStandby calls f for every open standby pool (metrics).
+func (p *Pools) EachStandby(f func(shard string, pool *pgxpool.Pool)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, e := range p.standbys {
+		f(id, e.pool)
 	}
 }
 
@@ -130,9 +158,11 @@ func (p *Pools) Each(f func(shard string, pool *pgxpool.Pool)) {
 func (p *Pools) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for id, sp := range p.pools {
-		sp.primary.Close()
-		delete(p.pools, id)
+	for _, m := range []map[string]*poolEntry{p.primaries, p.standbys} {
+		for id, e := range m {
+			e.pool.Close()
+			delete(m, id)
+		}
 	}
 }
 

@@ -98,9 +98,11 @@ func (c *Cluster) startPrimary(ctx context.Context, region string) error {
 		return err
 	}
 	pg, err := localsrv.StartPostgres(ctx, localsrv.PostgresOptions{
-		Dir:      dir,
-		Port:     c.ports(region).Postgres,
-		Settings: map[string]string{"max_connections": "300"},
+		Dir:  dir,
+		Port: c.ports(region).Postgres,
+		// synchronous_commit on, as in production: with it off, WAL reaches the standbys up to
+		// wal_writer_delay late and read-your-writes reads fall back to the primary.
+		Settings: map[string]string{"max_connections": "300", "synchronous_commit": "on"},
 	})
 	if err != nil {
 		return err

@@ -39,89 +39,128 @@ func ComposeServiceName(n Node) string {
 	return composeAPI(n)
 }
 
-// RouterEnv is the environment of a router in the compose file, with hosts resolved by
-// host(service name) (the compose service name itself in Docker).
+// Secrets the compose file requires from the user's environment (compose interpolation fails
+// with the message when one is unset).
+const (
+	envJWTSecret     = "${MERIDIAN_JWT_SECRET:?set MERIDIAN_JWT_SECRET}"
+	envClusterToken  = "${MERIDIAN_CLUSTER_TOKEN:?set MERIDIAN_CLUSTER_TOKEN}"
+	envPGPassword    = "${MERIDIAN_PG_PASSWORD:?set MERIDIAN_PG_PASSWORD}"
+	envAppDBPassword = "${MERIDIAN_APP_DB_PASSWORD:?set MERIDIAN_APP_DB_PASSWORD}"
+)
+
+// BackboneSubnet is the backbone network's subnet. Routers get fixed addresses on it
+// (RouterBackboneIP) because the Raft transport advertises the address it binds and cannot bind
+// 0.0.0.0, and memberlist would otherwise advertise whichever of the container's two networks it
+// found first.
+const BackboneSubnet = "172.29.0.0/16"
+
+// RouterDataDir is the router's shard-map directory inside the container (the image's
+// nonroot home, so the distroless nonroot user can write it).
+const RouterDataDir = "/home/nonroot/data/router"
+
+// RouterBackboneIP is router n's fixed address on the backbone network: 172.29.<region
+// index>.<10+k-1>.
+func (t *Topology) RouterBackboneIP(n Node) string {
+	return fmt.Sprintf("172.29.%d.%d", t.regionIndex(n.Region), 10+n.Index)
+}
+
+func (t *Topology) regionIndex(region string) int {
+	for i, r := range t.Regions() {
+		if r == region {
+			return i
+		}
+	}
+	panic(fmt.Sprintf("topology: unknown region %q", region))
+}
+
+// firstRouter is the router that bootstraps the shard-map Raft group: the first router of the
+// first region. Every other router joins through it.
+func (t *Topology) firstRouter() Node { return t.Routers(t.Regions()[0])[0] }
+
+// RouterEnv is the environment of router n in the compose file: exactly the MERIDIAN_*
+// variables cmd/router reads (its flags' env fallbacks), with compose service names as hosts.
 func (t *Topology) RouterEnv(n Node) map[string]string {
-	env := t.commonEnv(n.Region)
 	svc := composeRouter(n)
-	env["MERIDIAN_NODE_ID"] = n.ID
-	env["MERIDIAN_HTTP_ADDR"] = fmt.Sprintf("0.0.0.0:%d", n.HTTP)
-	env["MERIDIAN_ADVERTISE_URL"] = fmt.Sprintf("http://%s:%d", svc, n.HTTP)
-	env["MERIDIAN_RAFT_ADDR"] = fmt.Sprintf("0.0.0.0:%d", n.Raft)
-	env["MERIDIAN_RAFT_ADVERTISE"] = fmt.Sprintf("%s:%d", svc, n.Raft)
-	env["MERIDIAN_GOSSIP_ADDR"] = fmt.Sprintf("0.0.0.0:%d", n.Gossip)
-	var raft, gossip, apis []string
-	for _, r := range t.Regions() {
-		for _, o := range t.Routers(r) {
-			raft = append(raft, fmt.Sprintf("%s=%s:%d", o.ID, composeRouter(o), o.Raft))
-			gossip = append(gossip, fmt.Sprintf("%s:%d", composeRouter(o), o.Gossip))
-		}
-		for _, a := range t.APINodes(r) {
-			apis = append(apis, fmt.Sprintf("%s=http://%s:%d", r, composeAPI(a), a.HTTP))
-		}
-	}
-	env["MERIDIAN_RAFT_PEERS"] = strings.Join(raft, ",")
-	env["MERIDIAN_GOSSIP_PEERS"] = strings.Join(gossip, ",")
-	env["MERIDIAN_API_NODES"] = strings.Join(apis, ",")
-	var shards []string
-	for _, s := range t.Shards() {
-		shards = append(shards, fmt.Sprintf("%s:%s:%s", s.ID, s.HomeRegion, s.Database))
-	}
-	env["MERIDIAN_SHARDS"] = strings.Join(shards, ",")
-	env["MERIDIAN_SLOT_COUNT"] = strconv.Itoa(t.SlotCount())
+	ip := t.RouterBackboneIP(n)
+	p := t.mustPorts(n.Region)
 	rl := t.RateLimits()
-	env["MERIDIAN_RATE_TENANT_RPS"] = strconv.Itoa(rl.TenantRPS)
-	env["MERIDIAN_RATE_TENANT_BURST"] = strconv.Itoa(rl.TenantBurst)
-	env["MERIDIAN_RATE_IP_RPS"] = strconv.Itoa(rl.IPRPS)
+	env := map[string]string{
+		"MERIDIAN_REGION":        n.Region,
+		"MERIDIAN_ROUTER_ID":     n.ID,
+		"MERIDIAN_ROUTER_LISTEN": fmt.Sprintf("0.0.0.0:%d", n.HTTP),
+		"MERIDIAN_ROUTER_URL":    fmt.Sprintf("http://%s:%d", svc, n.HTTP),
+		"MERIDIAN_RAFT_ADDR":     fmt.Sprintf("%s:%d", ip, n.Raft),
+		"MERIDIAN_DATA_DIR":      RouterDataDir,
+		"MERIDIAN_GOSSIP_ADDR":   fmt.Sprintf("%s:%d", ip, n.Gossip),
+		"MERIDIAN_API_NODES":     t.apiNodeList(),
+		"MERIDIAN_CLUSTER_TOKEN": envClusterToken,
+		"MERIDIAN_JWT_SECRET":    envJWTSecret,
+		"MERIDIAN_REDIS_ADDR":    fmt.Sprintf("%s:%d", ComposeRedis(n.Region), p.Redis),
+		"MERIDIAN_TENANT_RATE":   strconv.Itoa(rl.TenantRPS),
+		"MERIDIAN_TENANT_BURST":  strconv.Itoa(rl.TenantBurst),
+		"MERIDIAN_IP_RATE":       strconv.Itoa(rl.IPRPS),
+	}
+	if first := t.firstRouter(); n.ID == first.ID {
+		env["MERIDIAN_BOOTSTRAP"] = "true"
+	} else {
+		env["MERIDIAN_JOIN"] = fmt.Sprintf("http://%s:%d", composeRouter(first), first.HTTP)
+		env["MERIDIAN_GOSSIP_JOIN"] = fmt.Sprintf("%s:%d", t.RouterBackboneIP(first), first.Gossip)
+	}
 	return env
 }
 
-// APIEnv is the environment of an API node in the compose file.
-func (t *Topology) APIEnv(n Node) map[string]string {
-	env := t.commonEnv(n.Region)
-	svc := composeAPI(n)
-	env["MERIDIAN_NODE_ID"] = n.ID
-	env["MERIDIAN_HTTP_ADDR"] = fmt.Sprintf("0.0.0.0:%d", n.HTTP)
-	env["MERIDIAN_ADVERTISE_URL"] = fmt.Sprintf("http://%s:%d", svc, n.HTTP)
-	env["MERIDIAN_GOSSIP_ADDR"] = fmt.Sprintf("0.0.0.0:%d", n.Gossip)
-	var gossip []string
+// apiNodeList is every region's API nodes in cmd/router's -api-nodes format,
+// "region=url|url;region=url".
+func (t *Topology) apiNodeList() string {
+	var parts []string
 	for _, r := range t.Regions() {
-		for _, o := range t.Routers(r) {
-			gossip = append(gossip, fmt.Sprintf("%s:%d", composeRouter(o), o.Gossip))
+		var urls []string
+		for _, a := range t.APINodes(r) {
+			urls = append(urls, fmt.Sprintf("http://%s:%d", composeAPI(a), a.HTTP))
+		}
+		if len(urls) > 0 {
+			parts = append(parts, r+"="+strings.Join(urls, "|"))
 		}
 	}
-	env["MERIDIAN_GOSSIP_PEERS"] = strings.Join(gossip, ",")
-	env["MERIDIAN_SHARDMAP_URLS"] = t.localRouterURLs(n.Region)
-	env["MERIDIAN_SHARD_PRIMARIES"] = t.primaryDSNs()
-	env["MERIDIAN_SHARD_STANDBYS"] = t.standbyDSNs(n.Region)
-	return env
+	return strings.Join(parts, ";")
 }
 
-// standbyDSNs lists "<shard>=<dsn>" of region's local standby copy of every shard homed
-// elsewhere.
-func (t *Topology) standbyDSNs(region string) string {
-	p := t.mustPorts(region)
-	var dsns []string
-	for _, s := range t.Shards() {
-		if s.HomeRegion == region {
-			continue
-		}
-		dsns = append(dsns, fmt.Sprintf("%s=postgres://postgres@%s:%d/%s?sslmode=disable",
-			s.ID, ComposeStandby(region, s.HomeRegion), p.Standby[s.HomeRegion], s.Database))
-	}
-	return strings.Join(dsns, ",")
-}
-
-// RebalancerEnv is the environment of the rebalancer, which runs in the first region.
-func (t *Topology) RebalancerEnv() map[string]string {
-	r := t.Regions()[0]
+// APIEnv is the environment of API node n in the compose file: exactly the MERIDIAN_*
+// variables cmd/api reads. Shard database addresses are not here: the API node takes them from
+// the shard map (see ShardEndpoints).
+func (t *Topology) APIEnv(n Node) map[string]string {
 	return map[string]string{
-		"MERIDIAN_REGION":          r,
-		"MERIDIAN_SHARDMAP_URLS":   t.localRouterURLs(r),
-		"MERIDIAN_SHARD_PRIMARIES": t.primaryDSNs(),
-		"MERIDIAN_CLUSTER_TOKEN":   "${MERIDIAN_CLUSTER_TOKEN:?set MERIDIAN_CLUSTER_TOKEN}",
-		"PGUSER":                   "postgres",
-		"PGPASSWORD":               "${MERIDIAN_PG_PASSWORD:?set MERIDIAN_PG_PASSWORD}",
+		"MERIDIAN_REGION":        n.Region,
+		"MERIDIAN_API_LISTEN":    fmt.Sprintf("0.0.0.0:%d", n.HTTP),
+		"MERIDIAN_MAP_ADDRS":     t.localRouterURLs(n.Region),
+		"MERIDIAN_CLUSTER_TOKEN": envClusterToken,
+		"MERIDIAN_JWT_SECRET":    envJWTSecret,
+		"MERIDIAN_DB_USER":       "meridian_app",
+		"MERIDIAN_DB_PASSWORD":   envAppDBPassword,
+		"MERIDIAN_MAX_STALENESS": t.MaxStaleness().String(),
+	}
+}
+
+// InitEnv is the environment of the one-shot init service (`gencompose init`): the cluster
+// token for the shard-map bootstrap and the passwords of the postgres superuser (migrations)
+// and of the meridian_app role it sets.
+func (t *Topology) InitEnv() map[string]string {
+	return map[string]string{
+		"MERIDIAN_CLUSTER_TOKEN":   envClusterToken,
+		"MERIDIAN_PG_PASSWORD":     envPGPassword,
+		"MERIDIAN_APP_DB_PASSWORD": envAppDBPassword,
+	}
+}
+
+// InitService is the compose service that migrates the shards and bootstraps the shard map.
+const InitService = "init"
+
+// RebalancerEnv is the environment of the rebalancer tool service: what `rebalancer status`
+// reads. It watches the map through the first region's routers.
+func (t *Topology) RebalancerEnv() map[string]string {
+	return map[string]string{
+		"MERIDIAN_MAP_ADDRS":     t.localRouterURLs(t.Regions()[0]),
+		"MERIDIAN_CLUSTER_TOKEN": envClusterToken,
 	}
 }
 
@@ -133,30 +172,20 @@ func (t *Topology) localRouterURLs(region string) string {
 	return strings.Join(urls, ",")
 }
 
-// primaryDSNs lists "<shard>=<dsn>" for every shard's primary; the password comes from
-// PGPASSWORD so it never appears in a DSN.
-func (t *Topology) primaryDSNs() string {
-	var dsns []string
-	for _, s := range t.Shards() {
-		p := t.mustPorts(s.HomeRegion)
-		dsns = append(dsns, fmt.Sprintf("%s=postgres://postgres@%s:%d/%s?sslmode=disable",
-			s.ID, ComposePostgres(s.HomeRegion), p.Postgres, s.Database))
+// ShardEndpoints is, for shard s, the Postgres "host:port" each region's API nodes use in
+// compose: the primary in the home region, the region's hot standby elsewhere. These are the
+// values of shardmap.Shard.Endpoints a Docker cluster's map must be bootstrapped with.
+func (t *Topology) ShardEndpoints(s Shard) map[string]string {
+	out := map[string]string{}
+	home := t.mustPorts(s.HomeRegion)
+	for _, r := range t.Regions() {
+		if r == s.HomeRegion {
+			out[r] = fmt.Sprintf("%s:%d", ComposePostgres(r), home.Postgres)
+			continue
+		}
+		out[r] = fmt.Sprintf("%s:%d", ComposeStandby(r, s.HomeRegion), t.mustPorts(r).Standby[s.HomeRegion])
 	}
-	return strings.Join(dsns, ",")
-}
-
-func (t *Topology) commonEnv(region string) map[string]string {
-	p := t.mustPorts(region)
-	return map[string]string{
-		"MERIDIAN_REGION":        region,
-		"MERIDIAN_REDIS_ADDR":    fmt.Sprintf("%s:%d", ComposeRedis(region), p.Redis),
-		"MERIDIAN_NATS_URL":      fmt.Sprintf("nats://%s:%d", ComposeNATS(region), p.NATSClient),
-		"MERIDIAN_MAX_STALENESS": t.MaxStaleness().String(),
-		"MERIDIAN_JWT_SECRET":    "${MERIDIAN_JWT_SECRET:?set MERIDIAN_JWT_SECRET}",
-		"MERIDIAN_CLUSTER_TOKEN": "${MERIDIAN_CLUSTER_TOKEN:?set MERIDIAN_CLUSTER_TOKEN}",
-		"PGUSER":                 "postgres",
-		"PGPASSWORD":             "${MERIDIAN_PG_PASSWORD:?set MERIDIAN_PG_PASSWORD}",
-	}
+	return out
 }
 
 // NATSConfig is the nats-server configuration of a region: JetStream, and a gateway
@@ -178,7 +207,9 @@ func (t *Topology) NATSConfig(region string) string {
 // keys sorted), so a test can compare it with the checked-in file.
 func (t *Topology) ComposeYAML() ([]byte, error) {
 	services := map[string]any{}
-	networks := map[string]any{BackboneNetwork: map[string]any{}}
+	networks := map[string]any{BackboneNetwork: map[string]any{
+		"ipam": map[string]any{"config": []map[string]string{{"subnet": BackboneSubnet}}},
+	}}
 	configs := map[string]any{}
 	volumes := map[string]any{}
 	build := map[string]any{"context": ".", "dockerfile": "Dockerfile"}
@@ -200,7 +231,7 @@ func (t *Topology) ComposeYAML() ([]byte, error) {
 			"command":  []string{"postgres", "-p", strconv.Itoa(p.Postgres), "-c", "wal_level=replica", "-c", "max_wal_senders=10", "-c", "hot_standby=on"},
 			"networks": both,
 			"environment": map[string]string{
-				"POSTGRES_PASSWORD": "${MERIDIAN_PG_PASSWORD:?set MERIDIAN_PG_PASSWORD}",
+				"POSTGRES_PASSWORD": envPGPassword,
 				"PGPORT":            strconv.Itoa(p.Postgres),
 			},
 			"configs": []map[string]string{
@@ -229,7 +260,7 @@ func (t *Topology) ComposeYAML() ([]byte, error) {
 				"user":        "postgres",
 				"entrypoint":  []string{"bash", "-c", script},
 				"networks":    both,
-				"environment": map[string]string{"PGPASSWORD": "${MERIDIAN_PG_PASSWORD:?set MERIDIAN_PG_PASSWORD}"},
+				"environment": map[string]string{"PGPASSWORD": envPGPassword},
 				"volumes":     []string{"pgdata-" + name + ":/var/lib/postgresql/data"},
 				"depends_on":  map[string]any{ComposePostgres(src): map[string]string{"condition": "service_healthy"}},
 			}
@@ -247,22 +278,39 @@ func (t *Topology) ComposeYAML() ([]byte, error) {
 			"networks": both,
 			"configs":  []map[string]string{{"source": "nats-" + r, "target": "/etc/nats/gateway.conf"}},
 		}
-		deps := map[string]any{
-			ComposePostgres(r): map[string]string{"condition": "service_healthy"},
-			ComposeRedis(r):    map[string]string{"condition": "service_started"},
-			ComposeNATS(r):     map[string]string{"condition": "service_started"},
-		}
 		for _, n := range t.Routers(r) {
+			deps := map[string]any{ComposeRedis(r): map[string]string{"condition": "service_started"}}
+			if first := t.firstRouter(); n.ID != first.ID {
+				// Joins through the first router.
+				deps[composeRouter(first)] = map[string]string{"condition": "service_started"}
+			}
 			services[composeRouter(n)] = map[string]any{
 				"image": ImageMeridian, "build": build,
-				"command":     []string{"router"},
-				"networks":    both,
+				"command": []string{"router"},
+				"networks": map[string]any{
+					r:               map[string]any{},
+					BackboneNetwork: map[string]any{"ipv4_address": t.RouterBackboneIP(n)},
+				},
 				"environment": t.RouterEnv(n),
 				"ports":       []string{fmt.Sprintf("%d:%d", n.HTTP, n.HTTP)},
 				"depends_on":  deps,
 			}
 		}
 		for _, n := range t.APINodes(r) {
+			deps := map[string]any{
+				ComposePostgres(r): map[string]string{"condition": "service_healthy"},
+				// The schema, the meridian_app password and the map exist only after init.
+				InitService: map[string]string{"condition": "service_completed_successfully"},
+			}
+			for _, o := range t.Routers(r) {
+				deps[composeRouter(o)] = map[string]string{"condition": "service_started"}
+			}
+			// Reads of shards homed elsewhere go to this region's standbys.
+			for _, src := range t.Regions() {
+				if src != r {
+					deps[ComposeStandby(r, src)] = map[string]string{"condition": "service_started"}
+				}
+			}
 			services[composeAPI(n)] = map[string]any{
 				"image": ImageMeridian, "build": build,
 				"command":     []string{"api"},
@@ -273,13 +321,31 @@ func (t *Topology) ComposeYAML() ([]byte, error) {
 			}
 		}
 	}
+	initDeps := map[string]any{}
+	for _, r := range t.Regions() {
+		initDeps[ComposePostgres(r)] = map[string]string{"condition": "service_healthy"}
+		for _, n := range t.Routers(r) {
+			initDeps[composeRouter(n)] = map[string]string{"condition": "service_started"}
+		}
+	}
+	// One-shot: migrate every shard on its primary, set meridian_app's password, bootstrap the
+	// shard map. Idempotent, retries while the others come up (cmd/gencompose).
+	services[InitService] = map[string]any{
+		"image": ImageMeridian, "build": build,
+		"command":     []string{"gencompose", "init", "-topology", "/etc/meridian/topology.yaml"},
+		"networks":    []string{BackboneNetwork},
+		"environment": t.InitEnv(),
+		"depends_on":  initDeps,
+	}
 	first := t.Regions()[0]
+	// A one-shot tool, not a daemon: `rebalancer status` prints the map and exits. The "tools"
+	// profile keeps `up` from starting it; run it with `docker compose run --rm rebalancer`.
 	services["rebalancer"] = map[string]any{
 		"image": ImageMeridian, "build": build,
-		"command":     []string{"rebalancer"},
+		"profiles":    []string{"tools"},
+		"command":     []string{"rebalancer", "status"},
 		"networks":    []string{first, BackboneNetwork},
 		"environment": t.RebalancerEnv(),
-		"depends_on":  map[string]any{composeRouter(t.Routers(first)[0]): map[string]string{"condition": "service_started"}},
 	}
 	doc := map[string]any{
 		"name":     "meridian",
@@ -295,7 +361,8 @@ func (t *Topology) ComposeYAML() ([]byte, error) {
 		return nil, fmt.Errorf("topology: render compose: %w", err)
 	}
 	header := "# Code generated by `go run ./cmd/gencompose` from deploy/multi-region/topology.yaml. DO NOT EDIT.\n" +
-		"# Needs MERIDIAN_JWT_SECRET, MERIDIAN_CLUSTER_TOKEN and MERIDIAN_PG_PASSWORD in the environment;\n" +
-		"# see docs/local-topology.md. Latency proxies are a launcher feature and are not used here.\n"
+		"# Needs MERIDIAN_JWT_SECRET, MERIDIAN_CLUSTER_TOKEN, MERIDIAN_PG_PASSWORD and MERIDIAN_APP_DB_PASSWORD\n" +
+		"# in the environment; see docs/local-topology.md. The one-shot `init` service migrates the shards\n" +
+		"# and bootstraps the shard map. Latency proxies are a launcher feature and are not used here.\n"
 	return append([]byte(header), out.Bytes()...), nil
 }

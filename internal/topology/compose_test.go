@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -37,7 +38,7 @@ func TestComposeFileIsGenerated(t *testing.T) {
 }
 
 // loadCompose loads the checked-in compose file with the compose-spec loader, without
-// interpolating the secrets it requires from the environment.
+// interpolating the secrets it requires from the environment, with every profile's services.
 func loadCompose(t *testing.T) *types.Project {
 	t.Helper()
 	root, err := filepath.Abs(filepath.Join("..", ".."))
@@ -48,6 +49,8 @@ func loadCompose(t *testing.T) *types.Project {
 		cli.WithWorkingDirectory(root),
 		cli.WithName("meridian"),
 		cli.WithInterpolation(false),
+		// The rebalancer tool service is in profile "tools", which `up` does not start.
+		cli.WithProfiles([]string{"tools"}),
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +76,7 @@ func TestComposeMatchesTopology(t *testing.T) {
 		t.Errorf("networks = %v, want %v", slices.Sorted(mapsKeys(p.Networks)), wantNets)
 	}
 
-	want := []string{"rebalancer"}
+	want := []string{"rebalancer", InitService}
 	for _, r := range topo.Regions() {
 		want = append(want, ComposePostgres(r), ComposeRedis(r), ComposeNATS(r))
 		for _, src := range topo.Regions() {
@@ -130,52 +133,136 @@ func TestComposeMatchesTopology(t *testing.T) {
 
 		for _, n := range topo.Routers(r) {
 			s := p.Services[ComposeServiceName(n)]
-			checkNode(t, s, n, "router", ports.Redis)
+			checkNode(t, s, n, "router")
 			env := envOf(s)
+			svc := ComposeServiceName(n)
+			ip := topo.RouterBackboneIP(n)
+			first := topo.Routers(topo.Regions()[0])[0]
+			want := map[string]string{
+				"MERIDIAN_REGION":        n.Region,
+				"MERIDIAN_ROUTER_ID":     n.ID,
+				"MERIDIAN_ROUTER_LISTEN": fmt.Sprintf("0.0.0.0:%d", n.HTTP),
+				"MERIDIAN_ROUTER_URL":    fmt.Sprintf("http://%s:%d", svc, n.HTTP),
+				"MERIDIAN_RAFT_ADDR":     fmt.Sprintf("%s:%d", ip, n.Raft),
+				"MERIDIAN_GOSSIP_ADDR":   fmt.Sprintf("%s:%d", ip, n.Gossip),
+				"MERIDIAN_REDIS_ADDR":    fmt.Sprintf("%s:%d", ComposeRedis(r), ports.Redis),
+				"MERIDIAN_TENANT_RATE":   strconv.Itoa(topo.RateLimits().TenantRPS),
+				"MERIDIAN_TENANT_BURST":  strconv.Itoa(topo.RateLimits().TenantBurst),
+				"MERIDIAN_IP_RATE":       strconv.Itoa(topo.RateLimits().IPRPS),
+			}
+			if n.ID == first.ID {
+				want["MERIDIAN_BOOTSTRAP"] = "true"
+			} else {
+				want["MERIDIAN_JOIN"] = fmt.Sprintf("http://%s:%d", ComposeServiceName(first), first.HTTP)
+				want["MERIDIAN_GOSSIP_JOIN"] = fmt.Sprintf("%s:%d", topo.RouterBackboneIP(first), first.Gossip)
+				if _, ok := env["MERIDIAN_BOOTSTRAP"]; ok {
+					t.Errorf("%s: sets MERIDIAN_BOOTSTRAP; only %s may bootstrap", s.Name, ComposeServiceName(first))
+				}
+			}
+			checkEnv(t, s, want)
+			if bb := s.Networks[BackboneNetwork]; bb == nil || bb.Ipv4Address != ip {
+				t.Errorf("%s: backbone network %+v, want fixed address %s (its Raft address)", s.Name, bb, ip)
+			}
+			// Every API node of every region, in cmd/router's "region=url|url;region=url" form.
+			nodes := map[string][]string{}
+			for _, part := range strings.Split(env["MERIDIAN_API_NODES"], ";") {
+				region, urls, ok := strings.Cut(part, "=")
+				if !ok {
+					t.Fatalf("%s: MERIDIAN_API_NODES part %q is not region=url|url", s.Name, part)
+				}
+				nodes[region] = strings.Split(urls, "|")
+			}
 			for _, o := range topo.Regions() {
-				for _, peer := range topo.Routers(o) {
-					want := fmt.Sprintf("%s=%s:%d", peer.ID, ComposeServiceName(peer), peer.Raft)
-					if !slices.Contains(strings.Split(env["MERIDIAN_RAFT_PEERS"], ","), want) {
-						t.Errorf("%s: MERIDIAN_RAFT_PEERS %q lacks %q", s.Name, env["MERIDIAN_RAFT_PEERS"], want)
-					}
-				}
 				for _, a := range topo.APINodes(o) {
-					want := fmt.Sprintf("%s=http://%s:%d", o, ComposeServiceName(a), a.HTTP)
-					if !slices.Contains(strings.Split(env["MERIDIAN_API_NODES"], ","), want) {
-						t.Errorf("%s: MERIDIAN_API_NODES lacks %q", s.Name, want)
+					if u := fmt.Sprintf("http://%s:%d", ComposeServiceName(a), a.HTTP); !slices.Contains(nodes[o], u) {
+						t.Errorf("%s: MERIDIAN_API_NODES %q lacks %s in %s", s.Name, env["MERIDIAN_API_NODES"], u, o)
 					}
 				}
 			}
-			if env["MERIDIAN_SLOT_COUNT"] != strconv.Itoa(topo.SlotCount()) {
-				t.Errorf("%s: MERIDIAN_SLOT_COUNT = %q", s.Name, env["MERIDIAN_SLOT_COUNT"])
-			}
-			if got := len(strings.Split(env["MERIDIAN_SHARDS"], ",")); got != len(topo.Shards()) {
-				t.Errorf("%s: MERIDIAN_SHARDS has %d shards, want %d", s.Name, got, len(topo.Shards()))
-			}
+		}
+		var local []string
+		for _, o := range topo.Routers(r) {
+			local = append(local, fmt.Sprintf("http://%s:%d", ComposeServiceName(o), o.HTTP))
 		}
 		for _, n := range topo.APINodes(r) {
 			s := p.Services[ComposeServiceName(n)]
-			checkNode(t, s, n, "api", ports.Redis)
-			env := envOf(s)
-			for _, sh := range topo.Shards() {
-				hp, _ := topo.Ports(sh.HomeRegion)
-				want := fmt.Sprintf("%s=postgres://postgres@%s:%d/%s?sslmode=disable", sh.ID, ComposePostgres(sh.HomeRegion), hp.Postgres, sh.Database)
-				if !slices.Contains(strings.Split(env["MERIDIAN_SHARD_PRIMARIES"], ","), want) {
-					t.Errorf("%s: MERIDIAN_SHARD_PRIMARIES lacks %q", s.Name, want)
-				}
-				if sh.HomeRegion == r {
-					continue
-				}
-				want = fmt.Sprintf("%s=postgres://postgres@%s:%d/%s?sslmode=disable", sh.ID, ComposeStandby(r, sh.HomeRegion), ports.Standby[sh.HomeRegion], sh.Database)
-				if !slices.Contains(strings.Split(env["MERIDIAN_SHARD_STANDBYS"], ","), want) {
-					t.Errorf("%s: MERIDIAN_SHARD_STANDBYS lacks %q", s.Name, want)
-				}
+			checkNode(t, s, n, "api")
+			checkNetworks(t, s, n.Region, BackboneNetwork)
+			checkEnv(t, s, map[string]string{
+				"MERIDIAN_REGION":        n.Region,
+				"MERIDIAN_API_LISTEN":    fmt.Sprintf("0.0.0.0:%d", n.HTTP),
+				"MERIDIAN_MAP_ADDRS":     strings.Join(local, ","),
+				"MERIDIAN_DB_USER":       "meridian_app",
+				"MERIDIAN_MAX_STALENESS": topo.MaxStaleness().String(),
+			})
+			if !strings.HasPrefix(envOf(s)["MERIDIAN_DB_PASSWORD"], "${MERIDIAN_APP_DB_PASSWORD:?") {
+				t.Errorf("%s: MERIDIAN_DB_PASSWORD = %q, want it required from the environment", s.Name, envOf(s)["MERIDIAN_DB_PASSWORD"])
+			}
+		}
+	}
+
+	rb := p.Services["rebalancer"]
+	if !slices.Equal(rb.Command, types.ShellCommand{"rebalancer", "status"}) || !slices.Equal(rb.Profiles, []string{"tools"}) {
+		t.Errorf("rebalancer: command %v profiles %v, want [rebalancer status] in profile tools", rb.Command, rb.Profiles)
+	}
+	first := topo.Regions()[0]
+	var firstURLs []string
+	for _, o := range topo.Routers(first) {
+		firstURLs = append(firstURLs, fmt.Sprintf("http://%s:%d", ComposeServiceName(o), o.HTTP))
+	}
+	checkEnv(t, rb, map[string]string{"MERIDIAN_MAP_ADDRS": strings.Join(firstURLs, ",")})
+
+	in := p.Services[InitService]
+	if !slices.Equal(in.Command, types.ShellCommand{"gencompose", "init", "-topology", "/etc/meridian/topology.yaml"}) {
+		t.Errorf("init: command %v", in.Command)
+	}
+	checkNetworks(t, in, BackboneNetwork)
+	for _, r := range topo.Regions() {
+		if d, ok := in.DependsOn[ComposePostgres(r)]; !ok || d.Condition != types.ServiceConditionHealthy {
+			t.Errorf("init: depends_on %s = %+v, want service_healthy", ComposePostgres(r), d)
+		}
+		for _, n := range topo.Routers(r) {
+			if _, ok := in.DependsOn[ComposeServiceName(n)]; !ok {
+				t.Errorf("init: does not wait for %s", ComposeServiceName(n))
+			}
+		}
+		for _, n := range topo.APINodes(r) {
+			if d := p.Services[ComposeServiceName(n)].DependsOn[InitService]; d.Condition != types.ServiceConditionCompletedSuccessfully {
+				t.Errorf("%s: depends_on init = %+v, want service_completed_successfully", ComposeServiceName(n), d)
 			}
 		}
 	}
 }
 
-func checkNode(t *testing.T, s types.ServiceConfig, n Node, command string, redisPort int) {
+// TestRouterBackboneIPs checks the routers' fixed backbone addresses: distinct and inside the
+// backbone subnet the compose file declares.
+func TestRouterBackboneIPs(t *testing.T) {
+	topo := loadRepo(t)
+	p := loadCompose(t)
+	_, subnet, err := net.ParseCIDR(BackboneSubnet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb := p.Networks[BackboneNetwork]
+	if bb.Ipam.Config == nil || len(bb.Ipam.Config) != 1 || bb.Ipam.Config[0].Subnet != BackboneSubnet {
+		t.Errorf("backbone ipam %+v, want subnet %s", bb.Ipam, BackboneSubnet)
+	}
+	seen := map[string]string{}
+	for _, r := range topo.Regions() {
+		for _, n := range topo.Routers(r) {
+			ip := topo.RouterBackboneIP(n)
+			if a := net.ParseIP(ip); a == nil || !subnet.Contains(a) {
+				t.Errorf("%s: backbone address %q not in %s", n.ID, ip, BackboneSubnet)
+			}
+			if o, dup := seen[ip]; dup {
+				t.Errorf("%s and %s share backbone address %s", o, n.ID, ip)
+			}
+			seen[ip] = n.ID
+		}
+	}
+}
+
+func checkNode(t *testing.T, s types.ServiceConfig, n Node, command string) {
 	t.Helper()
 	if s.Image != ImageMeridian || s.Build == nil || s.Build.Dockerfile != "Dockerfile" {
 		t.Errorf("%s: image %q build %+v, want %s built from Dockerfile", s.Name, s.Image, s.Build, ImageMeridian)
@@ -188,18 +275,20 @@ func checkNode(t *testing.T, s types.ServiceConfig, n Node, command string, redi
 		t.Errorf("%s: ports %+v, want %d:%d", s.Name, s.Ports, n.HTTP, n.HTTP)
 	}
 	env := envOf(s)
-	for k, want := range map[string]string{
-		"MERIDIAN_REGION":     n.Region,
-		"MERIDIAN_NODE_ID":    n.ID,
-		"MERIDIAN_HTTP_ADDR":  fmt.Sprintf("0.0.0.0:%d", n.HTTP),
-		"MERIDIAN_REDIS_ADDR": fmt.Sprintf("%s:%d", ComposeRedis(n.Region), redisPort),
-	} {
-		if env[k] != want {
-			t.Errorf("%s: %s = %q, want %q", s.Name, k, env[k], want)
+	for _, k := range []string{"MERIDIAN_JWT_SECRET", "MERIDIAN_CLUSTER_TOKEN"} {
+		if !strings.HasPrefix(env[k], "${"+k+":?") {
+			t.Errorf("%s: %s = %q, want it required from the environment", s.Name, k, env[k])
 		}
 	}
-	if !strings.HasPrefix(env["MERIDIAN_JWT_SECRET"], "${MERIDIAN_JWT_SECRET:?") {
-		t.Errorf("%s: MERIDIAN_JWT_SECRET = %q, want it required from the environment", s.Name, env["MERIDIAN_JWT_SECRET"])
+}
+
+func checkEnv(t *testing.T, s types.ServiceConfig, want map[string]string) {
+	t.Helper()
+	env := envOf(s)
+	for k, v := range want {
+		if env[k] != v {
+			t.Errorf("%s: %s = %q, want %q", s.Name, k, env[k], v)
+		}
 	}
 }
 
@@ -233,14 +322,15 @@ func mapsKeys[M ~map[string]V, V any](m M) func(func(string) bool) {
 }
 
 // TestDockerfileBuildsServices checks the structure the compose file relies on: a Go build
-// stage producing the three binaries the services' commands name.
+// stage producing the four binaries the services' commands name, and the topology file init reads.
 func TestDockerfileBuildsServices(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join("..", "..", "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	df := string(data)
-	for _, want := range []string{"FROM golang:1.26 AS build", "./cmd/router", "./cmd/api", "./cmd/rebalancer", "COPY --from=build"} {
+	for _, want := range []string{"FROM golang:1.26 AS build", "./cmd/router", "./cmd/api", "./cmd/rebalancer", "./cmd/gencompose",
+		"COPY --from=build", "/out/gencompose", "/etc/meridian/topology.yaml"} {
 		if !strings.Contains(df, want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
