@@ -29,6 +29,7 @@ import (
 type config struct {
 	region, listen, mapAddrs, clusterToken, cursorKey string
 	dbUser, dbPassword                                string
+	dialVia                                           map[string]string
 	jwtSecret, jwksFile, jwtIssuer, jwtAudience       string
 	maxConns                                          int
 	connLifetime, connIdle, statementTimeout          time.Duration
@@ -90,8 +91,20 @@ func parseConfig(args []string) (config, error) {
 	fs.DurationVar(&c.standbyInterval, "standby-check-interval", envDur("MERIDIAN_STANDBY_CHECK_INTERVAL", 250*time.Millisecond), "how often a standby's replay position and lag are re-read (MERIDIAN_STANDBY_CHECK_INTERVAL)")
 	fs.IntVar(&c.standbyFailures, "standby-failures", envInt("MERIDIAN_STANDBY_FAILURES", 3), "consecutive failed checks or reads that take a standby out of the read path (MERIDIAN_STANDBY_FAILURES)")
 	fs.Int64Var(&c.maxBody, "max-body", int64(envInt("MERIDIAN_MAX_BODY", 1<<20)), "request body cap in bytes (MERIDIAN_MAX_BODY)")
+	var dialVia string
+	fs.StringVar(&dialVia, "pg-dial-via", env("MERIDIAN_PG_DIAL_VIA", ""), "shard endpoints to reach through another address, endpoint=addr,... (the local launcher's latency proxies) (MERIDIAN_PG_DIAL_VIA; empty = dial endpoints directly)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if dialVia != "" {
+		c.dialVia = map[string]string{}
+		for _, pair := range strings.Split(dialVia, ",") {
+			from, to, ok := strings.Cut(pair, "=")
+			if !ok || from == "" || to == "" {
+				return c, fmt.Errorf("-pg-dial-via: %q is not endpoint=addr", pair)
+			}
+			c.dialVia[from] = to
+		}
 	}
 	if c.region == "" || c.mapAddrs == "" || c.clusterToken == "" {
 		return c, errors.New("-region, -map-addrs and -cluster-token are required")
@@ -135,7 +148,7 @@ func run(cfg config, log *slog.Logger) error {
 		return err
 	}
 	pools := api.NewPools(api.PoolConfig{User: cfg.dbUser, Password: cfg.dbPassword, MaxConns: int32(cfg.maxConns),
-		MaxConnLifetime: cfg.connLifetime, MaxConnIdleTime: cfg.connIdle, StatementTimeout: cfg.statementTimeout, IdleInTxTimeout: cfg.idleInTx})
+		DialVia: cfg.dialVia, MaxConnLifetime: cfg.connLifetime, MaxConnIdleTime: cfg.connIdle, StatementTimeout: cfg.statementTimeout, IdleInTxTimeout: cfg.idleInTx})
 	srv, err := api.New(api.Config{Region: cfg.region, CursorKey: []byte(cfg.cursorKey), ClusterToken: cfg.clusterToken,
 		MaxBody: cfg.maxBody, Deadline: cfg.deadline, IdemTTL: cfg.idemTTL, MaxStaleness: cfg.maxStaleness, RYWWait: cfg.rywWait,
 		StandbyInterval: cfg.standbyInterval, StandbyFailures: cfg.standbyFailures, Logger: log}, mapsource.Adapter{Src: client}, pools, verifier, apidoc.OpenAPI)

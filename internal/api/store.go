@@ -31,6 +31,10 @@ type PoolConfig struct {
 	MaxConnIdleTime  time.Duration // 0 = 5m
 	StatementTimeout time.Duration // 0 = 1s
 	IdleInTxTimeout  time.Duration // 0 = 10s
+	// DialVia maps a shard endpoint (host:port, as the shard map names it) to the address to
+	// dial instead — the local launcher's latency proxy to another region. nil = dial the
+	// endpoints themselves.
+	DialVia map[string]string
 }
 
 func (pc PoolConfig) withDefaults() PoolConfig {
@@ -114,6 +118,9 @@ func (p *Pools) get(ctx context.Context, m map[string]*poolEntry, id, addr, db s
 }
 
 func (p *Pools) open(ctx context.Context, addr, db string) (*pgxpool.Pool, error) {
+	if via, ok := p.cfg.DialVia[addr]; ok {
+		addr = via
+	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("api: shard endpoint %q: %w", addr, err)

@@ -135,6 +135,9 @@ func (c *Cluster) startAPIs(ctx context.Context) error {
 				"-map-addrs", strings.Join(c.routerURLs(r), ","),
 				"-db-user", "meridian_app",
 			}
+			if via := c.primaryDialVia(r); via != "" {
+				args = append(args, "-pg-dial-via", via)
+			}
 			env := []string{"MERIDIAN_JWT_SECRET=" + c.jwtSecret, "MERIDIAN_CLUSTER_TOKEN=" + c.clusterToken}
 			ch, err := startChild(n.ID, filepath.Join(c.opts.BinDir, "api"), args, env, filepath.Join(dir, "api.log"))
 			if err != nil {
@@ -147,4 +150,22 @@ func (c *Cluster) startAPIs(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// primaryDialVia maps every other region's primary to the latency proxy that region from
+// dials it through, in the API node's -pg-dial-via format ("" without latency mode), so strong
+// and fallback reads of a remote primary pay the round trip too.
+func (c *Cluster) primaryDialVia(from string) string {
+	if !c.opts.Latency {
+		return ""
+	}
+	var pairs []string
+	for _, r := range c.regions() {
+		if r == from {
+			continue
+		}
+		port := c.ports(r).Postgres
+		pairs = append(pairs, fmt.Sprintf("%s:%d=%s", c.topo.Host(), port, c.addr(from, r, port)))
+	}
+	return strings.Join(pairs, ",")
 }
