@@ -116,9 +116,11 @@ func TestInitCluster(t *testing.T) {
 		t.Fatalf("initCluster: %v", err)
 	}
 
+	// The node also records its own HTTP address through Raft (RegisterNode), which may land
+	// after the bootstrap: wait for both so the idempotence check below compares a settled map.
 	testenv.WaitFor(t, 10*time.Second, func() error {
-		if v := node.Map().Version(); v == 0 {
-			return fmt.Errorf("map version %d", v)
+		if m := node.Map(); m.Version() == 0 || len(m.Nodes()) == 0 {
+			return fmt.Errorf("map version %d, %d nodes registered", m.Version(), len(m.Nodes()))
 		}
 		return nil
 	})
