@@ -11,7 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/http"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -30,6 +30,7 @@ type config struct {
 	region, listen, mapAddrs, clusterToken, cursorKey string
 	dbUser, dbPassword                                string
 	dialVia                                           map[string]string
+	workerUser, workerPassword                        string
 	jwtSecret, jwksFile, jwtIssuer, jwtAudience       string
 	maxConns                                          int
 	connLifetime, connIdle, statementTimeout          time.Duration
@@ -91,6 +92,8 @@ func parseConfig(args []string) (config, error) {
 	fs.DurationVar(&c.standbyInterval, "standby-check-interval", envDur("MERIDIAN_STANDBY_CHECK_INTERVAL", 250*time.Millisecond), "how often a standby's replay position and lag are re-read (MERIDIAN_STANDBY_CHECK_INTERVAL)")
 	fs.IntVar(&c.standbyFailures, "standby-failures", envInt("MERIDIAN_STANDBY_FAILURES", 3), "consecutive failed checks or reads that take a standby out of the read path (MERIDIAN_STANDBY_FAILURES)")
 	fs.Int64Var(&c.maxBody, "max-body", int64(envInt("MERIDIAN_MAX_BODY", 1<<20)), "request body cap in bytes (MERIDIAN_MAX_BODY)")
+	fs.StringVar(&c.workerUser, "worker-db-user", env("MERIDIAN_WORKER_DB_USER", ""), "Postgres role of the cross-tenant cleanup job, normally meridian_worker (MERIDIAN_WORKER_DB_USER; empty = purge only tenants this node has seen)")
+	fs.StringVar(&c.workerPassword, "worker-db-password", env("MERIDIAN_WORKER_DB_PASSWORD", ""), "password of -worker-db-user (MERIDIAN_WORKER_DB_PASSWORD; empty = none)")
 	var dialVia string
 	fs.StringVar(&dialVia, "pg-dial-via", env("MERIDIAN_PG_DIAL_VIA", ""), "shard endpoints to reach through another address, endpoint=addr,... (the local launcher's latency proxies) (MERIDIAN_PG_DIAL_VIA; empty = dial endpoints directly)")
 	if err := fs.Parse(args); err != nil {
@@ -149,7 +152,13 @@ func run(cfg config, log *slog.Logger) error {
 	}
 	pools := api.NewPools(api.PoolConfig{User: cfg.dbUser, Password: cfg.dbPassword, MaxConns: int32(cfg.maxConns),
 		DialVia: cfg.dialVia, MaxConnLifetime: cfg.connLifetime, MaxConnIdleTime: cfg.connIdle, StatementTimeout: cfg.statementTimeout, IdleInTxTimeout: cfg.idleInTx})
-	srv, err := api.New(api.Config{Region: cfg.region, CursorKey: []byte(cfg.cursorKey), ClusterToken: cfg.clusterToken,
+	var workers *api.Pools
+	if cfg.workerUser != "" {
+		// Only the cleanup job uses these, on home primaries: one connection per shard is plenty.
+		workers = api.NewPools(api.PoolConfig{User: cfg.workerUser, Password: cfg.workerPassword, MaxConns: 1, DialVia: cfg.dialVia})
+		defer workers.Close()
+	}
+	srv, err := api.New(api.Config{Workers: workers, Region: cfg.region, CursorKey: []byte(cfg.cursorKey), ClusterToken: cfg.clusterToken,
 		MaxBody: cfg.maxBody, Deadline: cfg.deadline, IdemTTL: cfg.idemTTL, MaxStaleness: cfg.maxStaleness, RYWWait: cfg.rywWait,
 		StandbyInterval: cfg.standbyInterval, StandbyFailures: cfg.standbyFailures, Logger: log}, mapsource.Adapter{Src: client}, pools, verifier, apidoc.OpenAPI)
 	if err != nil {
@@ -159,26 +168,18 @@ func run(cfg config, log *slog.Logger) error {
 	cleanupCtx, stopCleanup := context.WithCancel(context.Background())
 	go srv.RunCleanup(cleanupCtx, cfg.idemCleanup)
 
-	httpSrv := &http.Server{Addr: cfg.listen, Handler: srv.Handler(), ReadHeaderTimeout: cfg.readHeaderTimeout,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
-	errc := make(chan error, 1)
-	go func() { errc <- httpSrv.ListenAndServe() }()
-	log.Info("listening", "addr", cfg.listen, "region", cfg.region)
-
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case err := <-errc:
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
 		stopCleanup()
 		stopMap()
 		pools.Close()
 		return err
 	}
-	// Order: stop accepting and finish in-flight requests, then background jobs, then the map
-	// watch, then the database pools the requests were using.
-	shCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
-	defer cancel()
-	err = httpSrv.Shutdown(shCtx)
+	log.Info("listening", "addr", cfg.listen, "region", cfg.region)
+	// Serve until a signal, then stop accepting and finish in-flight requests (up to the grace
+	// period); then stop the background jobs, the map watch, and the pools the requests used.
+	err = api.Serve(ctx, ln, srv.Handler(), cfg.readHeaderTimeout, cfg.shutdownGrace)
+	log.Info("shut down", "err", err)
 	stopCleanup()
 	stopMap()
 	<-mapDone

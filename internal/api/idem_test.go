@@ -7,6 +7,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meridian-dev/meridian/internal/testenv"
+	"github.com/meridian-dev/meridian/migrations"
 )
 
 func (e *env) count(shard, tenant string) int {
@@ -123,5 +126,49 @@ func TestCrashAfterSend(t *testing.T) {
 	}
 	if got := e.count("s1", "acme"); got != 6 {
 		t.Fatalf("%d records after 6 crashed+retried creates", got)
+	}
+}
+
+// TestIdempotencyCleanupWorker: with worker pools (migrations.WorkerRole) the cleanup purges
+// expired keys of every tenant on the shard — including tenants this node never saw — and
+// leaves unexpired keys alone.
+func TestIdempotencyCleanupWorker(t *testing.T) {
+	workers := NewPools(PoolConfig{User: migrations.WorkerRole})
+	t.Cleanup(workers.Close)
+	e := newEnv(t, func(c *Config) { c.Workers = workers })
+	e.createTenant("acme", "s1")
+	e.createTenant("globex", "s1")
+	su := testenv.NewPool(t, e.pg.DSN(e.dbs["s1"]))
+	ctx := context.Background()
+	for _, k := range []struct {
+		tenant, key, expires string
+	}{
+		{"acme", "old", "now() - interval '1 minute'"},
+		{"globex", "old", "now() - interval '1 hour'"},
+		{"globex", "fresh", "now() + interval '1 hour'"},
+	} {
+		if _, err := su.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, expires_at)
+			VALUES ($1, $2, '\x00', 201, `+k.expires+`)`, k.tenant, k.key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := e.srv.CleanupIdempotencyKeys(ctx, e.maps.shards["s1"])
+	if err != nil || n != 2 {
+		t.Fatalf("worker cleanup: deleted %d, %v; want 2", n, err)
+	}
+	var left []string
+	rows, err := su.Query(ctx, `SELECT tenant_id || '/' || key FROM idempotency_keys ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, s)
+	}
+	if len(left) != 1 || left[0] != "globex/fresh" {
+		t.Fatalf("keys left after cleanup: %v, want [globex/fresh]", left)
 	}
 }

@@ -44,6 +44,10 @@ type Config struct {
 	StandbyFailures int           // consecutive failed checks/reads that mark a standby unhealthy; 0 = 3
 	Logger          *slog.Logger  // nil = slog.Default()
 	Now             func() time.Time
+	// Workers are pools connected as migrations.WorkerRole, which may delete expired
+	// Idempotency-Key rows of every tenant. nil = the cleanup job purges only the tenants this
+	// node has stored keys for since it started (the app role sees one tenant at a time).
+	Workers *Pools
 }
 
 // Server is the API node's HTTP service.

@@ -134,6 +134,7 @@ func (c *Cluster) startAPIs(ctx context.Context) error {
 				"-listen", fmt.Sprintf("%s:%d", host, n.HTTP),
 				"-map-addrs", strings.Join(c.routerURLs(r), ","),
 				"-db-user", "meridian_app",
+				"-worker-db-user", "meridian_worker",
 			}
 			if via := c.primaryDialVia(r); via != "" {
 				args = append(args, "-pg-dial-via", via)
