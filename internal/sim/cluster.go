@@ -30,6 +30,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/meridian-dev/meridian/internal/latency"
 	"github.com/meridian-dev/meridian/internal/localsrv"
 	"github.com/meridian-dev/meridian/internal/topology"
 )
@@ -69,8 +70,8 @@ type Cluster struct {
 	nats     map[string]*server.Server
 	routers  map[string][]*child
 	apis     map[string][]*child
-	proxies  *proxySet
-	stops    []func() // in start order; Down runs them backwards
+	proxies  *latency.Manager // nil without latency mode
+	stops    []func()         // in start order; Down runs them backwards
 	downOnce sync.Once
 	control  string
 }

@@ -51,7 +51,7 @@ func (c *Cluster) Partition(region string) error {
 	if c.proxies == nil {
 		return ErrNoLatency
 	}
-	c.proxies.m.Partition(region)
+	c.proxies.Partition(region)
 	return nil
 }
 
@@ -63,7 +63,7 @@ func (c *Cluster) Heal(region string) error {
 	if c.proxies == nil {
 		return ErrNoLatency
 	}
-	return c.proxies.m.Heal(region)
+	return c.proxies.Heal(region)
 }
 
 func (c *Cluster) checkRegion(region string) error {
@@ -109,7 +109,7 @@ func (c *Cluster) Status() Status {
 	}
 	if c.proxies != nil {
 		for _, r := range c.regions() {
-			if c.proxies.m.Partitioned(r) {
+			if c.proxies.Partitioned(r) {
 				st.Partitioned = append(st.Partitioned, r)
 			}
 		}

@@ -2,7 +2,6 @@ package sim
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -110,7 +109,7 @@ func waitHTTP(ctx context.Context, c *child, url string) error {
 			if c != nil {
 				name = c.name
 			}
-			return fmt.Errorf("sim: %s not ready: %w (last: %v)", name, errors.Join(ctx.Err()), last)
+			return fmt.Errorf("sim: %s not ready: %w (last: %v)", name, ctx.Err(), last)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -12,11 +12,6 @@ import (
 	"github.com/meridian-dev/meridian/migrations"
 )
 
-// proxySet is the latency proxies of a running cluster.
-type proxySet struct {
-	m *latency.Manager
-}
-
 // start brings the cluster up step by step; Up stops what it started on error.
 func (c *Cluster) start(ctx context.Context) error {
 	regions := c.regions()
@@ -79,7 +74,7 @@ func (c *Cluster) startProxies() error {
 		return nil
 	}
 	m := latency.New()
-	c.proxies = &proxySet{m: m}
+	c.proxies = m
 	c.onStop(func() { _ = m.Close() })
 	host := c.topo.Host()
 	for _, px := range c.topo.Proxies() {
