@@ -123,6 +123,9 @@ func cmdUp(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	// Libraries log through the default logger (migrations, for one); keep it JSON so the
+	// detached `up` shows only progress lines and the log file keeps the details.
+	slog.SetDefault(logger)
 	start := time.Now()
 	c, err := sim.Up(ctx, sim.Options{
 		Topology: t, Dir: *dir, Latency: *lat, Progress: os.Stdout, Logger: logger, ReadyTimeout: *timeout,
