@@ -317,7 +317,10 @@ func cmdDemo(args []string) error {
 		return err
 	}
 	fmt.Printf(`
-Writes go to the tenant's home region (SERVED BY); reads are answered by the router's own region.
+Writes go to the tenant's home region (SERVED BY); reads are answered by the router's own region,
+from its local hot standby (READ SOURCE replica) for tenants homed elsewhere. Each read here
+carries its write's Consistency-Token, so a remote standby first replays that write — about half
+a round trip in latency mode; reads without a fresh token are served locally in a few ms.
 Next:
   bin/sim token --tenant demo-eu-west            # a JWT for your own requests
   curl -H "Authorization: Bearer $(bin/sim token --admin)" %s/admin/v1/shardmap
