@@ -39,6 +39,8 @@ type config struct {
 	maxStaleness, rywWait, standbyInterval            time.Duration
 	standbyFailures                                   int
 	maxBody                                           int64
+	gossipAddr, advertiseURL                          string
+	gossipJoin                                        []string
 }
 
 // env returns the environment value of name, or def.
@@ -94,6 +96,10 @@ func parseConfig(args []string) (config, error) {
 	fs.Int64Var(&c.maxBody, "max-body", int64(envInt("MERIDIAN_MAX_BODY", 1<<20)), "request body cap in bytes (MERIDIAN_MAX_BODY)")
 	fs.StringVar(&c.workerUser, "worker-db-user", env("MERIDIAN_WORKER_DB_USER", ""), "Postgres role of the cross-tenant cleanup job, normally meridian_worker (MERIDIAN_WORKER_DB_USER; empty = purge only tenants this node has seen)")
 	fs.StringVar(&c.workerPassword, "worker-db-password", env("MERIDIAN_WORKER_DB_PASSWORD", ""), "password of -worker-db-user (MERIDIAN_WORKER_DB_PASSWORD; empty = none)")
+	fs.StringVar(&c.gossipAddr, "gossip-addr", env("MERIDIAN_GOSSIP_ADDR", ""), "memberlist bind host:port, so routers discover this node (MERIDIAN_GOSSIP_ADDR; empty = no gossip)")
+	var gossipJoin string
+	fs.StringVar(&gossipJoin, "gossip-join", env("MERIDIAN_GOSSIP_JOIN", ""), "comma-separated gossip addresses of existing members (MERIDIAN_GOSSIP_JOIN)")
+	fs.StringVar(&c.advertiseURL, "advertise-url", env("MERIDIAN_API_URL", ""), "base URL routers use to reach this node (MERIDIAN_API_URL; default http://<listen>)")
 	var dialVia string
 	fs.StringVar(&dialVia, "pg-dial-via", env("MERIDIAN_PG_DIAL_VIA", ""), "shard endpoints to reach through another address, endpoint=addr,... (the local launcher's latency proxies) (MERIDIAN_PG_DIAL_VIA; empty = dial endpoints directly)")
 	if err := fs.Parse(args); err != nil {
@@ -108,6 +114,14 @@ func parseConfig(args []string) (config, error) {
 			}
 			c.dialVia[from] = to
 		}
+	}
+	for _, a := range strings.Split(gossipJoin, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			c.gossipJoin = append(c.gossipJoin, a)
+		}
+	}
+	if c.advertiseURL == "" {
+		c.advertiseURL = "http://" + c.listen
 	}
 	if c.region == "" || c.mapAddrs == "" || c.clusterToken == "" {
 		return c, errors.New("-region, -map-addrs and -cluster-token are required")
@@ -176,9 +190,35 @@ func run(cfg config, log *slog.Logger) error {
 		return err
 	}
 	log.Info("listening", "addr", cfg.listen, "region", cfg.region)
+	// Gossip: announce this node to the routers. On a signal, leave (draining first) before
+	// the HTTP server stops, so routers stop sending new requests while in-flight ones finish.
+	serveCtx, stopServe := context.WithCancel(context.Background())
+	defer stopServe()
+	if cfg.gossipAddr != "" {
+		jctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		gossip, gerr := api.JoinGossip(jctx, api.GossipConfig{Region: cfg.region, URL: cfg.advertiseURL,
+			Addr: cfg.gossipAddr, Join: cfg.gossipJoin, Logger: log})
+		cancel()
+		if gerr != nil {
+			ln.Close()
+			stopCleanup()
+			stopMap()
+			pools.Close()
+			return gerr
+		}
+		go func() {
+			<-ctx.Done()
+			if lerr := api.LeaveGossip(context.Background(), gossip); lerr != nil {
+				log.Warn("gossip leave", "err", lerr)
+			}
+			stopServe()
+		}()
+	} else {
+		go func() { <-ctx.Done(); stopServe() }()
+	}
 	// Serve until a signal, then stop accepting and finish in-flight requests (up to the grace
 	// period); then stop the background jobs, the map watch, and the pools the requests used.
-	err = api.Serve(ctx, ln, srv.Handler(), cfg.readHeaderTimeout, cfg.shutdownGrace)
+	err = api.Serve(serveCtx, ln, srv.Handler(), cfg.readHeaderTimeout, cfg.shutdownGrace)
 	log.Info("shut down", "err", err)
 	stopCleanup()
 	stopMap()

@@ -135,6 +135,10 @@ func (c *Cluster) startAPIs(ctx context.Context) error {
 				"-map-addrs", strings.Join(c.routerURLs(r), ","),
 				"-db-user", "meridian_app",
 				"-worker-db-user", "meridian_worker",
+				// Gossip: routers learn the node (and its health) from memberlist as well as
+				// from their static lists.
+				"-gossip-addr", fmt.Sprintf("%s:%d", host, n.Gossip),
+				"-gossip-join", fmt.Sprintf("%s:%d", host, c.topo.Routers(r)[0].Gossip),
 			}
 			if via := c.primaryDialVia(r); via != "" {
 				args = append(args, "-pg-dial-via", via)

@@ -27,6 +27,7 @@ import (
 	"github.com/meridian-dev/meridian/internal/router"
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/migrations"
+	"github.com/meridian-dev/meridian/region"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -63,6 +64,7 @@ type apiNode struct {
 	client *shardmap.Client
 	pools  *api.Pools
 	stop   context.CancelFunc
+	gossip *region.Cluster // nil unless the node's region is clusterOptions.gossipRegion
 
 	mu   sync.Mutex
 	http *http.Server
@@ -105,6 +107,9 @@ type clusterOptions struct {
 	apiPerReg  map[string]int // API nodes per region (default 1)
 	wrapMap    map[string]func(router.ShardMap) router.ShardMap
 	failThresh int
+	// gossipRegion, if set, turns gossip on in every router and leaves this region out of the
+	// static API lists: its API nodes are found only through gossip (api.JoinGossip).
+	gossipRegion string
 }
 
 // cluster is three routers (one per region, the map's voters), API nodes, two Postgres
@@ -165,11 +170,13 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 			a := &apiNode{region: r, addr: ln.Addr().String(), url: "http://" + ln.Addr().String()}
 			ln.Close()
 			c.apis[r] = append(c.apis[r], a)
-			static[r] = append(static[r], a.url)
+			if r != o.gossipRegion {
+				static[r] = append(static[r], a.url)
+			}
 		}
 	}
 
-	var join []string
+	var join, gossipJoin []string
 	for i, r := range regions {
 		pc := router.ProcessConfig{
 			ID: r + "-router", Region: r, DataDir: t.TempDir(), RaftAddr: "127.0.0.1:0",
@@ -181,9 +188,16 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 		if o.wrapMap != nil {
 			pc.WrapMap = o.wrapMap[r]
 		}
+		if o.gossipRegion != "" {
+			pc.GossipAddr, pc.GossipJoin = "127.0.0.1:0", gossipJoin
+			pc.GossipConfig = region.TestConfig("", region.Meta{}).Memberlist
+		}
 		p, err := router.Start(ctx, pc)
 		if err != nil {
 			t.Fatalf("start router %s: %v", r, err)
+		}
+		if p.Gossip != nil {
+			gossipJoin = append(gossipJoin, p.Gossip.Addr())
 		}
 		t.Cleanup(func() { _ = p.Close() })
 		c.routers[r] = p
@@ -230,7 +244,16 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 				t.Fatal(err)
 			}
 			a.start(t)
+			if r == o.gossipRegion {
+				gc := region.TestConfig("", region.Meta{})
+				a.gossip, err = api.JoinGossip(ctx, api.GossipConfig{Region: r, URL: a.url, Addr: "127.0.0.1:0",
+					Join: gossipJoin, Memberlist: gc.Memberlist, Logger: testLogger()})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
 			t.Cleanup(func() {
+				_ = api.LeaveGossip(context.Background(), a.gossip)
 				a.kill()
 				a.stop()
 				a.pools.Close()
