@@ -296,8 +296,10 @@ func TestRunSideBySide(t *testing.T) {
 			if !alternates(rep.Schedule) {
 				t.Fatalf("schedule %v does not alternate a, b, a, b … (then the one with rounds left)", rep.Schedule)
 			}
-			// Rounds never overlap: what the servers saw is exactly the schedule.
-			if got, want := log.runs(), collapse(rep.Schedule); strings.Join(got, ",") != strings.Join(want, ",") {
+			// Rounds never overlap: what the servers saw follows the schedule in order. (A round
+			// may see no request at all on a loaded machine, so the servers' runs are an ordered
+			// subsequence of the schedule, not always all of it.)
+			if got := log.runs(); !inOrder(got, rep.Schedule) {
 				t.Errorf("servers saw rounds %v, schedule says %v", got, rep.Schedule)
 			}
 			ra, rb := rep.Targets[0], rep.Targets[1]
@@ -468,4 +470,22 @@ func BenchmarkRun(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(rep.Targets[0].Throughput, "req/s")
+}
+
+// inOrder reports whether the observed runs can be matched, in order, to rounds of schedule,
+// with a run spanning consecutive rounds of the same target.
+func inOrder(runs, schedule []string) bool {
+	i := 0
+	for _, r := range runs {
+		for i < len(schedule) && schedule[i] != r {
+			i++
+		}
+		if i == len(schedule) {
+			return false
+		}
+		for i < len(schedule) && schedule[i] == r {
+			i++
+		}
+	}
+	return true
 }

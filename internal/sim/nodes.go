@@ -135,10 +135,14 @@ func (c *Cluster) startAPIs(ctx context.Context) error {
 				"-map-addrs", strings.Join(c.routerURLs(r), ","),
 				"-db-user", "meridian_app",
 				"-worker-db-user", "meridian_worker",
-				// Gossip: routers learn the node (and its health) from memberlist as well as
-				// from their static lists.
-				"-gossip-addr", fmt.Sprintf("%s:%d", host, n.Gossip),
-				"-gossip-join", fmt.Sprintf("%s:%d", host, c.topo.Routers(r)[0].Gossip),
+			}
+			// Gossip lets routers learn the node and its health, but it advertises the node's
+			// own address: in latency mode routers would then reach remote API nodes around
+			// the proxies, so there they use only their (proxied) static lists.
+			if !c.opts.Latency {
+				args = append(args,
+					"-gossip-addr", fmt.Sprintf("%s:%d", host, n.Gossip),
+					"-gossip-join", fmt.Sprintf("%s:%d", host, c.topo.Routers(r)[0].Gossip))
 			}
 			if via := c.primaryDialVia(r); via != "" {
 				args = append(args, "-pg-dial-via", via)
