@@ -392,6 +392,38 @@ func parseETags(h string) (bool, []int64, bool) {
 	return false, out, true
 }
 
+// ifMatchHeader returns the request's If-Match header, answering 400 (and false) when it is
+// neither * nor a list of quoted entity tags — before any transaction starts.
+func ifMatchHeader(c *gin.Context) (string, bool) {
+	im := c.GetHeader("If-Match")
+	if _, _, ok := parseETags(im); im != "" && !ok {
+		problem.Write(c, http.StatusBadRequest, "", "If-Match must be * or a list of quoted entity tags")
+		return "", false
+	}
+	return im, true
+}
+
+// lockLiveRecord locks a live (not deleted) record for update and checks If-Match against it.
+// A missing or deleted record is errRecordNotFound, or errPrecondition when If-Match was sent.
+func lockLiveRecord(ctx context.Context, tx pgx.Tx, tenant, coll, id, im string) (version int64, data []byte, err error) {
+	var deleted bool
+	err = tx.QueryRow(ctx, `SELECT version, deleted, data FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
+		tenant, coll, id).Scan(&version, &deleted, &data)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows) || (err == nil && deleted):
+		if im != "" {
+			return 0, nil, errPrecondition
+		}
+		return 0, nil, errRecordNotFound
+	case err != nil:
+		return 0, nil, err
+	}
+	if err := ifMatch(im, true, version); err != nil {
+		return 0, nil, err
+	}
+	return version, data, nil
+}
+
 // ifMatch checks an If-Match header against the current state. exists=false: no current record.
 func ifMatch(h string, exists bool, version int64) error {
 	if h == "" {
@@ -533,9 +565,8 @@ func (s *Server) putRecord(c *gin.Context) {
 		problem.Write(c, http.StatusBadRequest, "", err.Error())
 		return
 	}
-	im := c.GetHeader("If-Match")
-	if _, _, ok := parseETags(im); im != "" && !ok {
-		problem.Write(c, http.StatusBadRequest, "", "If-Match must be * or a list of quoted entity tags")
+	im, ok := ifMatchHeader(c)
+	if !ok {
 		return
 	}
 	t, ok := s.resolve(c, true)
@@ -596,9 +627,8 @@ func (s *Server) patchRecord(c *gin.Context) {
 		problem.Write(c, http.StatusBadRequest, "", err.Error())
 		return
 	}
-	im := c.GetHeader("If-Match")
-	if _, _, ok := parseETags(im); im != "" && !ok {
-		problem.Write(c, http.StatusBadRequest, "", "If-Match must be * or a list of quoted entity tags")
+	im, ok := ifMatchHeader(c)
+	if !ok {
 		return
 	}
 	t, ok := s.resolve(c, true)
@@ -607,20 +637,8 @@ func (s *Server) patchRecord(c *gin.Context) {
 	}
 	s.write(c, t, writeOp{idemKey: key, reqHash: requestHash(c.Request.Method, c.Request.URL.Path, body),
 		run: func(ctx context.Context, tx pgx.Tx) (*response, event, error) {
-			var version int64
-			var deleted bool
-			var cur []byte
-			err := tx.QueryRow(ctx, `SELECT version, deleted, data FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
-				t.tenant, coll, id).Scan(&version, &deleted, &cur)
-			if errors.Is(err, pgx.ErrNoRows) || (err == nil && deleted) {
-				if im != "" {
-					return nil, event{}, errPrecondition
-				}
-				return nil, event{}, errRecordNotFound
-			} else if err != nil {
-				return nil, event{}, err
-			}
-			if err := ifMatch(im, true, version); err != nil {
+			_, cur, err := lockLiveRecord(ctx, tx, t.tenant, coll, id, im)
+			if err != nil {
 				return nil, event{}, err
 			}
 			merged := cur
@@ -648,9 +666,8 @@ func (s *Server) deleteRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	im := c.GetHeader("If-Match")
-	if _, _, ok := parseETags(im); im != "" && !ok {
-		problem.Write(c, http.StatusBadRequest, "", "If-Match must be * or a list of quoted entity tags")
+	im, ok := ifMatchHeader(c)
+	if !ok {
 		return
 	}
 	t, ok := s.resolve(c, true)
@@ -658,19 +675,8 @@ func (s *Server) deleteRecord(c *gin.Context) {
 		return
 	}
 	s.write(c, t, writeOp{run: func(ctx context.Context, tx pgx.Tx) (*response, event, error) {
-		var version int64
-		var deleted bool
-		err := tx.QueryRow(ctx, `SELECT version, deleted FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
-			t.tenant, coll, id).Scan(&version, &deleted)
-		if errors.Is(err, pgx.ErrNoRows) || (err == nil && deleted) {
-			if im != "" {
-				return nil, event{}, errPrecondition
-			}
-			return nil, event{}, errRecordNotFound
-		} else if err != nil {
-			return nil, event{}, err
-		}
-		if err := ifMatch(im, true, version); err != nil {
+		version, _, err := lockLiveRecord(ctx, tx, t.tenant, coll, id, im)
+		if err != nil {
 			return nil, event{}, err
 		}
 		// Tombstone: the row stays with version+1 so versions never go back (see docs/api.md).
