@@ -9,6 +9,24 @@
 // the in-process paths compute exactly the same thing and tests can move time; routers sharing
 // one Redis therefore need NTP-synchronised clocks (a skew of d lets a bucket run d×rate ahead).
 //
+// Leases. Asking Redis on every request costs a round trip and a Lua call per request, which
+// on a busy router is most of the limiter's cost. So a Limiter takes tokens ahead of need: when
+// a bucket it uses often runs dry, it asks Redis for a batch (the same script, taking up to n
+// tokens at once: GCRA advances the bucket's TAT by n emission intervals) and spends them
+// locally for at most Config.Lease. The batch adapts per bucket: it doubles while a lease runs
+// out before it expires and halves when one expires unused, and never exceeds
+// max(1, min(burst/10, rate×Lease)), so one router holds at most a tenth of a bucket. The global
+// limit is never exceeded (every admitted request spent a token Redis granted). Tokens still
+// held when a lease ends are given back to the bucket by the next call for it (the TAT moves
+// back), so leasing withholds at most one batch per router and bucket, for at most one lease,
+// from the others — a bucket that goes idle keeps its last unspent batch withheld until it
+// refills. A bucket whose cap is 1 (small limits) is decided exactly, one Redis call per
+// request. A denial is remembered until its Retry-After, since no other router
+// can make the bucket admit earlier; while it lasts, requests on that bucket are denied without
+// asking Redis (if Redis loses its state, a denial can outlive it by at most that Retry-After).
+// RateLimit-Remaining of a request served from a lease is Redis's count at the grant plus the
+// tokens still held, so it is approximate by at most what other routers spent since.
+//
 // If Redis fails or does not answer within Config.RedisTimeout, the decision is made by an
 // in-process limiter with the same algorithm; the package logs once per transition (slog) and
 // sets the gauge meridian_ratelimit_fallback to 1. While in fallback, at most one request per
@@ -30,6 +48,8 @@
 //   - Config.RedisTimeout 0: 50 ms per decision.
 //   - Config.ProbeInterval 0: 1 s between Redis probes while in fallback.
 //   - Config.KeyPrefix "": "meridian:rl:".
+//   - Config.Lease 0: 100 ms; negative: no leases and no remembered denials (every decision
+//     asks Redis).
 //   - Config.Now nil: time.Now.
 //   - Config.Logger nil: slog.Default().
 //   - Config.Registerer nil: metrics are kept but not registered anywhere.
@@ -123,6 +143,7 @@ type Config struct {
 	RedisTimeout  time.Duration
 	ProbeInterval time.Duration
 	KeyPrefix     string
+	Lease         time.Duration
 	Now           func() time.Time
 	Logger        *slog.Logger
 	Registerer    prometheus.Registerer
@@ -177,6 +198,8 @@ type Limiter struct {
 	now           func() time.Time
 	log           *slog.Logger
 	local         *localLimiter
+	lease         time.Duration // ≤ 0: off
+	leases        *leaseTable
 
 	fallback  atomic.Bool  // true while decisions are local because Redis failed
 	lastProbe atomic.Int64 // unix nanoseconds of the last Redis attempt while in fallback
@@ -186,6 +209,7 @@ type Limiter struct {
 
 	fallbackGauge prometheus.Gauge
 	decisions     *prometheus.CounterVec
+	redisCalls    prometheus.Counter
 	redisErrors   prometheus.Counter
 }
 
@@ -200,6 +224,11 @@ func New(cfg Config) (*Limiter, error) {
 		now:           cfg.Now,
 		log:           cfg.Logger,
 		local:         newLocalLimiter(),
+		lease:         cfg.Lease,
+		leases:        &leaseTable{m: make(map[string]*leaseState)},
+	}
+	if l.lease == 0 {
+		l.lease = 100 * time.Millisecond
 	}
 	if l.limits == nil {
 		l.limits = DefaultLimits()
@@ -240,14 +269,18 @@ func New(cfg Config) (*Limiter, error) {
 	})
 	l.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meridian_ratelimit_decisions_total",
-		Help: "Rate-limit decisions by route class, decision (allowed, limited) and backend (redis, local).",
+		Help: "Rate-limit decisions by route class, decision (allowed, limited) and backend (redis: asked Redis; lease: tokens or a denial Redis gave earlier; local: the fallback).",
 	}, []string{"class", "decision", "backend"})
+	l.redisCalls = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meridian_ratelimit_redis_calls_total",
+		Help: "Script calls sent to Redis (each decides one request or takes a batch of tokens).",
+	})
 	l.redisErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "meridian_ratelimit_redis_errors_total",
 		Help: "Rate-limit decisions that fell back because Redis failed or timed out.",
 	})
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{l.fallbackGauge, l.decisions, l.redisErrors} {
+		for _, c := range []prometheus.Collector{l.fallbackGauge, l.decisions, l.redisCalls, l.redisErrors} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("ratelimit: register metrics: %w", err)
 			}
@@ -307,13 +340,23 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 	}
 	now := l.now().UnixMicro()
 
+	if l.redis != nil && l.lease > 0 && !l.fallback.Load() {
+		res, backend, done, err := l.allowLeased(ctx, bs, now)
+		if done {
+			if err != nil {
+				return Result{}, err
+			}
+			l.count(req.Class, res.Allowed, backend)
+			return res, nil
+		}
+	}
 	if l.redis != nil && l.tryRedis() {
-		res, err := l.allowRedis(ctx, bs, now)
+		res, err := l.allowRedis(ctx, bs, now, ones(len(bs)), nil)
 		l.probing.Store(false)
 		if err == nil {
 			l.leaveFallback()
 			l.count(req.Class, res.Allowed, "redis")
-			return res, nil
+			return res.Result, nil
 		}
 		if ctx.Err() != nil {
 			return Result{}, ctx.Err()
@@ -378,40 +421,59 @@ func (l *Limiter) count(c Class, allowed bool, backend string) {
 	l.decisions.WithLabelValues(string(c), d, backend).Inc()
 }
 
-// gcraScript checks every bucket and updates them all only if all admit the request.
-// KEYS: bucket keys. ARGV[1]: now (µs). Then per key i: ARGV[2i] emission interval (µs),
-// ARGV[2i+1] burst. Returns {allowed, then per key: remaining, retry_after_µs, reset_µs}.
+// gcraScript checks every bucket and takes tokens from them all only if all admit the request.
+// KEYS: bucket keys. ARGV[1]: now (µs). Then per key i, from ARGV[4i-2]: emission interval
+// (µs), burst, tokens wanted (≥ 1; a bucket with fewer grants what it has), and tokens given
+// back (taken earlier and not spent: the TAT moves back by that many intervals first, and stays
+// moved back even when the request is denied).
+// Returns {allowed, then per key: granted, remaining, retry_after_µs, reset_µs}.
 // TATs are stored as integer microseconds formatted with %.0f: Lua's default number format
 // keeps only 14 digits, which would corrupt a 16-digit timestamp.
 const gcraScript = `
 local now = tonumber(ARGV[1])
 local allowed = 1
 local out = {}
+local base = {}
 local tats = {}
+local refunded = {}
 for i = 1, #KEYS do
-  local t = tonumber(ARGV[2*i])
-  local burst = tonumber(ARGV[2*i+1])
+  local t = tonumber(ARGV[4*i-2])
+  local burst = tonumber(ARGV[4*i-1])
+  local want = tonumber(ARGV[4*i])
+  local refund = tonumber(ARGV[4*i+1])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  if refund > 0 and tat > 0 then
+    tat = tat - refund * t
+    refunded[i] = true
+  end
   if tat < now then tat = now end
-  local new_tat = tat + t
-  local diff = now - (new_tat - t * burst)
-  local remaining = math.floor(diff / t)
-  if remaining < 0 then
+  base[i] = tat
+  local diff = now - (tat + t - t * burst)
+  if diff < 0 then
     allowed = 0
+    out[#out+1] = 0
     out[#out+1] = 0
     out[#out+1] = -diff
     out[#out+1] = tat - now
   else
-    tats[i] = new_tat
-    out[#out+1] = remaining
+    local avail = math.floor(diff / t) + 1
+    local g = math.min(want, avail)
+    tats[i] = tat + g * t
+    out[#out+1] = g
+    out[#out+1] = avail - g
     out[#out+1] = 0
-    out[#out+1] = new_tat - now
+    out[#out+1] = tats[i] - now
   end
 end
-if allowed == 1 then
-  for i = 1, #KEYS do
-    local ttl = math.ceil((tats[i] - now) / 1000) + 1
-    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+for i = 1, #KEYS do
+  local tat = nil
+  if allowed == 1 then tat = tats[i] elseif refunded[i] then tat = base[i] end
+  if tat ~= nil then
+    if tat > now then
+      redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+    else
+      redis.call('DEL', KEYS[i])
+    end
   end
 end
 table.insert(out, 1, allowed)
@@ -420,29 +482,62 @@ return out
 
 var script = redis.NewScript(gcraScript)
 
-func (l *Limiter) allowRedis(ctx context.Context, bs []bucket, now int64) (Result, error) {
+// redisResult is a Redis decision with the tokens granted per bucket (all zero when denied).
+type redisResult struct {
+	Result
+	granted []int64
+	outs    []outcome
+}
+
+// allowRedis runs the script for bs, asking for want[i] tokens of bucket i and giving back
+// refund[i] (nil: none).
+func (l *Limiter) allowRedis(ctx context.Context, bs []bucket, now int64, want, refund []int64) (redisResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
 	keys := make([]string, len(bs))
-	args := make([]any, 0, 1+2*len(bs))
+	args := make([]any, 0, 1+4*len(bs))
 	args = append(args, now)
 	for i, b := range bs {
 		keys[i] = b.key
-		args = append(args, b.limit.interval(), b.limit.burst())
+		var back int64
+		if refund != nil {
+			back = refund[i]
+		}
+		args = append(args, b.limit.interval(), b.limit.burst(), max(1, want[i]), max(0, back))
 	}
+	l.redisCalls.Inc()
 	// Run uses EVALSHA and falls back to EVAL when Redis answers NOSCRIPT.
 	vals, err := script.Run(ctx, l.redis, keys, args...).Int64Slice()
 	if err != nil {
-		return Result{}, fmt.Errorf("ratelimit: redis: %w", err)
+		return redisResult{}, fmt.Errorf("ratelimit: redis: %w", err)
 	}
-	if len(vals) != 1+3*len(bs) {
-		return Result{}, fmt.Errorf("ratelimit: redis script returned %d values, want %d", len(vals), 1+3*len(bs))
+	if len(vals) != 1+4*len(bs) {
+		return redisResult{}, fmt.Errorf("ratelimit: redis script returned %d values, want %d", len(vals), 1+4*len(bs))
 	}
-	outs := make([]outcome, len(bs))
+	rr := redisResult{granted: make([]int64, len(bs)), outs: make([]outcome, len(bs))}
 	for i := range bs {
-		outs[i] = outcome{remaining: vals[1+3*i], retryAfter: vals[2+3*i], reset: vals[3+3*i]}
+		v := vals[1+4*i:]
+		rr.granted[i] = v[0]
+		rr.outs[i] = outcome{remaining: v[1], retryAfter: v[2], reset: v[3]}
 	}
-	return combine(bs, vals[0] == 1, outs), nil
+	// The request itself spends one granted token: the caller keeps the rest.
+	outs := make([]outcome, len(bs))
+	copy(outs, rr.outs)
+	for i := range outs {
+		if rr.granted[i] > 1 {
+			outs[i].remaining += rr.granted[i] - 1
+		}
+	}
+	rr.Result = combine(bs, vals[0] == 1, outs)
+	return rr, nil
+}
+
+func ones(n int) []int64 {
+	w := make([]int64, n)
+	for i := range w {
+		w[i] = 1
+	}
+	return w
 }
 
 // outcome is one bucket's part of a decision, in microseconds.

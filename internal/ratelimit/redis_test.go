@@ -130,19 +130,3 @@ func waitFor(t testing.TB, timeout time.Duration, f func() error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-func BenchmarkAllowRedis(b *testing.B) {
-	l, _, _ := newRedisLimiter(b, map[Rule]Limit{
-		{Scope: ScopeTenant}: {Rate: 1e9, Burst: 1e9},
-		{Scope: ScopeIP}:     {Rate: 1e9, Burst: 1e9},
-	}, nil)
-	ctx := context.Background()
-	req := Request{Class: ClassRead, Tenant: "bench", IP: "127.0.0.1"}
-	b.ResetTimer()
-	for b.Loop() {
-		res, err := l.Allow(ctx, req)
-		if err != nil || !res.Allowed || res.Local {
-			b.Fatalf("%+v %v", res, err)
-		}
-	}
-}

@@ -1,0 +1,183 @@
+package ratelimit
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// leaseState is one Limiter's view of one Redis bucket (see "Leases" in the package doc).
+// Times are microseconds on the Limiter's clock.
+type leaseState struct {
+	held        int64 // tokens Redis granted to this Limiter and not yet spent
+	expires     int64 // held tokens are void from then on; 0: never leased
+	want        int64 // size of the next batch
+	remaining   int64 // Redis's remaining count after the last grant
+	resetAt     int64 // when the bucket is full again, as of the last answer
+	deniedUntil int64 // a denial Redis gave holds until then
+	refilling   bool  // a batch request is in flight
+}
+
+// leaseTable holds the lease states of every bucket in use.
+type leaseTable struct {
+	mu        sync.Mutex // guards the fields below and every leaseState in m
+	m         map[string]*leaseState
+	lastSweep int64
+}
+
+// sweep drops the states of idle buckets, so memory follows active buckets only. A state whose
+// lease ended with tokens unspent is kept a while longer, so that the bucket's next request can
+// give them back.
+func (lt *leaseTable) sweep(now int64) {
+	if now-lt.lastSweep <= sweepEvery {
+		return
+	}
+	for k, st := range lt.m {
+		idle := now >= st.expires && (st.held == 0 || now-st.expires >= sweepEvery)
+		if idle && !st.refilling && now >= st.deniedUntil {
+			delete(lt.m, k)
+		}
+	}
+	lt.lastSweep = now
+}
+
+// leaseCap is the largest batch b may take: max(1, min(burst/10, rate×lease)).
+func (l *Limiter) leaseCap(b bucket) int64 {
+	return max(1, min(b.limit.burst()/10, int64(b.limit.Rate*l.lease.Seconds())))
+}
+
+// allowLeased decides a request from tokens leased earlier, a remembered denial, or one Redis
+// call that also refills the buckets that ran dry. done is false when Redis failed and the
+// fallback has been entered: the caller then decides locally. err is ctx's error when the
+// request's context ended.
+func (l *Limiter) allowLeased(ctx context.Context, bs []bucket, now int64) (res Result, backend string, done bool, err error) {
+	lt := l.leases
+	lt.mu.Lock()
+	lt.sweep(now)
+	states := make([]*leaseState, len(bs))
+	reserved := make([]bool, len(bs))
+	var need []int
+	worst := -1
+	for i, b := range bs {
+		st := lt.m[b.key]
+		if st == nil {
+			st = &leaseState{want: 1}
+			lt.m[b.key] = st
+		}
+		states[i] = st
+		switch {
+		case st.held > 0 && now < st.expires:
+			// 1. Spend a held token (reserved now, given back if another bucket denies).
+			st.held--
+			reserved[i] = true
+		case now < st.deniedUntil:
+			// 2. A remembered denial: nobody can make that bucket admit earlier.
+			if worst < 0 || st.deniedUntil > states[worst].deniedUntil {
+				worst = i
+			}
+		default:
+			need = append(need, i)
+		}
+	}
+	if worst >= 0 {
+		st := states[worst]
+		res = Result{Limit: bs[worst].limit.burst(), Scope: bs[worst].scope,
+			Reset:      usec(max(0, st.resetAt-now)),
+			RetryAfter: usec(st.deniedUntil - now)}
+		giveBack(states, reserved)
+		lt.mu.Unlock()
+		return res, "lease", true, nil
+	}
+	if len(need) == 0 {
+		res = leaseResult(bs, states, now)
+		lt.mu.Unlock()
+		return res, "lease", true, nil
+	}
+	// 3. Ask Redis for the dry buckets: a batch where leasing pays, one token otherwise.
+	sub := make([]bucket, len(need))
+	want := make([]int64, len(need))
+	refund := make([]int64, len(need))
+	mine := make([]bool, len(need)) // this call owns the bucket's refill
+	for j, i := range need {
+		st, c := states[i], l.leaseCap(bs[i])
+		sub[j], want[j] = bs[i], 1
+		if st.held > 0 { // the lease ended with tokens unspent: give them back
+			refund[j], st.held = st.held, 0
+		}
+		if c <= 1 || st.refilling {
+			continue
+		}
+		if st.expires != 0 {
+			if now < st.expires {
+				st.want *= 2 // the last batch ran out before its lease ended
+			} else {
+				st.want /= 2
+			}
+		}
+		st.want = min(max(st.want, 1), c)
+		want[j], mine[j] = st.want, true
+		st.refilling = true
+	}
+	lt.mu.Unlock()
+
+	rr, rerr := l.allowRedis(ctx, sub, now, want, refund)
+
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	for j, i := range need {
+		if mine[j] {
+			states[i].refilling = false
+		}
+	}
+	if rerr != nil {
+		giveBack(states, reserved)
+		if ctx.Err() != nil {
+			return Result{}, "", true, ctx.Err()
+		}
+		l.redisErrors.Inc()
+		l.enterFallback(rerr)
+		return Result{}, "", false, nil
+	}
+	l.leaveFallback()
+	if !rr.Allowed {
+		for j, i := range need {
+			if o := rr.outs[j]; o.retryAfter > 0 {
+				states[i].deniedUntil = now + o.retryAfter
+				states[i].resetAt = now + o.reset
+			}
+		}
+		giveBack(states, reserved)
+		return rr.Result, "redis", true, nil
+	}
+	for j, i := range need {
+		st := states[i]
+		if mine[j] || rr.granted[j] > 1 {
+			st.held += rr.granted[j] - 1
+			st.expires = now + l.lease.Microseconds()
+		}
+		st.remaining = rr.outs[j].remaining
+		st.resetAt = now + rr.outs[j].reset
+	}
+	return leaseResult(bs, states, now), "redis", true, nil
+}
+
+// giveBack returns tokens reserved for a request that was not admitted.
+func giveBack(states []*leaseState, reserved []bool) {
+	for i, st := range states {
+		if reserved[i] {
+			st.held++
+		}
+	}
+}
+
+// leaseResult describes an admitted request: per bucket, what Redis had left at the last grant
+// plus what this Limiter still holds.
+func leaseResult(bs []bucket, states []*leaseState, now int64) Result {
+	outs := make([]outcome, len(bs))
+	for i, st := range states {
+		outs[i] = outcome{remaining: st.remaining + st.held, reset: max(0, st.resetAt-now)}
+	}
+	return combine(bs, true, outs)
+}
+
+func usec(us int64) time.Duration { return time.Duration(us) * time.Microsecond }
