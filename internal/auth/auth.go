@@ -6,6 +6,13 @@
 // (secret → HS256, RSA → RS256, Ed25519 → EdDSA), so `none` and algorithm confusion (an HS256
 // token "signed" with a public key) are rejected. It must never call out to an auth service and
 // never log tokens. Tests mint tokens with jwt.NewWithClaims and the same secret or keys.
+//
+// A Verifier remembers the tokens it accepted (Config.CacheSize, default 4096), keyed by the
+// whole token string, until they expire: a client sends the same token on every request, and
+// parsing plus a signature check costs more than the rest of the router's work on a request.
+// This is sound because everything a verdict depends on is fixed for the Verifier's life — the
+// keys, the issuer and audience, and the token's own claims — except the clock, and the clock
+// only moves towards exp, which the cache checks on every hit. Rejected tokens are not cached.
 package auth
 
 import (
@@ -22,6 +29,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -62,6 +70,9 @@ type Config struct {
 	Leeway time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// CacheSize bounds how many accepted tokens are remembered (see the package doc). Zero
+	// means 4096; negative turns the cache off.
+	CacheSize int
 }
 
 // Claims are the validated claims of a token.
@@ -89,11 +100,69 @@ type Verifier struct {
 	rsaKeys map[string]*rsa.PublicKey // kid -> key
 	edKeys  map[string]ed25519.PublicKey
 	parser  *jwt.Parser
+	now     func() time.Time
+	leeway  time.Duration
+	cache   *tokenCache // nil: off
+}
+
+// tokenCache maps a token string to the claims it was accepted with.
+type tokenCache struct {
+	size int
+	mu   sync.RWMutex
+	m    map[string]cachedClaims
+}
+
+type cachedClaims struct {
+	claims Claims
+	until  time.Time // exp + leeway: valid while now is before it (as jwt's own check)
+}
+
+func (tc *tokenCache) get(token string, now time.Time) (Claims, bool) {
+	tc.mu.RLock()
+	e, ok := tc.m[token]
+	tc.mu.RUnlock()
+	if !ok || !now.Before(e.until) {
+		return Claims{}, false
+	}
+	c := e.claims
+	c.Scopes = slices.Clone(c.Scopes) // callers own what they get
+	return c, true
+}
+
+// put remembers a token; when full it first drops expired entries, then arbitrary ones (map
+// order is random), down to three quarters of the size.
+func (tc *tokenCache) put(token string, c Claims, until, now time.Time) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if len(tc.m) >= tc.size {
+		for k, e := range tc.m {
+			if !now.Before(e.until) {
+				delete(tc.m, k)
+			}
+		}
+		for k := range tc.m {
+			if len(tc.m) < tc.size*3/4 {
+				break
+			}
+			delete(tc.m, k)
+		}
+	}
+	tc.m[token] = cachedClaims{claims: c, until: until}
 }
 
 // NewVerifier builds a Verifier, reading the JWKS file once.
 func NewVerifier(cfg Config) (*Verifier, error) {
-	v := &Verifier{secret: cfg.Secret, rsaKeys: map[string]*rsa.PublicKey{}, edKeys: map[string]ed25519.PublicKey{}}
+	v := &Verifier{secret: cfg.Secret, rsaKeys: map[string]*rsa.PublicKey{}, edKeys: map[string]ed25519.PublicKey{},
+		now: cfg.Now, leeway: cfg.Leeway}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	switch {
+	case cfg.CacheSize == 0:
+		v.cache = &tokenCache{size: 4096, m: map[string]cachedClaims{}}
+	case cfg.CacheSize > 0:
+		v.cache = &tokenCache{size: cfg.CacheSize, m: map[string]cachedClaims{}}
+	}
 	var methods []string
 	if len(cfg.Secret) > 0 {
 		methods = append(methods, jwt.SigningMethodHS256.Alg())
@@ -228,6 +297,11 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	if token == "" {
 		return nil, ErrNoToken
 	}
+	if v.cache != nil {
+		if c, ok := v.cache.get(token, v.now()); ok {
+			return &c, nil
+		}
+	}
 	var tc tokenClaims
 	if _, err := v.parser.ParseWithClaims(token, &tc, v.keyFor); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
@@ -242,6 +316,11 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	}
 	if tc.ExpiresAt != nil {
 		c.ExpiresAt = tc.ExpiresAt.Time
+		if v.cache != nil {
+			cc := *c
+			cc.Scopes = slices.Clone(c.Scopes)
+			v.cache.put(token, cc, c.ExpiresAt.Add(v.leeway), v.now())
+		}
 	}
 	return c, nil
 }
