@@ -2,7 +2,8 @@
 // Postgres shards, following the shard map it watches on the routers.
 //
 // Every flag can also be set by the environment variable named in its help text; a flag on the
-// command line wins. Defaults are the ones in DESIGN.md §4.
+// command line wins. A malformed variable (a number or duration that does not parse) is refused
+// with exit status 2, not ignored (internal/envflag). Defaults are the ones in DESIGN.md §4.
 package main
 
 import (
@@ -14,7 +15,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,6 +23,9 @@ import (
 	"github.com/meridian-dev/meridian/internal/api"
 	"github.com/meridian-dev/meridian/internal/api/mapsource"
 	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/internal/debugsrv"
+	"github.com/meridian-dev/meridian/internal/envflag"
+	"github.com/meridian-dev/meridian/internal/logbuf"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -36,6 +39,7 @@ type config struct {
 	connLifetime, connIdle, statementTimeout          time.Duration
 	idleInTx, deadline, idemTTL, idemCleanup          time.Duration
 	readHeaderTimeout, shutdownGrace                  time.Duration
+	debugAddr                                         string
 	maxStaleness, rywWait, standbyInterval            time.Duration
 	standbyFailures                                   int
 	maxBody                                           int64
@@ -43,66 +47,49 @@ type config struct {
 	gossipJoin                                        []string
 }
 
-// env returns the environment value of name, or def.
-func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
-func envDur(name string, def time.Duration) time.Duration {
-	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
-		return d
-	}
-	return def
-}
-
-func envInt(name string, def int) int {
-	if n, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return n
-	}
-	return def
-}
-
 func parseConfig(args []string) (config, error) {
 	var c config
+	env := envflag.New(nil)
 	fs := flag.NewFlagSet("api", flag.ContinueOnError)
-	fs.StringVar(&c.region, "region", env("MERIDIAN_REGION", ""), "this node's region, e.g. us-east (MERIDIAN_REGION; required)")
-	fs.StringVar(&c.listen, "listen", env("MERIDIAN_API_LISTEN", "127.0.0.1:8081"), "HTTP listen address (MERIDIAN_API_LISTEN)")
-	fs.StringVar(&c.mapAddrs, "map-addrs", env("MERIDIAN_MAP_ADDRS", ""), "comma-separated base URLs of shard-map nodes (routers) (MERIDIAN_MAP_ADDRS; required)")
-	fs.StringVar(&c.clusterToken, "cluster-token", env("MERIDIAN_CLUSTER_TOKEN", ""), "cluster token for internal endpoints and the map (MERIDIAN_CLUSTER_TOKEN; required)")
-	fs.StringVar(&c.cursorKey, "cursor-key", env("MERIDIAN_CURSOR_KEY", ""), "HMAC key for list cursors, same on every node (MERIDIAN_CURSOR_KEY; default: the cluster token)")
-	fs.StringVar(&c.dbUser, "db-user", env("MERIDIAN_DB_USER", "meridian_app"), "Postgres role (MERIDIAN_DB_USER)")
-	fs.StringVar(&c.dbPassword, "db-password", env("MERIDIAN_DB_PASSWORD", ""), "Postgres password (MERIDIAN_DB_PASSWORD; empty = none)")
-	fs.StringVar(&c.jwtSecret, "jwt-secret", env("MERIDIAN_JWT_SECRET", ""), "HS256 secret, raw bytes (MERIDIAN_JWT_SECRET)")
-	fs.StringVar(&c.jwksFile, "jwks-file", env("MERIDIAN_JWKS_FILE", ""), "JWKS file with RS256/EdDSA keys (MERIDIAN_JWKS_FILE)")
-	fs.StringVar(&c.jwtIssuer, "jwt-issuer", env("MERIDIAN_JWT_ISSUER", ""), "required iss claim; empty = not checked (MERIDIAN_JWT_ISSUER)")
-	fs.StringVar(&c.jwtAudience, "jwt-audience", env("MERIDIAN_JWT_AUDIENCE", ""), "required aud claim; empty = not checked (MERIDIAN_JWT_AUDIENCE)")
-	fs.IntVar(&c.maxConns, "pool-max-conns", envInt("MERIDIAN_POOL_MAX_CONNS", 10), "max connections per shard pool (MERIDIAN_POOL_MAX_CONNS)")
-	fs.DurationVar(&c.connLifetime, "pool-conn-lifetime", envDur("MERIDIAN_POOL_CONN_LIFETIME", 30*time.Minute), "max connection lifetime (MERIDIAN_POOL_CONN_LIFETIME)")
-	fs.DurationVar(&c.connIdle, "pool-conn-idle", envDur("MERIDIAN_POOL_CONN_IDLE", 5*time.Minute), "max connection idle time (MERIDIAN_POOL_CONN_IDLE)")
-	fs.DurationVar(&c.statementTimeout, "statement-timeout", envDur("MERIDIAN_STATEMENT_TIMEOUT", time.Second), "Postgres statement_timeout (MERIDIAN_STATEMENT_TIMEOUT)")
-	fs.DurationVar(&c.idleInTx, "idle-in-tx-timeout", envDur("MERIDIAN_IDLE_IN_TX_TIMEOUT", 10*time.Second), "Postgres idle_in_transaction_session_timeout (MERIDIAN_IDLE_IN_TX_TIMEOUT)")
-	fs.DurationVar(&c.deadline, "request-deadline", envDur("MERIDIAN_REQUEST_DEADLINE", 5*time.Second), "per-request deadline (MERIDIAN_REQUEST_DEADLINE)")
-	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", envDur("MERIDIAN_READ_HEADER_TIMEOUT", 5*time.Second), "HTTP read-header timeout (MERIDIAN_READ_HEADER_TIMEOUT)")
-	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", envDur("MERIDIAN_SHUTDOWN_GRACE", 20*time.Second), "time to finish in-flight requests on shutdown (MERIDIAN_SHUTDOWN_GRACE)")
-	fs.DurationVar(&c.idemTTL, "idempotency-ttl", envDur("MERIDIAN_IDEMPOTENCY_TTL", 24*time.Hour), "Idempotency-Key lifetime (MERIDIAN_IDEMPOTENCY_TTL)")
-	fs.DurationVar(&c.idemCleanup, "idempotency-cleanup", envDur("MERIDIAN_IDEMPOTENCY_CLEANUP", 10*time.Minute), "expired-key cleanup interval (MERIDIAN_IDEMPOTENCY_CLEANUP)")
-	fs.DurationVar(&c.maxStaleness, "max-staleness", envDur("MERIDIAN_MAX_STALENESS", 5*time.Second), "most a local standby may lag and still serve default reads (MERIDIAN_MAX_STALENESS)")
-	fs.DurationVar(&c.rywWait, "ryw-wait", envDur("MERIDIAN_RYW_WAIT", 100*time.Millisecond), "how long a read with a Consistency-Token waits for the standby before using the primary; <0 = no wait (MERIDIAN_RYW_WAIT)")
-	fs.DurationVar(&c.standbyInterval, "standby-check-interval", envDur("MERIDIAN_STANDBY_CHECK_INTERVAL", 250*time.Millisecond), "how often a standby's replay position and lag are re-read (MERIDIAN_STANDBY_CHECK_INTERVAL)")
-	fs.IntVar(&c.standbyFailures, "standby-failures", envInt("MERIDIAN_STANDBY_FAILURES", 3), "consecutive failed checks or reads that take a standby out of the read path (MERIDIAN_STANDBY_FAILURES)")
-	fs.Int64Var(&c.maxBody, "max-body", int64(envInt("MERIDIAN_MAX_BODY", 1<<20)), "request body cap in bytes (MERIDIAN_MAX_BODY)")
-	fs.StringVar(&c.workerUser, "worker-db-user", env("MERIDIAN_WORKER_DB_USER", ""), "Postgres role of the cross-tenant cleanup job, normally meridian_worker (MERIDIAN_WORKER_DB_USER; empty = purge only tenants this node has seen)")
-	fs.StringVar(&c.workerPassword, "worker-db-password", env("MERIDIAN_WORKER_DB_PASSWORD", ""), "password of -worker-db-user (MERIDIAN_WORKER_DB_PASSWORD; empty = none)")
-	fs.StringVar(&c.gossipAddr, "gossip-addr", env("MERIDIAN_GOSSIP_ADDR", ""), "memberlist bind host:port, so routers discover this node (MERIDIAN_GOSSIP_ADDR; empty = no gossip)")
+	fs.StringVar(&c.region, "region", env.String("MERIDIAN_REGION", ""), "this node's region, e.g. us-east (MERIDIAN_REGION; required)")
+	fs.StringVar(&c.listen, "listen", env.String("MERIDIAN_API_LISTEN", "127.0.0.1:8081"), "HTTP listen address (MERIDIAN_API_LISTEN)")
+	fs.StringVar(&c.mapAddrs, "map-addrs", env.String("MERIDIAN_MAP_ADDRS", ""), "comma-separated base URLs of shard-map nodes (routers) (MERIDIAN_MAP_ADDRS; required)")
+	fs.StringVar(&c.clusterToken, "cluster-token", env.String("MERIDIAN_CLUSTER_TOKEN", ""), "cluster token for internal endpoints and the map (MERIDIAN_CLUSTER_TOKEN; required)")
+	fs.StringVar(&c.cursorKey, "cursor-key", env.String("MERIDIAN_CURSOR_KEY", ""), "HMAC key for list cursors, same on every node (MERIDIAN_CURSOR_KEY; default: the cluster token)")
+	fs.StringVar(&c.dbUser, "db-user", env.String("MERIDIAN_DB_USER", "meridian_app"), "Postgres role (MERIDIAN_DB_USER)")
+	fs.StringVar(&c.dbPassword, "db-password", env.String("MERIDIAN_DB_PASSWORD", ""), "Postgres password (MERIDIAN_DB_PASSWORD; empty = none)")
+	fs.StringVar(&c.jwtSecret, "jwt-secret", env.String("MERIDIAN_JWT_SECRET", ""), "HS256 secret, raw bytes (MERIDIAN_JWT_SECRET)")
+	fs.StringVar(&c.jwksFile, "jwks-file", env.String("MERIDIAN_JWKS_FILE", ""), "JWKS file with RS256/EdDSA keys (MERIDIAN_JWKS_FILE)")
+	fs.StringVar(&c.jwtIssuer, "jwt-issuer", env.String("MERIDIAN_JWT_ISSUER", ""), "required iss claim; empty = not checked (MERIDIAN_JWT_ISSUER)")
+	fs.StringVar(&c.jwtAudience, "jwt-audience", env.String("MERIDIAN_JWT_AUDIENCE", ""), "required aud claim; empty = not checked (MERIDIAN_JWT_AUDIENCE)")
+	fs.IntVar(&c.maxConns, "pool-max-conns", env.Int("MERIDIAN_POOL_MAX_CONNS", 10), "max connections per shard pool (MERIDIAN_POOL_MAX_CONNS)")
+	fs.DurationVar(&c.connLifetime, "pool-conn-lifetime", env.Duration("MERIDIAN_POOL_CONN_LIFETIME", 30*time.Minute), "max connection lifetime (MERIDIAN_POOL_CONN_LIFETIME)")
+	fs.DurationVar(&c.connIdle, "pool-conn-idle", env.Duration("MERIDIAN_POOL_CONN_IDLE", 5*time.Minute), "max connection idle time (MERIDIAN_POOL_CONN_IDLE)")
+	fs.DurationVar(&c.statementTimeout, "statement-timeout", env.Duration("MERIDIAN_STATEMENT_TIMEOUT", time.Second), "Postgres statement_timeout (MERIDIAN_STATEMENT_TIMEOUT)")
+	fs.DurationVar(&c.idleInTx, "idle-in-tx-timeout", env.Duration("MERIDIAN_IDLE_IN_TX_TIMEOUT", 10*time.Second), "Postgres idle_in_transaction_session_timeout (MERIDIAN_IDLE_IN_TX_TIMEOUT)")
+	fs.DurationVar(&c.deadline, "request-deadline", env.Duration("MERIDIAN_REQUEST_DEADLINE", 5*time.Second), "per-request deadline (MERIDIAN_REQUEST_DEADLINE)")
+	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", env.Duration("MERIDIAN_READ_HEADER_TIMEOUT", 5*time.Second), "HTTP read-header timeout (MERIDIAN_READ_HEADER_TIMEOUT)")
+	fs.StringVar(&c.debugAddr, "debug-addr", env.String("MERIDIAN_DEBUG_ADDR", ""), "serve Go profiles (/debug/pprof/) on this private host:port (MERIDIAN_DEBUG_ADDR; empty = off)")
+	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", env.Duration("MERIDIAN_SHUTDOWN_GRACE", 20*time.Second), "time to finish in-flight requests on shutdown (MERIDIAN_SHUTDOWN_GRACE)")
+	fs.DurationVar(&c.idemTTL, "idempotency-ttl", env.Duration("MERIDIAN_IDEMPOTENCY_TTL", 24*time.Hour), "Idempotency-Key lifetime (MERIDIAN_IDEMPOTENCY_TTL)")
+	fs.DurationVar(&c.idemCleanup, "idempotency-cleanup", env.Duration("MERIDIAN_IDEMPOTENCY_CLEANUP", 10*time.Minute), "expired-key cleanup interval (MERIDIAN_IDEMPOTENCY_CLEANUP)")
+	fs.DurationVar(&c.maxStaleness, "max-staleness", env.Duration("MERIDIAN_MAX_STALENESS", 5*time.Second), "most a local standby may lag and still serve default reads (MERIDIAN_MAX_STALENESS)")
+	fs.DurationVar(&c.rywWait, "ryw-wait", env.Duration("MERIDIAN_RYW_WAIT", 100*time.Millisecond), "how long a read with a Consistency-Token waits for the standby before using the primary; <0 = no wait (MERIDIAN_RYW_WAIT)")
+	fs.DurationVar(&c.standbyInterval, "standby-check-interval", env.Duration("MERIDIAN_STANDBY_CHECK_INTERVAL", 250*time.Millisecond), "how often a standby's replay position and lag are re-read (MERIDIAN_STANDBY_CHECK_INTERVAL)")
+	fs.IntVar(&c.standbyFailures, "standby-failures", env.Int("MERIDIAN_STANDBY_FAILURES", 3), "consecutive failed checks or reads that take a standby out of the read path (MERIDIAN_STANDBY_FAILURES)")
+	fs.Int64Var(&c.maxBody, "max-body", env.Int64("MERIDIAN_MAX_BODY", 1<<20), "request body cap in bytes (MERIDIAN_MAX_BODY)")
+	fs.StringVar(&c.workerUser, "worker-db-user", env.String("MERIDIAN_WORKER_DB_USER", ""), "Postgres role of the cross-tenant cleanup job, normally meridian_worker (MERIDIAN_WORKER_DB_USER; empty = purge only tenants this node has seen)")
+	fs.StringVar(&c.workerPassword, "worker-db-password", env.String("MERIDIAN_WORKER_DB_PASSWORD", ""), "password of -worker-db-user (MERIDIAN_WORKER_DB_PASSWORD; empty = none)")
+	fs.StringVar(&c.gossipAddr, "gossip-addr", env.String("MERIDIAN_GOSSIP_ADDR", ""), "memberlist bind host:port, so routers discover this node (MERIDIAN_GOSSIP_ADDR; empty = no gossip)")
 	var gossipJoin string
-	fs.StringVar(&gossipJoin, "gossip-join", env("MERIDIAN_GOSSIP_JOIN", ""), "comma-separated gossip addresses of existing members (MERIDIAN_GOSSIP_JOIN)")
-	fs.StringVar(&c.advertiseURL, "advertise-url", env("MERIDIAN_API_URL", ""), "base URL routers use to reach this node (MERIDIAN_API_URL; default http://<listen>)")
+	fs.StringVar(&gossipJoin, "gossip-join", env.String("MERIDIAN_GOSSIP_JOIN", ""), "comma-separated gossip addresses of existing members (MERIDIAN_GOSSIP_JOIN)")
+	fs.StringVar(&c.advertiseURL, "advertise-url", env.String("MERIDIAN_API_URL", ""), "base URL routers use to reach this node (MERIDIAN_API_URL; default http://<listen>)")
 	var dialVia string
-	fs.StringVar(&dialVia, "pg-dial-via", env("MERIDIAN_PG_DIAL_VIA", ""), "shard endpoints to reach through another address, endpoint=addr,... (the local launcher's latency proxies) (MERIDIAN_PG_DIAL_VIA; empty = dial endpoints directly)")
+	fs.StringVar(&dialVia, "pg-dial-via", env.String("MERIDIAN_PG_DIAL_VIA", ""), "shard endpoints to reach through another address, endpoint=addr,... (the local launcher's latency proxies) (MERIDIAN_PG_DIAL_VIA; empty = dial endpoints directly)")
 	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if err := env.Err(); err != nil {
 		return c, err
 	}
 	if dialVia != "" {
@@ -136,15 +123,21 @@ func parseConfig(args []string) (config, error) {
 }
 
 func main() {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "api")
-	slog.SetDefault(log)
 	cfg, err := parseConfig(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "api:", err)
 		os.Exit(2)
 	}
-	if err := run(cfg, log); err != nil {
+	// A log line per request: batch the writes (see internal/logbuf), flushed before exit.
+	lw := logbuf.New(os.Stderr, 0, 0)
+	log := slog.New(slog.NewJSONHandler(lw, nil)).With("component", "api")
+	slog.SetDefault(log)
+	err = run(cfg, log)
+	if err != nil {
 		log.Error("exit", "err", err)
+	}
+	_ = lw.Close()
+	if err != nil {
 		os.Exit(1)
 	}
 }
@@ -152,6 +145,11 @@ func main() {
 func run(cfg config, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if cfg.debugAddr != "" {
+		if _, err := debugsrv.Start(ctx, cfg.debugAddr, log); err != nil {
+			return fmt.Errorf("-debug-addr: %w", err)
+		}
+	}
 
 	// Shard map: watch the routers.
 	client := shardmap.NewClient(shardmap.ClientConfig{Addrs: strings.Split(cfg.mapAddrs, ","), Token: cfg.clusterToken, Logger: log})

@@ -196,9 +196,12 @@ func (s *Server) observe(c *gin.Context) {
 	if status >= 500 {
 		lvl = slog.LevelError
 	}
-	s.log.Log(c.Request.Context(), lvl, "request", "request_id", c.GetString(problem.ContextKey),
-		"method", c.Request.Method, "route", route, "status", status, "tenant", c.GetString("tenant"),
-		"shard", c.GetString("shard"), "duration_ms", float64(time.Since(start).Microseconds())/1000)
+	if s.log.Enabled(c.Request.Context(), lvl) {
+		s.log.LogAttrs(c.Request.Context(), lvl, "request", slog.String("request_id", c.GetString(problem.ContextKey)),
+			slog.String("method", c.Request.Method), slog.String("route", route), slog.Int("status", status),
+			slog.String("tenant", c.GetString("tenant")), slog.String("shard", c.GetString("shard")),
+			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
+	}
 }
 
 func (s *Server) readyz(c *gin.Context) {

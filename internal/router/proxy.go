@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -420,7 +421,9 @@ func (s *Server) copyResponse(c *gin.Context, resp *http.Response, up Upstream, 
 	if stream {
 		c.Writer.Flush()
 	}
-	buf := make([]byte, 32<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
@@ -436,6 +439,10 @@ func (s *Server) copyResponse(c *gin.Context, resp *http.Response, up Upstream, 
 		}
 	}
 }
+
+// copyBufs recycles response copy buffers (a fresh 32 KiB per request was the router's largest
+// allocation).
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 func drain(resp *http.Response) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))

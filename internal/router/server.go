@@ -89,9 +89,15 @@ func (s *Server) observe(c *gin.Context) {
 	if cl == ClassOther {
 		level = slog.LevelDebug
 	}
-	s.log(c).Log(c.Request.Context(), level, "request",
-		"method", c.Request.Method, "path", c.Request.URL.Path, "status", status,
-		"class", cl, "duration_ms", float64(total.Microseconds())/1000)
+	if s.cfg.Logger.Enabled(c.Request.Context(), level) {
+		// LogAttrs with the request attributes inline: Logger.With would format them into a
+		// new handler on every request.
+		s.cfg.Logger.LogAttrs(c.Request.Context(), level, "request",
+			slog.String("request_id", c.GetString(ctxRequestID)), slog.String("tenant", c.GetString(ctxTenant)),
+			slog.String("region", s.cfg.Region), slog.String("method", c.Request.Method),
+			slog.String("path", c.Request.URL.Path), slog.Int("status", status), slog.String("class", cl),
+			slog.Float64("duration_ms", float64(total.Microseconds())/1000))
+	}
 }
 
 // log returns the logger with the request's attributes.

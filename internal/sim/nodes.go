@@ -35,6 +35,7 @@ func (c *Cluster) startRouters(ctx context.Context) error {
 				"-tenant-rate", fmt.Sprint(c.topo.RateLimits().TenantRPS),
 				"-tenant-burst", fmt.Sprint(c.topo.RateLimits().TenantBurst),
 				"-ip-rate", fmt.Sprint(c.topo.RateLimits().IPRPS),
+				"-debug-addr", host + ":0", // pprof; the log says where
 			}
 			if n.ID == first.ID {
 				args = append(args, "-bootstrap")
@@ -135,6 +136,7 @@ func (c *Cluster) startAPIs(ctx context.Context) error {
 				"-map-addrs", strings.Join(c.routerURLs(r), ","),
 				"-db-user", "meridian_app",
 				"-worker-db-user", "meridian_worker",
+				"-debug-addr", host + ":0", // pprof; the log says where
 			}
 			// Gossip lets routers learn the node and its health, but it advertises the node's
 			// own address: in latency mode routers would then reach remote API nodes around

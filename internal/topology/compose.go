@@ -48,11 +48,17 @@ const (
 	envAppDBPassword = "${MERIDIAN_APP_DB_PASSWORD:?set MERIDIAN_APP_DB_PASSWORD}"
 )
 
-// BackboneSubnet is the backbone network's subnet. Routers get fixed addresses on it
-// (RouterBackboneIP) because the Raft transport advertises the address it binds and cannot bind
-// 0.0.0.0, and memberlist would otherwise advertise whichever of the container's two networks it
-// found first.
+// BackboneSubnet is the backbone network's subnet. Routers and API nodes get fixed addresses on
+// it (RouterBackboneIP, APIBackboneIP) because the Raft transport advertises the address it binds
+// and cannot bind 0.0.0.0, memberlist needs an IP (not a host name) to bind and advertise, and
+// with 0.0.0.0 it would advertise whichever of the container's two networks it found first.
 const BackboneSubnet = "172.29.0.0/16"
+
+// BackboneDynamicRange is the part of BackboneSubnet Docker hands out to the services without a
+// fixed address (Postgres, standbys, NATS, init). It is kept apart from the fixed addresses
+// (172.29.<region index>.x, at most MaxInstances regions) so a container started earlier can
+// never take the address a router or API node asks for.
+const BackboneDynamicRange = "172.29.128.0/17"
 
 // RouterDataDir is the router's shard-map directory inside the container (the image's
 // nonroot home, so the distroless nonroot user can write it).
@@ -62,6 +68,14 @@ const RouterDataDir = "/home/nonroot/data/router"
 // index>.<10+k-1>.
 func (t *Topology) RouterBackboneIP(n Node) string {
 	return fmt.Sprintf("172.29.%d.%d", t.regionIndex(n.Region), 10+n.Index)
+}
+
+// APIBackboneIP is API node n's fixed address on the backbone network: 172.29.<region
+// index>.<20+k-1>, after the routers' block (MaxInstances addresses from .10). Its gossip binds
+// there: the gossip cluster spans every region (the routers all join the first one), and the
+// backbone is the only network every member is on.
+func (t *Topology) APIBackboneIP(n Node) string {
+	return fmt.Sprintf("172.29.%d.%d", t.regionIndex(n.Region), 10+MaxInstances+n.Index)
 }
 
 func (t *Topology) regionIndex(region string) int {
@@ -116,7 +130,7 @@ func (t *Topology) apiNodeList() string {
 	for _, r := range t.Regions() {
 		var urls []string
 		for _, a := range t.APINodes(r) {
-			urls = append(urls, fmt.Sprintf("http://%s:%d", composeAPI(a), a.HTTP))
+			urls = append(urls, apiURL(a))
 		}
 		if len(urls) > 0 {
 			parts = append(parts, r+"="+strings.Join(urls, "|"))
@@ -127,11 +141,21 @@ func (t *Topology) apiNodeList() string {
 
 // APIEnv is the environment of API node n in the compose file: exactly the MERIDIAN_*
 // variables cmd/api reads. Shard database addresses are not here: the API node takes them from
-// the shard map (see ShardEndpoints).
+// the shard map (see ShardEndpoints). The node gossips on its backbone address (APIBackboneIP)
+// and joins its region's routers, so they discover it and see it drain on shutdown; it
+// advertises the same URL as the routers' static MERIDIAN_API_NODES entry, so the two sources
+// name one node.
 func (t *Topology) APIEnv(n Node) map[string]string {
+	var join []string
+	for _, o := range t.Routers(n.Region) {
+		join = append(join, fmt.Sprintf("%s:%d", t.RouterBackboneIP(o), o.Gossip))
+	}
 	return map[string]string{
 		"MERIDIAN_REGION":        n.Region,
 		"MERIDIAN_API_LISTEN":    fmt.Sprintf("0.0.0.0:%d", n.HTTP),
+		"MERIDIAN_API_URL":       apiURL(n),
+		"MERIDIAN_GOSSIP_ADDR":   fmt.Sprintf("%s:%d", t.APIBackboneIP(n), n.Gossip),
+		"MERIDIAN_GOSSIP_JOIN":   strings.Join(join, ","),
 		"MERIDIAN_MAP_ADDRS":     t.localRouterURLs(n.Region),
 		"MERIDIAN_CLUSTER_TOKEN": envClusterToken,
 		"MERIDIAN_JWT_SECRET":    envJWTSecret,
@@ -140,6 +164,10 @@ func (t *Topology) APIEnv(n Node) map[string]string {
 		"MERIDIAN_MAX_STALENESS": t.MaxStaleness().String(),
 	}
 }
+
+// apiURL is the base URL routers reach API node n at: its compose service name, which every
+// router resolves (over the region network or the backbone).
+func apiURL(n Node) string { return fmt.Sprintf("http://%s:%d", composeAPI(n), n.HTTP) }
 
 // InitEnv is the environment of the one-shot init service (`gencompose init`): the cluster
 // token for the shard-map bootstrap and the passwords of the postgres superuser (migrations)
@@ -208,7 +236,7 @@ func (t *Topology) NATSConfig(region string) string {
 func (t *Topology) ComposeYAML() ([]byte, error) {
 	services := map[string]any{}
 	networks := map[string]any{BackboneNetwork: map[string]any{
-		"ipam": map[string]any{"config": []map[string]string{{"subnet": BackboneSubnet}}},
+		"ipam": map[string]any{"config": []map[string]string{{"subnet": BackboneSubnet, "ip_range": BackboneDynamicRange}}},
 	}}
 	configs := map[string]any{}
 	volumes := map[string]any{}
@@ -313,8 +341,11 @@ func (t *Topology) ComposeYAML() ([]byte, error) {
 			}
 			services[composeAPI(n)] = map[string]any{
 				"image": ImageMeridian, "build": build,
-				"command":     []string{"api"},
-				"networks":    both,
+				"command": []string{"api"},
+				"networks": map[string]any{
+					r:               map[string]any{},
+					BackboneNetwork: map[string]any{"ipv4_address": t.APIBackboneIP(n)},
+				},
 				"environment": t.APIEnv(n),
 				"ports":       []string{fmt.Sprintf("%d:%d", n.HTTP, n.HTTP)},
 				"depends_on":  deps,

@@ -15,7 +15,7 @@ import (
 
 // binaryEnv is what a command's main.go reads from the environment.
 type binaryEnv struct {
-	reads    map[string]bool // every MERIDIAN_* name passed as a literal to a call (env, os.Getenv, …)
+	reads    map[string]bool // every MERIDIAN_* name passed as a call's first argument (env.Int, os.Getenv, …)
 	required map[string]bool // names whose flag help says "(MERIDIAN_X; required"
 }
 
@@ -125,12 +125,16 @@ func TestBinaryEnvParser(t *testing.T) {
 		})
 	}
 
-	// The parser on a known source: literal names in any call, "; required" in help text.
+	// The parser on a known source: literal names as the first argument of any call (the old
+	// env helpers, os.Getenv, internal/envflag's methods), "; required" in help text.
 	src := `package main
 func f() {
 	a := env("MERIDIAN_A", "")
 	b := os.Getenv("MERIDIAN_B")
 	c := envInt("MERIDIAN_C", 3)
+	env := envflag.New(nil)
+	fs.DurationVar(&d, "d", env.Duration("MERIDIAN_F", time.Second), "help (MERIDIAN_F)")
+	g := envflag.New(nil).String("MERIDIAN_G", "")
 	flag.String("x", "", "help (MERIDIAN_A; required)")
 	_ = fmt.Sprintf("not an env MERIDIAN_D")
 	_ = other("meridian_e")
@@ -140,7 +144,7 @@ func f() {
 		t.Fatal(err)
 	}
 	be := parseBinaryEnv(f)
-	if got, want := slices.Sorted(mapsKeys(be.reads)), []string{"MERIDIAN_A", "MERIDIAN_B", "MERIDIAN_C"}; !slices.Equal(got, want) {
+	if got, want := slices.Sorted(mapsKeys(be.reads)), []string{"MERIDIAN_A", "MERIDIAN_B", "MERIDIAN_C", "MERIDIAN_F", "MERIDIAN_G"}; !slices.Equal(got, want) {
 		t.Errorf("reads = %v, want %v", got, want)
 	}
 	if got := slices.Sorted(mapsKeys(be.required)); !slices.Equal(got, []string{"MERIDIAN_A"}) {

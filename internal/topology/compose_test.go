@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
@@ -184,17 +185,44 @@ func TestComposeMatchesTopology(t *testing.T) {
 		for _, o := range topo.Routers(r) {
 			local = append(local, fmt.Sprintf("http://%s:%d", ComposeServiceName(o), o.HTTP))
 		}
+		// API nodes gossip on their fixed backbone address, on the region's api_gossip port,
+		// and join the region's routers' gossip addresses.
+		var localGossip []string
+		for _, o := range topo.Routers(r) {
+			localGossip = append(localGossip, fmt.Sprintf("%s:%d", topo.RouterBackboneIP(o), o.Gossip))
+		}
 		for _, n := range topo.APINodes(r) {
 			s := p.Services[ComposeServiceName(n)]
 			checkNode(t, s, n, "api")
 			checkNetworks(t, s, n.Region, BackboneNetwork)
+			ip := topo.APIBackboneIP(n)
+			if n.Gossip != ports.APIGossip[n.Index] || n.Gossip != regionBase(t, topo, r)+topo.Offsets().APIGossip+n.Index {
+				t.Errorf("%s: gossip port %d, want port_base+api_gossip+%d = %d", n.ID, n.Gossip, n.Index, ports.APIGossip[n.Index])
+			}
+			url := fmt.Sprintf("http://%s:%d", ComposeServiceName(n), n.HTTP)
 			checkEnv(t, s, map[string]string{
 				"MERIDIAN_REGION":        n.Region,
 				"MERIDIAN_API_LISTEN":    fmt.Sprintf("0.0.0.0:%d", n.HTTP),
+				"MERIDIAN_API_URL":       url,
+				"MERIDIAN_GOSSIP_ADDR":   fmt.Sprintf("%s:%d", ip, n.Gossip),
+				"MERIDIAN_GOSSIP_JOIN":   strings.Join(localGossip, ","),
 				"MERIDIAN_MAP_ADDRS":     strings.Join(local, ","),
 				"MERIDIAN_DB_USER":       "meridian_app",
 				"MERIDIAN_MAX_STALENESS": topo.MaxStaleness().String(),
 			})
+			if bb := s.Networks[BackboneNetwork]; bb == nil || bb.Ipv4Address != ip {
+				t.Errorf("%s: backbone network %+v, want fixed address %s (its gossip address)", s.Name, bb, ip)
+			}
+			// The advertised URL is the one the routers' static list has, so the gossip and
+			// static sources name the same node (the router merges them by address).
+			for _, o := range topo.Regions() {
+				for _, rn := range topo.Routers(o) {
+					if nodes := envOf(p.Services[ComposeServiceName(rn)])["MERIDIAN_API_NODES"]; !strings.Contains(nodes, r+"="+url) &&
+						!strings.Contains(nodes, "|"+url) {
+						t.Errorf("%s advertises %s, which %s's MERIDIAN_API_NODES %q lacks", s.Name, url, rn.ID, nodes)
+					}
+				}
+			}
 			if !strings.HasPrefix(envOf(s)["MERIDIAN_DB_PASSWORD"], "${MERIDIAN_APP_DB_PASSWORD:?") {
 				t.Errorf("%s: MERIDIAN_DB_PASSWORD = %q, want it required from the environment", s.Name, envOf(s)["MERIDIAN_DB_PASSWORD"])
 			}
@@ -234,32 +262,69 @@ func TestComposeMatchesTopology(t *testing.T) {
 	}
 }
 
-// TestRouterBackboneIPs checks the routers' fixed backbone addresses: distinct and inside the
-// backbone subnet the compose file declares.
-func TestRouterBackboneIPs(t *testing.T) {
-	topo := loadRepo(t)
-	p := loadCompose(t)
+// TestBackboneIPs checks the routers' and API nodes' fixed backbone addresses: distinct, inside
+// the backbone subnet the compose file declares, and outside the range Docker assigns the other
+// services from.
+func TestBackboneIPs(t *testing.T) {
 	_, subnet, err := net.ParseCIDR(BackboneSubnet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bb := p.Networks[BackboneNetwork]
-	if bb.Ipam.Config == nil || len(bb.Ipam.Config) != 1 || bb.Ipam.Config[0].Subnet != BackboneSubnet {
-		t.Errorf("backbone ipam %+v, want subnet %s", bb.Ipam, BackboneSubnet)
+	_, dynamic, err := net.ParseCIDR(BackboneDynamicRange)
+	if err != nil {
+		t.Fatal(err)
 	}
-	seen := map[string]string{}
-	for _, r := range topo.Regions() {
-		for _, n := range topo.Routers(r) {
-			ip := topo.RouterBackboneIP(n)
-			if a := net.ParseIP(ip); a == nil || !subnet.Contains(a) {
-				t.Errorf("%s: backbone address %q not in %s", n.ID, ip, BackboneSubnet)
-			}
-			if o, dup := seen[ip]; dup {
-				t.Errorf("%s and %s share backbone address %s", o, n.ID, ip)
-			}
-			seen[ip] = n.ID
+	p := loadCompose(t)
+	bb := p.Networks[BackboneNetwork]
+	if len(bb.Ipam.Config) != 1 || bb.Ipam.Config[0].Subnet != BackboneSubnet || bb.Ipam.Config[0].IPRange != BackboneDynamicRange {
+		t.Errorf("backbone ipam %+v, want subnet %s ip_range %s", bb.Ipam, BackboneSubnet, BackboneDynamicRange)
+	}
+	// The repository's topology, and the largest one validation allows.
+	big := loadRepo(t).File()
+	big.RoutersPerRegion, big.APINodesPerRegion, big.Regions, big.RTT = MaxInstances, MaxInstances, nil, nil
+	for i := range MaxInstances {
+		big.Regions = append(big.Regions, RegionSpec{ID: fmt.Sprintf("r%d", i), PortBase: 10000 + 2000*i})
+		for j := range i {
+			big.RTT = append(big.RTT, RTTSpec{Between: []string{fmt.Sprintf("r%d", j), fmt.Sprintf("r%d", i)}, RTT: Duration(time.Millisecond)})
 		}
 	}
+	bigTopo, err := New(big)
+	if err != nil {
+		t.Fatalf("largest topology: %v", err)
+	}
+	for name, topo := range map[string]*Topology{"repo": loadRepo(t), "largest": bigTopo} {
+		t.Run(name, func(t *testing.T) {
+			seen := map[string]string{}
+			check := func(n Node, ip string) {
+				t.Helper()
+				if a := net.ParseIP(ip); a == nil || !subnet.Contains(a) || dynamic.Contains(a) {
+					t.Errorf("%s: backbone address %q not in %s outside %s", n.ID, ip, BackboneSubnet, BackboneDynamicRange)
+				}
+				if o, dup := seen[ip]; dup {
+					t.Errorf("%s and %s share backbone address %s", o, n.ID, ip)
+				}
+				seen[ip] = n.ID
+			}
+			for _, r := range topo.Regions() {
+				for _, n := range topo.Routers(r) {
+					check(n, topo.RouterBackboneIP(n))
+				}
+				for _, n := range topo.APINodes(r) {
+					check(n, topo.APIBackboneIP(n))
+				}
+			}
+		})
+	}
+}
+
+// regionBase is region r's port_base in the topology file.
+func regionBase(t *testing.T, topo *Topology, r string) int {
+	t.Helper()
+	reg, ok := topo.Region(r)
+	if !ok {
+		t.Fatalf("no region %s", r)
+	}
+	return reg.PortBase
 }
 
 func checkNode(t *testing.T, s types.ServiceConfig, n Node, command string) {

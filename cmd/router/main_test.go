@@ -1,0 +1,53 @@
+package main
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meridian-dev/meridian/internal/envflag"
+	"github.com/meridian-dev/meridian/internal/ratelimit"
+)
+
+// required sets what parseConfig needs besides the variable under test.
+func required(t *testing.T) {
+	t.Setenv("MERIDIAN_REGION", "us-east")
+	t.Setenv("MERIDIAN_CLUSTER_TOKEN", "token")
+	t.Setenv("MERIDIAN_JWT_SECRET", "secret")
+}
+
+func TestParseConfigEnvironment(t *testing.T) {
+	required(t)
+	t.Setenv("MERIDIAN_BOOTSTRAP", "true")
+	t.Setenv("MERIDIAN_TENANT_RATE", "12.5")
+	t.Setenv("MERIDIAN_TENANT_BURST", "30")
+	t.Setenv("MERIDIAN_WRITE_LEASE", "3s")
+	c, err := parseConfig([]string{"-tenant-burst", "40"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := c.pc.Limits[ratelimit.Rule{Scope: ratelimit.ScopeTenant}]
+	if !c.pc.Bootstrap || lim.Rate != 12.5 || lim.Burst != 40 || c.pc.Lease != 3*time.Second {
+		t.Errorf("bootstrap %v tenant limit %+v lease %v, want true {12.5 40} (flag wins) 3s", c.pc.Bootstrap, lim, c.pc.Lease)
+	}
+}
+
+func TestParseConfigMalformedEnvironment(t *testing.T) {
+	for name, value := range map[string]string{
+		"MERIDIAN_BOOTSTRAP":    "yes",
+		"MERIDIAN_TENANT_RATE":  "fast",
+		"MERIDIAN_IP_BURST":     "2k",
+		"MERIDIAN_WRITE_LEASE":  "2",
+		"MERIDIAN_MAX_INFLIGHT": "1e3",
+	} {
+		t.Run(name, func(t *testing.T) {
+			required(t)
+			t.Setenv(name, value)
+			_, err := parseConfig(nil)
+			if !errors.Is(err, envflag.ErrMalformed) || !strings.Contains(err.Error(), name) {
+				t.Errorf("%s=%q: err = %v, want a malformed-variable error naming it", name, value, err)
+			}
+		})
+	}
+}
