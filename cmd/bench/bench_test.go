@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -396,6 +397,10 @@ func TestParseFlagsRejects(t *testing.T) {
 		{"cluster and target", []string{"-cluster", "c.json", "-target", "a=http://x"}},
 		{"stray argument", []string{"extra"}},
 		{"zero round", []string{"-round", "0"}},
+		{"negative rate", []string{"-rate", "-5"}},
+		{"NaN rate", []string{"-rate", "NaN"}},
+		{"infinite rate", []string{"-rate", "+Inf"}},
+		{"rate not a number", []string{"-rate", "fast"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
@@ -403,6 +408,80 @@ func TestParseFlagsRejects(t *testing.T) {
 				t.Errorf("err %v, want a usage error", err)
 			}
 		})
+	}
+}
+
+func TestParseFlagsRate(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want float64
+	}{
+		{nil, 0}, // closed loop by default
+		{[]string{"-rate", "0"}, 0},
+		{[]string{"-rate", "500"}, 500},
+		{[]string{"-rate=0.5"}, 0.5},
+	} {
+		o, err := parseFlags(tc.args, &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		if o.cfg.Rate != tc.want {
+			t.Errorf("%q: rate %v, want %v", tc.args, o.cfg.Rate, tc.want)
+		}
+	}
+	// The message names the flag, and run exits with status 2 (errUsage).
+	err := run(t.Context(), []string{"bench", "-rate", "-1", "-target", "a=http://127.0.0.1:1"}, &bytes.Buffer{}, &bytes.Buffer{})
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "-rate -1") {
+		t.Errorf("err %v, want a usage error about -rate -1", err)
+	}
+}
+
+func TestRunOpenLoop(t *testing.T) {
+	router, api := newFakeCluster(t)
+	cluster := writeClusterFile(t, router.server.URL, api.server.URL)
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "-cluster", cluster, "-scenario", "compare-router", "-rate", "100", "-c", "4",
+		"-d", "400ms", "-round", "200ms", "-warmup", "0", "-json", "-"}
+	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v\n%s", err, stderr.String())
+	}
+	md, js, _ := strings.Cut(stdout.String(), "\n{")
+	for _, want := range []string{
+		"-rate 100",
+		"Mode side-by-side, open loop at 100 req/s per target, 4 workers, 400ms per target, rounds of 200ms",
+		"| target | requests | missed | errors |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("section lacks %q:\n%s", want, md)
+		}
+	}
+	if !strings.Contains(stderr.String(), "open loop at 100 req/s per target") {
+		t.Errorf("stderr does not describe the mode:\n%s", stderr.String())
+	}
+	var rep struct {
+		Rate    float64 `json:"rate_rps"`
+		Targets []struct {
+			Name     string `json:"name"`
+			Requests int64  `json:"requests"`
+			Missed   int64  `json:"missed"`
+			Errors   int64  `json:"errors"`
+		} `json:"targets"`
+	}
+	if err := json.Unmarshal([]byte("{"+js), &rep); err != nil {
+		t.Fatalf("%v in %s", err, stdout.String())
+	}
+	if rep.Rate != 100 || len(rep.Targets) != 2 {
+		t.Fatalf("report %s", js)
+	}
+	// 400 ms at 100 req/s: 40 slots per target, in two rounds of 20.
+	for i, n := range []*fakeNode{api, router} {
+		r := rep.Targets[i]
+		if r.Errors != 0 || r.Requests+r.Missed != 40 || r.Requests < 20 {
+			t.Errorf("%s: requests %d missed %d errors %d, want 40 scheduled, most sent", r.Name, r.Requests, r.Missed, r.Errors)
+		}
+		if got := n.gets.Load(); got < r.Requests || got > r.Requests+5 {
+			t.Errorf("%s saw %d GETs, report says %d measured", n.name, got, r.Requests)
+		}
 	}
 }
 
@@ -516,4 +595,66 @@ func FuzzParseRecordID(f *testing.F) {
 			t.Fatalf("id %q with error %v", id, err)
 		}
 	})
+}
+
+// TestMain lets the test binary serve as the baseline proxy child, as the bench binary does.
+func TestMain(m *testing.M) {
+	if len(os.Args) == 3 && os.Args[1] == stdlibProxyArg {
+		if err := serveStdlibProxy(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func TestRunCompareRouterWithBaselineProxy(t *testing.T) {
+	router, api := newFakeCluster(t)
+	cluster := writeClusterFile(t, router.server.URL, api.server.URL)
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "-cluster", cluster, "-scenario", "compare-router", "-baseline-proxy", "-c", "2",
+		"-d", "300ms", "-round", "100ms", "-warmup", "0", "-json", "-"}
+	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v\n%s", err, stderr.String())
+	}
+	out := stdout.String()
+	i := strings.Index(out, "{\n")
+	if i < 0 {
+		t.Fatalf("no JSON report:\n%s", out)
+	}
+	var rep jsonReport
+	if err := json.Unmarshal([]byte(out[i:]), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Targets) != 3 || rep.Targets[0].Name != "direct" || rep.Targets[1].Name != baselineName || rep.Targets[2].Name != "router" {
+		t.Fatalf("targets %+v, want direct, %s, router", rep.Targets, baselineName)
+	}
+	for _, r := range rep.Targets {
+		if r.Requests == 0 || r.Errors != 0 {
+			t.Errorf("%s: %d requests, %d errors", r.Name, r.Requests, r.Errors)
+		}
+	}
+	// The baseline forwards to the direct API node: it saw both targets' GETs.
+	if got, want := api.gets.Load(), rep.Targets[0].Requests+rep.Targets[1].Requests; got < want {
+		t.Errorf("API node saw %d GETs, want at least direct + %s = %d", got, baselineName, want)
+	}
+	if !strings.Contains(out, "httputil.ReverseProxy alone") {
+		t.Errorf("no note on the baseline:\n%s", out)
+	}
+	// The child proxy is gone after the run.
+	m := regexp.MustCompile(baselineName + ` = (http://[0-9.:]+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no baseline URL in the report:\n%s", out)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if resp, err := http.Get(m[1] + "/"); err == nil {
+			resp.Body.Close()
+			return fmt.Errorf("baseline proxy %s still answers", m[1])
+		}
+		return nil
+	})
+	if err := run(t.Context(), []string{"bench", "-cluster", cluster, "-scenario", "get", "-baseline-proxy"}, &stdout, &stderr); !errors.Is(err, errUsage) {
+		t.Errorf("-baseline-proxy with -scenario get: %v, want a usage error", err)
+	}
 }

@@ -6,7 +6,8 @@
 //
 //	get             GET /v1/collections/bench/records/{id} of a record created at setup
 //	post            POST /v1/collections/bench/records with a small {"data":{...}} body
-//	compare-router  the same GET direct to an API node and through the router, side by side
+//	compare-router  the same GET direct to an API node and through the router, side by side;
+//	                -baseline-proxy adds a bare httputil.ReverseProxy (the floor of any Go hop)
 //	compare-home    GET through one router for a tenant homed in its region and one homed in
 //	                another (-home), side by side
 //
@@ -14,10 +15,18 @@
 // tenant homed in -home (default -region; tenants are named bench-<home> unless -tenant is
 // given) and, for reads, one record to read.
 //
+// By default every worker sends its next request when the last one is answered (closed loop),
+// which at saturation measures queueing. -rate R runs open loop instead: R requests per second
+// per target on a fixed schedule, at most -c in flight, latencies counted from each request's
+// scheduled time; use it below saturation, e.g. to compare p50 direct and through the router. A
+// target that falls more than a second behind the schedule stops for the rest of the round and
+// the report counts its missed requests (see internal/loadgen).
+//
 // Targets come from the launcher's cluster file (-cluster, default .meridian/cluster.json) or
 // from -target name=URL flags (base URLs). Examples:
 //
 //	go run ./cmd/bench -scenario compare-router -d 20s -out docs/BENCHMARKS.md
+//	go run ./cmd/bench -scenario compare-router -rate 500 -c 32 -d 20s -out docs/BENCHMARKS.md
 //	go run ./cmd/bench -scenario post -region us-west -home us-east -d 20s
 //	go run ./cmd/bench -target api=http://127.0.0.1:8081 -jwt-secret s -tenant acme -scenario post
 //
@@ -31,8 +40,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -41,6 +52,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == stdlibProxyArg {
+		if err := serveStdlibProxy(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: baseline proxy:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args, os.Stdout, os.Stderr); err != nil && !errors.Is(err, flag.ErrHelp) {
@@ -62,7 +80,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if o.baselineProxy {
+		// Between direct and router: the same upstream as direct, through a bare proxy.
+		base, stopProxy, err := startStdlibProxy(ctx, plan.targets[0].base)
+		if err != nil {
+			return fmt.Errorf("-baseline-proxy: %w", err)
+		}
+		defer stopProxy()
+		bt := plan.targets[0]
+		bt.name, bt.base = baselineName, base
+		plan.targets = append(plan.targets[:1], append([]benchTarget{bt}, plan.targets[1:]...)...)
+	}
 	fmt.Fprintf(stderr, "bench: %s, %d workers, %s per target", o.scenario, o.cfg.Concurrency, o.cfg.Duration)
+	if o.cfg.Rate > 0 {
+		fmt.Fprintf(stderr, ", open loop at %s req/s per target", strconv.FormatFloat(o.cfg.Rate, 'f', -1, 64))
+	}
 	for _, t := range plan.targets {
 		fmt.Fprintf(stderr, ", %s=%s (tenant %s)", t.name, t.base, t.tenant.id)
 	}
@@ -131,6 +163,7 @@ type options struct {
 	scenario         string
 	cfg              loadgen.Config
 	sequential       bool
+	baselineProxy    bool
 	out, jsonOut     string
 	title            string
 	args             []string
@@ -193,13 +226,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.tenant, "tenant", "", "tenant to measure (default bench-<home region> with a cluster file, else bench)")
 	fs.StringVar(&o.home, "home", "", "region to home the tenant in when creating it (default -region; compare-home: the next region)")
 	fs.StringVar(&o.scenario, "scenario", scenarioGet, "get, post, compare-router or compare-home")
-	fs.IntVar(&o.cfg.Concurrency, "c", loadgen.DefaultConcurrency, "concurrent workers")
+	fs.IntVar(&o.cfg.Concurrency, "c", loadgen.DefaultConcurrency, "concurrent workers (with -rate: the most requests in flight)")
+	fs.Float64Var(&o.cfg.Rate, "rate", 0, "open loop: requests per second per target on a fixed schedule, latency from the scheduled time (0: closed loop)")
 	fs.DurationVar(&o.cfg.Duration, "d", loadgen.DefaultDuration, "measured duration per target")
 	fs.IntVar(&o.cfg.Requests, "n", 0, "stop each target after this many requests (0: by -d only; with -d, whichever comes first)")
 	fs.DurationVar(&o.cfg.Warmup, "warmup", time.Second, "unmeasured warm-up per target")
 	fs.DurationVar(&o.cfg.Round, "round", loadgen.DefaultRound, "side-by-side round length")
 	fs.DurationVar(&o.cfg.Timeout, "timeout", loadgen.DefaultTimeout, "per-request timeout")
 	fs.BoolVar(&o.sequential, "sequential", false, "run targets one after another instead of side by side")
+	fs.BoolVar(&o.baselineProxy, "baseline-proxy", false, "compare-router: also measure a bare net/http/httputil.ReverseProxy (own process) in front of the direct API node, as the floor of any Go HTTP hop")
 	fs.StringVar(&o.out, "out", "", "append the Markdown section to this file (e.g. docs/BENCHMARKS.md)")
 	fs.StringVar(&o.jsonOut, "json", "", "write the JSON report to this file (- for stdout)")
 	fs.StringVar(&o.title, "title", "", "section heading (default from the scenario)")
@@ -221,6 +256,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.cfg.Concurrency < 1 || o.cfg.Duration < 0 || o.cfg.Requests < 0 || (o.cfg.Duration == 0 && o.cfg.Requests == 0) {
 		return nil, fmt.Errorf("%w: -c must be ≥ 1 and -d or -n positive", errUsage)
+	}
+	if o.baselineProxy && o.scenario != scenarioCompare {
+		return nil, fmt.Errorf("%w: -baseline-proxy is for -scenario compare-router", errUsage)
+	}
+	if math.IsNaN(o.cfg.Rate) || math.IsInf(o.cfg.Rate, 0) || o.cfg.Rate < 0 {
+		return nil, fmt.Errorf("%w: -rate %v: want requests per second per target, ≥ 0 and finite (0: closed loop)", errUsage, o.cfg.Rate)
 	}
 	if o.cfg.Warmup < 0 || o.cfg.Round <= 0 || o.cfg.Timeout <= 0 {
 		return nil, fmt.Errorf("%w: -warmup must be ≥ 0, -round and -timeout positive", errUsage)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -129,6 +130,11 @@ func writeSection(w io.Writer, o *options, p *plan, rep *loadgen.Report, m machi
 		fmt.Fprintf(w, ")")
 	}
 	fmt.Fprintf(w, "; load generator on the same machine.\n\n")
+	if slices.ContainsFunc(p.targets, func(t benchTarget) bool { return t.name == baselineName }) {
+		fmt.Fprintf(w, "`%s` is Go's net/http/httputil.ReverseProxy alone, in its own process, in front of "+
+			"the same API node as `%s`: no authentication, limits, routing or metrics — what any Go HTTP "+
+			"hop costs on this machine.\n\n", baselineName, p.targets[0].name)
+	}
 	_ = rep.WriteMarkdown(w) // w is a strings.Builder in practice; errors surface on the final write
 	for _, t := range rep.Targets {
 		if n := t.ErrorsByStatus["429"]; n > 0 {

@@ -7,13 +7,22 @@
 // (A, B, A, B, …) so that noise from other work on the machine hits every target alike, and the
 // report then gives each target's throughput ratio and p50/p99 deltas against the first.
 //
-// It is a closed-loop generator like wrk: each worker sends its next request when the last one
-// is answered, so a stalled server gets fewer requests rather than queued ones (latencies under
-// overload understate what an open-loop client would see). Every successful request's latency is
-// kept in a slice sorted once at the end: exact percentiles, 8 bytes a sample, fine for the few
-// million samples of a run. It never retries, follows redirects or sleeps between requests, and
-// it counts only what it saw. Tests run it against httptest servers on loopback; cmd/bench wires
-// it to a cluster.
+// It runs closed loop or open loop. Closed loop (the default, Config.Rate zero) is like wrk: each
+// worker sends its next request when the last one is answered, so a stalled server gets fewer
+// requests rather than queued ones, and at saturation the latencies are mostly queueing in the
+// server (they understate what an open-loop client would see). Open loop (Config.Rate positive)
+// is like wrk2: each round of a target schedules requests at fixed intervals of 1/Rate from the
+// round's start, independent of the answers; a free worker takes the next scheduled slot, waits
+// for its time if it is early, and a request's latency runs from its scheduled time, so time spent
+// waiting for a free worker counts (no coordinated omission). Use it to measure latency below
+// saturation. Slots are never queued without bound: if the next unsent slot falls more than
+// MaxBacklog behind the clock, the round stops sending, and every slot the round planned but did
+// not send is counted in TargetResult.Missed.
+//
+// Every successful request's latency is kept in a slice sorted once at the end: exact
+// percentiles, 8 bytes a sample, fine for the few million samples of a run. It never retries or
+// follows redirects, only sleeps to keep an open-loop schedule, and it counts only what it saw.
+// Tests run it against httptest servers on loopback; cmd/bench wires it to a cluster.
 package loadgen
 
 import (
@@ -22,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -48,6 +58,13 @@ const (
 	DefaultTimeout     = 10 * time.Second
 )
 
+// MaxBacklog is how far an open-loop schedule may fall behind the clock: when a worker comes to
+// take a slot whose scheduled time is more than MaxBacklog ago (Rate × MaxBacklog requests are
+// due and unsent), the target cannot keep up, and the round sends nothing more. Its length does
+// not change: a round bounded by time still ends at its deadline (plus the requests in flight
+// then); one bounded by a count alone ends when its requests in flight are answered.
+const MaxBacklog = time.Second
+
 // TransportError is the ErrorsByStatus key for requests that got no HTTP response.
 const TransportError = "transport"
 
@@ -69,15 +86,22 @@ type Target struct {
 	New func(worker int, seq uint64) Request
 }
 
-// Config configures Run. The zero value runs 16 workers for 10 s per target, one target after
-// another.
+// Config configures Run. The zero value runs 16 closed-loop workers for 10 s per target, one
+// target after another.
 type Config struct {
-	// Concurrency is the number of workers; zero means DefaultConcurrency.
+	// Concurrency is the number of workers; zero means DefaultConcurrency. In open loop it bounds
+	// the requests in flight.
 	Concurrency int
+	// Rate, when positive, runs open loop: Rate requests per second are scheduled to each target,
+	// at fixed intervals from the start of each round (and of the warm-up), whatever the answers,
+	// and latencies run from the scheduled send time (see the package doc and MaxBacklog). Zero
+	// means closed loop. It must be finite and not negative.
+	Rate float64
 	// Duration is the measured time per target. Zero means DefaultDuration unless Requests is
 	// set, in which case the run is bounded by the count alone.
 	Duration time.Duration
-	// Requests, when positive, caps the measured requests per target.
+	// Requests, when positive, caps the measured requests per target. In open loop it caps the
+	// slots a round schedules; slots it missed are scheduled again in later side-by-side rounds.
 	Requests int
 	// Warmup is sent to each target before measuring and not recorded. Zero means none.
 	Warmup time.Duration
@@ -107,6 +131,9 @@ func NewTransport(concurrency int) *http.Transport {
 func (c Config) withDefaults() (Config, error) {
 	if c.Concurrency < 0 || c.Duration < 0 || c.Requests < 0 || c.Warmup < 0 || c.Round < 0 || c.Timeout < 0 {
 		return c, fmt.Errorf("%w: negative setting", ErrBadConfig)
+	}
+	if math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0) || c.Rate < 0 {
+		return c, fmt.Errorf("%w: rate %v: want a finite number of requests per second ≥ 0", ErrBadConfig, c.Rate)
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = DefaultConcurrency
@@ -156,6 +183,7 @@ func Run(ctx context.Context, cfg Config, targets []Target) (*Report, error) {
 	rep := &Report{
 		Mode:        ModeSequential,
 		Concurrency: cfg.Concurrency,
+		Rate:        cfg.Rate,
 		Duration:    cfg.Duration,
 		Requests:    cfg.Requests,
 		Started:     time.Now().UTC(),
@@ -248,39 +276,23 @@ func warm(ctx context.Context, cfg Config, s *targetState) error {
 // measure runs cfg.Concurrency workers against s until budget (if positive) has passed or quota
 // (if positive) requests were sent, then adds what they saw to s. Requests in flight when the
 // budget ends are finished and counted, and the elapsed time runs until the last one is done, so
-// throughput is requests over the wall time they really took.
+// throughput is requests over the wall time they really took. With cfg.Rate it runs open loop
+// (see openLoop).
 func measure(ctx context.Context, cfg Config, s *targetState, budget time.Duration, quota int) error {
 	start := time.Now()
 	var deadline time.Time
 	if budget > 0 {
 		deadline = start.Add(budget)
 	}
-	var issued atomic.Int64
 	locals := make([]*stats, cfg.Concurrency)
-	var wg sync.WaitGroup
-	for w := range cfg.Concurrency {
+	for w := range locals {
 		locals[w] = newStats()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			st := locals[w]
-			for ctx.Err() == nil {
-				if !deadline.IsZero() && !time.Now().Before(deadline) {
-					return
-				}
-				if quota > 0 && issued.Add(1) > int64(quota) {
-					return
-				}
-				r := s.target.New(w, s.seq.Add(1)-1)
-				lat, status, err := do(ctx, cfg.Client, r)
-				if err != nil && ctx.Err() != nil {
-					return // interrupted, not a failure of the target
-				}
-				st.add(lat, status, err)
-			}
-		}()
 	}
-	wg.Wait()
+	if cfg.Rate > 0 {
+		openLoop(ctx, cfg, s, start, budget, quota, locals)
+	} else {
+		closedLoop(ctx, cfg, s, deadline, quota, locals)
+	}
 	elapsed := time.Since(start)
 	for _, st := range locals {
 		s.stats.merge(st)
@@ -290,8 +302,137 @@ func measure(ctx context.Context, cfg Config, s *targetState, budget time.Durati
 	return ctx.Err()
 }
 
-// do sends r and reads the whole answer, returning the latency to the last body byte.
-func do(ctx context.Context, client *http.Client, r Request) (time.Duration, int, error) {
+// closedLoop has every worker send its next request as soon as the last one is answered, until
+// deadline (if not zero) or until quota (if positive) requests were issued.
+func closedLoop(ctx context.Context, cfg Config, s *targetState, deadline time.Time, quota int, locals []*stats) {
+	var issued atomic.Int64
+	var wg sync.WaitGroup
+	for w := range cfg.Concurrency {
+		wg.Go(func() {
+			st := locals[w]
+			for ctx.Err() == nil {
+				if !deadline.IsZero() && !time.Now().Before(deadline) {
+					return
+				}
+				if quota > 0 && issued.Add(1) > int64(quota) {
+					return
+				}
+				r := s.target.New(w, s.seq.Add(1)-1)
+				lat, status, err := do(ctx, cfg.Client, r, time.Time{})
+				if err != nil && ctx.Err() != nil {
+					return // interrupted, not a failure of the target
+				}
+				st.add(lat, status, err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// openLoop sends s's requests on a fixed schedule: slot i is due at start + i/cfg.Rate seconds.
+// The round plans the slots due before start+budget (if budget is positive), at most quota (if
+// positive) of them. A free worker claims the next slot, sleeps until it is due if it is early,
+// sends it and records the latency from the slot's due time. A slot claimed after the deadline,
+// or after the schedule fell more than MaxBacklog behind, is not sent and the round sends nothing
+// more; every planned slot that was not sent is counted as missed in locals[0]. The round lasts
+// until the deadline (unless it sent its whole quota before), never longer than the requests in
+// flight then take, so the run ends on time. When ctx ends, nothing is counted as missed.
+func openLoop(ctx context.Context, cfg Config, s *targetState, start time.Time, budget time.Duration, quota int, locals []*stats) {
+	// Slot times are computed from the index, not accumulated, so rounding never drifts.
+	nsPerSlot := 1e9 / cfg.Rate
+	due := func(i int64) time.Duration {
+		ns := float64(i) * nsPerSlot
+		if ns >= math.MaxInt64 {
+			return math.MaxInt64 // a rate so low that the slot is beyond any deadline
+		}
+		return time.Duration(ns)
+	}
+	planned := int64(math.MaxInt64)
+	if quota > 0 {
+		planned = int64(quota)
+	}
+	if budget > 0 {
+		// The slots due before the deadline: the smallest n with due(n) ≥ budget, found from an
+		// estimate and corrected with due itself so that it agrees with the schedule exactly.
+		n := int64(min(math.Ceil(budget.Seconds()*cfg.Rate), float64(planned)))
+		for n > 0 && due(n-1) >= budget {
+			n--
+		}
+		for n < planned && due(n) < budget {
+			n++
+		}
+		planned = n
+	}
+	var deadline time.Time
+	if budget > 0 {
+		deadline = start.Add(budget)
+	}
+
+	var next atomic.Int64   // the next slot to claim
+	var stopped atomic.Bool // the round sends nothing more: behind schedule or past the deadline
+	var wg sync.WaitGroup
+	for w := range cfg.Concurrency {
+		wg.Go(func() {
+			st := locals[w]
+			timer := time.NewTimer(time.Hour)
+			timer.Stop()
+			defer timer.Stop()
+			for ctx.Err() == nil && !stopped.Load() {
+				i := next.Add(1) - 1
+				if i >= planned {
+					return
+				}
+				at := start.Add(due(i))
+				now := time.Now()
+				if (!deadline.IsZero() && !now.Before(deadline)) || now.Sub(at) > MaxBacklog {
+					stopped.Store(true)
+					return
+				}
+				if wait := at.Sub(now); wait > 0 {
+					timer.Reset(wait)
+					select {
+					case <-timer.C:
+					case <-ctx.Done():
+						return
+					}
+				}
+				r := s.target.New(w, s.seq.Add(1)-1)
+				lat, status, err := do(ctx, cfg.Client, r, at)
+				if err != nil && ctx.Err() != nil {
+					return // interrupted, not a failure of the target
+				}
+				st.add(lat, status, err)
+			}
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+	var sent int64
+	for _, st := range locals {
+		sent += st.requests
+	}
+	if planned != math.MaxInt64 {
+		locals[0].missed += planned - sent
+	}
+	// A round lasts until its deadline, as the schedule says, even when its last slot was
+	// answered earlier or it stopped behind schedule: side-by-side rounds keep their lengths, and
+	// Elapsed is the scheduled time. Only a round that sent its whole quota ends early, as a
+	// closed-loop one does.
+	if !deadline.IsZero() && (quota == 0 || planned < int64(quota) || stopped.Load()) {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// do sends r and reads the whole answer, returning the latency to the last body byte from from,
+// or from the moment it sends the request when from is zero.
+func do(ctx context.Context, client *http.Client, r Request, from time.Time) (time.Duration, int, error) {
 	var body io.Reader
 	if r.Body != nil {
 		body = bytes.NewReader(r.Body)
@@ -311,7 +452,10 @@ func do(ctx context.Context, client *http.Client, r Request) (time.Duration, int
 	if h := r.Header.Get("Host"); h != "" {
 		req.Host = h
 	}
-	start := time.Now()
+	start := from
+	if start.IsZero() {
+		start = time.Now()
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return time.Since(start), 0, err
@@ -328,6 +472,7 @@ func do(ctx context.Context, client *http.Client, r Request) (time.Duration, int
 // stats accumulates one target's (or one worker's) outcomes.
 type stats struct {
 	requests int64
+	missed   int64 // open-loop slots planned and not sent
 	errors   map[string]int64
 	lat      []time.Duration // successful requests only
 }
@@ -348,6 +493,7 @@ func (s *stats) add(lat time.Duration, status int, err error) {
 
 func (s *stats) merge(o *stats) {
 	s.requests += o.requests
+	s.missed += o.missed
 	for k, n := range o.errors {
 		s.errors[k] += n
 	}
@@ -359,6 +505,7 @@ func (s *stats) result(name string, elapsed time.Duration) TargetResult {
 	r := TargetResult{
 		Name:           name,
 		Requests:       s.requests,
+		Missed:         s.missed,
 		OK:             int64(len(s.lat)),
 		Errors:         s.requests - int64(len(s.lat)),
 		ErrorsByStatus: s.errors,

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -373,6 +375,9 @@ func TestRunBadInput(t *testing.T) {
 		{"duplicate", Config{}, []Target{ok, ok}, ErrBadTarget},
 		{"negative concurrency", Config{Concurrency: -1}, []Target{ok}, ErrBadConfig},
 		{"negative duration", Config{Duration: -time.Second}, []Target{ok}, ErrBadConfig},
+		{"negative rate", Config{Rate: -1}, []Target{ok}, ErrBadConfig},
+		{"NaN rate", Config{Rate: math.NaN()}, []Target{ok}, ErrBadConfig},
+		{"infinite rate", Config{Rate: math.Inf(1)}, []Target{ok}, ErrBadConfig},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := Run(t.Context(), tc.cfg, tc.targets); !errors.Is(err, tc.want) {
@@ -457,6 +462,243 @@ func TestReportOutput(t *testing.T) {
 		got.Targets[0].Throughput != 100 || got.Targets[1].ErrorsByStatus["429"] != 5 ||
 		len(got.Ratios) != 1 || got.Ratios[0].Throughput != 0.9 || got.Ratios[0].P50Delta != 0.25 {
 		t.Errorf("JSON %s", raw)
+	}
+}
+
+// stamps is a test server that records when each request arrived.
+type stamps struct {
+	mu  sync.Mutex
+	at  []time.Time
+	srv *httptest.Server
+}
+
+func newStamps(t *testing.T) *stamps {
+	t.Helper()
+	s := &stamps{}
+	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.at = append(s.at, time.Now())
+		s.mu.Unlock()
+	}))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *stamps) times() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.at)
+}
+
+func TestRunOpenLoopRate(t *testing.T) {
+	srv := newStamps(t)
+	const rate, d = 200, time.Second
+	rep, err := Run(t.Context(), Config{Concurrency: 8, Rate: rate, Duration: d}, []Target{simple("x", srv.srv.URL)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rep.Targets[0]
+	checkOrdered(t, r)
+	// The round plans exactly rate × d slots; every one is sent or counted as missed.
+	if r.Requests+r.Missed != rate || r.Errors != 0 {
+		t.Fatalf("requests %d + missed %d, want %d scheduled (errors %v)", r.Requests, r.Missed, rate, r.ErrorsByStatus)
+	}
+	// Generous: a busy 2-core machine may fall behind now and then, but a closed loop against
+	// this server would send thousands, and a sender that misses most slots is broken.
+	if r.Requests < rate*3/4 {
+		t.Errorf("%d requests sent, want about %d (missed %d)", r.Requests, rate, r.Missed)
+	}
+	at := srv.times()
+	if int64(len(at)) != r.Requests {
+		t.Fatalf("server saw %d requests, report says %d", len(at), r.Requests)
+	}
+	// Spread over the second, not sent in a burst: the last slot is due at 995 ms.
+	if spread := at[len(at)-1].Sub(at[0]); spread < 900*time.Millisecond {
+		t.Errorf("requests arrived within %s, want them spread over about %s", spread, d)
+	}
+	if firstQuarter := countBefore(at, at[0].Add(d/4)); firstQuarter > rate/2 {
+		t.Errorf("%d requests in the first quarter second, want about %d", firstQuarter, rate/4)
+	}
+	if rep.Rate != rate || r.Elapsed < d {
+		t.Errorf("report rate %v elapsed %s, want %d and ≥ %s", rep.Rate, r.Elapsed, rate, d)
+	}
+}
+
+func countBefore(at []time.Time, t time.Time) int {
+	n := 0
+	for _, a := range at {
+		if a.Before(t) {
+			n++
+		}
+	}
+	return n
+}
+
+func TestRunOpenLoopBounds(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		cfg       Config
+		scheduled int64 // per target: sent + missed
+		minTime   time.Duration
+	}{
+		// Count only: 60 slots at 10 ms, the last due at 590 ms.
+		{"count", Config{Concurrency: 4, Rate: 100, Requests: 60}, 60, 590 * time.Millisecond},
+		// Duration and count: the count is reached first.
+		{"count before duration", Config{Concurrency: 4, Rate: 100, Requests: 30, Duration: time.Hour}, 30, 290 * time.Millisecond},
+		// Side by side: each 200 ms round restarts the schedule (20 slots), three rounds each.
+		{"side by side", Config{Concurrency: 4, Rate: 100, Duration: 600 * time.Millisecond, SideBySide: true,
+			Round: 200 * time.Millisecond}, 60, 600 * time.Millisecond},
+		// Side by side by count: slots a round misses are offered again in later rounds, so
+		// exactly the count is sent.
+		{"side by side count", Config{Concurrency: 4, Rate: 100, Requests: 50, SideBySide: true,
+			Round: 200 * time.Millisecond}, 0, 490 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := newCounter(t, 0, nil), newCounter(t, 0, nil)
+			rep, err := Run(t.Context(), tc.cfg, []Target{a.target("a", http.MethodGet), b.target("b", http.MethodGet)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.cfg.SideBySide && !alternates(rep.Schedule) {
+				t.Errorf("schedule %v does not alternate", rep.Schedule)
+			}
+			for i, c := range []*counter{a, b} {
+				r := rep.Targets[i]
+				checkOrdered(t, r)
+				if r.Errors != 0 || c.hits.Load() != r.Requests {
+					t.Errorf("%s: errors %v, server saw %d of %d", r.Name, r.ErrorsByStatus, c.hits.Load(), r.Requests)
+				}
+				if tc.scheduled > 0 && r.Requests+r.Missed != tc.scheduled {
+					t.Errorf("%s: requests %d + missed %d, want %d scheduled", r.Name, r.Requests, r.Missed, tc.scheduled)
+				}
+				if tc.scheduled == 0 && r.Requests != int64(tc.cfg.Requests) {
+					t.Errorf("%s: %d requests, want %d", r.Name, r.Requests, tc.cfg.Requests)
+				}
+				if r.Requests < 10 {
+					t.Errorf("%s: only %d requests sent", r.Name, r.Requests)
+				}
+				// The schedule paces the requests: they cannot all go out sooner than the last slot.
+				if r.Elapsed < tc.minTime {
+					t.Errorf("%s: elapsed %s, want ≥ %s (the last slot's time)", r.Name, r.Elapsed, tc.minTime)
+				}
+			}
+		})
+	}
+}
+
+func TestRunOpenLoopOverload(t *testing.T) {
+	// The server takes 50 ms a request and two workers serve at most 40 req/s; 100 req/s are
+	// scheduled, so the backlog grows by 60 slots a second and passes MaxBacklog (100 slots)
+	// after about 1.7 s.
+	const delay, d = 50 * time.Millisecond, 3 * time.Second
+	c := newCounter(t, delay, nil)
+	start := time.Now()
+	rep, err := Run(t.Context(), Config{Concurrency: 2, Rate: 100, Duration: d}, []Target{c.target("slow", http.MethodGet)})
+	wall := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rep.Targets[0]
+	checkOrdered(t, r)
+	if r.Errors != 0 || c.hits.Load() != r.Requests {
+		t.Fatalf("errors %v, server saw %d of %d", r.ErrorsByStatus, c.hits.Load(), r.Requests)
+	}
+	if r.Requests+r.Missed != 300 || r.Missed < 100 {
+		t.Errorf("requests %d + missed %d, want 300 scheduled and well over 100 missed", r.Requests, r.Missed)
+	}
+	// The round stopped sending once it was MaxBacklog behind (by about 1.7 s; at most 40 req/s
+	// before that). Sending on until the deadline, it would have sent about 120.
+	if r.Requests >= 100 {
+		t.Errorf("%d requests sent, want the round stopped once %s behind schedule (≈ 70)", r.Requests, MaxBacklog)
+	}
+	// Latency counts the wait for a free worker: it grows from 50 ms towards MaxBacklog. A
+	// closed loop would report about 50 ms throughout.
+	if r.P50 < 4*delay || r.Max < MaxBacklog/2 {
+		t.Errorf("p50 %s max %s, want latencies growing well past %s (measured from the schedule)", r.P50, r.Max, delay)
+	}
+	// Ends on time: the round keeps its length, no more, and does not drain the backlog (that
+	// would take another 2.5 s at 40 req/s). The bound is slack for a loaded machine.
+	if r.Elapsed < d || r.Elapsed > d+time.Second || wall > d+2*time.Second {
+		t.Errorf("elapsed %s (Run took %s), want %s plus the requests in flight", r.Elapsed, wall, d)
+	}
+
+	var md bytes.Buffer
+	if err := rep.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Mode sequential, open loop at 100 req/s per target, 2 workers, 3s per target.",
+		"from each request's scheduled send time",
+		"| target | requests | missed | errors |",
+		fmt.Sprintf("| slow | %d | %d | 0 |", r.Requests, r.Missed),
+		fmt.Sprintf("Note: slow missed %d scheduled requests", r.Missed),
+	} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md.String())
+		}
+	}
+	raw, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Rate    float64 `json:"rate_rps"`
+		Targets []struct {
+			Missed *int64 `json:"missed"`
+		} `json:"targets"`
+	}
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Rate != 100 || len(got.Targets) != 1 || got.Targets[0].Missed == nil || *got.Targets[0].Missed != r.Missed {
+		t.Errorf("JSON %s", raw)
+	}
+}
+
+func TestRunOpenLoopCancelled(t *testing.T) {
+	c := newCounter(t, 0, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	var rep *Report
+	go func() {
+		var err error
+		rep, err = Run(ctx, Config{Concurrency: 2, Rate: 200, Duration: time.Hour}, []Target{c.target("t", http.MethodGet)})
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, func() error {
+		if n := c.hits.Load(); n < 21 {
+			return fmt.Errorf("%d hits", n)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want context.Canceled", err)
+	}
+	// The hour's unsent slots are not the target's fault: nothing counted as missed.
+	if r := rep.Targets[0]; r.Requests < 15 || r.Missed != 0 || r.Errors != 0 {
+		t.Errorf("partial result %+v: want the requests sent, none missed or failed", r)
+	}
+}
+
+func TestReportOutputClosedLoopHasNoMissed(t *testing.T) {
+	rep := &Report{Mode: ModeSequential, Concurrency: 4, Duration: time.Second,
+		Targets: []TargetResult{{Name: "a", Requests: 10, OK: 10, Elapsed: time.Second, Throughput: 10}}}
+	var md bytes.Buffer
+	if err := rep.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if s := md.String(); strings.Contains(s, "missed") || strings.Contains(s, "open loop") ||
+		!strings.Contains(s, "| target | requests | errors | req/s |") {
+		t.Errorf("closed-loop markdown changed:\n%s", s)
+	}
+	raw, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), "missed") || strings.Contains(string(raw), "rate_rps") {
+		t.Errorf("closed-loop JSON has open-loop fields: %s", raw)
 	}
 }
 

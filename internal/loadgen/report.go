@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -23,6 +24,8 @@ var _ json.Marshaler = Report{}
 type Report struct {
 	Mode        string
 	Concurrency int
+	// Rate is the open-loop rate in requests per second per target; zero for closed loop.
+	Rate float64
 	// Duration and Requests are the configured bounds per target (zero: not bounded by it).
 	Duration time.Duration
 	Requests int
@@ -40,8 +43,12 @@ type Report struct {
 // 3xx) requests only; Errors holds the rest by status code, or TransportError for requests that
 // got no response. Requests == OK + Errors.
 type TargetResult struct {
-	Name           string
-	Requests       int64
+	Name     string
+	Requests int64
+	// Missed counts open-loop slots that were scheduled and never sent because the target fell
+	// more than MaxBacklog behind, or still had slots due when a round ended. They are not in
+	// Requests. Zero in closed loop.
+	Missed         int64
 	OK             int64
 	Errors         int64
 	ErrorsByStatus map[string]int64
@@ -85,6 +92,7 @@ func (r Report) MarshalJSON() ([]byte, error) {
 	type target struct {
 		Name           string           `json:"name"`
 		Requests       int64            `json:"requests"`
+		Missed         *int64           `json:"missed,omitempty"` // open loop only
 		OK             int64            `json:"ok"`
 		Errors         int64            `json:"errors"`
 		ErrorsByStatus map[string]int64 `json:"errors_by_status"`
@@ -106,6 +114,7 @@ func (r Report) MarshalJSON() ([]byte, error) {
 	out := struct {
 		Mode        string    `json:"mode"`
 		Concurrency int       `json:"concurrency"`
+		Rate        float64   `json:"rate_rps,omitempty"`
 		DurationS   float64   `json:"duration_s,omitempty"`
 		Requests    int       `json:"requests,omitempty"`
 		RoundS      float64   `json:"round_s,omitempty"`
@@ -114,7 +123,7 @@ func (r Report) MarshalJSON() ([]byte, error) {
 		Targets     []target  `json:"targets"`
 		Ratios      []ratio   `json:"ratios,omitempty"`
 	}{
-		Mode: r.Mode, Concurrency: r.Concurrency, DurationS: r.Duration.Seconds(), Requests: r.Requests,
+		Mode: r.Mode, Concurrency: r.Concurrency, Rate: r.Rate, DurationS: r.Duration.Seconds(), Requests: r.Requests,
 		RoundS: r.Round.Seconds(), Started: r.Started, Schedule: r.Schedule,
 	}
 	for _, t := range r.Targets {
@@ -122,8 +131,12 @@ func (r Report) MarshalJSON() ([]byte, error) {
 		if eb == nil {
 			eb = map[string]int64{}
 		}
+		var missed *int64
+		if r.Rate > 0 {
+			missed = &t.Missed
+		}
 		out.Targets = append(out.Targets, target{
-			Name: t.Name, Requests: t.Requests, OK: t.OK, Errors: t.Errors, ErrorsByStatus: eb,
+			Name: t.Name, Requests: t.Requests, Missed: missed, OK: t.OK, Errors: t.Errors, ErrorsByStatus: eb,
 			ElapsedS: math.Round(t.Elapsed.Seconds()*1e3) / 1e3, Throughput: math.Round(t.Throughput*10) / 10,
 			Mean: ms(t.Mean), P50: ms(t.P50), P90: ms(t.P90), P99: ms(t.P99), Max: ms(t.Max),
 		})
@@ -137,10 +150,16 @@ func (r Report) MarshalJSON() ([]byte, error) {
 	return json.Marshal(out)
 }
 
-// WriteMarkdown writes the report as Markdown tables (no heading; the caller adds context).
+// WriteMarkdown writes the report as Markdown tables (no heading; the caller adds context). An
+// open-loop report has a missed column and a note for every target that missed slots.
 func (r *Report) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Mode %s, %d workers", r.Mode, r.Concurrency)
+	open := r.Rate > 0
+	fmt.Fprintf(&b, "Mode %s", r.Mode)
+	if open {
+		fmt.Fprintf(&b, ", open loop at %s req/s per target", formatRate(r.Rate))
+	}
+	fmt.Fprintf(&b, ", %d workers", r.Concurrency)
 	if r.Duration > 0 {
 		fmt.Fprintf(&b, ", %s per target", r.Duration)
 	}
@@ -150,12 +169,25 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	if r.Mode == ModeSideBySide {
 		fmt.Fprintf(&b, ", rounds of %s (%d rounds: %s)", r.Round, len(r.Schedule), scheduleSummary(r.Schedule))
 	}
-	b.WriteString(". Latencies and req/s count successful (2xx/3xx) requests.\n\n")
-	b.WriteString("| target | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString(". Latencies and req/s count successful (2xx/3xx) requests.")
+	if open {
+		b.WriteString(" Latencies run from each request's scheduled send time, so waiting for a free worker counts.")
+	}
+	b.WriteString("\n\n")
+	if open {
+		b.WriteString("| target | requests | missed | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	} else {
+		b.WriteString("| target | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	}
 	for _, t := range r.Targets {
-		fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %.3f | %.3f | %.3f | %.3f |\n",
-			t.Name, t.Requests, errorCell(t), t.Throughput, ms(t.P50), ms(t.P90), ms(t.P99), ms(t.Max))
+		fmt.Fprintf(&b, "| %s | %d", t.Name, t.Requests)
+		if open {
+			fmt.Fprintf(&b, " | %d", t.Missed)
+		}
+		fmt.Fprintf(&b, " | %s | %.0f | %.3f | %.3f | %.3f | %.3f |\n",
+			errorCell(t), t.Throughput, ms(t.P50), ms(t.P90), ms(t.P99), ms(t.Max))
 	}
 	if len(r.Ratios) > 0 {
 		b.WriteString("\n| compared | throughput ratio | Δ p50 ms | Δ p99 ms |\n")
@@ -165,9 +197,20 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 				x.Throughput, (x.Throughput-1)*100, ms(x.P50Delta), ms(x.P99Delta))
 		}
 	}
+	for _, t := range r.Targets {
+		if open && t.Missed > 0 {
+			fmt.Fprintf(&b, "\nNote: %s missed %d scheduled requests: it fell more than %s behind the schedule "+
+				"or still had requests due when a round ended, so it did not keep up with %s req/s; "+
+				"this is past its saturation point and its latencies are not below-saturation figures.\n",
+				t.Name, t.Missed, MaxBacklog, formatRate(r.Rate))
+		}
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
+
+// formatRate writes a rate without exponent or trailing zeros: 500, 0.5, 1000000.
+func formatRate(r float64) string { return strconv.FormatFloat(r, 'f', -1, 64) }
 
 // errorCell is "0" or "n (status×count, …)".
 func errorCell(t TargetResult) string {
