@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
 // Errors the router's interfaces report and the router maps to HTTP answers.
@@ -209,7 +211,8 @@ type Config struct {
 	Members Membership
 	// ClusterToken authenticates the router to API nodes' internal endpoints.
 	ClusterToken string
-	// Transport sends requests to API nodes; nil: a tuned http.Transport.
+	// Transport sends requests to API nodes; nil: an upstream.HopTransport (keep-alive, 256 idle
+	// connections per node, response headers within UpstreamTimeout).
 	Transport http.RoundTripper
 	// Lease is how long after the last leader contact writes are still routed; 0: 2 s.
 	Lease time.Duration
@@ -273,14 +276,9 @@ func (c *Config) setDefaults() error {
 		c.Now = time.Now
 	}
 	if c.Transport == nil {
-		c.Transport = &http.Transport{
-			Proxy:                 nil,
-			MaxIdleConns:          1024,
-			MaxIdleConnsPerHost:   256,
-			IdleConnTimeout:       90 * time.Second,
-			ResponseHeaderTimeout: c.UpstreamTimeout,
-			DisableCompression:    true, // pass the client's Accept-Encoding and the body through untouched
-		}
+		// The caller's goroutine does the hop's I/O (no per-connection goroutines); it never
+		// adds Accept-Encoding, so the client's and the encoded body pass through untouched.
+		c.Transport = &upstream.HopTransport{ResponseHeaderTimeout: c.UpstreamTimeout, MaxIdlePerHost: 256}
 	}
 	return nil
 }

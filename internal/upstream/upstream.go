@@ -14,7 +14,8 @@
 // The package never queues: when every candidate is at MaxInFlight, Acquire returns
 // ErrSaturated at once and the router answers 503 with Retry-After (Config.RetryAfter).
 // It never writes HTTP responses either; Transport is an http.RoundTripper for
-// httputil.ReverseProxy, Do the same policy for any call.
+// httputil.ReverseProxy, Do the same policy for any call. HopTransport is the router's HTTP/1.1
+// client for the hop itself (see its doc).
 //
 // Defaults (zero values of Config):
 //   - MaxInFlight 0: 256 requests in flight per node.
