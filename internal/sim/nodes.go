@@ -35,6 +35,7 @@ func (c *Cluster) startRouters(ctx context.Context) error {
 				"-tenant-rate", fmt.Sprint(c.topo.RateLimits().TenantRPS),
 				"-tenant-burst", fmt.Sprint(c.topo.RateLimits().TenantBurst),
 				"-ip-rate", fmt.Sprint(c.topo.RateLimits().IPRPS),
+				"-ip-burst", fmt.Sprint(c.topo.RateLimits().IPBurst),
 				"-debug-addr", host + ":0", // pprof; the log says where
 			}
 			if n.ID == first.ID {

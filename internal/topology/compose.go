@@ -113,6 +113,7 @@ func (t *Topology) RouterEnv(n Node) map[string]string {
 		"MERIDIAN_TENANT_RATE":   strconv.Itoa(rl.TenantRPS),
 		"MERIDIAN_TENANT_BURST":  strconv.Itoa(rl.TenantBurst),
 		"MERIDIAN_IP_RATE":       strconv.Itoa(rl.IPRPS),
+		"MERIDIAN_IP_BURST":      strconv.Itoa(rl.IPBurst),
 	}
 	if first := t.firstRouter(); n.ID == first.ID {
 		env["MERIDIAN_BOOTSTRAP"] = "true"

@@ -90,11 +90,12 @@ type File struct {
 }
 
 // RateLimits are the routers' development rate limits. Zero fields take the defaults
-// (500 rps per tenant, burst 1000, 2000 rps per client IP).
+// (500 rps per tenant, burst 1000, 2000 rps per client IP, burst 2000).
 type RateLimits struct {
 	TenantRPS   int `yaml:"tenant_rps"`
 	TenantBurst int `yaml:"tenant_burst"`
 	IPRPS       int `yaml:"ip_rps"`
+	IPBurst     int `yaml:"ip_burst"`
 }
 
 // PortsSection holds the port offsets. A nil Offsets means DefaultOffsets.
@@ -271,6 +272,7 @@ func New(f File) (*Topology, error) {
 		{"rate_limits.tenant_rps", &f.RateLimits.TenantRPS, 500, 1 << 30},
 		{"rate_limits.tenant_burst", &f.RateLimits.TenantBurst, 1000, 1 << 30},
 		{"rate_limits.ip_rps", &f.RateLimits.IPRPS, 2000, 1 << 30},
+		{"rate_limits.ip_burst", &f.RateLimits.IPBurst, 2000, 1 << 30},
 	} {
 		if err := def(c.name, c.v, c.d, c.max); err != nil {
 			return nil, err

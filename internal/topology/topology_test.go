@@ -33,7 +33,7 @@ func TestLoadRepoFile(t *testing.T) {
 	if topo.MaxStaleness() != 5*time.Second {
 		t.Errorf("MaxStaleness() = %s, want 5s", topo.MaxStaleness())
 	}
-	if rl := topo.RateLimits(); rl != (RateLimits{TenantRPS: 500, TenantBurst: 1000, IPRPS: 2000}) {
+	if rl := topo.RateLimits(); rl != (RateLimits{TenantRPS: 500, TenantBurst: 1000, IPRPS: 2000, IPBurst: 2000}) {
 		t.Errorf("RateLimits() = %+v", rl)
 	}
 	for _, c := range []struct {
