@@ -73,13 +73,12 @@ func (s *Server) listRecords(c *gin.Context) {
 	}
 	sb.WriteString(` ORDER BY id ` + dir + ` LIMIT $3`)
 	out := listBody{Items: []record{}}
-	err = s.readTx(c, t, func(tx pgx.Tx) error {
-		rows, err := tx.Query(c.Request.Context(), sb.String(), args...)
-		if err != nil {
+	err = s.readTx(c, t, func(b *pgx.Batch) {
+		b.Queue(sb.String(), args...).Query(func(rows pgx.Rows) error {
+			var err error
+			out.Items, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (record, error) { return scanRecord(row, coll) })
 			return err
-		}
-		out.Items, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (record, error) { return scanRecord(row, coll) })
-		return err
+		})
 	})
 	if err != nil {
 		s.failWith(c, err)
@@ -106,18 +105,16 @@ func (s *Server) batchGet(c *gin.Context, t target, coll string, lq listQuery) {
 		args = append(args, lq.Fields)
 	}
 	var byID map[string]record
-	err := s.readTx(c, t, func(tx pgx.Tx) error {
-		byID = map[string]record{} // a standby read that failed may be retried on the primary
-		rows, err := tx.Query(c.Request.Context(), `SELECT id, version, `+dataExpr(lq.Fields, 4)+`, created_at, updated_at FROM records
-			WHERE tenant_id = $1 AND collection = $2 AND id = ANY($3) AND NOT deleted`, args...)
-		if err != nil {
+	err := s.readTx(c, t, func(b *pgx.Batch) {
+		b.Queue(`SELECT id, version, `+dataExpr(lq.Fields, 4)+`, created_at, updated_at FROM records
+			WHERE tenant_id = $1 AND collection = $2 AND id = ANY($3) AND NOT deleted`, args...).Query(func(rows pgx.Rows) error {
+			byID = map[string]record{} // a standby read that failed may be retried on the primary
+			recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (record, error) { return scanRecord(row, coll) })
+			for _, r := range recs {
+				byID[r.ID] = r
+			}
 			return err
-		}
-		recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (record, error) { return scanRecord(row, coll) })
-		for _, r := range recs {
-			byID[r.ID] = r
-		}
-		return err
+		})
 	})
 	if err != nil {
 		s.failWith(c, err)

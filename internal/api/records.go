@@ -522,14 +522,16 @@ func (s *Server) getRecord(c *gin.Context) {
 		return
 	}
 	var r record
-	err := s.readTx(c, t, func(tx pgx.Tx) error {
-		var err error
-		r, err = scanRecord(tx.QueryRow(c.Request.Context(), `SELECT `+recordCols+` FROM records
-			WHERE tenant_id = $1 AND collection = $2 AND id = $3 AND NOT deleted`, t.tenant, coll, id), coll)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return errRecordNotFound
-		}
-		return err
+	err := s.readTx(c, t, func(b *pgx.Batch) {
+		b.Queue(`SELECT `+recordCols+` FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 AND NOT deleted`,
+			t.tenant, coll, id).QueryRow(func(row pgx.Row) error {
+			var err error
+			r, err = scanRecord(row, coll)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return errRecordNotFound
+			}
+			return err
+		})
 	})
 	if err != nil {
 		s.failWith(c, err)

@@ -218,12 +218,13 @@ func fallBack(err error) bool {
 	return !errors.As(err, &he) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
-// readTx runs f in a read-only transaction for the tenant, after checking the tenant exists, on
-// the source chooseRead picks; X-Read-Source names the source that answered. A standby read
-// that fails for any reason but the read's own outcome is retried on the primary, so f may run
-// twice and must reset what it collects. Writes never come here: their read-back is in their
-// own transaction on the primary.
-func (s *Server) readTx(c *gin.Context, t target, f func(pgx.Tx) error) error {
+// readTx runs a read for the tenant on the source chooseRead picks; X-Read-Source names the
+// source that answered. queue adds the read's statements, with result callbacks, to a batch
+// that readBatch runs read-only, scoped to the tenant, after checking the tenant exists, in one
+// round trip. A standby read that fails for any reason but the read's own outcome is retried on
+// the primary, so queue may be called twice and its callbacks must reset what they collect.
+// Writes never come here: their read-back is in their own transaction on the primary.
+func (s *Server) readTx(c *gin.Context, t target, queue func(*pgx.Batch)) error {
 	rp, err := parseReadPref(c.Request.Header)
 	if err != nil {
 		return err
@@ -238,7 +239,7 @@ func (s *Server) readTx(c *gin.Context, t target, f func(pgx.Tx) error) error {
 		if rp.token != nil && rp.token.Shard == t.shard.ID {
 			tok = rp.token
 		}
-		err := s.readOn(ctx, pool, t, tok, f)
+		err := s.readOn(ctx, pool, t, tok, queue)
 		if err == nil || !fallBack(err) {
 			c.Header(hdrReadSource, replication.SourceReplica.String())
 			s.metrics.reads.WithLabelValues(replication.SourceReplica.String()).Inc()
@@ -252,29 +253,28 @@ func (s *Server) readTx(c *gin.Context, t target, f func(pgx.Tx) error) error {
 	}
 	c.Header(hdrReadSource, replication.SourcePrimary.String())
 	s.metrics.reads.WithLabelValues(replication.SourcePrimary.String()).Inc()
-	return s.readOn(ctx, t.pool, t, nil, f)
+	return s.readOn(ctx, t.pool, t, nil, queue)
 }
 
-// readOn runs one read transaction on pool. With tok, the copy must have replayed it first (the
-// check runs on the transaction's own connection, so the read's snapshot includes the write).
-func (s *Server) readOn(ctx context.Context, pool *pgxpool.Pool, t target, tok *replication.Token, f func(pgx.Tx) error) error {
-	return inTx(ctx, pool, t.tenant, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if tok != nil {
-			st, err := replication.ReadStandbyStatus(ctx, tx)
-			if err != nil {
-				return err
-			}
-			if st.Replayed < tok.LSN {
-				return errStandbyBehind
-			}
-		}
-		var exists bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)`, t.tenant).Scan(&exists); err != nil {
+// readOn runs one read on a connection of pool: one round trip, or two with tok. With tok, the
+// copy must have replayed it first; the check runs on the read's own connection just before
+// the read's batch, so every snapshot of the read is taken after the replay and includes the
+// write. (The check stays a round trip of its own because replication.ReadStandbyStatus runs
+// its query itself; a standby that is behind then costs no read at all.)
+func (s *Server) readOn(ctx context.Context, pool *pgxpool.Pool, t target, tok *replication.Token, queue func(*pgx.Batch)) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if tok != nil {
+		st, err := replication.ReadStandbyStatus(ctx, conn)
+		if err != nil {
 			return err
 		}
-		if !exists {
-			return ErrTenantNotFound
+		if st.Replayed < tok.LSN {
+			return errStandbyBehind
 		}
-		return f(tx)
-	})
+	}
+	return readBatch(ctx, conn.Conn(), t.tenant, queue)
 }

@@ -31,6 +31,9 @@ type PoolConfig struct {
 	MaxConnIdleTime  time.Duration // 0 = 5m
 	StatementTimeout time.Duration // 0 = 1s
 	IdleInTxTimeout  time.Duration // 0 = 10s
+	// Tracer traces every query of every pool, and every batch when it also implements
+	// pgx.BatchTracer (tests count a read's round trips with it). nil = no tracing.
+	Tracer pgx.QueryTracer
 	// DialVia maps a shard endpoint (host:port, as the shard map names it) to the address to
 	// dial instead — the local launcher's latency proxy to another region. nil = dial the
 	// endpoints themselves.
@@ -138,6 +141,7 @@ func (p *Pools) open(ctx context.Context, addr, db string) (*pgxpool.Pool, error
 	pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(p.cfg.StatementTimeout.Milliseconds(), 10)
 	pc.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(p.cfg.IdleInTxTimeout.Milliseconds(), 10)
 	pc.ConnConfig.RuntimeParams["application_name"] = "meridian-api"
+	pc.ConnConfig.Tracer = p.cfg.Tracer
 	// A dead copy must fail fast so a read can fall back to the primary within its deadline.
 	pc.ConnConfig.ConnectTimeout = 2 * time.Second
 	return pgxpool.NewWithConfig(ctx, pc)
@@ -175,6 +179,40 @@ func (p *Pools) Close() {
 
 // setTenant scopes a transaction to one tenant for row-level security.
 const setTenantSQL = `SELECT set_config('meridian.tenant', $1, true)`
+
+// readScopeSQL opens every read batch: it makes the batch's transaction read-only and scopes it
+// to one tenant. Both settings are local to the transaction, so they end at its Sync and never
+// reach the connection's next user. Raising transaction_read_only is allowed at any point of a
+// transaction (only lowering it is not), and it is in force for every later statement.
+const readScopeSQL = `SELECT set_config('transaction_read_only', 'on', true), set_config('meridian.tenant', $1, true)`
+
+// tenantExistsSQL tells a tenant without a row here (404 tenant) from one without the record.
+// It must run after readScopeSQL: the tenants table is under row-level security too.
+const tenantExistsSQL = `SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)`
+
+// readBatch runs a read for tenant on conn in one round trip: readScopeSQL, the tenant check,
+// then the statements queue adds (with their result callbacks, see pgx.QueuedQuery), all sent
+// as one pipeline with a single Sync. Postgres runs the statements between two Syncs in one
+// implicit transaction, so the local settings of readScopeSQL hold for every statement queue
+// adds, and an error anywhere rolls the whole batch back. It returns ErrTenantNotFound when the
+// tenant has no row, else the first error of a statement or callback; the callbacks of
+// statements after a failed one are not called.
+func readBatch(ctx context.Context, conn *pgx.Conn, tenant string, queue func(*pgx.Batch)) error {
+	b := &pgx.Batch{}
+	b.Queue(readScopeSQL, tenant)
+	b.Queue(tenantExistsSQL, tenant).QueryRow(func(row pgx.Row) error {
+		var exists bool
+		if err := row.Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			return ErrTenantNotFound
+		}
+		return nil
+	})
+	queue(b)
+	return conn.SendBatch(ctx, b).Close()
+}
 
 // inTx runs f in a transaction on pool scoped to tenant.
 func inTx(ctx context.Context, pool *pgxpool.Pool, tenant string, opts pgx.TxOptions, f func(pgx.Tx) error) error {
