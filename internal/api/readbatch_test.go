@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/meridian-dev/meridian/replication"
 )
 
 // appConn returns a connection of the node's (meridian_app) pool of shard, released at cleanup.
@@ -60,7 +63,7 @@ func TestReadBatchScopesTenant(t *testing.T) {
 	ctx := context.Background()
 	conn := appConn(t, e, "s1")
 	var owners []string
-	err := readBatch(ctx, conn, "alpha", func(b *pgx.Batch) {
+	err := readBatch(ctx, conn, "alpha", 0, func(b *pgx.Batch) {
 		b.Queue(`SELECT tenant_id FROM records WHERE collection = 'c' AND id = 'same'`).Query(func(rows pgx.Rows) error {
 			var err error
 			owners, err = pgx.CollectRows(rows, pgx.RowTo[string])
@@ -91,7 +94,7 @@ func TestReadBatchScopesTenant(t *testing.T) {
 
 	// A tenant without a row: ErrTenantNotFound, and the read's own callback never runs.
 	called := false
-	err = readBatch(ctx, conn, "ghost", func(b *pgx.Batch) {
+	err = readBatch(ctx, conn, "ghost", 0, func(b *pgx.Batch) {
 		b.Queue(`SELECT 1`).QueryRow(func(pgx.Row) error { called = true; return nil })
 	})
 	if !errors.Is(err, ErrTenantNotFound) || called {
@@ -123,7 +126,7 @@ func TestReadBatchIsReadOnly(t *testing.T) {
 	}
 	for _, w := range writes {
 		t.Run(w.name, func(t *testing.T) {
-			err := readBatch(ctx, conn, "alpha", func(b *pgx.Batch) {
+			err := readBatch(ctx, conn, "alpha", 0, func(b *pgx.Batch) {
 				b.Queue(w.sql)
 				b.Queue(`UPDATE records SET data = '{"v":3}' WHERE collection = 'c' AND id = 'r1'`)
 			})
@@ -203,14 +206,20 @@ func (ct *countTracer) take() (queries []string, batches [][]string) {
 }
 
 // wantOneBatch checks that a request cost nothing but the given queries and one read batch.
-func wantOneBatch(t *testing.T, ct *countTracer, what string, wantQueries int) {
+// wantOneBatch: exactly one batch and no other query — scope, (with a token: the replay
+// check,) tenant check, read.
+func wantOneBatch(t *testing.T, ct *countTracer, what string, token bool) {
 	t.Helper()
 	q, b := ct.take()
-	if len(q) != wantQueries || len(b) != 1 {
-		t.Fatalf("%s: %d queries %q and %d batches, want %d and 1", what, len(q), q, len(b), wantQueries)
+	if len(q) != 0 || len(b) != 1 {
+		t.Fatalf("%s: %d queries %q and %d batches, want none and 1", what, len(q), q, len(b))
 	}
-	if len(b[0]) != 3 || b[0][0] != readScopeSQL || b[0][1] != tenantExistsSQL {
-		t.Fatalf("%s: batch %q, want scope, tenant check, read", what, b[0])
+	want := []string{readScopeSQL, tenantExistsSQL}
+	if token {
+		want = []string{readScopeSQL, replayedSQL, tenantExistsSQL}
+	}
+	if len(b[0]) != len(want)+1 || !slices.Equal(b[0][:len(want)], want) {
+		t.Fatalf("%s: batch %q, want %q then the read", what, b[0], want)
 	}
 }
 
@@ -245,13 +254,13 @@ func TestReadRoundTrips(t *testing.T) {
 			if tc.tenant == "ghost" && !strings.Contains(r.Body, "tenant not found") {
 				t.Fatalf("unknown tenant: %s", r.Body)
 			}
-			wantOneBatch(t, ct, tc.name, 0)
+			wantOneBatch(t, ct, tc.name, false)
 		})
 	}
 }
 
-// TestStandbyReadRoundTrips: a standby read with a Consistency-Token costs the token check and
-// one batch; without a token, one batch.
+// TestStandbyReadRoundTrips: a standby read is one batch, with or without a Consistency-Token
+// (the token's replay check is a statement of the batch).
 func TestStandbyReadRoundTrips(t *testing.T) {
 	// A long interval keeps the cached standby status from being refreshed mid-count.
 	se := newStandbyEnv(t, func(c *Config) { c.StandbyInterval = time.Hour })
@@ -274,7 +283,48 @@ func TestStandbyReadRoundTrips(t *testing.T) {
 	ct.take()
 
 	wantSource(t, se.local.do("GET", path, rw, "", nil), 200, "replica")
-	wantOneBatch(t, ct, "standby read", 0)
+	wantOneBatch(t, ct, "standby read", false)
 	wantSource(t, se.local.do("GET", path, rw, "", tok), 200, "replica")
-	wantOneBatch(t, ct, "standby read with token", 1)
+	wantOneBatch(t, ct, "standby read with token", true)
+}
+
+// TestReadBatchReplayCheck: a Consistency-Token's check inside the batch stops the read on a
+// standby that has not replayed the token's LSN, and on a primary.
+func TestReadBatchReplayCheck(t *testing.T) {
+	se := newStandbyEnv(t)
+	ctx := context.Background()
+	sconn, err := pgx.Connect(ctx, se.standby.DSN(se.db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sconn.Close(ctx)
+	st, err := replication.ReadStandbyStatus(ctx, sconn)
+	if err != nil || st.Replayed == 0 {
+		t.Fatalf("standby status %+v %v", st, err)
+	}
+	ran := false
+	queue := func(b *pgx.Batch) {
+		b.Queue(`SELECT 1`).QueryRow(func(pgx.Row) error { ran = true; return nil })
+	}
+	// Replayed far enough: the check passes and the batch goes on (to the tenant check: "acme"
+	// has no row, so the read itself never runs).
+	if err := readBatch(ctx, sconn, "acme", st.Replayed, queue); !errors.Is(err, ErrTenantNotFound) || ran {
+		t.Fatalf("token already replayed: %v (read ran %v), want ErrTenantNotFound", err, ran)
+	}
+	if err := readBatch(ctx, sconn, "acme", st.Replayed+1<<32, queue); !errors.Is(err, errStandbyBehind) || ran {
+		t.Fatalf("token ahead of replay: %v (read ran %v), want errStandbyBehind", err, ran)
+	}
+	pconn, err := pgx.Connect(ctx, se.primary.DSN(se.db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pconn.Close(ctx)
+	if err := readBatch(ctx, pconn, "acme", 1, queue); !errors.Is(err, replication.ErrNotStandby) || ran {
+		t.Fatalf("token check on a primary: %v, want replication.ErrNotStandby", err)
+	}
+	// The connection is usable afterwards (the pipeline was drained).
+	var one int
+	if err := sconn.QueryRow(ctx, `SELECT 1`).Scan(&one); err != nil || one != 1 {
+		t.Fatalf("standby connection after a failed batch: %v", err)
+	}
 }

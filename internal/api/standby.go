@@ -256,25 +256,17 @@ func (s *Server) readTx(c *gin.Context, t target, queue func(*pgx.Batch)) error 
 	return s.readOn(ctx, t.pool, t, nil, queue)
 }
 
-// readOn runs one read on a connection of pool: one round trip, or two with tok. With tok, the
-// copy must have replayed it first; the check runs on the read's own connection just before
-// the read's batch, so every snapshot of the read is taken after the replay and includes the
-// write. (The check stays a round trip of its own because replication.ReadStandbyStatus runs
-// its query itself; a standby that is behind then costs no read at all.)
+// readOn runs one read on a connection of pool in one round trip. With tok, the copy must have
+// replayed it first: readBatch checks that in the same batch, before the read's statements.
 func (s *Server) readOn(ctx context.Context, pool *pgxpool.Pool, t target, tok *replication.Token, queue func(*pgx.Batch)) error {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
+	var minLSN replication.LSN
 	if tok != nil {
-		st, err := replication.ReadStandbyStatus(ctx, conn)
-		if err != nil {
-			return err
-		}
-		if st.Replayed < tok.LSN {
-			return errStandbyBehind
-		}
+		minLSN = tok.LSN
 	}
-	return readBatch(ctx, conn.Conn(), t.tenant, queue)
+	return readBatch(ctx, conn.Conn(), t.tenant, minLSN, queue)
 }

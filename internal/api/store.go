@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/meridian-dev/meridian/replication"
 )
 
 // Store errors; handlers map them to problem+json statuses.
@@ -186,6 +188,10 @@ const setTenantSQL = `SELECT set_config('meridian.tenant', $1, true)`
 // transaction (only lowering it is not), and it is in force for every later statement.
 const readScopeSQL = `SELECT set_config('transaction_read_only', 'on', true), set_config('meridian.tenant', $1, true)`
 
+// replayedSQL is a Consistency-Token's check on a standby: has it replayed WAL up to $1? NULL
+// on a primary (pg_last_wal_replay_lsn is NULL outside recovery).
+const replayedSQL = `SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn`
+
 // tenantExistsSQL tells a tenant without a row here (404 tenant) from one without the record.
 // It must run after readScopeSQL: the tenants table is under row-level security too.
 const tenantExistsSQL = `SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)`
@@ -197,9 +203,29 @@ const tenantExistsSQL = `SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = 
 // adds, and an error anywhere rolls the whole batch back. It returns ErrTenantNotFound when the
 // tenant has no row, else the first error of a statement or callback; the callbacks of
 // statements after a failed one are not called.
-func readBatch(ctx context.Context, conn *pgx.Conn, tenant string, queue func(*pgx.Batch)) error {
+//
+// minLSN > 0 makes the batch check first that the server (a standby) has replayed WAL up to
+// minLSN, returning errStandbyBehind if not (and replication.ErrNotStandby on a primary). The
+// check is a statement of its own, before the read's, so in READ COMMITTED the read's snapshot
+// is taken after it and includes everything up to minLSN.
+func readBatch(ctx context.Context, conn *pgx.Conn, tenant string, minLSN replication.LSN, queue func(*pgx.Batch)) error {
 	b := &pgx.Batch{}
 	b.Queue(readScopeSQL, tenant)
+	if minLSN > 0 {
+		b.Queue(replayedSQL, minLSN.String()).QueryRow(func(row pgx.Row) error {
+			var ok *bool
+			if err := row.Scan(&ok); err != nil {
+				return err
+			}
+			switch {
+			case ok == nil:
+				return replication.ErrNotStandby
+			case !*ok:
+				return errStandbyBehind
+			}
+			return nil
+		})
+	}
 	b.Queue(tenantExistsSQL, tenant).QueryRow(func(row pgx.Row) error {
 		var exists bool
 		if err := row.Scan(&exists); err != nil {
