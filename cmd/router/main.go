@@ -89,6 +89,7 @@ func parseConfig(args []string) (config, error) {
 	fs.IntVar(&c.tenantBurst, "tenant-burst", env.Int("MERIDIAN_TENANT_BURST", 1000), "burst per tenant (MERIDIAN_TENANT_BURST)")
 	fs.Float64Var(&c.ipRate, "ip-rate", env.Float64("MERIDIAN_IP_RATE", 2000), "requests/s per client IP (MERIDIAN_IP_RATE)")
 	fs.IntVar(&c.ipBurst, "ip-burst", env.Int("MERIDIAN_IP_BURST", 2000), "burst per client IP (MERIDIAN_IP_BURST)")
+	fs.DurationVar(&c.pc.RateLimitLease, "ratelimit-lease", env.Duration("MERIDIAN_RATELIMIT_LEASE", 100*time.Millisecond), "spend rate-limit tokens leased from Redis locally for up to this long; negative = ask Redis on every request (MERIDIAN_RATELIMIT_LEASE)")
 	fs.DurationVar(&c.pc.Lease, "lease", env.Duration("MERIDIAN_WRITE_LEASE", 2*time.Second), "writes stop this long after the last Raft leader contact (MERIDIAN_WRITE_LEASE)")
 	fs.DurationVar(&c.pc.UpstreamTimeout, "upstream-timeout", env.Duration("MERIDIAN_UPSTREAM_TIMEOUT", 5*time.Second), "wait for an API node's response headers (MERIDIAN_UPSTREAM_TIMEOUT)")
 	fs.IntVar(&c.pc.MaxInFlight, "max-inflight", env.Int("MERIDIAN_MAX_INFLIGHT", 256), "concurrent requests per API node before 503 (MERIDIAN_MAX_INFLIGHT)")

@@ -23,9 +23,13 @@ func TestParseConfigEnvironment(t *testing.T) {
 	t.Setenv("MERIDIAN_TENANT_RATE", "12.5")
 	t.Setenv("MERIDIAN_TENANT_BURST", "30")
 	t.Setenv("MERIDIAN_WRITE_LEASE", "3s")
+	t.Setenv("MERIDIAN_RATELIMIT_LEASE", "-1ms")
 	c, err := parseConfig([]string{"-tenant-burst", "40"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.pc.RateLimitLease != -time.Millisecond {
+		t.Errorf("rate-limit lease %v, want -1ms (leases off)", c.pc.RateLimitLease)
 	}
 	lim := c.pc.Limits[ratelimit.Rule{Scope: ratelimit.ScopeTenant}]
 	if !c.pc.Bootstrap || lim.Rate != 12.5 || lim.Burst != 40 || c.pc.Lease != 3*time.Second {
@@ -35,11 +39,12 @@ func TestParseConfigEnvironment(t *testing.T) {
 
 func TestParseConfigMalformedEnvironment(t *testing.T) {
 	for name, value := range map[string]string{
-		"MERIDIAN_BOOTSTRAP":    "yes",
-		"MERIDIAN_TENANT_RATE":  "fast",
-		"MERIDIAN_IP_BURST":     "2k",
-		"MERIDIAN_WRITE_LEASE":  "2",
-		"MERIDIAN_MAX_INFLIGHT": "1e3",
+		"MERIDIAN_BOOTSTRAP":       "yes",
+		"MERIDIAN_TENANT_RATE":     "fast",
+		"MERIDIAN_IP_BURST":        "2k",
+		"MERIDIAN_WRITE_LEASE":     "2",
+		"MERIDIAN_RATELIMIT_LEASE": "soon",
+		"MERIDIAN_MAX_INFLIGHT":    "1e3",
 	} {
 		t.Run(name, func(t *testing.T) {
 			required(t)

@@ -51,6 +51,9 @@ type ProcessConfig struct {
 	RedisAddr string
 	// Limits are the rate limits; nil: ratelimit.DefaultLimits().
 	Limits map[ratelimit.Rule]ratelimit.Limit
+	// RateLimitLease is how long tokens leased from Redis may be spent locally (see
+	// internal/ratelimit); 0: 100 ms; negative: no leases, every decision asks Redis.
+	RateLimitLease time.Duration
 	// StaticAPI lists API node base URLs per region, used with (or instead of) gossip.
 	StaticAPI map[string][]string
 	// GossipAddr is the memberlist bind "host:port"; "": no gossip (static API nodes only).
@@ -182,7 +185,7 @@ func Start(ctx context.Context, pc ProcessConfig) (p *Process, err error) {
 		return rs
 	}
 
-	rcfg := ratelimit.Config{Limits: pc.Limits, Logger: log, Registerer: p.Registry}
+	rcfg := ratelimit.Config{Limits: pc.Limits, Lease: pc.RateLimitLease, Logger: log, Registerer: p.Registry}
 	if pc.RedisAddr != "" {
 		p.redis = redis.NewClient(&redis.Options{Addr: pc.RedisAddr, DialTimeout: 200 * time.Millisecond,
 			ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond, MaxRetries: -1})
