@@ -31,7 +31,7 @@ import (
 type config struct {
 	pc                                          router.ProcessConfig
 	jwtSecret, jwksFile, jwtIssuer, jwtAudience string
-	join, gossipJoin, apiNodes                  string
+	join, gossipJoin, apiNodes, trustedProxies  string
 	tenantRate, ipRate                          float64
 	tenantBurst, ipBurst                        int
 	shutdownGrace                               time.Duration
@@ -78,6 +78,7 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&c.join, "join", env.String("MERIDIAN_JOIN", ""), "comma-separated router base URLs to join the map cluster through (MERIDIAN_JOIN)")
 	fs.StringVar(&c.pc.GossipAddr, "gossip-addr", env.String("MERIDIAN_GOSSIP_ADDR", ""), "memberlist bind host:port; empty = no gossip (MERIDIAN_GOSSIP_ADDR)")
 	fs.StringVar(&c.gossipJoin, "gossip-join", env.String("MERIDIAN_GOSSIP_JOIN", ""), "comma-separated gossip addresses to join (MERIDIAN_GOSSIP_JOIN)")
+	fs.StringVar(&c.trustedProxies, "trusted-proxies", env.String("MERIDIAN_TRUSTED_PROXIES", ""), "comma-separated IPs or CIDRs of load balancers whose X-Forwarded-For is believed; empty = none, the client IP is the TCP peer's (MERIDIAN_TRUSTED_PROXIES)")
 	fs.StringVar(&c.apiNodes, "api-nodes", env.String("MERIDIAN_API_NODES", ""), "static API nodes: region=url|url;region=url (MERIDIAN_API_NODES)")
 	fs.StringVar(&c.pc.ClusterToken, "cluster-token", env.String("MERIDIAN_CLUSTER_TOKEN", ""), "cluster token of internal endpoints (MERIDIAN_CLUSTER_TOKEN; required)")
 	fs.StringVar(&c.jwtSecret, "jwt-secret", env.String("MERIDIAN_JWT_SECRET", ""), "HS256 secret, raw bytes (MERIDIAN_JWT_SECRET)")
@@ -108,6 +109,7 @@ func parseConfig(args []string) (config, error) {
 		return c, errors.New("one of -jwt-secret and -jwks-file is required")
 	}
 	c.pc.Join, c.pc.GossipJoin = splitList(c.join), splitList(c.gossipJoin)
+	c.pc.TrustedProxies = splitList(c.trustedProxies)
 	nodes, err := parseAPINodes(c.apiNodes)
 	if err != nil {
 		return c, err

@@ -54,6 +54,8 @@ type ProcessConfig struct {
 	// RateLimitLease is how long tokens leased from Redis may be spent locally (see
 	// internal/ratelimit); 0: 100 ms; negative: no leases, every decision asks Redis.
 	RateLimitLease time.Duration
+	// TrustedProxies: see Config.TrustedProxies (nil: none).
+	TrustedProxies []string
 	// StaticAPI lists API node base URLs per region, used with (or instead of) gossip.
 	StaticAPI map[string][]string
 	// GossipAddr is the memberlist bind "host:port"; "": no gossip (static API nodes only).
@@ -198,7 +200,7 @@ func Start(ctx context.Context, pc ProcessConfig) (p *Process, err error) {
 	cfg := Config{
 		Region: pc.Region, Map: view, MapHandler: p.Node.Handler(), Auth: JWTAuth{Verifier: pc.Verifier},
 		Limiter: RateLimiter{L: p.Limiter}, ClusterToken: pc.ClusterToken, Lease: pc.Lease,
-		UpstreamTimeout: pc.UpstreamTimeout, Registry: p.Registry, Logger: log,
+		UpstreamTimeout: pc.UpstreamTimeout, Registry: p.Registry, Logger: log, TrustedProxies: pc.TrustedProxies,
 		Upstreams: PoolUpstreams{Pool: p.Pool, Source: sources, Regions: regions},
 	}
 	if p.Gossip != nil {

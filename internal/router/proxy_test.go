@@ -2,11 +2,13 @@ package router
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -358,5 +360,58 @@ func TestHealthAndReady(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+}
+
+// ipLimiter records the client IP of every rate-limit check.
+type ipLimiter struct {
+	mu  sync.Mutex
+	ips []string
+}
+
+func (l *ipLimiter) Check(_ context.Context, req LimitRequest) (LimitResult, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ips = append(l.ips, req.IP)
+	return LimitResult{Allowed: true}, nil
+}
+
+func (l *ipLimiter) last() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ips[len(l.ips)-1]
+}
+
+// TestClientIPIsThePeerUnlessTrusted: a client cannot choose the IP its rate limit is keyed by
+// with X-Forwarded-For, unless the peer is a configured trusted proxy.
+func TestClientIPIsThePeerUnlessTrusted(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		trusted []string
+		wantIP  string
+	}{
+		{"no trusted proxies", nil, "127.0.0.1"},
+		{"loopback trusted", []string{"127.0.0.1/32"}, "203.0.113.9"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			lim := &ipLimiter{}
+			rg := newRig(t, func(cfg *Config) { cfg.Limiter = lim; cfg.TrustedProxies = c.trusted })
+			resp, body := rg.do(t, "GET", "/v1/collections/c/records/r1", tokAcme, "", "X-Forwarded-For", "203.0.113.9")
+			wantStatus(t, resp, body, 200)
+			if got := lim.last(); got != c.wantIP {
+				t.Fatalf("rate limit keyed by IP %q, want %q", got, c.wantIP)
+			}
+			a := rg.nodes["us-east"]
+			a.mu.Lock()
+			xff := a.last.Header.Get("X-Forwarded-For")
+			a.mu.Unlock()
+			if want := "203.0.113.9, " + c.wantIP; xff != want {
+				t.Fatalf("upstream X-Forwarded-For %q, want %q", xff, want)
+			}
+		})
+	}
+	if _, err := New(Config{Region: "us-east", Map: &fakeMap{}, Auth: fakeAuth{}, Upstreams: &fakeUpstreams{},
+		TrustedProxies: []string{"not-an-ip"}}); err == nil {
+		t.Fatal("a malformed trusted proxy was accepted")
 	}
 }

@@ -222,6 +222,10 @@ type Config struct {
 	MapWait time.Duration
 	// MaxBody is the largest request body accepted; 0: 1 MiB.
 	MaxBody int64
+	// TrustedProxies are the addresses or CIDRs of load balancers in front of the router whose
+	// X-Forwarded-For is believed. nil: none — the client IP (per-IP rate limits, the address
+	// appended to X-Forwarded-For upstream) is the TCP peer's, so a client cannot choose it.
+	TrustedProxies []string
 	// MaxRetries is the number of retries of idempotent requests; 0: 2, negative: none.
 	MaxRetries int
 	// RetryBase and RetryCap bound the full-jitter backoff; 0: 10 ms and 200 ms.

@@ -2,6 +2,7 @@ package router
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -35,6 +36,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()
+	// gin believes X-Forwarded-For from anyone by default, which would let a client pick the
+	// IP its rate limit is keyed by.
+	if err := e.SetTrustedProxies(cfg.TrustedProxies); err != nil {
+		return nil, fmt.Errorf("router: trusted proxies: %w", err)
+	}
 	e.ContextWithFallback = true
 	e.HandleMethodNotAllowed = false
 	e.Use(s.observe)
