@@ -5,9 +5,12 @@
 // "theoretical arrival time" per key). All buckets a request touches are checked and updated by
 // one atomic Lua script in Redis (EVALSHA, falling back to EVAL when the script is not cached),
 // and a request is admitted only if every bucket admits it — a denied request consumes nothing.
-// Time comes from the Limiter's clock (Config.Now) and travels into the script, so the Redis and
-// the in-process paths compute exactly the same thing and tests can move time; routers sharing
-// one Redis therefore need NTP-synchronised clocks (a skew of d lets a bucket run d×rate ahead).
+// The script reads Redis's own clock (TIME), so routers sharing one Redis agree on time however
+// their clocks drift (a router whose clock ran d ahead would otherwise find a bucket refilled by
+// d×rate). A Limiter given Config.Now (tests) passes that clock into the script instead, so the
+// Redis and the in-process paths compute exactly the same thing and tests can move time. Leases
+// and remembered denials are kept on the Limiter's own clock; the script's answers are durations,
+// so the two clocks never mix.
 //
 // Leases. Asking Redis on every request costs a round trip and a Lua call per request, which
 // on a busy router is most of the limiter's cost. So a Limiter takes tokens ahead of need: when
@@ -50,7 +53,7 @@
 //   - Config.KeyPrefix "": "meridian:rl:".
 //   - Config.Lease 0: 100 ms; negative: no leases and no remembered denials (every decision
 //     asks Redis).
-//   - Config.Now nil: time.Now.
+//   - Config.Now nil: time.Now for the Limiter's own bookkeeping, Redis's TIME in the script.
 //   - Config.Logger nil: slog.Default().
 //   - Config.Registerer nil: metrics are kept but not registered anywhere.
 //   - Limit.Burst 0: max(1, ceil(Rate)).
@@ -199,6 +202,7 @@ type Limiter struct {
 	log           *slog.Logger
 	local         *localLimiter
 	lease         time.Duration // ≤ 0: off
+	redisClock    bool          // the script reads Redis's TIME (Config.Now was nil)
 	leases        *leaseTable
 
 	fallback  atomic.Bool  // true while decisions are local because Redis failed
@@ -259,6 +263,7 @@ func New(cfg Config) (*Limiter, error) {
 	}
 	if l.now == nil {
 		l.now = time.Now
+		l.redisClock = true
 	}
 	if l.log == nil {
 		l.log = slog.Default()
@@ -422,7 +427,7 @@ func (l *Limiter) count(c Class, allowed bool, backend string) {
 }
 
 // gcraScript checks every bucket and takes tokens from them all only if all admit the request.
-// KEYS: bucket keys. ARGV[1]: now (µs). Then per key i, from ARGV[4i-2]: emission interval
+// KEYS: bucket keys. ARGV[1]: now (µs), or -1 for Redis's own clock. Then per key i, from ARGV[4i-2]: emission interval
 // (µs), burst, tokens wanted (≥ 1; a bucket with fewer grants what it has), and tokens given
 // back (taken earlier and not spent: the TAT moves back by that many intervals first, and stays
 // moved back even when the request is denied).
@@ -431,6 +436,10 @@ func (l *Limiter) count(c Class, allowed bool, backend string) {
 // keeps only 14 digits, which would corrupt a 16-digit timestamp.
 const gcraScript = `
 local now = tonumber(ARGV[1])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local allowed = 1
 local out = {}
 local base = {}
@@ -496,7 +505,11 @@ func (l *Limiter) allowRedis(ctx context.Context, bs []bucket, now int64, want, 
 	defer cancel()
 	keys := make([]string, len(bs))
 	args := make([]any, 0, 1+4*len(bs))
-	args = append(args, now)
+	if l.redisClock {
+		args = append(args, -1)
+	} else {
+		args = append(args, now)
+	}
 	for i, b := range bs {
 		keys[i] = b.key
 		var back int64

@@ -130,3 +130,45 @@ func waitFor(t testing.TB, timeout time.Duration, f func() error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestRedisClockIgnoresRouterSkew: two routers whose clocks disagree by 2000 s share a bucket
+// of 5 that refills one token per 1000 s. On their own clocks the one running ahead finds two
+// tokens refilled; on Redis's clock (the default) the bucket admits exactly 5 in all.
+func TestRedisClockIgnoresRouterSkew(t *testing.T) {
+	lim := map[Rule]Limit{{Scope: ScopeTenant}: {Rate: 0.001, Burst: 5}}
+	for _, c := range []struct {
+		name       string
+		redisClock bool
+		want       int
+	}{
+		{"routers' clocks", false, 7},
+		{"Redis clock", true, 5},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := testenv.Redis(t)
+			var total int
+			for _, skew := range []time.Duration{0, 2000 * time.Second} {
+				rc := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
+				t.Cleanup(func() { _ = rc.Close() })
+				l, err := New(Config{Redis: rc, Limits: lim, RedisTimeout: 5 * time.Second,
+					Now: func() time.Time { return time.Now().Add(skew) }})
+				if err != nil {
+					t.Fatal(err)
+				}
+				l.redisClock = c.redisClock
+				for range 10 {
+					res, err := l.Allow(context.Background(), Request{Class: ClassWrite, Tenant: "skewed"})
+					if err != nil || res.Local {
+						t.Fatalf("%+v %v", res, err)
+					}
+					if res.Allowed {
+						total++
+					}
+				}
+			}
+			if total != c.want {
+				t.Fatalf("admitted %d, want %d", total, c.want)
+			}
+		})
+	}
+}
