@@ -11,6 +11,7 @@ import (
 type leaseState struct {
 	held        int64 // tokens Redis granted to this Limiter and not yet spent
 	expires     int64 // held tokens are void from then on; 0: never leased
+	grantEnd    int64 // the bucket's TAT right after the last batch was granted
 	want        int64 // size of the next batch
 	remaining   int64 // Redis's remaining count after the last grant
 	resetAt     int64 // when the bucket is full again, as of the last answer
@@ -101,8 +102,8 @@ func (l *Limiter) allowLeased(ctx context.Context, bs []bucket, now int64) (res 
 	for j, i := range need {
 		st, c := states[i], l.leaseCap(bs[i])
 		sub[j], want[j] = bs[i], 1
-		if st.held > 0 { // the lease ended with tokens unspent: give them back
-			refund[j], st.held = st.held, 0
+		if st.held > 0 { // the lease ended with tokens unspent: give back those still due
+			refund[j], st.held = refundable(st.held, st.grantEnd, now, bs[i].limit.interval()), 0
 		}
 		if c <= 1 || st.refilling {
 			continue
@@ -154,11 +155,24 @@ func (l *Limiter) allowLeased(ctx context.Context, bs []bucket, now int64) (res 
 		if mine[j] || rr.granted[j] > 1 {
 			st.held += rr.granted[j] - 1
 			st.expires = now + l.lease.Microseconds()
+			st.grantEnd = now + rr.outs[j].reset
 		}
 		st.remaining = rr.outs[j].remaining
 		st.resetAt = now + rr.outs[j].reset
 	}
 	return leaseResult(bs, states, now), "redis", true, nil
+}
+
+// refundable is how many of held unspent tokens can go back to their bucket at now. A batch's
+// tokens are the emission slots just before grantEnd, the unspent ones the latest; a slot whose
+// time has passed has already been refilled, so giving it back would let the bucket admit more
+// than its limit (another router may have spent the refill meanwhile). Only slots still in the
+// future go back.
+func refundable(held, grantEnd, now, interval int64) int64 {
+	if grantEnd <= now {
+		return 0
+	}
+	return min(held, (grantEnd-now)/interval)
 }
 
 // giveBack returns tokens reserved for a request that was not admitted.

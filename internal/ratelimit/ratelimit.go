@@ -21,7 +21,8 @@
 // max(1, min(burst/10, rate×Lease)), so one router holds at most a tenth of a bucket. The global
 // limit is never exceeded (every admitted request spent a token Redis granted). Tokens still
 // held when a lease ends are given back to the bucket by the next call for it (the TAT moves
-// back), so leasing withholds at most one batch per router and bucket, for at most one lease,
+// back) — only those whose emission slots are still in the future: a slot already past has been
+// refilled, and another router may have spent it. So leasing withholds at most one batch per router and bucket, for at most one lease,
 // from the others — a bucket that goes idle keeps its last unspent batch withheld until it
 // refills. A bucket whose cap is 1 (small limits) is decided exactly, one Redis call per
 // request. A denial is remembered until its Retry-After, since no other router
@@ -106,6 +107,10 @@ const (
 )
 
 var scopes = [...]Scope{ScopeTenant, ScopeSubject, ScopeIP}
+
+// MinRate is the smallest rate a Limit may have: one request per 11.6 days. Rates above 10⁶/s
+// are honoured as 10⁶/s (the emission interval is at least 1 µs).
+const MinRate = 1e-6
 
 // Limit is a sustained rate and the number of requests allowed at once.
 type Limit struct {
@@ -240,6 +245,12 @@ func New(cfg Config) (*Limiter, error) {
 	for r, lim := range l.limits {
 		if !(lim.Rate > 0) || math.IsInf(lim.Rate, 0) || lim.Burst < 0 {
 			return nil, fmt.Errorf("%w: %s/%s rate %v burst %d", ErrBadLimit, r.Scope, r.Class, lim.Rate, lim.Burst)
+		}
+		// The bucket lives in integer microseconds: one interval (1e6/rate) and a whole burst of
+		// them must fit, or a tiny rate would wrap into a huge one.
+		if lim.Rate < MinRate || float64(lim.burst())*1e6/lim.Rate > 1<<62 {
+			return nil, fmt.Errorf("%w: %s/%s rate %v burst %d: rate must be at least %v/s and burst/rate at most 2^62 µs",
+				ErrBadLimit, r.Scope, r.Class, lim.Rate, lim.Burst, MinRate)
 		}
 		switch r.Scope {
 		case ScopeTenant, ScopeSubject, ScopeIP:

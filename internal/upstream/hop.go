@@ -21,7 +21,12 @@ import (
 //
 // It does only what the router needs: http:// URLs, no proxy, no TLS, no HTTP/2, no transparent
 // compression (the client's Accept-Encoding and the encoded body pass through), no redirects,
-// no 100-continue. Anything else gets an error.
+// no 100-continue, no protocol upgrades (a 101 answer is an error and its connection is
+// closed). Anything else gets an error. Response headers are bounded at 10 MiB, like
+// net/http's. The whole request is written before the answer is read, so an upstream that
+// answers early (a 413 before reading a large body) and closes may surface as a write error;
+// the router forwards no body larger than an API node accepts (both 1 MiB), so an API node
+// has no reason to answer before reading it.
 //
 // A connection is reused only after its response body was read to the end and neither side
 // asked to close; a body closed early, an error, or the request's context ending closes it.
@@ -57,13 +62,25 @@ type hopConn struct {
 }
 
 // countingReader counts the bytes read from the connection, so a failed exchange can tell
-// whether any of the response arrived.
+// whether any of the response arrived, and fails reads past max (when max > 0).
 type countingReader struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	max int64
 }
 
+// maxResponseHeaderBytes bounds a response's headers, 1xx answers included (net/http's default).
+const maxResponseHeaderBytes = 10 << 20
+
+var errHeadersTooLarge = errors.New("upstream: response headers exceed 10 MiB")
+
 func (c *countingReader) Read(p []byte) (int, error) {
+	if c.max > 0 {
+		if c.n >= c.max {
+			return 0, errHeadersTooLarge
+		}
+		p = p[:min(int64(len(p)), c.max-c.n)]
+	}
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
@@ -83,10 +100,14 @@ func (t *HopTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("%w: Expect header", ErrUnsupported)
 	}
 	host := req.URL.Host
-	if _, _, err := net.SplitHostPort(host); err != nil {
-		host = net.JoinHostPort(host, "80")
+	if req.URL.Port() == "" {
+		host = net.JoinHostPort(req.URL.Hostname(), "80") // [::1] → [::1]:80
 	}
 	for attempt := 0; ; attempt++ {
+		if err := req.Context().Err(); err != nil {
+			closeBody(req)
+			return nil, err // don't spend an idle connection on a request nobody awaits
+		}
 		pc, reused, err := t.get(req.Context(), host)
 		if err != nil {
 			closeBody(req)
@@ -123,15 +144,19 @@ func (t *HopTransport) exchange(pc *hopConn, req *http.Request) (resp *http.Resp
 	if t.ResponseHeaderTimeout > 0 {
 		_ = pc.conn.SetReadDeadline(time.Now().Add(t.ResponseHeaderTimeout))
 	}
+	before := pc.counter.n
+	// A write that fails got no answer either: a replayable request may go again.
 	if err := req.Write(pc.bw); err != nil {
 		stop()
-		return nil, false, ctxErr(ctx, err)
+		return nil, pc.counter.n == before, ctxErr(ctx, err)
 	}
 	if err := pc.bw.Flush(); err != nil {
 		stop()
-		return nil, false, ctxErr(ctx, err)
+		return nil, pc.counter.n == before, ctxErr(ctx, err)
 	}
-	before := pc.counter.n
+	// Response headers (with any 1xx before them) are bounded like net/http's: the counter
+	// fails reads past the limit (plus what the buffer may read ahead of the body).
+	pc.counter.max = pc.counter.n + maxResponseHeaderBytes + int64(pc.br.Size())
 	for {
 		resp, err = http.ReadResponse(pc.br, req)
 		if err != nil {
@@ -140,14 +165,25 @@ func (t *HopTransport) exchange(pc *hopConn, req *http.Request) (resp *http.Resp
 				(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET))
 			return nil, nothing, ctxErr(ctx, err)
 		}
-		// 1xx answers (103 Early Hints) precede the real one; 101 is not supported.
-		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
-			continue
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// The connection now speaks something else; the router never asks for it.
+			stop()
+			return nil, false, fmt.Errorf("%w: 101 Switching Protocols", ErrUnsupported)
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 {
+			continue // 1xx (103 Early Hints) precede the real answer
 		}
 		break
 	}
+	pc.counter.max = 0
 	if t.ResponseHeaderTimeout > 0 {
 		_ = pc.conn.SetReadDeadline(time.Time{}) // the body may stream for as long as ctx lasts
+		// If ctx ended just before that line, its deadline was just cleared: honour it here.
+		if err := ctx.Err(); err != nil {
+			stop()
+			_ = resp.Body.Close()
+			return nil, false, err
+		}
 	}
 	resp.Body = &hopBody{t: t, pc: pc, rc: resp.Body, stop: stop, reuse: !resp.Close && !req.Close}
 	return resp, false, nil
