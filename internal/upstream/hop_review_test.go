@@ -160,7 +160,7 @@ func TestHopReviewBodilessAndChunkedAnswersKeepTheConnection(t *testing.T) {
 		payload := strings.Repeat("z", 40<<10+i)
 		req = newReq(t, "POST", srv.URL+"/upload", io.MultiReader(strings.NewReader(payload)))
 		req.ContentLength = -1
-		resp, body = roundTrip(t, tr, req)
+		_, body = roundTrip(t, tr, req)
 		if want := fmt.Sprintf("-1 [chunked] %d", len(payload)); body != want {
 			t.Fatalf("upload of unknown length: %q, want %q", body, want)
 		}
