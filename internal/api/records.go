@@ -499,6 +499,10 @@ func (s *Server) createRecord(c *gin.Context) {
 
 const recordCols = `id, version, data, created_at, updated_at`
 
+// updateDataSQL replaces a live record's data (PUT over a record, PATCH) and returns it.
+const updateDataSQL = `UPDATE records SET data = $4, version = version + 1, updated_at = now()
+	WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING ` + recordCols
+
 func scanRecord(row pgx.Row, coll string) (record, error) {
 	r := record{Collection: coll}
 	err := row.Scan(&r.ID, &r.Version, &r.Data, &r.CreatedAt, &r.UpdatedAt)
@@ -587,21 +591,20 @@ func (s *Server) putRecord(c *gin.Context) {
 		if err := ifMatch(im, exists, version); err != nil {
 			return nil, event{}, err
 		}
-		r := record{ID: id, Collection: coll}
+		var r record
 		status, op := http.StatusOK, "update"
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			status, op = http.StatusCreated, "create"
-			err = tx.QueryRow(ctx, `INSERT INTO records (tenant_id, collection, id, version, data) VALUES ($1, $2, $3, 1, $4)
-				RETURNING `+recordCols, t.tenant, coll, id, []byte(data)).Scan(&r.ID, &r.Version, &r.Data, &r.CreatedAt, &r.UpdatedAt)
+			r, err = scanRecord(tx.QueryRow(ctx, `INSERT INTO records (tenant_id, collection, id, version, data) VALUES ($1, $2, $3, 1, $4)
+				RETURNING `+recordCols, t.tenant, coll, id, []byte(data)), coll)
 		case deleted:
 			// Re-creating over a tombstone continues the version sequence.
 			status, op = http.StatusCreated, "create"
-			err = tx.QueryRow(ctx, `UPDATE records SET data = $4, version = version + 1, deleted = false, created_at = now(), updated_at = now()
-				WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING `+recordCols, t.tenant, coll, id, []byte(data)).Scan(&r.ID, &r.Version, &r.Data, &r.CreatedAt, &r.UpdatedAt)
+			r, err = scanRecord(tx.QueryRow(ctx, `UPDATE records SET data = $4, version = version + 1, deleted = false, created_at = now(), updated_at = now()
+				WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING `+recordCols, t.tenant, coll, id, []byte(data)), coll)
 		default:
-			err = tx.QueryRow(ctx, `UPDATE records SET data = $4, version = version + 1, updated_at = now()
-				WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING `+recordCols, t.tenant, coll, id, []byte(data)).Scan(&r.ID, &r.Version, &r.Data, &r.CreatedAt, &r.UpdatedAt)
+			r, err = scanRecord(tx.QueryRow(ctx, updateDataSQL, t.tenant, coll, id, []byte(data)), coll)
 		}
 		if err != nil {
 			return nil, event{}, err
@@ -653,9 +656,8 @@ func (s *Server) patchRecord(c *gin.Context) {
 					return nil, event{}, err
 				}
 			}
-			r := record{Collection: coll}
-			if err := tx.QueryRow(ctx, `UPDATE records SET data = $4, version = version + 1, updated_at = now()
-				WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING `+recordCols, t.tenant, coll, id, merged).Scan(&r.ID, &r.Version, &r.Data, &r.CreatedAt, &r.UpdatedAt); err != nil {
+			r, err := scanRecord(tx.QueryRow(ctx, updateDataSQL, t.tenant, coll, id, merged), coll)
+			if err != nil {
 				return nil, event{}, err
 			}
 			resp, err := recordResponse(http.StatusOK, r, false)
