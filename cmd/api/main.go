@@ -14,18 +14,15 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	apidoc "github.com/meridian-dev/meridian/api"
 	"github.com/meridian-dev/meridian/internal/api"
 	"github.com/meridian-dev/meridian/internal/api/mapsource"
 	"github.com/meridian-dev/meridian/internal/auth"
-	"github.com/meridian-dev/meridian/internal/debugsrv"
+	"github.com/meridian-dev/meridian/internal/daemon"
 	"github.com/meridian-dev/meridian/internal/envflag"
-	"github.com/meridian-dev/meridian/internal/logbuf"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -128,28 +125,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "api:", err)
 		os.Exit(2)
 	}
-	// A log line per request: batch the writes (see internal/logbuf), flushed before exit.
-	lw := logbuf.New(os.Stderr, 0, 0)
-	log := slog.New(slog.NewJSONHandler(lw, nil)).With("component", "api")
-	slog.SetDefault(log)
-	err = run(cfg, log)
-	if err != nil {
-		log.Error("exit", "err", err)
-	}
-	_ = lw.Close()
-	if err != nil {
-		os.Exit(1)
-	}
+	os.Exit(daemon.Main("api", cfg.debugAddr, func(ctx context.Context, log *slog.Logger) error {
+		return run(ctx, cfg, log)
+	}))
 }
 
-func run(cfg config, log *slog.Logger) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if cfg.debugAddr != "" {
-		if _, err := debugsrv.Start(ctx, cfg.debugAddr, log); err != nil {
-			return fmt.Errorf("-debug-addr: %w", err)
-		}
-	}
+// run serves until ctx ends (SIGINT/SIGTERM), then shuts down in order.
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	// Shard map: watch the routers.
 	client := shardmap.NewClient(shardmap.ClientConfig{Addrs: strings.Split(cfg.mapAddrs, ","), Token: cfg.clusterToken, Logger: log})

@@ -1,0 +1,46 @@
+// Package daemon is the part of a long-running command's main that every Meridian server shares:
+// a JSON slog logger tagged with the component, its writes batched by internal/logbuf; a context
+// that ends on SIGINT or SIGTERM; the optional pprof listener (internal/debugsrv); then the
+// command's own run function, after which the log is flushed. cmd/router and cmd/api use it.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/meridian-dev/meridian/internal/debugsrv"
+	"github.com/meridian-dev/meridian/internal/logbuf"
+)
+
+// Main runs run as described in the package doc, with logs to os.Stderr, and returns the exit
+// status: 0, or 1 after logging run's error. debugAddr "" means no pprof listener.
+func Main(component, debugAddr string, run func(ctx context.Context, log *slog.Logger) error) int {
+	// A log line per request: batch the writes, and flush them before the process exits.
+	lw := logbuf.New(os.Stderr, 0, 0)
+	log := slog.New(slog.NewJSONHandler(lw, nil)).With("component", component)
+	slog.SetDefault(log)
+	err := serve(debugAddr, log, run)
+	if err != nil {
+		log.Error("exit", "err", err)
+	}
+	_ = lw.Close()
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+func serve(debugAddr string, log *slog.Logger, run func(ctx context.Context, log *slog.Logger) error) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if debugAddr != "" {
+		if _, err := debugsrv.Start(ctx, debugAddr, log); err != nil {
+			return fmt.Errorf("-debug-addr: %w", err)
+		}
+	}
+	return run(ctx, log)
+}
