@@ -8,23 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-// waitFor polls f until it returns nil or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+	"github.com/meridian-dev/meridian/internal/testenv"
+)
 
 func newMember(t *testing.T, name, region string, role Role, onChange func(Event)) *Cluster {
 	t.Helper()
@@ -66,7 +52,7 @@ func newTestCluster(t *testing.T, specs []spec) []*Cluster {
 		cs = append(cs, c)
 	}
 	for _, c := range cs {
-		waitFor(t, 5*time.Second, func() error {
+		testenv.WaitFor(t, 5*time.Second, func() error {
 			if n := len(c.Members()); n != len(specs) {
 				return fmt.Errorf("%s sees %d members, want %d", c.Name(), n, len(specs))
 			}
@@ -130,7 +116,7 @@ func TestUpdateMetaPropagates(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range cs {
-		waitFor(t, 5*time.Second, func() error {
+		testenv.WaitFor(t, 5*time.Second, func() error {
 			for _, m := range c.Peers("us-east", RoleAPI) {
 				if m.Name != "a-east-1" {
 					continue
@@ -195,7 +181,7 @@ func TestDeadMemberRemoved(t *testing.T) {
 		}
 		cs = append(cs, c)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		if n := len(watcher.Members()); n != 4 {
 			return fmt.Errorf("watcher sees %d", n)
 		}
@@ -211,7 +197,7 @@ func TestDeadMemberRemoved(t *testing.T) {
 	if err := cs[3].Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		if ps := watcher.Peers("us-west", RoleAPI); len(ps) != 0 {
 			return fmt.Errorf("us-west still has %s (state %s)", names(ps), ps[0].State)
 		}
@@ -233,7 +219,7 @@ func TestDeadMemberRemoved(t *testing.T) {
 	if err := cs[2].Leave(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		if got := names(watcher.Peers("us-east", RoleAPI)); got != "a-east-1" {
 			return fmt.Errorf("us-east api = %q", got)
 		}
@@ -242,7 +228,7 @@ func TestDeadMemberRemoved(t *testing.T) {
 	// On two loaded cores a live member can be falsely suspected and rejoin, so other leave
 	// events may appear, and the event callback may trail the member table a little; the two
 	// real departures must be reported, in order.
-	waitFor(t, 5*time.Second, func() error {
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		got := strings.Join(leaves, ",")

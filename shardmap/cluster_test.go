@@ -13,25 +13,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 const testToken = "test-cluster-token"
-
-// waitFor polls f until it returns nil or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waitFor (%s): %v", timeout, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 type testNode struct {
 	id       string
@@ -124,7 +110,7 @@ func (c *testCluster) kill(i int) {
 
 func (c *testCluster) waitMembers() {
 	c.t.Helper()
-	waitFor(c.t, 10*time.Second, func() error {
+	testenv.WaitFor(c.t, 10*time.Second, func() error {
 		for _, tn := range c.nodes {
 			if !tn.up {
 				continue
@@ -143,7 +129,7 @@ func (c *testCluster) waitMembers() {
 func (c *testCluster) leader() *testNode {
 	c.t.Helper()
 	var l *testNode
-	waitFor(c.t, 10*time.Second, func() error {
+	testenv.WaitFor(c.t, 10*time.Second, func() error {
 		for _, tn := range c.nodes {
 			if tn.up && tn.node.IsLeader() {
 				l = tn
@@ -171,7 +157,7 @@ func (c *testCluster) follower() *testNode {
 func (c *testCluster) waitConverged(v uint64) []byte {
 	c.t.Helper()
 	var canon []byte
-	waitFor(c.t, 10*time.Second, func() error {
+	testenv.WaitFor(c.t, 10*time.Second, func() error {
 		canon = nil
 		for _, tn := range c.nodes {
 			if !tn.up {
@@ -363,7 +349,7 @@ func TestClientFailsOverWithinTwoSeconds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, func() error {
+	testenv.WaitFor(t, 2*time.Second, func() error {
 		if v := cl.Map().Version(); v < idx {
 			return fmt.Errorf("client at %d, want %d", v, idx)
 		}
@@ -389,7 +375,7 @@ func TestClientServesLastKnownMapWhenAllDown(t *testing.T) {
 	for i := range c.nodes {
 		c.kill(i)
 	}
-	waitFor(t, 10*time.Second, func() error {
+	testenv.WaitFor(t, 10*time.Second, func() error {
 		if cl.Age() < 300*time.Millisecond {
 			return fmt.Errorf("age %v still fresh", cl.Age())
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 const (
@@ -175,22 +176,6 @@ func writeClusterFile(t *testing.T, router, api string) string {
 		t.Fatal(err)
 	}
 	return path
-}
-
-// waitFor polls f until it returns nil or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s: %v", timeout, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 type jsonReport struct {
@@ -563,7 +548,7 @@ func TestRunInterruptedWritesNothing(t *testing.T) {
 		done <- run(ctx, []string{"bench", "-target", "router=" + router.server.URL, "-jwt-secret", testSecret,
 			"-c", "2", "-d", "1h", "-warmup", "0", "-out", out}, &stdout, &stderr)
 	}()
-	waitFor(t, 10*time.Second, func() error {
+	testenv.WaitFor(t, 10*time.Second, func() error {
 		if n := router.gets.Load(); n < 100 {
 			return fmt.Errorf("%d GETs", n)
 		}
@@ -647,7 +632,7 @@ func TestRunCompareRouterWithBaselineProxy(t *testing.T) {
 	if m == nil {
 		t.Fatalf("no baseline URL in the report:\n%s", out)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		if resp, err := http.Get(m[1] + "/"); err == nil {
 			resp.Body.Close()
 			return fmt.Errorf("baseline proxy %s still answers", m[1])

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 // echoServer accepts connections on loopback and echoes every line back.
@@ -71,22 +73,6 @@ func dial(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c, bufio.NewReader(c)
-}
-
-// waitFor polls f until it returns nil or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waitFor: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestProxyAddsRoundTrip(t *testing.T) {
@@ -190,7 +176,7 @@ func TestPartitionAndHeal(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, addr := range []string{ab, ca, late} {
-		waitFor(t, 5*time.Second, func() error {
+		testenv.WaitFor(t, 5*time.Second, func() error {
 			c, err := net.DialTimeout("tcp", addr, time.Second)
 			if err != nil {
 				return err

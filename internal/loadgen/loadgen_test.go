@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 // counter is a test server that counts requests and optionally delays or fails them.
@@ -68,22 +70,6 @@ func (c *counter) target(name, method string) Target {
 		}
 		return r
 	}}
-}
-
-// waitFor polls f until it returns nil or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s: %v", timeout, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func checkOrdered(t *testing.T, r TargetResult) {
@@ -344,7 +330,7 @@ func TestRunCancelled(t *testing.T) {
 		rep, err := Run(ctx, Config{Concurrency: 4, Duration: time.Hour}, []Target{c.target("t", http.MethodGet)})
 		done <- result{rep, err}
 	}()
-	waitFor(t, 10*time.Second, func() error {
+	testenv.WaitFor(t, 10*time.Second, func() error {
 		if n := c.hits.Load(); n < 50 {
 			return fmt.Errorf("%d hits", n)
 		}
@@ -666,7 +652,7 @@ func TestRunOpenLoopCancelled(t *testing.T) {
 		rep, err = Run(ctx, Config{Concurrency: 2, Rate: 200, Duration: time.Hour}, []Target{c.target("t", http.MethodGet)})
 		done <- err
 	}()
-	waitFor(t, 10*time.Second, func() error {
+	testenv.WaitFor(t, 10*time.Second, func() error {
 		if n := c.hits.Load(); n < 21 {
 			return fmt.Errorf("%d hits", n)
 		}

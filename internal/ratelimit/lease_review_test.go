@@ -382,7 +382,7 @@ func TestLeaseReviewRedisOutageAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, l := range ls {
-		waitFor(t, 10*time.Second, func() error {
+		testenv.WaitFor(t, 10*time.Second, func() error {
 			if _, err := l.Allow(ctx, Request{Class: ClassRead, Tenant: "probe-" + strconv.Itoa(i)}); err != nil {
 				return err
 			}

@@ -101,7 +101,7 @@ func TestRedisDownFallsBackAndRecovers(t *testing.T) {
 	if err := srv.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		res, err := l.Allow(ctx, Request{Class: ClassRead, Tenant: "b"})
 		if err != nil {
 			return err
@@ -113,21 +113,6 @@ func TestRedisDownFallsBackAndRecovers(t *testing.T) {
 	})
 	if got := metricValue(t, l.fallbackGauge); got != 0 {
 		t.Fatalf("fallback gauge = %v after recovery, want 0", got)
-	}
-}
-
-func waitFor(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not met within %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 func TestProxyRoutesWritesHomeAndReadsLocal(t *testing.T) {
@@ -239,7 +241,7 @@ func TestProxySaturatedIs503(t *testing.T) {
 		resp.Body.Close()
 		done <- resp.StatusCode
 	}()
-	waitFor(t, 2*time.Second, func() error {
+	testenv.WaitFor(t, 2*time.Second, func() error {
 		if rg.nodes["us-east"].hits.Load() == 0 {
 			return errors.New("first request not at the node yet")
 		}

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 // Review tests for HopTransport (hop.go): protocol corners, cancellation, and pool safety.
@@ -254,11 +256,13 @@ func TestHopReviewLeftoverBytesRetireTheConnection(t *testing.T) {
 				}
 				<-wrote // the junk is on the wire before the next request
 				if c.later {
-					waitUntil(t, func() bool {
+					testenv.WaitFor(t, 5*time.Second, func() error {
 						tr.mu.Lock()
 						defer tr.mu.Unlock()
-						l := tr.idle[srv.ln.Addr().String()]
-						return len(l) == 1 && !peerOpen(l[0].conn)
+						if l := tr.idle[srv.ln.Addr().String()]; len(l) != 1 || peerOpen(l[0].conn) {
+							return errors.New("the junk has not reached the idle connection yet")
+						}
+						return nil
 					})
 				}
 			}

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 // countingServer is an httptest server that counts the connections it accepted.
@@ -219,11 +221,13 @@ func TestHopSkipsIdleConnectionsThePeerClosed(t *testing.T) {
 	tr := &HopTransport{}
 	get(t, tr, srv.URL)
 	srv.CloseClientConnections() // the idle connection gets a FIN
-	waitUntil(t, func() bool {
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		tr.mu.Lock()
 		defer tr.mu.Unlock()
-		pc := tr.idle[srv.Listener.Addr().String()][0]
-		return !peerOpen(pc.conn)
+		if peerOpen(tr.idle[srv.Listener.Addr().String()][0].conn) {
+			return errors.New("idle connection still looks open")
+		}
+		return nil
 	})
 	// A POST without Idempotency-Key is never replayed, so it succeeds only if the closed
 	// connection was skipped before sending.
@@ -235,17 +239,6 @@ func TestHopSkipsIdleConnectionsThePeerClosed(t *testing.T) {
 	resp.Body.Close()
 	if n := conns.Load(); n != 2 {
 		t.Fatalf("%d connections, want 2 (the closed one skipped)", n)
-	}
-}
-
-func waitUntil(t *testing.T, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 // fakeSource is a settable Source.
@@ -47,21 +49,6 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
 	c.mu.Unlock()
-}
-
-func waitFor(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not met within %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestIdempotent(t *testing.T) {
@@ -378,7 +365,7 @@ func TestProxyWithDyingNode(t *testing.T) {
 	}
 
 	nodes[1].start(t) // n1 returns on the same address
-	waitFor(t, 5*time.Second, func() error {
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		do("GET", "", "")
 		if s := p.State("n1"); s != Closed {
 			return fmt.Errorf("n1 state %v", s)
