@@ -72,6 +72,9 @@ type Node struct {
 	store *raftboltdb.BoltStore
 
 	cur atomic.Pointer[Map]
+	// joinMu serialises membership changes on the leader: a join counts the voters and then
+	// adds one, and two joins interleaved would both see room for a voter.
+	joinMu sync.Mutex
 	// mu guards changed, which is closed and replaced on every publish.
 	mu      sync.Mutex
 	changed chan struct{}
@@ -422,6 +425,8 @@ func (n *Node) join(ctx context.Context, req joinRequest, forwarded bool) error 
 		}
 		return postJoin(ctx, n.httpc, addr, n.cfg.Token, req, true)
 	}
+	n.joinMu.Lock()
+	defer n.joinMu.Unlock()
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return fmt.Errorf("shardmap: join: %w", err)
