@@ -591,6 +591,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if len(os.Args) == 2 && os.Args[1] == echoArg {
+		if err := serveEcho(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
 }
 
@@ -641,5 +648,50 @@ func TestRunCompareRouterWithBaselineProxy(t *testing.T) {
 	})
 	if err := run(t.Context(), []string{"bench", "-cluster", cluster, "-scenario", "get", "-baseline-proxy"}, &stdout, &stderr); !errors.Is(err, errUsage) {
 		t.Errorf("-baseline-proxy with -scenario get: %v, want a usage error", err)
+	}
+}
+
+func TestRunCompareRouterWithBaselineEcho(t *testing.T) {
+	router, api := newFakeCluster(t)
+	cluster := writeClusterFile(t, router.server.URL, api.server.URL)
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "-cluster", cluster, "-scenario", "compare-router", "-baseline-echo", "-c", "2",
+		"-d", "300ms", "-round", "100ms", "-warmup", "0", "-json", "-"}
+	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v\n%s", err, stderr.String())
+	}
+	out := stdout.String()
+	i := strings.Index(out, "{\n")
+	if i < 0 {
+		t.Fatalf("no JSON report:\n%s", out)
+	}
+	var rep jsonReport
+	if err := json.Unmarshal([]byte(out[i:]), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Targets) != 3 || rep.Targets[0].Name != "direct" || rep.Targets[1].Name != "router" || rep.Targets[2].Name != echoName {
+		t.Fatalf("targets %+v, want direct, router, %s", rep.Targets, echoName)
+	}
+	for _, r := range rep.Targets {
+		if r.Requests == 0 || r.Errors != 0 {
+			t.Errorf("%s: %d requests, %d errors", r.Name, r.Requests, r.Errors)
+		}
+	}
+	// The echo answers from memory: the API node saw no more GETs than direct's (plus setup's).
+	if got, direct := api.gets.Load(), rep.Targets[0].Requests; got >= direct+rep.Targets[2].Requests {
+		t.Errorf("API node saw %d GETs for direct's %d and the echo's %d: the echo forwarded", got, direct, rep.Targets[2].Requests)
+	}
+	// The echo is a floor, not an alternative: no ratio names it.
+	if len(rep.Ratios) != 1 || rep.Ratios[0].Target != "router" {
+		t.Errorf("ratios %+v, want router / direct only", rep.Ratios)
+	}
+	if strings.Contains(out, "| "+echoName+" / ") {
+		t.Errorf("the echo is compared with direct:\n%s", out)
+	}
+	if !strings.Contains(out, "answers every request from memory") {
+		t.Errorf("no note on the echo:\n%s", out)
+	}
+	if err := run(t.Context(), []string{"bench", "-cluster", cluster, "-scenario", "post", "-baseline-echo"}, &stdout, &stderr); !errors.Is(err, errUsage) {
+		t.Errorf("-baseline-echo with -scenario post: %v, want a usage error", err)
 	}
 }

@@ -7,7 +7,9 @@
 //	get             GET /v1/collections/bench/records/{id} of a record created at setup
 //	post            POST /v1/collections/bench/records with a small {"data":{...}} body
 //	compare-router  the same GET direct to an API node and through the router, side by side;
-//	                -baseline-proxy adds a bare httputil.ReverseProxy (the floor of any Go hop)
+//	                -baseline-proxy adds a bare httputil.ReverseProxy (the floor of any Go hop);
+//	                -baseline-echo adds a server answering from memory (one round trip to
+//	                another process: what any process on the path adds at least)
 //	compare-home    GET through one router for a tenant homed in its region and one homed in
 //	                another (-home), side by side
 //
@@ -43,6 +45,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,6 +58,13 @@ func main() {
 	if len(os.Args) == 3 && os.Args[1] == stdlibProxyArg {
 		if err := serveStdlibProxy(os.Args[2]); err != nil {
 			fmt.Fprintln(os.Stderr, "bench: baseline proxy:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) == 2 && os.Args[1] == echoArg {
+		if err := serveEcho(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: echo server:", err)
 			os.Exit(1)
 		}
 		return
@@ -91,6 +101,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		bt.name, bt.base = baselineName, base
 		plan.targets = append(plan.targets[:1], append([]benchTarget{bt}, plan.targets[1:]...)...)
 	}
+	if o.baselineEcho {
+		// Last, and left out of the ratios: it is not an alternative to direct but a floor.
+		base, stopEcho, err := startEcho(ctx)
+		if err != nil {
+			return fmt.Errorf("-baseline-echo: %w", err)
+		}
+		defer stopEcho()
+		et := plan.targets[0]
+		et.name, et.base = echoName, base
+		plan.targets = append(plan.targets, et)
+	}
 	fmt.Fprintf(stderr, "bench: %s, %d workers, %s per target", o.scenario, o.cfg.Concurrency, o.cfg.Duration)
 	if o.cfg.Rate > 0 {
 		fmt.Fprintf(stderr, ", open loop at %s req/s per target", strconv.FormatFloat(o.cfg.Rate, 'f', -1, 64))
@@ -105,6 +126,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("setup: %w", err)
 	}
 	rep, err := loadgen.Run(ctx, o.cfg, targets)
+	if rep != nil {
+		rep.Ratios = slices.DeleteFunc(rep.Ratios, func(x loadgen.Ratio) bool { return x.Target == echoName })
+	}
 	if err != nil {
 		if rep != nil {
 			// Interrupted: show what was measured, but never record it as a result.
@@ -164,6 +188,7 @@ type options struct {
 	cfg              loadgen.Config
 	sequential       bool
 	baselineProxy    bool
+	baselineEcho     bool
 	out, jsonOut     string
 	title            string
 	args             []string
@@ -235,6 +260,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.cfg.Timeout, "timeout", loadgen.DefaultTimeout, "per-request timeout")
 	fs.BoolVar(&o.sequential, "sequential", false, "run targets one after another instead of side by side")
 	fs.BoolVar(&o.baselineProxy, "baseline-proxy", false, "compare-router: also measure a bare net/http/httputil.ReverseProxy (own process) in front of the direct API node, as the floor of any Go HTTP hop")
+	fs.BoolVar(&o.baselineEcho, "baseline-echo", false, "compare-router: also measure a bare net/http server (own process) that answers every request from memory, as the least any process on the path adds (one loopback round trip)")
 	fs.StringVar(&o.out, "out", "", "append the Markdown section to this file (e.g. docs/BENCHMARKS.md)")
 	fs.StringVar(&o.jsonOut, "json", "", "write the JSON report to this file (- for stdout)")
 	fs.StringVar(&o.title, "title", "", "section heading (default from the scenario)")
@@ -259,6 +285,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.baselineProxy && o.scenario != scenarioCompare {
 		return nil, fmt.Errorf("%w: -baseline-proxy is for -scenario compare-router", errUsage)
+	}
+	if o.baselineEcho && o.scenario != scenarioCompare {
+		return nil, fmt.Errorf("%w: -baseline-echo is for -scenario compare-router", errUsage)
 	}
 	if math.IsNaN(o.cfg.Rate) || math.IsInf(o.cfg.Rate, 0) || o.cfg.Rate < 0 {
 		return nil, fmt.Errorf("%w: -rate %v: want requests per second per target, ≥ 0 and finite (0: closed loop)", errUsage, o.cfg.Rate)

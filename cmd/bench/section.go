@@ -135,6 +135,12 @@ func writeSection(w io.Writer, o *options, p *plan, rep *loadgen.Report, m machi
 			"the same API node as `%s`: no authentication, limits, routing or metrics — what any Go HTTP "+
 			"hop costs on this machine.\n\n", baselineName, p.targets[0].name)
 	}
+	if slices.ContainsFunc(p.targets, func(t benchTarget) bool { return t.name == echoName }) {
+		fmt.Fprintf(w, "`%s` is a bare Go net/http server in its own process that answers every request "+
+			"from memory, without the API node: its latency is one HTTP round trip to another process and "+
+			"nothing else — the least that putting any process (a proxy, a router) on a request's path adds "+
+			"on this machine. It is left out of the comparisons.\n\n", echoName)
+	}
 	_ = rep.WriteMarkdown(w) // w is a strings.Builder in practice; errors surface on the final write
 	for _, t := range rep.Targets {
 		if n := t.ErrorsByStatus["429"]; n > 0 {
