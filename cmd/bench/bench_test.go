@@ -604,21 +604,8 @@ func TestMain(m *testing.M) {
 func TestRunCompareRouterWithBaselineProxy(t *testing.T) {
 	router, api := newFakeCluster(t)
 	cluster := writeClusterFile(t, router.server.URL, api.server.URL)
+	out, rep := runShortCompare(t, cluster, "-baseline-proxy")
 	var stdout, stderr bytes.Buffer
-	args := []string{"bench", "-cluster", cluster, "-scenario", "compare-router", "-baseline-proxy", "-c", "2",
-		"-d", "300ms", "-round", "100ms", "-warmup", "0", "-json", "-"}
-	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
-		t.Fatalf("run: %v\n%s", err, stderr.String())
-	}
-	out := stdout.String()
-	i := strings.Index(out, "{\n")
-	if i < 0 {
-		t.Fatalf("no JSON report:\n%s", out)
-	}
-	var rep jsonReport
-	if err := json.Unmarshal([]byte(out[i:]), &rep); err != nil {
-		t.Fatal(err)
-	}
 	if len(rep.Targets) != 3 || rep.Targets[0].Name != "direct" || rep.Targets[1].Name != baselineName || rep.Targets[2].Name != "router" {
 		t.Fatalf("targets %+v, want direct, %s, router", rep.Targets, baselineName)
 	}
@@ -654,21 +641,8 @@ func TestRunCompareRouterWithBaselineProxy(t *testing.T) {
 func TestRunCompareRouterWithBaselineEcho(t *testing.T) {
 	router, api := newFakeCluster(t)
 	cluster := writeClusterFile(t, router.server.URL, api.server.URL)
+	out, rep := runShortCompare(t, cluster, "-baseline-echo")
 	var stdout, stderr bytes.Buffer
-	args := []string{"bench", "-cluster", cluster, "-scenario", "compare-router", "-baseline-echo", "-c", "2",
-		"-d", "300ms", "-round", "100ms", "-warmup", "0", "-json", "-"}
-	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
-		t.Fatalf("run: %v\n%s", err, stderr.String())
-	}
-	out := stdout.String()
-	i := strings.Index(out, "{\n")
-	if i < 0 {
-		t.Fatalf("no JSON report:\n%s", out)
-	}
-	var rep jsonReport
-	if err := json.Unmarshal([]byte(out[i:]), &rep); err != nil {
-		t.Fatal(err)
-	}
 	if len(rep.Targets) != 3 || rep.Targets[0].Name != "direct" || rep.Targets[1].Name != "router" || rep.Targets[2].Name != echoName {
 		t.Fatalf("targets %+v, want direct, router, %s", rep.Targets, echoName)
 	}
@@ -694,4 +668,26 @@ func TestRunCompareRouterWithBaselineEcho(t *testing.T) {
 	if err := run(t.Context(), []string{"bench", "-cluster", cluster, "-scenario", "post", "-baseline-echo"}, &stdout, &stderr); !errors.Is(err, errUsage) {
 		t.Errorf("-baseline-echo with -scenario post: %v, want a usage error", err)
 	}
+}
+
+// runShortCompare runs a short compare-router against cluster with flag added and returns the
+// Markdown output and the JSON report.
+func runShortCompare(t *testing.T, cluster, flag string) (string, jsonReport) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "-cluster", cluster, "-scenario", "compare-router", flag, "-c", "2",
+		"-d", "300ms", "-round", "100ms", "-warmup", "0", "-json", "-"}
+	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v\n%s", err, stderr.String())
+	}
+	out := stdout.String()
+	i := strings.Index(out, "{\n")
+	if i < 0 {
+		t.Fatalf("no JSON report:\n%s", out)
+	}
+	var rep jsonReport
+	if err := json.Unmarshal([]byte(out[i:]), &rep); err != nil {
+		t.Fatal(err)
+	}
+	return out, rep
 }
