@@ -239,7 +239,7 @@ func (s *Server) readTx(c *gin.Context, t target, queue func(*pgx.Batch)) error 
 		if rp.token != nil && rp.token.Shard == t.shard.ID {
 			tok = rp.token
 		}
-		err := s.readOn(ctx, pool, t, tok, queue)
+		err := s.readOn(ctx, pool, t.tenant, tok, queue)
 		if err == nil || !fallBack(err) {
 			c.Header(hdrReadSource, replication.SourceReplica.String())
 			s.metrics.reads.WithLabelValues(replication.SourceReplica.String()).Inc()
@@ -253,12 +253,13 @@ func (s *Server) readTx(c *gin.Context, t target, queue func(*pgx.Batch)) error 
 	}
 	c.Header(hdrReadSource, replication.SourcePrimary.String())
 	s.metrics.reads.WithLabelValues(replication.SourcePrimary.String()).Inc()
-	return s.readOn(ctx, t.pool, t, nil, queue)
+	return s.readOn(ctx, t.pool, t.tenant, nil, queue)
 }
 
-// readOn runs one read on a connection of pool in one round trip. With tok, the copy must have
-// replayed it first: readBatch checks that in the same batch, before the read's statements.
-func (s *Server) readOn(ctx context.Context, pool *pgxpool.Pool, t target, tok *replication.Token, queue func(*pgx.Batch)) error {
+// readOn runs one read for tenant on a connection of pool in one round trip (readBatch). With
+// tok, the copy must have replayed it first: readBatch checks that in the same batch, before the
+// read's statements.
+func (s *Server) readOn(ctx context.Context, pool *pgxpool.Pool, tenant string, tok *replication.Token, queue func(*pgx.Batch)) error {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return err
@@ -268,5 +269,5 @@ func (s *Server) readOn(ctx context.Context, pool *pgxpool.Pool, t target, tok *
 	if tok != nil {
 		minLSN = tok.LSN
 	}
-	return readBatch(ctx, conn.Conn(), t.tenant, minLSN, queue)
+	return readBatch(ctx, conn.Conn(), tenant, minLSN, queue)
 }

@@ -121,14 +121,8 @@ func (s *Server) getTenant(c *gin.Context) {
 		return
 	}
 	row := TenantRow{ID: id, Shard: sh.ID}
-	conn, err := pool.Acquire(c.Request.Context())
-	if err != nil {
-		s.failWith(c, err)
-		return
-	}
-	defer conn.Release()
-	// One round trip, like every read (readBatch; its tenant check answers a missing tenant).
-	err = readBatch(c.Request.Context(), conn.Conn(), id, 0, func(b *pgx.Batch) {
+	// One round trip, like every read (readOn; its tenant check answers a missing tenant).
+	err = s.readOn(c.Request.Context(), pool, id, nil, func(b *pgx.Batch) {
 		b.Queue(`SELECT status, write_epoch, write_fenced, created_at FROM tenants WHERE tenant_id = $1`, id).
 			QueryRow(func(r pgx.Row) error {
 				err := r.Scan(&row.Status, &row.WriteEpoch, &row.Fenced, &row.CreatedAt)
