@@ -21,9 +21,9 @@
 // max(1, min(burst/10, rate×Lease)), so one router holds at most a tenth of a bucket. The global
 // limit is never exceeded (every admitted request spent a token Redis granted). Tokens still
 // held when a lease ends are given back to the bucket by the next call for it (the TAT moves
-// back) — only those whose emission slots are still in the future: a slot already past has been
-// refilled, and another router may have spent it. So leasing withholds at most one batch per router and bucket, for at most one lease,
-// from the others — a bucket that goes idle keeps its last unspent batch withheld until it
+// back) — only those whose emission slots are still in the future: a slot already past has
+// been refilled, and another router may have spent it. So leasing withholds at most one batch
+// per router and bucket, for at most one lease, from the others — a bucket that goes idle keeps its last unspent batch withheld until it
 // refills. A bucket whose cap is 1 (small limits) is decided exactly, one Redis call per
 // request. A denial is remembered until its Retry-After, since no other router
 // can make the bucket admit earlier; while it lasts, requests on that bucket are denied without
@@ -438,10 +438,10 @@ func (l *Limiter) count(c Class, allowed bool, backend string) {
 }
 
 // gcraScript checks every bucket and takes tokens from them all only if all admit the request.
-// KEYS: bucket keys. ARGV[1]: now (µs), or -1 for Redis's own clock. Then per key i, from ARGV[4i-2]: emission interval
-// (µs), burst, tokens wanted (≥ 1; a bucket with fewer grants what it has), and tokens given
-// back (taken earlier and not spent: the TAT moves back by that many intervals first, and stays
-// moved back even when the request is denied).
+// KEYS: bucket keys. ARGV[1]: now (µs), or -1 for Redis's own clock. Then per key i, from
+// ARGV[4i-2]: emission interval (µs), burst, tokens wanted (≥ 1; a bucket with fewer grants
+// what it has), and tokens given back (taken earlier and not spent: the TAT moves back by that
+// many intervals first, and stays moved back even when the request is denied).
 // Returns {allowed, then per key: granted, remaining, retry_after_µs, reset_µs}.
 // TATs are stored as integer microseconds formatted with %.0f: Lua's default number format
 // keeps only 14 digits, which would corrupt a 16-digit timestamp.

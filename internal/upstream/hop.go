@@ -16,8 +16,7 @@ import (
 // HopTransport is an HTTP/1.1 http.RoundTripper for a proxy's hop to its upstream nodes. The
 // calling goroutine writes the request and reads the response on a pooled keep-alive
 // connection itself: net/http.Transport hands each request to a writer goroutine and each
-// response back from a reader goroutine of its connection, two goroutine switches that cost
-// ≈ 0.1 ms of p50 latency per hop on a loaded two-core machine (docs/BENCHMARKS.md).
+// response back from a reader goroutine of its connection: two goroutine switches per hop.
 //
 // It does only what the router needs: http:// URLs, no proxy, no TLS, no HTTP/2, no transparent
 // compression (the client's Accept-Encoding and the encoded body pass through), no redirects,
