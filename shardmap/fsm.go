@@ -46,7 +46,7 @@ func (s *state) applyCmd(cmd Command, index uint64, at time.Time) error {
 	case Bootstrap:
 		return s.bootstrap(c)
 	case AddRegion:
-		if !validName(c.Region) {
+		if !ValidRegionID(c.Region) {
 			return fmt.Errorf("%w: bad region id %q", ErrBadCommand, c.Region)
 		}
 		if slices.Contains(s.regions, c.Region) {
@@ -181,14 +181,14 @@ func (s *state) bootstrap(c Bootstrap) error {
 	if n == 0 {
 		n = DefaultSlotCount
 	}
-	if n < 1 || n > maxSlotCount {
-		return fmt.Errorf("%w: slot_count %d not in [1,%d]", ErrBadCommand, c.SlotCount, maxSlotCount)
+	if n < 1 || n > MaxSlotCount {
+		return fmt.Errorf("%w: slot_count %d not in [1,%d]", ErrBadCommand, c.SlotCount, MaxSlotCount)
 	}
-	if len(c.Shards) >= maxSlotCount {
+	if len(c.Shards) >= MaxSlotCount {
 		return fmt.Errorf("%w: too many shards", ErrBadCommand)
 	}
 	for _, r := range c.Regions {
-		if !validName(r) {
+		if !ValidRegionID(r) {
 			return fmt.Errorf("%w: bad region id %q", ErrBadCommand, r)
 		}
 		if slices.Contains(s.regions, r) {
@@ -217,7 +217,7 @@ func (s *state) bootstrap(c Bootstrap) error {
 
 // checkShard validates a new shard and returns the copy to store (active, own endpoint map).
 func (s *state) checkShard(sh Shard) (Shard, error) {
-	if !validName(sh.ID) {
+	if !ValidShardID(sh.ID) {
 		return Shard{}, fmt.Errorf("%w: bad shard id %q", ErrBadCommand, sh.ID)
 	}
 	if sh.Database == "" {

@@ -12,12 +12,6 @@ import (
 	"github.com/cespare/xxhash/v2"
 )
 
-// DefaultSlotCount is the slot table size used when a bootstrap command leaves it zero.
-const DefaultSlotCount = 1024
-
-// maxSlotCount bounds the slot table; slots index shards with a uint16.
-const maxSlotCount = 1 << 16
-
 // Shard states.
 const (
 	ShardActive   = "active"
@@ -219,7 +213,7 @@ func decodeState(b []byte) (*state, error) {
 		s.moves[m.ID] = m
 	}
 	maps.Copy(s.nodes, w.Nodes)
-	if len(s.shards) >= maxSlotCount {
+	if len(s.shards) >= MaxSlotCount {
 		return nil, fmt.Errorf("shardmap: decode state: too many shards")
 	}
 	return s, nil
@@ -396,46 +390,4 @@ func DecodeMap(b []byte) (*Map, error) {
 		return nil, err
 	}
 	return buildMap(s), nil
-}
-
-// idChar marks the bytes allowed in ids: [a-z0-9] = 1, '-' = 2.
-var idChar = func() (t [256]uint8) {
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = 1
-	}
-	for c := '0'; c <= '9'; c++ {
-		t[c] = 1
-	}
-	t['-'] = 2
-	return t
-}()
-
-// ValidTenantID reports whether id matches ^[a-z0-9][a-z0-9-]{2,62}$, without allocating.
-func ValidTenantID(id string) bool {
-	if len(id) < 3 || len(id) > 63 || idChar[id[0]] != 1 {
-		return false
-	}
-	for i := 1; i < len(id); i++ {
-		if idChar[id[i]] == 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// validName checks region and shard ids: ^[a-z0-9][a-z0-9-]{0,62}$.
-func validName(id string) bool {
-	if len(id) < 1 || len(id) > 63 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-' && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
