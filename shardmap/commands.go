@@ -35,7 +35,7 @@ type Command interface {
 }
 
 // Bootstrap creates the topology: regions, shards (all active) and a slot table of SlotCount
-// slots (0 = DefaultSlotCount) assigned round-robin over Shards in the given order. Only once.
+// slots (0 = ids.DefaultSlotCount) assigned round-robin over Shards in the given order. Only once.
 type Bootstrap struct {
 	Regions   []string `json:"regions"`
 	Shards    []Shard  `json:"shards"`

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 	"io"
 	"maps"
 	"slices"
@@ -46,7 +47,7 @@ func (s *state) applyCmd(cmd Command, index uint64, at time.Time) error {
 	case Bootstrap:
 		return s.bootstrap(c)
 	case AddRegion:
-		if !ValidRegionID(c.Region) {
+		if !ids.ValidRegion(c.Region) {
 			return fmt.Errorf("%w: bad region id %q", ErrBadCommand, c.Region)
 		}
 		if slices.Contains(s.regions, c.Region) {
@@ -179,16 +180,16 @@ func (s *state) bootstrap(c Bootstrap) error {
 	}
 	n := c.SlotCount
 	if n == 0 {
-		n = DefaultSlotCount
+		n = ids.DefaultSlotCount
 	}
-	if n < 1 || n > MaxSlotCount {
-		return fmt.Errorf("%w: slot_count %d not in [1,%d]", ErrBadCommand, c.SlotCount, MaxSlotCount)
+	if n < 1 || n > ids.MaxSlotCount {
+		return fmt.Errorf("%w: slot_count %d not in [1,%d]", ErrBadCommand, c.SlotCount, ids.MaxSlotCount)
 	}
-	if len(c.Shards) >= MaxSlotCount {
+	if len(c.Shards) >= ids.MaxSlotCount {
 		return fmt.Errorf("%w: too many shards", ErrBadCommand)
 	}
 	for _, r := range c.Regions {
-		if !ValidRegionID(r) {
+		if !ids.ValidRegion(r) {
 			return fmt.Errorf("%w: bad region id %q", ErrBadCommand, r)
 		}
 		if slices.Contains(s.regions, r) {
@@ -217,7 +218,7 @@ func (s *state) bootstrap(c Bootstrap) error {
 
 // checkShard validates a new shard and returns the copy to store (active, own endpoint map).
 func (s *state) checkShard(sh Shard) (Shard, error) {
-	if !ValidShardID(sh.ID) {
+	if !ids.ValidShard(sh.ID) {
 		return Shard{}, fmt.Errorf("%w: bad shard id %q", ErrBadCommand, sh.ID)
 	}
 	if sh.Database == "" {
@@ -278,7 +279,7 @@ func (s *state) moving(tenant string) bool {
 }
 
 func (s *state) createTenant(c CreateTenant) error {
-	if !ValidTenantID(c.Tenant) {
+	if !ids.ValidTenant(c.Tenant) {
 		return fmt.Errorf("%w: %q", ErrBadTenantID, c.Tenant)
 	}
 	if _, ok := s.pins[c.Tenant]; ok {
@@ -315,7 +316,7 @@ func (s *state) createTenant(c CreateTenant) error {
 }
 
 func (s *state) requestMove(c RequestMove, index uint64, at time.Time) error {
-	if !ValidTenantID(c.Tenant) {
+	if !ids.ValidTenant(c.Tenant) {
 		return fmt.Errorf("%w: %q", ErrBadTenantID, c.Tenant)
 	}
 	id := c.ID

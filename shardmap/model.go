@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 	"maps"
 	"slices"
 	"sync"
@@ -213,7 +214,7 @@ func decodeState(b []byte) (*state, error) {
 		s.moves[m.ID] = m
 	}
 	maps.Copy(s.nodes, w.Nodes)
-	if len(s.shards) >= MaxSlotCount {
+	if len(s.shards) >= ids.MaxSlotCount {
 		return nil, fmt.Errorf("shardmap: decode state: too many shards")
 	}
 	return s, nil
@@ -300,7 +301,7 @@ func (m *Map) SlotCount() int { return m.st.slotCount }
 // the map and does not allocate. It returns ErrBadTenantID for an invalid id and
 // ErrNotBootstrapped for a map without topology.
 func (m *Map) Lookup(tenant string) (Route, error) {
-	if !ValidTenantID(tenant) {
+	if !ids.ValidTenant(tenant) {
 		return Route{}, ErrBadTenantID
 	}
 	if len(m.slots) == 0 {

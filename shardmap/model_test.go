@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 	"regexp"
 	"testing"
 	"time"
@@ -92,8 +93,8 @@ func TestValidTenantIDMatchesRegexp(t *testing.T) {
 	cases := []string{"", "ab", "abc", "a-b", "-ab", "ab-", "ABC", "a_b", "acme-corp-1", "0ab", "a b",
 		string(bytes.Repeat([]byte("a"), 63)), string(bytes.Repeat([]byte("a"), 64)), "é12"}
 	for _, c := range cases {
-		if got, want := ValidTenantID(c), re.MatchString(c); got != want {
-			t.Errorf("ValidTenantID(%q) = %v, regexp says %v", c, got, want)
+		if got, want := ids.ValidTenant(c), re.MatchString(c); got != want {
+			t.Errorf("ids.ValidTenant(%q) = %v, regexp says %v", c, got, want)
 		}
 	}
 }
@@ -104,8 +105,8 @@ func FuzzValidTenantID(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		if ValidTenantID(s) != re.MatchString(s) {
-			t.Fatalf("ValidTenantID(%q) disagrees with the regexp", s)
+		if ids.ValidTenant(s) != re.MatchString(s) {
+			t.Fatalf("ids.ValidTenant(%q) disagrees with the regexp", s)
 		}
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -66,7 +67,7 @@ func (g *cmdGen) moveID() string {
 func checkInvariants(t testing.TB, m *Map) {
 	t.Helper()
 	for _, tn := range append(propTenants, "zzz-1", "zzz-2", "tenant-42") {
-		if !ValidTenantID(tn) {
+		if !ids.ValidTenant(tn) {
 			continue
 		}
 		r, err := m.Lookup(tn)

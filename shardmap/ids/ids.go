@@ -1,14 +1,15 @@
-package shardmap
-
-// The names every layer validates — tenant, shard, region, collection and record ids — and the
-// slot limits are defined here, once (DESIGN.md §12). The router, the API node, the topology file,
-// the launcher and the test servers call these functions instead of keeping patterns of their
-// own, so an id the map accepts is an id every other part accepts, and the other way round.
+// Package ids defines, once (DESIGN.md §12), the names every layer of Meridian validates —
+// tenant, shard, region, collection and record ids — and the slot limits. It sits under
+// shardmap because the map defines them, and is a leaf package (stdlib only) so that region,
+// replication and the HTTP layers can import it without pulling in Raft. The router, the API
+// node, the topology file, the launcher and the test servers call these functions instead of
+// keeping patterns of their own, so an id the map accepts is an id every other part accepts.
 //
 // The checks are hand-written byte loops rather than regular expressions because the router
-// runs ValidTenantID on every request; the Pattern constants are the same rules written as
+// runs ValidTenant on every request; the Pattern constants are the same rules written as
 // regular expressions, for error messages and documentation. ids_test.go checks that each
 // function agrees with its pattern.
+package ids
 
 // Id patterns, as regular expressions. They are for messages and docs; validate with the
 // functions below.
@@ -43,16 +44,16 @@ var idChar = func() (t [256]uint8) {
 	return t
 }()
 
-// ValidTenantID reports whether id matches TenantPattern, without allocating.
-func ValidTenantID(id string) bool {
+// ValidTenant reports whether id matches TenantPattern, without allocating.
+func ValidTenant(id string) bool {
 	return len(id) >= 3 && validLower(id)
 }
 
-// ValidRegionID reports whether id matches NamePattern.
-func ValidRegionID(id string) bool { return len(id) >= 1 && validLower(id) }
+// ValidRegion reports whether id matches NamePattern.
+func ValidRegion(id string) bool { return len(id) >= 1 && validLower(id) }
 
-// ValidShardID reports whether id matches NamePattern.
-func ValidShardID(id string) bool { return len(id) >= 1 && validLower(id) }
+// ValidShard reports whether id matches NamePattern.
+func ValidShard(id string) bool { return len(id) >= 1 && validLower(id) }
 
 // validLower checks ^[a-z0-9][a-z0-9-]*$ with at most 63 bytes.
 func validLower(id string) bool {
@@ -81,8 +82,8 @@ func ValidCollection(name string) bool {
 	return true
 }
 
-// ValidRecordID reports whether id matches RecordIDPattern.
-func ValidRecordID(id string) bool {
+// ValidRecord reports whether id matches RecordIDPattern.
+func ValidRecord(id string) bool {
 	if len(id) < 1 || len(id) > 128 {
 		return false
 	}

@@ -1,4 +1,4 @@
-package shardmap
+package ids
 
 import (
 	"regexp"
@@ -14,11 +14,11 @@ func TestIDFunctionsMatchPatterns(t *testing.T) {
 		pattern string
 		valid   func(string) bool
 	}{
-		{"tenant", TenantPattern, ValidTenantID},
-		{"region", NamePattern, ValidRegionID},
-		{"shard", NamePattern, ValidShardID},
+		{"tenant", TenantPattern, ValidTenant},
+		{"region", NamePattern, ValidRegion},
+		{"shard", NamePattern, ValidShard},
 		{"collection", CollectionPattern, ValidCollection},
-		{"record", RecordIDPattern, ValidRecordID},
+		{"record", RecordIDPattern, ValidRecord},
 	}
 	inputs := []string{"", "a", "ab", "abc", "a-b", "-ab", "ab-", "Abc", "a_b", "_ab", "1ab", "us-east", "us-east-1",
 		"a b", "ab\x00", "äbc", strings.Repeat("a", 62), strings.Repeat("a", 63), strings.Repeat("a", 64),
@@ -38,8 +38,8 @@ func TestIDFunctionsMatchPatterns(t *testing.T) {
 	}
 }
 
-func TestValidTenantIDDoesNotAllocate(t *testing.T) {
-	if n := testing.AllocsPerRun(100, func() { ValidTenantID("acme-corp") }); n != 0 {
-		t.Fatalf("ValidTenantID allocates %v times", n)
+func TestValidTenantDoesNotAllocate(t *testing.T) {
+	if n := testing.AllocsPerRun(100, func() { ValidTenant("acme-corp") }); n != 0 {
+		t.Fatalf("ValidTenant allocates %v times", n)
 	}
 }
