@@ -1,11 +1,15 @@
 // Package replication owns what Meridian knows about Postgres physical replication: log
 // sequence numbers (LSNs), the consistency tokens that carry a write's commit LSN back to the
-// client, the health and lag of a hot standby, and the bounded-staleness decision that picks
-// the source of a read (DESIGN.md §6).
+// client, the health, replay position and lag of each shard's hot standby (Tracker), waiting
+// for a standby to replay a token, and the bounded-staleness decision that picks the source of
+// a read and says why (Policy.Decide, and Policy.Choose which adds the read-your-writes wait).
+// DESIGN.md next to this file describes the rules; the system design is DESIGN.md §6.
 //
-// It talks to Postgres only through the small Querier interface (satisfied by *pgx.Conn,
-// *pgxpool.Pool and pgx.Tx), never opens connections itself, and never writes. Tests should run
-// it against a real primary and standby from internal/testenv.
+// It talks to Postgres only through the small Querier interface (satisfied by *pgxpool.Pool,
+// *pgx.Conn and pgx.Tx), never opens connections itself, and never writes. It must not learn
+// about HTTP, tenants or the shard map: callers pass a shard id, a request and a querier.
+// Tests should run it against a real primary and standby from internal/testenv, pausing the
+// standby's replay to make it lag.
 package replication
 
 import (
