@@ -196,13 +196,13 @@ func (s *Server) chooseRead(c *gin.Context, t target, rp readPref) (replication.
 	}
 	st, healthy := s.standbys.status(ctx, t.shard.ID, pool)
 	req := replication.ReadRequest{Strong: rp.strong, Token: rp.token}
-	src := s.readPolicy.Decide(t.shard.ID, req, st, healthy)
+	src := s.readPolicy.Decide(t.shard.ID, req, st, healthy).Source
 	if src == replication.SourcePrimary && healthy && rp.token != nil && rp.token.Shard == t.shard.ID &&
-		s.readPolicy.Decide(t.shard.ID, replication.ReadRequest{}, st, healthy) == replication.SourceReplica {
+		s.readPolicy.Decide(t.shard.ID, replication.ReadRequest{}, st, healthy).Source == replication.SourceReplica {
 		// Only the token holds the read back: give the standby a short bound to catch up.
 		if s.standbys.waitReplayed(ctx, t.shard.ID, pool, rp.token.LSN, s.cfg.RYWWait) {
 			st, healthy = s.standbys.status(ctx, t.shard.ID, pool)
-			src = s.readPolicy.Decide(t.shard.ID, req, st, healthy)
+			src = s.readPolicy.Decide(t.shard.ID, req, st, healthy).Source
 		}
 	}
 	if src != replication.SourceReplica {
