@@ -126,12 +126,23 @@ func TestProxyMisdirectedRetriesOnNewMap(t *testing.T) {
 		}
 		return false
 	}
-	go func() {
-		time.Sleep(50 * time.Millisecond)
-		rg.m.set("euco", Route{Shard: "us-east-7", HomeRegion: "us-east", Pinned: true, Epoch: 3}, 9)
-	}()
+	// The cluster's map reaches version 9 only once the router waits for it (and only for a
+	// wait on that version), so the answer below proves the router waited for the version the
+	// 421 named and re-resolved the tenant, instead of retrying on its old map.
+	waits := make(chan uint64, 4)
+	rg.m.mu.Lock()
+	rg.m.onWait = func(v uint64) {
+		waits <- v
+		if v == 9 {
+			go rg.m.set("euco", Route{Shard: "us-east-7", HomeRegion: "us-east", Pinned: true, Epoch: 3}, 9)
+		}
+	}
+	rg.m.mu.Unlock()
 	resp, b := rg.do(t, "POST", "/v1/collections/c/records", tokEuco, `{"data":{"n":1}}`)
 	wantStatus(t, resp, b, 200)
+	if len(waits) != 1 || <-waits != 9 {
+		t.Fatal("the router did not wait exactly once, for version 9, after the 421")
+	}
 	if got := resp.Header.Get(HeaderServedRegion); got != "us-east" {
 		t.Fatalf("served by %q after the 421, want us-east", got)
 	}
