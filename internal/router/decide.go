@@ -3,6 +3,8 @@ package router
 import (
 	"net/http"
 	"strings"
+
+	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
 // Route classes, used for rate limits and metrics.
@@ -49,16 +51,10 @@ func IsWrite(method string) bool {
 	return false
 }
 
-// IsIdempotent reports whether a request may be retried: GET, HEAD, PUT, DELETE, OPTIONS, and
-// POST or PATCH carrying an Idempotency-Key (the API node replays the first answer).
+// IsIdempotent reports whether a request may be retried after it may have reached an API
+// node; the rule is the retry policy's (upstream.Idempotent).
 func IsIdempotent(method string, hasIdempotencyKey bool) bool {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete, http.MethodOptions:
-		return true
-	case http.MethodPost, http.MethodPatch:
-		return hasIdempotencyKey
-	}
-	return false
+	return upstream.Idempotent(method, hasIdempotencyKey)
 }
 
 // Classify returns the route class of a request.

@@ -28,6 +28,8 @@ type fakeMap struct {
 	regions  []string
 	creates  []string
 	createFn func(id, region string) (Route, error)
+	// onWait, when set, is called with the version of every WaitVersion call as the call begins.
+	onWait func(v uint64)
 }
 
 var _ ShardMap = (*fakeMap)(nil)
@@ -59,6 +61,12 @@ func (m *fakeMap) set(tenant string, r Route, version uint64) {
 }
 
 func (m *fakeMap) WaitVersion(ctx context.Context, v uint64) error {
+	m.mu.Lock()
+	onWait := m.onWait
+	m.mu.Unlock()
+	if onWait != nil {
+		onWait(v)
+	}
 	for m.Version() < v {
 		select {
 		case <-ctx.Done():

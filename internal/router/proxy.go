@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+
+	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
 // Headers the router reads or sets.
@@ -176,8 +177,9 @@ func (s *Server) leaseValid() bool {
 	return s.cfg.Now().Sub(s.cfg.Map.LeaderContact()) <= s.cfg.Lease
 }
 
-// forward sends the request to an API node chosen by Decide, retrying idempotent requests on
-// transport errors and any request once after a 421, then streams the answer back.
+// forward sends the request to an API node chosen by Decide, retrying failed attempts under
+// the retry policy (upstream.RetryPolicy) and any request once after a 421, then streams the
+// answer back.
 func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route) {
 	r := c.Request
 	in := DecisionInput{
@@ -197,24 +199,16 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 	}
 	traceparent := NextTraceparent(r.Header.Get(HeaderTraceparent))
 	retried421 := false
-	var avoid []string
-	retries := 0
+	// One retry budget for the whole request: the 421 retry below does not renew it.
+	tries := s.cfg.Retry.Start(d.Idempotent)
 	for {
 		c.Set(ctxMapVer, route.Version)
-		resp, up, err := s.attempt(c, d.Region, body, route, traceparent, avoid)
-		if err != nil {
-			var ue *upstreamError
-			if errors.As(err, &ue) && ue.id != "" {
-				avoid = append(avoid, ue.id)
-			}
-			if retries < s.cfg.MaxRetries && retryable(err, d.Idempotent) && r.Context().Err() == nil {
-				retries++
-				if !s.sleep(r.Context(), s.backoff(retries)) {
-					return
-				}
+		resp, up, fail := s.attempt(c, d.Region, body, route, traceparent, tries.Avoid())
+		if fail != nil {
+			if tries.Again(r.Context(), fail.failure) {
 				continue
 			}
-			s.upstreamFailure(c, d, err)
+			s.upstreamFailure(c, d, fail)
 			return
 		}
 		if resp.StatusCode == http.StatusMisdirectedRequest && !retried421 {
@@ -250,14 +244,12 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 	}
 }
 
-// upstreamError is a failed attempt against one node.
+// upstreamError is a failed attempt: no node could be picked, or the exchange with the node
+// failed before an answer arrived.
 type upstreamError struct {
-	id     string
-	url    string
-	region string
-	err    error
-	// sent is false when the request never reached the node (pick failure or dial error).
-	sent bool
+	failure upstream.Failure
+	url     string
+	err     error
 }
 
 func (e *upstreamError) Error() string {
@@ -268,47 +260,14 @@ func (e *upstreamError) Error() string {
 }
 func (e *upstreamError) Unwrap() error { return e.err }
 
-// retryable: idempotent requests retry on any transport failure; others only when the request
-// provably never left the router (no node picked, or the TCP connect failed), so a retry can
-// never execute a non-idempotent write twice.
-func retryable(err error, idempotent bool) bool {
-	var ue *upstreamError
-	if !errors.As(err, &ue) {
-		return false
-	}
-	if errors.Is(err, ErrNoUpstream) {
-		return false // another pick now would find the same empty region
-	}
-	return idempotent || !ue.sent
-}
-
-func (s *Server) backoff(attempt int) time.Duration {
-	// Full jitter (AWS architecture blog): uniform in [0, min(cap, base*2^attempt)).
-	ceil := s.cfg.RetryBase << attempt
-	if ceil > s.cfg.RetryCap || ceil <= 0 {
-		ceil = s.cfg.RetryCap
-	}
-	return time.Duration(rand.Int64N(int64(ceil)))
-}
-
-func (s *Server) sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
 // attempt sends one try to one node of region. On success the caller owns resp and must call
-// up.Done.
-func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route, traceparent string, avoid []string) (*http.Response, Upstream, error) {
+// up.Done. A transport error counts against the node's breaker; an answer of any status is
+// reported as a success when the caller calls up.Done(nil).
+func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route, traceparent string, avoid []string) (*http.Response, Upstream, *upstreamError) {
 	r := c.Request
 	up, err := s.cfg.Upstreams.Pick(region, avoid)
 	if err != nil {
-		return nil, nil, &upstreamError{region: region, err: err}
+		return nil, nil, &upstreamError{failure: upstream.Failure{NoNode: errors.Is(err, ErrNoUpstream)}, err: err}
 	}
 	target := strings.TrimRight(up.URL(), "/") + r.URL.RequestURI()
 	var rb io.Reader
@@ -318,7 +277,7 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, target, rb)
 	if err != nil {
 		up.Done(nil)
-		return nil, nil, &upstreamError{id: up.ID(), url: up.URL(), region: region, err: err}
+		return nil, nil, &upstreamError{failure: upstream.Failure{Node: up.ID()}, url: up.URL(), err: err}
 	}
 	copyHeader(req.Header, r.Header)
 	removeHop(req.Header)
@@ -342,7 +301,8 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 		up.Done(err)
 		s.m.upstream.WithLabelValues(region, "error").Inc()
 		s.m.upstreamDur.WithLabelValues(region).Observe(elapsed.Seconds())
-		return nil, nil, &upstreamError{id: up.ID(), url: up.URL(), region: region, err: err, sent: !isDialError(err)}
+		return nil, nil, &upstreamError{failure: upstream.Failure{Node: up.ID(), Sent: upstream.MayHaveReached(err)},
+			url: up.URL(), err: err}
 	}
 	s.m.upstream.WithLabelValues(region, strconv.Itoa(resp.StatusCode)).Inc()
 	s.m.upstreamDur.WithLabelValues(region).Observe(elapsed.Seconds())
@@ -353,11 +313,6 @@ func addUpstreamTime(c *gin.Context, d time.Duration) {
 	prev, _ := c.Get(ctxUpstream)
 	p, _ := prev.(time.Duration)
 	c.Set(ctxUpstream, p+d)
-}
-
-func isDialError(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
 }
 
 func isTimeout(err error) bool {

@@ -5,14 +5,21 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meridian-dev/meridian/internal/testenv"
+	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
 func TestProxyRoutesWritesHomeAndReadsLocal(t *testing.T) {
@@ -119,12 +126,23 @@ func TestProxyMisdirectedRetriesOnNewMap(t *testing.T) {
 		}
 		return false
 	}
-	go func() {
-		time.Sleep(50 * time.Millisecond)
-		rg.m.set("euco", Route{Shard: "us-east-7", HomeRegion: "us-east", Pinned: true, Epoch: 3}, 9)
-	}()
+	// The cluster's map reaches version 9 only once the router waits for it (and only for a
+	// wait on that version), so the answer below proves the router waited for the version the
+	// 421 named and re-resolved the tenant, instead of retrying on its old map.
+	waits := make(chan uint64, 4)
+	rg.m.mu.Lock()
+	rg.m.onWait = func(v uint64) {
+		waits <- v
+		if v == 9 {
+			go rg.m.set("euco", Route{Shard: "us-east-7", HomeRegion: "us-east", Pinned: true, Epoch: 3}, 9)
+		}
+	}
+	rg.m.mu.Unlock()
 	resp, b := rg.do(t, "POST", "/v1/collections/c/records", tokEuco, `{"data":{"n":1}}`)
 	wantStatus(t, resp, b, 200)
+	if len(waits) != 1 || <-waits != 9 {
+		t.Fatal("the router did not wait exactly once, for version 9, after the 421")
+	}
 	if got := resp.Header.Get(HeaderServedRegion); got != "us-east" {
 		t.Fatalf("served by %q after the 421, want us-east", got)
 	}
@@ -189,6 +207,34 @@ func TestProxyRetries(t *testing.T) {
 			t.Fatal("a POST without Idempotency-Key was sent to a second node")
 		}
 	})
+	t.Run("an answer, 5xx included, is passed on and not retried", func(t *testing.T) {
+		drop.mu.Lock()
+		drop.handle = func(w http.ResponseWriter, r *http.Request) bool {
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"status":503,"detail":"from the node"}`)
+			return true
+		}
+		drop.mu.Unlock()
+		rg.ups.mu.Lock()
+		failuresBefore := rg.ups.nodes[0].failures
+		rg.ups.mu.Unlock()
+		before := rg.nodes["us-east"].hits.Load()
+		resp, b := rg.do(t, "GET", "/v1/collections/c/records/x", tokAcme, "")
+		wantStatus(t, resp, b, 503)
+		if !strings.Contains(string(b), "from the node") {
+			t.Fatalf("body %s, want the node's own answer", b)
+		}
+		if n := rg.nodes["us-east"].hits.Load(); n != before {
+			t.Fatal("a 503 answer was retried on another node")
+		}
+		rg.ups.mu.Lock()
+		failuresAfter := rg.ups.nodes[0].failures
+		rg.ups.mu.Unlock()
+		if failuresAfter != failuresBefore {
+			t.Fatal("an answer was reported to the node's breaker as a failure")
+		}
+	})
 	t.Run("non-idempotent retried when never sent", func(t *testing.T) {
 		rg.ups.nodes[0].url = deadURL(t)
 		resp, b := rg.do(t, "POST", "/v1/collections/c/records", tokAcme, `{"data":{}}`)
@@ -204,8 +250,39 @@ func TestProxyRetries(t *testing.T) {
 	})
 }
 
+// TestProxyRetryBudget: a request is tried at most 1 + Retry.MaxRetries times (default 2
+// retries), a non-idempotent one that reached a node only once.
+func TestProxyRetryBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name, method string
+		maxRetries   int
+		wantHits     int64
+	}{
+		{"GET, default policy", "GET", 0, 3},
+		{"GET, MaxRetries 1", "GET", 1, 2},
+		{"GET, retries off", "GET", -1, 1},
+		{"POST without key", "POST", 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rg := newRig(t, func(c *Config) { c.Retry.MaxRetries = tc.maxRetries })
+			// The only us-east node reads each request and drops the connection unanswered.
+			rg.nodes["us-east"].handle = func(w http.ResponseWriter, r *http.Request) bool {
+				if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+					conn.Close()
+				}
+				return true
+			}
+			resp, b := rg.do(t, tc.method, "/v1/collections/c/records/x", tokAcme, `{"data":{}}`)
+			wantStatus(t, resp, b, 503)
+			if n := rg.nodes["us-east"].hits.Load(); n != tc.wantHits {
+				t.Fatalf("node saw the request %d times, want %d", n, tc.wantHits)
+			}
+		})
+	}
+}
+
 func TestProxyTimeoutIs504(t *testing.T) {
-	rg := newRig(t, func(c *Config) { c.UpstreamTimeout = 100 * time.Millisecond; c.MaxRetries = -1 })
+	rg := newRig(t, func(c *Config) { c.UpstreamTimeout = 100 * time.Millisecond; c.Retry.MaxRetries = -1 })
 	rg.nodes["us-east"].handle = func(w http.ResponseWriter, r *http.Request) bool {
 		select {
 		case <-time.After(2 * time.Second):
@@ -415,5 +492,147 @@ func TestClientIPIsThePeerUnlessTrusted(t *testing.T) {
 	if _, err := New(Config{Region: "us-east", Map: &fakeMap{}, Auth: fakeAuth{}, Upstreams: &fakeUpstreams{},
 		TrustedProxies: []string{"not-an-ip"}}); err == nil {
 		t.Fatal("a malformed trusted proxy was accepted")
+	}
+}
+
+// restartableServer is an httptest server that can be stopped and started on the same port.
+type restartableServer struct {
+	addr    string
+	handler http.Handler
+	srv     *httptest.Server
+}
+
+func (s *restartableServer) start(t *testing.T) {
+	t.Helper()
+	var ln net.Listener
+	testenv.WaitFor(t, 5*time.Second, func() error { // the port may linger briefly after Close
+		var err error
+		ln, err = net.Listen("tcp", s.addr)
+		return err
+	})
+	s.srv = httptest.NewUnstartedServer(s.handler)
+	s.srv.Listener.Close()
+	s.srv.Listener = ln
+	s.srv.Start()
+	s.addr = ln.Addr().String()
+}
+
+// TestProxyRetriesWithADyingNode runs the forwarding loop over a real upstream.Pool, the
+// default HopTransport and real API node servers, the first of which dies and comes back:
+// idempotent requests are retried on another node (bodies resent), a POST whose connect failed
+// is retried and executed exactly once, the dead node is ejected, probed, and readmitted once it
+// answers again. The pool's Rand is fixed so that every pick prefers n0 while its breaker
+// admits it.
+func TestProxyRetriesWithADyingNode(t *testing.T) {
+	var posts atomic.Int64
+	nodes := make([]*restartableServer, 3)
+	src := StaticSource{}
+	for i := range nodes {
+		name := fmt.Sprintf("n%d", i)
+		nodes[i] = &restartableServer{addr: "127.0.0.1:0", handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			if r.Method == http.MethodPost {
+				posts.Add(1)
+			}
+			fmt.Fprintf(w, "%s %s %s", name, r.Method, body)
+		})}
+		nodes[i].start(t)
+		t.Cleanup(func() { nodes[i].srv.Close() })
+		src["us-east"] = append(src["us-east"], "http://"+nodes[i].addr)
+	}
+	n0 := src["us-east"][0]
+	reg := prometheus.NewRegistry()
+	pool, err := upstream.New(upstream.Config{Source: src, FailureThreshold: 2,
+		EjectBase: 50 * time.Millisecond, EjectMax: 100 * time.Millisecond,
+		Rand: func(int64) int64 { return 0 }, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// n0Failures is the pool's count of attempts that failed on n0.
+	n0Failures := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "meridian_upstream_requests_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range m.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				if labels["node"] == n0 && labels["outcome"] == "failure" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+		return 0
+	}
+	rg := newRig(t, func(c *Config) { c.Upstreams = PoolUpstreams{Pool: pool, Source: src} })
+	do := func(method, key, body string) (int, string) {
+		var hdr []string
+		if key != "" {
+			hdr = []string{HeaderIdempotencyKey, key}
+		}
+		resp, b := rg.do(t, method, "/v1/collections/c/records/x", tokAcme, body, hdr...)
+		return resp.StatusCode, string(b)
+	}
+
+	nodes[0].srv.Close() // n0 dies
+	for i := range 30 {
+		if code, body := do("GET", "", ""); code != 200 || strings.HasPrefix(body, "n0") {
+			t.Fatalf("GET %d: %d %q", i, code, body)
+		}
+		if code, body := do("PUT", "", "payload"); code != 200 || !strings.HasSuffix(body, "PUT payload") {
+			t.Fatalf("PUT %d: %d %q (body must be resent on retry)", i, code, body)
+		}
+	}
+	if pool.State(n0) == upstream.Closed {
+		t.Fatal("dead node not ejected")
+	}
+	// Once n0's ejection has run out, the next request is its probe: a POST without
+	// Idempotency-Key whose connect to n0 fails. It never reached n0, so it is retried on
+	// another node and runs exactly once.
+	for i := range 3 {
+		testenv.WaitFor(t, 5*time.Second, func() error {
+			if s := pool.State(n0); s != upstream.HalfOpen {
+				return fmt.Errorf("n0 state %v, want half-open", s)
+			}
+			return nil
+		})
+		before := n0Failures()
+		if code, body := do("POST", "", "x"); code != 200 {
+			t.Fatalf("POST %d after n0's probe failed: %d %q", i, code, body)
+		}
+		if n := n0Failures(); n != before+1 {
+			t.Fatalf("POST %d: n0 failures %v → %v, want one more (the POST was its probe)", i, before, n)
+		}
+	}
+	for i := range 10 {
+		if code, body := do("POST", "", "x"); code != 200 {
+			t.Fatalf("POST %d: %d %q", i, code, body)
+		}
+	}
+	if n := posts.Load(); n != 13 {
+		t.Fatalf("13 POSTs succeeded but upstreams ran %d", n)
+	}
+	for range 10 {
+		if code, body := do("POST", "k", "x"); code != 200 {
+			t.Fatalf("keyed POST: %d %q", code, body)
+		}
+	}
+
+	nodes[0].start(t) // n0 returns on the same address
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		do("GET", "", "")
+		if s := pool.State(n0); s != upstream.Closed {
+			return fmt.Errorf("n0 state %v", s)
+		}
+		return nil
+	})
+	if _, body := do("GET", "", ""); !strings.HasPrefix(body, "n0") {
+		t.Fatalf("readmitted n0 got no traffic: %q", body)
 	}
 }

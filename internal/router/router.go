@@ -226,10 +226,9 @@ type Config struct {
 	// X-Forwarded-For is believed. nil: none — the client IP (per-IP rate limits, the address
 	// appended to X-Forwarded-For upstream) is the TCP peer's, so a client cannot choose it.
 	TrustedProxies []string
-	// MaxRetries is the number of retries of idempotent requests; 0: 2, negative: none.
-	MaxRetries int
-	// RetryBase and RetryCap bound the full-jitter backoff; 0: 10 ms and 200 ms.
-	RetryBase, RetryCap time.Duration
+	// Retry is the retry policy for requests to API nodes; its zero value is the default
+	// (upstream.RetryPolicy: at most 2 retries, full jitter between 10 ms and 200 ms).
+	Retry upstream.RetryPolicy
 	// ReadyStaleness is how old the last leader contact may be for /readyz; 0: 30 s.
 	ReadyStaleness time.Duration
 	// Registry receives the router's metrics; nil: a new registry (served on /metrics).
@@ -255,17 +254,6 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxBody == 0 {
 		c.MaxBody = 1 << 20
-	}
-	if c.MaxRetries == 0 {
-		c.MaxRetries = 2
-	} else if c.MaxRetries < 0 {
-		c.MaxRetries = 0
-	}
-	if c.RetryBase == 0 {
-		c.RetryBase = 10 * time.Millisecond
-	}
-	if c.RetryCap == 0 {
-		c.RetryCap = 200 * time.Millisecond
 	}
 	if c.ReadyStaleness == 0 {
 		c.ReadyStaleness = 30 * time.Second

@@ -33,7 +33,9 @@ import (
 // not closed it. If a reused connection still fails before any response byte arrives (the peer
 // closed it meanwhile), a request that is safe to replay — GET, HEAD, OPTIONS, TRACE, or one
 // with an Idempotency-Key header, the rule net/http uses — is sent once more on a new
-// connection; any other gets the error, because the upstream may have executed it.
+// connection; any other gets the error, because the upstream may have executed it. That replay
+// is below RetryPolicy: it spends none of the request's retries, and its rule stays net/http's
+// (TRACE and X-Idempotency-Key included, PUT and DELETE without a key not).
 //
 // Zero values: DialTimeout 0 means 2 s; ResponseHeaderTimeout 0 means no limit beyond the
 // request's context; IdleTimeout 0 means 60 s (below the API node's 2 min, so the node rarely

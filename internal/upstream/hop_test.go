@@ -244,10 +244,11 @@ func TestHopSkipsIdleConnectionsThePeerClosed(t *testing.T) {
 
 func TestHopResponseHeaderTimeoutIsNotReplayed(t *testing.T) {
 	var slow atomic.Int64
-	srv, _ := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, conns := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			slow.Add(1)
-			time.Sleep(300 * time.Millisecond)
+			<-r.Context().Done() // answers never; ends when the client closes the connection
+			return
 		}
 		io.WriteString(w, "ok")
 	}))
@@ -259,12 +260,23 @@ func TestHopResponseHeaderTimeoutIsNotReplayed(t *testing.T) {
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("err %v, want a timeout", err)
 	}
-	time.Sleep(350 * time.Millisecond)
-	if n := slow.Load(); n != 1 {
-		t.Fatalf("slow request sent %d times, want 1", n)
-	}
+	// A replay would have gone out on a new connection before RoundTrip returned, and the
+	// server accepts (and counts) connections in the order they were made: once the next
+	// request, on a new connection, is answered, a replay's connection has been counted.
 	if code, _ := get(t, tr, srv.URL+"/fast"); code != 200 {
 		t.Fatalf("after a timeout: %d", code)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2: the timed-out request was sent again", n)
+	}
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if slow.Load() == 0 {
+			return errors.New("the slow request has not reached the handler")
+		}
+		return nil
+	})
+	if n := slow.Load(); n != 1 {
+		t.Fatalf("slow request sent %d times, want 1", n)
 	}
 }
 

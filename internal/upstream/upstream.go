@@ -1,42 +1,38 @@
 // Package upstream chooses which API node a router request goes to and keeps that choice
-// resilient: region preference, power-of-two-choices balancing on in-flight requests, a
-// circuit breaker per node (which is also how failing nodes are ejected), bounded concurrency
-// per node, and retries with full-jitter backoff for idempotent requests only
-// (DESIGN.md §4 guardrails, §5).
+// resilient (DESIGN.md §4 guardrails, §5): region preference, power-of-two-choices balancing on
+// in-flight requests, a circuit breaker per node (which is also how failing nodes are ejected),
+// bounded concurrency per node, and the one retry policy for requests to API nodes
+// (RetryPolicy: idempotent requests only, at most 2 retries, full jitter). HopTransport is the
+// router's HTTP/1.1 client for the hop itself (see its doc).
 //
 // Nodes come from a Source (RegionSource adapts region.Cluster). A node is a candidate when
 // the source reports it healthy (active health: gossip says "ok") and its breaker admits it.
 // Breaker: closed → open after FailureThreshold consecutive failures (the node is ejected for
 // EjectBase, doubling on each re-ejection up to EjectMax) → half-open when that time has passed
 // (one probe request at a time) → closed on the probe's success (readmitted, backoff reset) or
-// open again on its failure.
+// open again on its failure. The caller says what failed through Lease.Done: the router counts
+// an attempt that got no answer (a transport error) as a failure and any answer, 5xx included,
+// as a success.
 //
 // The package never queues: when every candidate is at MaxInFlight, Acquire returns
-// ErrSaturated at once and the router answers 503 with Retry-After (Config.RetryAfter).
-// It never writes HTTP responses either; Transport is an http.RoundTripper for
-// httputil.ReverseProxy, Do the same policy for any call. HopTransport is the router's HTTP/1.1
-// client for the hop itself (see its doc).
+// ErrSaturated at once. It never writes HTTP responses either; the router forwards, applying
+// RetryPolicy through Tries, and answers 503 with Retry-After when no node can take a request.
 //
 // Defaults (zero values of Config):
 //   - MaxInFlight 0: 256 requests in flight per node.
 //   - FailureThreshold 0: 5 consecutive failures open the breaker.
 //   - EjectBase 0: 1 s; EjectMax 0: 30 s.
-//   - RetryAfter 0: 1 s (the hint for 503 answers on ErrSaturated/ErrNoUpstream).
-//   - Retry.MaxRetries 0: 2 retries; negative: none. Retry.BaseBackoff 0: 10 ms;
-//     Retry.MaxBackoff 0: 200 ms. Backoff is full jitter: uniform in [0, min(max, base·2^n)).
-//   - MaxBufferedBody 0: 1 MiB (request bodies up to this are buffered so they can be retried).
 //   - Now nil: time.Now; Rand nil: math/rand/v2.
 //   - Registerer nil: metrics are kept but not registered.
 //
-// Tests use httptest servers as upstreams and a fake Source.
+// RetryPolicy documents its own zero value. Tests use httptest servers as upstreams and a fake
+// Source.
 package upstream
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -51,8 +47,6 @@ var (
 	ErrNoUpstream = errors.New("upstream: no healthy upstream node")
 	// ErrSaturated means every candidate node is at its concurrency limit.
 	ErrSaturated = errors.New("upstream: all upstream nodes saturated")
-	// ErrNoRegion means a request reached Transport without WithRegions.
-	ErrNoRegion = errors.New("upstream: request has no target region")
 )
 
 // Target is one upstream node.
@@ -103,52 +97,6 @@ func (s BreakerState) String() string {
 	return [...]string{"closed", "half-open", "open"}[s]
 }
 
-// RetryPolicy bounds retries. See the package doc for defaults.
-type RetryPolicy struct {
-	MaxRetries  int
-	BaseBackoff time.Duration
-	MaxBackoff  time.Duration
-}
-
-func (r RetryPolicy) maxRetries() int {
-	switch {
-	case r.MaxRetries < 0:
-		return 0
-	case r.MaxRetries == 0:
-		return 2
-	}
-	return r.MaxRetries
-}
-
-// Backoff returns the full-jitter wait before retry n (0-based), using rnd(n) ∈ [0, n).
-func (r RetryPolicy) Backoff(n int, rnd func(int64) int64) time.Duration {
-	base, ceil := r.BaseBackoff, r.MaxBackoff
-	if base <= 0 {
-		base = 10 * time.Millisecond
-	}
-	if ceil <= 0 {
-		ceil = 200 * time.Millisecond
-	}
-	d := ceil
-	if n < 30 && base<<n < ceil {
-		d = base << n
-	}
-	return time.Duration(rnd(int64(d)))
-}
-
-// Idempotent reports whether a request may be retried: GET, HEAD, OPTIONS, PUT and DELETE
-// always; POST and PATCH only with an Idempotency-Key (the API node then answers a replay with
-// the first response).
-func Idempotent(method string, h http.Header) bool {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
-		return true
-	case http.MethodPost, http.MethodPatch:
-		return h.Get("Idempotency-Key") != ""
-	}
-	return false
-}
-
 // Config configures a Pool. The package doc lists every default.
 type Config struct {
 	Source           Source
@@ -156,9 +104,6 @@ type Config struct {
 	FailureThreshold int
 	EjectBase        time.Duration
 	EjectMax         time.Duration
-	RetryAfter       time.Duration
-	Retry            RetryPolicy
-	MaxBufferedBody  int64
 	Now              func() time.Time
 	Rand             func(n int64) int64
 	Registerer       prometheus.Registerer
@@ -188,7 +133,6 @@ type Pool struct {
 	state     *prometheus.GaugeVec   // node, region
 	inflight  *prometheus.GaugeVec   // node, region
 	saturated *prometheus.CounterVec // region
-	retries   prometheus.Counter
 }
 
 // New builds a Pool.
@@ -207,12 +151,6 @@ func New(cfg Config) (*Pool, error) {
 	}
 	if cfg.EjectMax <= 0 {
 		cfg.EjectMax = 30 * time.Second
-	}
-	if cfg.RetryAfter <= 0 {
-		cfg.RetryAfter = time.Second
-	}
-	if cfg.MaxBufferedBody <= 0 {
-		cfg.MaxBufferedBody = 1 << 20
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -236,11 +174,8 @@ func New(cfg Config) (*Pool, error) {
 	p.saturated = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meridian_upstream_saturated_total", Help: "Requests refused because every node of the region was at its concurrency limit.",
 	}, []string{"region"})
-	p.retries = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "meridian_upstream_retries_total", Help: "Retried upstream attempts.",
-	})
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{p.requests, p.ejections, p.state, p.inflight, p.saturated, p.retries} {
+		for _, c := range []prometheus.Collector{p.requests, p.ejections, p.state, p.inflight, p.saturated} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("upstream: register metrics: %w", err)
 			}
@@ -248,9 +183,6 @@ func New(cfg Config) (*Pool, error) {
 	}
 	return p, nil
 }
-
-// RetryAfter is the hint the router sends with 503 for ErrSaturated and ErrNoUpstream.
-func (p *Pool) RetryAfter() time.Duration { return p.cfg.RetryAfter }
 
 // State returns a node's breaker state (Closed for unknown nodes).
 func (p *Pool) State(id string) BreakerState {
@@ -398,70 +330,4 @@ func (p *Pool) done(l *Lease, failed bool) {
 		p.ejections.WithLabelValues(t.ID, t.Region).Inc()
 		p.state.WithLabelValues(t.ID, t.Region).Set(float64(Open))
 	}
-}
-
-// permanent marks an error that must be neither retried nor counted against the node.
-type permanent struct{ err error }
-
-func (e permanent) Error() string { return e.err.Error() }
-func (e permanent) Unwrap() error { return e.err }
-
-// Permanent wraps err so Do returns it at once without charging the node (e.g. a 4xx answer).
-func Permanent(err error) error { return permanent{err} }
-
-// Call describes one logical request for Do.
-type Call struct {
-	Regions    []string // preference order
-	Idempotent bool     // see Idempotent; false = exactly one attempt
-}
-
-// Do runs fn against a node, retrying on another node (when one exists) after a full-jitter
-// backoff if fn fails and the call is idempotent. fn's error counts against the node unless
-// wrapped with Permanent or caused by ctx ending. It returns the last error.
-func (p *Pool) Do(ctx context.Context, call Call, fn func(ctx context.Context, t Target) error) error {
-	retries := 0
-	if call.Idempotent {
-		retries = p.cfg.Retry.maxRetries()
-	}
-	tried := map[string]bool{}
-	var last error
-	for attempt := 0; attempt <= retries; attempt++ {
-		if attempt > 0 {
-			p.retries.Inc()
-			timer := time.NewTimer(p.cfg.Retry.Backoff(attempt-1, p.cfg.Rand))
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				return errors.Join(last, ctx.Err())
-			case <-timer.C:
-			}
-		}
-		l, err := p.Acquire(call.Regions, func(id string) bool { return tried[id] })
-		if errors.Is(err, ErrNoUpstream) && len(tried) > 0 {
-			l, err = p.Acquire(call.Regions, nil) // only tried nodes left: reuse one
-		}
-		if err != nil {
-			if last != nil {
-				return errors.Join(last, err)
-			}
-			return err
-		}
-		tried[l.Target.ID] = true
-		err = fn(ctx, l.Target)
-		var perm permanent
-		switch {
-		case err == nil:
-			l.Done(false)
-			return nil
-		case errors.As(err, &perm):
-			l.Done(false)
-			return perm.err
-		case ctx.Err() != nil:
-			l.Done(false) // the caller gave up; not the node's fault
-			return err
-		}
-		l.Done(true)
-		last = err
-	}
-	return last
 }
