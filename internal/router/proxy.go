@@ -206,6 +206,7 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 		resp, up, fail := s.attempt(c, d.Region, body, route, traceparent, tries.Avoid())
 		if fail != nil {
 			if tries.Again(r.Context(), fail.failure) {
+				s.m.retries.Inc()
 				continue
 			}
 			s.upstreamFailure(c, d, fail)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/internal/upstream"
@@ -276,6 +277,9 @@ func TestProxyRetryBudget(t *testing.T) {
 			wantStatus(t, resp, b, 503)
 			if n := rg.nodes["us-east"].hits.Load(); n != tc.wantHits {
 				t.Fatalf("node saw the request %d times, want %d", n, tc.wantHits)
+			}
+			if n := testutil.ToFloat64(rg.srv.m.retries); n != float64(tc.wantHits-1) {
+				t.Fatalf("meridian_router_retries_total = %v, want %d", n, tc.wantHits-1)
 			}
 		})
 	}

@@ -158,6 +158,7 @@ type metrics struct {
 	overhead    prometheus.Histogram
 	rateLimit   *prometheus.CounterVec
 	misdirected prometheus.Counter
+	retries     prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, ups Upstreams) *metrics {
@@ -186,9 +187,12 @@ func newMetrics(reg *prometheus.Registry, ups Upstreams) *metrics {
 		misdirected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meridian_router_misdirected_total", Help: "421 answers from API nodes corrected by waiting for a newer map.",
 		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meridian_router_retries_total", Help: "Attempts made again under the retry policy after one got no answer.",
+		}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.upstream, m.upstreamDur, m.overhead, m.rateLimit,
-		m.misdirected, breakerCollector{ups})
+		m.misdirected, m.retries, breakerCollector{ups})
 	return m
 }
 
