@@ -1,11 +1,15 @@
 // Package replication owns what Meridian knows about Postgres physical replication: log
 // sequence numbers (LSNs), the consistency tokens that carry a write's commit LSN back to the
-// client, the health and lag of a hot standby, and the bounded-staleness decision that picks
-// the source of a read (DESIGN.md §6).
+// client, the health, replay position and lag of each shard's hot standby (Tracker), waiting
+// for a standby to replay a token, and the bounded-staleness decision that picks the source of
+// a read and says why (Policy.Decide, and Policy.Choose which adds the read-your-writes wait).
+// DESIGN.md next to this file describes the rules; the system design is DESIGN.md §6.
 //
-// It talks to Postgres only through the small Querier interface (satisfied by *pgx.Conn,
-// *pgxpool.Pool and pgx.Tx), never opens connections itself, and never writes. Tests should run
-// it against a real primary and standby from internal/testenv.
+// It talks to Postgres only through the small Querier interface (satisfied by *pgxpool.Pool,
+// *pgx.Conn and pgx.Tx), never opens connections itself, and never writes. It must not learn
+// about HTTP, tenants or the shard map: callers pass a shard id, a request and a querier.
+// Tests should run it against a real primary and standby from internal/testenv, pausing the
+// standby's replay to make it lag.
 package replication
 
 import (
@@ -13,12 +17,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // Errors returned by this package.
@@ -72,8 +77,6 @@ type Token struct {
 // tokenVersion prefixes every encoded token so the format can change without ambiguity.
 const tokenVersion = "1"
 
-var shardIDRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-
 // Encode returns the token's opaque wire form (unpadded base64url of "1|shard|lsn-hex").
 // Tokens are not secrets and need no signature: a forged token can only make a read wait for,
 // or go to, a primary, never return another tenant's data.
@@ -92,7 +95,7 @@ func DecodeToken(s string) (Token, error) {
 		return Token{}, ErrBadToken
 	}
 	parts := strings.Split(string(raw), "|")
-	if len(parts) != 3 || parts[0] != tokenVersion || !shardIDRE.MatchString(parts[1]) {
+	if len(parts) != 3 || parts[0] != tokenVersion || !ids.ValidShard(parts[1]) {
 		return Token{}, ErrBadToken
 	}
 	lsn, err := strconv.ParseUint(parts[2], 16, 64)
@@ -159,61 +162,4 @@ func ReadStandbyStatus(ctx context.Context, q Querier) (StandbyStatus, error) {
 		st.Lag = time.Duration(*lagMicros) * time.Microsecond
 	}
 	return st, nil
-}
-
-// Source is where a read is served from.
-type Source int
-
-// The read sources, in the words of the X-Read-Source header.
-const (
-	SourcePrimary Source = iota
-	SourceReplica
-	SourceCache
-)
-
-// String returns the X-Read-Source header value.
-func (s Source) String() string {
-	switch s {
-	case SourceReplica:
-		return "replica"
-	case SourceCache:
-		return "cache"
-	default:
-		return "primary"
-	}
-}
-
-// ReadRequest is what a read asks for.
-type ReadRequest struct {
-	// Strong is set by Prefer: consistency=strong.
-	Strong bool
-	// Token is the read's Consistency-Token, if any.
-	Token *Token
-}
-
-// Policy holds the staleness bounds. The zero value means the DESIGN.md defaults.
-type Policy struct {
-	// MaxStaleness is the most a standby may lag and still serve a default read (default 5 s).
-	MaxStaleness time.Duration
-}
-
-// DefaultMaxStaleness is Policy.MaxStaleness when unset.
-const DefaultMaxStaleness = 5 * time.Second
-
-// Decide picks the source of a read on shard from what the standby reported, without waiting.
-// A read carrying a token for this shard that the standby has not replayed yet goes to the
-// primary; the caller may first wait a short bound for the standby and ask again.
-func (p Policy) Decide(shard string, req ReadRequest, st StandbyStatus, standbyHealthy bool) Source {
-	maxStale := p.MaxStaleness
-	if maxStale <= 0 {
-		maxStale = DefaultMaxStaleness
-	}
-	switch {
-	case req.Strong, !standbyHealthy, st.Lag > maxStale:
-		return SourcePrimary
-	case req.Token != nil && req.Token.Shard == shard && st.Replayed < req.Token.LSN:
-		return SourcePrimary
-	default:
-		return SourceReplica
-	}
 }

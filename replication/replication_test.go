@@ -3,7 +3,6 @@ package replication
 import (
 	"errors"
 	"testing"
-	"time"
 )
 
 func TestParseLSN(t *testing.T) {
@@ -72,36 +71,4 @@ func FuzzDecodeToken(f *testing.F) {
 			t.Fatalf("re-encode of %q: %v %v", s, again, err)
 		}
 	})
-}
-
-func TestDecide(t *testing.T) {
-	p := Policy{MaxStaleness: time.Second}
-	tok := &Token{Shard: "s1", LSN: 100}
-	other := &Token{Shard: "s2", LSN: 1000}
-	cases := []struct {
-		name    string
-		req     ReadRequest
-		st      StandbyStatus
-		healthy bool
-		want    Source
-	}{
-		{"fresh standby", ReadRequest{}, StandbyStatus{Replayed: 50}, true, SourceReplica},
-		{"strong", ReadRequest{Strong: true}, StandbyStatus{Replayed: 50}, true, SourcePrimary},
-		{"unhealthy", ReadRequest{}, StandbyStatus{}, false, SourcePrimary},
-		{"too stale", ReadRequest{}, StandbyStatus{Lag: 2 * time.Second}, true, SourcePrimary},
-		{"at bound", ReadRequest{}, StandbyStatus{Lag: time.Second}, true, SourceReplica},
-		{"token not replayed", ReadRequest{Token: tok}, StandbyStatus{Replayed: 99}, true, SourcePrimary},
-		{"token replayed", ReadRequest{Token: tok}, StandbyStatus{Replayed: 100}, true, SourceReplica},
-		{"token of another shard", ReadRequest{Token: other}, StandbyStatus{Replayed: 1}, true, SourceReplica},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			if got := p.Decide("s1", c.req, c.st, c.healthy); got != c.want {
-				t.Fatalf("Decide = %v, want %v", got, c.want)
-			}
-		})
-	}
-	if got := (Policy{}).Decide("s1", ReadRequest{}, StandbyStatus{Lag: 4 * time.Second}, true); got != SourceReplica {
-		t.Fatalf("zero Policy should allow 4s lag under the 5s default, got %v", got)
-	}
 }

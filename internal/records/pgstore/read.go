@@ -106,13 +106,13 @@ func (s *Store) chooseRead(ctx context.Context, sh shards.Info, primary *pgxpool
 	}
 	st, healthy := s.standbys.status(ctx, sh.ID, pool)
 	req := replication.ReadRequest{Strong: rr.strong, Token: rr.token}
-	src := s.readPolicy.Decide(sh.ID, req, st, healthy)
+	src := s.readPolicy.Decide(sh.ID, req, st, healthy).Source
 	if src == replication.SourcePrimary && healthy && rr.token != nil && rr.token.Shard == sh.ID &&
-		s.readPolicy.Decide(sh.ID, replication.ReadRequest{}, st, healthy) == replication.SourceReplica {
+		s.readPolicy.Decide(sh.ID, replication.ReadRequest{}, st, healthy).Source == replication.SourceReplica {
 		// Only the token holds the read back: give the standby a short bound to catch up.
 		if s.standbys.waitReplayed(ctx, sh.ID, pool, rr.token.LSN, s.cfg.RYWWait) {
 			st, healthy = s.standbys.status(ctx, sh.ID, pool)
-			src = s.readPolicy.Decide(sh.ID, req, st, healthy)
+			src = s.readPolicy.Decide(sh.ID, req, st, healthy).Source
 		}
 	}
 	if src != replication.SourceReplica {

@@ -1,0 +1,235 @@
+package replication
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Tracker defaults, used for TrackerConfig's zero fields.
+const (
+	DefaultTrackerInterval = 250 * time.Millisecond
+	DefaultTrackerFailures = 3
+)
+
+// replayPoll is how often WaitReplayed polls the standby.
+const replayPoll = 5 * time.Millisecond
+
+// minCheckTimeout is the least time a status check gets, however short the interval.
+const minCheckTimeout = 500 * time.Millisecond
+
+// TrackerConfig configures a Tracker. The zero value means the defaults.
+type TrackerConfig struct {
+	// Interval is the most often a standby's status is re-checked (0 = 250 ms). A standby
+	// whose last good status is older than four intervals is unhealthy.
+	Interval time.Duration
+	// Failures is how many consecutive failed checks or reads make a standby unhealthy
+	// (0 = 3).
+	Failures int
+	// Now is the clock (nil = time.Now).
+	Now func() time.Time
+}
+
+// Tracker keeps the health and replay position of the standby each shard is read from. A
+// shard's status is refreshed on demand, at most once per Interval; concurrent callers use the
+// cached status meanwhile, and while the standby is failing the refresh runs in the background
+// so reads never wait on a dead copy. A standby is unhealthy after Failures consecutive
+// failures, or when its last good status is older than four intervals. The replay position
+// never goes back on one standby.
+//
+// Each shard's state is about one querier, compared with ==: passing a different one (a new
+// pool for the shard) starts the shard afresh. Queriers must therefore be comparable values,
+// such as *pgxpool.Pool. A Tracker is safe for concurrent use; the zero value is not usable.
+type Tracker struct {
+	interval time.Duration
+	failures int
+	now      func() time.Time
+
+	mu sync.Mutex
+	// shards (shard -> state) is guarded by mu.
+	shards map[string]*standbyState
+}
+
+// standbyState is what a Tracker knows about one shard's standby.
+type standbyState struct {
+	mu sync.Mutex
+	// All fields are guarded by mu.
+	q           Querier // the standby this state is about; reset when it changes
+	st          StandbyStatus
+	checked, ok time.Time // last check, last good status
+	failures    int
+	refreshing  bool
+}
+
+// NewTracker returns a Tracker that tracks no standby yet.
+func NewTracker(cfg TrackerConfig) *Tracker {
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultTrackerInterval
+	}
+	if cfg.Failures <= 0 {
+		cfg.Failures = DefaultTrackerFailures
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Tracker{interval: cfg.Interval, failures: cfg.Failures, now: cfg.Now, shards: map[string]*standbyState{}}
+}
+
+// state returns shard's state about q, reset first if it was about another querier.
+func (t *Tracker) state(shard string, q Querier) *standbyState {
+	t.mu.Lock()
+	s, ok := t.shards[shard]
+	if !ok {
+		s = &standbyState{}
+		t.shards[shard] = s
+	}
+	t.mu.Unlock()
+	s.mu.Lock()
+	if s.q != q {
+		s.q, s.st, s.checked, s.ok, s.failures, s.refreshing = q, StandbyStatus{}, time.Time{}, time.Time{}, 0, false
+	}
+	s.mu.Unlock()
+	return s
+}
+
+// Status returns the last known status of shard's standby q and whether it may serve reads,
+// refreshing it first when it is at least an interval old and no other caller is refreshing
+// it. While the standby is failing the refresh runs in the background and Status returns at
+// once.
+func (t *Tracker) Status(ctx context.Context, shard string, q Querier) (StandbyStatus, bool) {
+	s := t.state(shard, q)
+	s.mu.Lock()
+	refresh := s.q == q && !s.refreshing && t.now().Sub(s.checked) >= t.interval
+	if refresh {
+		s.refreshing = true
+	}
+	failing := s.failures >= t.failures
+	s.mu.Unlock()
+	if refresh {
+		if failing {
+			go t.check(context.WithoutCancel(ctx), q, s)
+		} else {
+			t.check(ctx, q, s)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st, t.healthyLocked(s)
+}
+
+// check queries the status of s's standby q and records it.
+func (t *Tracker) check(ctx context.Context, q Querier, s *standbyState) {
+	cctx, cancel := context.WithTimeout(ctx, max(t.interval, minCheckTimeout))
+	st, err := ReadStandbyStatus(cctx, q)
+	cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.q != q {
+		return // the shard moved to another standby meanwhile; this result is about the old one
+	}
+	s.refreshing = false
+	s.checked = t.now()
+	if err != nil && ctx.Err() != nil {
+		return // the caller went away: that says nothing about the standby
+	}
+	t.recordLocked(s, st, err)
+}
+
+// healthyLocked reports whether s may serve reads; s.mu must be held.
+func (t *Tracker) healthyLocked(s *standbyState) bool {
+	return s.failures < t.failures && !s.ok.IsZero() && t.now().Sub(s.ok) <= 4*t.interval
+}
+
+// Record stores the outcome of a status query or of a read on shard's standby q: a fresh
+// status (err nil) or a failure. A good status counts as a check. Callers must report only
+// failures of the standby itself — connection errors, timeouts, server errors — never a query
+// rejected because of the request's own content, a read's own outcome (not found), a
+// standby that has not replayed the read's token, or a caller that went away.
+func (t *Tracker) Record(shard string, q Querier, st StandbyStatus, err error) {
+	s := t.state(shard, q)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.q == q {
+		t.recordLocked(s, st, err)
+	}
+}
+
+// recordLocked is Record on s; s.mu must be held.
+func (t *Tracker) recordLocked(s *standbyState, st StandbyStatus, err error) {
+	if err != nil {
+		s.failures++
+		return
+	}
+	s.failures = 0
+	s.ok = t.now()
+	s.checked = s.ok
+	if st.Replayed < s.st.Replayed {
+		st.Replayed = s.st.Replayed // replay never goes back on one standby; keep the newest seen
+	}
+	s.st = st
+}
+
+// WaitReplayed polls shard's standby q every 5 ms until it has replayed lsn, for at most
+// wait, recording each status. It reports whether the standby did; a failed poll ends the
+// wait and counts against the standby, unless ctx ended or the wait ran out.
+func (t *Tracker) WaitReplayed(ctx context.Context, shard string, q Querier, lsn LSN, wait time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	tk := time.NewTicker(replayPoll)
+	defer tk.Stop()
+	for {
+		st, err := ReadStandbyStatus(ctx, q)
+		if err != nil {
+			if ctx.Err() == nil {
+				t.Record(shard, q, st, err)
+			}
+			return false
+		}
+		t.Record(shard, q, st, nil)
+		if st.Replayed >= lsn {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tk.C:
+		}
+	}
+}
+
+// Refresh refreshes every tracked standby whose status is at least an interval old, as
+// Status would. A caller that publishes Lag on a timer (the gossip publisher) calls it first,
+// so an idle node reports its standbys' current lag instead of none.
+func (t *Tracker) Refresh(ctx context.Context) {
+	t.mu.Lock()
+	type tracked struct {
+		shard string
+		q     Querier
+	}
+	all := make([]tracked, 0, len(t.shards))
+	for shard, s := range t.shards {
+		s.mu.Lock()
+		all = append(all, tracked{shard, s.q})
+		s.mu.Unlock()
+	}
+	t.mu.Unlock()
+	for _, e := range all {
+		t.Status(ctx, e.shard, e.q)
+	}
+}
+
+// Lag returns the largest lag over the tracked standbys that are healthy, from their last
+// known status, or 0 when there is none. It does no I/O; see Refresh.
+func (t *Tracker) Lag() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var lag time.Duration
+	for _, s := range t.shards {
+		s.mu.Lock()
+		if t.healthyLocked(s) {
+			lag = max(lag, s.st.Lag)
+		}
+		s.mu.Unlock()
+	}
+	return lag
+}
