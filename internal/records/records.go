@@ -95,6 +95,9 @@ type ReadOptions struct {
 // ReadInfo says how a read was served.
 type ReadInfo struct {
 	Source Source
+	// Reason is why the read-source decision picked the source it did, a stable word fit for
+	// a log attribute or metric label (replication.Reason: "fresh", "strong", "too-stale", …).
+	Reason string
 	// FellBack is set when a standby read failed (or its standby was behind the token) and the
 	// primary answered instead.
 	FellBack bool

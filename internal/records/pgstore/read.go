@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/meridian-dev/meridian/internal/records"
-	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/replication"
 )
 
@@ -94,33 +93,6 @@ func decodeOptions(ro records.ReadOptions) (readRequest, error) {
 	return rr, nil
 }
 
-// chooseRead decides where a read of shard sh is served (DESIGN.md §6) and returns that pool.
-// Reads of shards homed in this region always go to the primary, which is the local copy.
-func (s *Store) chooseRead(ctx context.Context, sh shards.Info, primary *pgxpool.Pool, rr readRequest) (records.Source, *pgxpool.Pool) {
-	if rr.strong {
-		return records.SourcePrimary, primary
-	}
-	pool, isPrimary, err := s.cfg.Conns.Local(ctx, sh, s.cfg.Region)
-	if err != nil || isPrimary {
-		return records.SourcePrimary, primary
-	}
-	st, healthy := s.standbys.status(ctx, sh.ID, pool)
-	req := replication.ReadRequest{Strong: rr.strong, Token: rr.token}
-	src := s.readPolicy.Decide(sh.ID, req, st, healthy).Source
-	if src == replication.SourcePrimary && healthy && rr.token != nil && rr.token.Shard == sh.ID &&
-		s.readPolicy.Decide(sh.ID, replication.ReadRequest{}, st, healthy).Source == replication.SourceReplica {
-		// Only the token holds the read back: give the standby a short bound to catch up.
-		if s.standbys.waitReplayed(ctx, sh.ID, pool, rr.token.LSN, s.cfg.RYWWait) {
-			st, healthy = s.standbys.status(ctx, sh.ID, pool)
-			src = s.readPolicy.Decide(sh.ID, req, st, healthy).Source
-		}
-	}
-	if src != replication.SourceReplica {
-		return records.SourcePrimary, primary
-	}
-	return records.SourceReplica, pool
-}
-
 // fallBack reports whether a read that failed on the standby should be retried on the primary.
 // Outcomes of the read itself (no such record, a value the database rejects) and a finished
 // request are final.
@@ -130,12 +102,13 @@ func fallBack(err error) bool {
 		!errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
-// read runs a read for the target on the source chooseRead picks and says which source
-// answered. queue adds the read's statements, with result callbacks, to a batch that readBatch
-// runs read-only, scoped to the tenant, after checking the tenant exists, in one round trip. A
-// standby read that fails for any reason but the read's own outcome is retried on the primary,
-// so queue may be called twice and its callbacks must reset what they collect. Writes never
-// come here: their read-back is in their own transaction on the primary.
+// read runs a read for the target on the source replication.Policy.Choose picks and says which
+// source answered. queue adds the read's statements, with result callbacks, to a batch that
+// readBatch runs read-only, scoped to the tenant, after checking the tenant exists (and, on a
+// standby, that it replayed the read's token), in one round trip. A standby read that fails for
+// any reason but the read's own outcome is retried on the primary, so queue may be called twice
+// and its callbacks must reset what they collect; only failures of the standby itself count
+// against its health. Writes never come here: their read-back is in their own transaction.
 func (s *Store) read(ctx context.Context, t records.Target, ro records.ReadOptions, queue func(*pgx.Batch)) (records.ReadInfo, error) {
 	sh, primary, err := s.primary(ctx, t.Shard)
 	if err != nil {
@@ -145,40 +118,42 @@ func (s *Store) read(ctx context.Context, t records.Target, ro records.ReadOptio
 	if err != nil {
 		return records.ReadInfo{}, err
 	}
-	var info records.ReadInfo
-	src, pool := s.chooseRead(ctx, sh, primary, rr)
-	if src == records.SourceReplica {
-		var tok *replication.Token
-		if rr.token != nil && rr.token.Shard == sh.ID {
-			tok = rr.token
+	// standby stays an untyped nil when the local copy is the primary (or cannot be opened):
+	// Choose then sends the read to the primary.
+	var standby replication.Querier
+	var standbyPool *pgxpool.Pool
+	if !rr.strong {
+		if pool, isPrimary, err := s.cfg.Conns.Local(ctx, sh, s.cfg.Region); err == nil && !isPrimary {
+			standby, standbyPool = pool, pool
 		}
-		err := classify(readOn(ctx, pool, t.Tenant, tok, queue))
+	}
+	d := s.policy.Choose(ctx, s.tracker, sh.ID, replication.ReadRequest{Strong: rr.strong, Token: rr.token}, standby)
+	info := records.ReadInfo{Reason: string(d.Reason)}
+	if d.Source == replication.SourceReplica {
+		err := classify(readOn(ctx, standbyPool, t.Tenant, d.MinLSN, queue))
 		if err == nil || !fallBack(err) {
-			return records.ReadInfo{Source: records.SourceReplica}, err
+			info.Source = records.SourceReplica
+			return info, err
 		}
 		if !errors.Is(err, errStandbyBehind) && !errors.Is(err, records.ErrTenantNotFound) {
-			s.standbys.record(sh.ID, pool, replication.StandbyStatus{}, err)
+			s.tracker.Record(sh.ID, standby, replication.StandbyStatus{}, err)
 			s.log.Warn("standby read failed; using the primary", "shard", sh.ID, "err", err)
 		}
 		info.FellBack = true
 	}
 	info.Source = records.SourcePrimary
-	return info, classify(readOn(ctx, primary, t.Tenant, nil, queue))
+	return info, classify(readOn(ctx, primary, t.Tenant, 0, queue))
 }
 
 // readOn runs one read for tenant on a connection of pool in one round trip (readBatch). With
-// tok, the copy must have replayed it first: readBatch checks that in the same batch, before the
-// read's statements.
-func readOn(ctx context.Context, pool *pgxpool.Pool, tenant string, tok *replication.Token, queue func(*pgx.Batch)) error {
+// minLSN > 0, the copy must have replayed it first: readBatch checks that in the same batch,
+// before the read's statements.
+func readOn(ctx context.Context, pool *pgxpool.Pool, tenant string, minLSN replication.LSN, queue func(*pgx.Batch)) error {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	var minLSN replication.LSN
-	if tok != nil {
-		minLSN = tok.LSN
-	}
 	return readBatch(ctx, conn.Conn(), tenant, minLSN, queue)
 }
 

@@ -261,21 +261,26 @@ func TestStandbyReadRoundTrips(t *testing.T) {
 	w := put(t, se.home, "acme", "n", "n1", `{"v":1}`)
 	se.waitReplayed(t, w.Token)
 	ctx := context.Background()
-	read := func(token string) {
+	read := func(token, reason string) {
 		t.Helper()
 		r, info, err := se.local.Get(ctx, target("acme"), records.ReadOptions{Token: token}, "n", "n1")
-		if err != nil || info.Source != records.SourceReplica || info.FellBack || r.Version != 1 {
-			t.Fatalf("standby read (token %q): %+v %+v %v", token, r, info, err)
+		if err != nil || info.Source != records.SourceReplica || info.FellBack || info.Reason != reason || r.Version != 1 {
+			t.Fatalf("standby read (token %q): %+v %+v %v, want reason %q", token, r, info, err, reason)
 		}
 	}
 	// Warm up: the first read checks the standby's status (and waits for the token) and caches it.
-	read(w.Token)
+	read(w.Token, "token-replayed")
 	ct.take()
 
-	read("")
+	read("", "fresh")
 	wantOneBatch(t, ct, "standby read", false)
-	read(w.Token)
+	read(w.Token, "token-replayed")
 	wantOneBatch(t, ct, "standby read with token", true)
+	// A strong read goes to the primary without asking the standby.
+	if _, info, err := se.local.Get(ctx, target("acme"), records.ReadOptions{Strong: true}, "n", "n1"); err != nil ||
+		info.Source != records.SourcePrimary || info.Reason != "strong" {
+		t.Fatalf("strong read: %+v %v", info, err)
+	}
 }
 
 // TestReadBatchReplayCheck: a Consistency-Token's check inside the batch stops the read on a

@@ -50,21 +50,25 @@ type Config struct {
 	// store has stored keys for since it started (the app role sees one tenant at a time).
 	Workers *shards.Conns
 	IdemTTL time.Duration // Idempotency-Key lifetime; 0 = 24h
-	// Standby reads (DESIGN.md §6).
-	MaxStaleness    time.Duration // most a standby may lag and serve a default read; 0 = 5s
-	RYWWait         time.Duration // how long a read waits for the standby to replay its token; 0 = 100ms, <0 = no wait
-	StandbyInterval time.Duration // standby status is re-checked at most this often; 0 = 250ms
-	StandbyFailures int           // consecutive failed checks/reads that mark a standby unhealthy; 0 = 3
-	Logger          *slog.Logger  // nil = slog.Default()
+	// Standby reads (DESIGN.md §6), decided by replication.Policy.Choose.
+	MaxStaleness time.Duration // most a standby may lag and serve a default read; 0 = 5s
+	RYWWait      time.Duration // how long a read waits for the standby to replay its token; 0 = 100ms, <0 = no wait
+	// Tracker tracks the health of the standbys reads use; pass the node's one so its gossip
+	// publisher can report Tracker.Lag. nil = a tracker of the store's own, configured by
+	// StandbyInterval (0 = 250ms) and StandbyFailures (0 = 3).
+	Tracker         *replication.Tracker
+	StandbyInterval time.Duration
+	StandbyFailures int
+	Logger          *slog.Logger // nil = slog.Default()
 	Now             func() time.Time
 }
 
 // Store runs the node's reads and writes on its shards. It is safe for concurrent use.
 type Store struct {
-	cfg        Config
-	log        *slog.Logger
-	readPolicy replication.Policy
-	standbys   *standbys
+	cfg     Config
+	log     *slog.Logger
+	policy  replication.Policy
+	tracker *replication.Tracker
 
 	keyMu sync.Mutex
 	// keyTenants (shard -> tenants) is guarded by keyMu: tenants with stored keys, for cleanup.
@@ -79,17 +83,8 @@ func New(cfg Config) (*Store, error) {
 	if cfg.IdemTTL == 0 {
 		cfg.IdemTTL = 24 * time.Hour
 	}
-	if cfg.MaxStaleness <= 0 {
-		cfg.MaxStaleness = replication.DefaultMaxStaleness
-	}
-	if cfg.RYWWait == 0 {
-		cfg.RYWWait = defaultRYWWait
-	}
-	if cfg.StandbyInterval <= 0 {
-		cfg.StandbyInterval = defaultStandbyInterval
-	}
-	if cfg.StandbyFailures <= 0 {
-		cfg.StandbyFailures = defaultStandbyFailures
+	if cfg.Tracker == nil {
+		cfg.Tracker = replication.NewTracker(replication.TrackerConfig{Interval: cfg.StandbyInterval, Failures: cfg.StandbyFailures})
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -97,8 +92,8 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Store{cfg: cfg, log: cfg.Logger.With("region", cfg.Region), readPolicy: replication.Policy{MaxStaleness: cfg.MaxStaleness},
-		standbys: &standbys{interval: cfg.StandbyInterval, failures: cfg.StandbyFailures, now: time.Now, shards: map[string]*standbyState{}}}, nil
+	return &Store{cfg: cfg, log: cfg.Logger.With("region", cfg.Region), tracker: cfg.Tracker,
+		policy: replication.Policy{MaxStaleness: cfg.MaxStaleness, ReplayWait: cfg.RYWWait}}, nil
 }
 
 // shard resolves a shard id through the map.
