@@ -276,6 +276,13 @@ func TestStandbyReadRoundTrips(t *testing.T) {
 	wantOneBatch(t, ct, "standby read", false)
 	read(w.Token, "token-replayed")
 	wantOneBatch(t, ct, "standby read with token", true)
+	// A value the database rejects is the read's own outcome on the standby: a ValueError,
+	// neither retried on the primary nor counted against the standby.
+	_, info, err := se.local.List(ctx, target("acme"), records.ReadOptions{}, "n", records.ListQuery{Limit: 5, Filter: `{"a":"\u0000"}`})
+	var ve *records.ValueError
+	if !errors.As(err, &ve) || info.Source != records.SourceReplica || info.FellBack {
+		t.Fatalf("rejected filter on the standby: %+v %v, want a ValueError from the replica", info, err)
+	}
 	// A strong read goes to the primary without asking the standby.
 	if _, info, err := se.local.Get(ctx, target("acme"), records.ReadOptions{Strong: true}, "n", "n1"); err != nil ||
 		info.Source != records.SourcePrimary || info.Reason != "strong" {
