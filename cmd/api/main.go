@@ -17,12 +17,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	apidoc "github.com/meridian-dev/meridian/api"
 	"github.com/meridian-dev/meridian/internal/api"
 	"github.com/meridian-dev/meridian/internal/api/mapsource"
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/daemon"
 	"github.com/meridian-dev/meridian/internal/envflag"
+	"github.com/meridian-dev/meridian/internal/records/pgstore"
+	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -144,23 +148,30 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		stopMap()
 		return err
 	}
-	pools := api.NewPools(api.PoolConfig{User: cfg.dbUser, Password: cfg.dbPassword, MaxConns: int32(cfg.maxConns),
+	pools := shards.New(shards.Config{User: cfg.dbUser, Password: cfg.dbPassword, MaxConns: int32(cfg.maxConns),
 		DialVia: cfg.dialVia, MaxConnLifetime: cfg.connLifetime, MaxConnIdleTime: cfg.connIdle, StatementTimeout: cfg.statementTimeout, IdleInTxTimeout: cfg.idleInTx})
-	var workers *api.Pools
+	var workers *shards.Conns
 	if cfg.workerUser != "" {
 		// Only the cleanup job uses these, on home primaries: one connection per shard is plenty.
-		workers = api.NewPools(api.PoolConfig{User: cfg.workerUser, Password: cfg.workerPassword, MaxConns: 1, DialVia: cfg.dialVia})
+		workers = shards.New(shards.Config{User: cfg.workerUser, Password: cfg.workerPassword, MaxConns: 1, DialVia: cfg.dialVia})
 		defer workers.Close()
 	}
-	srv, err := api.New(api.Config{Workers: workers, Region: cfg.region, CursorKey: []byte(cfg.cursorKey), ClusterToken: cfg.clusterToken,
-		MaxBody: cfg.maxBody, Deadline: cfg.deadline, IdemTTL: cfg.idemTTL, MaxStaleness: cfg.maxStaleness, RYWWait: cfg.rywWait,
-		StandbyInterval: cfg.standbyInterval, StandbyFailures: cfg.standbyFailures, Logger: log}, mapsource.Adapter{Src: client}, pools, verifier, apidoc.OpenAPI)
+	maps := mapsource.Adapter{Src: client}
+	store, err := pgstore.New(pgstore.Config{Region: cfg.region, Map: maps, Conns: pools, Workers: workers, IdemTTL: cfg.idemTTL,
+		MaxStaleness: cfg.maxStaleness, RYWWait: cfg.rywWait, StandbyInterval: cfg.standbyInterval, StandbyFailures: cfg.standbyFailures, Logger: log})
+	if err != nil {
+		stopMap()
+		return err
+	}
+	srv, err := api.New(api.Config{Region: cfg.region, CursorKey: []byte(cfg.cursorKey), ClusterToken: cfg.clusterToken,
+		MaxBody: cfg.maxBody, Deadline: cfg.deadline, Logger: log, Collectors: []prometheus.Collector{shards.Collector(pools)}},
+		maps, store, verifier, apidoc.OpenAPI)
 	if err != nil {
 		stopMap()
 		return err
 	}
 	cleanupCtx, stopCleanup := context.WithCancel(context.Background())
-	go srv.RunCleanup(cleanupCtx, cfg.idemCleanup)
+	go store.RunCleanup(cleanupCtx, cfg.idemCleanup)
 
 	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {

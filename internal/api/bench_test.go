@@ -19,11 +19,12 @@ func BenchmarkReads(b *testing.B) {
 			name = "rtt=" + rtt.String()
 		}
 		b.Run(name, func(b *testing.B) {
-			e := newEnv(b)
-			if rtt > 0 {
-				// Pools open on first use, so every connection of this env goes through the proxy.
-				e.pools.cfg.DialVia = map[string]string{e.pg.Addr(): delayProxy(b, e.pg.Addr(), rtt/2)}
-			}
+			e := newEnv(b, func(nc *nodeConfig) {
+				if rtt > 0 {
+					// Every connection of this node goes through the proxy.
+					nc.Conns.DialVia = map[string]string{nc.PG.Addr(): delayProxy(b, nc.PG.Addr(), rtt/2)}
+				}
+			})
 			e.createTenant("bench", "s1")
 			a := "Bearer " + e.token("bench", "data:read data:write")
 			r := e.do("PUT", "/v1/collections/c/records/r1", a, `{"data":{"n":1}}`, nil)

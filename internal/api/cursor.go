@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // cursorVersion is the first byte of every cursor; bump it when the layout changes.
@@ -74,7 +76,7 @@ func (cc cursorCodec) Decode(s cursorScope, cursor string) (string, error) {
 		return "", errBadCursor
 	}
 	id := string(payload[2:])
-	if !idPattern.MatchString(id) {
+	if !ids.ValidRecord(id) {
 		return "", errBadCursor
 	}
 	return id, nil

@@ -18,29 +18,35 @@ import (
 
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/localsrv"
+	"github.com/meridian-dev/meridian/internal/records/pgstore"
+	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/migrations"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 const region = "us-east"
 
 var testSecret = []byte("test-secret")
 
-// staticMap is a fake of our own ShardMap interface: fixed shards, pinned tenants, everything
-// else on the first shard.
+// staticMap is a fake of our own ShardMap interface, and of the store's pgstore.Map: fixed
+// shards, pinned tenants, everything else on the first shard.
 type staticMap struct {
 	mu      sync.Mutex
 	version uint64
-	shards  map[string]ShardInfo
+	shards  map[string]shards.Info
 	pins    map[string]string
 	def     string
 	age     time.Duration
 }
 
-var _ ShardMap = (*staticMap)(nil)
+var (
+	_ ShardMap    = (*staticMap)(nil)
+	_ pgstore.Map = (*staticMap)(nil)
+)
 
 func (m *staticMap) Lookup(tenant string) (Route, error) {
-	if !auth.TenantPattern.MatchString(tenant) {
+	if !ids.ValidTenant(tenant) {
 		return Route{}, errors.New("bad tenant")
 	}
 	m.mu.Lock()
@@ -52,19 +58,32 @@ func (m *staticMap) Lookup(tenant string) (Route, error) {
 	return Route{Shard: id, HomeRegion: m.shards[id].HomeRegion, Epoch: 1, MapVersion: m.version}, nil
 }
 
-func (m *staticMap) ShardInfo(id string) (ShardInfo, bool) {
+func (m *staticMap) ShardInfo(id string) (shards.Info, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s, ok := m.shards[id]
 	return s, ok
 }
 
-func (m *staticMap) Shards() []ShardInfo {
+func (m *staticMap) Shards() []shards.Info {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []ShardInfo
+	var out []shards.Info
 	for _, s := range m.shards {
 		out = append(out, s)
+	}
+	return out
+}
+
+func (m *staticMap) ShardHome(id string) (string, bool) {
+	s, ok := m.ShardInfo(id)
+	return s.HomeRegion, ok
+}
+
+func (m *staticMap) ShardIDs() []string {
+	var out []string
+	for _, s := range m.Shards() {
+		out = append(out, s.ID)
 	}
 	return out
 }
@@ -102,19 +121,62 @@ type env struct {
 	pg    *localsrv.Postgres
 	maps  *staticMap
 	srv   *Server
+	store *pgstore.Store
 	http  *httptest.Server
 	dbs   map[string]string // shard -> database
-	pools *Pools
+}
+
+// nodeConfig is what a test may change before a node starts: the HTTP layer's, the store's and
+// the connections' configuration. PG is the node's primary cluster (read-only for options).
+type nodeConfig struct {
+	API   Config
+	Store pgstore.Config
+	Conns shards.Config
+	PG    *localsrv.Postgres
+}
+
+// startNode starts an API node of region over maps: its connections, its records store and its
+// HTTP server, all stopped by t.Cleanup. Region, map, connections and logger are set after opts.
+func (e *env) startNode(nodeRegion string, opts ...func(*nodeConfig)) {
+	t := e.t
+	t.Helper()
+	nc := nodeConfig{PG: e.pg, Conns: shards.Config{MaxConns: 20},
+		API: Config{CursorKey: []byte("cursor-key"), ClusterToken: "cluster-token"}}
+	for _, f := range opts {
+		f(&nc)
+	}
+	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	conns := shards.New(nc.Conns)
+	nc.Store.Region, nc.Store.Map, nc.Store.Conns, nc.Store.Logger = nodeRegion, e.maps, conns, log
+	store, err := pgstore.New(nc.Store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := auth.NewVerifier(auth.Config{Secret: testSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.API.Region, nc.API.Logger = nodeRegion, log
+	nc.API.Collectors = append(nc.API.Collectors, shards.Collector(conns))
+	e.store = store
+	if e.srv, err = New(nc.API, e.maps, store, verifier, []byte(`{"openapi":"3.1.0"}`)); err != nil {
+		t.Fatal(err)
+	}
+	e.http = httptest.NewServer(e.srv.Handler())
+	t.Cleanup(func() {
+		e.http.Close()
+		conns.Close()
+	})
 }
 
 // newEnv starts a node for region us-east over three shard databases: s1 and s2 homed here,
 // s3 homed in eu-west (same cluster, so misdirected writes can be tested).
-func newEnv(t testing.TB, mutate ...func(*Config)) *env {
+func newEnv(t testing.TB, opts ...func(*nodeConfig)) *env {
 	t.Helper()
 	pg := testenv.Postgres(t) // one cluster per test, removed by t.Cleanup
 	ctx := context.Background()
 	e := &env{t: t, pg: pg, dbs: map[string]string{}}
-	e.maps = &staticMap{version: 10, shards: map[string]ShardInfo{}, pins: map[string]string{}, def: "s1"}
+	e.maps = &staticMap{version: 10, shards: map[string]shards.Info{}, pins: map[string]string{}, def: "s1"}
 	dsns := map[string]string{}
 	for _, sh := range []struct{ id, home string }{{"s1", region}, {"s2", region}, {"s3", "eu-west"}} {
 		db := fmt.Sprintf("shard_%s_%d", sh.id, dbSeq.Add(1))
@@ -123,32 +185,14 @@ func newEnv(t testing.TB, mutate ...func(*Config)) *env {
 		}
 		e.dbs[sh.id] = db
 		dsns[sh.id] = pg.DSN(db)
-		e.maps.shards[sh.id] = ShardInfo{ID: sh.id, HomeRegion: sh.home, Database: db,
+		e.maps.shards[sh.id] = shards.Info{ID: sh.id, HomeRegion: sh.home, Database: db,
 			Endpoints: map[string]string{region: pg.Addr(), "eu-west": pg.Addr()}}
 	}
 	res, err := migrations.Apply(ctx, dsns)
 	if err != nil {
 		t.Fatalf("migrations: %v %+v", err, res)
 	}
-	e.pools = NewPools(PoolConfig{MaxConns: 20})
-	verifier, err := auth.NewVerifier(auth.Config{Secret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{Region: region, CursorKey: []byte("cursor-key"), ClusterToken: "cluster-token",
-		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))}
-	for _, f := range mutate {
-		f(&cfg)
-	}
-	e.srv, err = New(cfg, e.maps, e.pools, verifier, []byte(`{"openapi":"3.1.0"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.http = httptest.NewServer(e.srv.Handler())
-	t.Cleanup(func() {
-		e.http.Close()
-		e.pools.Close()
-	})
+	e.startNode(region, opts...)
 	return e
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/migrations"
 )
@@ -72,7 +73,7 @@ func TestIdempotencyExpiry(t *testing.T) {
 	now := time.Now()
 	var mu sync.Mutex
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	e := newEnv(t, func(c *Config) { c.Now = clock; c.IdemTTL = time.Hour })
+	e := newEnv(t, func(nc *nodeConfig) { nc.Store.Now = clock; nc.Store.IdemTTL = time.Hour })
 	e.createTenant("acme", "s1")
 	rw := "Bearer " + e.token("acme", "data:read data:write")
 	hdr := map[string]string{"Idempotency-Key": "k"}
@@ -88,7 +89,7 @@ func TestIdempotencyExpiry(t *testing.T) {
 	if c.StatusCode != 201 || c.Body == a.Body {
 		t.Fatalf("after expiry the key must be free: %d", c.StatusCode)
 	}
-	n, err := e.srv.CleanupIdempotencyKeys(context.Background(), e.maps.shards["s1"])
+	n, err := e.store.CleanupIdempotencyKeys(context.Background(), "s1")
 	if err != nil || n != 0 {
 		// The only row was re-claimed with a fresh expiry, so nothing is expired.
 		t.Fatalf("cleanup: %d %v", n, err)
@@ -96,7 +97,7 @@ func TestIdempotencyExpiry(t *testing.T) {
 	mu.Lock()
 	now = now.Add(2 * time.Hour)
 	mu.Unlock()
-	if n, err := e.srv.CleanupIdempotencyKeys(context.Background(), e.maps.shards["s1"]); err != nil || n != 1 {
+	if n, err := e.store.CleanupIdempotencyKeys(context.Background(), "s1"); err != nil || n != 1 {
 		t.Fatalf("cleanup after expiry: %d %v", n, err)
 	}
 }
@@ -133,9 +134,9 @@ func TestCrashAfterSend(t *testing.T) {
 // expired keys of every tenant on the shard — including tenants this node never saw — and
 // leaves unexpired keys alone.
 func TestIdempotencyCleanupWorker(t *testing.T) {
-	workers := NewPools(PoolConfig{User: migrations.WorkerRole})
+	workers := shards.New(shards.Config{User: migrations.WorkerRole})
 	t.Cleanup(workers.Close)
-	e := newEnv(t, func(c *Config) { c.Workers = workers })
+	e := newEnv(t, func(nc *nodeConfig) { nc.Store.Workers = workers })
 	e.createTenant("acme", "s1")
 	e.createTenant("globex", "s1")
 	su := testenv.NewPool(t, e.pg.DSN(e.dbs["s1"]))
@@ -152,7 +153,7 @@ func TestIdempotencyCleanupWorker(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n, err := e.srv.CleanupIdempotencyKeys(ctx, e.maps.shards["s1"])
+	n, err := e.store.CleanupIdempotencyKeys(ctx, "s1")
 	if err != nil || n != 2 {
 		t.Fatalf("worker cleanup: deleted %d, %v; want 2", n, err)
 	}

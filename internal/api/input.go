@@ -10,13 +10,9 @@ import (
 	"regexp"
 )
 
-// Patterns for path and query values (DESIGN.md §4).
-var (
-	collectionPattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
-	idPattern         = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
-	// fieldPattern bounds the top-level data field names usable in where[...] and fields=.
-	fieldPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
-)
+// fieldPattern bounds the top-level data field names usable in where[...] and fields=.
+// Collections and record ids follow shardmap/ids.
+var fieldPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
 
 // recordBody is the body of POST and PUT, and the shape a PATCH merges into.
 type recordBody struct {
@@ -67,54 +63,22 @@ func checkObject(raw json.RawMessage) error {
 	return nil
 }
 
-// decodePatch decodes a merge-patch body. Only the top-level "data" member is allowed; it may
-// be absent (a no-op patch) but not null, since a record always has a data object.
-func decodePatch(r io.Reader) (map[string]any, bool, error) {
+// decodePatch decodes a merge-patch body and returns the patch of the data object. Only the
+// top-level "data" member is allowed; it may be absent (a no-op patch, nil) but not null, since
+// a record always has a data object. The store applies the patch (RFC 7396).
+func decodePatch(r io.Reader) (json.RawMessage, error) {
 	// json.RawMessage keeps a JSON null as the bytes "null", so absent (nil) and null differ.
 	var p recordBody
 	if err := decodeStrict(r, &p); err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	if p.Data == nil {
-		return nil, false, nil
+		return nil, nil
 	}
 	if err := checkObject(p.Data); err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	m, err := decodeObject(p.Data)
-	return m, true, err
-}
-
-// decodeObject decodes a JSON object keeping numbers exact.
-func decodeObject(raw []byte) (map[string]any, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil {
-		return nil, fmt.Errorf("malformed JSON: %v", err)
-	}
-	return m, nil
-}
-
-// mergePatch applies an RFC 7396 merge patch to target and returns the result. target may be
-// modified in place.
-func mergePatch(target, patch any) any {
-	pm, ok := patch.(map[string]any)
-	if !ok {
-		return patch
-	}
-	tm, ok := target.(map[string]any)
-	if !ok {
-		tm = map[string]any{}
-	}
-	for k, v := range pm {
-		if v == nil {
-			delete(tm, k)
-			continue
-		}
-		tm[k] = mergePatch(tm[k], v)
-	}
-	return tm
+	return p.Data, nil
 }
 
 // isJSONContentType reports whether a request content type is acceptable for a body; extra lists

@@ -2,13 +2,11 @@ package api
 
 import (
 	"net/http"
-	"strconv"
-	"strings"
 
 	"github.com/gin-gonic/gin"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/meridian-dev/meridian/internal/problem"
+	"github.com/meridian-dev/meridian/internal/records"
 )
 
 // listBody is the answer of a list or batch read.
@@ -17,12 +15,12 @@ type listBody struct {
 	NextCursor *string  `json:"next_cursor"`
 }
 
-// dataExpr selects the data column, or only the requested top-level fields of it.
-func dataExpr(fields []string, arg int) string {
-	if fields == nil {
-		return "data"
+func wire(rs []records.Record) []record {
+	out := make([]record, len(rs))
+	for i, r := range rs {
+		out[i] = record(r)
 	}
-	return `COALESCE((SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(data) AS e WHERE e.key = ANY($` + strconv.Itoa(arg) + `)), '{}'::jsonb)`
+	return out
 }
 
 func (s *Server) listRecords(c *gin.Context) {
@@ -43,49 +41,26 @@ func (s *Server) listRecords(c *gin.Context) {
 		s.batchGet(c, t, coll, lq)
 		return
 	}
-	scope := cursorScope{Tenant: t.tenant, Collection: coll, Desc: lq.Desc, Filter: lq.FilterJSON}
-	var after string
+	scope := cursorScope{Tenant: t.Tenant, Collection: coll, Desc: lq.Desc, Filter: lq.FilterJSON}
+	q := records.ListQuery{Limit: lq.Limit, Desc: lq.Desc, Fields: lq.Fields, Filter: lq.FilterJSON}
 	if lq.Cursor != "" {
-		if after, err = s.cursors.Decode(scope, lq.Cursor); err != nil {
+		if q.After, err = s.cursors.Decode(scope, lq.Cursor); err != nil {
 			problem.Write(c, http.StatusBadRequest, "", "invalid cursor")
 			return
 		}
 	}
-	// Keyset page on the primary key (tenant_id, collection, id); data @> uses the GIN index
-	// when the filter is selective. LIMIT n+1 tells whether another page exists.
-	args := []any{t.tenant, coll, lq.Limit + 1}
-	var sb strings.Builder
-	sb.WriteString(`SELECT id, version, ` + dataExpr(lq.Fields, 4) + `, created_at, updated_at FROM records WHERE tenant_id = $1 AND collection = $2 AND NOT deleted`)
-	if lq.Fields != nil {
-		args = append(args, lq.Fields)
+	ro, ok := s.readOptions(c)
+	if !ok {
+		return
 	}
-	if lq.FilterJSON != "" {
-		args = append(args, lq.FilterJSON)
-		sb.WriteString(` AND data @> $` + strconv.Itoa(len(args)) + `::jsonb`)
-	}
-	cmp, dir := ">", "ASC"
-	if lq.Desc {
-		cmp, dir = "<", "DESC"
-	}
-	if after != "" {
-		args = append(args, after)
-		sb.WriteString(` AND id ` + cmp + ` $` + strconv.Itoa(len(args)))
-	}
-	sb.WriteString(` ORDER BY id ` + dir + ` LIMIT $3`)
-	out := listBody{Items: []record{}}
-	err = s.readTx(c, t, func(b *pgx.Batch) {
-		b.Queue(sb.String(), args...).Query(func(rows pgx.Rows) error {
-			var err error
-			out.Items, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (record, error) { return scanRecord(row, coll) })
-			return err
-		})
-	})
+	page, info, err := s.store.List(c.Request.Context(), t, ro, coll, q)
+	s.served(c, ro, info)
 	if err != nil {
 		s.failWith(c, err)
 		return
 	}
-	if len(out.Items) > lq.Limit {
-		out.Items = out.Items[:lq.Limit]
+	out := listBody{Items: wire(page.Items)}
+	if page.More && len(out.Items) > 0 {
 		next := s.cursors.Encode(scope, out.Items[len(out.Items)-1].ID)
 		out.NextCursor = &next
 		u := *c.Request.URL
@@ -99,32 +74,16 @@ func (s *Server) listRecords(c *gin.Context) {
 
 // batchGet reads up to 200 ids in one query; missing and deleted ids are left out, the rest keep
 // the requested order.
-func (s *Server) batchGet(c *gin.Context, t target, coll string, lq listQuery) {
-	args := []any{t.tenant, coll, lq.IDs}
-	if lq.Fields != nil {
-		args = append(args, lq.Fields)
+func (s *Server) batchGet(c *gin.Context, t records.Target, coll string, lq listQuery) {
+	ro, ok := s.readOptions(c)
+	if !ok {
+		return
 	}
-	var byID map[string]record
-	err := s.readTx(c, t, func(b *pgx.Batch) {
-		b.Queue(`SELECT id, version, `+dataExpr(lq.Fields, 4)+`, created_at, updated_at FROM records
-			WHERE tenant_id = $1 AND collection = $2 AND id = ANY($3) AND NOT deleted`, args...).Query(func(rows pgx.Rows) error {
-			byID = map[string]record{} // a standby read that failed may be retried on the primary
-			recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (record, error) { return scanRecord(row, coll) })
-			for _, r := range recs {
-				byID[r.ID] = r
-			}
-			return err
-		})
-	})
+	recs, info, err := s.store.GetMany(c.Request.Context(), t, ro, coll, lq.IDs, lq.Fields)
+	s.served(c, ro, info)
 	if err != nil {
 		s.failWith(c, err)
 		return
 	}
-	out := listBody{Items: make([]record, 0, len(byID))}
-	for _, id := range lq.IDs {
-		if r, ok := byID[id]; ok {
-			out.Items = append(out.Items, r)
-		}
-	}
-	c.JSON(http.StatusOK, out)
+	c.JSON(http.StatusOK, listBody{Items: wire(recs)})
 }

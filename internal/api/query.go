@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // List limits (DESIGN.md §4).
@@ -165,8 +167,8 @@ func parseIDs(v string) ([]string, error) {
 	seen := map[string]bool{}
 	out := make([]string, 0, len(parts))
 	for _, id := range parts {
-		if !idPattern.MatchString(id) {
-			return nil, fmt.Errorf("id %q must match %s", id, idPattern)
+		if !ids.ValidRecord(id) {
+			return nil, fmt.Errorf("id %q must match %s", id, ids.RecordIDPattern)
 		}
 		if !seen[id] {
 			seen[id] = true

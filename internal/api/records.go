@@ -14,14 +14,11 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/problem"
-	"github.com/meridian-dev/meridian/replication"
+	"github.com/meridian-dev/meridian/internal/records"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // Header names.
@@ -34,7 +31,7 @@ const (
 	mediaMergePatch     = "application/merge-patch+json"
 )
 
-// httpError is a store outcome that maps to a specific problem.
+// httpError is an outcome of parsing that maps to a specific problem.
 type httpError struct {
 	status int
 	title  string
@@ -46,9 +43,6 @@ func (e *httpError) Error() string { return e.detail }
 func badRequest(format string, a ...any) error {
 	return &httpError{status: http.StatusBadRequest, detail: fmt.Sprintf(format, a...)}
 }
-
-var errRecordNotFound = &httpError{status: http.StatusNotFound, title: "record not found", detail: "no such record"}
-var errPrecondition = &httpError{status: http.StatusPreconditionFailed, detail: "If-Match does not match the current version"}
 
 // record is the wire form of a record.
 type record struct {
@@ -62,44 +56,44 @@ type record struct {
 
 func etag(v int64) string { return `"` + strconv.FormatInt(v, 10) + `"` }
 
-// response is a write's answer, stored verbatim for Idempotency-Key replays.
-type response struct {
-	Status  int               `json:"-"`
-	Headers map[string]string `json:"headers"`
-	Body    []byte            `json:"-"`
-}
-
-// event is the change a write appends to the outbox.
-type event struct {
-	collection, id, op string
-	version            int64
-}
-
 // failWith writes the problem for err. Nothing in err reaches the client unless it is an
-// httpError or a known class; everything else is logged and answered 500.
+// httpError or a known class; everything else is logged and answered 500 or 503.
 func (s *Server) failWith(c *gin.Context, err error) {
 	var he *httpError
-	var pe *pgconn.PgError
+	var ve *records.ValueError
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &he):
 		problem.Write(c, he.status, he.title, he.detail)
 	case errors.As(err, &mbe):
 		problem.Write(c, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
-	case errors.Is(err, ErrTenantNotFound):
+	case errors.Is(err, records.ErrRecordNotFound):
+		problem.Write(c, http.StatusNotFound, "record not found", "no such record")
+	case errors.Is(err, records.ErrPrecondition):
+		problem.Write(c, http.StatusPreconditionFailed, "", "If-Match does not match the current version")
+	case errors.Is(err, records.ErrKeyReused):
+		problem.Write(c, http.StatusUnprocessableEntity, "", "Idempotency-Key was already used with a different request")
+	case errors.Is(err, records.ErrBadToken):
+		problem.Write(c, errMalformedToken.status, "", errMalformedToken.detail)
+	case errors.Is(err, records.ErrTenantNotFound):
 		problem.Write(c, http.StatusNotFound, "tenant not found", "tenant not found")
-	case errors.Is(err, ErrTenantFenced):
+	case errors.Is(err, records.ErrTenantFenced):
 		retryAfter(c, 1, "tenant is being moved; writes are paused")
-	case errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "54")):
-		problem.Write(c, http.StatusBadRequest, "", "value rejected by the database: "+pe.Message)
-	case errors.As(err, &pe) && pe.Code == "57014", errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, records.ErrUnknownShard):
+		retryAfter(c, 1, "shard not in map")
+	case errors.Is(err, records.ErrNotHome):
+		c.Header(hdrShardmapVersion, strconv.FormatUint(s.maps.Version(), 10))
+		problem.Write(c, http.StatusMisdirectedRequest, "", "shard is homed in another region")
+	case errors.As(err, &ve):
+		problem.Write(c, http.StatusBadRequest, "", "value rejected by the database: "+ve.Message)
+	case errors.Is(err, records.ErrTimeout):
 		problem.Write(c, http.StatusGatewayTimeout, "", "database did not answer in time")
-	case errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01" || pe.Code == "55P03"):
+	case errors.Is(err, records.ErrConflict):
 		retryAfter(c, 1, "conflicting concurrent write; retry")
 	case errors.Is(err, context.Canceled):
 		problem.Write(c, 499, "client closed request", "request cancelled")
-	case errors.As(err, &pe):
-		s.log.Error("database error", "request_id", c.GetString(problem.ContextKey), "code", pe.Code, "err", err)
+	case errors.Is(err, records.ErrDatabase):
+		s.log.Error("database error", "request_id", c.GetString(problem.ContextKey), "err", err)
 		problem.Write(c, http.StatusInternalServerError, "", "internal error")
 	default:
 		// Connection-level failures: the shard is unreachable.
@@ -108,21 +102,13 @@ func (s *Server) failWith(c *gin.Context, err error) {
 	}
 }
 
-// target is a resolved request: tenant, route and the pool to use.
-type target struct {
-	tenant string
-	route  Route
-	shard  ShardInfo
-	pool   *pgxpool.Pool // the shard primary
-}
-
 // resolve finds the tenant's shard. Writes must be for a shard homed in this region; a router
 // whose map is older than ours and sent a write here gets 421 with our map version. A router
 // whose map is newer makes us wait (bounded) for that version first.
-func (s *Server) resolve(c *gin.Context, write bool) (target, bool) {
+func (s *Server) resolve(c *gin.Context, write bool) (records.Target, bool) {
 	cl, _ := auth.FromContext(c)
-	t := target{tenant: cl.Tenant}
-	c.Set("tenant", t.tenant)
+	t := records.Target{Tenant: cl.Tenant}
+	c.Set("tenant", t.Tenant)
 	if hv := c.GetHeader(hdrShardmapVersion); hv != "" {
 		v, err := strconv.ParseUint(hv, 10, 64)
 		if err != nil {
@@ -139,159 +125,75 @@ func (s *Server) resolve(c *gin.Context, write bool) (target, bool) {
 			}
 		}
 	}
-	rt, err := s.maps.Lookup(t.tenant)
+	rt, err := s.maps.Lookup(t.Tenant)
 	if err != nil {
 		retryAfter(c, 1, "shard map not ready")
 		return t, false
 	}
-	t.route = rt
+	t.Shard, t.Epoch = rt.Shard, rt.Epoch
 	c.Set("shard", rt.Shard)
 	if write && rt.HomeRegion != s.cfg.Region {
 		c.Header(hdrShardmapVersion, strconv.FormatUint(rt.MapVersion, 10))
 		problem.Write(c, http.StatusMisdirectedRequest, "", fmt.Sprintf("tenant's home region is %s, not %s", rt.HomeRegion, s.cfg.Region))
 		return t, false
 	}
-	sh, ok := s.maps.ShardInfo(rt.Shard)
-	if !ok {
+	if _, ok := s.maps.ShardHome(rt.Shard); !ok {
 		retryAfter(c, 1, "shard "+rt.Shard+" not in map")
 		return t, false
 	}
-	pool, err := s.pools.Primary(c.Request.Context(), sh)
-	if err != nil {
-		s.failWith(c, err)
-		return t, false
-	}
-	t.pool, t.shard = pool, sh
 	return t, true
 }
 
-// writeOp is one write: what it does inside the transaction, and its idempotency identity.
-type writeOp struct {
-	idemKey string
-	reqHash []byte
-	run     func(ctx context.Context, tx pgx.Tx) (*response, event, error)
+// readOptions parses the read's preference headers, answering 400 itself.
+func (s *Server) readOptions(c *gin.Context) (records.ReadOptions, bool) {
+	ro, err := parseReadPref(c.Request.Header)
+	if err != nil {
+		s.failWith(c, err)
+		return ro, false
+	}
+	return ro, true
 }
 
-// write executes op in one transaction: lock the tenant row (fence check + change seq), claim
-// the Idempotency-Key, run the change, append the outbox event, store the response, commit.
-// Then it reads the WAL insert position for the Consistency-Token and sends the response.
-func (s *Server) write(c *gin.Context, t target, op writeOp) {
-	ctx := c.Request.Context()
-	conn, err := t.pool.Acquire(ctx)
+// served sets the headers and metrics of a read the store ran (info.Source is empty when it
+// failed before reading): X-Read-Source names the source that answered.
+func (s *Server) served(c *gin.Context, ro records.ReadOptions, info records.ReadInfo) {
+	if info.Source == "" {
+		return
+	}
+	if ro.Strong {
+		c.Header("Preference-Applied", "consistency=strong")
+	}
+	if info.FellBack {
+		s.metrics.readFallbacks.Inc()
+	}
+	c.Header(hdrReadSource, string(info.Source))
+	s.metrics.reads.WithLabelValues(string(info.Source)).Inc()
+}
+
+// write runs op through the store and sends its response: the Consistency-Token, the replay
+// marker, then the (possibly stored) status, headers and body.
+func (s *Server) write(c *gin.Context, t records.Target, op records.WriteOp) {
+	res, err := s.store.Write(c.Request.Context(), t, op)
 	if err != nil {
 		s.failWith(c, err)
 		return
 	}
-	defer conn.Release()
-	var resp *response
-	replayed := false
-	err = func() error {
-		tx, err := conn.BeginTx(ctx, pgx.TxOptions{})
-		if err != nil {
-			return err
-		}
-		defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-		if _, err := tx.Exec(ctx, setTenantSQL, t.tenant); err != nil {
-			return err
-		}
-		// The row lock taken here serialises the tenant's writes until commit, so change_seq
-		// is gap-free in commit order, and the fence read is current (DESIGN.md §5.4).
-		var seq int64
-		var fenced bool
-		err = tx.QueryRow(ctx, `UPDATE tenants SET change_seq = change_seq + 1 WHERE tenant_id = $1 RETURNING change_seq, write_fenced`, t.tenant).Scan(&seq, &fenced)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return ErrTenantNotFound
-		} else if err != nil {
-			return err
-		}
-		if fenced {
-			return ErrTenantFenced
-		}
-		if op.idemKey != "" {
-			stored, err := s.claimKey(ctx, tx, t, op)
-			if err != nil {
-				return err
-			}
-			if stored != nil {
-				resp, replayed = stored, true
-				return nil // rollback: the replay changes nothing
-			}
-		}
-		r, ev, err := op.run(ctx, tx)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO outbox (tenant_id, seq, collection, record_id, op, version, lsn)
-			VALUES ($1, $2, $3, $4, $5, $6, pg_current_wal_insert_lsn())`, t.tenant, seq, ev.collection, ev.id, ev.op, ev.version); err != nil {
-			return err
-		}
-		if op.idemKey != "" {
-			hdrs, _ := json.Marshal(r.Headers)
-			if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET status = $3, headers = $4, body = $5 WHERE tenant_id = $1 AND key = $2`,
-				t.tenant, op.idemKey, r.Status, hdrs, r.Body); err != nil {
-				return err
-			}
-		}
-		resp = r
-		return tx.Commit(ctx)
-	}()
-	if err != nil {
-		s.failWith(c, err)
-		return
+	if res.Token != "" {
+		c.Header(hdrConsistency, res.Token)
 	}
-	// Read after COMMIT returned: at or past the commit record, on the same server. For a
-	// replay it is past the original commit, which was visible to our transaction.
-	if lsn, err := replication.CurrentLSN(ctx, conn); err == nil {
-		c.Header(hdrConsistency, replication.Token{Shard: t.route.Shard, LSN: lsn}.Encode())
-	}
-	if replayed {
+	if res.Replayed {
 		s.metrics.idemHits.Inc()
 		c.Header(hdrIdempotentReplay, "true")
 	}
-	for k, v := range resp.Headers {
+	for k, v := range res.Response.Headers {
 		c.Header(k, v)
 	}
-	if len(resp.Body) == 0 {
-		c.Status(resp.Status)
+	if len(res.Response.Body) == 0 {
+		c.Status(res.Response.Status)
 		c.Writer.WriteHeaderNow()
 		return
 	}
-	c.Data(resp.Status, c.Writer.Header().Get("Content-Type"), resp.Body)
-}
-
-// claimKey inserts the Idempotency-Key row, or, when a committed row exists, returns its stored
-// response (same request) or a 422 (different request). A concurrent first request holds the
-// tenant row lock, so by the time we get here it has committed or rolled back.
-func (s *Server) claimKey(ctx context.Context, tx pgx.Tx, t target, op writeOp) (*response, error) {
-	tenant := t.tenant
-	now := s.cfg.Now()
-	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, created_at, expires_at)
-		VALUES ($1, $2, $3, 102, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING`, tenant, op.idemKey, op.reqHash, now, now.Add(s.cfg.IdemTTL))
-	if err != nil {
-		return nil, err
-	}
-	if tag.RowsAffected() == 1 {
-		s.noteKeyTenant(t.route.Shard, tenant)
-		return nil, nil
-	}
-	var hash, body []byte
-	var status int
-	var headers map[string]string
-	var expires time.Time
-	if err := tx.QueryRow(ctx, `SELECT request_hash, status, headers, body, expires_at FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 FOR UPDATE`,
-		tenant, op.idemKey).Scan(&hash, &status, &headers, &body, &expires); err != nil {
-		return nil, err
-	}
-	if !expires.After(now) {
-		// Expired but not yet cleaned up: the key is free again.
-		_, err := tx.Exec(ctx, `UPDATE idempotency_keys SET request_hash = $3, status = 102, headers = '{}', body = '', created_at = $4, expires_at = $5
-			WHERE tenant_id = $1 AND key = $2`, tenant, op.idemKey, op.reqHash, now, now.Add(s.cfg.IdemTTL))
-		return nil, err
-	}
-	if !bytes.Equal(hash, op.reqHash) {
-		return nil, &httpError{status: http.StatusUnprocessableEntity, detail: "Idempotency-Key was already used with a different request"}
-	}
-	return &response{Status: status, Headers: headers, Body: body}, nil
+	c.Data(res.Response.Status, c.Writer.Header().Get("Content-Type"), res.Response.Body)
 }
 
 // requestHash identifies a request for Idempotency-Key reuse checks.
@@ -318,16 +220,16 @@ func validIdemKey(k string) bool {
 // pathParams validates the collection (and id when present).
 func pathParams(c *gin.Context, withID bool) (string, string, bool) {
 	coll := c.Param("collection")
-	if !collectionPattern.MatchString(coll) {
-		problem.Write(c, http.StatusBadRequest, "", fmt.Sprintf("collection %q must match %s", coll, collectionPattern))
+	if !ids.ValidCollection(coll) {
+		problem.Write(c, http.StatusBadRequest, "", fmt.Sprintf("collection %q must match %s", coll, ids.CollectionPattern))
 		return "", "", false
 	}
 	if !withID {
 		return coll, "", true
 	}
 	id := c.Param("id")
-	if !idPattern.MatchString(id) {
-		problem.Write(c, http.StatusBadRequest, "", fmt.Sprintf("id %q must match %s", id, idPattern))
+	if !ids.ValidRecord(id) {
+		problem.Write(c, http.StatusBadRequest, "", fmt.Sprintf("id %q must match %s", id, ids.RecordIDPattern))
 		return "", "", false
 	}
 	return coll, id, true
@@ -392,71 +294,42 @@ func parseETags(h string) (bool, []int64, bool) {
 	return false, out, true
 }
 
-// ifMatchHeader returns the request's If-Match header, answering 400 (and false) when it is
-// neither * nor a list of quoted entity tags — before any transaction starts.
-func ifMatchHeader(c *gin.Context) (string, bool) {
+// ifMatchHeader returns the request's If-Match header as a records.Match (nil when absent),
+// answering 400 (and false) when it is neither * nor a list of quoted entity tags — before any
+// transaction starts.
+func ifMatchHeader(c *gin.Context) (*records.Match, bool) {
 	im := c.GetHeader("If-Match")
-	if _, _, ok := parseETags(im); im != "" && !ok {
-		problem.Write(c, http.StatusBadRequest, "", "If-Match must be * or a list of quoted entity tags")
-		return "", false
+	if im == "" {
+		return nil, true
 	}
-	return im, true
-}
-
-// lockLiveRecord locks a live (not deleted) record for update and checks If-Match against it.
-// A missing or deleted record is errRecordNotFound, or errPrecondition when If-Match was sent.
-func lockLiveRecord(ctx context.Context, tx pgx.Tx, tenant, coll, id, im string) (version int64, data []byte, err error) {
-	var deleted bool
-	err = tx.QueryRow(ctx, `SELECT version, deleted, data FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
-		tenant, coll, id).Scan(&version, &deleted, &data)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows) || (err == nil && deleted):
-		if im != "" {
-			return 0, nil, errPrecondition
-		}
-		return 0, nil, errRecordNotFound
-	case err != nil:
-		return 0, nil, err
-	}
-	if err := ifMatch(im, true, version); err != nil {
-		return 0, nil, err
-	}
-	return version, data, nil
-}
-
-// ifMatch checks an If-Match header against the current state. exists=false: no current record.
-func ifMatch(h string, exists bool, version int64) error {
-	if h == "" {
-		return nil
-	}
-	anyTag, tags, ok := parseETags(h)
+	anyTag, tags, ok := parseETags(im)
 	if !ok {
-		return badRequest("If-Match must be * or a list of quoted entity tags")
+		problem.Write(c, http.StatusBadRequest, "", "If-Match must be * or a list of quoted entity tags")
+		return nil, false
 	}
-	if !exists {
-		return errPrecondition
-	}
-	if anyTag {
-		return nil
-	}
-	for _, v := range tags {
-		if v == version {
-			return nil
-		}
-	}
-	return errPrecondition
+	return &records.Match{Any: anyTag, Versions: tags}, true
 }
 
-func recordResponse(status int, r record, withLocation bool) (*response, error) {
-	body, err := json.Marshal(r)
-	if err != nil {
-		return nil, err
+// render makes the response of a record write: status, Content-Type, ETag, Location for a
+// record that was created, the record as the body; 204 without a body for a delete.
+func render(status int) func(records.Change) (records.Response, error) {
+	return func(ch records.Change) (records.Response, error) {
+		if ch.Kind == records.Deleted {
+			return records.Response{Status: http.StatusNoContent}, nil
+		}
+		r := record(ch.Record)
+		body, err := json.Marshal(r)
+		if err != nil {
+			return records.Response{}, err
+		}
+		h := map[string]string{"Content-Type": "application/json; charset=utf-8", "ETag": etag(r.Version)}
+		st := status
+		if ch.Kind == records.Created {
+			st = http.StatusCreated
+			h["Location"] = "/v1/collections/" + r.Collection + "/records/" + r.ID
+		}
+		return records.Response{Status: st, Headers: h, Body: body}, nil
 	}
-	h := map[string]string{"Content-Type": "application/json; charset=utf-8", "ETag": etag(r.Version)}
-	if withLocation {
-		h["Location"] = "/v1/collections/" + r.Collection + "/records/" + r.ID
-	}
-	return &response{Status: status, Headers: h, Body: body}, nil
 }
 
 func (s *Server) createRecord(c *gin.Context) {
@@ -481,32 +354,8 @@ func (s *Server) createRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	s.write(c, t, writeOp{idemKey: key, reqHash: requestHash(c.Request.Method, c.Request.URL.Path, body),
-		run: func(ctx context.Context, tx pgx.Tx) (*response, event, error) {
-			u, err := uuid.NewV7()
-			if err != nil {
-				return nil, event{}, err
-			}
-			r := record{ID: u.String(), Collection: coll, Version: 1}
-			if err := tx.QueryRow(ctx, `INSERT INTO records (tenant_id, collection, id, version, data) VALUES ($1, $2, $3, 1, $4)
-				RETURNING data, created_at, updated_at`, t.tenant, coll, r.ID, []byte(data)).Scan(&r.Data, &r.CreatedAt, &r.UpdatedAt); err != nil {
-				return nil, event{}, err
-			}
-			resp, err := recordResponse(http.StatusCreated, r, true)
-			return resp, event{coll, r.ID, "create", 1}, err
-		}})
-}
-
-const recordCols = `id, version, data, created_at, updated_at`
-
-// updateDataSQL replaces a live record's data (PUT over a record, PATCH) and returns it.
-const updateDataSQL = `UPDATE records SET data = $4, version = version + 1, updated_at = now()
-	WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING ` + recordCols
-
-func scanRecord(row pgx.Row, coll string) (record, error) {
-	r := record{Collection: coll}
-	err := row.Scan(&r.ID, &r.Version, &r.Data, &r.CreatedAt, &r.UpdatedAt)
-	return r, err
+	s.write(c, t, records.WriteOp{Op: records.Create, Collection: coll, Data: data,
+		Key: key, RequestHash: requestHash(c.Request.Method, c.Request.URL.Path, body), Render: render(http.StatusCreated)})
 }
 
 func (s *Server) getRecord(c *gin.Context) {
@@ -525,18 +374,12 @@ func (s *Server) getRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	var r record
-	err := s.readTx(c, t, func(b *pgx.Batch) {
-		b.Queue(`SELECT `+recordCols+` FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 AND NOT deleted`,
-			t.tenant, coll, id).QueryRow(func(row pgx.Row) error {
-			var err error
-			r, err = scanRecord(row, coll)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return errRecordNotFound
-			}
-			return err
-		})
-	})
+	ro, ok := s.readOptions(c)
+	if !ok {
+		return
+	}
+	r, info, err := s.store.Get(c.Request.Context(), t, ro, coll, id)
+	s.served(c, ro, info)
 	if err != nil {
 		s.failWith(c, err)
 		return
@@ -554,7 +397,7 @@ func (s *Server) getRecord(c *gin.Context) {
 			return
 		}
 	}
-	c.JSON(http.StatusOK, r)
+	c.JSON(http.StatusOK, record(r))
 }
 
 func (s *Server) putRecord(c *gin.Context) {
@@ -579,39 +422,7 @@ func (s *Server) putRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	s.write(c, t, writeOp{run: func(ctx context.Context, tx pgx.Tx) (*response, event, error) {
-		var version int64
-		var deleted bool
-		err := tx.QueryRow(ctx, `SELECT version, deleted FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
-			t.tenant, coll, id).Scan(&version, &deleted)
-		exists := err == nil && !deleted
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return nil, event{}, err
-		}
-		if err := ifMatch(im, exists, version); err != nil {
-			return nil, event{}, err
-		}
-		var r record
-		status, op := http.StatusOK, "update"
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			status, op = http.StatusCreated, "create"
-			r, err = scanRecord(tx.QueryRow(ctx, `INSERT INTO records (tenant_id, collection, id, version, data) VALUES ($1, $2, $3, 1, $4)
-				RETURNING `+recordCols, t.tenant, coll, id, []byte(data)), coll)
-		case deleted:
-			// Re-creating over a tombstone continues the version sequence.
-			status, op = http.StatusCreated, "create"
-			r, err = scanRecord(tx.QueryRow(ctx, `UPDATE records SET data = $4, version = version + 1, deleted = false, created_at = now(), updated_at = now()
-				WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING `+recordCols, t.tenant, coll, id, []byte(data)), coll)
-		default:
-			r, err = scanRecord(tx.QueryRow(ctx, updateDataSQL, t.tenant, coll, id, []byte(data)), coll)
-		}
-		if err != nil {
-			return nil, event{}, err
-		}
-		resp, err := recordResponse(status, r, status == http.StatusCreated)
-		return resp, event{coll, id, op, r.Version}, err
-	}})
+	s.write(c, t, records.WriteOp{Op: records.Put, Collection: coll, ID: id, Data: data, IfMatch: im, Render: render(http.StatusOK)})
 }
 
 func (s *Server) patchRecord(c *gin.Context) {
@@ -627,7 +438,7 @@ func (s *Server) patchRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	patch, hasData, err := decodePatch(bytes.NewReader(body))
+	patch, err := decodePatch(bytes.NewReader(body))
 	if err != nil {
 		problem.Write(c, http.StatusBadRequest, "", err.Error())
 		return
@@ -640,29 +451,8 @@ func (s *Server) patchRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	s.write(c, t, writeOp{idemKey: key, reqHash: requestHash(c.Request.Method, c.Request.URL.Path, body),
-		run: func(ctx context.Context, tx pgx.Tx) (*response, event, error) {
-			_, cur, err := lockLiveRecord(ctx, tx, t.tenant, coll, id, im)
-			if err != nil {
-				return nil, event{}, err
-			}
-			merged := cur
-			if hasData {
-				obj, err := decodeObject(cur)
-				if err != nil {
-					return nil, event{}, err
-				}
-				if merged, err = json.Marshal(mergePatch(obj, patch)); err != nil {
-					return nil, event{}, err
-				}
-			}
-			r, err := scanRecord(tx.QueryRow(ctx, updateDataSQL, t.tenant, coll, id, merged), coll)
-			if err != nil {
-				return nil, event{}, err
-			}
-			resp, err := recordResponse(http.StatusOK, r, false)
-			return resp, event{coll, id, "update", r.Version}, err
-		}})
+	s.write(c, t, records.WriteOp{Op: records.Patch, Collection: coll, ID: id, Data: patch, IfMatch: im,
+		Key: key, RequestHash: requestHash(c.Request.Method, c.Request.URL.Path, body), Render: render(http.StatusOK)})
 }
 
 func (s *Server) deleteRecord(c *gin.Context) {
@@ -678,16 +468,5 @@ func (s *Server) deleteRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	s.write(c, t, writeOp{run: func(ctx context.Context, tx pgx.Tx) (*response, event, error) {
-		version, _, err := lockLiveRecord(ctx, tx, t.tenant, coll, id, im)
-		if err != nil {
-			return nil, event{}, err
-		}
-		// Tombstone: the row stays with version+1 so versions never go back (see docs/api.md).
-		if _, err := tx.Exec(ctx, `UPDATE records SET deleted = true, data = '{}', version = version + 1, updated_at = now()
-			WHERE tenant_id = $1 AND collection = $2 AND id = $3`, t.tenant, coll, id); err != nil {
-			return nil, event{}, err
-		}
-		return &response{Status: http.StatusNoContent}, event{coll, id, "delete", version + 1}, nil
-	}})
+	s.write(c, t, records.WriteOp{Op: records.Delete, Collection: coll, ID: id, IfMatch: im, Render: render(http.StatusNoContent)})
 }

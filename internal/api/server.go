@@ -1,12 +1,14 @@
-// Package api is Meridian's regional data node: the /v1 records API (gin) executed against the
-// tenant's Postgres shard, with idempotency keys and the outbox written in each write's own
-// transaction.
+// Package api is the HTTP layer of Meridian's regional data node: the /v1 records API and the
+// /internal tenant endpoints (gin), the node's health, readiness, metrics and OpenAPI routes.
 //
-// It owns request validation (strict JSON, list queries, signed cursors), shard routing inside
-// the node (pool per shard, home-region and fence checks), and the node's operational endpoints.
-// It must never write to a shard homed in another region, never trust a tenant other than the
-// token's, and never answer bad input with a 5xx. Tests run it against real Postgres databases
-// from internal/testenv with migrations applied; only the shard map is a fake of ShardMap.
+// It owns routing, request validation (strict JSON, ids, list queries, signed cursors, entity
+// tags, read preferences), the home-region and map-version checks, problem+json answers and
+// response headers; what a request does in Postgres is the records store's (Store, implemented
+// by internal/records/pgstore, with the vocabulary of internal/records). It must never import a
+// database driver (TestNoDatabaseDriver checks that pgx is not among its dependencies), never
+// trust a tenant other than the token's, and never answer bad input with a 5xx. Tests run it
+// over a real store on real Postgres databases from internal/testenv with migrations applied;
+// only the shard map is a fake of ShardMap.
 package api
 
 import (
@@ -15,7 +17,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -24,7 +25,6 @@ import (
 
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/problem"
-	"github.com/meridian-dev/meridian/replication"
 )
 
 // Config configures a Server. Zero values take the documented defaults.
@@ -34,46 +34,31 @@ type Config struct {
 	ClusterToken string        // bearer token of /internal endpoints; "" disables them
 	MaxBody      int64         // 0 = 1 MiB
 	Deadline     time.Duration // per-request deadline; 0 = 5s
-	IdemTTL      time.Duration // Idempotency-Key lifetime; 0 = 24h
 	MapWait      time.Duration // how long to wait for a newer map a router names; 0 = 1s
 	MaxMapAge    time.Duration // /readyz fails when the map is older; 0 = 30s
-	// Standby reads (DESIGN.md §6).
-	MaxStaleness    time.Duration // most a standby may lag and serve a default read; 0 = 5s
-	RYWWait         time.Duration // how long a read waits for the standby to replay its token; 0 = 100ms, <0 = no wait
-	StandbyInterval time.Duration // standby status is re-checked at most this often; 0 = 250ms
-	StandbyFailures int           // consecutive failed checks/reads that mark a standby unhealthy; 0 = 3
-	Logger          *slog.Logger  // nil = slog.Default()
-	Now             func() time.Time
-	// Workers are pools connected as migrations.WorkerRole, which may delete expired
-	// Idempotency-Key rows of every tenant. nil = the cleanup job purges only the tenants this
-	// node has stored keys for since it started (the app role sees one tenant at a time).
-	Workers *Pools
+	Logger       *slog.Logger  // nil = slog.Default()
+	// Collectors are registered on the node's /metrics registry besides its own series, e.g.
+	// shards.Collector for the pool statistics. nil = none.
+	Collectors []prometheus.Collector
 }
 
 // Server is the API node's HTTP service.
 type Server struct {
 	cfg      Config
 	maps     ShardMap
-	pools    *Pools
+	store    Store
 	verifier *auth.Verifier
 	cursors  cursorCodec
 	log      *slog.Logger
 	metrics  *metrics
 	engine   *gin.Engine
 	openapi  []byte
-
-	readPolicy replication.Policy
-	standbys   *standbys
-
-	keyMu sync.Mutex
-	// keyTenants (shard -> tenants) is guarded by keyMu: tenants with stored keys, for cleanup.
-	keyTenants map[string]map[string]struct{}
 }
 
 // New builds a Server. openapi is the document served at /openapi.json (may be nil).
-func New(cfg Config, maps ShardMap, pools *Pools, verifier *auth.Verifier, openapi []byte) (*Server, error) {
-	if cfg.Region == "" || len(cfg.CursorKey) == 0 || maps == nil || pools == nil || verifier == nil {
-		return nil, errors.New("api: Region, CursorKey, ShardMap, Pools and Verifier are required")
+func New(cfg Config, maps ShardMap, store Store, verifier *auth.Verifier, openapi []byte) (*Server, error) {
+	if cfg.Region == "" || len(cfg.CursorKey) == 0 || maps == nil || store == nil || verifier == nil {
+		return nil, errors.New("api: Region, CursorKey, ShardMap, Store and Verifier are required")
 	}
 	if cfg.MaxBody == 0 {
 		cfg.MaxBody = 1 << 20
@@ -81,37 +66,18 @@ func New(cfg Config, maps ShardMap, pools *Pools, verifier *auth.Verifier, opena
 	if cfg.Deadline == 0 {
 		cfg.Deadline = 5 * time.Second
 	}
-	if cfg.IdemTTL == 0 {
-		cfg.IdemTTL = 24 * time.Hour
-	}
 	if cfg.MapWait == 0 {
 		cfg.MapWait = time.Second
 	}
 	if cfg.MaxMapAge == 0 {
 		cfg.MaxMapAge = 30 * time.Second
 	}
-	if cfg.MaxStaleness <= 0 {
-		cfg.MaxStaleness = replication.DefaultMaxStaleness
-	}
-	if cfg.RYWWait == 0 {
-		cfg.RYWWait = defaultRYWWait
-	}
-	if cfg.StandbyInterval <= 0 {
-		cfg.StandbyInterval = defaultStandbyInterval
-	}
-	if cfg.StandbyFailures <= 0 {
-		cfg.StandbyFailures = defaultStandbyFailures
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	s := &Server{cfg: cfg, maps: maps, pools: pools, verifier: verifier, cursors: cursorCodec{key: cfg.CursorKey},
-		log: cfg.Logger.With("region", cfg.Region), openapi: openapi, readPolicy: replication.Policy{MaxStaleness: cfg.MaxStaleness},
-		standbys: &standbys{interval: cfg.StandbyInterval, failures: cfg.StandbyFailures, now: time.Now, shards: map[string]*standbyState{}}}
-	s.metrics = newMetrics(pools)
+	s := &Server{cfg: cfg, maps: maps, store: store, verifier: verifier, cursors: cursorCodec{key: cfg.CursorKey},
+		log: cfg.Logger.With("region", cfg.Region), openapi: openapi}
+	s.metrics = newMetrics(cfg.Collectors...)
 	s.engine = s.routes()
 	return s, nil
 }
@@ -209,20 +175,17 @@ func (s *Server) readyz(c *gin.Context) {
 		problem.Write(c, http.StatusServiceUnavailable, "", "shard map is stale ("+age.Round(time.Millisecond).String()+")")
 		return
 	}
-	shards := s.maps.Shards()
+	shards := s.maps.ShardIDs()
 	if len(shards) == 0 {
 		problem.Write(c, http.StatusServiceUnavailable, "", "shard map has no shards")
 		return
 	}
-	for _, sh := range shards {
-		pool, err := s.pools.Primary(c, sh)
-		if err == nil {
-			ctx, cancel := context.WithTimeout(c, time.Second)
-			err = pool.Ping(ctx)
-			cancel()
-		}
+	for _, id := range shards {
+		ctx, cancel := context.WithTimeout(c, time.Second)
+		err := s.store.Ping(ctx, id)
+		cancel()
 		if err != nil {
-			problem.Write(c, http.StatusServiceUnavailable, "", "shard "+sh.ID+" unreachable")
+			problem.Write(c, http.StatusServiceUnavailable, "", "shard "+id+" unreachable")
 			return
 		}
 	}

@@ -4,15 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/localsrv"
+	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/migrations"
 	"github.com/meridian-dev/meridian/replication"
@@ -30,7 +27,7 @@ type standbyEnv struct {
 
 const homeRegion = "eu-west"
 
-func newStandbyEnv(t *testing.T, mutate ...func(*Config)) *standbyEnv {
+func newStandbyEnv(t *testing.T, opts ...func(*nodeConfig)) *standbyEnv {
 	t.Helper()
 	ctx := context.Background()
 	// synchronous_commit on, as in production: a commit is flushed, hence streamed, at once
@@ -44,36 +41,20 @@ func newStandbyEnv(t *testing.T, mutate ...func(*Config)) *standbyEnv {
 		t.Fatalf("migrations: %v %+v", err, res)
 	}
 	se.standby = testenv.Standby(t, se.primary)
-	se.maps = &staticMap{version: 3, pins: map[string]string{}, def: "s1", shards: map[string]ShardInfo{
+	se.maps = &staticMap{version: 3, pins: map[string]string{}, def: "s1", shards: map[string]shards.Info{
 		"s1": {ID: "s1", HomeRegion: homeRegion, Database: se.db,
 			Endpoints: map[string]string{homeRegion: se.primary.Addr(), region: se.standby.Addr()}},
 	}}
 	se.home = se.node(t, homeRegion)
-	se.local = se.node(t, region, mutate...)
+	se.local = se.node(t, region, opts...)
 	return se
 }
 
 // node starts an API node of nodeRegion over the shared map.
-func (se *standbyEnv) node(t *testing.T, nodeRegion string, mutate ...func(*Config)) *env {
+func (se *standbyEnv) node(t *testing.T, nodeRegion string, opts ...func(*nodeConfig)) *env {
 	t.Helper()
-	e := &env{t: t, pg: se.primary, maps: se.maps, dbs: map[string]string{"s1": se.db}, pools: NewPools(PoolConfig{MaxConns: 10})}
-	verifier, err := auth.NewVerifier(auth.Config{Secret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{Region: nodeRegion, CursorKey: []byte("cursor-key"), ClusterToken: "cluster-token",
-		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))}
-	for _, f := range mutate {
-		f(&cfg)
-	}
-	if e.srv, err = New(cfg, se.maps, e.pools, verifier, nil); err != nil {
-		t.Fatal(err)
-	}
-	e.http = httptest.NewServer(e.srv.Handler())
-	t.Cleanup(func() {
-		e.http.Close()
-		e.pools.Close()
-	})
+	e := &env{t: t, pg: se.primary, maps: se.maps, dbs: map[string]string{"s1": se.db}}
+	e.startNode(nodeRegion, append([]func(*nodeConfig){func(nc *nodeConfig) { nc.Conns.MaxConns = 10 }}, opts...)...)
 	return e
 }
 
@@ -246,7 +227,10 @@ func TestStandbyReads(t *testing.T) {
 // TestStandbyLagFallsBack: a standby lagging more than max_staleness no longer serves default
 // reads.
 func TestStandbyLagFallsBack(t *testing.T) {
-	se := newStandbyEnv(t, func(c *Config) { c.MaxStaleness = 300 * time.Millisecond; c.StandbyInterval = 20 * time.Millisecond })
+	se := newStandbyEnv(t, func(nc *nodeConfig) {
+		nc.Store.MaxStaleness = 300 * time.Millisecond
+		nc.Store.StandbyInterval = 20 * time.Millisecond
+	})
 	se.maps.pins["acme"] = "s1"
 	if r := se.home.do("POST", "/internal/v1/tenants", "Bearer cluster-token", `{"id":"acme","shard":"s1"}`, nil); r.StatusCode != 201 {
 		t.Fatalf("create tenant: %d %s", r.StatusCode, r.Body)

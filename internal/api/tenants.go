@@ -1,17 +1,15 @@
 package api
 
 import (
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/jackc/pgx/v5"
 
-	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/problem"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // tenantBody is the body of POST /internal/v1/tenants.
@@ -32,37 +30,24 @@ func (s *Server) createTenant(c *gin.Context) {
 		problem.Write(c, http.StatusBadRequest, "", err.Error())
 		return
 	}
-	if !auth.TenantPattern.MatchString(tb.ID) {
-		problem.Write(c, http.StatusBadRequest, "", "id must match "+auth.TenantPattern.String())
+	if !ids.ValidTenant(tb.ID) {
+		problem.Write(c, http.StatusBadRequest, "", "id must match "+ids.TenantPattern)
 		return
 	}
-	sh, ok := s.maps.ShardInfo(tb.Shard)
+	home, ok := s.maps.ShardHome(tb.Shard)
 	if !ok {
 		problem.Write(c, http.StatusBadRequest, "", "unknown shard "+strconv.Quote(tb.Shard))
 		return
 	}
 	c.Set("tenant", tb.ID)
-	c.Set("shard", sh.ID)
-	if sh.HomeRegion != s.cfg.Region {
+	c.Set("shard", tb.Shard)
+	if home != s.cfg.Region {
 		c.Header(hdrShardmapVersion, strconv.FormatUint(s.maps.Version(), 10))
-		problem.Write(c, http.StatusMisdirectedRequest, "", "shard "+sh.ID+" is homed in "+sh.HomeRegion)
+		problem.Write(c, http.StatusMisdirectedRequest, "", "shard "+tb.Shard+" is homed in "+home)
 		return
 	}
-	pool, err := s.pools.Primary(c.Request.Context(), sh)
+	created, err := s.store.CreateTenant(c.Request.Context(), tb.ID, tb.Shard)
 	if err != nil {
-		s.failWith(c, err)
-		return
-	}
-	var created bool
-	err = inTx(c.Request.Context(), pool, tb.ID, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(c.Request.Context(), `INSERT INTO tenants (tenant_id) VALUES ($1) ON CONFLICT (tenant_id) DO NOTHING`, tb.ID)
-		created = tag.RowsAffected() == 1
-		return err
-	})
-	if err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			err = ErrTenantNotFound
-		}
 		s.failWith(c, err)
 		return
 	}
@@ -73,7 +58,8 @@ func (s *Server) createTenant(c *gin.Context) {
 	c.JSON(status, tb)
 }
 
-// TenantRow is the answer of GET /internal/v1/tenants/{id}: the tenant's row on its shard.
+// TenantRow is the answer of GET /internal/v1/tenants/{id}: the tenant's row on its shard
+// (records.TenantRow in its wire form).
 type TenantRow struct {
 	ID         string    `json:"id"`
 	Shard      string    `json:"shard"`
@@ -88,8 +74,8 @@ type TenantRow struct {
 // shard is the `shard` query parameter, else the node's map placement; 404 when no row.
 func (s *Server) getTenant(c *gin.Context) {
 	id := c.Param("id")
-	if !auth.TenantPattern.MatchString(id) {
-		problem.Write(c, http.StatusBadRequest, "", "id must match "+auth.TenantPattern.String())
+	if !ids.ValidTenant(id) {
+		problem.Write(c, http.StatusBadRequest, "", "id must match "+ids.TenantPattern)
 		return
 	}
 	c.Set("tenant", id)
@@ -109,32 +95,15 @@ func (s *Server) getTenant(c *gin.Context) {
 		}
 		shard = rt.Shard
 	}
-	sh, ok := s.maps.ShardInfo(shard)
-	if !ok {
+	if _, ok := s.maps.ShardHome(shard); !ok {
 		problem.Write(c, http.StatusBadRequest, "", "unknown shard "+strconv.Quote(shard))
 		return
 	}
-	c.Set("shard", sh.ID)
-	pool, err := s.pools.Primary(c.Request.Context(), sh)
+	c.Set("shard", shard)
+	row, err := s.store.Tenant(c.Request.Context(), id, shard)
 	if err != nil {
 		s.failWith(c, err)
 		return
 	}
-	row := TenantRow{ID: id, Shard: sh.ID}
-	// One round trip, like every read (readOn; its tenant check answers a missing tenant).
-	err = s.readOn(c.Request.Context(), pool, id, nil, func(b *pgx.Batch) {
-		b.Queue(`SELECT status, write_epoch, write_fenced, created_at FROM tenants WHERE tenant_id = $1`, id).
-			QueryRow(func(r pgx.Row) error {
-				err := r.Scan(&row.Status, &row.WriteEpoch, &row.Fenced, &row.CreatedAt)
-				if errors.Is(err, pgx.ErrNoRows) {
-					return ErrTenantNotFound
-				}
-				return err
-			})
-	})
-	if err != nil {
-		s.failWith(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, row)
+	c.JSON(http.StatusOK, TenantRow(row))
 }

@@ -1,7 +1,8 @@
 // Package mapsource adapts the shard map's watching client (shardmap.Client) to the small
-// api.ShardMap interface the data node declares. It holds no state of its own and must never
-// modify the map; tests of internal/api use a fake of api.ShardMap instead, and this adapter is
-// tested against a real decoded shardmap.Map.
+// interfaces the data node's parts declare: api.ShardMap (routing) and pgstore.Map (the records
+// store's shard endpoints). It holds no state of its own and must never modify the map; tests
+// of internal/api and pgstore use fakes of those interfaces instead, and this adapter is tested
+// against a real decoded shardmap.Map.
 package mapsource
 
 import (
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/api"
+	"github.com/meridian-dev/meridian/internal/records/pgstore"
+	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -21,10 +24,13 @@ type Source interface {
 
 var _ Source = (*shardmap.Client)(nil)
 
-// Adapter implements api.ShardMap over a Source.
+// Adapter implements api.ShardMap and pgstore.Map over a Source.
 type Adapter struct{ Src Source }
 
-var _ api.ShardMap = Adapter{}
+var (
+	_ api.ShardMap = Adapter{}
+	_ pgstore.Map  = Adapter{}
+)
 
 // Lookup resolves tenant on the current snapshot.
 func (a Adapter) Lookup(tenant string) (api.Route, error) {
@@ -36,19 +42,34 @@ func (a Adapter) Lookup(tenant string) (api.Route, error) {
 	return api.Route{Shard: r.Shard, HomeRegion: r.HomeRegion, Epoch: r.Epoch, MapVersion: m.Version()}, nil
 }
 
-func convert(s shardmap.Shard) api.ShardInfo {
-	return api.ShardInfo{ID: s.ID, HomeRegion: s.HomeRegion, Database: s.Database, Endpoints: s.Endpoints}
+func convert(s shardmap.Shard) shards.Info {
+	return shards.Info{ID: s.ID, HomeRegion: s.HomeRegion, Database: s.Database, Endpoints: s.Endpoints}
+}
+
+// ShardHome returns the home region of one shard of the current snapshot.
+func (a Adapter) ShardHome(id string) (string, bool) {
+	s, ok := a.Src.Map().Shard(id)
+	return s.HomeRegion, ok
+}
+
+// ShardIDs lists the shards of the current snapshot.
+func (a Adapter) ShardIDs() []string {
+	var out []string
+	for _, s := range a.Src.Map().Shards() {
+		out = append(out, s.ID)
+	}
+	return out
 }
 
 // ShardInfo returns one shard of the current snapshot.
-func (a Adapter) ShardInfo(id string) (api.ShardInfo, bool) {
+func (a Adapter) ShardInfo(id string) (shards.Info, bool) {
 	s, ok := a.Src.Map().Shard(id)
 	return convert(s), ok
 }
 
 // Shards returns every shard of the current snapshot.
-func (a Adapter) Shards() []api.ShardInfo {
-	var out []api.ShardInfo
+func (a Adapter) Shards() []shards.Info {
+	var out []shards.Info
 	for _, s := range a.Src.Map().Shards() {
 		out = append(out, convert(s))
 	}

@@ -41,4 +41,13 @@ func TestAdapter(t *testing.T) {
 	if len(a.Shards()) != 2 || a.Version() != 7 {
 		t.Fatal("shards/version")
 	}
+	if home, ok := a.ShardHome("s2"); !ok || home != "eu-west" {
+		t.Fatalf("home of s2: %q %v", home, ok)
+	}
+	if _, ok := a.ShardHome("s9"); ok {
+		t.Fatal("unknown shard has a home")
+	}
+	if ids := a.ShardIDs(); len(ids) != 2 || !((ids[0] == "s1" && ids[1] == "s2") || (ids[0] == "s2" && ids[1] == "s1")) {
+		t.Fatalf("shard ids %v", ids)
+	}
 }

@@ -24,7 +24,9 @@ import (
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/localsrv"
 	"github.com/meridian-dev/meridian/internal/ratelimit"
+	"github.com/meridian-dev/meridian/internal/records/pgstore"
 	"github.com/meridian-dev/meridian/internal/router"
+	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/migrations"
 	"github.com/meridian-dev/meridian/region"
@@ -62,7 +64,7 @@ type apiNode struct {
 	url    string
 	srv    *api.Server
 	client *shardmap.Client
-	pools  *api.Pools
+	pools  *shards.Conns
 	stop   context.CancelFunc
 	gossip *region.Cluster // nil unless the node's region is clusterOptions.gossipRegion
 
@@ -237,9 +239,14 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 			cctx, cancel := context.WithCancel(context.Background())
 			a.stop = cancel
 			go func() { _ = a.client.Run(cctx) }()
-			a.pools = api.NewPools(api.PoolConfig{MaxConns: 20})
+			a.pools = shards.New(shards.Config{MaxConns: 20})
+			maps := mapsource.Adapter{Src: a.client}
+			store, err := pgstore.New(pgstore.Config{Region: r, Map: maps, Conns: a.pools, Logger: testLogger().With("node", "api-"+a.addr)})
+			if err != nil {
+				t.Fatal(err)
+			}
 			a.srv, err = api.New(api.Config{Region: r, CursorKey: []byte("cursor"), ClusterToken: clusterToken,
-				Logger: testLogger().With("node", "api-"+a.addr)}, mapsource.Adapter{Src: a.client}, a.pools, verifier, nil)
+				Logger: testLogger().With("node", "api-"+a.addr)}, maps, store, verifier, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

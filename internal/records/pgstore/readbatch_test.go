@@ -1,10 +1,9 @@
-package api
+package pgstore
 
 import (
 	"context"
 	"errors"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,56 +11,39 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/meridian-dev/meridian/internal/records"
+	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/replication"
 )
-
-// appConn returns a connection of the node's (meridian_app) pool of shard, released at cleanup.
-func appConn(t *testing.T, e *env, shard string) *pgx.Conn {
-	t.Helper()
-	sh, _ := e.maps.ShardInfo(shard)
-	pool, err := e.pools.Primary(context.Background(), sh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := pool.Acquire(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Release)
-	return c.Conn()
-}
 
 // TestReadBatchScopesTenant: the tenant setting of a read batch is in force for the statements
 // it carries, and only for them. Two tenants hold a record with the same collection and id; a
 // query with no tenant filter of its own sees exactly the reading tenant's row (RLS alone scopes
 // it), and afterwards the connection has no tenant and is read-write again.
 func TestReadBatchScopesTenant(t *testing.T) {
-	e := newEnv(t)
-	e.createTenant("alpha", "s1")
-	e.createTenant("bravo", "s1")
+	e := newEnv(t, shards.Config{})
 	for _, tn := range []string{"alpha", "bravo"} {
-		r := e.do("PUT", "/v1/collections/c/records/same", "Bearer "+e.token(tn, "data:write"), `{"data":{"owner":"`+tn+`"}}`, nil)
-		if r.StatusCode != 201 {
-			t.Fatalf("put %s: %d %s", tn, r.StatusCode, r.Body)
-		}
+		createTenant(t, e.store, tn)
+		put(t, e.store, tn, "c", "same", `{"owner":"`+tn+`"}`)
 	}
-	// Through the handlers: every read route answers with the caller's own record.
+	ctx := context.Background()
+	// Through the store: every read answers with the caller's own record.
 	for _, tn := range []string{"alpha", "bravo"} {
-		a := "Bearer " + e.token(tn, "data:read")
-		want := `{"owner":"` + tn + `"}`
-		if r := e.do("GET", "/v1/collections/c/records/same", a, "", nil); r.StatusCode != 200 || !jsonEqual(decodeRecord(t, r.Body).Data, want) {
-			t.Fatalf("%s GET: %d %s", tn, r.StatusCode, r.Body)
+		want := `{"owner": "` + tn + `"}`
+		if r, _, err := e.store.Get(ctx, target(tn), records.ReadOptions{}, "c", "same"); err != nil || string(r.Data) != want {
+			t.Fatalf("%s Get: %s %v", tn, r.Data, err)
 		}
-		for _, q := range []string{"", "?ids=same"} {
-			lb := decodeList(t, e.do("GET", "/v1/collections/c/records"+q, a, "", nil))
-			if len(lb.Items) != 1 || !jsonEqual(lb.Items[0].Data, want) {
-				t.Fatalf("%s list %q: %+v", tn, q, lb.Items)
-			}
+		page, _, err := e.store.List(ctx, target(tn), records.ReadOptions{}, "c", records.ListQuery{Limit: 10})
+		if err != nil || len(page.Items) != 1 || string(page.Items[0].Data) != want {
+			t.Fatalf("%s List: %+v %v", tn, page.Items, err)
+		}
+		recs, _, err := e.store.GetMany(ctx, target(tn), records.ReadOptions{}, "c", []string{"same"}, nil)
+		if err != nil || len(recs) != 1 || string(recs[0].Data) != want {
+			t.Fatalf("%s GetMany: %+v %v", tn, recs, err)
 		}
 	}
 
-	ctx := context.Background()
-	conn := appConn(t, e, "s1")
+	conn := e.appConn()
 	var owners []string
 	err := readBatch(ctx, conn, "alpha", 0, func(b *pgx.Batch) {
 		b.Queue(`SELECT tenant_id FROM records WHERE collection = 'c' AND id = 'same'`).Query(func(rows pgx.Rows) error {
@@ -97,7 +79,7 @@ func TestReadBatchScopesTenant(t *testing.T) {
 	err = readBatch(ctx, conn, "ghost", 0, func(b *pgx.Batch) {
 		b.Queue(`SELECT 1`).QueryRow(func(pgx.Row) error { called = true; return nil })
 	})
-	if !errors.Is(err, ErrTenantNotFound) || called {
+	if !errors.Is(err, records.ErrTenantNotFound) || called {
 		t.Fatalf("ghost tenant: err %v, callback called %v", err, called)
 	}
 }
@@ -106,14 +88,11 @@ func TestReadBatchScopesTenant(t *testing.T) {
 // switch read-only off first; the same write in a read-write transaction succeeds (the role may
 // write, so the batch's read-only mode is what stopped it).
 func TestReadBatchIsReadOnly(t *testing.T) {
-	e := newEnv(t)
-	e.createTenant("alpha", "s1")
-	a := "Bearer " + e.token("alpha", "data:read data:write")
-	if r := e.do("PUT", "/v1/collections/c/records/r1", a, `{"data":{"v":1}}`, nil); r.StatusCode != 201 {
-		t.Fatalf("put: %d %s", r.StatusCode, r.Body)
-	}
+	e := newEnv(t, shards.Config{})
+	createTenant(t, e.store, "alpha")
+	put(t, e.store, "alpha", "c", "r1", `{"v":1}`)
 	ctx := context.Background()
-	conn := appConn(t, e, "s1")
+	conn := e.appConn()
 	writes := []struct {
 		name, sql string
 		code      string // SQLSTATE the write must fail with
@@ -136,16 +115,15 @@ func TestReadBatchIsReadOnly(t *testing.T) {
 			}
 		})
 	}
-	r := e.do("GET", "/v1/collections/c/records/r1", a, "", nil)
-	if rec := decodeRecord(t, r.Body); r.StatusCode != 200 || rec.Version != 1 || !jsonEqual(rec.Data, `{"v":1}`) {
-		t.Fatalf("record changed by a read batch: %d %s", r.StatusCode, r.Body)
+	if rec, _, err := e.store.Get(ctx, target("alpha"), records.ReadOptions{}, "c", "r1"); err != nil || rec.Version != 1 || string(rec.Data) != `{"v": 1}` {
+		t.Fatalf("record changed by a read batch: %+v %v", rec, err)
 	}
-	if list := decodeList(t, e.do("GET", "/v1/collections/c/records", a, "", nil)); len(list.Items) != 1 {
-		t.Fatalf("read batch inserted: %+v", list.Items)
+	if page, _, err := e.store.List(ctx, target("alpha"), records.ReadOptions{}, "c", records.ListQuery{Limit: 10}); err != nil || len(page.Items) != 1 {
+		t.Fatalf("read batch inserted: %+v %v", page.Items, err)
 	}
 	// Control: the role can make this very change outside a read batch.
 	sh, _ := e.maps.ShardInfo("s1")
-	pool, err := e.pools.Primary(ctx, sh)
+	pool, err := e.conns.Primary(ctx, sh)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,36 +201,50 @@ func wantOneBatch(t *testing.T, ct *countTracer, what string, token bool) {
 	}
 }
 
-// TestReadRoundTrips: every read route costs one batch — scope, tenant check and the read in
-// one round trip — and nothing else, whatever its outcome.
+// TestReadRoundTrips: every read costs one batch — scope, tenant check and the read in one
+// round trip — and nothing else, whatever its outcome.
 func TestReadRoundTrips(t *testing.T) {
-	e := newEnv(t)
 	ct := &countTracer{}
-	e.pools.cfg.Tracer = ct       // pools open on first use: before any request, so every pool has it
-	e.createTenant("alpha", "s1") // ghost has no row anywhere; the map places it on s1
-	a := "Bearer " + e.token("alpha", "data:read data:write")
-	if r := e.do("PUT", "/v1/collections/c/records/r1", a, `{"data":{"v":1}}`, nil); r.StatusCode != 201 {
-		t.Fatalf("put: %d %s", r.StatusCode, r.Body)
-	}
+	e := newEnv(t, shards.Config{Tracer: ct})
+	createTenant(t, e.store, "alpha") // ghost has no row anywhere
+	put(t, e.store, "alpha", "c", "r1", `{"v":1}`)
+	ctx := context.Background()
 	for _, tc := range []struct {
-		name, tenant, path string
-		status             int
+		name   string
+		read   func(records.Target) (records.ReadInfo, error)
+		tenant string
+		want   error
 	}{
-		{"get", "alpha", "/v1/collections/c/records/r1", 200},
-		{"get missing", "alpha", "/v1/collections/c/records/nope", 404},
-		{"get unknown tenant", "ghost", "/v1/collections/c/records/r1", 404},
-		{"list", "alpha", "/v1/collections/c/records?limit=5", 200},
-		{"list filtered", "alpha", "/v1/collections/c/records?where[v]=1&fields=v", 200},
-		{"batch", "alpha", "/v1/collections/c/records?ids=r1,r2", 200},
+		{"get", func(t records.Target) (records.ReadInfo, error) {
+			_, info, err := e.store.Get(ctx, t, records.ReadOptions{}, "c", "r1")
+			return info, err
+		}, "alpha", nil},
+		{"get missing", func(t records.Target) (records.ReadInfo, error) {
+			_, info, err := e.store.Get(ctx, t, records.ReadOptions{}, "c", "nope")
+			return info, err
+		}, "alpha", records.ErrRecordNotFound},
+		{"get unknown tenant", func(t records.Target) (records.ReadInfo, error) {
+			_, info, err := e.store.Get(ctx, t, records.ReadOptions{}, "c", "r1")
+			return info, err
+		}, "ghost", records.ErrTenantNotFound},
+		{"list", func(t records.Target) (records.ReadInfo, error) {
+			_, info, err := e.store.List(ctx, t, records.ReadOptions{}, "c", records.ListQuery{Limit: 5})
+			return info, err
+		}, "alpha", nil},
+		{"list filtered", func(t records.Target) (records.ReadInfo, error) {
+			_, info, err := e.store.List(ctx, t, records.ReadOptions{}, "c", records.ListQuery{Limit: 5, Filter: `{"v":1}`, Fields: []string{"v"}})
+			return info, err
+		}, "alpha", nil},
+		{"batch", func(t records.Target) (records.ReadInfo, error) {
+			_, info, err := e.store.GetMany(ctx, t, records.ReadOptions{}, "c", []string{"r1", "r2"}, nil)
+			return info, err
+		}, "alpha", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ct.take()
-			r := e.do("GET", tc.path, "Bearer "+e.token(tc.tenant, "data:read"), "", nil)
-			if r.StatusCode != tc.status || r.Header.Get("X-Read-Source") != "primary" {
-				t.Fatalf("status %d source %q: %s", r.StatusCode, r.Header.Get("X-Read-Source"), r.Body)
-			}
-			if tc.tenant == "ghost" && !strings.Contains(r.Body, "tenant not found") {
-				t.Fatalf("unknown tenant: %s", r.Body)
+			info, err := tc.read(target(tc.tenant))
+			if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) || info.Source != records.SourcePrimary {
+				t.Fatalf("err %v (want %v), source %q", err, tc.want, info.Source)
 			}
 			wantOneBatch(t, ct, tc.name, false)
 		})
@@ -262,36 +254,46 @@ func TestReadRoundTrips(t *testing.T) {
 // TestStandbyReadRoundTrips: a standby read is one batch, with or without a Consistency-Token
 // (the token's replay check is a statement of the batch).
 func TestStandbyReadRoundTrips(t *testing.T) {
-	// A long interval keeps the cached standby status from being refreshed mid-count.
-	se := newStandbyEnv(t, func(c *Config) { c.StandbyInterval = time.Hour })
 	ct := &countTracer{}
-	se.local.pools.cfg.Tracer = ct
-	se.maps.pins["acme"] = "s1"
-	if r := se.home.do("POST", "/internal/v1/tenants", "Bearer cluster-token", `{"id":"acme","shard":"s1"}`, nil); r.StatusCode != 201 {
-		t.Fatalf("create tenant: %d %s", r.StatusCode, r.Body)
+	// A long interval keeps the cached standby status from being refreshed mid-count.
+	se := newStandbyEnv(t, shards.Config{Tracer: ct}, func(c *Config) { c.StandbyInterval = time.Hour })
+	createTenant(t, se.home, "acme")
+	w := put(t, se.home, "acme", "n", "n1", `{"v":1}`)
+	se.waitReplayed(t, w.Token)
+	ctx := context.Background()
+	read := func(token, reason string) {
+		t.Helper()
+		r, info, err := se.local.Get(ctx, target("acme"), records.ReadOptions{Token: token}, "n", "n1")
+		if err != nil || info.Source != records.SourceReplica || info.FellBack || info.Reason != reason || r.Version != 1 {
+			t.Fatalf("standby read (token %q): %+v %+v %v, want reason %q", token, r, info, err, reason)
+		}
 	}
-	rw := "Bearer " + se.home.token("acme", "data:read data:write")
-	w := se.home.do("PUT", "/v1/collections/n/records/n1", rw, `{"data":{"v":1}}`, nil)
-	if w.StatusCode != 201 {
-		t.Fatalf("put: %d %s", w.StatusCode, w.Body)
-	}
-	se.waitReplayed(t, w.Header.Get("Consistency-Token"))
-	tok := map[string]string{"Consistency-Token": w.Header.Get("Consistency-Token")}
-	path := "/v1/collections/n/records/n1"
 	// Warm up: the first read checks the standby's status (and waits for the token) and caches it.
-	wantSource(t, se.local.do("GET", path, rw, "", tok), 200, "replica")
+	read(w.Token, "token-replayed")
 	ct.take()
 
-	wantSource(t, se.local.do("GET", path, rw, "", nil), 200, "replica")
+	read("", "fresh")
 	wantOneBatch(t, ct, "standby read", false)
-	wantSource(t, se.local.do("GET", path, rw, "", tok), 200, "replica")
+	read(w.Token, "token-replayed")
 	wantOneBatch(t, ct, "standby read with token", true)
+	// A value the database rejects is the read's own outcome on the standby: a ValueError,
+	// neither retried on the primary nor counted against the standby.
+	_, info, err := se.local.List(ctx, target("acme"), records.ReadOptions{}, "n", records.ListQuery{Limit: 5, Filter: `{"a":"\u0000"}`})
+	var ve *records.ValueError
+	if !errors.As(err, &ve) || info.Source != records.SourceReplica || info.FellBack {
+		t.Fatalf("rejected filter on the standby: %+v %v, want a ValueError from the replica", info, err)
+	}
+	// A strong read goes to the primary without asking the standby.
+	if _, info, err := se.local.Get(ctx, target("acme"), records.ReadOptions{Strong: true}, "n", "n1"); err != nil ||
+		info.Source != records.SourcePrimary || info.Reason != "strong" {
+		t.Fatalf("strong read: %+v %v", info, err)
+	}
 }
 
 // TestReadBatchReplayCheck: a Consistency-Token's check inside the batch stops the read on a
 // standby that has not replayed the token's LSN, and on a primary.
 func TestReadBatchReplayCheck(t *testing.T) {
-	se := newStandbyEnv(t)
+	se := newStandbyEnv(t, shards.Config{})
 	ctx := context.Background()
 	sconn, err := pgx.Connect(ctx, se.standby.DSN(se.db))
 	if err != nil {
@@ -308,7 +310,7 @@ func TestReadBatchReplayCheck(t *testing.T) {
 	}
 	// Replayed far enough: the check passes and the batch goes on (to the tenant check: "acme"
 	// has no row, so the read itself never runs).
-	if err := readBatch(ctx, sconn, "acme", st.Replayed, queue); !errors.Is(err, ErrTenantNotFound) || ran {
+	if err := readBatch(ctx, sconn, "acme", st.Replayed, queue); !errors.Is(err, records.ErrTenantNotFound) || ran {
 		t.Fatalf("token already replayed: %v (read ran %v), want ErrTenantNotFound", err, ran)
 	}
 	if err := readBatch(ctx, sconn, "acme", st.Replayed+1<<32, queue); !errors.Is(err, errStandbyBehind) || ran {

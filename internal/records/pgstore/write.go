@@ -1,0 +1,309 @@
+package pgstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/meridian-dev/meridian/internal/records"
+	"github.com/meridian-dev/meridian/replication"
+)
+
+// Write runs op in one transaction on the shard's primary: lock the tenant row (fence check +
+// change seq), claim the Idempotency-Key (or answer its stored response), make the change,
+// render the response, append the outbox event, store the response with the key, commit. Then
+// it reads the WAL insert position for the Consistency-Token.
+func (s *Store) Write(ctx context.Context, t records.Target, op records.WriteOp) (records.WriteResult, error) {
+	sh, pool, err := s.primary(ctx, t.Shard)
+	if err != nil {
+		return records.WriteResult{}, err
+	}
+	if sh.HomeRegion != s.cfg.Region {
+		return records.WriteResult{}, fmt.Errorf("%w: %s is homed in %s", records.ErrNotHome, sh.ID, sh.HomeRegion)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return records.WriteResult{}, classify(err)
+	}
+	defer conn.Release()
+	res, err := s.writeTx(ctx, conn.Conn(), t, op)
+	if err != nil {
+		return records.WriteResult{}, classify(err)
+	}
+	// Read after COMMIT returned: at or past the commit record, on the same server. For a
+	// replay it is past the original commit, which was visible to our transaction.
+	if lsn, err := replication.CurrentLSN(ctx, conn); err == nil {
+		res.Token = replication.Token{Shard: sh.ID, LSN: lsn}.Encode()
+	}
+	return res, nil
+}
+
+// writeTx is Write's transaction.
+func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, op records.WriteOp) (records.WriteResult, error) {
+	var res records.WriteResult
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{})
+	if err != nil {
+		return res, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, setTenantSQL, t.Tenant); err != nil {
+		return res, err
+	}
+	// The row lock taken here serialises the tenant's writes until commit, so change_seq is
+	// gap-free in commit order, and the fence read is current (DESIGN.md §5.4).
+	var seq int64
+	var fenced bool
+	err = tx.QueryRow(ctx, `UPDATE tenants SET change_seq = change_seq + 1 WHERE tenant_id = $1 RETURNING change_seq, write_fenced`, t.Tenant).Scan(&seq, &fenced)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return res, records.ErrTenantNotFound
+	} else if err != nil {
+		return res, err
+	}
+	if fenced {
+		return res, records.ErrTenantFenced
+	}
+	if op.Key != "" {
+		stored, err := s.claimKey(ctx, tx, t, op)
+		if err != nil {
+			return res, err
+		}
+		if stored != nil {
+			// Rollback: the replay changes nothing.
+			return records.WriteResult{Response: *stored, Replayed: true}, nil
+		}
+	}
+	ch, err := change(ctx, tx, t.Tenant, op)
+	if err != nil {
+		return res, err
+	}
+	resp, err := op.Render(ch)
+	if err != nil {
+		return res, err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO outbox (tenant_id, seq, collection, record_id, op, version, lsn)
+		VALUES ($1, $2, $3, $4, $5, $6, pg_current_wal_insert_lsn())`, t.Tenant, seq, ch.Record.Collection, ch.Record.ID, ch.Kind.String(), ch.Record.Version); err != nil {
+		return res, err
+	}
+	if op.Key != "" {
+		hdrs, _ := json.Marshal(resp.Headers)
+		if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET status = $3, headers = $4, body = $5 WHERE tenant_id = $1 AND key = $2`,
+			t.Tenant, op.Key, resp.Status, hdrs, resp.Body); err != nil {
+			return res, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return res, err
+	}
+	return records.WriteResult{Response: resp}, nil
+}
+
+// claimKey inserts the Idempotency-Key row, or, when a committed row exists, returns its stored
+// response (same request) or records.ErrKeyReused (different request). A concurrent first
+// request holds the tenant row lock, so by the time we get here it has committed or rolled back.
+func (s *Store) claimKey(ctx context.Context, tx pgx.Tx, t records.Target, op records.WriteOp) (*records.Response, error) {
+	tenant := t.Tenant
+	now := s.cfg.Now()
+	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, created_at, expires_at)
+		VALUES ($1, $2, $3, 102, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING`, tenant, op.Key, op.RequestHash, now, now.Add(s.cfg.IdemTTL))
+	if err != nil {
+		return nil, err
+	}
+	if tag.RowsAffected() == 1 {
+		s.noteKeyTenant(t.Shard, tenant)
+		return nil, nil
+	}
+	var hash, body []byte
+	var status int
+	var headers map[string]string
+	var expires time.Time
+	if err := tx.QueryRow(ctx, `SELECT request_hash, status, headers, body, expires_at FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 FOR UPDATE`,
+		tenant, op.Key).Scan(&hash, &status, &headers, &body, &expires); err != nil {
+		return nil, err
+	}
+	if !expires.After(now) {
+		// Expired but not yet cleaned up: the key is free again.
+		_, err := tx.Exec(ctx, `UPDATE idempotency_keys SET request_hash = $3, status = 102, headers = '{}', body = '', created_at = $4, expires_at = $5
+			WHERE tenant_id = $1 AND key = $2`, tenant, op.Key, op.RequestHash, now, now.Add(s.cfg.IdemTTL))
+		return nil, err
+	}
+	if !bytes.Equal(hash, op.RequestHash) {
+		return nil, records.ErrKeyReused
+	}
+	return &records.Response{Status: status, Headers: headers, Body: body}, nil
+}
+
+// updateDataSQL replaces a live record's data (Put over a record, Patch) and returns it.
+const updateDataSQL = `UPDATE records SET data = $4, version = version + 1, updated_at = now()
+	WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING ` + recordCols
+
+// change makes op's change to the records table in tx and says what it did.
+func change(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (records.Change, error) {
+	coll, id := op.Collection, op.ID
+	switch op.Op {
+	case records.Create:
+		u, err := uuid.NewV7()
+		if err != nil {
+			return records.Change{}, err
+		}
+		r := records.Record{ID: u.String(), Collection: coll, Version: 1}
+		if err := tx.QueryRow(ctx, `INSERT INTO records (tenant_id, collection, id, version, data) VALUES ($1, $2, $3, 1, $4)
+			RETURNING data, created_at, updated_at`, tenant, coll, r.ID, []byte(op.Data)).Scan(&r.Data, &r.CreatedAt, &r.UpdatedAt); err != nil {
+			return records.Change{}, err
+		}
+		return records.Change{Kind: records.Created, Record: r}, nil
+
+	case records.Put:
+		var version int64
+		var deleted bool
+		err := tx.QueryRow(ctx, `SELECT version, deleted FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
+			tenant, coll, id).Scan(&version, &deleted)
+		exists := err == nil && !deleted
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return records.Change{}, err
+		}
+		if err := ifMatch(op.IfMatch, exists, version); err != nil {
+			return records.Change{}, err
+		}
+		var r records.Record
+		kind := records.Updated
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			kind = records.Created
+			r, err = scanRecord(tx.QueryRow(ctx, `INSERT INTO records (tenant_id, collection, id, version, data) VALUES ($1, $2, $3, 1, $4)
+				RETURNING `+recordCols, tenant, coll, id, []byte(op.Data)), coll)
+		case deleted:
+			// Re-creating over a tombstone continues the version sequence.
+			kind = records.Created
+			r, err = scanRecord(tx.QueryRow(ctx, `UPDATE records SET data = $4, version = version + 1, deleted = false, created_at = now(), updated_at = now()
+				WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING `+recordCols, tenant, coll, id, []byte(op.Data)), coll)
+		default:
+			r, err = scanRecord(tx.QueryRow(ctx, updateDataSQL, tenant, coll, id, []byte(op.Data)), coll)
+		}
+		if err != nil {
+			return records.Change{}, err
+		}
+		return records.Change{Kind: kind, Record: r}, nil
+
+	case records.Patch:
+		_, cur, err := lockLiveRecord(ctx, tx, tenant, coll, id, op.IfMatch)
+		if err != nil {
+			return records.Change{}, err
+		}
+		merged := cur
+		if op.Data != nil {
+			if merged, err = applyPatch(cur, op.Data); err != nil {
+				return records.Change{}, err
+			}
+		}
+		r, err := scanRecord(tx.QueryRow(ctx, updateDataSQL, tenant, coll, id, merged), coll)
+		if err != nil {
+			return records.Change{}, err
+		}
+		return records.Change{Kind: records.Updated, Record: r}, nil
+
+	case records.Delete:
+		version, _, err := lockLiveRecord(ctx, tx, tenant, coll, id, op.IfMatch)
+		if err != nil {
+			return records.Change{}, err
+		}
+		// Tombstone: the row stays with version+1 so versions never go back (see docs/api.md).
+		if _, err := tx.Exec(ctx, `UPDATE records SET deleted = true, data = '{}', version = version + 1, updated_at = now()
+			WHERE tenant_id = $1 AND collection = $2 AND id = $3`, tenant, coll, id); err != nil {
+			return records.Change{}, err
+		}
+		return records.Change{Kind: records.Deleted, Record: records.Record{ID: id, Collection: coll, Version: version + 1}}, nil
+	}
+	return records.Change{}, fmt.Errorf("pgstore: unknown write op %d", op.Op)
+}
+
+// lockLiveRecord locks a live (not deleted) record for update and checks If-Match against it.
+// A missing or deleted record is records.ErrRecordNotFound, or records.ErrPrecondition when
+// If-Match was sent.
+func lockLiveRecord(ctx context.Context, tx pgx.Tx, tenant, coll, id string, im *records.Match) (version int64, data []byte, err error) {
+	var deleted bool
+	err = tx.QueryRow(ctx, `SELECT version, deleted, data FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
+		tenant, coll, id).Scan(&version, &deleted, &data)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows) || (err == nil && deleted):
+		if im != nil {
+			return 0, nil, records.ErrPrecondition
+		}
+		return 0, nil, records.ErrRecordNotFound
+	case err != nil:
+		return 0, nil, err
+	}
+	if err := ifMatch(im, true, version); err != nil {
+		return 0, nil, err
+	}
+	return version, data, nil
+}
+
+// ifMatch checks If-Match against the current state. exists=false: no current record.
+func ifMatch(m *records.Match, exists bool, version int64) error {
+	if m == nil {
+		return nil
+	}
+	if !exists {
+		return records.ErrPrecondition
+	}
+	if m.Any {
+		return nil
+	}
+	for _, v := range m.Versions {
+		if v == version {
+			return nil
+		}
+	}
+	return records.ErrPrecondition
+}
+
+// applyPatch applies the RFC 7396 merge patch to the stored data object cur.
+func applyPatch(cur, patch []byte) ([]byte, error) {
+	obj, err := decodeObject(cur)
+	if err != nil {
+		return nil, err
+	}
+	p, err := decodeObject(patch)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(mergePatch(obj, p))
+}
+
+// decodeObject decodes a JSON object keeping numbers exact.
+func decodeObject(raw []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("malformed JSON: %v", err)
+	}
+	return m, nil
+}
+
+// mergePatch applies an RFC 7396 merge patch to target and returns the result. target may be
+// modified in place.
+func mergePatch(target, patch any) any {
+	pm, ok := patch.(map[string]any)
+	if !ok {
+		return patch
+	}
+	tm, ok := target.(map[string]any)
+	if !ok {
+		tm = map[string]any{}
+	}
+	for k, v := range pm {
+		if v == nil {
+			delete(tm, k)
+			continue
+		}
+		tm[k] = mergePatch(tm[k], v)
+	}
+	return tm
+}

@@ -1,0 +1,217 @@
+// Package records is the vocabulary of the API node's records store: what a request asks of
+// Postgres (a Target, ReadOptions, a ListQuery, a WriteOp) and what it gets back (Record, Page,
+// ReadInfo, WriteResult, TenantRow), with the store's sentinel errors in one var block. The store
+// itself — every pgx transaction and batch the node runs — is internal/records/pgstore.
+//
+// This package is deliberately free of pgx (and of replication, which imports it): the HTTP
+// layer, internal/api, names these types and errors and must not depend on a database driver
+// (its test checks `go list -deps`). It must never grow I/O, SQL or HTTP: it holds plain data
+// and errors. The store's behaviour is tested in pgstore against real Postgres.
+package records
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// The store's errors. internal/api maps each to its problem; wrapped database errors stay
+// reachable with errors.As.
+var (
+	// ErrTenantNotFound: the tenant has no row on its shard (never created there).
+	ErrTenantNotFound = errors.New("records: tenant not found")
+	// ErrTenantFenced: the tenant's writes are fenced on this shard (a move's cutover).
+	ErrTenantFenced = errors.New("records: tenant is fenced for writes")
+	// ErrRecordNotFound: no live record with that collection and id.
+	ErrRecordNotFound = errors.New("records: record not found")
+	// ErrPrecondition: If-Match does not match the record's current version (or there is none).
+	ErrPrecondition = errors.New("records: precondition failed")
+	// ErrKeyReused: the Idempotency-Key was already used with a different request.
+	ErrKeyReused = errors.New("records: idempotency key reused with a different request")
+	// ErrBadToken: ReadOptions.Token is not a consistency token.
+	ErrBadToken = errors.New("records: malformed consistency token")
+	// ErrUnknownShard: the node's shard map has no such shard.
+	ErrUnknownShard = errors.New("records: shard not in map")
+	// ErrNotHome: a tenant row may only be created on a shard homed in the store's region.
+	ErrNotHome = errors.New("records: shard is homed in another region")
+	// ErrTimeout: the database did not answer in time (statement timeout or deadline).
+	ErrTimeout = errors.New("records: database did not answer in time")
+	// ErrConflict: a concurrent write conflicted (serialization failure, deadlock, lock not
+	// available); the request may be retried.
+	ErrConflict = errors.New("records: conflicting concurrent write")
+	// ErrDatabase: the database refused a statement for a reason that is not the request's
+	// fault (a bug or a schema mismatch); the original *pgconn.PgError is wrapped.
+	ErrDatabase = errors.New("records: database error")
+)
+
+// ValueError is a value the database rejected (SQLSTATE classes 22 data exception and 54
+// program limit exceeded, e.g. a filter value jsonb refuses): the request's own fault, a 400.
+// Message is the database's message.
+type ValueError struct {
+	Message string
+	Err     error
+}
+
+func (e *ValueError) Error() string { return "records: value rejected by the database: " + e.Message }
+
+// Unwrap returns the database error.
+func (e *ValueError) Unwrap() error { return e.Err }
+
+// Target is the tenant a request is for and where the node's shard map places it.
+type Target struct {
+	Tenant string
+	Shard  string // shard id; the store resolves it through its own map view
+	Epoch  uint64 // the tenant's write epoch in the routing map (for the moves issue's check)
+}
+
+// Record is one record as stored.
+type Record struct {
+	ID         string
+	Collection string
+	Version    int64
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	Data       json.RawMessage
+}
+
+// Source is where a read was served from, in the words of the X-Read-Source header.
+type Source string
+
+// The read sources.
+const (
+	SourcePrimary Source = "primary"
+	SourceReplica Source = "replica"
+)
+
+// ReadOptions is what a read asks of its source (DESIGN.md §6).
+type ReadOptions struct {
+	// Strong reads go to the primary (Prefer: consistency=strong).
+	Strong bool
+	// Token is the request's Consistency-Token as sent ("" = none); a value that does not
+	// decode is ErrBadToken.
+	Token string
+}
+
+// ReadInfo says how a read was served.
+type ReadInfo struct {
+	Source Source
+	// Reason is why the read-source decision picked the source it did, a stable word fit for
+	// a log attribute or metric label (replication.Reason: "fresh", "strong", "too-stale", …).
+	Reason string
+	// FellBack is set when a standby read failed (or its standby was behind the token) and the
+	// primary answered instead.
+	FellBack bool
+}
+
+// ListQuery is one page of a list: keyset pagination on the record id.
+type ListQuery struct {
+	Limit  int      // page size, at least 1
+	Desc   bool     // order by id descending
+	After  string   // continue after this id ("" = first page)
+	Fields []string // top-level data fields to return (nil = all of data)
+	Filter string   // canonical JSON object records' data must contain ("" = none)
+}
+
+// Page is a list's answer.
+type Page struct {
+	Items []Record // at most ListQuery.Limit
+	More  bool     // another page follows Items' last id
+}
+
+// Match is a parsed If-Match header: Any for "*", else the versions of its entity tags (a tag
+// that is not a version the store issues is a version that never matches, e.g. -1).
+type Match struct {
+	Any      bool
+	Versions []int64
+}
+
+// Op is the kind of a write.
+type Op int
+
+// The writes.
+const (
+	// Create inserts a record with an id the store makes (UUIDv7).
+	Create Op = iota + 1
+	// Put creates the record or replaces its data.
+	Put
+	// Patch merges WriteOp.Data into the live record's data (RFC 7396).
+	Patch
+	// Delete turns the live record into a tombstone.
+	Delete
+)
+
+// WriteOp is one write, run by the store in one transaction.
+type WriteOp struct {
+	Op         Op
+	Collection string
+	ID         string // "" for Create
+	// Data is the new data object for Create and Put, and the merge patch of the data object
+	// for Patch (nil = a patch without "data", which changes only the version).
+	Data json.RawMessage
+	// IfMatch, when set, is checked against the live record (Put, Patch, Delete).
+	IfMatch *Match
+	// Key is the Idempotency-Key ("" = none) and RequestHash the request's identity under it.
+	Key         string
+	RequestHash []byte
+	// Render makes the client's response from the change. The store calls it inside the
+	// transaction and stores its result with Key, so a replay answers exactly the same bytes.
+	Render func(Change) (Response, error)
+}
+
+// ChangeKind is what a write did to a record; its String is the outbox's op.
+type ChangeKind int
+
+// The change kinds.
+const (
+	Created ChangeKind = iota + 1
+	Updated
+	Deleted
+)
+
+// String returns the outbox op: "create", "update" or "delete".
+func (k ChangeKind) String() string {
+	switch k {
+	case Created:
+		return "create"
+	case Updated:
+		return "update"
+	case Deleted:
+		return "delete"
+	}
+	return "unknown"
+}
+
+// Change is what a write did: Created (also a Put of a new or deleted id), Updated or Deleted.
+// For Deleted, Record has only ID, Collection and the tombstone's Version.
+type Change struct {
+	Kind   ChangeKind
+	Record Record
+}
+
+// Response is a write's answer as the client gets it, stored verbatim with an Idempotency-Key.
+type Response struct {
+	Status  int
+	Headers map[string]string
+	Body    []byte
+}
+
+// WriteResult is the outcome of a committed (or replayed) write.
+type WriteResult struct {
+	Response Response
+	// Replayed is set when Response is the stored answer of an earlier request with the same
+	// Idempotency-Key; nothing was written.
+	Replayed bool
+	// Token is the Consistency-Token of the write ("" when the WAL position could not be read
+	// after the commit).
+	Token string
+}
+
+// TenantRow is a tenant's row on one shard.
+type TenantRow struct {
+	ID         string
+	Shard      string
+	Status     string
+	WriteEpoch int64
+	Fenced     bool
+	CreatedAt  time.Time
+}
