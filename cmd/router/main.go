@@ -148,10 +148,10 @@ func main() {
 // a part fails, then stops the parts in reverse order: the HTTP server drains (up to the grace
 // period), the rate limiter lets go of Redis, gossip departs, the map node leaves Raft.
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	log = log.With("region", cfg.region)
 	parts := daemon.NewParts(log)
 	// A failed start stops what had started; after the final Stop below this does nothing.
 	defer parts.Stop(context.Background())
-	log = log.With("region", cfg.region)
 
 	verifier, err := auth.NewVerifier(auth.Config{Secret: []byte(cfg.jwtSecret), JWKSFile: cfg.jwksFile,
 		Issuer: cfg.jwtIssuer, Audience: cfg.jwtAudience})
