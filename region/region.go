@@ -9,9 +9,14 @@
 // Membership changes are announced on a coalescing channel (Changes) and, optionally, to a
 // callback (Config.OnChange).
 //
+// Join is how every node takes part: routers and API nodes alike call it with their role, their
+// advertised URL and a Status callback; a publisher inside the Cluster then refreshes the node's
+// replica lag and shard-map version in its metadata (only when they changed, since every
+// metadata update is broadcast), and Depart drains, leaves and shuts the membership down.
+//
 // The package must never decide routing: it reports who is there and what they say about
 // themselves; upstream selection, ejection and retries live in internal/upstream.
-// It imports only memberlist and the standard library.
+// It imports only memberlist, shardmap/ids (the region id rule) and the standard library.
 //
 // Tests should build members with TestConfig, which binds 127.0.0.1 on a kernel-chosen port and
 // cuts memberlist's probe and gossip intervals to tens of milliseconds.
@@ -36,12 +41,14 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"regexp"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // Errors returned by this package.
@@ -54,6 +61,8 @@ var (
 	ErrNoPeersJoined = errors.New("region: could not join any peer")
 	// ErrShutdown means the Cluster has been shut down.
 	ErrShutdown = errors.New("region: cluster is shut down")
+	// ErrBadAddr means a gossip address is not "host:port" with a port in [0, 65535].
+	ErrBadAddr = errors.New("region: invalid gossip address")
 )
 
 // Role is what a member does.
@@ -76,9 +85,6 @@ const (
 	HealthDown     Health = "down"
 )
 
-// regionRE is the accepted shape of a region id, e.g. "us-east".
-var regionRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-
 // Meta is the typed metadata a member gossips about itself.
 type Meta struct {
 	Region     string `json:"region"`
@@ -91,8 +97,8 @@ type Meta struct {
 
 // Validate reports whether m is acceptable to publish.
 func (m Meta) Validate() error {
-	if !regionRE.MatchString(m.Region) {
-		return fmt.Errorf("%w: region %q", ErrBadMeta, m.Region)
+	if !ids.ValidRegion(m.Region) {
+		return fmt.Errorf("%w: region %q does not match %s", ErrBadMeta, m.Region, ids.NamePattern)
 	}
 	switch m.Role {
 	case RoleRouter, RoleAPI:
@@ -254,6 +260,14 @@ type Cluster struct {
 	// metaMu guards local.
 	metaMu sync.Mutex
 	local  Meta
+	// metaSent counts the metadata updates gossiped after the first announcement; tests read it
+	// to prove that an unchanged Status is not broadcast.
+	metaSent atomic.Uint64
+
+	// stopPublish ends the Status publisher started by Join (nil without one); published is
+	// closed when it has returned.
+	stopPublish context.CancelFunc
+	published   chan struct{}
 
 	// mu guards the fields below.
 	mu       sync.RWMutex
@@ -359,8 +373,8 @@ func (c *Cluster) LocalMeta() Meta {
 }
 
 // UpdateMeta changes this member's metadata with f and gossips it, waiting for the update to
-// be sent (bounded by ctx's deadline, 1 s without one). If the new metadata is invalid the old
-// one stays published and ErrBadMeta is returned.
+// be sent (bounded by ctx's deadline, 1 s without one). If f changes nothing, nothing is sent.
+// If the new metadata is invalid the old one stays published and ErrBadMeta is returned.
 func (c *Cluster) UpdateMeta(ctx context.Context, f func(*Meta)) error {
 	if c.isShutdown() {
 		return ErrShutdown
@@ -370,6 +384,11 @@ func (c *Cluster) UpdateMeta(ctx context.Context, f func(*Meta)) error {
 	f(&next)
 	if next.Health == "" {
 		next.Health = HealthOK
+	}
+	if next == c.local {
+		// Every update is broadcast to the whole cluster: send none when nothing changed.
+		c.metaMu.Unlock()
+		return nil
 	}
 	if _, err := encodeMeta(next); err != nil {
 		c.metaMu.Unlock()
@@ -385,6 +404,7 @@ func (c *Cluster) UpdateMeta(ctx context.Context, f func(*Meta)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	c.metaSent.Add(1)
 	if err := c.ml.UpdateNode(timeout); err != nil {
 		return fmt.Errorf("region: gossip metadata update: %w", err)
 	}
@@ -447,8 +467,8 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown stops gossiping and closes the listeners without announcing a leave (others will
-// detect the member as dead). It is idempotent.
+// Shutdown stops the Status publisher and gossiping, and closes the listeners without
+// announcing a leave (others will detect the member as dead). It is idempotent.
 func (c *Cluster) Shutdown() error {
 	c.mu.Lock()
 	if c.shutdown {
@@ -457,6 +477,7 @@ func (c *Cluster) Shutdown() error {
 	}
 	c.shutdown = true
 	c.mu.Unlock()
+	c.stopPublisher()
 	return c.ml.Shutdown()
 }
 

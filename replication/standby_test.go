@@ -233,7 +233,7 @@ func TestTracker(t *testing.T) {
 		})
 		testenv.WaitFor(t, waitLong, func() error {
 			pr.write(t)
-			tr.Refresh(ctx)
+			tr.Status(ctx, "s1", pr.standbyPool)
 			if lag := tr.Lag(); lag <= first {
 				return fmt.Errorf("Lag() = %v, not past %v", lag, first)
 			}

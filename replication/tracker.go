@@ -197,29 +197,10 @@ func (t *Tracker) WaitReplayed(ctx context.Context, shard string, q Querier, lsn
 	}
 }
 
-// Refresh refreshes every tracked standby whose status is at least an interval old, as
-// Status would. A caller that publishes Lag on a timer (the gossip publisher) calls it first,
-// so an idle node reports its standbys' current lag instead of none.
-func (t *Tracker) Refresh(ctx context.Context) {
-	t.mu.Lock()
-	type tracked struct {
-		shard string
-		q     Querier
-	}
-	all := make([]tracked, 0, len(t.shards))
-	for shard, s := range t.shards {
-		s.mu.Lock()
-		all = append(all, tracked{shard, s.q})
-		s.mu.Unlock()
-	}
-	t.mu.Unlock()
-	for _, e := range all {
-		t.Status(ctx, e.shard, e.q)
-	}
-}
-
 // Lag returns the largest lag over the tracked standbys that are healthy, from their last
-// known status, or 0 when there is none. It does no I/O; see Refresh.
+// known status, or 0 when there is none. It does no I/O: a caller that publishes it on a timer
+// (the API node's gossip status) calls Status for each standby first, so an idle node reports
+// current lag instead of none.
 func (t *Tracker) Lag() time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()

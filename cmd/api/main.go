@@ -27,6 +27,7 @@ import (
 	"github.com/meridian-dev/meridian/internal/envflag"
 	"github.com/meridian-dev/meridian/internal/records/pgstore"
 	"github.com/meridian-dev/meridian/internal/shards"
+	"github.com/meridian-dev/meridian/region"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -134,86 +135,80 @@ func main() {
 	}))
 }
 
-// run serves until ctx ends (SIGINT/SIGTERM), then shuts down in order.
+// run builds and starts the node's parts in order, serves until ctx ends (SIGINT/SIGTERM) or a
+// part fails, then stops the parts in reverse order: gossip departs (draining first, so routers
+// stop sending new requests), the HTTP server drains in-flight requests (up to the grace
+// period), then the background jobs, the map watch and the pools the requests used stop.
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
-
-	// Shard map: watch the routers.
-	client := shardmap.NewClient(shardmap.ClientConfig{Addrs: strings.Split(cfg.mapAddrs, ","), Token: cfg.clusterToken, Logger: log})
-	mapCtx, stopMap := context.WithCancel(context.Background())
-	mapDone := make(chan struct{})
-	go func() { defer close(mapDone); _ = client.Run(mapCtx) }()
+	parts := daemon.NewParts(log)
+	// A failed start stops what had started; after the final Stop below this does nothing.
+	defer parts.Stop(context.Background())
 
 	verifier, err := auth.NewVerifier(auth.Config{Secret: []byte(cfg.jwtSecret), JWKSFile: cfg.jwksFile, Issuer: cfg.jwtIssuer, Audience: cfg.jwtAudience})
 	if err != nil {
-		stopMap()
 		return err
 	}
+
+	// Connections to every shard: built first, closed last.
 	pools := shards.New(shards.Config{User: cfg.dbUser, Password: cfg.dbPassword, MaxConns: int32(cfg.maxConns),
 		DialVia: cfg.dialVia, MaxConnLifetime: cfg.connLifetime, MaxConnIdleTime: cfg.connIdle, StatementTimeout: cfg.statementTimeout, IdleInTxTimeout: cfg.idleInTx})
+	parts.Add("pools", func(context.Context) error { pools.Close(); return nil })
 	var workers *shards.Conns
 	if cfg.workerUser != "" {
 		// Only the cleanup job uses these, on home primaries: one connection per shard is plenty.
 		workers = shards.New(shards.Config{User: cfg.workerUser, Password: cfg.workerPassword, MaxConns: 1, DialVia: cfg.dialVia})
-		defer workers.Close()
+		parts.Add("worker pools", func(context.Context) error { workers.Close(); return nil })
 	}
+
+	// Shard map: watch the routers.
+	client := shardmap.NewClient(shardmap.ClientConfig{Addrs: strings.Split(cfg.mapAddrs, ","), Token: cfg.clusterToken, Logger: log})
+	parts.Go("shard map watch", client.Run)
 	maps := mapsource.Adapter{Src: client}
+
+	// The records store: every transaction and read the node runs, and its background cleanup.
 	store, err := pgstore.New(pgstore.Config{Region: cfg.region, Map: maps, Conns: pools, Workers: workers, IdemTTL: cfg.idemTTL,
 		MaxStaleness: cfg.maxStaleness, RYWWait: cfg.rywWait, StandbyInterval: cfg.standbyInterval, StandbyFailures: cfg.standbyFailures, Logger: log})
 	if err != nil {
-		stopMap()
 		return err
 	}
+	parts.Go("idempotency cleanup", func(ctx context.Context) error {
+		store.RunCleanup(ctx, cfg.idemCleanup)
+		return ctx.Err()
+	})
+
 	srv, err := api.New(api.Config{Region: cfg.region, CursorKey: []byte(cfg.cursorKey), ClusterToken: cfg.clusterToken,
 		MaxBody: cfg.maxBody, Deadline: cfg.deadline, Logger: log, Collectors: []prometheus.Collector{shards.Collector(pools)}},
 		maps, store, verifier, apidoc.OpenAPI)
 	if err != nil {
-		stopMap()
 		return err
 	}
-	cleanupCtx, stopCleanup := context.WithCancel(context.Background())
-	go store.RunCleanup(cleanupCtx, cfg.idemCleanup)
 
+	// HTTP: on stop, the listener closes and in-flight requests get up to the grace period.
 	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
-		stopCleanup()
-		stopMap()
-		pools.Close()
 		return err
 	}
+	parts.Go("http", func(ctx context.Context) error {
+		return api.Serve(ctx, ln, srv.Handler(), cfg.readHeaderTimeout, cfg.shutdownGrace)
+	})
 	log.Info("listening", "addr", cfg.listen, "region", cfg.region)
-	// Gossip: announce this node to the routers. On a signal, leave (draining first) before
-	// the HTTP server stops, so routers stop sending new requests while in-flight ones finish.
-	serveCtx, stopServe := context.WithCancel(context.Background())
-	defer stopServe()
+
+	// Gossip: announce this node to the routers once it serves, with its map version and its
+	// region's standby lag; stopped first.
 	if cfg.gossipAddr != "" {
-		jctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		gossip, gerr := api.JoinGossip(jctx, api.GossipConfig{Region: cfg.region, URL: cfg.advertiseURL,
-			Addr: cfg.gossipAddr, Join: cfg.gossipJoin, Logger: log})
-		cancel()
-		if gerr != nil {
-			ln.Close()
-			stopCleanup()
-			stopMap()
-			pools.Close()
-			return gerr
+		gossip, err := region.Join(ctx, region.JoinConfig{Region: cfg.region, Role: region.RoleAPI, URL: cfg.advertiseURL,
+			Addr: cfg.gossipAddr, Join: cfg.gossipJoin, Logger: log,
+			Status: func(ctx context.Context) region.Status {
+				return region.Status{Lag: store.ReplicaLag(ctx), MapVersion: client.Map().Version()}
+			}})
+		if err != nil {
+			return err
 		}
-		go func() {
-			<-ctx.Done()
-			if lerr := api.LeaveGossip(context.Background(), gossip); lerr != nil {
-				log.Warn("gossip leave", "err", lerr)
-			}
-			stopServe()
-		}()
-	} else {
-		go func() { <-ctx.Done(); stopServe() }()
+		parts.Add("gossip", gossip.Depart)
 	}
-	// Serve until a signal, then stop accepting and finish in-flight requests (up to the grace
-	// period); then stop the background jobs, the map watch, and the pools the requests used.
-	err = api.Serve(serveCtx, ln, srv.Handler(), cfg.readHeaderTimeout, cfg.shutdownGrace)
-	log.Info("shut down", "err", err)
-	stopCleanup()
-	stopMap()
-	<-mapDone
-	pools.Close()
-	return err
+
+	err = parts.Wait(ctx)
+	log.Info("shutting down", "err", err)
+	// No deadline: each part bounds its own stop (the HTTP drain by -shutdown-grace).
+	return errors.Join(err, parts.Stop(context.Background()))
 }

@@ -4,8 +4,8 @@
 //
 // Every flag can also be set by the environment variable named in its help text; a flag on the
 // command line wins. A malformed variable (a number or duration that does not parse) is refused
-// with exit status 2, not ignored (internal/envflag). All wiring lives in internal/router.Start;
-// this file only parses config.
+// with exit status 2, not ignored (internal/envflag). run lists the router's parts in the order
+// they are built and started (docs/router.md); they are stopped in reverse order.
 package main
 
 import (
@@ -14,25 +14,36 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/daemon"
 	"github.com/meridian-dev/meridian/internal/envflag"
 	"github.com/meridian-dev/meridian/internal/ratelimit"
 	"github.com/meridian-dev/meridian/internal/router"
+	"github.com/meridian-dev/meridian/region"
+	"github.com/meridian-dev/meridian/shardmap"
 )
 
 type config struct {
-	pc                                          router.ProcessConfig
-	jwtSecret, jwksFile, jwtIssuer, jwtAudience string
-	join, gossipJoin, apiNodes, trustedProxies  string
-	tenantRate, ipRate                          float64
-	tenantBurst, ipBurst                        int
-	shutdownGrace                               time.Duration
-	debugAddr                                   string
+	region, id, listen, advertiseURL, raftAddr, dataDir string
+	bootstrap                                           bool
+	join, gossipJoin, trustedProxies                    []string
+	gossipAddr                                          string
+	staticAPI                                           map[string][]string
+	clusterToken                                        string
+	jwtSecret, jwksFile, jwtIssuer, jwtAudience         string
+	redisAddr                                           string
+	limits                                              map[ratelimit.Rule]ratelimit.Limit
+	rateLimitLease, lease, upstreamTimeout              time.Duration
+	maxInFlight                                         int
+	shutdownGrace                                       time.Duration
+	debugAddr                                           string
 }
 
 func splitList(s string) []string {
@@ -63,34 +74,37 @@ func parseAPINodes(s string) (map[string][]string, error) {
 
 func parseConfig(args []string) (config, error) {
 	var c config
+	var join, gossipJoin, apiNodes, trustedProxies string
+	var tenantRate, ipRate float64
+	var tenantBurst, ipBurst int
 	env := envflag.New(nil)
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
-	fs.StringVar(&c.pc.Region, "region", env.String("MERIDIAN_REGION", ""), "this router's region (MERIDIAN_REGION; required)")
-	fs.StringVar(&c.pc.ID, "id", env.String("MERIDIAN_ROUTER_ID", ""), "Raft id and gossip name, stable across restarts (MERIDIAN_ROUTER_ID; default <region>-router-<port>)")
-	fs.StringVar(&c.pc.ListenAddr, "listen", env.String("MERIDIAN_ROUTER_LISTEN", "127.0.0.1:8080"), "HTTP listen address (MERIDIAN_ROUTER_LISTEN)")
-	fs.StringVar(&c.pc.AdvertiseURL, "advertise-url", env.String("MERIDIAN_ROUTER_URL", ""), "base URL other nodes reach this router at (MERIDIAN_ROUTER_URL; default http://<listen>)")
-	fs.StringVar(&c.pc.RaftAddr, "raft-addr", env.String("MERIDIAN_RAFT_ADDR", "127.0.0.1:7000"), "Raft bind address (MERIDIAN_RAFT_ADDR)")
-	fs.StringVar(&c.pc.DataDir, "data-dir", env.String("MERIDIAN_DATA_DIR", "./data/router"), "shard-map data directory (MERIDIAN_DATA_DIR)")
-	fs.BoolVar(&c.pc.Bootstrap, "bootstrap", env.Bool("MERIDIAN_BOOTSTRAP", false), "form a new map cluster if the data dir is empty (MERIDIAN_BOOTSTRAP)")
-	fs.StringVar(&c.join, "join", env.String("MERIDIAN_JOIN", ""), "comma-separated router base URLs to join the map cluster through (MERIDIAN_JOIN)")
-	fs.StringVar(&c.pc.GossipAddr, "gossip-addr", env.String("MERIDIAN_GOSSIP_ADDR", ""), "memberlist bind host:port; empty = no gossip (MERIDIAN_GOSSIP_ADDR)")
-	fs.StringVar(&c.gossipJoin, "gossip-join", env.String("MERIDIAN_GOSSIP_JOIN", ""), "comma-separated gossip addresses to join (MERIDIAN_GOSSIP_JOIN)")
-	fs.StringVar(&c.trustedProxies, "trusted-proxies", env.String("MERIDIAN_TRUSTED_PROXIES", ""), "comma-separated IPs or CIDRs of load balancers whose X-Forwarded-For is believed; empty = none, the client IP is the TCP peer's (MERIDIAN_TRUSTED_PROXIES)")
-	fs.StringVar(&c.apiNodes, "api-nodes", env.String("MERIDIAN_API_NODES", ""), "static API nodes: region=url|url;region=url (MERIDIAN_API_NODES)")
-	fs.StringVar(&c.pc.ClusterToken, "cluster-token", env.String("MERIDIAN_CLUSTER_TOKEN", ""), "cluster token of internal endpoints (MERIDIAN_CLUSTER_TOKEN; required)")
+	fs.StringVar(&c.region, "region", env.String("MERIDIAN_REGION", ""), "this router's region (MERIDIAN_REGION; required)")
+	fs.StringVar(&c.id, "id", env.String("MERIDIAN_ROUTER_ID", ""), "Raft id and gossip name, stable across restarts (MERIDIAN_ROUTER_ID; default <region>-router-<port>)")
+	fs.StringVar(&c.listen, "listen", env.String("MERIDIAN_ROUTER_LISTEN", "127.0.0.1:8080"), "HTTP listen address (MERIDIAN_ROUTER_LISTEN)")
+	fs.StringVar(&c.advertiseURL, "advertise-url", env.String("MERIDIAN_ROUTER_URL", ""), "base URL other nodes reach this router at (MERIDIAN_ROUTER_URL; default http://<listen>)")
+	fs.StringVar(&c.raftAddr, "raft-addr", env.String("MERIDIAN_RAFT_ADDR", "127.0.0.1:7000"), "Raft bind address (MERIDIAN_RAFT_ADDR)")
+	fs.StringVar(&c.dataDir, "data-dir", env.String("MERIDIAN_DATA_DIR", "./data/router"), "shard-map data directory (MERIDIAN_DATA_DIR)")
+	fs.BoolVar(&c.bootstrap, "bootstrap", env.Bool("MERIDIAN_BOOTSTRAP", false), "form a new map cluster if the data dir is empty (MERIDIAN_BOOTSTRAP)")
+	fs.StringVar(&join, "join", env.String("MERIDIAN_JOIN", ""), "comma-separated router base URLs to join the map cluster through (MERIDIAN_JOIN)")
+	fs.StringVar(&c.gossipAddr, "gossip-addr", env.String("MERIDIAN_GOSSIP_ADDR", ""), "memberlist bind host:port; empty = no gossip (MERIDIAN_GOSSIP_ADDR)")
+	fs.StringVar(&gossipJoin, "gossip-join", env.String("MERIDIAN_GOSSIP_JOIN", ""), "comma-separated gossip addresses to join (MERIDIAN_GOSSIP_JOIN)")
+	fs.StringVar(&trustedProxies, "trusted-proxies", env.String("MERIDIAN_TRUSTED_PROXIES", ""), "comma-separated IPs or CIDRs of load balancers whose X-Forwarded-For is believed; empty = none, the client IP is the TCP peer's (MERIDIAN_TRUSTED_PROXIES)")
+	fs.StringVar(&apiNodes, "api-nodes", env.String("MERIDIAN_API_NODES", ""), "static API nodes: region=url|url;region=url (MERIDIAN_API_NODES)")
+	fs.StringVar(&c.clusterToken, "cluster-token", env.String("MERIDIAN_CLUSTER_TOKEN", ""), "cluster token of internal endpoints (MERIDIAN_CLUSTER_TOKEN; required)")
 	fs.StringVar(&c.jwtSecret, "jwt-secret", env.String("MERIDIAN_JWT_SECRET", ""), "HS256 secret, raw bytes (MERIDIAN_JWT_SECRET)")
 	fs.StringVar(&c.jwksFile, "jwks-file", env.String("MERIDIAN_JWKS_FILE", ""), "JWKS file with RS256/EdDSA keys (MERIDIAN_JWKS_FILE)")
 	fs.StringVar(&c.jwtIssuer, "jwt-issuer", env.String("MERIDIAN_JWT_ISSUER", ""), "required iss; empty = not checked (MERIDIAN_JWT_ISSUER)")
 	fs.StringVar(&c.jwtAudience, "jwt-audience", env.String("MERIDIAN_JWT_AUDIENCE", ""), "required aud; empty = not checked (MERIDIAN_JWT_AUDIENCE)")
-	fs.StringVar(&c.pc.RedisAddr, "redis-addr", env.String("MERIDIAN_REDIS_ADDR", ""), "Redis host:port for rate limits; empty = in-process limits (MERIDIAN_REDIS_ADDR)")
-	fs.Float64Var(&c.tenantRate, "tenant-rate", env.Float64("MERIDIAN_TENANT_RATE", 500), "requests/s per tenant (MERIDIAN_TENANT_RATE)")
-	fs.IntVar(&c.tenantBurst, "tenant-burst", env.Int("MERIDIAN_TENANT_BURST", 1000), "burst per tenant (MERIDIAN_TENANT_BURST)")
-	fs.Float64Var(&c.ipRate, "ip-rate", env.Float64("MERIDIAN_IP_RATE", 2000), "requests/s per client IP (MERIDIAN_IP_RATE)")
-	fs.IntVar(&c.ipBurst, "ip-burst", env.Int("MERIDIAN_IP_BURST", 2000), "burst per client IP (MERIDIAN_IP_BURST)")
-	fs.DurationVar(&c.pc.RateLimitLease, "ratelimit-lease", env.Duration("MERIDIAN_RATELIMIT_LEASE", 100*time.Millisecond), "spend rate-limit tokens leased from Redis locally for up to this long; negative = ask Redis on every request (MERIDIAN_RATELIMIT_LEASE)")
-	fs.DurationVar(&c.pc.Lease, "lease", env.Duration("MERIDIAN_WRITE_LEASE", 2*time.Second), "writes stop this long after the last Raft leader contact (MERIDIAN_WRITE_LEASE)")
-	fs.DurationVar(&c.pc.UpstreamTimeout, "upstream-timeout", env.Duration("MERIDIAN_UPSTREAM_TIMEOUT", 5*time.Second), "wait for an API node's response headers (MERIDIAN_UPSTREAM_TIMEOUT)")
-	fs.IntVar(&c.pc.MaxInFlight, "max-inflight", env.Int("MERIDIAN_MAX_INFLIGHT", 256), "concurrent requests per API node before 503 (MERIDIAN_MAX_INFLIGHT)")
+	fs.StringVar(&c.redisAddr, "redis-addr", env.String("MERIDIAN_REDIS_ADDR", ""), "Redis host:port for rate limits; empty = in-process limits (MERIDIAN_REDIS_ADDR)")
+	fs.Float64Var(&tenantRate, "tenant-rate", env.Float64("MERIDIAN_TENANT_RATE", 500), "requests/s per tenant (MERIDIAN_TENANT_RATE)")
+	fs.IntVar(&tenantBurst, "tenant-burst", env.Int("MERIDIAN_TENANT_BURST", 1000), "burst per tenant (MERIDIAN_TENANT_BURST)")
+	fs.Float64Var(&ipRate, "ip-rate", env.Float64("MERIDIAN_IP_RATE", 2000), "requests/s per client IP (MERIDIAN_IP_RATE)")
+	fs.IntVar(&ipBurst, "ip-burst", env.Int("MERIDIAN_IP_BURST", 2000), "burst per client IP (MERIDIAN_IP_BURST)")
+	fs.DurationVar(&c.rateLimitLease, "ratelimit-lease", env.Duration("MERIDIAN_RATELIMIT_LEASE", 100*time.Millisecond), "spend rate-limit tokens leased from Redis locally for up to this long; negative = ask Redis on every request (MERIDIAN_RATELIMIT_LEASE)")
+	fs.DurationVar(&c.lease, "lease", env.Duration("MERIDIAN_WRITE_LEASE", 2*time.Second), "writes stop this long after the last Raft leader contact (MERIDIAN_WRITE_LEASE)")
+	fs.DurationVar(&c.upstreamTimeout, "upstream-timeout", env.Duration("MERIDIAN_UPSTREAM_TIMEOUT", 5*time.Second), "wait for an API node's response headers (MERIDIAN_UPSTREAM_TIMEOUT)")
+	fs.IntVar(&c.maxInFlight, "max-inflight", env.Int("MERIDIAN_MAX_INFLIGHT", 256), "concurrent requests per API node before 503 (MERIDIAN_MAX_INFLIGHT)")
 	fs.StringVar(&c.debugAddr, "debug-addr", env.String("MERIDIAN_DEBUG_ADDR", ""), "serve Go profiles (/debug/pprof/) on this private host:port (MERIDIAN_DEBUG_ADDR; empty = off)")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", env.Duration("MERIDIAN_SHUTDOWN_GRACE", 20*time.Second), "time to finish in-flight requests on shutdown (MERIDIAN_SHUTDOWN_GRACE)")
 	if err := fs.Parse(args); err != nil {
@@ -99,22 +113,22 @@ func parseConfig(args []string) (config, error) {
 	if err := env.Err(); err != nil {
 		return c, err
 	}
-	if c.pc.Region == "" || c.pc.ClusterToken == "" {
+	if c.region == "" || c.clusterToken == "" {
 		return c, errors.New("-region and -cluster-token are required")
 	}
 	if c.jwtSecret == "" && c.jwksFile == "" {
 		return c, errors.New("one of -jwt-secret and -jwks-file is required")
 	}
-	c.pc.Join, c.pc.GossipJoin = splitList(c.join), splitList(c.gossipJoin)
-	c.pc.TrustedProxies = splitList(c.trustedProxies)
-	nodes, err := parseAPINodes(c.apiNodes)
+	c.join, c.gossipJoin = splitList(join), splitList(gossipJoin)
+	c.trustedProxies = splitList(trustedProxies)
+	nodes, err := parseAPINodes(apiNodes)
 	if err != nil {
 		return c, err
 	}
-	c.pc.StaticAPI = nodes
-	c.pc.Limits = map[ratelimit.Rule]ratelimit.Limit{
-		{Scope: ratelimit.ScopeTenant}: {Rate: c.tenantRate, Burst: c.tenantBurst},
-		{Scope: ratelimit.ScopeIP}:     {Rate: c.ipRate, Burst: c.ipBurst},
+	c.staticAPI = nodes
+	c.limits = map[ratelimit.Rule]ratelimit.Limit{
+		{Scope: ratelimit.ScopeTenant}: {Rate: tenantRate, Burst: tenantBurst},
+		{Scope: ratelimit.ScopeIP}:     {Rate: ipRate, Burst: ipBurst},
 	}
 	return c, nil
 }
@@ -130,21 +144,98 @@ func main() {
 	}))
 }
 
-// run serves until ctx ends (SIGINT/SIGTERM), then shuts down in order.
+// run builds and starts the router's parts in order, serves until ctx ends (SIGINT/SIGTERM) or
+// a part fails, then stops the parts in reverse order: the HTTP server drains (up to the grace
+// period), the rate limiter lets go of Redis, gossip departs, the map node leaves Raft.
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	log = log.With("region", cfg.region)
+	parts := daemon.NewParts(log)
+	// A failed start stops what had started; after the final Stop below this does nothing.
+	defer parts.Stop(context.Background())
+
 	verifier, err := auth.NewVerifier(auth.Config{Secret: []byte(cfg.jwtSecret), JWKSFile: cfg.jwksFile,
 		Issuer: cfg.jwtIssuer, Audience: cfg.jwtAudience})
 	if err != nil {
 		return err
 	}
-	cfg.pc.Verifier, cfg.pc.Logger = verifier, log
-	p, err := router.Start(ctx, cfg.pc)
+
+	// Listener first: the advertised URL and the default id name its port.
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	parts.Add("listener", func(context.Context) error { return closeListener(ln) })
+	url := cfg.advertiseURL
+	if url == "" {
+		url = "http://" + ln.Addr().String()
+	}
+	id := cfg.id
+	if id == "" {
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		id = cfg.region + "-router-" + port
+	}
+	reg := prometheus.NewRegistry()
+
+	// Shard map: this router's Raft voter and its copy of the map.
+	node, err := shardmap.NewNode(shardmap.NodeConfig{ID: id, DataDir: cfg.dataDir, RaftAddr: cfg.raftAddr,
+		HTTPAddr: url, Bootstrap: cfg.bootstrap, Join: cfg.join, Token: cfg.clusterToken, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
-	defer cancel()
-	return p.Shutdown(sctx)
+	parts.Add("shard map node", func(context.Context) error { return node.Shutdown() })
+	view := router.NodeMap{Node: node}
+
+	// Gossip: finds API nodes; publishes this router's map version.
+	var gossip *region.Cluster
+	if cfg.gossipAddr != "" {
+		gossip, err = region.Join(ctx, region.JoinConfig{Name: id, Region: cfg.region, Role: region.RoleRouter, URL: url,
+			Addr: cfg.gossipAddr, Join: cfg.gossipJoin, Logger: log, Status: router.MapStatus(view)})
+		if err != nil {
+			return err
+		}
+		parts.Add("gossip", gossip.Depart)
+	}
+
+	limiter, stopLimiter, err := router.NewLimiter(router.LimiterConfig{RedisAddr: cfg.redisAddr, Limits: cfg.limits,
+		Lease: cfg.rateLimitLease, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	parts.Add("rate limiter", stopLimiter)
+
+	upstreams, err := router.NewUpstreams(router.UpstreamsConfig{Gossip: gossip, Static: cfg.staticAPI,
+		Regions: func() []string { return node.Map().Regions() }, MaxInFlight: cfg.maxInFlight, Registerer: reg})
+	if err != nil {
+		return err
+	}
+
+	rcfg := router.Config{Region: cfg.region, Map: view, MapHandler: node.Handler(), Auth: router.JWTAuth{Verifier: verifier},
+		Limiter: router.RateLimiter{L: limiter}, Upstreams: upstreams, ClusterToken: cfg.clusterToken, Lease: cfg.lease,
+		UpstreamTimeout: cfg.upstreamTimeout, TrustedProxies: cfg.trustedProxies, Registry: reg, Logger: log}
+	if gossip != nil {
+		rcfg.Members = router.GossipMembers{Cluster: gossip}
+	}
+	srv, err := router.New(rcfg)
+	if err != nil {
+		return err
+	}
+
+	// HTTP: on stop, the listener closes and in-flight requests get up to the grace period.
+	parts.Go("http", func(ctx context.Context) error {
+		return daemon.ServeHTTP(ctx, router.NewHTTPServer(srv.Handler()), ln, cfg.shutdownGrace)
+	})
+	log.Info("router listening", "url", url, "raft", node.RaftAddr(), "id", id)
+
+	err = parts.Wait(ctx)
+	log.Info("shutting down", "err", err)
+	// No deadline: each part bounds its own stop (the HTTP drain by -shutdown-grace).
+	return errors.Join(err, parts.Stop(context.Background()))
+}
+
+// closeListener closes ln unless the HTTP server already did.
+func closeListener(ln net.Listener) error {
+	if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
 }

@@ -28,12 +28,12 @@ func TestParseConfigEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.pc.RateLimitLease != -time.Millisecond {
-		t.Errorf("rate-limit lease %v, want -1ms (leases off)", c.pc.RateLimitLease)
+	if c.rateLimitLease != -time.Millisecond {
+		t.Errorf("rate-limit lease %v, want -1ms (leases off)", c.rateLimitLease)
 	}
-	lim := c.pc.Limits[ratelimit.Rule{Scope: ratelimit.ScopeTenant}]
-	if !c.pc.Bootstrap || lim.Rate != 12.5 || lim.Burst != 40 || c.pc.Lease != 3*time.Second {
-		t.Errorf("bootstrap %v tenant limit %+v lease %v, want true {12.5 40} (flag wins) 3s", c.pc.Bootstrap, lim, c.pc.Lease)
+	lim := c.limits[ratelimit.Rule{Scope: ratelimit.ScopeTenant}]
+	if !c.bootstrap || lim.Rate != 12.5 || lim.Burst != 40 || c.lease != 3*time.Second {
+		t.Errorf("bootstrap %v tenant limit %+v lease %v, want true {12.5 40} (flag wins) 3s", c.bootstrap, lim, c.lease)
 	}
 }
 

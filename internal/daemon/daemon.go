@@ -2,6 +2,10 @@
 // a JSON slog logger tagged with the component, its writes batched by internal/logbuf; a context
 // that ends on SIGINT or SIGTERM; the optional pprof listener (internal/debugsrv); then the
 // command's own run function, after which the log is flushed. cmd/router and cmd/api use it.
+//
+// Inside run both commands keep the same list of started parts (Parts): each part is built,
+// started and its stop recorded, in order; after the signal they are stopped in reverse order.
+// ServeHTTP is the HTTP server as such a part. Tests use Parts the same way to assemble a node.
 package daemon
 
 import (

@@ -266,7 +266,7 @@ func (g GossipMembers) Members() []Member {
 	var out []Member
 	for _, m := range g.Cluster.Members() {
 		out = append(out, Member{Name: m.Name, Region: m.Region, Role: string(m.Role), Address: m.HTTPAddr,
-			Healthy: m.Serving(), ReplicaLagMS: m.LagMS})
+			Health: string(m.Health), Healthy: m.Serving(), ReplicaLagMS: m.LagMS, MapVersion: m.MapVersion})
 	}
 	return out
 }

@@ -237,7 +237,8 @@ type RegionMembers struct {
 	Members []Member `json:"members"`
 }
 
-// RegionsAnswer is the body of GET /admin/v1/regions.
+// RegionsAnswer is the body of GET /admin/v1/regions: the members of every region and the
+// map's Raft leader ("<raft id> <http url>", "" when unknown).
 type RegionsAnswer struct {
 	Leader  string          `json:"leader"`
 	Regions []RegionMembers `json:"regions"`
@@ -248,8 +249,15 @@ func (s *Server) getRegions(c *gin.Context) {
 	if s.cfg.Members != nil {
 		members = s.cfg.Members.Members()
 	} else {
+		// Without gossip the router knows API nodes only from its static list: no self-reported
+		// health, lag or map version, only whether it would send them requests.
 		for _, n := range s.cfg.Upstreams.Nodes() {
-			members = append(members, Member{Name: n.ID, Region: n.Region, Role: "api", Address: n.URL, Healthy: n.Healthy})
+			health := "ok"
+			if !n.Healthy {
+				health = "down"
+			}
+			members = append(members, Member{Name: n.ID, Region: n.Region, Role: "api", Address: n.URL,
+				Health: health, Healthy: n.Healthy})
 		}
 	}
 	byRegion := map[string][]Member{}

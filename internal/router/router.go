@@ -178,14 +178,21 @@ type NodeState struct {
 	Breaker string `json:"breaker"` // "closed", "open" or "half-open"
 }
 
-// Member is one gossip member (router or API node).
+// Member is one gossip member (router or API node), as /admin/v1/regions reports it.
 type Member struct {
-	Name         string `json:"name"`
-	Region       string `json:"-"`
-	Role         string `json:"role"`
-	Address      string `json:"address"`
-	Healthy      bool   `json:"healthy"`
+	Name    string `json:"name"`
+	Region  string `json:"-"`
+	Role    string `json:"role"`
+	Address string `json:"address"`
+	// Health is what the member says about itself ("ok", "draining", "down"; an API node
+	// known only from the static list: "ok", or "down" while its breaker is open); Healthy is
+	// whether the router would send it new requests.
+	Health  string `json:"health"`
+	Healthy bool   `json:"healthy"`
+	// ReplicaLagMS is the replay lag of the standbys the member reads from (0 for a router);
+	// MapVersion is its shard-map copy's version (0 = not published).
 	ReplicaLagMS int64  `json:"replica_lag_ms"`
+	MapVersion   uint64 `json:"map_version"`
 }
 
 // Membership lists the members the router knows of (region/ gossip).

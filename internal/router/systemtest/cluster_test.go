@@ -63,6 +63,7 @@ type apiNode struct {
 	addr   string
 	url    string
 	srv    *api.Server
+	store  *pgstore.Store
 	client *shardmap.Client
 	pools  *shards.Conns
 	stop   context.CancelFunc
@@ -104,13 +105,29 @@ func (a *apiNode) kill() {
 	}
 }
 
+// join makes the node a gossip member the way cmd/api does: region.Join with its map version
+// and its region's standby lag as the published Status.
+func (a *apiNode) join(t testing.TB, peers []string) {
+	t.Helper()
+	var err error
+	a.gossip, err = region.Join(context.Background(), region.JoinConfig{Region: a.region, Role: region.RoleAPI,
+		URL: a.url, Addr: "127.0.0.1:0", Join: peers, Memberlist: region.TestConfig("", region.Meta{}).Memberlist,
+		Logger: testLogger(), PublishEvery: 50 * time.Millisecond,
+		Status: func(ctx context.Context) region.Status {
+			return region.Status{Lag: a.store.ReplicaLag(ctx), MapVersion: a.client.Map().Version()}
+		}})
+	if err != nil {
+		t.Fatalf("api node %s joins gossip: %v", a.url, err)
+	}
+}
+
 type clusterOptions struct {
 	limits     map[ratelimit.Rule]ratelimit.Limit
 	apiPerReg  map[string]int // API nodes per region (default 1)
 	wrapMap    map[string]func(router.ShardMap) router.ShardMap
 	failThresh int
 	// gossipRegion, if set, turns gossip on in every router and leaves this region out of the
-	// static API lists: its API nodes are found only through gossip (api.JoinGossip).
+	// static API lists: its API nodes are found only through gossip (region.Join).
 	gossipRegion string
 }
 
@@ -118,7 +135,7 @@ type clusterOptions struct {
 // clusters and one Redis, all on loopback.
 type cluster struct {
 	t       testing.TB
-	routers map[string]*router.Process
+	routers map[string]*testRouter
 	apis    map[string][]*apiNode
 	pg      map[string]*localsrv.Postgres
 	dbs     map[string]string // shard -> database
@@ -129,7 +146,7 @@ type cluster struct {
 func newCluster(t testing.TB, o clusterOptions) *cluster {
 	t.Helper()
 	ctx := context.Background()
-	c := &cluster{t: t, routers: map[string]*router.Process{}, apis: map[string][]*apiNode{},
+	c := &cluster{t: t, routers: map[string]*testRouter{}, apis: map[string][]*apiNode{},
 		pg: map[string]*localsrv.Postgres{}, dbs: map[string]string{},
 		shards: map[string]string{"us-east": "use1", "eu-west": "euw1"}}
 	c.redis = testenv.Redis(t)
@@ -180,28 +197,24 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 
 	var join, gossipJoin []string
 	for i, r := range regions {
-		pc := router.ProcessConfig{
-			ID: r + "-router", Region: r, DataDir: t.TempDir(), RaftAddr: "127.0.0.1:0",
-			Bootstrap: i == 0, Join: join, ClusterToken: clusterToken, Verifier: verifier,
-			RedisAddr: c.redis.Addr(), Limits: limits, StaticAPI: static,
-			UpstreamTimeout: 3 * time.Second, EjectBase: 200 * time.Millisecond,
-			FailureThreshold: o.failThresh, RaftTune: fastRaft, Logger: testLogger().With("node", r+"-router"),
+		ro := routerOptions{
+			id: r + "-router", region: r, dataDir: t.TempDir(), raftAddr: "127.0.0.1:0",
+			bootstrap: i == 0, join: join, verifier: verifier,
+			redisAddr: c.redis.Addr(), limits: limits, staticAPI: static,
+			upstreamTimeout: 3 * time.Second, ejectBase: 200 * time.Millisecond,
+			failThresh: o.failThresh, raftTune: fastRaft, log: testLogger().With("node", r+"-router"),
 		}
 		if o.wrapMap != nil {
-			pc.WrapMap = o.wrapMap[r]
+			ro.wrapMap = o.wrapMap[r]
 		}
 		if o.gossipRegion != "" {
-			pc.GossipAddr, pc.GossipJoin = "127.0.0.1:0", gossipJoin
-			pc.GossipConfig = region.TestConfig("", region.Meta{}).Memberlist
+			ro.gossipAddr, ro.gossipJoin = "127.0.0.1:0", gossipJoin
+			ro.gossipConfig = region.TestConfig("", region.Meta{}).Memberlist
 		}
-		p, err := router.Start(ctx, pc)
-		if err != nil {
-			t.Fatalf("start router %s: %v", r, err)
-		}
+		p := startRouter(t, ro)
 		if p.Gossip != nil {
 			gossipJoin = append(gossipJoin, p.Gossip.Addr())
 		}
-		t.Cleanup(func() { _ = p.Close() })
 		c.routers[r] = p
 		if i == 0 {
 			join = []string{p.URL}
@@ -241,26 +254,22 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 			go func() { _ = a.client.Run(cctx) }()
 			a.pools = shards.New(shards.Config{MaxConns: 20})
 			maps := mapsource.Adapter{Src: a.client}
-			store, err := pgstore.New(pgstore.Config{Region: r, Map: maps, Conns: a.pools, Logger: testLogger().With("node", "api-"+a.addr)})
+			var err error
+			a.store, err = pgstore.New(pgstore.Config{Region: r, Map: maps, Conns: a.pools, Logger: testLogger().With("node", "api-"+a.addr)})
 			if err != nil {
 				t.Fatal(err)
 			}
 			a.srv, err = api.New(api.Config{Region: r, CursorKey: []byte("cursor"), ClusterToken: clusterToken,
-				Logger: testLogger().With("node", "api-"+a.addr)}, maps, store, verifier, nil)
+				Logger: testLogger().With("node", "api-"+a.addr)}, maps, a.store, verifier, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			a.start(t)
 			if r == o.gossipRegion {
-				gc := region.TestConfig("", region.Meta{})
-				a.gossip, err = api.JoinGossip(ctx, api.GossipConfig{Region: r, URL: a.url, Addr: "127.0.0.1:0",
-					Join: gossipJoin, Memberlist: gc.Memberlist, Logger: testLogger()})
-				if err != nil {
-					t.Fatal(err)
-				}
+				a.join(t, gossipJoin)
 			}
 			t.Cleanup(func() {
-				_ = api.LeaveGossip(context.Background(), a.gossip)
+				_ = a.gossip.Depart(context.Background())
 				a.kill()
 				a.stop()
 				a.pools.Close()

@@ -6,12 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meridian-dev/meridian/internal/api"
 	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 // TestAPINodeDiscoveredByGossip: the routers have no static API list for eu-west; its API node
-// joins gossip with api.JoinGossip (what cmd/api does), and reads through the eu-west router
+// joins gossip with region.Join (as cmd/api does), and reads through the eu-west router
 // are then served there. After the node leaves gracefully, the routers stop picking it.
 func TestAPINodeDiscoveredByGossip(t *testing.T) {
 	c := newCluster(t, clusterOptions{gossipRegion: "eu-west"})
@@ -39,7 +38,7 @@ func TestAPINodeDiscoveredByGossip(t *testing.T) {
 		t.Fatal("eu-west API node saw no /v1 requests")
 	}
 
-	if err := api.LeaveGossip(context.Background(), node.gossip); err != nil {
+	if err := node.gossip.Depart(context.Background()); err != nil {
 		t.Fatalf("leave: %v", err)
 	}
 	testenv.WaitFor(t, 10*time.Second, func() error {
