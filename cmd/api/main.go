@@ -189,7 +189,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	parts.Go("http", func(ctx context.Context) error {
-		return api.Serve(ctx, ln, srv.Handler(), cfg.readHeaderTimeout, cfg.shutdownGrace)
+		return daemon.ServeHTTP(ctx, daemon.NewHTTPServer(srv.Handler(), cfg.readHeaderTimeout), ln, cfg.shutdownGrace)
 	})
 	log.Info("listening", "addr", cfg.listen, "region", cfg.region)
 

@@ -222,7 +222,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	// HTTP: on stop, the listener closes and in-flight requests get up to the grace period.
 	parts.Go("http", func(ctx context.Context) error {
-		return daemon.ServeHTTP(ctx, router.NewHTTPServer(srv.Handler()), ln, cfg.shutdownGrace)
+		return daemon.ServeHTTP(ctx, daemon.NewHTTPServer(srv.Handler(), 0), ln, cfg.shutdownGrace)
 	})
 	log.Info("router listening", "url", url, "raft", node.RaftAddr(), "id", id)
 

@@ -106,3 +106,27 @@ func TestServeHTTPDrains(t *testing.T) {
 		t.Fatalf("Stop = %v", err)
 	}
 }
+
+// TestServeHTTPGraceExpires: a request that outlives the grace period makes ServeHTTP report it.
+func TestServeHTTPGraceExpires(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { close(entered); <-release })
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- ServeHTTP(ctx, NewHTTPServer(h, 0), ln, 50*time.Millisecond) }()
+	go func() {
+		if resp, err := http.Get("http://" + ln.Addr().String()); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-entered
+	cancel()
+	if err := <-served; err == nil {
+		t.Fatal("ServeHTTP returned nil although a request outlived the grace period")
+	}
+}

@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"log/slog"
-	"net/http"
 	"slices"
 	"time"
 
@@ -100,11 +99,4 @@ func NewUpstreams(cfg UpstreamsConfig) (PoolUpstreams, error) {
 		return rs
 	}
 	return PoolUpstreams{Pool: pool, Source: sources, Regions: regions}, nil
-}
-
-// NewHTTPServer is the router's HTTP server for h, with its header, idle and size limits; serve
-// it with daemon.ServeHTTP.
-func NewHTTPServer(h http.Handler) *http.Server {
-	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 }

@@ -121,7 +121,7 @@ func startRouter(t testing.TB, o routerOptions) *testRouter {
 	}
 	// No grace: Close is also how a test kills a router.
 	parts.Go("http", func(ctx context.Context) error {
-		return daemon.ServeHTTP(ctx, router.NewHTTPServer(srv.Handler()), ln, 0)
+		return daemon.ServeHTTP(ctx, daemon.NewHTTPServer(srv.Handler(), 0), ln, 0)
 	})
 	return r
 }
