@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/gin-gonic/gin"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // requireAdmin lets only tokens with the admin scope through (a tenant token → 403).
@@ -58,8 +60,8 @@ func DecodeCreateTenant(body []byte) (id, region string, err error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return "", "", errors.New("trailing data after the JSON body")
 	}
-	if !tenantIDRe.MatchString(req.ID) {
-		return "", "", fmt.Errorf("%w: id must match ^[a-z0-9][a-z0-9-]{2,62}$", ErrBadTenantID)
+	if !ids.ValidTenant(req.ID) {
+		return "", "", fmt.Errorf("%w: id must match %s", ErrBadTenantID, ids.TenantPattern)
 	}
 	return req.ID, req.Region, nil
 }
@@ -125,8 +127,8 @@ func (s *Server) createTenant(c *gin.Context) {
 
 func (s *Server) getTenant(c *gin.Context) {
 	id := c.Param("id")
-	if !tenantIDRe.MatchString(id) {
-		s.problem(c, http.StatusBadRequest, "Bad Request", "tenant id must match ^[a-z0-9][a-z0-9-]{2,62}$")
+	if !ids.ValidTenant(id) {
+		s.problem(c, http.StatusBadRequest, "Bad Request", "tenant id must match "+ids.TenantPattern)
 		return
 	}
 	c.Set(ctxTenant, id)
