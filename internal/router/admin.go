@@ -95,10 +95,20 @@ func (s *Server) createTenant(c *gin.Context) {
 		}
 	}
 	route, err := s.cfg.Map.CreateTenant(ctx, id, region)
+	if errors.Is(err, ErrTenantExists) {
+		// The map has the tenant's pin but its shard has no row (checked above): an earlier
+		// create pinned it and failed to record it. Resume that create, but only for a request
+		// asking for the same placement; anything else would silently answer for a different
+		// request.
+		route, err = s.cfg.Map.Lookup(id)
+		if err == nil && (!route.Pinned || route.HomeRegion != region) {
+			s.problem(c, http.StatusConflict, "Conflict", fmt.Sprintf(
+				"tenant %s already exists (placed in region %s; a create naming that region finishes an interrupted create)",
+				id, route.HomeRegion))
+			return
+		}
+	}
 	switch {
-	case errors.Is(err, ErrTenantExists):
-		s.problem(c, http.StatusConflict, "Conflict", "tenant "+id+" already exists")
-		return
 	case errors.Is(err, ErrUnknownRegion), errors.Is(err, ErrBadTenantID):
 		s.problem(c, http.StatusBadRequest, "Bad Request", err.Error())
 		return
