@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -121,9 +123,37 @@ func schemaDump(t *testing.T, dsn string) string {
 	return b.String()
 }
 
+// knownMigrations is every migration file, in order. Adding or removing one under sql/ fails
+// TestLatestCoversAllMigrations until it is listed here, so the change is made on purpose.
+var knownMigrations = []string{
+	"00001_app_role.sql",
+	"00002_tables.sql",
+	"00003_rls_and_grants.sql",
+	"00004_worker_role.sql",
+}
+
+// TestLatestCoversAllMigrations checks the migration files on disk against knownMigrations,
+// that their versions run 1..N without a gap or a repeat, and that Latest() is N.
 func TestLatestCoversAllMigrations(t *testing.T) {
-	if got := migrations.Latest(); got < 4 {
-		t.Fatalf("Latest() = %d, want at least 4 (role, tables, rls, worker role)", got)
+	entries, err := os.ReadDir("sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, e := range entries {
+		files = append(files, e.Name())
+	}
+	if !slices.Equal(files, knownMigrations) {
+		t.Fatalf("migrations/sql holds %q, want %q (update knownMigrations when adding a migration)", files, knownMigrations)
+	}
+	for i, name := range files {
+		v, _, ok := strings.Cut(name, "_")
+		if n, err := strconv.Atoi(v); !ok || err != nil || n != i+1 {
+			t.Errorf("file %d is %q: want version %05d (versions run 1..N without gaps)", i, name, i+1)
+		}
+	}
+	if got, want := migrations.Latest(), int64(len(files)); got != want {
+		t.Errorf("Latest() = %d, want %d (the highest file in migrations/sql)", got, want)
 	}
 }
 

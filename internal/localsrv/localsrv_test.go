@@ -83,7 +83,9 @@ func TestResolveIdentity(t *testing.T) {
 }
 
 func TestStartNATSGatewaysRejectsBadRegions(t *testing.T) {
-	for _, regions := range [][]string{nil, {""}, {"a", "a"}, {"us east"}, {"a.b"}} {
+	// Upper case, underscores and 64 bytes were accepted here once; the map refuses them.
+	for _, regions := range [][]string{nil, {""}, {"a", "a"}, {"us east"}, {"a.b"}, {"US-east"}, {"us_east"},
+		{"-a"}, {strings.Repeat("a", 64)}} {
 		if _, err := StartNATSGateways(regions, ""); !errors.Is(err, ErrInvalidName) {
 			t.Errorf("StartNATSGateways(%q) = %v, want ErrInvalidName", regions, err)
 		}

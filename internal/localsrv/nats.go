@@ -6,13 +6,14 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // natsReadyTimeout bounds how long a server may take to accept connections, and a gateway
@@ -68,9 +69,6 @@ type NATSGateway struct {
 	// given a route to its own cluster port, which nats-server recognises and ignores.
 	ClusterPort int
 }
-
-// regionRE is what StartNATSGateways accepts as a region (and gateway/server) name.
-var regionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
 
 // StartNATS starts an in-process nats-server with JetStream on and returns it once it accepts
 // connections. Stop it with StopNATS (or Shutdown, which removes a temp store dir
@@ -166,8 +164,11 @@ func StartNATSGateways(regions []string, dir string) (map[string]*server.Server,
 	}
 	seen := map[string]bool{}
 	for _, r := range regions {
-		if !regionRE.MatchString(r) || seen[r] {
-			return nil, fmt.Errorf("%w: region %q (empty, duplicate or not [A-Za-z0-9_-])", ErrInvalidName, r)
+		// The region names the server, its gateway (cluster) and its store directory; the map's
+		// region rule is narrower than what nats-server and a path accept, so no stricter
+		// rule is needed here.
+		if !ids.ValidRegion(r) || seen[r] {
+			return nil, fmt.Errorf("%w: region %q (duplicate, or not %s)", ErrInvalidName, r, ids.NamePattern)
 		}
 		seen[r] = true
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/gin-gonic/gin"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // requireAdmin lets only tokens with the admin scope through (a tenant token → 403).
@@ -58,8 +60,8 @@ func DecodeCreateTenant(body []byte) (id, region string, err error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return "", "", errors.New("trailing data after the JSON body")
 	}
-	if !tenantIDRe.MatchString(req.ID) {
-		return "", "", fmt.Errorf("%w: id must match ^[a-z0-9][a-z0-9-]{2,62}$", ErrBadTenantID)
+	if !ids.ValidTenant(req.ID) {
+		return "", "", fmt.Errorf("%w: id must match %s", ErrBadTenantID, ids.TenantPattern)
 	}
 	return req.ID, req.Region, nil
 }
@@ -93,10 +95,20 @@ func (s *Server) createTenant(c *gin.Context) {
 		}
 	}
 	route, err := s.cfg.Map.CreateTenant(ctx, id, region)
+	if errors.Is(err, ErrTenantExists) {
+		// The map has the tenant's pin but its shard has no row (checked above): an earlier
+		// create pinned it and failed to record it. Resume that create, but only for a request
+		// asking for the same placement; anything else would silently answer for a different
+		// request.
+		route, err = s.cfg.Map.Lookup(id)
+		if err == nil && (!route.Pinned || route.HomeRegion != region) {
+			s.problem(c, http.StatusConflict, "Conflict", fmt.Sprintf(
+				"tenant %s already exists (placed in region %s; a create naming that region finishes an interrupted create)",
+				id, route.HomeRegion))
+			return
+		}
+	}
 	switch {
-	case errors.Is(err, ErrTenantExists):
-		s.problem(c, http.StatusConflict, "Conflict", "tenant "+id+" already exists")
-		return
 	case errors.Is(err, ErrUnknownRegion), errors.Is(err, ErrBadTenantID):
 		s.problem(c, http.StatusBadRequest, "Bad Request", err.Error())
 		return
@@ -125,8 +137,8 @@ func (s *Server) createTenant(c *gin.Context) {
 
 func (s *Server) getTenant(c *gin.Context) {
 	id := c.Param("id")
-	if !tenantIDRe.MatchString(id) {
-		s.problem(c, http.StatusBadRequest, "Bad Request", "tenant id must match ^[a-z0-9][a-z0-9-]{2,62}$")
+	if !ids.ValidTenant(id) {
+		s.problem(c, http.StatusBadRequest, "Bad Request", "tenant id must match "+ids.TenantPattern)
 		return
 	}
 	c.Set(ctxTenant, id)

@@ -3,6 +3,8 @@ package router
 import (
 	"encoding/json"
 	"testing"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 func TestAdminTenants(t *testing.T) {
@@ -94,7 +96,7 @@ func FuzzDecodeCreateTenant(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		id, _, err := DecodeCreateTenant(b)
-		if err == nil && !tenantIDRe.MatchString(id) {
+		if err == nil && !ids.ValidTenant(id) {
 			t.Fatalf("accepted bad id %q", id)
 		}
 	})

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // fakeMap is a ShardMap whose routes tests set directly.
@@ -35,7 +37,7 @@ type fakeMap struct {
 var _ ShardMap = (*fakeMap)(nil)
 
 func (m *fakeMap) Lookup(t string) (Route, error) {
-	if !tenantIDRe.MatchString(t) {
+	if !ids.ValidTenant(t) {
 		return Route{}, ErrBadTenantID
 	}
 	m.mu.Lock()

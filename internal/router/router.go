@@ -18,7 +18,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"regexp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,12 +39,9 @@ var (
 	ErrTenantNotFound = errors.New("router: tenant not found")
 	// ErrUnknownRegion means a region named by a request is not in the map.
 	ErrUnknownRegion = errors.New("router: unknown region")
-	// ErrBadTenantID means a tenant id does not match ^[a-z0-9][a-z0-9-]{2,62}$.
+	// ErrBadTenantID means a tenant id does not match ids.TenantPattern (DESIGN.md §2).
 	ErrBadTenantID = errors.New("router: bad tenant id")
 )
-
-// tenantIDRe is DESIGN.md §2's tenant id rule.
-var tenantIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{2,62}$`)
 
 // Route is where the local map says a tenant lives (a copy of shardmap.Route, so the routing
 // logic compiles and tests without the Raft machinery).

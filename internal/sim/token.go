@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // TokenSpec describes a development JWT.
@@ -21,10 +23,8 @@ type TokenSpec struct {
 	TTL time.Duration
 }
 
-var (
-	tenantRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{2,62}$`)
-	scopeRE  = regexp.MustCompile(`^(data:read|data:write|admin)( (data:read|data:write|admin))*$`)
-)
+// scopeRE is the scope claims MintToken signs: space-separated known scopes.
+var scopeRE = regexp.MustCompile(`^(data:read|data:write|admin)( (data:read|data:write|admin))*$`)
 
 // MintToken signs an HS256 development token with secret used as raw bytes (DESIGN.md §4).
 func MintToken(secret string, s TokenSpec) (string, error) {
@@ -43,8 +43,8 @@ func MintToken(secret string, s TokenSpec) (string, error) {
 	if !scopeRE.MatchString(s.Scope) {
 		return "", fmt.Errorf("sim: scope %q: use space-separated data:read, data:write, admin", s.Scope)
 	}
-	if s.Tenant != "" && !tenantRE.MatchString(s.Tenant) {
-		return "", fmt.Errorf("sim: tenant %q does not match %s", s.Tenant, tenantRE)
+	if s.Tenant != "" && !ids.ValidTenant(s.Tenant) {
+		return "", fmt.Errorf("sim: tenant %q does not match %s", s.Tenant, ids.TenantPattern)
 	}
 	if s.Tenant == "" && s.Scope != "admin" {
 		return "", errors.New("sim: a data token needs a tenant (--tenant)")

@@ -1,10 +1,12 @@
 package sim
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 func TestMintTokenVerifies(t *testing.T) {
@@ -42,5 +44,24 @@ func TestMintTokenVerifies(t *testing.T) {
 	}
 	if _, err := MintToken("", TokenSpec{Tenant: "acme"}); err == nil {
 		t.Error("MintToken without a secret succeeded")
+	}
+}
+
+// TestMintTokenTenantRule checks MintToken's tenant check against the map's rule
+// (shardmap/ids) at its edges.
+func TestMintTokenTenantRule(t *testing.T) {
+	for _, c := range []struct {
+		tenant string
+		ok     bool
+	}{
+		{"abc", true}, {"1ab", true}, {"ab-", true}, {"a--b", true}, {strings.Repeat("a", 63), true},
+		{"ab", false}, {"-ab", false}, {"Abc", false}, {"a_b", false}, {strings.Repeat("a", 64), false},
+	} {
+		if ids.ValidTenant(c.tenant) != c.ok {
+			t.Fatalf("test table disagrees with ids.ValidTenant on %q", c.tenant)
+		}
+		if _, err := MintToken("s3cret", TokenSpec{Tenant: c.tenant}); (err == nil) != c.ok {
+			t.Errorf("MintToken(tenant %q) error = %v, want accepted = %v", c.tenant, err, c.ok)
+		}
 	}
 }

@@ -15,12 +15,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // DefaultPath is the topology file's path relative to the repository root.
@@ -28,7 +29,9 @@ const DefaultPath = "deploy/multi-region/topology.yaml"
 
 // Defaults applied when a field is omitted (or zero).
 const (
-	DefaultSlotCount         = 1024
+	// DefaultSlotCount is the shard map's default (ids.DefaultSlotCount); slot_count must lie
+	// in [1, ids.MaxSlotCount], the range the map accepts at bootstrap.
+	DefaultSlotCount         = ids.DefaultSlotCount
 	DefaultShardsPerRegion   = 2
 	DefaultRoutersPerRegion  = 1
 	DefaultAPINodesPerRegion = 1
@@ -51,7 +54,10 @@ var (
 	ErrUnknownRegion = errors.New("topology: unknown region")
 )
 
-var regionIDRe = regexp.MustCompile(`^[a-z][a-z0-9]*(-[a-z0-9]+)*$`)
+// maxNameLen bounds the names derived from a region id that are not shard-map ids: Postgres
+// identifiers (database names) are cut to 63 bytes, so two long names could silently become
+// one database, and a compose service name is a DNS label, at most 63 bytes.
+const maxNameLen = 63
 
 // Duration is a time.Duration written as a Go duration string ("5s", "66ms") in YAML.
 type Duration time.Duration
@@ -260,12 +266,18 @@ func New(f File) (*Topology, error) {
 		}
 		return nil
 	}
+	// slot_count has the shard map's range: a file the map would refuse at bootstrap fails here.
+	if f.SlotCount == 0 {
+		f.SlotCount = DefaultSlotCount
+	}
+	if f.SlotCount < 1 || f.SlotCount > ids.MaxSlotCount {
+		return nil, bad("slot_count: must be in [1,%d] (the shard map's limit), got %d", ids.MaxSlotCount, f.SlotCount)
+	}
 	for _, c := range []struct {
 		name   string
 		v      *int
 		d, max int
 	}{
-		{"slot_count", &f.SlotCount, DefaultSlotCount, 1 << 20},
 		{"shards_per_region", &f.ShardsPerRegion, DefaultShardsPerRegion, 99},
 		{"routers_per_region", &f.RoutersPerRegion, DefaultRoutersPerRegion, MaxInstances},
 		{"api_nodes_per_region", &f.APINodesPerRegion, DefaultAPINodesPerRegion, MaxInstances},
@@ -303,8 +315,8 @@ func New(f File) (*Topology, error) {
 		return nil, bad("regions: at most %d, got %d", MaxInstances, len(f.Regions))
 	}
 	for i, rs := range f.Regions {
-		if len(rs.ID) > 32 || !regionIDRe.MatchString(rs.ID) {
-			return nil, bad("regions[%d].id %q: want ^[a-z][a-z0-9]*(-[a-z0-9]+)*$, at most 32 characters", i, rs.ID)
+		if !ids.ValidRegion(rs.ID) {
+			return nil, bad("regions[%d].id %q: want %s (the shard map's region id rule)", i, rs.ID, ids.NamePattern)
 		}
 		if _, dup := t.index[rs.ID]; dup {
 			return nil, bad("regions[%d].id %q: duplicate region", i, rs.ID)
@@ -325,12 +337,19 @@ func New(f File) (*Topology, error) {
 		t.regions = append(t.regions, Region{ID: rs.ID, Index: i, PortBase: rs.PortBase, Shards: shards})
 		for n := 1; n <= shards; n++ {
 			id := fmt.Sprintf("%s-%d", rs.ID, n)
+			if !ids.ValidShard(id) {
+				return nil, bad("regions[%d].id %q: its shard id %q is not a valid shard id (%s); use a shorter region id",
+					i, rs.ID, id, ids.NamePattern)
+			}
 			t.shards = append(t.shards, Shard{
 				ID:         id,
 				HomeRegion: rs.ID,
 				Database:   "meridian_" + strings.ReplaceAll(id, "-", "_"),
 			})
 		}
+	}
+	if err := t.checkDerivedNames(); err != nil {
+		return nil, err
 	}
 
 	for i, r := range f.RTT {
@@ -367,6 +386,55 @@ func New(f File) (*Topology, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// checkDerivedNames checks the names built from region ids that no shard-map rule covers:
+// database names, node ids (Raft ids, gossip names) and compose service names must be unique
+// and at most maxNameLen bytes. Permissive region ids can collide once joined ("a-of-b"'s
+// standby of "c" and "a"'s standby of "b-of-c" are both standby-a-of-b-of-c).
+func (t *Topology) checkDerivedNames() error {
+	seen := map[string]string{}
+	check := func(name, what string) error {
+		if len(name) > maxNameLen {
+			return fmt.Errorf("%w: %s %q is longer than %d bytes; use shorter region ids", ErrInvalid, what, name, maxNameLen)
+		}
+		if prev, dup := seen[name]; dup {
+			return fmt.Errorf("%w: %s %q is also the name of %s", ErrInvalid, what, name, prev)
+		}
+		seen[name] = what
+		return nil
+	}
+	for _, s := range t.shards {
+		if err := check(s.Database, "database of shard "+s.ID); err != nil {
+			return err
+		}
+	}
+	for _, r := range t.regions {
+		names := []string{ComposePostgres(r.ID), ComposeRedis(r.ID), ComposeNATS(r.ID)}
+		for _, n := range t.Routers(r.ID) {
+			names = append(names, composeRouter(n))
+			if err := check(n.ID, "node id"); err != nil {
+				return err
+			}
+		}
+		for _, n := range t.APINodes(r.ID) {
+			names = append(names, composeAPI(n))
+			if err := check(n.ID, "node id"); err != nil {
+				return err
+			}
+		}
+		for _, src := range t.regions {
+			if src.ID != r.ID {
+				names = append(names, ComposeStandby(r.ID, src.ID))
+			}
+		}
+		for _, name := range names {
+			if err := check(name, "compose service"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 type namedOffset struct {
