@@ -26,7 +26,6 @@ import (
 	"math/big"
 	"net/http"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -54,10 +53,6 @@ var (
 	ErrNoKeys       = errors.New("auth: no verification keys configured")
 	ErrBadJWKS      = errors.New("auth: malformed JWKS")
 )
-
-// TenantPattern is the shape of a tenant id (DESIGN.md §2), compiled from ids.TenantPattern.
-// New code validates with ids.ValidTenant; this stays only while internal/api still uses it.
-var TenantPattern = regexp.MustCompile(ids.TenantPattern)
 
 // Config configures a Verifier. At least one of Secret and JWKSFile must be set.
 type Config struct {
