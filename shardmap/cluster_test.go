@@ -304,6 +304,10 @@ func TestClusterSnapshotTruncateRestart(t *testing.T) {
 			t.Fatal("phase change failed")
 		}
 	}
+	// Limit overrides are part of the snapshot: the restarted nodes restore them from it.
+	if idx, _ = l.node.Apply(ctx, SetTenantLimits{Tenant: "tenant-03", Set: TenantLimits{RPS: 7, Concurrency: 2}}); idx == 0 {
+		t.Fatal("set limits failed")
+	}
 	want := c.waitConverged(idx)
 	for _, tn := range c.nodes {
 		if err := tn.node.raft.Snapshot().Error(); err != nil {
@@ -323,6 +327,11 @@ func TestClusterSnapshotTruncateRestart(t *testing.T) {
 	got := c.waitConverged(idx)
 	if !bytes.Equal(want, got) {
 		t.Fatalf("state after snapshot+restart differs:\nwant %s\ngot  %s", want, got)
+	}
+	for _, tn := range c.nodes {
+		if l, ok := tn.node.Map().TenantLimits("tenant-03"); !ok || l != (TenantLimits{RPS: 7, Concurrency: 2}) {
+			t.Fatalf("%s after restore: limits %+v %v", tn.id, l, ok)
+		}
 	}
 	c.leader()
 	if _, err := c.nodes[1].node.Apply(ctx, SetMovePhase{ID: "m1", Phase: PhaseVerify}); err != nil {
