@@ -327,6 +327,17 @@ func New(cfg Config) (*Limiter, error) {
 	return l, nil
 }
 
+// TenantDefault returns the tenant rule that applies to every class (Rule{Scope: ScopeTenant}),
+// with its burst resolved; ok is false when there is none. Admin views report it as the
+// effective limit of tenants without overrides.
+func (l *Limiter) TenantDefault() (lim Limit, ok bool) {
+	lim, ok = l.limits[Rule{Scope: ScopeTenant}]
+	if ok {
+		lim.Burst = int(lim.burst())
+	}
+	return lim, ok
+}
+
 // Fallback reports whether decisions are currently made in-process.
 func (l *Limiter) Fallback() bool { return l.fallback.Load() }
 
