@@ -282,23 +282,26 @@ func (s *Server) limitsInfo(tenant string) LimitsInfo {
 // shardmap.MaxTenantConcurrency]), each of which may be null to reset it to the default (RFC
 // 7396 merge patch). Anything else — other members, other types, trailing data — is an error.
 func DecodeTenantPatch(body []byte) (LimitsPatch, error) {
+	// Maps, not structs: encoding/json matches struct fields case-insensitively, and member
+	// names are case-sensitive (DESIGN.md §4: "LIMITS" is unknown).
 	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	var req struct {
-		Limits map[string]json.RawMessage `json:"limits"`
-	}
-	if err := dec.Decode(&req); err != nil {
-		return LimitsPatch{}, fmt.Errorf("body must be {\"limits\":{\"rps\":…,\"burst\":…,\"concurrency\":…}}: %v", err)
+	var top map[string]json.RawMessage
+	if err := dec.Decode(&top); err != nil {
+		return LimitsPatch{}, errors.New("body must be one JSON object {\"limits\":{\"rps\":…,\"burst\":…,\"concurrency\":…}}")
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return LimitsPatch{}, errors.New("trailing data after the JSON body")
 	}
-	if req.Limits == nil {
-		return LimitsPatch{}, errors.New("body must be {\"limits\":{...}} with an object")
+	var limits map[string]json.RawMessage
+	if _, ok := top["limits"]; !ok || len(top) != 1 {
+		return LimitsPatch{}, errors.New("body must be {\"limits\":{...}} and nothing else")
+	}
+	if err := json.Unmarshal(top["limits"], &limits); err != nil || limits == nil {
+		return LimitsPatch{}, errors.New("limits must be an object")
 	}
 	var p LimitsPatch
-	for _, k := range slices.Sorted(maps.Keys(req.Limits)) {
-		v := bytes.TrimSpace(req.Limits[k])
+	for _, k := range slices.Sorted(maps.Keys(limits)) {
+		v := bytes.TrimSpace(limits[k])
 		if string(v) == "null" {
 			switch k {
 			case shardmap.LimitRPS, shardmap.LimitBurst, shardmap.LimitConcurrency:
@@ -310,25 +313,25 @@ func DecodeTenantPatch(body []byte) (LimitsPatch, error) {
 		case shardmap.LimitRPS:
 			var f float64
 			if err := json.Unmarshal(v, &f); err != nil || !(f >= shardmap.MinTenantRPS && f <= shardmap.MaxTenantRPS) {
-				return LimitsPatch{}, fmt.Errorf("%w: limits.rps must be null or a number in [%v, %v]",
-					ErrBadLimits, shardmap.MinTenantRPS, float64(shardmap.MaxTenantRPS))
+				return LimitsPatch{}, fmt.Errorf("limits.rps must be null or a number in [%v, %v]",
+					shardmap.MinTenantRPS, float64(shardmap.MaxTenantRPS))
 			}
 			p.Set.RPS = f
 		case shardmap.LimitBurst:
 			n, err := boundedInt(v, shardmap.MaxTenantBurst)
 			if err != nil {
-				return LimitsPatch{}, fmt.Errorf("%w: limits.burst must be null or an integer in [1, %d]", ErrBadLimits, shardmap.MaxTenantBurst)
+				return LimitsPatch{}, fmt.Errorf("limits.burst must be null or an integer in [1, %d]", shardmap.MaxTenantBurst)
 			}
 			p.Set.Burst = n
 		case shardmap.LimitConcurrency:
 			n, err := boundedInt(v, shardmap.MaxTenantConcurrency)
 			if err != nil {
-				return LimitsPatch{}, fmt.Errorf("%w: limits.concurrency must be null or an integer in [1, %d]",
-					ErrBadLimits, shardmap.MaxTenantConcurrency)
+				return LimitsPatch{}, fmt.Errorf("limits.concurrency must be null or an integer in [1, %d]",
+					shardmap.MaxTenantConcurrency)
 			}
 			p.Set.Concurrency = n
 		default:
-			return LimitsPatch{}, fmt.Errorf("%w: unknown limit %q (rps, burst, concurrency)", ErrBadLimits, k)
+			return LimitsPatch{}, fmt.Errorf("unknown limit %q (rps, burst, concurrency)", k)
 		}
 	}
 	return p, nil
