@@ -289,16 +289,15 @@ func TestClusterSnapshotTruncateRestart(t *testing.T) {
 	if _, err := l.node.Apply(ctx, testTopology()); err != nil {
 		t.Fatal(err)
 	}
-	var idx uint64
 	for i := 0; i < 20; i++ {
-		var err error
-		if idx, err = l.node.Apply(ctx, CreateTenant{Tenant: fmt.Sprintf("tenant-%02d", i), Region: []string{"us-east", "eu-west"}[i%2]}); err != nil {
+		if _, err := l.node.Apply(ctx, CreateTenant{Tenant: fmt.Sprintf("tenant-%02d", i), Region: []string{"us-east", "eu-west"}[i%2]}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if _, err := l.node.Apply(ctx, RequestMove{ID: "m1", Tenant: "tenant-00", To: "us-west-1"}); err != nil {
 		t.Fatal(err)
 	}
+	var idx uint64
 	for _, ph := range []Phase{PhaseDualWrite, PhaseBackfill} {
 		if idx, _ = l.node.Apply(ctx, SetMovePhase{ID: "m1", Phase: ph}); idx == 0 {
 			t.Fatal("phase change failed")
