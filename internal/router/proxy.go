@@ -77,6 +77,13 @@ func (s *Server) proxy(c *gin.Context) {
 		return
 	}
 
+	// 3b. Admission (limits.go): a per-tenant concurrency slot, held until the answer is done
+	// (streams included), and load shedding by class. Before any upstream work.
+	if !s.admit(c, p.Tenant) {
+		return
+	}
+	defer s.release(p.Tenant)
+
 	// 4. Route.
 	route, err := s.cfg.Map.Lookup(p.Tenant)
 	switch {

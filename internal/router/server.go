@@ -21,6 +21,7 @@ type Server struct {
 	cfg    Config
 	engine *gin.Engine
 	m      *metrics
+	lim    *limits      // per-tenant concurrency and load shedding (limits.go)
 	client *http.Client // for the API node's internal endpoints
 }
 
@@ -34,6 +35,7 @@ func New(cfg Config) (*Server, error) {
 		m:      newMetrics(cfg.Registry, cfg.Upstreams),
 		client: &http.Client{Transport: cfg.Transport, Timeout: cfg.UpstreamTimeout},
 	}
+	s.initLimits()
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()
 	// gin believes X-Forwarded-For from anyone by default, which would let a client pick the
@@ -53,6 +55,7 @@ func New(cfg Config) (*Server, error) {
 	admin := e.Group("/admin/v1", s.requireAdmin)
 	admin.POST("/tenants", s.createTenant)
 	admin.GET("/tenants/:id", s.getTenant)
+	admin.PATCH("/tenants/:id", s.patchTenant)
 	admin.GET("/shardmap", s.getShardmap)
 	admin.GET("/regions", s.getRegions)
 	e.Any("/v1/*path", s.proxy)
