@@ -14,6 +14,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/meridian-dev/meridian/internal/strictjson"
 	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
@@ -48,17 +49,14 @@ type TenantInfo struct {
 	Moving     *bool   `json:"moving,omitempty"`
 }
 
-// DecodeCreateTenant parses a POST /admin/v1/tenants body strictly: one JSON object, no unknown
-// fields, no trailing data, a valid tenant id.
+// DecodeCreateTenant parses a POST /admin/v1/tenants body strictly (internal/strictjson, the
+// rules of DESIGN.md §4): one JSON object, member names exactly "id" and "region"
+// (case-sensitive), none duplicated, no trailing data, a valid tenant id. Its errors are in our
+// own words, fit for a problem detail.
 func DecodeCreateTenant(body []byte) (id, region string, err error) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
 	var req createTenantRequest
-	if err := dec.Decode(&req); err != nil {
-		return "", "", fmt.Errorf("body must be {\"id\":...,\"region\":...}: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return "", "", errors.New("trailing data after the JSON body")
+	if err := strictjson.Decode(body, &req); err != nil {
+		return "", "", fmt.Errorf("body must be {\"id\":...,\"region\":...}: %w", err)
 	}
 	if !ids.ValidTenant(req.ID) {
 		return "", "", fmt.Errorf("%w: id must match %s", ErrBadTenantID, ids.TenantPattern)
