@@ -23,7 +23,6 @@ import (
 	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/migrations"
-	"github.com/meridian-dev/meridian/region"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -154,17 +153,25 @@ func TestHostileContract(t *testing.T) {
 	}
 }
 
-// startStandbyAPINode starts a real API node of region reg like startAPINode, with the store's
-// standby health made as sensitive as it gets: one failure counted against a standby makes it
-// unhealthy, and no status check clears that for an hour.
-func startStandbyAPINode(t *testing.T, reg, routerURL string, verifier *auth.Verifier) *apiNode {
+// freeAddr returns a loopback address nothing listens on (yet), so a router can be given an API
+// node's URL before the node, which needs the router's URL, starts.
+func freeAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &apiNode{region: reg, addr: ln.Addr().String(), url: "http://" + ln.Addr().String()}
-	ln.Close()
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startStandbyAPINode starts a real API node of region reg on addr like startAPINode, with the
+// store's standby health made as sensitive as it gets: one failure counted against a standby
+// makes it unhealthy, and no status check clears that for an hour.
+func startStandbyAPINode(t *testing.T, reg, addr, routerURL string, verifier *auth.Verifier) *apiNode {
+	t.Helper()
+	a := &apiNode{region: reg, addr: addr, url: "http://" + addr}
+	var err error
 	a.client = shardmap.NewClient(shardmap.ClientConfig{Addrs: []string{routerURL}, Token: clusterToken,
 		Wait: time.Second, Logger: testLogger()})
 	cctx, cancel := context.WithCancel(context.Background())
@@ -184,7 +191,6 @@ func startStandbyAPINode(t *testing.T, reg, routerURL string, verifier *auth.Ver
 	}
 	a.start(t)
 	t.Cleanup(func() {
-		_ = a.gossip.Depart(context.Background())
 		a.kill()
 		a.stop()
 		a.pools.Close()
@@ -213,11 +219,16 @@ func TestRejectedFiltersKeepReplicaReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The router knows the API nodes from static lists (their addresses are taken first).
+	nodeAddr := map[string]string{"us-east": freeAddr(t), "us-west": freeAddr(t)}
+	static := map[string][]string{}
+	for reg, addr := range nodeAddr {
+		static[reg] = []string{"http://" + addr}
+	}
 	rt := startRouter(t, routerOptions{id: "us-west-router", region: "us-west", dataDir: t.TempDir(),
 		raftAddr: "127.0.0.1:0", bootstrap: true, verifier: verifier, raftTune: fastRaft,
-		redisAddr: testenv.Redis(t).Addr(), upstreamTimeout: 3 * time.Second,
-		gossipAddr: "127.0.0.1:0", gossipConfig: region.TestConfig("", region.Meta{}).Memberlist,
-		publishEvery: 50 * time.Millisecond, log: testLogger().With("node", "us-west-router")})
+		redisAddr: testenv.Redis(t).Addr(), upstreamTimeout: 3 * time.Second, staticAPI: static,
+		log: testLogger().With("node", "us-west-router")})
 	testenv.WaitFor(t, 10*time.Second, func() error {
 		if !rt.Node.IsLeader() {
 			return fmt.Errorf("router not leader yet")
@@ -232,8 +243,8 @@ func TestRejectedFiltersKeepReplicaReads(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bootstrap map: %v", err)
 	}
-	for _, reg := range []string{"us-east", "us-west"} {
-		startStandbyAPINode(t, reg, rt.URL, verifier).join(t, []string{rt.Gossip.Addr()})
+	for reg, addr := range nodeAddr {
+		startStandbyAPINode(t, reg, addr, rt.URL, verifier)
 	}
 	// Tenants are created through the admin API once the router knows the home region's node.
 	for _, id := range []string{"victim", "attacker"} {
@@ -255,7 +266,7 @@ func TestRejectedFiltersKeepReplicaReads(t *testing.T) {
 		return a
 	}
 	const path = "/v1/collections/notes/records/r1"
-	var writeToken string
+	var writeToken string // the attacker's, the last write
 	for _, tok := range []string{victim, attacker} {
 		a := do("PUT", path, tok, `{"data":{"owner":"me"}}`)
 		if a.status != 201 {
@@ -270,8 +281,16 @@ func TestRejectedFiltersKeepReplicaReads(t *testing.T) {
 		}
 		return nil
 	}
-	// The standby has replayed the seed once the victim's read is served by it.
+	// The standby has replayed both seeds once the victim's read, and the attacker's read with
+	// its own write's token, are served by it.
 	testenv.WaitFor(t, 15*time.Second, victimRead)
+	testenv.WaitFor(t, 15*time.Second, func() error {
+		a, err := send("GET", rt.URL+path, attacker, "", "Consistency-Token", writeToken)
+		if err != nil || a.status != 200 || a.header.Get("X-Read-Source") != "replica" {
+			return fmt.Errorf("attacker's read with its token: %d source %q (%v)", a.status, a.header.Get("X-Read-Source"), err)
+		}
+		return nil
+	})
 
 	list := "/v1/collections/notes/records"
 	nul := url.QueryEscape(`"\u0000"`)
