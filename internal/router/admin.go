@@ -16,6 +16,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/meridian-dev/meridian/internal/strictjson"
 	"github.com/meridian-dev/meridian/shardmap"
 	"github.com/meridian-dev/meridian/shardmap/ids"
 )
@@ -53,17 +54,14 @@ type TenantInfo struct {
 	Limits *LimitsInfo `json:"limits,omitempty"`
 }
 
-// DecodeCreateTenant parses a POST /admin/v1/tenants body strictly: one JSON object, no unknown
-// fields, no trailing data, a valid tenant id.
+// DecodeCreateTenant parses a POST /admin/v1/tenants body strictly (internal/strictjson, the
+// rules of DESIGN.md §4): one JSON object, member names exactly "id" and "region"
+// (case-sensitive), none duplicated, no trailing data, a valid tenant id. Its errors are in our
+// own words, fit for a problem detail.
 func DecodeCreateTenant(body []byte) (id, region string, err error) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
 	var req createTenantRequest
-	if err := dec.Decode(&req); err != nil {
-		return "", "", fmt.Errorf("body must be {\"id\":...,\"region\":...}: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return "", "", errors.New("trailing data after the JSON body")
+	if err := strictjson.Decode(body, &req); err != nil {
+		return "", "", fmt.Errorf("body must be {\"id\":...,\"region\":...}: %w", err)
 	}
 	if !ids.ValidTenant(req.ID) {
 		return "", "", fmt.Errorf("%w: id must match %s", ErrBadTenantID, ids.TenantPattern)
@@ -118,8 +116,9 @@ func (s *Server) createTenant(c *gin.Context) {
 		s.problem(c, http.StatusBadRequest, "Bad Request", err.Error())
 		return
 	case err != nil:
+		s.log(c).Warn("admin tenant create: shard map", "err", err)
 		c.Header("Retry-After", "1")
-		s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", "shard map: "+err.Error())
+		s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", "the shard map could not place the tenant; retry")
 		return
 	}
 	payload, _ := json.Marshal(map[string]string{"id": id, "shard": route.Shard})
@@ -283,7 +282,11 @@ func (s *Server) limitsInfo(tenant string) LimitsInfo {
 // 7396 merge patch). Anything else — other members, other types, trailing data — is an error.
 func DecodeTenantPatch(body []byte) (LimitsPatch, error) {
 	// Maps, not structs: encoding/json matches struct fields case-insensitively, and member
-	// names are case-sensitive (DESIGN.md §4: "LIMITS" is unknown).
+	// names are case-sensitive (DESIGN.md §4: "LIMITS" is unknown). strictjson refuses a member
+	// named twice at any depth, which a map would silently fold.
+	if err := strictjson.Check(body); err != nil {
+		return LimitsPatch{}, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	var top map[string]json.RawMessage
 	if err := dec.Decode(&top); err != nil {
@@ -414,12 +417,13 @@ func (s *Server) internalCall(ctx context.Context, region, method, path string, 
 
 func (s *Server) adminUpstreamFailure(c *gin.Context, err error) {
 	s.log(c).Warn("admin call to API node failed", "err", err)
+	// The detail never carries the error's text (addresses, library messages): it is logged.
 	if isTimeout(err) {
-		s.problem(c, http.StatusGatewayTimeout, "Gateway Timeout", err.Error())
+		s.problem(c, http.StatusGatewayTimeout, "Gateway Timeout", "the tenant's home-region API node did not answer in time")
 		return
 	}
 	c.Header("Retry-After", "1")
-	s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", err.Error())
+	s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", "no API node of the tenant's home region could answer; retry")
 }
 
 func truncate(b []byte, n int) string {

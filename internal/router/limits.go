@@ -2,9 +2,7 @@ package router
 
 import (
 	"context"
-	"encoding/json"
 	"hash/maphash"
-	"net/http"
 	"strings"
 	"sync"
 
@@ -234,7 +232,7 @@ func (s *Server) admit(c *gin.Context, tenant string) bool {
 	if !s.lim.slots.acquire(tenant, s.tenantConcurrency(tenant)) {
 		s.lim.rejected[class].Inc()
 		c.Header("Retry-After", "1")
-		s.typedProblem(c, http.StatusTooManyRequests, "concurrency-limited", "Too Many Requests",
+		s.kindProblem(c, problem.ConcurrencyLimited,
 			"too many requests of this tenant in flight; retry when one has finished")
 		return false
 	}
@@ -252,7 +250,7 @@ func (s *Server) admit(c *gin.Context, tenant string) bool {
 		s.lim.slots.release(tenant)
 		s.lim.shed[class].Inc()
 		c.Header("Retry-After", "1")
-		s.typedProblem(c, http.StatusServiceUnavailable, "overloaded", "Service Unavailable",
+		s.kindProblem(c, problem.Overloaded,
 			"API nodes of region "+region+" are too busy for "+class+" requests; retry shortly")
 		return false
 	}
@@ -262,16 +260,3 @@ func (s *Server) admit(c *gin.Context, tenant string) bool {
 
 // release gives back the concurrency slot admit took for tenant.
 func (s *Server) release(tenant string) { s.lim.slots.release(tenant) }
-
-// typedProblem answers a problem+json whose type names the kind of problem
-// (https://meridian.dev/problems/<slug>, DESIGN.md §4) and stops the handler chain.
-func (s *Server) typedProblem(c *gin.Context, status int, slug, title, detail string) {
-	p := problem.New(status, title, detail)
-	p.Type = problem.TypeBase + slug
-	p.RequestID = c.GetString(ctxRequestID)
-	b, _ := json.Marshal(p)
-	c.Header("Content-Type", problem.ContentType)
-	c.Status(status)
-	_, _ = c.Writer.Write(b)
-	c.Abort()
-}

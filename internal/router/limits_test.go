@@ -407,6 +407,12 @@ func TestDecodeTenantPatch(t *testing.T) {
 	if err != nil || p.Set != (TenantLimits{}) || len(p.Reset) != 0 {
 		t.Fatalf("empty patch: %+v %v", p, err)
 	}
+	// A member named twice is refused, not folded into its last value (DESIGN.md §4).
+	for _, b := range []string{`{"limits":{"rps":1,"rps":2}}`, `{"limits":{"rps":1},"limits":{"burst":2}}`} {
+		if _, err := DecodeTenantPatch([]byte(b)); err == nil {
+			t.Errorf("%s decoded", b)
+		}
+	}
 }
 
 func FuzzDecodeTenantPatch(f *testing.F) {

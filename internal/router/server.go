@@ -121,11 +121,20 @@ type problemBody = problem.Problem
 // problem answers an application/problem+json error (internal/problem's shape and type URIs)
 // and stops the handler chain.
 func (s *Server) problem(c *gin.Context, status int, title, detail string) {
-	p := problem.New(status, title, detail)
+	s.sendProblem(c, problem.New(status, title, detail))
+}
+
+// kindProblem answers the problem of kind k (its slug, fixed title and status) and stops the
+// handler chain.
+func (s *Server) kindProblem(c *gin.Context, k problem.Kind, detail string) {
+	s.sendProblem(c, k.New(detail))
+}
+
+func (s *Server) sendProblem(c *gin.Context, p problem.Problem) {
 	p.RequestID = c.GetString(ctxRequestID)
 	b, _ := json.Marshal(p)
-	c.Header("Content-Type", "application/problem+json")
-	c.Status(status)
+	c.Header("Content-Type", problem.ContentType)
+	c.Status(p.Status)
 	_, _ = c.Writer.Write(b)
 	c.Abort()
 }
