@@ -133,6 +133,14 @@ func TestStaleMapCorrectedBy421(t *testing.T) {
 		},
 	}})
 	c.createTenant("us-east", "mover", "eu-west")
+	// The create was awaited on us-east's copy; the first write below must not take the 421
+	// path because us-west's copy has not caught up yet (that is not what this test is about).
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if r, err := lag.Lookup("mover"); err != nil || r.HomeRegion != "eu-west" {
+			return fmt.Errorf("us-west's map places mover at %+v, %v", r, err)
+		}
+		return nil
+	})
 	tok := dataToken(t, "mover")
 	if a := c.do("us-west", "PUT", "/v1/collections/c/records/before", tok, `{"data":{}}`); a.status != 201 || a.header.Get("X-Served-Region") != "eu-west" {
 		t.Fatalf("write before move: %d %v %s", a.status, a.header.Get("X-Served-Region"), a.body)
