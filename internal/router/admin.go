@@ -113,8 +113,9 @@ func (s *Server) createTenant(c *gin.Context) {
 		s.problem(c, http.StatusBadRequest, "Bad Request", err.Error())
 		return
 	case err != nil:
+		s.log(c).Warn("shard map create tenant failed", "err", err)
 		c.Header("Retry-After", "1")
-		s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", "shard map: "+err.Error())
+		s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", "shard map not available")
 		return
 	}
 	payload, _ := json.Marshal(map[string]string{"id": id, "shard": route.Shard})
@@ -128,8 +129,9 @@ func (s *Server) createTenant(c *gin.Context) {
 		s.problem(c, http.StatusConflict, "Conflict", "tenant "+id+" already exists")
 		return
 	case status != http.StatusCreated:
+		s.log(c).Warn("API node refused to record a tenant", "status", status, "answer", truncate(answer, 200))
 		s.problem(c, http.StatusBadGateway, "Bad Gateway",
-			fmt.Sprintf("API node answered %d recording the tenant: %s", status, truncate(answer, 200)))
+			fmt.Sprintf("API node answered %d recording the tenant", status))
 		return
 	}
 	c.JSON(http.StatusCreated, TenantInfo{ID: id, Shard: route.Shard, HomeRegion: route.HomeRegion, Pinned: route.Pinned})
@@ -225,11 +227,11 @@ func (s *Server) internalCall(ctx context.Context, region, method, path string, 
 func (s *Server) adminUpstreamFailure(c *gin.Context, err error) {
 	s.log(c).Warn("admin call to API node failed", "err", err)
 	if isTimeout(err) {
-		s.problem(c, http.StatusGatewayTimeout, "Gateway Timeout", err.Error())
+		s.problem(c, http.StatusGatewayTimeout, "Gateway Timeout", "API node did not answer in time")
 		return
 	}
 	c.Header("Retry-After", "1")
-	s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", err.Error())
+	s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", "no API node of the tenant's home region could answer")
 }
 
 func truncate(b []byte, n int) string {
