@@ -104,7 +104,7 @@ func parseConfig(args []string) (config, error) {
 	fs.IntVar(&ipBurst, "ip-burst", env.Int("MERIDIAN_IP_BURST", 2000), "burst per client IP (MERIDIAN_IP_BURST)")
 	fs.DurationVar(&c.rateLimitLease, "ratelimit-lease", env.Duration("MERIDIAN_RATELIMIT_LEASE", 100*time.Millisecond), "spend rate-limit tokens leased from Redis locally for up to this long; negative = ask Redis on every request (MERIDIAN_RATELIMIT_LEASE)")
 	fs.DurationVar(&c.lease, "lease", env.Duration("MERIDIAN_WRITE_LEASE", 2*time.Second), "writes stop this long after the last Raft leader contact (MERIDIAN_WRITE_LEASE)")
-	fs.DurationVar(&c.upstreamTimeout, "upstream-timeout", env.Duration("MERIDIAN_UPSTREAM_TIMEOUT", 5*time.Second), "wait for an API node's response headers (MERIDIAN_UPSTREAM_TIMEOUT)")
+	fs.DurationVar(&c.upstreamTimeout, "upstream-timeout", env.Duration("MERIDIAN_UPSTREAM_TIMEOUT", 5*time.Second), "request deadline: wait for an API node's response headers, all attempts together, from the moment the body is in; API nodes are told the time left (MERIDIAN_UPSTREAM_TIMEOUT)")
 	fs.IntVar(&c.maxInFlight, "max-inflight", env.Int("MERIDIAN_MAX_INFLIGHT", 256), "concurrent requests per API node before 503 (MERIDIAN_MAX_INFLIGHT)")
 	httpLimitFlags(fs, env, &c.httpLimits)
 	fs.StringVar(&c.debugAddr, "debug-addr", env.String("MERIDIAN_DEBUG_ADDR", ""), "serve Go profiles (/debug/pprof/) on this private host:port (MERIDIAN_DEBUG_ADDR; empty = off)")
