@@ -8,7 +8,7 @@ TEST_TIMEOUT ?= 15m
 # TEST_P is how many packages' tests run at once (the machine has 2 cores).
 TEST_P ?= 2
 
-.PHONY: all deps build test test-short lint fmt vet bench clean up down demo
+.PHONY: all deps build test test-short lint fuzz-short fmt vet bench clean up down demo
 
 all: build
 
@@ -34,6 +34,10 @@ fmt:
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+# fuzz-short runs every fuzz target of outside input for FUZZTIME each (default 10s; CI runs it).
+fuzz-short:
+	@./scripts/fuzz-short.sh
 
 # up starts the local three-region cluster in the background (LATENCY=1 adds the cross-region
 # round trips); down stops it; demo brings it up with latency if it is not running and shows it.

@@ -253,6 +253,8 @@ func TestConfig(name string, meta Meta) Config {
 // concurrent use.
 type Cluster struct {
 	ml       *memberlist.Memberlist
+	name     string // this member's name, fixed at New
+	addr     string // this member's gossip host:port, fixed at New
 	log      *slog.Logger
 	onChange func(Event)
 	changes  chan struct{}
@@ -326,6 +328,10 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("region: start memberlist: %w", err)
 	}
 	c.ml = m
+	// Read once: memberlist rewrites its local node's fields when metadata is updated, so
+	// reading them later would race the Status publisher.
+	local := m.LocalNode()
+	c.name, c.addr = local.Name, local.Address()
 	return c, nil
 }
 
@@ -356,14 +362,10 @@ func (c *Cluster) Join(ctx context.Context, addrs []string) (int, error) {
 }
 
 // Addr is the host:port others use to Join this member.
-func (c *Cluster) Addr() string {
-	return c.ml.LocalNode().Address()
-}
+func (c *Cluster) Addr() string { return c.addr }
 
 // Name is this member's unique name.
-func (c *Cluster) Name() string {
-	return c.ml.LocalNode().Name
-}
+func (c *Cluster) Name() string { return c.name }
 
 // LocalMeta returns the metadata this member currently publishes.
 func (c *Cluster) LocalMeta() Meta {

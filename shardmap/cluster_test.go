@@ -289,20 +289,23 @@ func TestClusterSnapshotTruncateRestart(t *testing.T) {
 	if _, err := l.node.Apply(ctx, testTopology()); err != nil {
 		t.Fatal(err)
 	}
-	var idx uint64
 	for i := 0; i < 20; i++ {
-		var err error
-		if idx, err = l.node.Apply(ctx, CreateTenant{Tenant: fmt.Sprintf("tenant-%02d", i), Region: []string{"us-east", "eu-west"}[i%2]}); err != nil {
+		if _, err := l.node.Apply(ctx, CreateTenant{Tenant: fmt.Sprintf("tenant-%02d", i), Region: []string{"us-east", "eu-west"}[i%2]}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if _, err := l.node.Apply(ctx, RequestMove{ID: "m1", Tenant: "tenant-00", To: "us-west-1"}); err != nil {
 		t.Fatal(err)
 	}
+	var idx uint64
 	for _, ph := range []Phase{PhaseDualWrite, PhaseBackfill} {
 		if idx, _ = l.node.Apply(ctx, SetMovePhase{ID: "m1", Phase: ph}); idx == 0 {
 			t.Fatal("phase change failed")
 		}
+	}
+	// Limit overrides are part of the snapshot: the restarted nodes restore them from it.
+	if idx, _ = l.node.Apply(ctx, SetTenantLimits{Tenant: "tenant-03", Set: TenantLimits{RPS: 7, Concurrency: 2}}); idx == 0 {
+		t.Fatal("set limits failed")
 	}
 	want := c.waitConverged(idx)
 	for _, tn := range c.nodes {
@@ -323,6 +326,11 @@ func TestClusterSnapshotTruncateRestart(t *testing.T) {
 	got := c.waitConverged(idx)
 	if !bytes.Equal(want, got) {
 		t.Fatalf("state after snapshot+restart differs:\nwant %s\ngot  %s", want, got)
+	}
+	for _, tn := range c.nodes {
+		if l, ok := tn.node.Map().TenantLimits("tenant-03"); !ok || l != (TenantLimits{RPS: 7, Concurrency: 2}) {
+			t.Fatalf("%s after restore: limits %+v %v", tn.id, l, ok)
+		}
 	}
 	c.leader()
 	if _, err := c.nodes[1].node.Apply(ctx, SetMovePhase{ID: "m1", Phase: PhaseVerify}); err != nil {

@@ -26,6 +26,7 @@ const (
 	CmdMoveProgress CommandType = 8
 	CmdCutover      CommandType = 9
 	CmdAddRegion    CommandType = 10
+	CmdSetLimits    CommandType = 11
 	CmdRegisterNode CommandType = IgnoreIfUnknown | 1
 )
 
@@ -103,6 +104,16 @@ type Cutover struct {
 	ID string `json:"id"`
 }
 
+// SetTenantLimits changes a tenant's limit overrides as a merge patch: each non-zero field of
+// Set replaces that override, each field named in Reset (LimitRPS, LimitBurst,
+// LimitConcurrency) returns to the routers' default, and the other fields keep their value.
+// Applied in log order, two patches of different fields never undo each other.
+type SetTenantLimits struct {
+	Tenant string       `json:"tenant"`
+	Set    TenantLimits `json:"set"`
+	Reset  []string     `json:"reset,omitempty"`
+}
+
 // RegisterNode records the HTTP base URL of a map node, so followers can forward to the
 // leader. It is issued by the join protocol, not by operators.
 type RegisterNode struct {
@@ -110,17 +121,18 @@ type RegisterNode struct {
 	HTTPAddr string `json:"http_addr"`
 }
 
-func (Bootstrap) Type() CommandType    { return CmdBootstrap }
-func (AddRegion) Type() CommandType    { return CmdAddRegion }
-func (AddShard) Type() CommandType     { return CmdAddShard }
-func (DrainShard) Type() CommandType   { return CmdDrainShard }
-func (AssignSlots) Type() CommandType  { return CmdAssignSlots }
-func (CreateTenant) Type() CommandType { return CmdCreateTenant }
-func (RequestMove) Type() CommandType  { return CmdRequestMove }
-func (SetMovePhase) Type() CommandType { return CmdSetMovePhase }
-func (MoveProgress) Type() CommandType { return CmdMoveProgress }
-func (Cutover) Type() CommandType      { return CmdCutover }
-func (RegisterNode) Type() CommandType { return CmdRegisterNode }
+func (Bootstrap) Type() CommandType       { return CmdBootstrap }
+func (AddRegion) Type() CommandType       { return CmdAddRegion }
+func (AddShard) Type() CommandType        { return CmdAddShard }
+func (DrainShard) Type() CommandType      { return CmdDrainShard }
+func (AssignSlots) Type() CommandType     { return CmdAssignSlots }
+func (CreateTenant) Type() CommandType    { return CmdCreateTenant }
+func (RequestMove) Type() CommandType     { return CmdRequestMove }
+func (SetMovePhase) Type() CommandType    { return CmdSetMovePhase }
+func (MoveProgress) Type() CommandType    { return CmdMoveProgress }
+func (Cutover) Type() CommandType         { return CmdCutover }
+func (RegisterNode) Type() CommandType    { return CmdRegisterNode }
+func (SetTenantLimits) Type() CommandType { return CmdSetLimits }
 
 // MoveIDForIndex is the id given to a RequestMove without an id, applied at a Raft index.
 func MoveIDForIndex(index uint64) string { return fmt.Sprintf("mv-%d", index) }
@@ -205,6 +217,8 @@ func newCommand(t CommandType) any {
 		return &Cutover{}
 	case CmdRegisterNode:
 		return &RegisterNode{}
+	case CmdSetLimits:
+		return &SetTenantLimits{}
 	}
 	return nil
 }
@@ -232,6 +246,8 @@ func deref(p any) Command {
 	case *Cutover:
 		return *c
 	case *RegisterNode:
+		return *c
+	case *SetTenantLimits:
 		return *c
 	}
 	panic(fmt.Sprintf("shardmap: deref %T", p))

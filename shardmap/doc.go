@@ -1,5 +1,5 @@
 // Package shardmap owns Meridian's shard map: the model (regions, shards, the slot table,
-// tenant pins, per-tenant write epochs and tenant moves), the typed commands that change it, the
+// tenant pins, per-tenant write epochs, per-tenant limit overrides and tenant moves), the typed commands that change it, the
 // deterministic Raft FSM that applies them, snapshots, the watch API every map node serves, and
 // the watching Client that API nodes, the rebalancer and the CLI use to keep a read-only copy.
 //
@@ -64,6 +64,8 @@ var (
 	ErrMoveExists = errors.New("shardmap: move exists")
 	// ErrBadPhaseTransition means a move phase change is not allowed from the current phase.
 	ErrBadPhaseTransition = errors.New("shardmap: bad move phase transition")
+	// ErrBadLimits means a tenant limit override is out of bounds or names an unknown field.
+	ErrBadLimits = errors.New("shardmap: bad tenant limits")
 )
 
 // errorCodes gives every sentinel a stable wire code, so typed errors survive forwarding over
@@ -95,6 +97,7 @@ var errorCodes = []struct {
 	{"unknown_move", ErrUnknownMove},
 	{"move_exists", ErrMoveExists},
 	{"bad_phase_transition", ErrBadPhaseTransition},
+	{"bad_limits", ErrBadLimits},
 }
 
 func codeOf(err error) string {

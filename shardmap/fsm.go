@@ -161,6 +161,8 @@ func (s *state) applyCmd(cmd Command, index uint64, at time.Time) error {
 		mv.UpdatedAt = at
 		s.moves[mv.ID] = mv
 		return nil
+	case SetTenantLimits:
+		return s.setTenantLimits(c)
 	case RegisterNode:
 		if c.ID == "" || c.HTTPAddr == "" {
 			return fmt.Errorf("%w: register node needs id and http_addr", ErrBadCommand)

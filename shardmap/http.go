@@ -181,7 +181,7 @@ func writeError(w http.ResponseWriter, err error) {
 		status, code = http.StatusServiceUnavailable, "unavailable"
 	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNoLeader), errors.Is(err, ErrUnavailable), errors.Is(err, ErrShutdown):
 		status = http.StatusServiceUnavailable
-	case errors.Is(err, ErrBadCommand), errors.Is(err, ErrBadTenantID), errors.Is(err, ErrBadSlot):
+	case errors.Is(err, ErrBadCommand), errors.Is(err, ErrBadTenantID), errors.Is(err, ErrBadSlot), errors.Is(err, ErrBadLimits):
 		status = http.StatusBadRequest
 	case errors.Is(err, ErrUnknownShard), errors.Is(err, ErrUnknownMove), errors.Is(err, ErrUnknownRegion):
 		status = http.StatusNotFound

@@ -92,7 +92,8 @@ type state struct {
 	pins      map[string]string // tenant -> shard
 	epochs    map[string]uint64 // tenant -> write epoch, only when > 1
 	moves     map[string]Move
-	nodes     map[string]string // raft server id -> HTTP base URL of that node's Handler
+	nodes     map[string]string       // raft server id -> HTTP base URL of that node's Handler
+	limits    map[string]TenantLimits // tenant -> limit overrides, only while one is set
 }
 
 func newState() *state {
@@ -102,6 +103,7 @@ func newState() *state {
 		epochs: map[string]uint64{},
 		moves:  map[string]Move{},
 		nodes:  map[string]string{},
+		limits: map[string]TenantLimits{},
 	}
 }
 
@@ -116,6 +118,7 @@ func (s *state) clone() *state {
 		epochs:    maps.Clone(s.epochs),
 		moves:     maps.Clone(s.moves),
 		nodes:     maps.Clone(s.nodes),
+		limits:    maps.Clone(s.limits),
 	}
 }
 
@@ -131,6 +134,8 @@ type wireState struct {
 	Epochs    map[string]uint64 `json:"epochs"`
 	Moves     []Move            `json:"moves"`
 	Nodes     map[string]string `json:"nodes"`
+	// Limits is omitted while empty, so maps without overrides encode as they always did.
+	Limits map[string]TenantLimits `json:"tenant_limits,omitempty"`
 }
 
 func (s *state) wire() wireState {
@@ -144,6 +149,7 @@ func (s *state) wire() wireState {
 		Epochs:    s.epochs,
 		Moves:     make([]Move, 0, len(s.moves)),
 		Nodes:     s.nodes,
+		Limits:    s.limits,
 	}
 	for _, id := range slices.Sorted(maps.Keys(s.shards)) {
 		w.Shards = append(w.Shards, s.shards[id])
@@ -214,6 +220,10 @@ func decodeState(b []byte) (*state, error) {
 		s.moves[m.ID] = m
 	}
 	maps.Copy(s.nodes, w.Nodes)
+	if err := checkLimits(w.Limits); err != nil {
+		return nil, fmt.Errorf("shardmap: decode state: %w", err)
+	}
+	maps.Copy(s.limits, w.Limits)
 	if len(s.shards) >= ids.MaxSlotCount {
 		return nil, fmt.Errorf("shardmap: decode state: too many shards")
 	}

@@ -30,7 +30,7 @@ func (g *cmdGen) next(step int) Command {
 	if step == 0 {
 		return testTopology()
 	}
-	switch g.r.IntN(12) {
+	switch g.r.IntN(13) {
 	case 0:
 		if g.r.IntN(4) == 0 {
 			return testTopology()
@@ -50,6 +50,12 @@ func (g *cmdGen) next(step int) Command {
 		return SetMovePhase{ID: g.moveID(), Phase: propPhases[g.r.IntN(len(propPhases))], Error: "e"}
 	case 10:
 		return Cutover{ID: g.moveID()}
+	case 11:
+		// Valid and invalid overrides, resets (also of unknown fields) and set+reset conflicts.
+		rps := []float64{0, 0, 5, 0.0001, 2e6}[g.r.IntN(5)]
+		reset := [][]string{nil, nil, {LimitRPS}, {LimitBurst, LimitConcurrency}, {"nope"}}[g.r.IntN(5)]
+		return SetTenantLimits{Tenant: g.pick(propTenants), Reset: reset,
+			Set: TenantLimits{RPS: rps, Burst: g.r.IntN(4) - 1, Concurrency: g.r.IntN(3)}}
 	default:
 		return MoveProgress{ID: g.moveID(), RowsCopied: ptr(int64(g.r.IntN(100) - 5))}
 	}

@@ -81,3 +81,25 @@ func TestParseConfigHTTPLimits(t *testing.T) {
 		t.Errorf("set %+v, want %+v", c.httpLimits, want)
 	}
 }
+
+func TestParseConfigTenantConcurrency(t *testing.T) {
+	required(t)
+	c, err := parseConfig(nil)
+	if err != nil || c.tenantConcurrency != 100 {
+		t.Fatalf("default: %d %v, want 100", c.tenantConcurrency, err)
+	}
+	t.Setenv("MERIDIAN_TENANT_CONCURRENCY", "7")
+	if c, err = parseConfig(nil); err != nil || c.tenantConcurrency != 7 {
+		t.Fatalf("from the environment: %d %v, want 7", c.tenantConcurrency, err)
+	}
+	if c, err = parseConfig([]string{"-tenant-concurrency", "9"}); err != nil || c.tenantConcurrency != 9 {
+		t.Fatalf("flag over environment: %d %v, want 9", c.tenantConcurrency, err)
+	}
+	if _, err = parseConfig([]string{"-tenant-concurrency", "0"}); err == nil {
+		t.Fatal("-tenant-concurrency 0 accepted")
+	}
+	t.Setenv("MERIDIAN_TENANT_CONCURRENCY", "lots")
+	if _, err = parseConfig(nil); !errors.Is(err, envflag.ErrMalformed) {
+		t.Fatalf("malformed variable: %v", err)
+	}
+}

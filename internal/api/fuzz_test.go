@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meridian-dev/meridian/internal/problem"
 	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
@@ -40,19 +41,28 @@ func FuzzCursor(f *testing.F) {
 	})
 }
 
-// FuzzListQuery feeds arbitrary query strings to the list parser: it never panics, and whatever
+// FuzzListQuery feeds arbitrary raw query strings to the list parser the handler uses: it
+// never panics; a query string url.ParseQuery finds malformed is always rejected (never a pair
+// silently dropped); every rejection is a 400 invalid-query problem in our own words; whatever
 // it accepts is within the documented limits and yields a filter that is valid JSON.
 func FuzzListQuery(f *testing.F) {
-	for _, s := range []string{"limit=37&order=-id", "where[age]=30&where[name]=bob", "fields=a,b", "ids=a,b,c", `where[x]="q"`, "where[%5D=1", "limit=99999999999999999999"} {
+	for _, s := range []string{"limit=37&order=-id", "where[age]=30&where[name]=bob", "fields=a,b", "ids=a,b,c", `where[x]="q"`,
+		"where[%5D=1", "limit=99999999999999999999", "limit=%zz", "limit=5;order=id", "ids=a&x=%", "where[a]=%00"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
-		q, err := url.ParseQuery(raw)
-		if err != nil {
-			return
+		lq, err := parseRawListQuery(raw)
+		if _, perr := url.ParseQuery(raw); perr != nil && err == nil {
+			t.Fatalf("malformed query %q accepted: %+v", raw, lq)
 		}
-		lq, err := parseListQuery(q)
 		if err != nil {
+			var he *httpError
+			if !errors.As(err, &he) || he.kind != problem.InvalidQuery || he.kind.Status != http.StatusBadRequest {
+				t.Fatalf("query %q rejected with %v (%T), want a 400 invalid-query problem", raw, err, err)
+			}
+			if strings.Contains(he.detail, "invalid URL escape") || strings.Contains(he.detail, "strconv.") {
+				t.Fatalf("detail %q carries library text", he.detail)
+			}
 			return
 		}
 		if lq.Limit < 1 || lq.Limit > maxLimit || len(lq.IDs) > maxBatchIDs || len(lq.Filter) > maxFilters {
@@ -76,18 +86,104 @@ func FuzzListQuery(f *testing.F) {
 	})
 }
 
-// FuzzDecodeRecordBody: strict decoding never panics and accepted bodies are JSON objects.
+// FuzzDecodeRecordBody: strict decoding never panics; every rejection is a 400 invalid-body
+// problem whose detail carries no encoding/json text; an accepted body is a JSON object whose
+// only member is exactly "data" (case-sensitive, once), with no member name repeated anywhere,
+// and its data is a JSON object.
 func FuzzDecodeRecordBody(f *testing.F) {
-	f.Add(`{"data":{"a":1}}`)
-	f.Add(`{"data":{}} x`)
+	for _, s := range []string{`{"data":{"a":1}}`, `{"data":{}} x`, `{"data":{},"DATA":{}}`, `{"Data":{}}`,
+		`{"data":{"a":1},"data":{"a":2}}`, `{"data":{"a":{"b":1,"b":2}}}`, `{"data":{"\u0061":1,"a":2}}`, `null`} {
+		f.Add(s)
+	}
 	f.Fuzz(func(t *testing.T, body string) {
-		raw, err := decodeRecordBody(strings.NewReader(body))
+		raw, err := decodeRecordBody([]byte(body))
 		if err != nil {
+			var he *httpError
+			if !errors.As(err, &he) || he.kind != problem.InvalidBody || he.kind.Status != http.StatusBadRequest {
+				t.Fatalf("body %q rejected with %v (%T), want a 400 invalid-body problem", body, err, err)
+			}
+			if strings.Contains(he.detail, "json:") || strings.Contains(he.detail, "invalid character") {
+				t.Fatalf("detail %q carries encoding/json's text", he.detail)
+			}
 			return
+		}
+		var top map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(body), &top); err != nil || len(top) != 1 || top["data"] == nil {
+			t.Fatalf("accepted %q: members %v (%v), want exactly \"data\"", body, top, err)
+		}
+		if d := duplicateName(json.NewDecoder(strings.NewReader(body))); d != "" {
+			t.Fatalf("accepted %q with member %q repeated", body, d)
 		}
 		var m map[string]any
 		if err := json.Unmarshal(raw, &m); err != nil {
 			t.Fatalf("accepted non-object %q: %v", raw, err)
+		}
+	})
+}
+
+// duplicateName is the fuzz targets' own oracle for repeated member names, written apart from
+// strictjson's walk (recursive where that one is iterative): the first name an object of the
+// value dec reads next repeats, or "".
+func duplicateName(dec *json.Decoder) string {
+	tok, err := dec.Token()
+	if err != nil {
+		return ""
+	}
+	switch tok {
+	case json.Delim('{'):
+		seen := map[string]bool{}
+		for dec.More() {
+			k, err := dec.Token()
+			if err != nil {
+				return ""
+			}
+			name := k.(string)
+			if seen[name] {
+				return name
+			}
+			seen[name] = true
+			if d := duplicateName(dec); d != "" {
+				return d
+			}
+		}
+		_, _ = dec.Token()
+	case json.Delim('['):
+		for dec.More() {
+			if d := duplicateName(dec); d != "" {
+				return d
+			}
+		}
+		_, _ = dec.Token()
+	}
+	return ""
+}
+
+// FuzzDecodePatch: as FuzzDecodeRecordBody for merge patches, where "data" may be absent.
+func FuzzDecodePatch(f *testing.F) {
+	for _, s := range []string{`{"data":{"a":null}}`, `{}`, `{"DATA":{}}`, `{"data":{"a":1,"a":null}}`, `{"data":null}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		patch, err := decodePatch([]byte(body))
+		if err != nil {
+			var he *httpError
+			if !errors.As(err, &he) || he.kind != problem.InvalidBody {
+				t.Fatalf("body %q rejected with %v (%T), want a 400 invalid-body problem", body, err, err)
+			}
+			return
+		}
+		var top map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(body), &top); err != nil || len(top) > 1 || (len(top) == 1 && top["data"] == nil) {
+			t.Fatalf("accepted %q: members %v (%v)", body, top, err)
+		}
+		if d := duplicateName(json.NewDecoder(strings.NewReader(body))); d != "" {
+			t.Fatalf("accepted %q with member %q repeated", body, d)
+		}
+		if patch != nil {
+			var m map[string]any
+			if err := json.Unmarshal(patch, &m); err != nil || m == nil {
+				t.Fatalf("accepted patch %q that is not an object: %v", patch, err)
+			}
 		}
 	})
 }
@@ -108,7 +204,7 @@ func FuzzReadPref(f *testing.F) {
 		ro, err := parseReadPref(h)
 		if err != nil {
 			var he *httpError
-			if !errors.As(err, &he) || he.status != http.StatusBadRequest {
+			if !errors.As(err, &he) || he.kind != problem.InvalidConsistencyToken || he.kind.Status != http.StatusBadRequest {
 				t.Fatalf("rejected with %v", err)
 			}
 			return

@@ -3,11 +3,11 @@ package api
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
 	"mime"
 	"regexp"
+
+	"github.com/meridian-dev/meridian/internal/problem"
+	"github.com/meridian-dev/meridian/internal/strictjson"
 )
 
 // fieldPattern bounds the top-level data field names usable in where[...] and fields=.
@@ -19,29 +19,21 @@ type recordBody struct {
 	Data json.RawMessage `json:"data"`
 }
 
-// decodeStrict decodes exactly one JSON value from r into v: unknown fields, trailing data after
-// the value, and an empty body are errors (encoding/json and gin's ShouldBindJSON accept
-// trailing data; the contract does not).
-func decodeStrict(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) {
-			return errors.New("empty body")
-		}
-		return fmt.Errorf("malformed JSON: %v", err)
-	}
-	// Anything but whitespace after the value is trailing data.
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("trailing data after the JSON value")
+// decodeStrict decodes body, exactly one JSON value, into v by strictjson's rules (DESIGN.md
+// §4): member names case-sensitive (`"DATA"` is unknown), no unknown or duplicated member name
+// at any depth, no trailing data, no empty body. A violation is a 400 invalid-body problem
+// whose detail names the member or offset in strictjson's own words.
+func decodeStrict(body []byte, v any) error {
+	if err := strictjson.Decode(body, v); err != nil {
+		return &httpError{kind: problem.InvalidBody, detail: err.Error()}
 	}
 	return nil
 }
 
 // decodeRecordBody decodes a POST/PUT body: exactly {"data":{...}}.
-func decodeRecordBody(r io.Reader) (json.RawMessage, error) {
+func decodeRecordBody(body []byte) (json.RawMessage, error) {
 	var b recordBody
-	if err := decodeStrict(r, &b); err != nil {
+	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
 	}
 	if err := checkObject(b.Data); err != nil {
@@ -55,10 +47,10 @@ func decodeRecordBody(r io.Reader) (json.RawMessage, error) {
 func checkObject(raw json.RawMessage) error {
 	t := bytes.TrimSpace(raw)
 	if len(t) == 0 || t[0] != '{' {
-		return errors.New(`"data" must be a JSON object`)
+		return &httpError{kind: problem.InvalidBody, detail: `"data" must be a JSON object`}
 	}
 	if bytes.Contains(t, []byte(`\u0000`)) {
-		return errors.New(`"data" must not contain \u0000`)
+		return &httpError{kind: problem.InvalidBody, detail: `"data" must not contain \u0000`}
 	}
 	return nil
 }
@@ -66,10 +58,10 @@ func checkObject(raw json.RawMessage) error {
 // decodePatch decodes a merge-patch body and returns the patch of the data object. Only the
 // top-level "data" member is allowed; it may be absent (a no-op patch, nil) but not null, since
 // a record always has a data object. The store applies the patch (RFC 7396).
-func decodePatch(r io.Reader) (json.RawMessage, error) {
+func decodePatch(body []byte) (json.RawMessage, error) {
 	// json.RawMessage keeps a JSON null as the bytes "null", so absent (nil) and null differ.
 	var p recordBody
-	if err := decodeStrict(r, &p); err != nil {
+	if err := decodeStrict(body, &p); err != nil {
 		return nil, err
 	}
 	if p.Data == nil {

@@ -3,11 +3,30 @@ package api
 import (
 	"errors"
 	"net/http"
-	"net/url"
+	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/meridian-dev/meridian/internal/problem"
 )
+
+// wantInvalid fails unless err is an *httpError of kind whose detail carries no library text.
+func wantInvalid(t *testing.T, err error, kind problem.Kind) {
+	t.Helper()
+	var he *httpError
+	if !errors.As(err, &he) || he.kind != kind {
+		t.Fatalf("error %v (%T), want a %s problem", err, err, kind.Slug)
+	}
+	for _, leak := range []string{"json:", "invalid character", "looking for", "url.", "invalid URL escape", "strconv."} {
+		if strings.Contains(he.detail, leak) {
+			t.Fatalf("detail %q carries library text %q", he.detail, leak)
+		}
+	}
+}
 
 func TestDecodeRecordBody(t *testing.T) {
 	tests := []struct {
@@ -16,9 +35,17 @@ func TestDecodeRecordBody(t *testing.T) {
 	}{
 		{"ok", `{"data":{"a":1}}`, true},
 		{"ok whitespace", " {\"data\":{}} \n\t", true},
+		{"ok same name in another case inside data", `{"data":{"a":1,"A":2}}`, true},
 		{"trailing value", `{"data":{}} {}`, false},
 		{"trailing garbage", `{"data":{}}x`, false},
 		{"unknown field", `{"data":{},"id":"x"}`, false},
+		{"upper-case member", `{"DATA":{"a":1}}`, false},
+		{"mixed-case member beside data", `{"data":{"a":1},"DATA":{"b":2}}`, false},
+		{"title-case member", `{"Data":{"a":1}}`, false},
+		{"duplicated data", `{"data":{"a":1},"data":{"b":2}}`, false},
+		{"duplicated member inside data", `{"data":{"a":1,"a":2}}`, false},
+		{"duplicated member deep inside data", `{"data":{"l":[{"x":1,"x":1}]}}`, false},
+		{"duplicated via escape", `{"data":{"a":1,"\u0061":2}}`, false},
 		{"missing data", `{}`, false},
 		{"null data", `{"data":null}`, false},
 		{"array data", `{"data":[1]}`, false},
@@ -27,12 +54,16 @@ func TestDecodeRecordBody(t *testing.T) {
 		{"nul char", `{"data":{"a":"\u0000"}}`, false},
 		{"not json", `data=1`, false},
 		{"top array", `[{"data":{}}]`, false},
+		{"top null", `null`, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := decodeRecordBody(strings.NewReader(tt.body))
+			_, err := decodeRecordBody([]byte(tt.body))
 			if (err == nil) != tt.ok {
 				t.Fatalf("err = %v, want ok=%v", err, tt.ok)
+			}
+			if err != nil {
+				wantInvalid(t, err, problem.InvalidBody)
 			}
 		})
 	}
@@ -40,15 +71,23 @@ func TestDecodeRecordBody(t *testing.T) {
 
 func TestDecodePatch(t *testing.T) {
 	for body, ok := range map[string]bool{
-		`{"data":{"f":null}}`: true,
-		`{}`:                  true,
-		`{"data":null}`:       false,
-		`{"data":1}`:          false,
-		`{"x":1}`:             false,
-		`{"data":{}}{}`:       false,
+		`{"data":{"f":null}}`:             true,
+		`{}`:                              true,
+		`{"data":null}`:                   false,
+		`{"data":1}`:                      false,
+		`{"x":1}`:                         false,
+		`{"data":{}}{}`:                   false,
+		`{"DATA":{"f":1}}`:                false,
+		`{"data":{"f":1},"data":{"g":1}}`: false,
+		`{"data":{"f":1,"f":null}}`:       false,
+		`null`:                            false,
 	} {
-		if _, err := decodePatch(strings.NewReader(body)); (err == nil) != ok {
+		_, err := decodePatch([]byte(body))
+		if (err == nil) != ok {
 			t.Errorf("%s: err = %v", body, err)
+		}
+		if err != nil {
+			wantInvalid(t, err, problem.InvalidBody)
 		}
 	}
 }
@@ -112,18 +151,23 @@ func TestParseListQuery(t *testing.T) {
 		{"ids=" + strings.Repeat("a,", 200) + "a", false, 0, false, "", nil, 0},
 		{"cursor=", false, 0, false, "", nil, 0},
 		{"limt=5", false, 0, false, "", nil, 0},
+		// Malformed pairs are a 400, never dropped (url.URL.Query drops them).
+		{"limit=%zz", false, 0, false, "", nil, 0},
+		{"limit=5&x=%zz", false, 0, false, "", nil, 0},
+		{"%zz=1", false, 0, false, "", nil, 0},
+		{"limit=5;order=id", false, 0, false, "", nil, 0},
+		{"where[a]=%", false, 0, false, "", nil, 0},
+		{"limit=5&", true, 5, false, "", nil, 0},
+		{"where%5Ba%5D=%221%22", true, 50, false, `{"a":"1"}`, nil, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.q, func(t *testing.T) {
-			v, err := url.ParseQuery(tt.q)
-			if err != nil {
-				t.Fatal(err)
-			}
-			lq, err := parseListQuery(v)
+			lq, err := parseRawListQuery(tt.q)
 			if (err == nil) != tt.ok {
 				t.Fatalf("err = %v, want ok=%v", err, tt.ok)
 			}
 			if !tt.ok {
+				wantInvalid(t, err, problem.InvalidQuery)
 				return
 			}
 			if lq.Limit != tt.limit || lq.Desc != tt.desc || lq.FilterJSON != tt.filter || !reflect.DeepEqual(lq.Fields, tt.fields) || len(lq.IDs) != tt.ids {
@@ -201,14 +245,66 @@ func TestParseReadPref(t *testing.T) {
 				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
 			}
 			if tc.wantErr {
-				var he *httpError
-				if !errors.As(err, &he) || he.status != http.StatusBadRequest {
-					t.Fatalf("error %v is not a 400", err)
-				}
+				wantInvalid(t, err, problem.InvalidConsistencyToken)
 				return
 			}
 			if ro.Strong != tc.strong || ro.Token != tc.token {
 				t.Fatalf("got %+v, want strong=%v token=%q", ro, tc.strong, tc.token)
+			}
+		})
+	}
+}
+
+// TestParseETags: the entity-tag lists of If-Match and If-None-Match, and how each header
+// compares them: If-Match strongly (a weak tag never matches), If-None-Match weakly.
+func TestParseETags(t *testing.T) {
+	tests := []struct {
+		h       string
+		ok      bool
+		any     bool
+		ifMatch []int64 // versions If-Match matches
+		noneOf  []int64 // versions If-None-Match matches
+	}{
+		{`*`, true, true, nil, nil},
+		{`"3"`, true, false, []int64{3}, []int64{3}},
+		{`W/"3"`, true, false, []int64{-1}, []int64{3}},
+		{`"1", W/"2" ,"3"`, true, false, []int64{1, -1, 3}, []int64{1, 2, 3}},
+		{`"01"`, true, false, []int64{-1}, []int64{-1}},
+		{`"+1"`, true, false, []int64{-1}, []int64{-1}},
+		{`"0"`, true, false, []int64{-1}, []int64{-1}},
+		{`"abc"`, true, false, []int64{-1}, []int64{-1}},
+		{`""`, true, false, []int64{-1}, []int64{-1}},
+		{`3`, false, false, nil, nil},
+		{`w/"3"`, false, false, nil, nil},
+		{`"3`, false, false, nil, nil},
+		{`"3"x`, false, false, nil, nil},
+		{`"a"b"`, false, false, nil, nil},
+		{`"1",`, false, false, nil, nil},
+		{`W/`, false, false, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.h, func(t *testing.T) {
+			for _, hdr := range []string{"If-Match", "If-None-Match"} {
+				c, _ := gin.CreateTestContext(httptest.NewRecorder())
+				c.Request = httptest.NewRequest(http.MethodPut, "/", nil)
+				c.Request.Header.Set(hdr, tt.h)
+				read, want := ifMatchHeader, tt.ifMatch
+				if hdr == "If-None-Match" {
+					read, want = ifNoneMatchHeader, tt.noneOf
+				}
+				m, ok := read(c)
+				if ok != tt.ok {
+					t.Fatalf("%s: ok %v", hdr, ok)
+				}
+				if !ok {
+					if c.Writer.Status() != http.StatusBadRequest {
+						t.Fatalf("%s: answered %d, want 400", hdr, c.Writer.Status())
+					}
+					continue
+				}
+				if m.Any != tt.any || !slices.Equal(m.Versions, want) {
+					t.Fatalf("%s: %+v, want any=%v versions %v", hdr, m, tt.any, want)
+				}
 			}
 		})
 	}

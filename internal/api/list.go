@@ -28,9 +28,9 @@ func (s *Server) listRecords(c *gin.Context) {
 	if !ok {
 		return
 	}
-	lq, err := parseListQuery(c.Request.URL.Query())
+	lq, err := parseRawListQuery(c.Request.URL.RawQuery)
 	if err != nil {
-		problem.Write(c, http.StatusBadRequest, "", err.Error())
+		s.failWith(c, err)
 		return
 	}
 	t, ok := s.resolve(c, false)
@@ -45,7 +45,7 @@ func (s *Server) listRecords(c *gin.Context) {
 	q := records.ListQuery{Limit: lq.Limit, Desc: lq.Desc, Fields: lq.Fields, Filter: lq.FilterJSON}
 	if lq.Cursor != "" {
 		if q.After, err = s.cursors.Decode(scope, lq.Cursor); err != nil {
-			problem.Write(c, http.StatusBadRequest, "", "invalid cursor")
+			problem.InvalidCursor.Write(c, "invalid cursor")
 			return
 		}
 	}

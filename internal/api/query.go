@@ -2,12 +2,12 @@ package api
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/meridian-dev/meridian/internal/problem"
 	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
@@ -33,20 +33,43 @@ type listQuery struct {
 	IDs        []string // batch read when non-nil
 }
 
+// parseQuery parses a raw query string strictly: a malformed pair (a bad %-escape, a `;`
+// separator) is a 400 invalid-query problem instead of a pair silently dropped, as
+// url.URL.Query would (DESIGN.md §4).
+func parseQuery(raw string) (url.Values, error) {
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		// url's message quotes the input back in its own words; ours names the rule.
+		return nil, invalid(problem.InvalidQuery, "malformed query string: each pair must be key=value with valid %%-escapes, separated by &")
+	}
+	return q, nil
+}
+
+// parseRawListQuery is parseQuery then parseListQuery: what a list or batch request's query
+// string means.
+func parseRawListQuery(raw string) (listQuery, error) {
+	q, err := parseQuery(raw)
+	if err != nil {
+		return listQuery{Limit: defaultLimit}, err
+	}
+	return parseListQuery(q)
+}
+
 // parseListQuery validates every list parameter. Unknown parameters are rejected so a typo
-// ("limt") is a 400, not a silently ignored option.
+// ("limt") is a 400, not a silently ignored option. Every error is a 400 invalid-query
+// *httpError.
 func parseListQuery(q url.Values) (listQuery, error) {
 	lq := listQuery{Limit: defaultLimit}
 	for key, vals := range q {
 		if len(vals) != 1 {
-			return lq, fmt.Errorf("query parameter %q given %d times", key, len(vals))
+			return lq, invalid(problem.InvalidQuery, "query parameter %q given %d times", key, len(vals))
 		}
 		v := vals[0]
 		switch {
 		case key == "limit":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 || n > maxLimit {
-				return lq, fmt.Errorf("limit must be an integer from 1 to %d", maxLimit)
+				return lq, invalid(problem.InvalidQuery, "limit must be an integer from 1 to %d", maxLimit)
 			}
 			lq.Limit = n
 		case key == "order":
@@ -55,11 +78,11 @@ func parseListQuery(q url.Values) (listQuery, error) {
 			case "-id":
 				lq.Desc = true
 			default:
-				return lq, fmt.Errorf(`order must be "id" or "-id"`)
+				return lq, invalid(problem.InvalidQuery, `order must be "id" or "-id"`)
 			}
 		case key == "cursor":
 			if v == "" {
-				return lq, fmt.Errorf("cursor must not be empty")
+				return lq, invalid(problem.InvalidQuery, "cursor must not be empty")
 			}
 			lq.Cursor = v
 		case key == "fields":
@@ -77,26 +100,26 @@ func parseListQuery(q url.Values) (listQuery, error) {
 		case strings.HasPrefix(key, "where[") && strings.HasSuffix(key, "]"):
 			field := key[len("where[") : len(key)-1]
 			if !fieldPattern.MatchString(field) {
-				return lq, fmt.Errorf("where field %q must match %s", field, fieldPattern)
+				return lq, invalid(problem.InvalidQuery, "where field %q must match %s", field, fieldPattern)
 			}
 			if lq.Filter == nil {
 				lq.Filter = map[string]any{}
 			}
 			if len(lq.Filter) >= maxFilters {
-				return lq, fmt.Errorf("at most %d where filters", maxFilters)
+				return lq, invalid(problem.InvalidQuery, "at most %d where filters", maxFilters)
 			}
 			lq.Filter[field] = filterValue(v)
 		default:
-			return lq, fmt.Errorf("unknown query parameter %q", key)
+			return lq, invalid(problem.InvalidQuery, "unknown query parameter %q", key)
 		}
 	}
 	if lq.IDs != nil && (lq.Cursor != "" || lq.Filter != nil || q.Has("order") || q.Has("limit")) {
-		return lq, fmt.Errorf("ids cannot be combined with cursor, where, order or limit")
+		return lq, invalid(problem.InvalidQuery, "ids cannot be combined with cursor, where, order or limit")
 	}
 	if lq.Filter != nil {
 		b, err := json.Marshal(lq.Filter) // map keys are sorted: canonical
 		if err != nil {
-			return lq, fmt.Errorf("bad filter: %v", err)
+			return lq, invalid(problem.InvalidQuery, "where[] values cannot be combined into a filter")
 		}
 		lq.FilterJSON = string(b)
 	}
@@ -142,13 +165,13 @@ func isJSONNumber(s string) bool {
 func parseFields(v string) ([]string, error) {
 	parts := strings.Split(v, ",")
 	if len(parts) > maxFields {
-		return nil, fmt.Errorf("at most %d fields", maxFields)
+		return nil, invalid(problem.InvalidQuery, "at most %d fields", maxFields)
 	}
 	seen := map[string]bool{}
 	var out []string
 	for _, f := range parts {
 		if !fieldPattern.MatchString(f) {
-			return nil, fmt.Errorf("field %q must match %s", f, fieldPattern)
+			return nil, invalid(problem.InvalidQuery, "field %q must match %s", f, fieldPattern)
 		}
 		if !seen[f] {
 			seen[f] = true
@@ -162,13 +185,13 @@ func parseFields(v string) ([]string, error) {
 func parseIDs(v string) ([]string, error) {
 	parts := strings.Split(v, ",")
 	if len(parts) > maxBatchIDs {
-		return nil, fmt.Errorf("at most %d ids", maxBatchIDs)
+		return nil, invalid(problem.InvalidQuery, "at most %d ids", maxBatchIDs)
 	}
 	seen := map[string]bool{}
 	out := make([]string, 0, len(parts))
 	for _, id := range parts {
 		if !ids.ValidRecord(id) {
-			return nil, fmt.Errorf("id %q must match %s", id, ids.RecordIDPattern)
+			return nil, invalid(problem.InvalidQuery, "id %q must match %s", id, ids.RecordIDPattern)
 		}
 		if !seen[id] {
 			seen[id] = true

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/meridian-dev/meridian/internal/problem"
 	"github.com/meridian-dev/meridian/internal/records"
 )
 
@@ -24,7 +25,7 @@ func parseReadPref(h http.Header) (records.ReadOptions, error) {
 	}
 	if vs := h.Values(hdrConsistency); len(vs) > 0 {
 		if len(vs) > 1 {
-			return ro, badRequest("Consistency-Token must be given at most once")
+			return ro, invalid(problem.InvalidConsistencyToken, "Consistency-Token must be given at most once")
 		}
 		if ro.Token = strings.TrimSpace(vs[0]); ro.Token == "" {
 			return ro, errMalformedToken
@@ -34,4 +35,4 @@ func parseReadPref(h http.Header) (records.ReadOptions, error) {
 }
 
 // errMalformedToken answers a Consistency-Token that is empty or does not decode.
-var errMalformedToken = &httpError{status: http.StatusBadRequest, detail: "malformed Consistency-Token: pass back the value a write returned"}
+var errMalformedToken = &httpError{kind: problem.InvalidConsistencyToken, detail: "malformed Consistency-Token: pass back the value a write returned"}

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -10,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -32,17 +32,18 @@ const (
 	mediaMergePatch     = "application/merge-patch+json"
 )
 
-// httpError is an outcome of parsing that maps to a specific problem.
+// httpError is an outcome of parsing that maps to a specific problem: its kind and a detail in
+// our own words (never a library's message).
 type httpError struct {
-	status int
-	title  string
+	kind   problem.Kind
 	detail string
 }
 
 func (e *httpError) Error() string { return e.detail }
 
-func badRequest(format string, a ...any) error {
-	return &httpError{status: http.StatusBadRequest, detail: fmt.Sprintf(format, a...)}
+// invalid returns an httpError of kind with a formatted detail.
+func invalid(kind problem.Kind, format string, a ...any) *httpError {
+	return &httpError{kind: kind, detail: fmt.Sprintf(format, a...)}
 }
 
 // record is the wire form of a record.
@@ -58,44 +59,55 @@ type record struct {
 func etag(v int64) string { return `"` + strconv.FormatInt(v, 10) + `"` }
 
 // failWith writes the problem for err. Nothing in err reaches the client unless it is an
-// httpError or a known class; everything else is logged and answered 500 or 503.
+// httpError (whose detail is ours); every other detail is fixed per kind, and what the error
+// itself says is only logged (DESIGN.md §4: a detail never carries internal error text).
 func (s *Server) failWith(c *gin.Context, err error) {
 	var he *httpError
 	var ve *records.ValueError
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &he):
-		problem.Write(c, he.status, he.title, he.detail)
+		he.kind.Write(c, he.detail)
 	case errors.As(err, &mbe):
-		problem.Write(c, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
+		problem.ContentTooLarge.Write(c, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
+	case errors.Is(err, records.ErrDataTooLarge):
+		problem.ContentTooLarge.Write(c, fmt.Sprintf("the record's data would exceed %d bytes after the patch", s.cfg.MaxBody))
 	case errors.Is(err, records.ErrRecordNotFound):
-		problem.Write(c, http.StatusNotFound, "record not found", "no such record")
+		problem.RecordNotFound.Write(c, "no such record")
 	case errors.Is(err, records.ErrPrecondition):
-		problem.Write(c, http.StatusPreconditionFailed, "", "If-Match does not match the current version")
+		problem.PreconditionFailed.Write(c, "If-Match or If-None-Match does not hold for the current record")
 	case errors.Is(err, records.ErrKeyReused):
-		problem.Write(c, http.StatusUnprocessableEntity, "", "Idempotency-Key was already used with a different request")
+		problem.IdempotencyKeyReused.Write(c, "Idempotency-Key was already used with a different request")
 	case errors.Is(err, records.ErrBadToken):
-		problem.Write(c, errMalformedToken.status, "", errMalformedToken.detail)
+		errMalformedToken.kind.Write(c, errMalformedToken.detail)
 	case errors.Is(err, records.ErrTenantNotFound):
-		problem.Write(c, http.StatusNotFound, "tenant not found", "tenant not found")
+		problem.TenantNotFound.Write(c, "tenant not found")
 	case errors.Is(err, records.ErrTenantFenced):
-		retryAfter(c, 1, "tenant is being moved; writes are paused")
+		c.Header("Retry-After", "1")
+		problem.TenantFenced.Write(c, "tenant is being moved; writes are paused")
 	case errors.Is(err, records.ErrUnknownShard):
 		retryAfter(c, 1, "shard not in map")
 	case errors.Is(err, records.ErrNotHome):
 		c.Header(hdrShardmapVersion, strconv.FormatUint(s.maps.Version(), 10))
-		problem.Write(c, http.StatusMisdirectedRequest, "", "shard is homed in another region")
+		problem.MisdirectedRequest.Write(c, "shard is homed in another region")
 	case errors.As(err, &ve):
-		problem.Write(c, http.StatusBadRequest, "", "value rejected by the database: "+ve.Message)
+		// The database's message may quote SQL or internal names: log it, answer a fixed detail
+		// naming which input of the request it was.
+		s.log.Info("value rejected by the database", "request_id", c.GetString(problem.ContextKey), "err", err)
+		detail := "a value in \"data\" cannot be stored"
+		if c.Request.Method == http.MethodGet || c.Request.Method == http.MethodHead {
+			detail = "a where[] filter value is not accepted"
+		}
+		problem.ValueRejected.Write(c, detail)
 	case errors.Is(err, records.ErrTimeout):
-		problem.Write(c, http.StatusGatewayTimeout, "", "database did not answer in time")
+		problem.GatewayTimeout.Write(c, "database did not answer in time")
 	case errors.Is(err, records.ErrConflict):
 		retryAfter(c, 1, "conflicting concurrent write; retry")
 	case errors.Is(err, context.Canceled):
-		problem.Write(c, 499, "client closed request", "request cancelled")
+		problem.ClientClosedRequest.Write(c, "request cancelled")
 	case errors.Is(err, records.ErrDatabase):
 		s.log.Error("database error", "request_id", c.GetString(problem.ContextKey), "err", err)
-		problem.Write(c, http.StatusInternalServerError, "", "internal error")
+		problem.InternalError.Write(c, "internal error")
 	default:
 		// Connection-level failures: the shard is unreachable.
 		s.log.Warn("shard unavailable", "request_id", c.GetString(problem.ContextKey), "err", err)
@@ -113,7 +125,7 @@ func (s *Server) resolve(c *gin.Context, write bool) (records.Target, bool) {
 	if hv := c.GetHeader(hdrShardmapVersion); hv != "" {
 		v, err := strconv.ParseUint(hv, 10, 64)
 		if err != nil {
-			problem.Write(c, http.StatusBadRequest, "", "X-Shardmap-Version must be an unsigned integer")
+			problem.InvalidHeader.Write(c, "X-Shardmap-Version must be an unsigned integer")
 			return t, false
 		}
 		if v > s.maps.Version() {
@@ -135,7 +147,7 @@ func (s *Server) resolve(c *gin.Context, write bool) (records.Target, bool) {
 	c.Set("shard", rt.Shard)
 	if write && rt.HomeRegion != s.cfg.Region {
 		c.Header(hdrShardmapVersion, strconv.FormatUint(rt.MapVersion, 10))
-		problem.Write(c, http.StatusMisdirectedRequest, "", fmt.Sprintf("tenant's home region is %s, not %s", rt.HomeRegion, s.cfg.Region))
+		problem.MisdirectedRequest.Write(c, fmt.Sprintf("tenant's home region is %s, not %s", rt.HomeRegion, s.cfg.Region))
 		return t, false
 	}
 	if _, ok := s.maps.ShardHome(rt.Shard); !ok {
@@ -222,7 +234,7 @@ func validIdemKey(k string) bool {
 func pathParams(c *gin.Context, withID bool) (string, string, bool) {
 	coll := c.Param("collection")
 	if !ids.ValidCollection(coll) {
-		problem.Write(c, http.StatusBadRequest, "", fmt.Sprintf("collection %q must match %s", coll, ids.CollectionPattern))
+		problem.InvalidPath.Write(c, fmt.Sprintf("collection %q must match %s", coll, ids.CollectionPattern))
 		return "", "", false
 	}
 	if !withID {
@@ -230,7 +242,7 @@ func pathParams(c *gin.Context, withID bool) (string, string, bool) {
 	}
 	id := c.Param("id")
 	if !ids.ValidRecord(id) {
-		problem.Write(c, http.StatusBadRequest, "", fmt.Sprintf("id %q must match %s", id, ids.RecordIDPattern))
+		problem.InvalidPath.Write(c, fmt.Sprintf("id %q must match %s", id, ids.RecordIDPattern))
 		return "", "", false
 	}
 	return coll, id, true
@@ -256,7 +268,7 @@ func (s *Server) readBody(c *gin.Context, extraTypes ...string) ([]byte, bool) {
 		// The body did not arrive within the server's body timeout (daemon.HTTPLimits), or
 		// within the request's deadline: the client's delay, never a 504 of the database.
 		c.Header("Connection", "close")
-		problem.Write(c, http.StatusRequestTimeout, "", "request body not received in time")
+		problem.RequestTimeout.Write(c, "request body not received in time")
 		return nil, false
 	case err != nil:
 		c.Header("Connection", "close")
@@ -273,38 +285,50 @@ func idemKey(c *gin.Context) (string, bool) {
 		return "", true
 	}
 	if !validIdemKey(k) {
-		problem.Write(c, http.StatusBadRequest, "", "Idempotency-Key must be 1-255 printable ASCII characters")
+		problem.InvalidHeader.Write(c, "Idempotency-Key must be 1-255 printable ASCII characters")
 		return "", false
 	}
 	return k, true
 }
 
+// entityTag is one entity tag of an If-Match or If-None-Match list: the version it names (-1
+// for a tag the store never issues, which matches nothing) and whether it is weak (W/).
+type entityTag struct {
+	version int64
+	weak    bool
+}
+
 // parseETags parses an If-Match / If-None-Match value: "*" or a list of strong or weak tags.
-// It returns (any, versions, ok).
-func parseETags(h string) (bool, []int64, bool) {
+// It returns (any, tags, ok); ok is false when the value is neither. Only the canonical decimal
+// form of a version names it (`"01"` is another tag than `"1"`, RFC 9110 compares opaque tags
+// octet by octet).
+func parseETags(h string) (bool, []entityTag, bool) {
 	h = strings.TrimSpace(h)
 	if h == "*" {
 		return true, nil, true
 	}
-	var out []int64
+	var out []entityTag
 	for _, part := range strings.Split(h, ",") {
-		p := strings.TrimPrefix(strings.TrimSpace(part), "W/")
-		if len(p) < 3 || p[0] != '"' || p[len(p)-1] != '"' {
+		p := strings.TrimSpace(part)
+		weak := strings.HasPrefix(p, "W/")
+		p = strings.TrimPrefix(p, "W/")
+		if len(p) < 2 || p[0] != '"' || p[len(p)-1] != '"' || strings.ContainsRune(p[1:len(p)-1], '"') {
 			return false, nil, false
 		}
 		v, err := strconv.ParseInt(p[1:len(p)-1], 10, 64)
-		if err != nil {
+		if err != nil || v < 1 || strconv.FormatInt(v, 10) != p[1:len(p)-1] {
 			// A well-formed tag we never issue simply does not match.
 			v = -1
 		}
-		out = append(out, v)
+		out = append(out, entityTag{version: v, weak: weak})
 	}
 	return false, out, true
 }
 
 // ifMatchHeader returns the request's If-Match header as a records.Match (nil when absent),
 // answering 400 (and false) when it is neither * nor a list of quoted entity tags — before any
-// transaction starts.
+// transaction starts. If-Match uses the strong comparison (RFC 9110 §13.1.1): a weak tag never
+// matches, so it becomes a version that matches nothing.
 func ifMatchHeader(c *gin.Context) (*records.Match, bool) {
 	im := c.GetHeader("If-Match")
 	if im == "" {
@@ -312,10 +336,51 @@ func ifMatchHeader(c *gin.Context) (*records.Match, bool) {
 	}
 	anyTag, tags, ok := parseETags(im)
 	if !ok {
-		problem.Write(c, http.StatusBadRequest, "", "If-Match must be * or a list of quoted entity tags")
+		problem.InvalidHeader.Write(c, "If-Match must be * or a list of quoted entity tags")
 		return nil, false
 	}
-	return &records.Match{Any: anyTag, Versions: tags}, true
+	m := &records.Match{Any: anyTag}
+	for _, tg := range tags {
+		v := tg.version
+		if tg.weak {
+			v = -1
+		}
+		m.Versions = append(m.Versions, v)
+	}
+	return m, true
+}
+
+// ifNoneMatchHeader returns the request's If-None-Match header as a records.Match (nil when
+// absent), answering 400 (and false) when it is malformed. If-None-Match uses the weak
+// comparison (RFC 9110 §13.1.2): W/"3" names version 3 as "3" does. On a write, a live record
+// that matches fails the write with 412; "*" matches any live record, so PUT with
+// If-None-Match: * only creates.
+func ifNoneMatchHeader(c *gin.Context) (*records.Match, bool) {
+	inm := c.GetHeader("If-None-Match")
+	if inm == "" {
+		return nil, true
+	}
+	anyTag, tags, ok := parseETags(inm)
+	if !ok {
+		problem.InvalidHeader.Write(c, "If-None-Match must be * or a list of quoted entity tags")
+		return nil, false
+	}
+	m := &records.Match{Any: anyTag}
+	for _, tg := range tags {
+		m.Versions = append(m.Versions, tg.version)
+	}
+	return m, true
+}
+
+// preconditions reads If-Match and If-None-Match of a write.
+func preconditions(c *gin.Context) (im, inm *records.Match, ok bool) {
+	if im, ok = ifMatchHeader(c); !ok {
+		return nil, nil, false
+	}
+	if inm, ok = ifNoneMatchHeader(c); !ok {
+		return nil, nil, false
+	}
+	return im, inm, true
 }
 
 // render makes the response of a record write: status, Content-Type, ETag, Location for a
@@ -353,9 +418,9 @@ func (s *Server) createRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	data, err := decodeRecordBody(bytes.NewReader(body))
+	data, err := decodeRecordBody(body)
 	if err != nil {
-		problem.Write(c, http.StatusBadRequest, "", err.Error())
+		s.failWith(c, err)
 		return
 	}
 	t, ok := s.resolve(c, true)
@@ -371,12 +436,9 @@ func (s *Server) getRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	inm := c.GetHeader("If-None-Match")
-	if inm != "" {
-		if _, _, ok := parseETags(inm); !ok {
-			problem.Write(c, http.StatusBadRequest, "", "If-None-Match must be * or a list of quoted entity tags")
-			return
-		}
+	inm, ok := ifNoneMatchHeader(c)
+	if !ok {
+		return
 	}
 	t, ok := s.resolve(c, false)
 	if !ok {
@@ -393,17 +455,10 @@ func (s *Server) getRecord(c *gin.Context) {
 		return
 	}
 	c.Header("ETag", etag(r.Version))
-	if inm != "" {
-		anyTag, tags, _ := parseETags(inm)
-		match := anyTag
-		for _, v := range tags {
-			match = match || v == r.Version
-		}
-		if match {
-			c.Status(http.StatusNotModified)
-			c.Writer.WriteHeaderNow()
-			return
-		}
+	if inm != nil && (inm.Any || slices.Contains(inm.Versions, r.Version)) {
+		c.Status(http.StatusNotModified)
+		c.Writer.WriteHeaderNow()
+		return
 	}
 	c.JSON(http.StatusOK, record(r))
 }
@@ -417,12 +472,12 @@ func (s *Server) putRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	data, err := decodeRecordBody(bytes.NewReader(body))
+	data, err := decodeRecordBody(body)
 	if err != nil {
-		problem.Write(c, http.StatusBadRequest, "", err.Error())
+		s.failWith(c, err)
 		return
 	}
-	im, ok := ifMatchHeader(c)
+	im, inm, ok := preconditions(c)
 	if !ok {
 		return
 	}
@@ -430,7 +485,8 @@ func (s *Server) putRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	s.write(c, t, records.WriteOp{Op: records.Put, Collection: coll, ID: id, Data: data, IfMatch: im, Render: render(http.StatusOK)})
+	s.write(c, t, records.WriteOp{Op: records.Put, Collection: coll, ID: id, Data: data, IfMatch: im, IfNoneMatch: inm,
+		Render: render(http.StatusOK)})
 }
 
 func (s *Server) patchRecord(c *gin.Context) {
@@ -446,12 +502,12 @@ func (s *Server) patchRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	patch, err := decodePatch(bytes.NewReader(body))
+	patch, err := decodePatch(body)
 	if err != nil {
-		problem.Write(c, http.StatusBadRequest, "", err.Error())
+		s.failWith(c, err)
 		return
 	}
-	im, ok := ifMatchHeader(c)
+	im, inm, ok := preconditions(c)
 	if !ok {
 		return
 	}
@@ -459,8 +515,10 @@ func (s *Server) patchRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	s.write(c, t, records.WriteOp{Op: records.Patch, Collection: coll, ID: id, Data: patch, IfMatch: im,
-		Key: key, RequestHash: requestHash(c.Request.Method, c.Request.URL.Path, body), Render: render(http.StatusOK)})
+	// MaxData keeps a record's data within the body limit after the merge too (413).
+	s.write(c, t, records.WriteOp{Op: records.Patch, Collection: coll, ID: id, Data: patch, IfMatch: im, IfNoneMatch: inm,
+		MaxData: s.cfg.MaxBody, Key: key, RequestHash: requestHash(c.Request.Method, c.Request.URL.Path, body),
+		Render: render(http.StatusOK)})
 }
 
 func (s *Server) deleteRecord(c *gin.Context) {
@@ -468,7 +526,7 @@ func (s *Server) deleteRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	im, ok := ifMatchHeader(c)
+	im, inm, ok := preconditions(c)
 	if !ok {
 		return
 	}
@@ -476,5 +534,6 @@ func (s *Server) deleteRecord(c *gin.Context) {
 	if !ok {
 		return
 	}
-	s.write(c, t, records.WriteOp{Op: records.Delete, Collection: coll, ID: id, IfMatch: im, Render: render(http.StatusNoContent)})
+	s.write(c, t, records.WriteOp{Op: records.Delete, Collection: coll, ID: id, IfMatch: im, IfNoneMatch: inm,
+		Render: render(http.StatusNoContent)})
 }

@@ -3,7 +3,6 @@ package api
 import (
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -26,24 +25,24 @@ func (s *Server) createTenant(c *gin.Context) {
 		return
 	}
 	var tb tenantBody
-	if err := decodeStrict(strings.NewReader(string(body)), &tb); err != nil {
-		problem.Write(c, http.StatusBadRequest, "", err.Error())
+	if err := decodeStrict(body, &tb); err != nil {
+		s.failWith(c, err)
 		return
 	}
 	if !ids.ValidTenant(tb.ID) {
-		problem.Write(c, http.StatusBadRequest, "", "id must match "+ids.TenantPattern)
+		problem.InvalidBody.Write(c, "id must match "+ids.TenantPattern)
 		return
 	}
 	home, ok := s.maps.ShardHome(tb.Shard)
 	if !ok {
-		problem.Write(c, http.StatusBadRequest, "", "unknown shard "+strconv.Quote(tb.Shard))
+		problem.UnknownShard.Write(c, "unknown shard "+strconv.Quote(tb.Shard))
 		return
 	}
 	c.Set("tenant", tb.ID)
 	c.Set("shard", tb.Shard)
 	if home != s.cfg.Region {
 		c.Header(hdrShardmapVersion, strconv.FormatUint(s.maps.Version(), 10))
-		problem.Write(c, http.StatusMisdirectedRequest, "", "shard "+tb.Shard+" is homed in "+home)
+		problem.MisdirectedRequest.Write(c, "shard "+tb.Shard+" is homed in "+home)
 		return
 	}
 	created, err := s.store.CreateTenant(c.Request.Context(), tb.ID, tb.Shard)
@@ -75,14 +74,18 @@ type TenantRow struct {
 func (s *Server) getTenant(c *gin.Context) {
 	id := c.Param("id")
 	if !ids.ValidTenant(id) {
-		problem.Write(c, http.StatusBadRequest, "", "id must match "+ids.TenantPattern)
+		problem.InvalidPath.Write(c, "id must match "+ids.TenantPattern)
 		return
 	}
 	c.Set("tenant", id)
-	q := c.Request.URL.Query()
+	q, err := parseQuery(c.Request.URL.RawQuery)
+	if err != nil {
+		s.failWith(c, err)
+		return
+	}
 	for k, v := range q {
 		if k != "shard" || len(v) != 1 {
-			problem.Write(c, http.StatusBadRequest, "", "only one query parameter, shard, is allowed")
+			problem.InvalidQuery.Write(c, "only one query parameter, shard, is allowed")
 			return
 		}
 	}
@@ -96,7 +99,7 @@ func (s *Server) getTenant(c *gin.Context) {
 		shard = rt.Shard
 	}
 	if _, ok := s.maps.ShardHome(shard); !ok {
-		problem.Write(c, http.StatusBadRequest, "", "unknown shard "+strconv.Quote(shard))
+		problem.UnknownShard.Write(c, "unknown shard "+strconv.Quote(shard))
 		return
 	}
 	c.Set("shard", shard)

@@ -4,7 +4,9 @@
 //
 // The router and the API node both use it. Each key type is pinned to exactly one algorithm
 // (secret → HS256, RSA → RS256, Ed25519 → EdDSA), so `none` and algorithm confusion (an HS256
-// token "signed" with a public key) are rejected. It must never call out to an auth service and
+// token "signed" with a public key) are rejected. A header with "crit" is rejected (no extension is understood),
+// and claims are read by their exact names and types: exp, iat and nbf must be JSON numbers,
+// never strings, and no claim may be named twice. It must never call out to an auth service and
 // never log tokens. Tests mint tokens with jwt.NewWithClaims and the same secret or keys.
 //
 // A Verifier remembers the tokens it accepted (Config.CacheSize, default 4096), keyed by the
@@ -16,6 +18,7 @@
 package auth
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/subtle"
@@ -24,7 +27,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -35,6 +37,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/meridian-dev/meridian/internal/problem"
+	"github.com/meridian-dev/meridian/internal/strictjson"
 	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
@@ -52,6 +55,13 @@ var (
 	ErrBadTenant    = errors.New("auth: token has no valid tenant claim")
 	ErrNoKeys       = errors.New("auth: no verification keys configured")
 	ErrBadJWKS      = errors.New("auth: malformed JWKS")
+	// ErrCritical is a token whose header has "crit": it names extensions the recipient must
+	// understand (RFC 7515 §4.1.11), and Meridian understands none.
+	ErrCritical = errors.New("auth: token header has crit")
+	// ErrBadClaims is a token whose claims are not a JSON object of the registered types:
+	// exp, iat and nbf must be JSON numbers (RFC 7519 NumericDate, never a string), sub,
+	// tenant, scope, iss and jti strings, no claim named twice.
+	ErrBadClaims = errors.New("auth: malformed claims")
 )
 
 // Config configures a Verifier. At least one of Secret and JWKSFile must be set.
@@ -84,11 +94,70 @@ type Claims struct {
 // HasScope reports whether the token grants scope.
 func (c *Claims) HasScope(scope string) bool { return slices.Contains(c.Scopes, scope) }
 
-// tokenClaims is the wire form.
+// tokenClaims is the wire form. Its UnmarshalJSON reads the claims by their exact names and
+// types: encoding/json alone would match "EXP" to exp and take "exp":"123" as a date.
 type tokenClaims struct {
 	jwt.RegisteredClaims
 	Tenant string `json:"tenant"`
 	Scope  string `json:"scope"`
+}
+
+// UnmarshalJSON decodes a claims set strictly: a JSON object with no claim named twice
+// (RFC 7519 §4 allows rejecting that), exp, iat and nbf JSON numbers, the string claims
+// strings and aud a string or an array of strings. Other claims are ignored. Every error wraps
+// ErrBadClaims.
+func (tc *tokenClaims) UnmarshalJSON(b []byte) error {
+	if err := strictjson.Check(b); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadClaims, err)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("%w: not a JSON object", ErrBadClaims)
+	}
+	*tc = tokenClaims{}
+	dates := []struct {
+		name string
+		dst  **jwt.NumericDate
+	}{{"exp", &tc.ExpiresAt}, {"iat", &tc.IssuedAt}, {"nbf", &tc.NotBefore}}
+	for _, d := range dates {
+		raw, ok := m[d.name]
+		if !ok {
+			continue
+		}
+		if !isJSONNumber(raw) {
+			return fmt.Errorf("%w: %s must be a JSON number", ErrBadClaims, d.name)
+		}
+		*d.dst = new(jwt.NumericDate)
+		if err := (*d.dst).UnmarshalJSON(raw); err != nil {
+			return fmt.Errorf("%w: %s is not a date", ErrBadClaims, d.name)
+		}
+	}
+	strs := []struct {
+		name string
+		dst  *string
+	}{{"sub", &tc.Subject}, {"iss", &tc.Issuer}, {"jti", &tc.ID}, {"tenant", &tc.Tenant}, {"scope", &tc.Scope}}
+	for _, f := range strs {
+		raw, ok := m[f.name]
+		if !ok {
+			continue
+		}
+		if err := json.Unmarshal(raw, f.dst); err != nil {
+			return fmt.Errorf("%w: %s must be a string", ErrBadClaims, f.name)
+		}
+	}
+	if raw, ok := m["aud"]; ok {
+		if err := tc.Audience.UnmarshalJSON(raw); err != nil {
+			return fmt.Errorf("%w: aud must be a string or an array of strings", ErrBadClaims)
+		}
+	}
+	return nil
+}
+
+// isJSONNumber reports whether raw is a JSON number literal (not a string holding one, not
+// null).
+func isJSONNumber(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) > 0 && (raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9'))
 }
 
 // Verifier validates tokens. It is safe for concurrent use.
@@ -255,7 +324,13 @@ func (v *Verifier) loadJWKS(raw []byte) error {
 
 // keyFor pins algorithms to key types: the key handed to the signature check is always of the
 // type the algorithm expects, so a token cannot choose how its own key is interpreted.
+//
+// It also rejects a header with "crit" (ErrCritical), for every algorithm: keyFor runs before
+// the signature check, and nothing is accepted without a key.
 func (v *Verifier) keyFor(t *jwt.Token) (any, error) {
+	if _, ok := t.Header["crit"]; ok {
+		return nil, ErrCritical
+	}
 	kid, _ := t.Header["kid"].(string)
 	switch t.Method.Alg() {
 	case jwt.SigningMethodHS256.Alg():
@@ -272,7 +347,7 @@ func (v *Verifier) keyFor(t *jwt.Token) (any, error) {
 			return k, nil
 		}
 	}
-	return nil, fmt.Errorf("%w: no key for alg %q kid %q", ErrInvalidToken, t.Method.Alg(), kid)
+	return nil, fmt.Errorf("%w: no key for alg %q kid %q", jwt.ErrTokenUnverifiable, t.Method.Alg(), kid)
 }
 
 // pick returns the key named kid, or the only key when the token names none.
@@ -301,7 +376,7 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	}
 	var tc tokenClaims
 	if _, err := v.parser.ParseWithClaims(token, &tc, v.keyFor); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+		return nil, invalidToken(err)
 	}
 	c := &Claims{Subject: tc.Subject, Tenant: tc.Tenant, Scopes: strings.Fields(tc.Scope)}
 	// An operator's admin token names no tenant; every other token must name a valid one.
@@ -320,6 +395,39 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 		}
 	}
 	return c, nil
+}
+
+// invalidToken turns a parse failure into ErrInvalidToken with a reason in our own words (the
+// router puts Error() in its problem detail, which must not carry a library's text); our own
+// sentinels stay reachable with errors.Is.
+func invalidToken(err error) error {
+	reason := "malformed or unverifiable"
+	for _, r := range []struct {
+		err    error
+		reason string
+	}{
+		{ErrCritical, "its header has crit"},
+		{ErrBadClaims, "malformed claims (exp, iat and nbf must be numbers)"},
+		{ErrNoKeys, "no key for its algorithm"},
+		{jwt.ErrTokenExpired, "expired"},
+		{jwt.ErrTokenNotValidYet, "not valid yet"},
+		{jwt.ErrTokenUsedBeforeIssued, "issued in the future"},
+		{jwt.ErrTokenRequiredClaimMissing, "a required claim is missing"},
+		{jwt.ErrTokenInvalidIssuer, "wrong issuer"},
+		{jwt.ErrTokenInvalidAudience, "wrong audience"},
+		{jwt.ErrTokenSignatureInvalid, "bad signature"},
+		{jwt.ErrTokenUnverifiable, "no key for its algorithm and kid"},
+		{jwt.ErrTokenMalformed, "malformed"},
+	} {
+		if errors.Is(err, r.err) {
+			reason = r.reason
+			if r.err == ErrCritical || r.err == ErrBadClaims {
+				return fmt.Errorf("%w: %s (%w)", ErrInvalidToken, reason, r.err)
+			}
+			break
+		}
+	}
+	return fmt.Errorf("%w: %s", ErrInvalidToken, reason)
 }
 
 // BearerToken extracts the token from an Authorization header value ("Bearer <token>", the
@@ -356,7 +464,7 @@ func Middleware(v *Verifier) gin.HandlerFunc {
 		tok, err := BearerToken(c.GetHeader("Authorization"))
 		if err != nil {
 			c.Header("WWW-Authenticate", `Bearer`)
-			problem.Write(c, http.StatusUnauthorized, "", "missing bearer token")
+			problem.Unauthorized.Write(c, "missing bearer token")
 			return
 		}
 		claims, err := v.Verify(tok)
@@ -366,12 +474,12 @@ func Middleware(v *Verifier) gin.HandlerFunc {
 			if errors.Is(err, ErrBadTenant) {
 				detail = "token has no valid tenant claim"
 			}
-			problem.Write(c, http.StatusUnauthorized, "", detail)
+			problem.Unauthorized.Write(c, detail)
 			return
 		}
 		if claims.Tenant == "" {
 			// An admin token without a tenant is valid, but it can't address tenant data.
-			problem.Write(c, http.StatusForbidden, "", "token names no tenant; data routes need a tenant token")
+			problem.Forbidden.Write(c, "token names no tenant; data routes need a tenant token")
 			return
 		}
 		c.Set(contextKey, claims)
@@ -385,11 +493,11 @@ func RequireScope(scope string) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		cl, ok := FromContext(c)
 		if !ok {
-			problem.Write(c, http.StatusUnauthorized, "", "missing bearer token")
+			problem.Unauthorized.Write(c, "missing bearer token")
 			return
 		}
 		if !cl.HasScope(scope) {
-			problem.Write(c, http.StatusForbidden, "", fmt.Sprintf("token lacks scope %q", scope))
+			problem.Forbidden.Write(c, fmt.Sprintf("token lacks scope %q", scope))
 			return
 		}
 		c.Next()
@@ -403,7 +511,7 @@ func ClusterToken(token string) gin.HandlerFunc {
 		got, err := BearerToken(c.GetHeader("Authorization"))
 		if err != nil || token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
 			c.Header("WWW-Authenticate", `Bearer`)
-			problem.Write(c, http.StatusUnauthorized, "", "cluster token required")
+			problem.Unauthorized.Write(c, "cluster token required")
 			return
 		}
 		c.Next()

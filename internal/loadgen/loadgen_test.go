@@ -146,18 +146,19 @@ type fakeServer struct {
 	delay map[string]time.Duration // per path; missing = 0
 	mu    sync.Mutex
 	hits  map[string]int64
-	at    []time.Time
+	at    map[string][]time.Time // per path, in arrival order
 }
 
 func (f *fakeServer) client() *http.Client {
 	f.hits = map[string]int64{}
+	f.at = map[string][]time.Time{}
 	return &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		if r.Body != nil {
 			defer r.Body.Close()
 		}
 		f.mu.Lock()
 		f.hits[r.URL.Path]++
-		f.at = append(f.at, time.Now())
+		f.at[r.URL.Path] = append(f.at[r.URL.Path], time.Now())
 		f.mu.Unlock()
 		time.Sleep(f.delay[r.URL.Path]) // the bubble's clock: exact, and instant in real time
 		rec := httptest.NewRecorder()
@@ -170,6 +171,39 @@ func (f *fakeServer) count(path string) int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.hits[path]
+}
+
+// arrivals is when path's requests arrived, as offsets from start, in arrival order.
+func (f *fakeServer) arrivals(path string, start time.Time) []time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]time.Duration, len(f.at[path]))
+	for i, at := range f.at[path] {
+		out[i] = at.Sub(start)
+	}
+	return out
+}
+
+// every is n times from, from+step, from+2×step, …
+func every(from time.Duration, n int, step time.Duration) []time.Duration {
+	out := make([]time.Duration, n)
+	for i := range out {
+		out[i] = from + time.Duration(i)*step
+	}
+	return out
+}
+
+// diffTimes describes the first difference between two lists of arrival offsets; "" if equal.
+func diffTimes(got, want []time.Duration) string {
+	for i := range min(len(got), len(want)) {
+		if got[i] != want[i] {
+			return fmt.Sprintf("request %d arrived at %s, want %s", i, got[i], want[i])
+		}
+	}
+	if len(got) != len(want) {
+		return fmt.Sprintf("%d requests arrived, want %d", len(got), len(want))
+	}
+	return ""
 }
 
 // TestRunClosedLoopStopsAtDuration runs a closed loop bounded by time and by a much larger count
@@ -554,193 +588,215 @@ func TestReportOutput(t *testing.T) {
 	}
 }
 
-// stamps is a test server that records when each request arrived.
-type stamps struct {
-	mu  sync.Mutex
-	at  []time.Time
-	srv *httptest.Server
-}
-
-func newStamps(t *testing.T) *stamps {
-	t.Helper()
-	s := &stamps{}
-	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		s.at = append(s.at, time.Now())
-		s.mu.Unlock()
-	}))
-	t.Cleanup(s.srv.Close)
-	return s
-}
-
-func (s *stamps) times() []time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.at)
-}
-
+// TestRunOpenLoopRate runs one target open loop at 200 req/s for 1 s on the bubble's clock, with
+// 8 workers (far more than needed) and a server that answers in 1 ms. The round plans the 200
+// slots due before the deadline, 5 ms apart, and sends each at exactly its time: none missed,
+// none early (a burst), none late, so every latency is the server's 1 ms. It lasts exactly the
+// second, though its last answer comes at 996 ms. A closed loop would send 8000 requests.
 func TestRunOpenLoopRate(t *testing.T) {
-	srv := newStamps(t)
-	const rate, d = 200, time.Second
-	rep, err := Run(t.Context(), Config{Concurrency: 8, Rate: rate, Duration: d}, []Target{simple("x", srv.srv.URL)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := rep.Targets[0]
-	checkOrdered(t, r)
-	// The round plans exactly rate × d slots; every one is sent or counted as missed.
-	if r.Requests+r.Missed != rate || r.Errors != 0 {
-		t.Fatalf("requests %d + missed %d, want %d scheduled (errors %v)", r.Requests, r.Missed, rate, r.ErrorsByStatus)
-	}
-	// Generous: a busy 2-core machine may fall behind now and then, but a closed loop against
-	// this server would send thousands, and a sender that misses most slots is broken.
-	if r.Requests < rate*3/4 {
-		t.Errorf("%d requests sent, want about %d (missed %d)", r.Requests, rate, r.Missed)
-	}
-	at := srv.times()
-	if int64(len(at)) != r.Requests {
-		t.Fatalf("server saw %d requests, report says %d", len(at), r.Requests)
-	}
-	// Spread over the second, not sent in a burst: the last slot is due at 995 ms.
-	if spread := at[len(at)-1].Sub(at[0]); spread < 900*time.Millisecond {
-		t.Errorf("requests arrived within %s, want them spread over about %s", spread, d)
-	}
-	if firstQuarter := countBefore(at, at[0].Add(d/4)); firstQuarter > rate/2 {
-		t.Errorf("%d requests in the first quarter second, want about %d", firstQuarter, rate/4)
-	}
-	if rep.Rate != rate || r.Elapsed < d {
-		t.Errorf("report rate %v elapsed %s, want %d and ≥ %s", rep.Rate, r.Elapsed, rate, d)
-	}
-}
-
-func countBefore(at []time.Time, t time.Time) int {
-	n := 0
-	for _, a := range at {
-		if a.Before(t) {
-			n++
+	synctest.Test(t, func(t *testing.T) {
+		const rate, d, delay = 200, time.Second, time.Millisecond
+		srv := &fakeServer{delay: map[string]time.Duration{"/x": delay}}
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		start := time.Now()
+		rep, err := Run(ctx, Config{Concurrency: 8, Rate: rate, Duration: d, Client: srv.client()},
+			[]Target{simple("x", "http://fake.test/x")})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	return n
+		r := rep.Targets[0]
+		checkOrdered(t, r)
+		if r.Requests != rate || r.OK != rate || r.Missed != 0 {
+			t.Errorf("requests %d ok %d missed %d, want all %d scheduled sent (errors %v)", r.Requests, r.OK, r.Missed, rate, r.ErrorsByStatus)
+		}
+		if diff := diffTimes(srv.arrivals("/x", start), every(0, rate, d/rate)); diff != "" {
+			t.Errorf("not sent on the schedule of one request every %s: %s", d/rate, diff)
+		}
+		if r.P50 != delay || r.Max != delay || r.Mean != delay {
+			t.Errorf("p50 %s max %s mean %s, want the handler's %s (every request sent on time)", r.P50, r.Max, r.Mean, delay)
+		}
+		if took := time.Since(start); rep.Rate != rate || r.Elapsed != d || took != d || r.Throughput != rate {
+			t.Errorf("report rate %v elapsed %s throughput %v (run %s) on the bubble's clock, want %d, %s, %d (run %s)",
+				rep.Rate, r.Elapsed, r.Throughput, took, rate, d, rate, d)
+		}
+	})
 }
 
+// TestRunOpenLoopBounds runs two targets open loop at 100 req/s (a slot every 10 ms) on the
+// bubble's clock, bounded by a count, a duration or both, in turn or side by side. The server
+// answers in 1 ms, so no slot is missed and every request arrives exactly at its slot's time. A
+// round bounded by time lasts exactly its length; one bounded by a count alone ends when its
+// last request is answered, 1 ms after that request's slot.
 func TestRunOpenLoopBounds(t *testing.T) {
+	const step, delay = 10 * time.Millisecond, time.Millisecond
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
 	for _, tc := range []struct {
-		name      string
-		cfg       Config
-		scheduled int64 // per target: sent + missed
-		minTime   time.Duration
+		name     string
+		cfg      Config
+		schedule string
+		at       map[string][]time.Duration // per target: arrivals, as offsets from the run's start
+		elapsed  time.Duration              // per target
+		took     time.Duration              // the whole run
 	}{
-		// Count only: 60 slots at 10 ms, the last due at 590 ms.
-		{"count", Config{Concurrency: 4, Rate: 100, Requests: 60}, 60, 590 * time.Millisecond},
-		// Duration and count: the count is reached first.
-		{"count before duration", Config{Concurrency: 4, Rate: 100, Requests: 30, Duration: time.Hour}, 30, 290 * time.Millisecond},
-		// Side by side: each 200 ms round restarts the schedule (20 slots), three rounds each.
-		{"side by side", Config{Concurrency: 4, Rate: 100, Duration: 600 * time.Millisecond, SideBySide: true,
-			Round: 200 * time.Millisecond}, 60, 600 * time.Millisecond},
-		// Side by side by count: slots a round misses are offered again in later rounds, so
-		// exactly the count is sent.
-		{"side by side count", Config{Concurrency: 4, Rate: 100, Requests: 50, SideBySide: true,
-			Round: 200 * time.Millisecond}, 0, 490 * time.Millisecond},
+		// Count only: 60 slots, the last due at 590 ms and answered at 591 ms, when b starts.
+		{"count", Config{Concurrency: 4, Rate: 100, Requests: 60}, "a,b",
+			map[string][]time.Duration{"a": every(0, 60, step), "b": every(ms(591), 60, step)},
+			ms(591), ms(1182)},
+		// Duration and count: the count is reached first, and the round ends with its last answer.
+		{"count before duration", Config{Concurrency: 4, Rate: 100, Requests: 30, Duration: time.Hour}, "a,b",
+			map[string][]time.Duration{"a": every(0, 30, step), "b": every(ms(291), 30, step)},
+			ms(291), ms(582)},
+		// Side by side: each 200 ms round restarts the schedule (20 slots), three rounds each,
+		// each exactly 200 ms.
+		{"side by side", Config{Concurrency: 4, Rate: 100, Duration: ms(600), SideBySide: true, Round: ms(200)},
+			"a,b,a,b,a,b",
+			map[string][]time.Duration{
+				"a": slices.Concat(every(0, 20, step), every(ms(400), 20, step), every(ms(800), 20, step)),
+				"b": slices.Concat(every(ms(200), 20, step), every(ms(600), 20, step), every(ms(1000), 20, step)),
+			},
+			ms(600), ms(1200)},
+		// Side by side by count: two full rounds of 20, then a third with the 10 left that ends
+		// with its last answer, 91 ms in; exactly the count is sent.
+		{"side by side count", Config{Concurrency: 4, Rate: 100, Requests: 50, SideBySide: true, Round: ms(200)},
+			"a,b,a,b,a,b",
+			map[string][]time.Duration{
+				"a": slices.Concat(every(0, 20, step), every(ms(400), 20, step), every(ms(800), 10, step)),
+				"b": slices.Concat(every(ms(200), 20, step), every(ms(600), 20, step), every(ms(891), 10, step)),
+			},
+			ms(491), ms(982)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := newCounter(t, 0, nil), newCounter(t, 0, nil)
-			rep, err := Run(t.Context(), tc.cfg, []Target{a.target("a", http.MethodGet), b.target("b", http.MethodGet)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tc.cfg.SideBySide && !alternates(rep.Schedule) {
-				t.Errorf("schedule %v does not alternate", rep.Schedule)
-			}
-			for i, c := range []*counter{a, b} {
-				r := rep.Targets[i]
-				checkOrdered(t, r)
-				if r.Errors != 0 || c.hits.Load() != r.Requests {
-					t.Errorf("%s: errors %v, server saw %d of %d", r.Name, r.ErrorsByStatus, c.hits.Load(), r.Requests)
+			synctest.Test(t, func(t *testing.T) {
+				srv := &fakeServer{delay: map[string]time.Duration{"/a": delay, "/b": delay}}
+				ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+				defer cancel()
+				cfg := tc.cfg
+				cfg.Client = srv.client()
+				start := time.Now()
+				rep, err := Run(ctx, cfg, []Target{simple("a", "http://fake.test/a"), simple("b", "http://fake.test/b")})
+				if err != nil {
+					t.Fatal(err)
 				}
-				if tc.scheduled > 0 && r.Requests+r.Missed != tc.scheduled {
-					t.Errorf("%s: requests %d + missed %d, want %d scheduled", r.Name, r.Requests, r.Missed, tc.scheduled)
+				if got := strings.Join(rep.Schedule, ","); got != tc.schedule {
+					t.Errorf("schedule %s, want %s", got, tc.schedule)
 				}
-				if tc.scheduled == 0 && r.Requests != int64(tc.cfg.Requests) {
-					t.Errorf("%s: %d requests, want %d", r.Name, r.Requests, tc.cfg.Requests)
+				for _, r := range rep.Targets {
+					checkOrdered(t, r)
+					want := tc.at[r.Name]
+					if r.Requests != int64(len(want)) || r.OK != r.Requests || r.Missed != 0 {
+						t.Errorf("%s: requests %d ok %d missed %d, want %d sent, none missed (errors %v)",
+							r.Name, r.Requests, r.OK, r.Missed, len(want), r.ErrorsByStatus)
+					}
+					if diff := diffTimes(srv.arrivals("/"+r.Name, start), want); diff != "" {
+						t.Errorf("%s: not sent on the schedule: %s", r.Name, diff)
+					}
+					if r.P50 != delay || r.Max != delay {
+						t.Errorf("%s: p50 %s max %s, want the handler's %s (every request sent on time)", r.Name, r.P50, r.Max, delay)
+					}
+					if r.Elapsed != tc.elapsed {
+						t.Errorf("%s: elapsed %s on the bubble's clock, want %s", r.Name, r.Elapsed, tc.elapsed)
+					}
 				}
-				if r.Requests < 10 {
-					t.Errorf("%s: only %d requests sent", r.Name, r.Requests)
+				if took := time.Since(start); took != tc.took {
+					t.Errorf("run took %s on the bubble's clock, want %s", took, tc.took)
 				}
-				// The schedule paces the requests: they cannot all go out sooner than the last slot.
-				if r.Elapsed < tc.minTime {
-					t.Errorf("%s: elapsed %s, want ≥ %s (the last slot's time)", r.Name, r.Elapsed, tc.minTime)
-				}
-			}
+			})
 		})
 	}
 }
 
+// TestRunOpenLoopOverload schedules 100 req/s (a slot every 10 ms) to a server that takes 50 ms
+// a request, with two workers: 40 req/s at most. On the bubble's clock one worker sends at
+// 0, 50, 100, … ms and the other at 10, 60, 110, …; the m-th pair (m from 0) takes slots 2m and
+// 2m+1, due at 20m and 20m+10 ms, 30m ms late, and both answer 50+30m ms after their slots were
+// due: the latency counts the wait for a free worker (a closed loop would report 50 ms).
+//
+// Over 3 s the schedule falls more than MaxBacklog behind at the 35th pair (1020 ms late, at
+// 1700 ms): the round sends nothing more, 68 sent and the other 232 slots missed, and it still
+// lasts exactly 3 s, not draining the backlog nor sending on to the deadline (120 requests).
+// Over 1 s the deadline comes first, at the 21st pair (at 1000 ms): 40 sent, 60 missed, and the
+// round ends when the request in flight is answered, at 1010 ms.
 func TestRunOpenLoopOverload(t *testing.T) {
-	// The server takes 50 ms a request and two workers serve at most 40 req/s; 100 req/s are
-	// scheduled, so the backlog grows by 60 slots a second and passes MaxBacklog (100 slots)
-	// after about 1.7 s.
-	const delay, d = 50 * time.Millisecond, 3 * time.Second
-	c := newCounter(t, delay, nil)
-	start := time.Now()
-	rep, err := Run(t.Context(), Config{Concurrency: 2, Rate: 100, Duration: d}, []Target{c.target("slow", http.MethodGet)})
-	wall := time.Since(start)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := rep.Targets[0]
-	checkOrdered(t, r)
-	if r.Errors != 0 || c.hits.Load() != r.Requests {
-		t.Fatalf("errors %v, server saw %d of %d", r.ErrorsByStatus, c.hits.Load(), r.Requests)
-	}
-	if r.Requests+r.Missed != 300 || r.Missed < 100 {
-		t.Errorf("requests %d + missed %d, want 300 scheduled and well over 100 missed", r.Requests, r.Missed)
-	}
-	// The round stopped sending once it was MaxBacklog behind (by about 1.7 s; at most 40 req/s
-	// before that). Sending on until the deadline, it would have sent about 120.
-	if r.Requests >= 100 {
-		t.Errorf("%d requests sent, want the round stopped once %s behind schedule (≈ 70)", r.Requests, MaxBacklog)
-	}
-	// Latency counts the wait for a free worker: it grows from 50 ms towards MaxBacklog. A
-	// closed loop would report about 50 ms throughout.
-	if r.P50 < 4*delay || r.Max < MaxBacklog/2 {
-		t.Errorf("p50 %s max %s, want latencies growing well past %s (measured from the schedule)", r.P50, r.Max, delay)
-	}
-	// Ends on time: the round keeps its length, no more, and does not drain the backlog (that
-	// would take another 2.5 s at 40 req/s). The bound is slack for a loaded machine.
-	if r.Elapsed < d || r.Elapsed > d+time.Second || wall > d+2*time.Second {
-		t.Errorf("elapsed %s (Run took %s), want %s plus the requests in flight", r.Elapsed, wall, d)
-	}
-
-	var md bytes.Buffer
-	if err := rep.WriteMarkdown(&md); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{
-		"Mode sequential, open loop at 100 req/s per target, 2 workers, 3s per target.",
-		"from each request's scheduled send time",
-		"| target | requests | missed | errors |",
-		fmt.Sprintf("| slow | %d | %d | 0 |", r.Requests, r.Missed),
-		fmt.Sprintf("Note: slow missed %d scheduled requests", r.Missed),
+	const delay, step = 50 * time.Millisecond, 10 * time.Millisecond
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	for _, tc := range []struct {
+		name                     string
+		d                        time.Duration
+		pairs                    int // requests sent: 2 × pairs
+		missed                   int64
+		elapsed                  time.Duration
+		p50, p90, p99, max, mean time.Duration // of 50+30m ms for m < pairs, twice each
+	}{
+		{"stops at the backlog bound", 3 * time.Second, 34, 232, 3 * time.Second, ms(530), ms(950), ms(1040), ms(1040), ms(545)},
+		{"stops at the deadline", time.Second, 20, 60, ms(1010), ms(320), ms(560), ms(620), ms(620), ms(335)},
 	} {
-		if !strings.Contains(md.String(), want) {
-			t.Errorf("markdown lacks %q:\n%s", want, md.String())
-		}
-	}
-	raw, err := json.Marshal(rep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got struct {
-		Rate    float64 `json:"rate_rps"`
-		Targets []struct {
-			Missed *int64 `json:"missed"`
-		} `json:"targets"`
-	}
-	if err := json.Unmarshal(raw, &got); err != nil {
-		t.Fatal(err)
-	}
-	if got.Rate != 100 || len(got.Targets) != 1 || got.Targets[0].Missed == nil || *got.Targets[0].Missed != r.Missed {
-		t.Errorf("JSON %s", raw)
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv := &fakeServer{delay: map[string]time.Duration{"/slow": delay}}
+				ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+				defer cancel()
+				start := time.Now()
+				rep, err := Run(ctx, Config{Concurrency: 2, Rate: 100, Duration: tc.d, Client: srv.client()},
+					[]Target{simple("slow", "http://fake.test/slow")})
+				if err != nil {
+					t.Fatal(err)
+				}
+				r := rep.Targets[0]
+				checkOrdered(t, r)
+				sent := int64(2 * tc.pairs)
+				if r.Requests != sent || r.OK != sent || r.Missed != tc.missed {
+					t.Errorf("requests %d ok %d missed %d, want %d sent and %d missed of %d scheduled (errors %v)",
+						r.Requests, r.OK, r.Missed, sent, tc.missed, int64(tc.d/step), r.ErrorsByStatus)
+				}
+				var want []time.Duration
+				for m := range tc.pairs {
+					want = append(want, time.Duration(m)*delay, time.Duration(m)*delay+step)
+				}
+				if diff := diffTimes(srv.arrivals("/slow", start), want); diff != "" {
+					t.Errorf("not sent as soon as a worker was free: %s", diff)
+				}
+				if r.P50 != tc.p50 || r.P90 != tc.p90 || r.P99 != tc.p99 || r.Max != tc.max || r.Mean != tc.mean {
+					t.Errorf("p50 %s p90 %s p99 %s max %s mean %s, want %s %s %s %s %s (measured from the schedule)",
+						r.P50, r.P90, r.P99, r.Max, r.Mean, tc.p50, tc.p90, tc.p99, tc.max, tc.mean)
+				}
+				if took := time.Since(start); r.Elapsed != tc.elapsed || took != tc.elapsed {
+					t.Errorf("elapsed %s (run %s) on the bubble's clock, want %s", r.Elapsed, took, tc.elapsed)
+				}
+
+				var md bytes.Buffer
+				if err := rep.WriteMarkdown(&md); err != nil {
+					t.Fatal(err)
+				}
+				for _, want := range []string{
+					fmt.Sprintf("Mode sequential, open loop at 100 req/s per target, 2 workers, %s per target.", tc.d),
+					"from each request's scheduled send time",
+					"| target | requests | missed | errors |",
+					fmt.Sprintf("| slow | %d | %d | 0 |", sent, tc.missed),
+					fmt.Sprintf("Note: slow missed %d scheduled requests", tc.missed),
+				} {
+					if !strings.Contains(md.String(), want) {
+						t.Errorf("markdown lacks %q:\n%s", want, md.String())
+					}
+				}
+				raw, err := json.Marshal(rep)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got struct {
+					Rate    float64 `json:"rate_rps"`
+					Targets []struct {
+						Missed *int64 `json:"missed"`
+					} `json:"targets"`
+				}
+				if err := json.Unmarshal(raw, &got); err != nil {
+					t.Fatal(err)
+				}
+				if got.Rate != 100 || len(got.Targets) != 1 || got.Targets[0].Missed == nil || *got.Targets[0].Missed != tc.missed {
+					t.Errorf("JSON %s", raw)
+				}
+			})
+		})
 	}
 }
 

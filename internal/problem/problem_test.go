@@ -3,6 +3,7 @@ package problem
 import (
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -49,9 +50,68 @@ func TestWriteCarriesRequestID(t *testing.T) {
 			if tt.wantEcho != (id == tt.incoming) {
 				t.Fatalf("echo=%v, got id %q for incoming %q", tt.wantEcho, id, tt.incoming)
 			}
-			if p.Status != http.StatusTeapot || p.Title != "I'm a teapot" || p.Detail != "short and stout" || p.Type != TypeBase+"418" {
+			if p.Status != http.StatusTeapot || p.Title != "I'm a teapot" || p.Detail != "short and stout" || p.Type != TypeBase+"im-a-teapot" {
 				t.Fatalf("problem %+v", p)
 			}
 		})
+	}
+}
+
+// TestKinds: every kind has its own well-formed slug and a title, each status has at most one
+// generic kind, and a status writer picks that kind.
+func TestKinds(t *testing.T) {
+	slug := regexp.MustCompile(`^[a-z][a-z0-9]*(-[a-z0-9]+)*$`)
+	seen := map[string]bool{}
+	for _, k := range Kinds() {
+		if !slug.MatchString(k.Slug) || seen[k.Slug] || k.Title == "" || k.Status < 400 || k.Status > 599 {
+			t.Errorf("kind %+v: slug malformed or repeated, or no title", k)
+		}
+		seen[k.Slug] = true
+	}
+	generic := map[int]int{}
+	for _, k := range kinds {
+		if k.generic {
+			generic[k.Status]++
+		}
+	}
+	for status, n := range generic {
+		if n != 1 {
+			t.Errorf("status %d has %d generic kinds", status, n)
+		}
+	}
+	for _, tt := range []struct {
+		status int
+		want   string
+	}{
+		{400, "bad-request"}, {401, "unauthorized"}, {404, "not-found"}, {408, "request-timeout"},
+		{412, "precondition-failed"}, {413, "content-too-large"}, {429, "rate-limited"},
+		{499, "client-closed-request"}, {503, "service-unavailable"}, {504, "gateway-timeout"},
+		{418, "im-a-teapot"}, {599, "status-599"},
+	} {
+		if got := ForStatus(tt.status); got.Slug != tt.want || got.Status != tt.status {
+			t.Errorf("ForStatus(%d) = %+v, want slug %q", tt.status, got, tt.want)
+		}
+	}
+}
+
+// TestKindWrite: Kind.Write and Kind.WriteHTTP answer the kind's status, type and fixed title.
+func TestKindWrite(t *testing.T) {
+	gin.SetMode(gin.TestMode)
+	r := gin.New()
+	r.Use(RequestID())
+	r.GET("/", func(c *gin.Context) { PreconditionFailed.Write(c, "If-Match does not match") })
+	w := httptest.NewRecorder()
+	r.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/", nil))
+	p, err := Decode(w.Body)
+	if err != nil || w.Code != 412 || p.Type != "https://meridian.dev/problems/precondition-failed" ||
+		p.Title != PreconditionFailed.Title || p.Status != 412 || p.RequestID == "" {
+		t.Fatalf("gin: %d %+v %v", w.Code, p, err)
+	}
+	w = httptest.NewRecorder()
+	ConcurrencyLimited.WriteHTTP(w, "too many", "rid")
+	p, err = Decode(w.Body)
+	if err != nil || w.Code != 429 || w.Header().Get("Content-Type") != ContentType ||
+		p.Type != TypeBase+"concurrency-limited" || p.RequestID != "rid" {
+		t.Fatalf("http: %d %+v %v", w.Code, p, err)
 	}
 }

@@ -45,6 +45,16 @@
 // to every class of that scope through one shared bucket; a rule for a specific class takes
 // precedence and has its own bucket. A scope without any rule is not limited.
 //
+// Per-tenant overrides: Request.TenantRate and Request.TenantBurst (the tenant's overrides from
+// the shard map, which the router reads on every request) replace the rate and burst of the
+// tenant rule that applies to the request. A field left 0 keeps the rule's value; with no tenant
+// rule at all, a TenantRate limits the tenant through one bucket shared by every class. The
+// effective numbers are part of an overridden bucket's key, so a changed override starts a
+// fresh bucket of its new size on every router at its next request: a GCRA bucket remembers its
+// debt in time, and debt run up at a tiny rate would otherwise hold back a raised limit for as
+// long as the old rate needed to repay it (as would a denial remembered under the old numbers).
+// The old bucket's key expires in Redis once it would have been full.
+//
 // Defaults (zero values):
 //   - Config.Redis nil: in-process only (the fallback gauge stays 0: nothing fell back).
 //   - Config.Limits nil: DefaultLimits() — tenant 500/s burst 1000, client IP 2000/s burst
@@ -125,6 +135,20 @@ func (l Limit) burst() int64 {
 	return max(1, int64(math.Ceil(l.Rate)))
 }
 
+// check reports whether the limit is representable: a positive finite rate of at least
+// MinRate and a non-negative burst. The bucket lives in integer microseconds: one interval
+// (1e6/rate) and a whole burst of them must fit, or a tiny rate would wrap into a huge one.
+func (l Limit) check() error {
+	if !(l.Rate > 0) || math.IsInf(l.Rate, 0) || l.Burst < 0 {
+		return fmt.Errorf("%w: rate %v burst %d", ErrBadLimit, l.Rate, l.Burst)
+	}
+	if l.Rate < MinRate || float64(l.burst())*1e6/l.Rate > 1<<62 {
+		return fmt.Errorf("%w: rate %v burst %d: rate must be at least %v/s and burst/rate at most 2^62 µs",
+			ErrBadLimit, l.Rate, l.Burst, MinRate)
+	}
+	return nil
+}
+
 // interval is the GCRA emission interval in microseconds (at least 1).
 func (l Limit) interval() int64 {
 	return max(1, int64(math.Round(1e6/l.Rate)))
@@ -163,6 +187,10 @@ type Request struct {
 	Tenant  string
 	Subject string
 	IP      string
+	// TenantRate and TenantBurst override the tenant rule's rate and burst for this tenant
+	// (see "Per-tenant overrides" in the package doc); 0 keeps the rule's value.
+	TenantRate  float64
+	TenantBurst int
 }
 
 // Result is one decision. When several buckets apply, the fields describe the binding one:
@@ -243,14 +271,8 @@ func New(cfg Config) (*Limiter, error) {
 		l.limits = DefaultLimits()
 	}
 	for r, lim := range l.limits {
-		if !(lim.Rate > 0) || math.IsInf(lim.Rate, 0) || lim.Burst < 0 {
-			return nil, fmt.Errorf("%w: %s/%s rate %v burst %d", ErrBadLimit, r.Scope, r.Class, lim.Rate, lim.Burst)
-		}
-		// The bucket lives in integer microseconds: one interval (1e6/rate) and a whole burst of
-		// them must fit, or a tiny rate would wrap into a huge one.
-		if lim.Rate < MinRate || float64(lim.burst())*1e6/lim.Rate > 1<<62 {
-			return nil, fmt.Errorf("%w: %s/%s rate %v burst %d: rate must be at least %v/s and burst/rate at most 2^62 µs",
-				ErrBadLimit, r.Scope, r.Class, lim.Rate, lim.Burst, MinRate)
+		if err := lim.check(); err != nil {
+			return nil, fmt.Errorf("%w (rule %s/%s)", err, r.Scope, r.Class)
 		}
 		switch r.Scope {
 		case ScopeTenant, ScopeSubject, ScopeIP:
@@ -305,6 +327,17 @@ func New(cfg Config) (*Limiter, error) {
 	return l, nil
 }
 
+// TenantDefault returns the tenant rule that applies to every class (Rule{Scope: ScopeTenant}),
+// with its burst resolved; ok is false when there is none. Admin views report it as the
+// effective limit of tenants without overrides.
+func (l *Limiter) TenantDefault() (lim Limit, ok bool) {
+	lim, ok = l.limits[Rule{Scope: ScopeTenant}]
+	if ok {
+		lim.Burst = int(lim.burst())
+	}
+	return lim, ok
+}
+
 // Fallback reports whether decisions are currently made in-process.
 func (l *Limiter) Fallback() bool { return l.fallback.Load() }
 
@@ -332,20 +365,43 @@ func (l *Limiter) buckets(req Request) ([]bucket, error) {
 		lim, ok := l.limits[Rule{Scope: s, Class: class}]
 		if !ok {
 			class = ""
-			if lim, ok = l.limits[Rule{Scope: s}]; !ok {
-				continue
+			lim, ok = l.limits[Rule{Scope: s}]
+		}
+		overridden := s == ScopeTenant && (req.TenantRate != 0 || req.TenantBurst != 0)
+		if overridden {
+			if !ok {
+				if req.TenantRate == 0 {
+					continue // a burst alone, with no rule to take a rate from, limits nothing
+				}
+				lim, ok = Limit{}, true
 			}
+			if req.TenantRate != 0 {
+				lim.Rate = req.TenantRate
+			}
+			if req.TenantBurst != 0 {
+				lim.Burst = req.TenantBurst
+			}
+			if err := lim.check(); err != nil {
+				return nil, fmt.Errorf("tenant override: %w", err)
+			}
+		}
+		if !ok {
+			continue
 		}
 		// The id goes last so that colons in it (IPv6) cannot collide with another key.
 		key := l.prefix + string(s) + ":" + string(class) + ":" + ids[i]
+		if overridden {
+			key = l.prefix + string(s) + ":" + string(class) + ":" + strconv.FormatFloat(lim.Rate, 'g', -1, 64) +
+				"/" + strconv.Itoa(lim.Burst) + ":" + ids[i]
+		}
 		bs = append(bs, bucket{key: key, scope: s, limit: lim})
 	}
 	return bs, nil
 }
 
 // Allow decides req and, if allowed, consumes one request from every bucket it touches.
-// An error is returned only for an invalid request or when ctx itself has ended; Redis
-// failures are absorbed by the fallback.
+// An error is returned only for an invalid request (an unknown class, an override that is not
+// a valid Limit) or when ctx itself has ended; Redis failures are absorbed by the fallback.
 func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 	bs, err := l.buckets(req)
 	if err != nil {

@@ -24,8 +24,11 @@ var (
 	ErrTenantFenced = errors.New("records: tenant is fenced for writes")
 	// ErrRecordNotFound: no live record with that collection and id.
 	ErrRecordNotFound = errors.New("records: record not found")
-	// ErrPrecondition: If-Match does not match the record's current version (or there is none).
+	// ErrPrecondition: If-Match does not match the record's current version (or there is
+	// none), or If-None-Match matches the live record.
 	ErrPrecondition = errors.New("records: precondition failed")
+	// ErrDataTooLarge: a write would leave a record's data over WriteOp.MaxData.
+	ErrDataTooLarge = errors.New("records: data too large")
 	// ErrKeyReused: the Idempotency-Key was already used with a different request.
 	ErrKeyReused = errors.New("records: idempotency key reused with a different request")
 	// ErrBadToken: ReadOptions.Token is not a consistency token.
@@ -118,8 +121,9 @@ type Page struct {
 	More  bool     // another page follows Items' last id
 }
 
-// Match is a parsed If-Match header: Any for "*", else the versions of its entity tags (a tag
-// that is not a version the store issues is a version that never matches, e.g. -1).
+// Match is a parsed If-Match or If-None-Match header: Any for "*", else the versions of its
+// entity tags (a tag that is not a version the store issues, or that the header's comparison
+// never matches, is a version that never matches, e.g. -1).
 type Match struct {
 	Any      bool
 	Versions []int64
@@ -148,8 +152,16 @@ type WriteOp struct {
 	// Data is the new data object for Create and Put, and the merge patch of the data object
 	// for Patch (nil = a patch without "data", which changes only the version).
 	Data json.RawMessage
-	// IfMatch, when set, is checked against the live record (Put, Patch, Delete).
+	// IfMatch, when set, is checked against the live record (Put, Patch, Delete): no live
+	// record, or none of its versions, is ErrPrecondition.
 	IfMatch *Match
+	// IfNoneMatch, when set, is checked against the live record (Put, Patch, Delete): a live
+	// record that it matches (Any, or one of its versions) is ErrPrecondition. With Any a Put
+	// only creates.
+	IfNoneMatch *Match
+	// MaxData bounds the size of a Patch's merged data in bytes, as compact JSON (0 = no
+	// bound); over it is ErrDataTooLarge. Create and Put data is bounded by the body limit.
+	MaxData int64
 	// Key is the Idempotency-Key ("" = none) and RequestHash the request's identity under it.
 	Key         string
 	RequestHash []byte

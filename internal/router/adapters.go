@@ -114,6 +114,30 @@ func (n NodeMap) Summary() MapSummary {
 	return s
 }
 
+// TenantLimits reads the tenant's overrides from the local copy (allocation-free).
+func (n NodeMap) TenantLimits(tenant string) (TenantLimits, bool) {
+	l, ok := n.Node.Map().TenantLimits(tenant)
+	return TenantLimits(l), ok
+}
+
+// SetTenantLimits applies shardmap.SetTenantLimits and waits for the local copy to include it.
+func (n NodeMap) SetTenantLimits(ctx context.Context, tenant string, patch LimitsPatch) (TenantLimits, error) {
+	idx, err := n.Node.Apply(ctx, shardmap.SetTenantLimits{Tenant: tenant, Set: shardmap.TenantLimits(patch.Set), Reset: patch.Reset})
+	switch {
+	case errors.Is(err, shardmap.ErrBadLimits):
+		return TenantLimits{}, fmt.Errorf("%w: %v", ErrBadLimits, err)
+	case errors.Is(err, shardmap.ErrBadTenantID):
+		return TenantLimits{}, fmt.Errorf("%w: %v", ErrBadTenantID, err)
+	case err != nil:
+		return TenantLimits{}, err
+	}
+	if err := n.WaitVersion(ctx, idx); err != nil {
+		return TenantLimits{}, err
+	}
+	l, _ := n.TenantLimits(tenant)
+	return l, nil
+}
+
 // JWTAuth is the Authenticator of internal/auth (the API node's rules).
 type JWTAuth struct{ Verifier *auth.Verifier }
 
@@ -142,7 +166,8 @@ func (l RateLimiter) Check(ctx context.Context, req LimitRequest) (LimitResult, 
 	case ClassAdmin:
 		class = ratelimit.ClassAdmin
 	}
-	res, err := l.L.Allow(ctx, ratelimit.Request{Class: class, Tenant: req.Tenant, Subject: req.Subject, IP: req.IP})
+	res, err := l.L.Allow(ctx, ratelimit.Request{Class: class, Tenant: req.Tenant, Subject: req.Subject, IP: req.IP,
+		TenantRate: req.TenantRate, TenantBurst: req.TenantBurst})
 	if err != nil {
 		return LimitResult{}, err
 	}
@@ -152,6 +177,15 @@ func (l RateLimiter) Check(ctx context.Context, req LimitRequest) (LimitResult, 
 		out.Limit = int(res.Limit)
 	}
 	return out, nil
+}
+
+// TenantDefault is the limiter's default tenant rule (see tenantDefaulter).
+func (l RateLimiter) TenantDefault() (rate float64, burst int) {
+	d, ok := l.L.TenantDefault()
+	if !ok {
+		return 0, 0
+	}
+	return d.Rate, d.Burst
 }
 
 // PoolUpstreams is the Upstreams of an upstream.Pool.
@@ -197,6 +231,9 @@ func (u PoolUpstreams) Pick(region string, avoid []string) (Upstream, error) {
 	}
 	return poolLease{l}, nil
 }
+
+// Load is the pool's in-flight count and capacity for region (upstream.Pool.Load).
+func (u PoolUpstreams) Load(region string) (inFlight, capacity int) { return u.Pool.Load(region) }
 
 // Healthy reports whether region has a node that gossip calls healthy and whose breaker is not
 // open.

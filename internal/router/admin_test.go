@@ -65,7 +65,7 @@ func TestAdminTenants(t *testing.T) {
 		var got map[string]any
 		_ = json.Unmarshal(b, &got)
 		if got["shard"] != "eu-west-1" || got["home_region"] != "eu-west" || got["pinned"] != true ||
-			got["epoch"] != float64(0) || got["moving"] != false || len(got) != 6 {
+			got["epoch"] != float64(0) || got["moving"] != false || got["limits"] == nil || len(got) != 7 {
 			t.Fatalf("GET answer %s", b)
 		}
 		resp, b = rg.do(t, "GET", "/admin/v1/tenants/neverco", tokAdmin, "")

@@ -33,6 +33,8 @@ type fakeMap struct {
 	createFn func(id, region string) (Route, error)
 	// onWait, when set, is called with the version of every WaitVersion call as the call begins.
 	onWait func(v uint64)
+	// limits are the tenants' overrides (SetTenantLimits merges into them, bumping version).
+	limits map[string]TenantLimits
 }
 
 var _ ShardMap = (*fakeMap)(nil)
@@ -103,6 +105,49 @@ func (m *fakeMap) Summary() MapSummary {
 	return s
 }
 
+func (m *fakeMap) TenantLimits(t string) (TenantLimits, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l, ok := m.limits[t]
+	return l, ok
+}
+
+// SetTenantLimits merges like shardmap's FSM (its rules are tested there).
+func (m *fakeMap) SetTenantLimits(_ context.Context, t string, p LimitsPatch) (TenantLimits, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.limits == nil {
+		m.limits = map[string]TenantLimits{}
+	}
+	l := m.limits[t]
+	for _, f := range p.Reset {
+		switch f {
+		case "rps":
+			l.RPS = 0
+		case "burst":
+			l.Burst = 0
+		case "concurrency":
+			l.Concurrency = 0
+		}
+	}
+	if p.Set.RPS != 0 {
+		l.RPS = p.Set.RPS
+	}
+	if p.Set.Burst != 0 {
+		l.Burst = p.Set.Burst
+	}
+	if p.Set.Concurrency != 0 {
+		l.Concurrency = p.Set.Concurrency
+	}
+	if l == (TenantLimits{}) {
+		delete(m.limits, t)
+	} else {
+		m.limits[t] = l
+	}
+	m.version++
+	return l, nil
+}
+
 // fakeAuth accepts tokens "tenant|sub|scope scope".
 type fakeAuth struct{}
 
@@ -119,11 +164,13 @@ type fakeLimiter struct {
 	mu    sync.Mutex
 	limit int
 	n     map[string]int
+	last  LimitRequest // the last request checked
 }
 
 func (l *fakeLimiter) Check(_ context.Context, req LimitRequest) (LimitResult, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.last = req
 	if l.n == nil {
 		l.n = map[string]int{}
 	}
@@ -140,6 +187,11 @@ type fakeUpstreams struct {
 	mu    sync.Mutex
 	nodes []*fakeNode
 	bound int
+	// load, when it has a region, is what Load reports for it (in flight, capacity); else Load
+	// counts the region's up nodes: their in-flight requests, bound each (0 without a bound).
+	load map[string][2]int
+	// loads records the regions Load was asked about.
+	loads []string
 }
 
 type fakeNode struct {
@@ -207,6 +259,31 @@ func (u *fakeUpstreams) Healthy(region string) bool {
 		}
 	}
 	return false
+}
+
+func (u *fakeUpstreams) Load(region string) (inFlight, capacity int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.loads = append(u.loads, region)
+	if l, ok := u.load[region]; ok {
+		return l[0], l[1]
+	}
+	for _, n := range u.nodes {
+		if n.region == region && !n.down {
+			inFlight += n.inFlight
+			capacity += u.bound
+		}
+	}
+	return inFlight, capacity
+}
+
+func (u *fakeUpstreams) setLoad(region string, inFlight, capacity int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.load == nil {
+		u.load = map[string][2]int{}
+	}
+	u.load[region] = [2]int{inFlight, capacity}
 }
 
 func (u *fakeUpstreams) Nodes() []NodeState {

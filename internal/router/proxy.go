@@ -16,6 +16,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/meridian-dev/meridian/internal/problem"
 	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
@@ -48,7 +49,8 @@ const (
 )
 
 // proxy serves every /v1 request, in the order docs/router.md ("Request path") gives: nothing
-// of the body is read before the caller has a valid token and scope and is within its limits.
+// of the body is read before the caller has a valid token and scope, is within its limits and
+// holds a concurrency slot.
 func (s *Server) proxy(c *gin.Context) {
 	r := c.Request
 	class := Classify(r.Method, r.URL.Path)
@@ -67,20 +69,27 @@ func (s *Server) proxy(c *gin.Context) {
 		return
 	}
 
-	// 3. Route: the tenant's shard and home region from the local map copy.
+	// 3. Admission (limits.go): a per-tenant concurrency slot, held until the answer is done
+	//    (streams included), and load shedding by class. Before any upstream work.
+	if !s.admit(c, p.Tenant) {
+		return
+	}
+	defer s.release(p.Tenant)
+
+	// 4. Route: the tenant's shard and home region from the local map copy.
 	route, ok := s.lookup(c, p.Tenant)
 	if !ok {
 		return
 	}
 
-	// 4. Body: buffered (so retries can resend it), bounded in size here and in time by the
+	// 5. Body: buffered (so retries can resend it), bounded in size here and in time by the
 	//    HTTP server's body timeout (internal/daemon).
 	body, ok := s.readBody(c)
 	if !ok {
 		return
 	}
 
-	// 5. Forward, within the request deadline.
+	// 6. Forward, within the request deadline.
 	s.forward(c, body, p.Tenant, route)
 }
 
@@ -142,7 +151,7 @@ func (s *Server) readBody(c *gin.Context) ([]byte, bool) {
 		s.log(c).Info("request body timed out", "err", err)
 		// The rest of the body is still on the connection: it cannot carry another request.
 		c.Header("Connection", "close")
-		s.problem(c, http.StatusRequestTimeout, "Request Timeout", "request body not received within the body timeout")
+		s.kindProblem(c, problem.RequestTimeout, "request body not received within the body timeout")
 		return nil, false
 	case err != nil:
 		s.log(c).Info("request body unreadable", "err", err)
@@ -170,7 +179,7 @@ func (s *Server) authenticate(c *gin.Context) (Principal, bool) {
 		// The verifier's reason stays in the log: it is library text, not a client contract.
 		s.log(c).Debug("token rejected", "err", err)
 		c.Header("WWW-Authenticate", `Bearer realm="meridian", error="invalid_token"`)
-		s.problem(c, http.StatusUnauthorized, "Unauthorized", "invalid bearer token")
+		s.problem(c, http.StatusUnauthorized, "Unauthorized", "invalid or expired token")
 		return Principal{}, false
 	}
 	return p, true

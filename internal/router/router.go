@@ -41,6 +41,8 @@ var (
 	ErrUnknownRegion = errors.New("router: unknown region")
 	// ErrBadTenantID means a tenant id does not match ids.TenantPattern (DESIGN.md §2).
 	ErrBadTenantID = errors.New("router: bad tenant id")
+	// ErrBadLimits means tenant limit overrides are out of bounds or name an unknown field.
+	ErrBadLimits = errors.New("router: bad tenant limits")
 	// ErrNoVerdict marks an attempt's outcome that says nothing about the API node (the client
 	// went away, or the request could not be sent as it was): Upstream.Done releases the node's
 	// slot without counting the attempt for or against it.
@@ -76,6 +78,28 @@ type ShardMap interface {
 	CreateTenant(ctx context.Context, id, region string) (Route, error)
 	// Summary is the admin view of the local map copy (GET /admin/v1/shardmap).
 	Summary() MapSummary
+	// TenantLimits returns the tenant's limit overrides from the local copy (ok false: none).
+	// It is called on every request and must not allocate or block.
+	TenantLimits(tenant string) (l TenantLimits, ok bool)
+	// SetTenantLimits records a change of the tenant's overrides in the map, waits until the
+	// local copy has it, and returns the tenant's overrides from then on. ErrBadLimits and
+	// ErrBadTenantID are reported as such.
+	SetTenantLimits(ctx context.Context, tenant string, patch LimitsPatch) (TenantLimits, error)
+}
+
+// TenantLimits are a tenant's overrides of the router's defaults (a copy of
+// shardmap.TenantLimits); a zero field is not overridden.
+type TenantLimits struct {
+	RPS         float64
+	Burst       int
+	Concurrency int
+}
+
+// LimitsPatch is a change of a tenant's overrides: the non-zero fields of Set replace those
+// overrides, the fields named in Reset ("rps", "burst", "concurrency") return to the default.
+type LimitsPatch struct {
+	Set   TenantLimits
+	Reset []string
 }
 
 // MapSummary is the shape of GET /admin/v1/shardmap (DESIGN.md §4a).
@@ -129,6 +153,10 @@ type LimitRequest struct {
 	Subject string
 	IP      string
 	Class   string
+	// TenantRate and TenantBurst are the tenant's overrides from the map (0: the limiter's
+	// default tenant rule); the Server fills them in before calling the Limiter.
+	TenantRate  float64
+	TenantBurst int
 }
 
 // LimitResult is the most restrictive limit that applied to a request.
@@ -168,6 +196,9 @@ type Upstreams interface {
 	Healthy(region string) bool
 	// Nodes reports every known node, for /admin/v1/regions and breaker metrics.
 	Nodes() []NodeState
+	// Load reports the requests in flight on region's admitted nodes and their capacity (0
+	// when no node is admitted), for load shedding.
+	Load(region string) (inFlight, capacity int)
 }
 
 // NodeState is one upstream node's state as the router sees it.
@@ -240,6 +271,11 @@ type Config struct {
 	// Retry is the retry policy for requests to API nodes; its zero value is the default
 	// (upstream.RetryPolicy: at most 2 retries, full jitter between 10 ms and 200 ms).
 	Retry upstream.RetryPolicy
+	// TenantConcurrency bounds each tenant's requests in flight through this router (a tenant's
+	// override in the map takes precedence); 0: 100.
+	TenantConcurrency int
+	// Shed holds the load-shedding thresholds (limits.go); its zero value is the default.
+	Shed ShedPolicy
 	// ReadyStaleness is how old the last leader contact may be for /readyz; 0: 30 s.
 	ReadyStaleness time.Duration
 	// Registry receives the router's metrics; nil: a new registry (served on /metrics).
@@ -266,6 +302,10 @@ func (c *Config) setDefaults() error {
 	if c.MaxBody == 0 {
 		c.MaxBody = 1 << 20
 	}
+	if c.TenantConcurrency == 0 {
+		c.TenantConcurrency = 100
+	}
+	c.Shed = c.Shed.withDefaults()
 	if c.ReadyStaleness == 0 {
 		c.ReadyStaleness = 30 * time.Second
 	}

@@ -21,6 +21,7 @@ type Server struct {
 	cfg    Config
 	engine *gin.Engine
 	m      *metrics
+	lim    *limits      // per-tenant concurrency and load shedding (limits.go)
 	client *http.Client // for the API node's internal endpoints
 }
 
@@ -34,6 +35,7 @@ func New(cfg Config) (*Server, error) {
 		m:      newMetrics(cfg.Registry, cfg.Upstreams),
 		client: &http.Client{Transport: cfg.Transport, Timeout: cfg.UpstreamTimeout},
 	}
+	s.initLimits()
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()
 	// gin believes X-Forwarded-For from anyone by default, which would let a client pick the
@@ -57,6 +59,7 @@ func New(cfg Config) (*Server, error) {
 	admin := e.Group("/admin/v1", s.requireAdmin)
 	admin.POST("/tenants", s.createTenant)
 	getHead(admin, "/tenants/:id", s.getTenant)
+	admin.PATCH("/tenants/:id", s.patchTenant)
 	getHead(admin, "/shardmap", s.getShardmap)
 	getHead(admin, "/regions", s.getRegions)
 	e.Any("/v1/*path", s.proxy)
@@ -132,17 +135,26 @@ type problemBody = problem.Problem
 // problem answers an application/problem+json error (internal/problem's shape and type URIs)
 // and stops the handler chain.
 func (s *Server) problem(c *gin.Context, status int, title, detail string) {
+	s.sendProblem(c, problem.New(status, title, detail))
+}
+
+// kindProblem answers the problem of kind k (its slug, fixed title and status) and stops the
+// handler chain.
+func (s *Server) kindProblem(c *gin.Context, k problem.Kind, detail string) {
+	s.sendProblem(c, k.New(detail))
+}
+
+func (s *Server) sendProblem(c *gin.Context, p problem.Problem) {
 	if c.Request.ContentLength != 0 && !c.GetBool(ctxBodyRead) {
 		// An answer before the body (a 401 ahead of it): close the connection after the
 		// answer instead of having net/http read and discard a body nobody will use before
 		// answering (a stalled one for up to the body timeout).
 		c.Header("Connection", "close")
 	}
-	p := problem.New(status, title, detail)
 	p.RequestID = c.GetString(ctxRequestID)
 	b, _ := json.Marshal(p)
-	c.Header("Content-Type", "application/problem+json")
-	c.Status(status)
+	c.Header("Content-Type", problem.ContentType)
+	c.Status(p.Status)
 	_, _ = c.Writer.Write(b)
 	c.Abort()
 }

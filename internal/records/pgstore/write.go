@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -167,7 +168,7 @@ func change(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return records.Change{}, err
 		}
-		if err := ifMatch(op.IfMatch, exists, version); err != nil {
+		if err := preconditions(op, exists, version); err != nil {
 			return records.Change{}, err
 		}
 		var r records.Record
@@ -191,7 +192,7 @@ func change(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (
 		return records.Change{Kind: kind, Record: r}, nil
 
 	case records.Patch:
-		_, cur, err := lockLiveRecord(ctx, tx, tenant, coll, id, op.IfMatch)
+		_, cur, err := lockLiveRecord(ctx, tx, tenant, coll, id, op)
 		if err != nil {
 			return records.Change{}, err
 		}
@@ -199,6 +200,9 @@ func change(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (
 		if op.Data != nil {
 			if merged, err = applyPatch(cur, op.Data); err != nil {
 				return records.Change{}, err
+			}
+			if op.MaxData > 0 && int64(len(merged)) > op.MaxData {
+				return records.Change{}, fmt.Errorf("%w: %d bytes after the patch, at most %d", records.ErrDataTooLarge, len(merged), op.MaxData)
 			}
 		}
 		r, err := scanRecord(tx.QueryRow(ctx, updateDataSQL, tenant, coll, id, merged), coll)
@@ -208,7 +212,7 @@ func change(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (
 		return records.Change{Kind: records.Updated, Record: r}, nil
 
 	case records.Delete:
-		version, _, err := lockLiveRecord(ctx, tx, tenant, coll, id, op.IfMatch)
+		version, _, err := lockLiveRecord(ctx, tx, tenant, coll, id, op)
 		if err != nil {
 			return records.Change{}, err
 		}
@@ -222,48 +226,43 @@ func change(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (
 	return records.Change{}, fmt.Errorf("pgstore: unknown write op %d", op.Op)
 }
 
-// lockLiveRecord locks a live (not deleted) record for update and checks If-Match against it.
-// A missing or deleted record is records.ErrRecordNotFound, or records.ErrPrecondition when
-// If-Match was sent.
-func lockLiveRecord(ctx context.Context, tx pgx.Tx, tenant, coll, id string, im *records.Match) (version int64, data []byte, err error) {
+// lockLiveRecord locks a live (not deleted) record for update and checks op's preconditions
+// against it. A missing or deleted record is records.ErrRecordNotFound, or
+// records.ErrPrecondition when If-Match was sent.
+func lockLiveRecord(ctx context.Context, tx pgx.Tx, tenant, coll, id string, op records.WriteOp) (version int64, data []byte, err error) {
 	var deleted bool
 	err = tx.QueryRow(ctx, `SELECT version, deleted, data FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
 		tenant, coll, id).Scan(&version, &deleted, &data)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows) || (err == nil && deleted):
-		if im != nil {
+		if op.IfMatch != nil {
 			return 0, nil, records.ErrPrecondition
 		}
 		return 0, nil, records.ErrRecordNotFound
 	case err != nil:
 		return 0, nil, err
 	}
-	if err := ifMatch(im, true, version); err != nil {
+	if err := preconditions(op, true, version); err != nil {
 		return 0, nil, err
 	}
 	return version, data, nil
 }
 
-// ifMatch checks If-Match against the current state. exists=false: no current record.
-func ifMatch(m *records.Match, exists bool, version int64) error {
-	if m == nil {
-		return nil
-	}
-	if !exists {
+// preconditions checks op's If-Match and If-None-Match against the current state (RFC 9110
+// §13.2.2: If-Match first). exists=false: no live record.
+func preconditions(op records.WriteOp, exists bool, version int64) error {
+	if m := op.IfMatch; m != nil && (!exists || !(m.Any || slices.Contains(m.Versions, version))) {
 		return records.ErrPrecondition
 	}
-	if m.Any {
-		return nil
+	if m := op.IfNoneMatch; m != nil && exists && (m.Any || slices.Contains(m.Versions, version)) {
+		return records.ErrPrecondition
 	}
-	for _, v := range m.Versions {
-		if v == version {
-			return nil
-		}
-	}
-	return records.ErrPrecondition
+	return nil
 }
 
-// applyPatch applies the RFC 7396 merge patch to the stored data object cur.
+// applyPatch applies the RFC 7396 merge patch to the stored data object cur and returns the
+// result as compact JSON, without HTML escaping (so its length is the data's own size, which
+// WriteOp.MaxData bounds).
 func applyPatch(cur, patch []byte) ([]byte, error) {
 	obj, err := decodeObject(cur)
 	if err != nil {
@@ -273,7 +272,13 @@ func applyPatch(cur, patch []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(mergePatch(obj, p))
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(mergePatch(obj, p)); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // decodeObject decodes a JSON object keeping numbers exact.

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# fuzz-short.sh runs each fuzz target of outside input for a short time (FUZZTIME, default 10s),
+# one after the other (go test -fuzz takes one target per run). CI runs it before the tests; a
+# failure leaves the crashing input under the package's testdata/fuzz/ for `go test` to replay.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZTIME=${FUZZTIME:-10s}
+
+# package  target — the parsers a client reaches: the router's request handling, the API node's
+# bodies, queries, cursors and headers, tokens.
+targets=(
+  "./internal/api FuzzDecodeRecordBody"
+  "./internal/api FuzzListQuery"
+  "./internal/api FuzzCursor"
+  "./internal/api FuzzReadPref"
+  "./internal/auth FuzzVerify"
+  "./internal/router FuzzDecodeCreateTenant"
+  "./internal/router FuzzRouterRequest"
+)
+for t in "${targets[@]}"; do
+  read -r pkg name <<<"$t"
+  echo "fuzz: $pkg $name ($FUZZTIME)"
+  go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg"
+done
