@@ -15,6 +15,7 @@ targets=(
   "./internal/api FuzzReadPref"
   "./internal/auth FuzzVerify"
   "./internal/router FuzzDecodeCreateTenant"
+  "./internal/router FuzzRouterRequest"
 )
 for t in "${targets[@]}"; do
   read -r pkg name <<<"$t"

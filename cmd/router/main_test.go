@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meridian-dev/meridian/internal/daemon"
 	"github.com/meridian-dev/meridian/internal/envflag"
 	"github.com/meridian-dev/meridian/internal/ratelimit"
 )
@@ -54,6 +55,30 @@ func TestParseConfigMalformedEnvironment(t *testing.T) {
 				t.Errorf("%s=%q: err = %v, want a malformed-variable error naming it", name, value, err)
 			}
 		})
+	}
+}
+
+// TestParseConfigHTTPLimits: the HTTP server's limits come from flags or MERIDIAN_* variables
+// and default to daemon's documented values.
+func TestParseConfigHTTPLimits(t *testing.T) {
+	required(t)
+	c, err := parseConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (daemon.HTTPLimits{ReadHeaderTimeout: 5 * time.Second, BodyTimeout: 5 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}); c.httpLimits != want {
+		t.Errorf("defaults %+v, want %+v", c.httpLimits, want)
+	}
+	t.Setenv("MERIDIAN_BODY_TIMEOUT", "300ms")
+	t.Setenv("MERIDIAN_MAX_HEADER_BYTES", "8192")
+	c, err = parseConfig([]string{"-idle-timeout", "30s", "-read-header-timeout", "2s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (daemon.HTTPLimits{ReadHeaderTimeout: 2 * time.Second, BodyTimeout: 300 * time.Millisecond,
+		IdleTimeout: 30 * time.Second, MaxHeaderBytes: 8192}); c.httpLimits != want {
+		t.Errorf("set %+v, want %+v", c.httpLimits, want)
 	}
 }
 

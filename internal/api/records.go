@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -258,13 +259,20 @@ func (s *Server) readBody(c *gin.Context, extraTypes ...string) ([]byte, bool) {
 		return nil, false
 	}
 	body, err := io.ReadAll(c.Request.Body)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			s.failWith(c, err)
-		} else {
-			problem.Write(c, http.StatusBadRequest, "", "could not read body")
-		}
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		s.failWith(c, err)
+		return nil, false
+	case errors.Is(err, os.ErrDeadlineExceeded) || err == nil && errors.Is(c.Request.Context().Err(), context.DeadlineExceeded):
+		// The body did not arrive within the server's body timeout (daemon.HTTPLimits), or
+		// within the request's deadline: the client's delay, never a 504 of the database.
+		c.Header("Connection", "close")
+		problem.RequestTimeout.Write(c, "request body not received in time")
+		return nil, false
+	case err != nil:
+		c.Header("Connection", "close")
+		problem.Write(c, http.StatusBadRequest, "", "could not read body")
 		return nil, false
 	}
 	return body, true

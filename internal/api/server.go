@@ -92,6 +92,9 @@ func (s *Server) routes() *gin.Engine {
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
+	// An unknown path, with or without a trailing slash, is 404 problem+json: never a redirect.
+	r.RedirectTrailingSlash = false
+	r.RedirectFixedPath = false
 	r.ContextWithFallback = true
 	r.Use(problem.RequestID(), s.recover, s.observe, s.guard, gzipMiddleware())
 	r.NoRoute(func(c *gin.Context) { problem.Write(c, http.StatusNotFound, "", "no such route") })
@@ -99,10 +102,10 @@ func (s *Server) routes() *gin.Engine {
 		problem.Write(c, http.StatusMethodNotAllowed, "", "method not allowed on this route")
 	})
 
-	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
-	r.GET("/readyz", s.readyz)
-	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})))
-	r.GET("/openapi.json", func(c *gin.Context) {
+	getHead(r, "/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
+	getHead(r, "/readyz", s.readyz)
+	getHead(r, "/metrics", gin.WrapH(promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})))
+	getHead(r, "/openapi.json", func(c *gin.Context) {
 		if s.openapi == nil {
 			problem.Write(c, http.StatusNotFound, "", "no OpenAPI document configured")
 			return
@@ -111,17 +114,23 @@ func (s *Server) routes() *gin.Engine {
 	})
 	internal := r.Group("/internal/v1", auth.ClusterToken(s.cfg.ClusterToken))
 	internal.POST("/tenants", s.createTenant)
-	internal.GET("/tenants/:id", s.getTenant)
+	getHead(internal, "/tenants/:id", s.getTenant)
 
 	v1 := r.Group("/v1", auth.Middleware(s.verifier))
 	read, write := auth.RequireScope(auth.ScopeRead), auth.RequireScope(auth.ScopeWrite)
 	v1.POST("/collections/:collection/records", write, s.createRecord)
-	v1.GET("/collections/:collection/records", read, s.listRecords)
-	v1.GET("/collections/:collection/records/:id", read, s.getRecord)
+	getHead(v1, "/collections/:collection/records", read, s.listRecords)
+	getHead(v1, "/collections/:collection/records/:id", read, s.getRecord)
 	v1.PUT("/collections/:collection/records/:id", write, s.putRecord)
 	v1.PATCH("/collections/:collection/records/:id", write, s.patchRecord)
 	v1.DELETE("/collections/:collection/records/:id", write, s.deleteRecord)
 	return r
+}
+
+// getHead routes GET and HEAD of path to the same handlers (net/http drops a HEAD answer's body).
+func getHead(r gin.IRoutes, path string, h ...gin.HandlerFunc) {
+	r.GET(path, h...)
+	r.HEAD(path, h...)
 }
 
 // recover turns a panic into a 500 problem instead of a dropped connection.
@@ -138,9 +147,11 @@ func (s *Server) recover(c *gin.Context) {
 	c.Next()
 }
 
-// guard applies the request deadline, the body cap and the served-region header.
+// guard applies the request deadline, the body cap and the served-region header. The deadline
+// is Config.Deadline, or the time a router says it will still wait (hdrRequestTimeout) when
+// that is shorter: work the router has given up on is wasted.
 func (s *Server) guard(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.Deadline)
+	ctx, cancel := context.WithTimeout(c.Request.Context(), requestDeadline(s.cfg.Deadline, c.GetHeader(hdrRequestTimeout)))
 	defer cancel()
 	c.Request = c.Request.WithContext(ctx)
 	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, s.cfg.MaxBody)
@@ -190,6 +201,20 @@ func (s *Server) readyz(c *gin.Context) {
 		}
 	}
 	c.JSON(http.StatusOK, gin.H{"status": "ready", "map_version": s.maps.Version(), "shards": len(shards)})
+}
+
+// hdrRequestTimeout is how long, in whole milliseconds, the router that sent a request will
+// still wait for its answer (internal/router's HeaderRequestTimeout).
+const hdrRequestTimeout = "X-Request-Timeout-Ms"
+
+// requestDeadline is own, or the router's remaining time when the header names a shorter one
+// (a positive whole number of milliseconds; anything else is ignored).
+func requestDeadline(own time.Duration, header string) time.Duration {
+	ms, err := strconv.ParseInt(header, 10, 64)
+	if err != nil || ms <= 0 || ms >= own.Milliseconds() {
+		return own
+	}
+	return time.Duration(ms) * time.Millisecond
 }
 
 // retryAfter writes a retryable 503.

@@ -105,17 +105,6 @@ func (p *Parts) Stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// NewHTTPServer is the HTTP server routers and API nodes serve with: readHeaderTimeout bounds
-// how long a client may take to send its headers (0 = 5 s), idle keep-alive connections close
-// after 2 minutes, and request headers are capped at 64 KiB. Serve it with ServeHTTP.
-func NewHTTPServer(h http.Handler, readHeaderTimeout time.Duration) *http.Server {
-	if readHeaderTimeout == 0 {
-		readHeaderTimeout = 5 * time.Second
-	}
-	return &http.Server{Handler: h, ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
-}
-
 // ServeHTTP serves srv on ln until ctx ends, then shuts srv down gracefully: the listener closes
 // at once and requests in flight get up to grace to finish, after which the remaining
 // connections are closed. It returns nil after a clean shutdown, or the error that stopped

@@ -118,7 +118,7 @@ func TestServeHTTPGraceExpires(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { close(entered); <-release })
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- ServeHTTP(ctx, NewHTTPServer(h, 0), ln, 50*time.Millisecond) }()
+	go func() { served <- ServeHTTP(ctx, NewHTTPServer(h, HTTPLimits{}), ln, 50*time.Millisecond) }()
 	go func() {
 		if resp, err := http.Get("http://" + ln.Addr().String()); err == nil {
 			resp.Body.Close()

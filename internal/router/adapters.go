@@ -207,7 +207,13 @@ func (p poolLease) URL() string {
 	}
 	return "http://" + p.l.Target.Addr
 }
-func (p poolLease) Done(err error) { p.l.Done(err != nil) }
+func (p poolLease) Done(err error) {
+	if errors.Is(err, ErrNoVerdict) {
+		p.l.Release()
+		return
+	}
+	p.l.Done(err != nil)
+}
 
 // Pick reserves a node of region, avoiding the given ids when another node is available.
 func (u PoolUpstreams) Pick(region string, avoid []string) (Upstream, error) {

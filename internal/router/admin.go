@@ -132,8 +132,9 @@ func (s *Server) createTenant(c *gin.Context) {
 		s.problem(c, http.StatusConflict, "Conflict", "tenant "+id+" already exists")
 		return
 	case status != http.StatusCreated:
+		s.log(c).Warn("API node refused to record a tenant", "status", status, "answer", truncate(answer, 200))
 		s.problem(c, http.StatusBadGateway, "Bad Gateway",
-			fmt.Sprintf("API node answered %d recording the tenant: %s", status, truncate(answer, 200)))
+			fmt.Sprintf("API node answered %d recording the tenant", status))
 		return
 	}
 	c.JSON(http.StatusCreated, TenantInfo{ID: id, Shard: route.Shard, HomeRegion: route.HomeRegion, Pinned: route.Pinned})

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -211,7 +212,7 @@ func (l fakeLease) Done(err error) {
 	l.u.mu.Lock()
 	defer l.u.mu.Unlock()
 	l.n.inFlight--
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrNoVerdict) {
 		l.n.failures++
 	}
 }

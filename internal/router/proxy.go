@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/meridian-dev/meridian/internal/problem"
 	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
@@ -24,6 +27,9 @@ const (
 	HeaderServedRegion    = "X-Served-Region"
 	HeaderTraceparent     = "traceparent"
 	HeaderIdempotencyKey  = "Idempotency-Key"
+	// HeaderRequestTimeout tells an API node, in whole milliseconds, how long the router will
+	// still wait for its answer; the node bounds its own deadline by it (docs/api.md).
+	HeaderRequestTimeout = "X-Request-Timeout-Ms"
 )
 
 // hopHeaders are connection-scoped headers that must not be forwarded (RFC 9110 §7.6.1).
@@ -39,65 +45,95 @@ const (
 	ctxClass     = "meridian.class"
 	ctxUpstream  = "meridian.upstream_time"
 	ctxMapVer    = "meridian.map_version"
+	ctxBodyRead  = "meridian.body_read"
 )
 
-// proxy serves every /v1 request.
+// proxy serves every /v1 request, in the order docs/router.md ("Request path") gives: nothing
+// of the body is read before the caller has a valid token and scope, is within its limits and
+// holds a concurrency slot.
 func (s *Server) proxy(c *gin.Context) {
 	r := c.Request
 	class := Classify(r.Method, r.URL.Path)
 	c.Set(ctxClass, class)
 
-	// 1. Body: buffered (so retries can resend it) and bounded.
-	body, ok := s.readBody(c)
+	// 1. Authentication and scope, from the headers alone: the tenant is the token's claim,
+	//    never the request's.
+	p, ok := s.authorize(c)
 	if !ok {
-		return
-	}
-
-	// 2. Authentication: the tenant is the token's claim, never the request's.
-	p, ok := s.authenticate(c)
-	if !ok {
-		return
-	}
-	if p.Tenant == "" {
-		s.problem(c, http.StatusForbidden, "Forbidden", "token carries no tenant claim")
-		return
-	}
-	need := "data:read"
-	if IsWrite(r.Method) {
-		need = "data:write"
-	}
-	if !p.HasScope(need) {
-		s.problem(c, http.StatusForbidden, "Forbidden", "token lacks scope "+need)
 		return
 	}
 	c.Set(ctxTenant, p.Tenant)
 
-	// 3. Rate limits; RateLimit-* go on every answer from here on.
+	// 2. Rate limits; RateLimit-* go on every answer from here on.
 	if !s.rateLimit(c, p, class) {
 		return
 	}
 
-	// 3b. Admission (limits.go): a per-tenant concurrency slot, held until the answer is done
-	// (streams included), and load shedding by class. Before any upstream work.
+	// 3. Admission (limits.go): a per-tenant concurrency slot, held until the answer is done
+	//    (streams included), and load shedding by class. Before any upstream work.
 	if !s.admit(c, p.Tenant) {
 		return
 	}
 	defer s.release(p.Tenant)
 
-	// 4. Route.
-	route, err := s.cfg.Map.Lookup(p.Tenant)
-	switch {
-	case errors.Is(err, ErrBadTenantID):
-		s.problem(c, http.StatusForbidden, "Forbidden", "token's tenant claim is not a valid tenant id")
-		return
-	case err != nil:
-		c.Header("Retry-After", "1")
-		s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", "shard map not available: "+err.Error())
+	// 4. Route: the tenant's shard and home region from the local map copy.
+	route, ok := s.lookup(c, p.Tenant)
+	if !ok {
 		return
 	}
+
+	// 5. Body: buffered (so retries can resend it), bounded in size here and in time by the
+	//    HTTP server's body timeout (internal/daemon).
+	body, ok := s.readBody(c)
+	if !ok {
+		return
+	}
+
+	// 6. Forward, within the request deadline.
 	s.forward(c, body, p.Tenant, route)
 }
 
+// authorize authenticates the bearer token and checks that it carries a tenant and the scope the
+// method needs.
+func (s *Server) authorize(c *gin.Context) (Principal, bool) {
+	p, ok := s.authenticate(c)
+	if !ok {
+		return Principal{}, false
+	}
+	if p.Tenant == "" {
+		s.problem(c, http.StatusForbidden, "Forbidden", "token carries no tenant claim")
+		return Principal{}, false
+	}
+	need := "data:read"
+	if IsWrite(c.Request.Method) {
+		need = "data:write"
+	}
+	if !p.HasScope(need) {
+		s.problem(c, http.StatusForbidden, "Forbidden", "token lacks scope "+need)
+		return Principal{}, false
+	}
+	return p, true
+}
+
+// lookup resolves the tenant on the local map copy.
+func (s *Server) lookup(c *gin.Context, tenant string) (Route, bool) {
+	route, err := s.cfg.Map.Lookup(tenant)
+	switch {
+	case errors.Is(err, ErrBadTenantID):
+		s.problem(c, http.StatusForbidden, "Forbidden", "token's tenant claim is not a valid tenant id")
+		return Route{}, false
+	case err != nil:
+		s.log(c).Warn("shard map lookup failed", "err", err)
+		c.Header("Retry-After", "1")
+		s.problem(c, http.StatusServiceUnavailable, "Service Unavailable", "shard map not available")
+		return Route{}, false
+	}
+	return route, true
+}
+
+// readBody reads the whole request body. A body not complete within the server's body timeout
+// is 408 (its read fails with os.ErrDeadlineExceeded: daemon.HTTPLimits), one that cannot be
+// read otherwise (cut off, malformed chunks) 400; neither is any API node's concern.
 func (s *Server) readBody(c *gin.Context) ([]byte, bool) {
 	r := c.Request
 	if r.ContentLength > s.cfg.MaxBody {
@@ -109,11 +145,20 @@ func (s *Server) readBody(c *gin.Context) ([]byte, bool) {
 		return nil, true
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBody+1))
-	if err != nil {
-		s.problem(c, http.StatusBadRequest, "Bad Request", "reading request body: "+err.Error())
+	c.Set(ctxBodyRead, true)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		s.log(c).Info("request body timed out", "err", err)
+		// The rest of the body is still on the connection: it cannot carry another request.
+		c.Header("Connection", "close")
+		s.kindProblem(c, problem.RequestTimeout, "request body not received within the body timeout")
 		return nil, false
-	}
-	if int64(len(body)) > s.cfg.MaxBody {
+	case err != nil:
+		s.log(c).Info("request body unreadable", "err", err)
+		c.Header("Connection", "close")
+		s.problem(c, http.StatusBadRequest, "Bad Request", "request body could not be read")
+		return nil, false
+	case int64(len(body)) > s.cfg.MaxBody:
 		s.problem(c, http.StatusRequestEntityTooLarge, "Content Too Large",
 			"request body exceeds "+strconv.FormatInt(s.cfg.MaxBody, 10)+" bytes")
 		return nil, false
@@ -131,8 +176,10 @@ func (s *Server) authenticate(c *gin.Context) (Principal, bool) {
 	}
 	p, err := s.cfg.Auth.Authenticate(c.Request.Context(), strings.TrimSpace(tok))
 	if err != nil {
+		// The verifier's reason stays in the log: it is library text, not a client contract.
+		s.log(c).Debug("token rejected", "err", err)
 		c.Header("WWW-Authenticate", `Bearer realm="meridian", error="invalid_token"`)
-		s.problem(c, http.StatusUnauthorized, "Unauthorized", err.Error())
+		s.problem(c, http.StatusUnauthorized, "Unauthorized", "invalid or expired token")
 		return Principal{}, false
 	}
 	return p, true
@@ -186,9 +233,11 @@ func (s *Server) leaseValid() bool {
 
 // forward sends the request to an API node chosen by Decide, retrying failed attempts under
 // the retry policy (upstream.RetryPolicy) and any request once after a 421, then streams the
-// answer back.
+// answer back. The request deadline (UpstreamTimeout from now, the body being in hand) bounds
+// every attempt until its response headers; each attempt tells its API node the time left.
 func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route) {
 	r := c.Request
+	deadline := time.Now().Add(s.cfg.UpstreamTimeout)
 	in := DecisionInput{
 		Method:            r.Method,
 		Path:              r.URL.Path,
@@ -206,13 +255,16 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 	}
 	traceparent := NextTraceparent(r.Header.Get(HeaderTraceparent))
 	retried421 := false
-	// One retry budget for the whole request: the 421 retry below does not renew it.
+	// One retry budget for the whole request: the 421 retry below does not renew it. Backoffs
+	// end with the deadline too.
 	tries := s.cfg.Retry.Start(d.Idempotent)
+	retryCtx, cancel := context.WithDeadline(r.Context(), deadline)
+	defer cancel()
 	for {
 		c.Set(ctxMapVer, route.Version)
-		resp, up, fail := s.attempt(c, d.Region, body, route, traceparent, tries.Avoid())
+		resp, up, fail := s.attempt(c, d.Region, body, route, traceparent, tries.Avoid(), deadline)
 		if fail != nil {
-			if tries.Again(r.Context(), fail.failure) {
+			if !fail.unsendable && tries.Again(retryCtx, fail.failure) {
 				s.m.retries.Inc()
 				continue
 			}
@@ -227,7 +279,7 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 			drain(resp)
 			up.Done(nil)
 			s.m.misdirected.Inc()
-			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.MapWait)
+			ctx, cancel := context.WithTimeout(retryCtx, s.cfg.MapWait)
 			if want == 0 {
 				want = route.Version + 1
 			}
@@ -252,12 +304,15 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 	}
 }
 
-// upstreamError is a failed attempt: no node could be picked, or the exchange with the node
-// failed before an answer arrived.
+// upstreamError is a failed attempt: no node could be picked, the exchange with the node
+// failed before an answer arrived, or the request could not be sent as it was.
 type upstreamError struct {
 	failure upstream.Failure
 	url     string
 	err     error
+	// unsendable: the request itself could not be sent (upstream.ErrUnsendable); it is the
+	// client's 400, not retried, and no failure of the node.
+	unsendable bool
 }
 
 func (e *upstreamError) Error() string {
@@ -268,11 +323,37 @@ func (e *upstreamError) Error() string {
 }
 func (e *upstreamError) Unwrap() error { return e.err }
 
+// errDeadline is an attempt cut short by the request deadline before its response headers.
+var errDeadline = fmt.Errorf("%w: no response headers within the request deadline", context.DeadlineExceeded)
+
+// errNodeFault marks an answer that counts against the node's breaker (see nodeFault).
+var errNodeFault = errors.New("router: API node answered with a server error")
+
+// nodeFault reports whether an API node's answer counts against its breaker: its own server
+// errors do, but 503 and 504, with which a node speaks of a tenant (fenced during a move), a
+// write conflict, a shard or its database (unreachable or slow for every node alike) or the
+// request's own deadline — none of which another node would fix, and all of which one tenant
+// could otherwise use to eject a node from everyone's traffic.
+func nodeFault(status int) bool {
+	return status >= 500 && status != http.StatusServiceUnavailable && status != http.StatusGatewayTimeout
+}
+
+// timeLeft is what an attempt tells its API node of the request deadline: the time left less a
+// margin (a tenth, at most 250 ms) for the answer's way back, so that a node that runs out of
+// time answers 504 itself before the router stops waiting.
+func timeLeft(d time.Duration) time.Duration {
+	return d - min(d/10, 250*time.Millisecond)
+}
+
 // attempt sends one try to one node of region. On success the caller owns resp and must call
-// up.Done. A transport error counts against the node's breaker; an answer of any status is
-// reported as a success when the caller calls up.Done(nil).
-func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route, traceparent string, avoid []string) (*http.Response, Upstream, *upstreamError) {
+// up.Done. A transport failure counts against the node's breaker; an attempt whose client went
+// away or whose request could not be sent is released without a verdict (ErrNoVerdict).
+func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route, traceparent string, avoid []string, deadline time.Time) (*http.Response, Upstream, *upstreamError) {
 	r := c.Request
+	left := time.Until(deadline)
+	if left <= time.Millisecond {
+		return nil, nil, &upstreamError{err: errDeadline}
+	}
 	up, err := s.cfg.Upstreams.Pick(region, avoid)
 	if err != nil {
 		return nil, nil, &upstreamError{failure: upstream.Failure{NoNode: errors.Is(err, ErrNoUpstream)}, err: err}
@@ -282,15 +363,25 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 	if body != nil {
 		rb = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, target, rb)
+	// ctx ends with the client's request, or at the deadline until the response headers arrive
+	// (stopped below): the body of an answer may stream for longer (an event stream for hours).
+	ctx, cancel := context.WithCancelCause(r.Context())
+	timer := time.AfterFunc(left, func() { cancel(errDeadline) })
+	req, err := http.NewRequestWithContext(ctx, r.Method, target, rb)
 	if err != nil {
-		up.Done(nil)
-		return nil, nil, &upstreamError{failure: upstream.Failure{Node: up.ID()}, url: up.URL(), err: err}
+		timer.Stop()
+		cancel(nil)
+		up.Done(ErrNoVerdict)
+		return nil, nil, &upstreamError{url: up.URL(), err: fmt.Errorf("%w: %v", upstream.ErrUnsendable, err), unsendable: true}
 	}
 	copyHeader(req.Header, r.Header)
 	removeHop(req.Header)
+	// The router holds the whole body: a 100-continue was the client's with this router (net/http
+	// answered it when the body was read) and has no meaning on the hop, which cannot speak it.
+	req.Header.Del("Expect")
 	req.Header.Set(HeaderRequestID, c.GetString(ctxRequestID))
 	req.Header.Set(HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
+	req.Header.Set(HeaderRequestTimeout, strconv.FormatInt(timeLeft(left).Milliseconds(), 10))
 	req.Header.Set(HeaderTraceparent, traceparent)
 	if ip := c.ClientIP(); ip != "" {
 		if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
@@ -305,16 +396,45 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 	resp, err := s.cfg.Transport.RoundTrip(req)
 	elapsed := time.Since(start)
 	addUpstreamTime(c, elapsed)
-	if err != nil {
-		up.Done(err)
-		s.m.upstream.WithLabelValues(region, "error").Inc()
-		s.m.upstreamDur.WithLabelValues(region).Observe(elapsed.Seconds())
-		return nil, nil, &upstreamError{failure: upstream.Failure{Node: up.ID(), Sent: upstream.MayHaveReached(err)},
-			url: up.URL(), err: err}
+	if !timer.Stop() && err == nil {
+		// The deadline fired as the headers arrived: the answer is too late all the same.
+		resp.Body.Close()
+		err = errDeadline
 	}
-	s.m.upstream.WithLabelValues(region, strconv.Itoa(resp.StatusCode)).Inc()
 	s.m.upstreamDur.WithLabelValues(region).Observe(elapsed.Seconds())
+	if err != nil {
+		cancel(nil)
+		s.m.upstream.WithLabelValues(region, "error").Inc()
+		e := &upstreamError{failure: upstream.Failure{Node: up.ID(), Sent: upstream.MayHaveReached(err)}, url: up.URL(), err: err}
+		switch {
+		case r.Context().Err() != nil:
+			up.Done(fmt.Errorf("%w: the client went away: %v", ErrNoVerdict, err))
+		case errors.Is(err, upstream.ErrUnsendable):
+			up.Done(fmt.Errorf("%w: %v", ErrNoVerdict, err))
+			e.unsendable = true
+		case errors.Is(context.Cause(ctx), errDeadline):
+			e.err = fmt.Errorf("%w (%v)", errDeadline, err)
+			up.Done(e.err)
+		default:
+			up.Done(err)
+		}
+		return nil, nil, e
+	}
+	resp.Body = cancelOnClose{resp.Body, cancel}
+	s.m.upstream.WithLabelValues(region, strconv.Itoa(resp.StatusCode)).Inc()
 	return resp, up, nil
+}
+
+// cancelOnClose ends an attempt's context when its answer's body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelCauseFunc
+}
+
+func (b cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel(nil)
+	return err
 }
 
 func addUpstreamTime(c *gin.Context, d time.Duration) {
@@ -332,9 +452,14 @@ func isTimeout(err error) bool {
 }
 
 // upstreamFailure answers a request that no API node could serve.
-func (s *Server) upstreamFailure(c *gin.Context, d Decision, err error) {
+func (s *Server) upstreamFailure(c *gin.Context, d Decision, err *upstreamError) {
 	if c.Request.Context().Err() != nil {
 		c.Abort() // the client went away; nobody is listening
+		return
+	}
+	if err.unsendable {
+		s.log(c).Info("request cannot be forwarded", "err", err)
+		s.problem(c, http.StatusBadRequest, "Bad Request", "request cannot be forwarded as sent")
 		return
 	}
 	s.log(c).Warn("upstream failed", "err", err, "upstream_region", d.Region)
@@ -360,14 +485,19 @@ func (s *Server) upstreamFailure(c *gin.Context, d Decision, err error) {
 // copyResponse streams an API node's answer to the client, flushing as it goes for event
 // streams.
 // The upstream's concurrency slot is released when the body ends, or at once for an event
-// stream, which may stay open for hours and must not pin a slot.
+// stream, which may stay open for hours and must not pin a slot. The answer's status is the
+// node's verdict (nodeFault); a client that goes away while the body is copied changes nothing.
 func (s *Server) copyResponse(c *gin.Context, resp *http.Response, up Upstream, route Route) {
 	defer resp.Body.Close()
+	var verdict error
+	if nodeFault(resp.StatusCode) {
+		verdict = fmt.Errorf("%w: %d", errNodeFault, resp.StatusCode)
+	}
 	stream := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	if stream {
-		up.Done(nil)
+		up.Done(verdict)
 	} else {
-		defer up.Done(nil)
+		defer up.Done(verdict)
 	}
 	h := c.Writer.Header()
 	for k, vv := range resp.Header {

@@ -43,6 +43,10 @@ var (
 	ErrBadTenantID = errors.New("router: bad tenant id")
 	// ErrBadLimits means tenant limit overrides are out of bounds or name an unknown field.
 	ErrBadLimits = errors.New("router: bad tenant limits")
+	// ErrNoVerdict marks an attempt's outcome that says nothing about the API node (the client
+	// went away, or the request could not be sent as it was): Upstream.Done releases the node's
+	// slot without counting the attempt for or against it.
+	ErrNoVerdict = errors.New("router: attempt says nothing about the API node")
 )
 
 // Route is where the local map says a tenant lives (a copy of shardmap.Route, so the routing
@@ -178,7 +182,8 @@ type Upstream interface {
 	// URL is the node's base URL, e.g. "http://127.0.0.1:8080".
 	URL() string
 	// Done releases the node's concurrency slot and reports the attempt's outcome to its
-	// breaker and ejection logic (err == nil: the node answered).
+	// breaker and ejection logic: nil, the node answered; an error wrapping ErrNoVerdict, no
+	// outcome; any other error, the node failed (a transport failure or its own server error).
 	Done(err error)
 }
 
@@ -250,7 +255,10 @@ type Config struct {
 	Transport http.RoundTripper
 	// Lease is how long after the last leader contact writes are still routed; 0: 2 s.
 	Lease time.Duration
-	// UpstreamTimeout bounds the wait for an API node's response headers; 0: 5 s.
+	// UpstreamTimeout is the request deadline: from the moment the router holds a request's
+	// body, it bounds the wait for an API node's response headers, all attempts and retries
+	// together (504 after it), and each attempt tells its API node the time left
+	// (HeaderRequestTimeout). An answer's body may stream for longer. 0: 5 s.
 	UpstreamTimeout time.Duration
 	// MapWait bounds the wait for a newer map after a 421; 0: 1 s.
 	MapWait time.Duration

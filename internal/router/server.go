@@ -44,26 +44,40 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("router: trusted proxies: %w", err)
 	}
 	e.ContextWithFallback = true
-	e.HandleMethodNotAllowed = false
+	// Unknown paths are 404 and known paths with another method 405 with Allow, all
+	// problem+json; never a redirect to a path with or without a trailing slash.
+	e.RedirectTrailingSlash = false
+	e.RedirectFixedPath = false
+	e.HandleMethodNotAllowed = true
 	e.Use(s.observe)
-	e.GET("/healthz", s.healthz)
-	e.GET("/readyz", s.readyz)
-	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})))
+	getHead(e, "/healthz", s.healthz)
+	getHead(e, "/readyz", s.readyz)
+	getHead(e, "/metrics", gin.WrapH(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})))
 	if cfg.MapHandler != nil {
 		e.Any("/internal/v1/*path", gin.WrapH(cfg.MapHandler))
 	}
 	admin := e.Group("/admin/v1", s.requireAdmin)
 	admin.POST("/tenants", s.createTenant)
-	admin.GET("/tenants/:id", s.getTenant)
+	getHead(admin, "/tenants/:id", s.getTenant)
 	admin.PATCH("/tenants/:id", s.patchTenant)
-	admin.GET("/shardmap", s.getShardmap)
-	admin.GET("/regions", s.getRegions)
+	getHead(admin, "/shardmap", s.getShardmap)
+	getHead(admin, "/regions", s.getRegions)
 	e.Any("/v1/*path", s.proxy)
 	e.NoRoute(func(c *gin.Context) {
-		s.problem(c, http.StatusNotFound, "Not Found", "no route for "+c.Request.URL.Path)
+		s.problem(c, http.StatusNotFound, "Not Found", "no such route")
+	})
+	e.NoMethod(func(c *gin.Context) {
+		// gin has set Allow to the path's methods.
+		s.problem(c, http.StatusMethodNotAllowed, "Method Not Allowed", "method not allowed on this route")
 	})
 	s.engine = e
 	return s, nil
+}
+
+// getHead routes GET and HEAD of path to the same handlers (net/http drops a HEAD answer's body).
+func getHead(r gin.IRoutes, path string, h ...gin.HandlerFunc) {
+	r.GET(path, h...)
+	r.HEAD(path, h...)
 }
 
 // Handler returns the router's HTTP handler.
@@ -131,6 +145,12 @@ func (s *Server) kindProblem(c *gin.Context, k problem.Kind, detail string) {
 }
 
 func (s *Server) sendProblem(c *gin.Context, p problem.Problem) {
+	if c.Request.ContentLength != 0 && !c.GetBool(ctxBodyRead) {
+		// An answer before the body (a 401 ahead of it): close the connection after the
+		// answer instead of having net/http read and discard a body nobody will use before
+		// answering (a stalled one for up to the body timeout).
+		c.Header("Connection", "close")
+	}
 	p.RequestID = c.GetString(ctxRequestID)
 	b, _ := json.Marshal(p)
 	c.Header("Content-Type", problem.ContentType)

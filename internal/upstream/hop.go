@@ -20,8 +20,9 @@ import (
 //
 // It does only what the router needs: http:// URLs, no proxy, no TLS, no HTTP/2, no transparent
 // compression (the client's Accept-Encoding and the encoded body pass through), no redirects,
-// no 100-continue, no protocol upgrades (a 101 answer is an error and its connection is
-// closed). Anything else gets an error. Response headers are bounded at 10 MiB, like
+// no 100-continue (a request with an Expect header gets ErrUnsendable: a proxy that holds the
+// whole body has no use for it), no protocol upgrades (a 101 answer is an error and its
+// connection is closed). Anything else gets an error. Response headers are bounded at 10 MiB, like
 // net/http's. The whole request is written before the answer is read, so an upstream that
 // answers early (a 413 before reading a large body) and closes may surface as a write error;
 // the router forwards no body larger than an API node accepts (both 1 MiB), so an API node
@@ -87,8 +88,17 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// ErrUnsupported is returned for requests HopTransport does not handle (see its doc).
-var ErrUnsupported = errors.New("upstream: request not supported by HopTransport")
+// Errors of HopTransport.
+var (
+	// ErrUnsupported is returned for a URL HopTransport does not handle (see its doc) and for
+	// a 101 answer.
+	ErrUnsupported = errors.New("upstream: request not supported by HopTransport")
+	// ErrUnsendable means the request itself cannot be sent as it is: it carries an Expect
+	// header, or net/http's request writer refuses it (an invalid Host, a control character
+	// in the URL). Nothing of it reached the upstream, so the error says nothing about the
+	// upstream's health.
+	ErrUnsendable = errors.New("upstream: request cannot be sent as it is")
+)
 
 // RoundTrip sends req and returns the response; the caller must read or close its body.
 func (t *HopTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -98,7 +108,7 @@ func (t *HopTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if req.Header.Get("Expect") != "" {
 		closeBody(req)
-		return nil, fmt.Errorf("%w: Expect header", ErrUnsupported)
+		return nil, fmt.Errorf("%w: Expect header (no 100-continue on this hop)", ErrUnsendable)
 	}
 	host := req.URL.Host
 	if req.URL.Port() == "" {
@@ -119,6 +129,9 @@ func (t *HopTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 		pc.conn.Close()
+		if errors.Is(err, ErrUnsendable) {
+			return nil, err // a new connection would refuse it too
+		}
 		if attempt == 0 && reused && sentNothing && replayable(req) && req.Context().Err() == nil {
 			if req.GetBody != nil {
 				body, gerr := req.GetBody()
@@ -149,6 +162,12 @@ func (t *HopTransport) exchange(pc *hopConn, req *http.Request) (resp *http.Resp
 	// A write that fails got no answer either: a replayable request may go again.
 	if err := req.Write(pc.bw); err != nil {
 		stop()
+		var op *net.OpError
+		if !errors.As(err, &op) && ctx.Err() == nil {
+			// Not the connection failing: net/http refused to write the request (it checks
+			// the Host and the URL before writing a byte).
+			return nil, true, fmt.Errorf("%w: %v", ErrUnsendable, err)
+		}
 		return nil, pc.counter.n == before, ctxErr(ctx, err)
 	}
 	if err := pc.bw.Flush(); err != nil {

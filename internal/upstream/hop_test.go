@@ -362,3 +362,25 @@ func TestHopErrors(t *testing.T) {
 		t.Fatalf("closed port: %v, want a dial *net.OpError (the router retries those for any method)", err)
 	}
 }
+
+// TestHopUnsendable: a request the transport cannot send as it is fails with ErrUnsendable and
+// nothing of it reaches the upstream.
+func TestHopUnsendable(t *testing.T) {
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	defer srv.Close()
+	tr := &HopTransport{}
+	for name, mod := range map[string]func(*http.Request){
+		"expect":       func(r *http.Request) { r.Header.Set("Expect", "100-continue") },
+		"control byte": func(r *http.Request) { r.URL.Opaque = "/a\x01" },
+	} {
+		req, _ := http.NewRequest("POST", srv.URL+"/x", strings.NewReader("body"))
+		mod(req)
+		if _, err := tr.RoundTrip(req); !errors.Is(err, ErrUnsendable) {
+			t.Errorf("%s: err %v, want ErrUnsendable", name, err)
+		}
+	}
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("the upstream saw %d requests", n)
+	}
+}

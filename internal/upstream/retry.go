@@ -17,7 +17,8 @@ import (
 //
 // Only a Failure is retried: no node could be picked, or the exchange failed before any
 // response arrived. An answer of any status, 5xx included, is the node's answer and is not
-// retried (and counts as a success for the node's breaker: see Lease.Done). A request that may
+// retried (whether it counts against the node's breaker is the caller's rule: see the package
+// doc and Lease.Done). A request that may
 // have reached a node is retried only when it is Idempotent; one that provably did not (no
 // node was picked, or the TCP connect failed: see MayHaveReached) is retried whatever its
 // method. A region with no node to pick at all is not retried: a new pick would find none

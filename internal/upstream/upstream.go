@@ -10,9 +10,12 @@
 // Breaker: closed → open after FailureThreshold consecutive failures (the node is ejected for
 // EjectBase, doubling on each re-ejection up to EjectMax) → half-open when that time has passed
 // (one probe request at a time) → closed on the probe's success (readmitted, backoff reset) or
-// open again on its failure. The caller says what failed through Lease.Done: the router counts
-// an attempt that got no answer (a transport error) as a failure and any answer, 5xx included,
-// as a success.
+// open again on its failure. The caller says what failed through Lease.Done, or that an attempt
+// says nothing about the node through Lease.Release: the router counts a transport failure of
+// the hop and the node's own 5xx answers (but 503 and 504, which speak of a tenant, a shard or
+// the request's deadline) as failures, any other answer as a success, and releases without an
+// outcome an attempt whose client went away or whose request could not be sent as it was
+// (docs/router.md, "What counts against an API node").
 //
 // The package never queues: when every candidate is at MaxInFlight, Acquire returns
 // ErrSaturated at once. It never writes HTTP responses either; the router forwards, applying
@@ -160,7 +163,7 @@ func New(cfg Config) (*Pool, error) {
 	}
 	p := &Pool{cfg: cfg, nodes: make(map[string]*node)}
 	p.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "meridian_upstream_requests_total", Help: "Upstream attempts by node, region and outcome (success, failure).",
+		Name: "meridian_upstream_requests_total", Help: "Upstream attempts by node, region and outcome (success, failure, released: no verdict).",
 	}, []string{"node", "region", "outcome"})
 	p.ejections = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meridian_upstream_ejections_total", Help: "Times a node's circuit breaker opened.",
@@ -296,6 +299,25 @@ func (p *Pool) acquireIn(r string, ts []Target, skip func(string) bool) (*Lease,
 // Done releases the slot and records the attempt's outcome for the node's breaker.
 func (l *Lease) Done(failed bool) {
 	l.once.Do(func() { l.p.done(l, failed) })
+}
+
+// Release frees the slot without an outcome, for an attempt that says nothing about the node
+// (the client went away, or the request could not be sent as it was): the breaker's count is
+// left as it was, and a half-open node's probe slot is freed for the next request. Done or
+// Release, whichever comes first, counts; the other does nothing.
+func (l *Lease) Release() {
+	l.once.Do(func() {
+		p := l.p
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		n := p.nodes[l.Target.ID]
+		n.inFlight--
+		p.inflight.WithLabelValues(l.Target.ID, l.Target.Region).Set(float64(n.inFlight))
+		if l.probe {
+			n.probing = false
+		}
+		p.requests.WithLabelValues(l.Target.ID, l.Target.Region, "released").Inc()
+	})
 }
 
 func (p *Pool) done(l *Lease, failed bool) {

@@ -163,3 +163,47 @@ func TestSaturation(t *testing.T) {
 		t.Fatalf("double Done released two slots: %v", err)
 	}
 }
+
+// TestReleaseHasNoVerdict: a released lease frees its slot and neither resets nor adds to the
+// node's failure count; a released probe frees the half-open node for the next probe without
+// readmitting it.
+func TestReleaseHasNoVerdict(t *testing.T) {
+	src := &fakeSource{}
+	src.set("us-east", Target{ID: "a", Region: "us-east", Addr: "a", Healthy: true})
+	clk := &fakeClock{t: time.Unix(1000, 0)}
+	p := newPool(t, src, clk, func(c *Config) { c.MaxInFlight = 1 })
+	lease := func() *Lease {
+		t.Helper()
+		l, err := p.Acquire([]string{"us-east"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	lease().Done(true) // one failure of two
+	for range 5 {
+		lease().Release() // the slot comes back each time (MaxInFlight 1)
+	}
+	if p.State("a") != Closed {
+		t.Fatalf("released leases opened the breaker: %v", p.State("a"))
+	}
+	lease().Done(true) // the second failure in a row: releases did not reset the count
+	if p.State("a") != Open {
+		t.Fatalf("state %v after two failures with releases between them, want open", p.State("a"))
+	}
+	clk.Add(time.Second)
+	probe := lease()
+	if _, err := p.Acquire([]string{"us-east"}, nil); err == nil {
+		t.Fatal("a second probe while the first is out")
+	}
+	probe.Release()
+	if p.State("a") != HalfOpen {
+		t.Fatalf("released probe changed the state to %v, want half-open", p.State("a"))
+	}
+	l := lease() // the probe slot is free again
+	l.Done(false)
+	if p.State("a") != Closed {
+		t.Fatalf("state %v after a successful probe, want closed", p.State("a"))
+	}
+	l.Release() // after Done: nothing
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/meridian-dev/meridian/internal/api"
 	"github.com/meridian-dev/meridian/internal/api/mapsource"
 	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/internal/daemon"
 	"github.com/meridian-dev/meridian/internal/localsrv"
 	"github.com/meridian-dev/meridian/internal/ratelimit"
 	"github.com/meridian-dev/meridian/internal/records/pgstore"
@@ -68,6 +69,7 @@ type apiNode struct {
 	pools  *shards.Conns
 	stop   context.CancelFunc
 	gossip *region.Cluster // nil unless the node's region is clusterOptions.gossipRegion
+	limits daemon.HTTPLimits
 
 	mu   sync.Mutex
 	http *http.Server
@@ -83,12 +85,13 @@ func (a *apiNode) start(t testing.TB) {
 		return err
 	})
 	h := a.srv.Handler()
-	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// The server cmd/api serves with.
+	s := daemon.NewHTTPServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v1/") {
 			a.hits.Add(1)
 		}
 		h.ServeHTTP(w, r)
-	}), ReadHeaderTimeout: 5 * time.Second}
+	}), a.limits)
 	a.mu.Lock()
 	a.http = s
 	a.mu.Unlock()
@@ -129,6 +132,8 @@ type clusterOptions struct {
 	// gossipRegion, if set, turns gossip on in every router and leaves this region out of the
 	// static API lists: its API nodes are found only through gossip (region.Join).
 	gossipRegion string
+	// httpLimits are the HTTP limits of every router and API node (-body-timeout and the like).
+	httpLimits daemon.HTTPLimits
 }
 
 // cluster is three routers (one per region, the map's voters), API nodes, two Postgres
@@ -186,7 +191,7 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 			if err != nil {
 				t.Fatal(err)
 			}
-			a := &apiNode{region: r, addr: ln.Addr().String(), url: "http://" + ln.Addr().String()}
+			a := &apiNode{region: r, addr: ln.Addr().String(), url: "http://" + ln.Addr().String(), limits: o.httpLimits}
 			ln.Close()
 			c.apis[r] = append(c.apis[r], a)
 			if r != o.gossipRegion {
@@ -203,6 +208,7 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 			redisAddr: c.redis.Addr(), limits: limits, staticAPI: static,
 			upstreamTimeout: 3 * time.Second, ejectBase: 200 * time.Millisecond,
 			failThresh: o.failThresh, raftTune: fastRaft, log: testLogger().With("node", r+"-router"),
+			httpLimits: o.httpLimits,
 		}
 		if o.wrapMap != nil {
 			ro.wrapMap = o.wrapMap[r]

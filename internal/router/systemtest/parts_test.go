@@ -42,6 +42,8 @@ type routerOptions struct {
 	wrapMap  func(router.ShardMap) router.ShardMap
 	raftTune func(*raft.Config)
 	log      *slog.Logger
+	// httpLimits are the HTTP server's limits (cmd/router's -body-timeout and the like).
+	httpLimits daemon.HTTPLimits
 }
 
 // testRouter is a running router assembled like cmd/router's run: the same constructors, in
@@ -121,7 +123,7 @@ func startRouter(t testing.TB, o routerOptions) *testRouter {
 	}
 	// No grace: Close is also how a test kills a router.
 	parts.Go("http", func(ctx context.Context) error {
-		return daemon.ServeHTTP(ctx, daemon.NewHTTPServer(srv.Handler(), 0), ln, 0)
+		return daemon.ServeHTTP(ctx, daemon.NewHTTPServer(srv.Handler(), o.httpLimits), ln, 0)
 	})
 	return r
 }
