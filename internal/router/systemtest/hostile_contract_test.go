@@ -15,12 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meridian-dev/meridian/internal/api"
-	"github.com/meridian-dev/meridian/internal/api/mapsource"
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/problem"
 	"github.com/meridian-dev/meridian/internal/records/pgstore"
-	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/migrations"
 	"github.com/meridian-dev/meridian/shardmap"
@@ -165,39 +162,6 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// startStandbyAPINode starts a real API node of region reg on addr like startAPINode, with the
-// store's standby health made as sensitive as it gets: one failure counted against a standby
-// makes it unhealthy, and no status check clears that for an hour.
-func startStandbyAPINode(t *testing.T, reg, addr, routerURL string, verifier *auth.Verifier) *apiNode {
-	t.Helper()
-	a := &apiNode{region: reg, addr: addr, url: "http://" + addr}
-	var err error
-	a.client = shardmap.NewClient(shardmap.ClientConfig{Addrs: []string{routerURL}, Token: clusterToken,
-		Wait: time.Second, Logger: testLogger()})
-	cctx, cancel := context.WithCancel(context.Background())
-	a.stop = cancel
-	go func() { _ = a.client.Run(cctx) }()
-	a.pools = shards.New(shards.Config{MaxConns: 4})
-	maps := mapsource.Adapter{Src: a.client}
-	a.store, err = pgstore.New(pgstore.Config{Region: reg, Map: maps, Conns: a.pools,
-		StandbyInterval: time.Hour, StandbyFailures: 1, Logger: testLogger().With("node", "api-"+a.addr)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.srv, err = api.New(api.Config{Region: reg, CursorKey: []byte("cursor"), ClusterToken: clusterToken,
-		Logger: testLogger().With("node", "api-"+a.addr)}, maps, a.store, verifier, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.start(t)
-	t.Cleanup(func() {
-		a.kill()
-		a.stop()
-		a.pools.Close()
-	})
-	return a
-}
-
 // TestRejectedFiltersKeepReplicaReads: one shard homed in us-east whose us-west copy is a real
 // streaming standby; a router and an API node in us-west, whose reads go to that standby. One
 // tenant sends where[] values the database rejects — on the standby, with a Consistency-Token,
@@ -244,7 +208,11 @@ func TestRejectedFiltersKeepReplicaReads(t *testing.T) {
 		t.Fatalf("bootstrap map: %v", err)
 	}
 	for reg, addr := range nodeAddr {
-		startStandbyAPINode(t, reg, addr, rt.URL, verifier)
+		// The store's standby health as sensitive as it gets: one failure counted against the
+		// standby makes it unhealthy, and no status check clears that for an hour.
+		startAPINode(t, reg, addr, rt.URL, verifier, func(c *pgstore.Config) {
+			c.StandbyInterval, c.StandbyFailures = time.Hour, 1
+		})
 	}
 	// Tenants are created through the admin API once the router knows the home region's node.
 	for _, id := range []string{"victim", "attacker"} {

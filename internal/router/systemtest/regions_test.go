@@ -62,7 +62,7 @@ func TestRegionsReportReplicaLag(t *testing.T) {
 		t.Fatalf("bootstrap map: %v", err)
 	}
 
-	a := startAPINode(t, "us-west", rt.URL, verifier)
+	a := startAPINode(t, "us-west", "", rt.URL, verifier, nil)
 	a.join(t, []string{rt.Gossip.Addr()})
 	t.Cleanup(func() { _ = a.gossip.Depart(context.Background()) })
 
@@ -141,15 +141,19 @@ func TestRegionsReportReplicaLag(t *testing.T) {
 }
 
 // startAPINode starts a real API node of region that watches the map on routerURL and reads
-// the shards' copies of its region.
-func startAPINode(t *testing.T, reg, routerURL string, verifier *auth.Verifier) *apiNode {
+// the shards' copies of its region, listening on addr ("" = a free port). store adjusts the
+// records store's configuration (nil = the defaults with a 50 ms standby check interval).
+func startAPINode(t *testing.T, reg, addr, routerURL string, verifier *auth.Verifier, store func(*pgstore.Config)) *apiNode {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	if addr == "" {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = ln.Addr().String()
+		ln.Close()
 	}
-	a := &apiNode{region: reg, addr: ln.Addr().String(), url: "http://" + ln.Addr().String()}
-	ln.Close()
+	a := &apiNode{region: reg, addr: addr, url: "http://" + addr}
 	a.client = shardmap.NewClient(shardmap.ClientConfig{Addrs: []string{routerURL}, Token: clusterToken,
 		Wait: time.Second, Logger: testLogger()})
 	cctx, cancel := context.WithCancel(context.Background())
@@ -157,8 +161,13 @@ func startAPINode(t *testing.T, reg, routerURL string, verifier *auth.Verifier) 
 	go func() { _ = a.client.Run(cctx) }()
 	a.pools = shards.New(shards.Config{MaxConns: 4})
 	maps := mapsource.Adapter{Src: a.client}
-	a.store, err = pgstore.New(pgstore.Config{Region: reg, Map: maps, Conns: a.pools, StandbyInterval: 50 * time.Millisecond,
-		Logger: testLogger().With("node", "api-"+a.addr)})
+	cfg := pgstore.Config{Region: reg, Map: maps, Conns: a.pools, StandbyInterval: 50 * time.Millisecond,
+		Logger: testLogger().With("node", "api-"+a.addr)}
+	if store != nil {
+		store(&cfg)
+	}
+	var err error
+	a.store, err = pgstore.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
