@@ -124,6 +124,39 @@ func (a *apiNode) join(t testing.TB, peers []string) {
 	}
 }
 
+// boot builds the node's parts the way cmd/api does — map watch on mapAddrs, shard
+// connections, records store (store adjusts its configuration; nil = defaults), HTTP layer —
+// starts serving, and stops it all when the test ends.
+func (a *apiNode) boot(t testing.TB, mapAddrs []string, maxConns int32, verifier *auth.Verifier, store func(*pgstore.Config)) {
+	t.Helper()
+	a.client = shardmap.NewClient(shardmap.ClientConfig{Addrs: slices.Clone(mapAddrs), // NewClient rewrites Addrs in place
+		Token: clusterToken, Wait: time.Second, Logger: testLogger()})
+	cctx, cancel := context.WithCancel(context.Background())
+	a.stop = cancel
+	go func() { _ = a.client.Run(cctx) }()
+	a.pools = shards.New(shards.Config{MaxConns: maxConns})
+	maps := mapsource.Adapter{Src: a.client}
+	cfg := pgstore.Config{Region: a.region, Map: maps, Conns: a.pools, Logger: testLogger().With("node", "api-"+a.addr)}
+	if store != nil {
+		store(&cfg)
+	}
+	var err error
+	if a.store, err = pgstore.New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	a.srv, err = api.New(api.Config{Region: a.region, CursorKey: []byte("cursor"), ClusterToken: clusterToken,
+		Logger: testLogger().With("node", "api-"+a.addr)}, maps, a.store, verifier, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.start(t)
+	t.Cleanup(func() {
+		a.kill()
+		a.stop()
+		a.pools.Close()
+	})
+}
+
 type clusterOptions struct {
 	limits     map[ratelimit.Rule]ratelimit.Limit
 	apiPerReg  map[string]int // API nodes per region (default 1)
@@ -253,33 +286,11 @@ func newCluster(t testing.TB, o clusterOptions) *cluster {
 			}
 		}
 		for _, a := range c.apis[r] {
-			a.client = shardmap.NewClient(shardmap.ClientConfig{Addrs: slices.Clone(addrs), // NewClient rewrites Addrs in place
-				Token: clusterToken, Wait: time.Second, Logger: testLogger()})
-			cctx, cancel := context.WithCancel(context.Background())
-			a.stop = cancel
-			go func() { _ = a.client.Run(cctx) }()
-			a.pools = shards.New(shards.Config{MaxConns: 20})
-			maps := mapsource.Adapter{Src: a.client}
-			var err error
-			a.store, err = pgstore.New(pgstore.Config{Region: r, Map: maps, Conns: a.pools, Logger: testLogger().With("node", "api-"+a.addr)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			a.srv, err = api.New(api.Config{Region: r, CursorKey: []byte("cursor"), ClusterToken: clusterToken,
-				Logger: testLogger().With("node", "api-"+a.addr)}, maps, a.store, verifier, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			a.start(t)
+			a.boot(t, addrs, 20, verifier, nil)
 			if r == o.gossipRegion {
 				a.join(t, gossipJoin)
 			}
-			t.Cleanup(func() {
-				_ = a.gossip.Depart(context.Background())
-				a.kill()
-				a.stop()
-				a.pools.Close()
-			})
+			t.Cleanup(func() { _ = a.gossip.Depart(context.Background()) }) // before boot's cleanup
 			testenv.WaitFor(t, 10*time.Second, func() error {
 				if v := a.client.Map().Version(); v < want {
 					return fmt.Errorf("api node %s at map version %d", a.url, v)

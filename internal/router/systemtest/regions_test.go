@@ -10,12 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meridian-dev/meridian/internal/api"
-	"github.com/meridian-dev/meridian/internal/api/mapsource"
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/records/pgstore"
 	"github.com/meridian-dev/meridian/internal/router"
-	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/migrations"
 	"github.com/meridian-dev/meridian/region"
@@ -154,33 +151,11 @@ func startAPINode(t *testing.T, reg, addr, routerURL string, verifier *auth.Veri
 		ln.Close()
 	}
 	a := &apiNode{region: reg, addr: addr, url: "http://" + addr}
-	a.client = shardmap.NewClient(shardmap.ClientConfig{Addrs: []string{routerURL}, Token: clusterToken,
-		Wait: time.Second, Logger: testLogger()})
-	cctx, cancel := context.WithCancel(context.Background())
-	a.stop = cancel
-	go func() { _ = a.client.Run(cctx) }()
-	a.pools = shards.New(shards.Config{MaxConns: 4})
-	maps := mapsource.Adapter{Src: a.client}
-	cfg := pgstore.Config{Region: reg, Map: maps, Conns: a.pools, StandbyInterval: 50 * time.Millisecond,
-		Logger: testLogger().With("node", "api-"+a.addr)}
-	if store != nil {
-		store(&cfg)
-	}
-	var err error
-	a.store, err = pgstore.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.srv, err = api.New(api.Config{Region: reg, CursorKey: []byte("cursor"), ClusterToken: clusterToken,
-		Logger: testLogger().With("node", "api-"+a.addr)}, maps, a.store, verifier, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.start(t)
-	t.Cleanup(func() {
-		a.kill()
-		a.stop()
-		a.pools.Close()
+	a.boot(t, []string{routerURL}, 4, verifier, func(c *pgstore.Config) {
+		c.StandbyInterval = 50 * time.Millisecond
+		if store != nil {
+			store(c)
+		}
 	})
 	return a
 }
