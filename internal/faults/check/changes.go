@@ -3,6 +3,7 @@ package check
 import (
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/meridian-dev/meridian/internal/faults/history"
 )
@@ -24,7 +25,9 @@ type eventKey struct {
 //     event of version 1 of an unnamed record only while creates of unknown outcome in its
 //     collection remain to explain it);
 //   - commit order: two acknowledged writes of which one completed before the other began are
-//     delivered in that order, and a record's versions increase along the stream;
+//     delivered in that order (a create begins with its first attempt under its
+//     Idempotency-Key, since a retry may be answered by what an earlier attempt committed), and
+//     a record's versions increase along the stream;
 //   - complete: a reader that started from the beginning (From 0) and ended ok has received
 //     every write acknowledged before it was due to have caught up (Op.Due, else Complete).
 //
@@ -45,6 +48,24 @@ func ChangeStreams(h history.History) Verdict {
 			tenants[t] = x
 		}
 		return x
+	}
+	// A create's retry may be answered by a record an earlier attempt committed, so a create
+	// began when its first attempt under that Idempotency-Key did.
+	type idemKey struct{ tenant, coll, key string }
+	began := make(map[idemKey]time.Duration)
+	for _, o := range h.Ops {
+		if o.Kind == history.Create {
+			k := idemKey{o.Tenant, o.Coll, o.IdemKey}
+			if b, ok := began[k]; !ok || o.Invoke < b {
+				began[k] = o.Invoke
+			}
+		}
+	}
+	invoked := func(o history.Op) time.Duration {
+		if o.Kind == history.Create {
+			return began[idemKey{o.Tenant, o.Coll, o.IdemKey}]
+		}
+		return o.Invoke
 	}
 	type elemKey struct{ tenant, coll, value string }
 	elemAcked := make(map[elemKey]bool)
@@ -130,23 +151,24 @@ func ChangeStreams(h history.History) Verdict {
 
 		// Commit order against real time.
 		type placed struct {
-			op  history.Op
-			seq int64
+			op      history.Op
+			seq     int64
+			invoked time.Duration
 		}
 		var ps []placed
 		for _, w := range x.ackedOrder {
 			if s, ok := seqOf[eventKey{w.Coll, w.Rec, w.Version}]; ok {
-				ps = append(ps, placed{w, s})
+				ps = append(ps, placed{w, s, invoked(w)})
 			}
 		}
 		byComplete := append([]placed(nil), ps...)
 		sort.SliceStable(byComplete, func(i, j int) bool { return byComplete[i].op.Complete < byComplete[j].op.Complete })
 		byInvoke := append([]placed(nil), ps...)
-		sort.SliceStable(byInvoke, func(i, j int) bool { return byInvoke[i].op.Invoke < byInvoke[j].op.Invoke })
+		sort.SliceStable(byInvoke, func(i, j int) bool { return byInvoke[i].invoked < byInvoke[j].invoked })
 		var latest *placed
 		i := 0
 		for _, w2 := range byInvoke {
-			for ; i < len(byComplete) && byComplete[i].op.Complete < w2.op.Invoke; i++ {
+			for ; i < len(byComplete) && byComplete[i].op.Complete < w2.invoked; i++ {
 				if latest == nil || byComplete[i].seq > latest.seq {
 					latest = &byComplete[i]
 				}

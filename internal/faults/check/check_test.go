@@ -379,6 +379,27 @@ func TestChangeStreams(t *testing.T) {
 		x.ops[r.ID-1].Due = ms(15) // caught up by 15 ms: only #1 was due
 		wantOK(t, ChangeStreams(x.history(t)))
 	})
+	t.Run("a retried create began with its first attempt", func(t *testing.T) {
+		// Found by TestSimulatedHistoriesPass: e1's first attempt committed (seq 1) and timed
+		// out; e2 was created meanwhile; e1's retry, begun after e2 completed, was answered by
+		// the first attempt's record. Its event legitimately precedes e2's.
+		x := &b{}
+		mk := func(el, key, rec string, inv, comp int, out history.Outcome) {
+			o := history.Op{Process: 1, Kind: history.Create, Coll: "set", Value: el, IdemKey: key, Invoke: ms(inv), Complete: ms(comp), Outcome: out}
+			if out == history.OK {
+				o.Rec, o.Version = rec, 1
+			}
+			x.add(o)
+		}
+		mk("e1", "k1", "", 0, 10, history.Unknown)
+		mk("e2", "k2", "r2", 11, 12, history.OK)
+		mk("e1", "k1", "r1", 20, 30, history.OK)
+		set := func(seq int64, rec string) history.Event {
+			return history.Event{Seq: seq, Coll: "set", Rec: rec, Op: "create", Version: 1}
+		}
+		reader(x, 0, set(1, "r1"), set(2, "r2"))
+		wantOK(t, ChangeStreams(x.history(t)))
+	})
 	t.Run("create of unknown outcome explains one version-1 event", func(t *testing.T) {
 		x := base()
 		x.add(history.Op{Process: 3, Kind: history.Create, Coll: "set", Value: "e1", IdemKey: "k1", Invoke: ms(0), Complete: ms(5), Outcome: history.Unknown})
