@@ -57,8 +57,6 @@ const (
 	Changes Kind = "changes"
 )
 
-var kinds = []Kind{Write, StrongRead, PlainRead, TokenRead, CachedRead, Create, SetRead, Changes}
-
 // IsRead reports whether k reads one record.
 func (k Kind) IsRead() bool {
 	return k == StrongRead || k == PlainRead || k == TokenRead || k == CachedRead
