@@ -17,6 +17,10 @@ import (
 // hostilePhase is the hostile scenario's target name for rounds with the hostile mix running.
 const hostilePhase = "with-hostile"
 
+// benignPhase is the hostile scenario's target name (with -control) for rounds with the other
+// tenant sending well-formed requests at the same rate.
+const benignPhase = "with-benign"
+
 // abuse says whether scenario is one of the two that run something hostile beside the victim.
 func abuse(scenario string) bool { return scenario == scenarioHostile || scenario == scenarioSlowBody }
 
@@ -24,7 +28,7 @@ func abuse(scenario string) bool { return scenario == scenarioHostile || scenari
 // scenario is given them).
 func (o *options) checkAbuseFlags() error {
 	for name, scen := range map[string]string{"hostile-rate": scenarioHostile, "hostile-slow": scenarioHostile,
-		"slow-conns": scenarioSlowBody, "router-pid": scenarioSlowBody} {
+		"slow-conns": scenarioSlowBody, "router-pid": scenarioSlowBody, "control": scenarioHostile} {
 		if o.set[name] && o.scenario != scen {
 			return fmt.Errorf("%w: -%s is for -scenario %s", errUsage, name, scen)
 		}
@@ -98,21 +102,35 @@ func prepareAbuse(ctx context.Context, o *options, p *plan, cfg *loadgen.Config,
 
 	if o.scenario == scenarioHostile {
 		load := newHostileLoad(addr, hostileKinds(u.Host, p.hostileTokens), o.hostileRate, o.hostileSlow, o.bodyTimeout+10*time.Second)
+		benign := newHostileLoad(addr, benignKinds(u.Host, p.hostileTokens.valid), o.hostileRate, 0, o.bodyTimeout+10*time.Second)
+		loads := map[string]*hostileLoad{hostilePhase: load, benignPhase: benign}
+		stopAll := func() {
+			load.stop()
+			benign.stop()
+		}
 		cfg.BeforeRound = func(ctx context.Context, target string, warmup bool) error {
-			if target == hostilePhase {
-				load.start(ctx)
-			} else {
-				load.stop()
+			for phase, l := range loads {
+				if phase != target {
+					l.stop()
+				}
+			}
+			if l := loads[target]; l != nil {
+				l.start(ctx)
 			}
 			setPhase(target, warmup)
 			return nil
 		}
 		extra = func(w *strings.Builder) {
-			load.stop()
+			stopAll()
 			writeVictimTable(w, pc, phases)
+			if o.control {
+				fmt.Fprintf(w, "\nThe other tenant in `%s` rounds (the control):\n", benignPhase)
+				benign.writeTable(w)
+				fmt.Fprintf(w, "\nThe other tenant in `%s` rounds:\n", hostilePhase)
+			}
 			load.writeTable(w)
 		}
-		return extra, load.stop, nil
+		return extra, stopAll, nil
 	}
 
 	pid := o.routerPID

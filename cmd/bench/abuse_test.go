@@ -338,6 +338,7 @@ func TestParseFlagsAbuse(t *testing.T) {
 		{"token", []string{"-scenario", "hostile", "-token", "abc"}},
 		{"two targets", []string{"-scenario", "hostile", "-target", "a=http://x:1", "-target", "b=http://y:1"}},
 		{"https target", []string{"-scenario", "slow-body", "-target", "a=https://x:1"}},
+		{"control on slow-body", []string{"-scenario", "slow-body", "-control"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := parseFlags(tc.args, &bytes.Buffer{}); !errors.Is(err, errUsage) {
@@ -366,7 +367,7 @@ func TestRunHostile(t *testing.T) {
 	cluster := writeClusterFile(t, router.server.URL, api.server.URL)
 	var stdout, stderr bytes.Buffer
 	args := []string{"bench", "-cluster", cluster, "-scenario", "hostile", "-c", "2", "-d", "400ms", "-round", "100ms",
-		"-warmup", "0", "-hostile-rate", "200", "-hostile-slow", "2"}
+		"-warmup", "0", "-hostile-rate", "200", "-hostile-slow", "2", "-control"}
 	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
 		t.Fatalf("run: %v\n%s", err, stderr.String())
 	}
@@ -375,7 +376,8 @@ func TestRunHostile(t *testing.T) {
 	for _, want := range []string{
 		"## A tenant's GET through one router, alone vs beside a hostile tenant (",
 		"tenant `bench-eu-west`", "The other tenant is `bench-hostile-eu-west` (homed in eu-west)",
-		"| alone | ", "| with-hostile | ", "| with-hostile / alone | ",
+		"| alone | ", "| with-hostile | ", "| with-hostile / alone | ", "| with-benign / alone | ",
+		"The other tenant in `with-benign` rounds (the control)", "| list-get | 200 | ",
 		"| phase | answers by status | X-Read-Source |",
 		"| kind | contract | requests | answers |",
 	} {
@@ -383,7 +385,7 @@ func TestRunHostile(t *testing.T) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
-	for _, phase := range []string{"alone", hostilePhase} {
+	for _, phase := range []string{"alone", benignPhase, hostilePhase} {
 		if !strings.Contains(out, "| "+phase+" | 200×") || strings.Contains(out, "| "+phase+" | 200×0") {
 			t.Errorf("phase %s: no 200s counted", phase)
 		}
@@ -402,6 +404,25 @@ func TestRunHostile(t *testing.T) {
 	}
 	if strings.Contains(out, testSecret) {
 		t.Error("the secret leaked")
+	}
+	// The control's GETs reached the router as well-formed, authenticated list reads.
+	if strings.Contains(out, "| list-get | 200 | 0 |") || !strings.Contains(out, "| list-get | 200 | ") {
+		t.Errorf("the control sent nothing")
+	}
+}
+
+func TestBenignKindOnTheWire(t *testing.T) {
+	rec := newRecorder(t, time.Second)
+	host := strings.TrimPrefix(rec.srv.URL, "http://")
+	kinds := benignKinds(host, "tok")
+	if len(kinds) != 1 {
+		t.Fatalf("%d kinds", len(kinds))
+	}
+	res := doRaw(t.Context(), host, kinds[0].build(0), 10*time.Second)
+	got := rec.last(t)
+	if res.status != http.StatusOK || got.method != http.MethodGet || got.path != "/v1/collections/"+collection+"/records" ||
+		got.rawQuery != "limit=1" || got.header.Get("Authorization") != "Bearer tok" || got.contentLength != 0 {
+		t.Errorf("got %+v answered %d", got, res.status)
 	}
 }
 

@@ -97,6 +97,15 @@ func hostileKinds(host string, tok hostileTokens) []hostileKind {
 	}
 }
 
+// benignKinds is the control of the hostile mix: a well-formed list GET of one record, sent
+// the same way (a new connection each).
+func benignKinds(host, token string) []hostileKind {
+	return []hostileKind{{name: "list-get", want: "200", build: func(uint64) rawRequest {
+		return newRawRequest(http.MethodGet, "/v1/collections/"+collection+"/records?limit=1", host,
+			[]header{{"Accept", "application/json"}, {"Authorization", "Bearer " + token}}, nil)
+	}}}
+}
+
 // kindStats counts one kind's answers.
 type kindStats struct {
 	sent    int64

@@ -17,7 +17,8 @@
 //	                tokens, malformed JSON and queries, where[] values the database rejects,
 //	                Expect: 100-continue, oversized headers at -hostile-rate, plus -hostile-slow
 //	                connections holding slow or stalled bodies), side by side in rounds; counts
-//	                both tenants' answers and the victim's X-Read-Source
+//	                both tenants' answers and the victim's X-Read-Source; -control adds a
+//	                phase where the other tenant sends as many well-formed requests instead
 //	slow-body       the same GET, alone and while a wave of -slow-conns connections send a
 //	                POST's headers and then a body too slowly (without a token, and with the
 //	                other tenant's valid token); the router's memory from /proc before, during
@@ -226,6 +227,7 @@ type options struct {
 	hostileTenant string
 	hostileRate   float64
 	hostileSlow   int
+	control       bool
 	slowConns     int
 	bodyTimeout   time.Duration
 	routerPID     int
@@ -312,6 +314,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.hostileTenant, "hostile-tenant", "", "hostile, slow-body: the other tenant (default bench-hostile-<home>, created on the victim's shard when an admin token is known)")
 	fs.Float64Var(&o.hostileRate, "hostile-rate", 500, "hostile: requests per second of the fast hostile kinds, sent in turn (default: the development tenant rate limit)")
 	fs.IntVar(&o.hostileSlow, "hostile-slow", 40, "hostile: connections kept holding a slow or stalled body (reopened when the router closes one)")
+	fs.BoolVar(&o.control, "control", false, "hostile: add a phase where the other tenant sends well-formed list GETs at -hostile-rate the same way (a new connection each), to tell the load of any traffic from the harm of hostile traffic")
 	fs.IntVar(&o.slowConns, "slow-conns", 200, "slow-body: connections per wave")
 	fs.DurationVar(&o.bodyTimeout, "body-timeout", 5*time.Second, "hostile, slow-body: the router's -body-timeout, to judge when it closed a slow body (default: the router's default)")
 	fs.IntVar(&o.routerPID, "router-pid", 0, "slow-body: the router's process id for its memory (default: the process listening on the router's address, from /proc)")

@@ -78,8 +78,11 @@ type plan struct {
 
 // abuseTargets are the victim's targets of the hostile and slow-body scenarios: the same GET
 // through one router, one target per phase.
-func abuseTargets(scenario, base string, victim tenantSpec) []benchTarget {
+func abuseTargets(scenario, base string, victim tenantSpec, control bool) []benchTarget {
 	names := []string{slowPhaseNone, hostilePhase}
+	if control {
+		names = []string{slowPhaseNone, benignPhase, hostilePhase}
+	}
 	if scenario == scenarioSlowBody {
 		names = []string{slowPhaseNone, slowPhaseNoToken, slowPhaseToken}
 	}
@@ -116,7 +119,7 @@ func (o *options) plan() (*plan, error) {
 			p.targets = append(p.targets, benchTarget{name: t.name, base: t.base, tenant: tenant})
 		}
 		if abuse(o.scenario) {
-			p.targets = abuseTargets(o.scenario, o.targets[0].base, tenant)
+			p.targets = abuseTargets(o.scenario, o.targets[0].base, tenant, o.control)
 			p.hostile = tenantSpec{id: o.hostileTenant, home: o.home}
 			if p.hostile.id == "" {
 				p.hostile.id = "bench-hostile"
@@ -191,7 +194,7 @@ func (o *options) plan() (*plan, error) {
 				{name: "home-" + home, base: router, tenant: named(home)},
 			}
 		case scenarioHostile, scenarioSlowBody:
-			p.targets = abuseTargets(o.scenario, router, named(home))
+			p.targets = abuseTargets(o.scenario, router, named(home), o.control)
 			p.hostile = tenantSpec{id: o.hostileTenant, home: home}
 			if p.hostile.id == "" {
 				p.hostile.id = "bench-hostile-" + home

@@ -150,8 +150,13 @@ func writeSection(w io.Writer, o *options, p *plan, rep *loadgen.Report, m machi
 			fmt.Fprintf(w, " (homed in %s)", p.hostile.home)
 		}
 		if o.scenario == scenarioHostile {
-			fmt.Fprintf(w, "; in `%s` rounds (and their warm-up) it sends the hostile mix below, in `%s` rounds nothing.\n\n",
+			fmt.Fprintf(w, "; in `%s` rounds (and their warm-up) it sends the hostile mix below, in `%s` rounds nothing",
 				hostilePhase, slowPhaseNone)
+			if o.control {
+				fmt.Fprintf(w, ", in `%s` rounds well-formed list GETs at the same rate, each on a new connection "+
+					"like the hostile requests (a control: what any traffic of that rate costs the victim)", benignPhase)
+			}
+			fmt.Fprintf(w, ".\n\n")
 		} else {
 			fmt.Fprintf(w, "; each `%s` and `%s` round starts one wave of slow-body connections (below), `%s` rounds "+
 				"start after the last wave is closed.\n\n", slowPhaseNoToken, slowPhaseToken, slowPhaseNone)
