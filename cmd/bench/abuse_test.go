@@ -459,9 +459,9 @@ func TestRunSlowBody(t *testing.T) {
 	t.Log(out)
 	for _, want := range []string{
 		"| alone | ", "| slow-no-token | ", "| slow-token | ",
-		"| wave | variant | answers | closed in time |",
+		"| wave | variant | answers | time to answer p50 / max | closed in time |",
 		"| 1 | slow-no-token | ", "| 2 | slow-token | ", "| 3 | slow-no-token | ", "| 4 | slow-token | ",
-		"| 1 | slow-no-token | 401×6 |",
+		"| 1 | slow-no-token | 401×6 | ",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q", want)

@@ -334,9 +334,9 @@ func (h *hostileLoad) writeTable(w *strings.Builder) {
 	for _, st := range h.stats {
 		total += st.sent
 	}
-	fmt.Fprintf(w, "\nThe hostile tenant (only while it ran: %.1f s in all): %d requests answered or cut, %.0f req/s; "+
+	fmt.Fprintf(w, "\nThe other tenant, only while it ran (%.1f s in all): %d requests answered, %.0f req/s; "+
 		"fast kinds scheduled at %s req/s in turn (%d slots skipped: %d already in flight), slow kinds on %d connections "+
-		"held open and reopened when closed.\n\n",
+		"held open and reopened when closed (requests cut when a phase ended are not counted).\n\n",
 		h.active.Seconds(), total, float64(total)/math.Max(h.active.Seconds(), 1e-9), formatRate(h.rate), h.skipped, h.maxInFlight, h.slow)
 	w.WriteString("| kind | contract | requests | answers | time to answer p50 / max |\n|---|---|---:|---|---|\n")
 	for _, k := range h.kinds {

@@ -144,14 +144,17 @@ func (s *slowWaves) writeTable(w *strings.Builder) {
 		"\"closed in time\" counts connections the router closed within it plus 0.5 s (measured by the client from the end of "+
 		"the headers). Router memory is VmRSS of pid %d from /proc, sampled every 100 ms; \"after\" %s after the wave's last close.\n\n",
 		s.conns, waveBodyLen, waveBodyFirst, waveDrip, s.bodyTimeout, s.pid, s.settle)
-	w.WriteString("| wave | variant | answers | closed in time | time to close p50 / max | router RSS before / peak / after MiB | peak − before |\n")
-	w.WriteString("|---:|---|---|---:|---|---|---:|\n")
+	w.WriteString("| wave | variant | answers | time to answer p50 / max | closed in time | time to close p50 / max | router RSS before / peak / after MiB | peak − before |\n")
+	w.WriteString("|---:|---|---|---|---:|---|---|---:|\n")
 	for i, wv := range s.waves {
 		answers := map[string]int64{}
-		var closes []time.Duration
+		var closes, answered []time.Duration
 		inTime := 0
 		for _, r := range wv.results {
 			answers[r.key()]++
+			if r.status != 0 {
+				answered = append(answered, r.answered)
+			}
 			if r.closed {
 				closes = append(closes, r.closedAt)
 				if r.closedAt <= s.bodyTimeout+500*time.Millisecond {
@@ -163,8 +166,8 @@ func (s *slowWaves) writeTable(w *strings.Builder) {
 		if wv.rssBefore >= 0 && wv.rssPeak >= 0 {
 			delta = mib(wv.rssPeak-wv.rssBefore) + " MiB"
 		}
-		fmt.Fprintf(w, "| %d | %s | %s | %d / %d | %s | %s / %s / %s | %s |\n", i+1, wv.variant,
-			countCell(answers), inTime, wv.conns, durationsCell(closes), mib(wv.rssBefore), mib(wv.rssPeak), mib(wv.rssAfter), delta)
+		fmt.Fprintf(w, "| %d | %s | %s | %s | %d / %d | %s | %s / %s / %s | %s |\n", i+1, wv.variant,
+			countCell(answers), durationsCell(answered), inTime, wv.conns, durationsCell(closes), mib(wv.rssBefore), mib(wv.rssPeak), mib(wv.rssAfter), delta)
 	}
 }
 
