@@ -12,6 +12,21 @@
 //	                another process: what any process on the path adds at least)
 //	compare-home    GET through one router for a tenant homed in its region and one homed in
 //	                another (-home), side by side
+//	hostile         a well-behaved tenant's GET through one router, alone and while another
+//	                tenant on the same shard sends a hostile mix through the same router (bad
+//	                tokens, malformed JSON and queries, where[] values the database rejects,
+//	                Expect: 100-continue, oversized headers at -hostile-rate, plus -hostile-slow
+//	                connections holding slow or stalled bodies), side by side in rounds; counts
+//	                both tenants' answers and the victim's X-Read-Source; -control adds a
+//	                phase where the other tenant sends as many well-formed requests instead
+//	slow-body       the same GET, alone and while a wave of -slow-conns connections send a
+//	                POST's headers and then a body too slowly (without a token, and with the
+//	                other tenant's valid token); the router's memory from /proc before, during
+//	                and after each wave, and when the router closed every connection
+//
+// Both tenants of hostile and slow-body are homed in -home (default: the region after -region),
+// so the victim's reads are served by the local standby (X-Read-Source: replica) that a
+// hostile tenant's failing queries must not disturb.
 //
 // With a cluster file, bench measures the router (and first API node) of -region, creates the
 // tenant homed in -home (default -region; tenants are named bench-<home> unless -tenant is
@@ -31,6 +46,8 @@
 //	go run ./cmd/bench -scenario compare-router -rate 500 -c 32 -d 20s -out docs/BENCHMARKS.md
 //	go run ./cmd/bench -scenario post -region us-west -home us-east -d 20s
 //	go run ./cmd/bench -target api=http://127.0.0.1:8081 -jwt-secret s -tenant acme -scenario post
+//	go run ./cmd/bench -scenario hostile -rate 200 -c 32 -d 20s -round 5s
+//	go run ./cmd/bench -scenario slow-body -rate 200 -c 32 -d 18s
 //
 // Bench never prints or records tokens or secrets.
 package main
@@ -125,6 +142,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
+	// The hostile and slow-body scenarios run something beside the victim's rounds.
+	extra := func(*strings.Builder) {}
+	if o.scenario == scenarioHostile || o.scenario == scenarioSlowBody {
+		var finish func()
+		if extra, finish, err = prepareAbuse(ctx, o, plan, &o.cfg, stderr); err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+		defer finish()
+	}
 	rep, err := loadgen.Run(ctx, o.cfg, targets)
 	if rep != nil {
 		rep.Ratios = slices.DeleteFunc(rep.Ratios, func(x loadgen.Ratio) bool { return x.Target == echoName })
@@ -140,6 +166,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	var md strings.Builder
 	writeSection(&md, o, plan, rep, machineInfo(ctx))
+	extra(&md)
 	if _, err := io.WriteString(stdout, md.String()); err != nil {
 		return err
 	}
@@ -193,6 +220,17 @@ type options struct {
 	title            string
 	args             []string
 	clusterFromFlag  bool
+	roundFromFlag    bool
+	// set holds the names of the flags given.
+	set map[string]bool
+	// hostile and slow-body
+	hostileTenant string
+	hostileRate   float64
+	hostileSlow   int
+	control       bool
+	slowConns     int
+	bodyTimeout   time.Duration
+	routerPID     int
 }
 
 var _ flag.Value = (*targetFlags)(nil)
@@ -235,10 +273,19 @@ const (
 	// scenarioCompareHome reads, through one router, a tenant homed in the router's region and
 	// one homed in another (DESIGN.md §5: both should be served locally).
 	scenarioCompareHome = "compare-home"
+	// scenarioHostile reads as a well-behaved tenant alone and while another tenant sends a
+	// hostile mix through the same router (issue 12).
+	scenarioHostile = "hostile"
+	// scenarioSlowBody reads as a well-behaved tenant alone and while waves of connections send
+	// bodies too slowly, and measures the router's memory and when it closes them (issue 12).
+	scenarioSlowBody = "slow-body"
 )
 
+// scenarioNames lists the scenarios for messages.
+const scenarioNames = "get, post, compare-router, compare-home, hostile or slow-body"
+
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
-	o := &options{args: args}
+	o := &options{args: args, set: map[string]bool{}}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.cluster, "cluster", ".meridian/cluster.json", "launcher cluster file (used unless -target is given)")
@@ -250,7 +297,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.adminToken, "admin-token", "", "admin token to create the tenant (default: the cluster file's; none: skip)")
 	fs.StringVar(&o.tenant, "tenant", "", "tenant to measure (default bench-<home region> with a cluster file, else bench)")
 	fs.StringVar(&o.home, "home", "", "region to home the tenant in when creating it (default -region; compare-home: the next region)")
-	fs.StringVar(&o.scenario, "scenario", scenarioGet, "get, post, compare-router or compare-home")
+	fs.StringVar(&o.scenario, "scenario", scenarioGet, scenarioNames)
 	fs.IntVar(&o.cfg.Concurrency, "c", loadgen.DefaultConcurrency, "concurrent workers (with -rate: the most requests in flight)")
 	fs.Float64Var(&o.cfg.Rate, "rate", 0, "open loop: requests per second per target on a fixed schedule, latency from the scheduled time (0: closed loop)")
 	fs.DurationVar(&o.cfg.Duration, "d", loadgen.DefaultDuration, "measured duration per target")
@@ -264,6 +311,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.out, "out", "", "append the Markdown section to this file (e.g. docs/BENCHMARKS.md)")
 	fs.StringVar(&o.jsonOut, "json", "", "write the JSON report to this file (- for stdout)")
 	fs.StringVar(&o.title, "title", "", "section heading (default from the scenario)")
+	fs.StringVar(&o.hostileTenant, "hostile-tenant", "", "hostile, slow-body: the other tenant (default bench-hostile-<home>, created on the victim's shard when an admin token is known)")
+	fs.Float64Var(&o.hostileRate, "hostile-rate", 500, "hostile: requests per second of the fast hostile kinds, sent in turn (default: the development tenant rate limit)")
+	fs.IntVar(&o.hostileSlow, "hostile-slow", 40, "hostile: connections kept holding a slow or stalled body (reopened when the router closes one)")
+	fs.BoolVar(&o.control, "control", false, "hostile: add a phase where the other tenant sends well-formed list GETs at -hostile-rate the same way (a new connection each), to tell the load of any traffic from the harm of hostile traffic")
+	fs.IntVar(&o.slowConns, "slow-conns", 200, "slow-body: connections per wave")
+	fs.DurationVar(&o.bodyTimeout, "body-timeout", 5*time.Second, "hostile, slow-body: the router's -body-timeout, to judge when it closed a slow body (default: the router's default)")
+	fs.IntVar(&o.routerPID, "router-pid", 0, "slow-body: the router's process id for its memory (default: the process listening on the router's address, from /proc)")
 	if err := fs.Parse(args); err != nil {
 		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
@@ -271,14 +325,21 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
 	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "cluster" {
+		o.set[f.Name] = true
+		switch f.Name {
+		case "cluster":
 			o.clusterFromFlag = true
+		case "round":
+			o.roundFromFlag = true
 		}
 	})
 	switch o.scenario {
-	case scenarioGet, scenarioPost, scenarioCompare, scenarioCompareHome:
+	case scenarioGet, scenarioPost, scenarioCompare, scenarioCompareHome, scenarioHostile, scenarioSlowBody:
 	default:
-		return nil, fmt.Errorf("%w: -scenario %q: want get, post, compare-router or compare-home", errUsage, o.scenario)
+		return nil, fmt.Errorf("%w: -scenario %q: want %s", errUsage, o.scenario, scenarioNames)
+	}
+	if err := o.checkAbuseFlags(); err != nil {
+		return nil, err
 	}
 	if o.cfg.Concurrency < 1 || o.cfg.Duration < 0 || o.cfg.Requests < 0 || (o.cfg.Duration == 0 && o.cfg.Requests == 0) {
 		return nil, fmt.Errorf("%w: -c must be ≥ 1 and -d or -n positive", errUsage)

@@ -68,6 +68,29 @@ type plan struct {
 	adminToken string
 	// region is the region whose router (and API node) is measured; empty with -target flags.
 	region string
+	// hostile is the other tenant of the hostile and slow-body scenarios, and hostileTokens its
+	// tokens (a valid one and three the router must refuse).
+	hostile       tenantSpec
+	hostileTokens hostileTokens
+	// mintHostile mints the hostile tokens for another tenant id (setup may pick another name).
+	mintHostile func(id string) (hostileTokens, error)
+}
+
+// abuseTargets are the victim's targets of the hostile and slow-body scenarios: the same GET
+// through one router, one target per phase.
+func abuseTargets(scenario, base string, victim tenantSpec, control bool) []benchTarget {
+	names := []string{slowPhaseNone, hostilePhase}
+	if control {
+		names = []string{slowPhaseNone, benignPhase, hostilePhase}
+	}
+	if scenario == scenarioSlowBody {
+		names = []string{slowPhaseNone, slowPhaseNoToken, slowPhaseToken}
+	}
+	var out []benchTarget
+	for _, n := range names {
+		out = append(out, benchTarget{name: n, base: base, tenant: victim})
+	}
+	return out
 }
 
 // tenants lists the distinct tenants of the targets, in order.
@@ -94,6 +117,13 @@ func (o *options) plan() (*plan, error) {
 		}
 		for _, t := range o.targets {
 			p.targets = append(p.targets, benchTarget{name: t.name, base: t.base, tenant: tenant})
+		}
+		if abuse(o.scenario) {
+			p.targets = abuseTargets(o.scenario, o.targets[0].base, tenant, o.control)
+			p.hostile = tenantSpec{id: o.hostileTenant, home: o.home}
+			if p.hostile.id == "" {
+				p.hostile.id = "bench-hostile"
+			}
 		}
 		if p.setupBase == "" {
 			p.setupBase = o.targets[0].base
@@ -124,7 +154,7 @@ func (o *options) plan() (*plan, error) {
 		home := o.home
 		if home == "" {
 			home = region
-			if o.scenario == scenarioCompareHome {
+			if o.scenario == scenarioCompareHome || abuse(o.scenario) {
 				home = names[(slices.Index(names, region)+1)%len(names)]
 			}
 		}
@@ -163,6 +193,12 @@ func (o *options) plan() (*plan, error) {
 				{name: "home-" + region, base: router, tenant: named(region)},
 				{name: "home-" + home, base: router, tenant: named(home)},
 			}
+		case scenarioHostile, scenarioSlowBody:
+			p.targets = abuseTargets(o.scenario, router, named(home), o.control)
+			p.hostile = tenantSpec{id: o.hostileTenant, home: home}
+			if p.hostile.id == "" {
+				p.hostile.id = "bench-hostile-" + home
+			}
 		default:
 			p.targets = []benchTarget{{name: "router-" + region, base: router, tenant: named(home)}}
 		}
@@ -195,6 +231,25 @@ func (o *options) plan() (*plan, error) {
 			tokens[t.tenant.id] = tok
 		}
 		p.targets[i].token = tok
+	}
+	if abuse(o.scenario) {
+		if p.hostile.id == p.targets[0].tenant.id {
+			return nil, fmt.Errorf("%w: the hostile tenant must not be the measured tenant %s", errUsage, p.hostile.id)
+		}
+		p.mintHostile = func(id string) (hostileTokens, error) {
+			now := time.Now()
+			valid, err := mintToken([]byte(secret), id, ttl, now)
+			if err != nil {
+				return hostileTokens{}, err
+			}
+			wrong, _ := mintToken([]byte(secret+"-not-the-secret"), id, ttl, now)
+			expired, _ := mintToken([]byte(secret), id, time.Hour, now.Add(-3*time.Hour))
+			return hostileTokens{valid: valid, wrongSecret: wrong, expired: expired}, nil
+		}
+		var err error
+		if p.hostileTokens, err = p.mintHostile(p.hostile.id); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }

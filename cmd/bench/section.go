@@ -97,6 +97,8 @@ var scenarioTitles = map[string]string{
 	scenarioPost:        "Single-record POST",
 	scenarioCompare:     "GET direct to an API node vs through the router",
 	scenarioCompareHome: "GET through one router: tenant homed locally vs in another region",
+	scenarioHostile:     "A tenant's GET through one router, alone vs beside a hostile tenant",
+	scenarioSlowBody:    "A tenant's GET through one router, alone vs beside slow-body connections",
 }
 
 // writeSection writes the Markdown section for docs/BENCHMARKS.md.
@@ -140,6 +142,25 @@ func writeSection(w io.Writer, o *options, p *plan, rep *loadgen.Report, m machi
 			"from memory, without the API node: its latency is one HTTP round trip to another process and "+
 			"nothing else — the least that putting any process (a proxy, a router) on a request's path adds "+
 			"on this machine. It is left out of the comparisons.\n\n", echoName)
+	}
+	if abuse(o.scenario) {
+		fmt.Fprintf(w, "Every target is the same GET of tenant `%s` through the same router; the targets are phases, "+
+			"alternated in rounds. The other tenant is `%s`", p.targets[0].tenant.id, p.hostile.id)
+		if p.hostile.home != "" {
+			fmt.Fprintf(w, " (homed in %s)", p.hostile.home)
+		}
+		if o.scenario == scenarioHostile {
+			fmt.Fprintf(w, "; in `%s` rounds (and their warm-up) it sends the hostile mix below, in `%s` rounds nothing",
+				hostilePhase, slowPhaseNone)
+			if o.control {
+				fmt.Fprintf(w, ", in `%s` rounds well-formed list GETs at the same rate, each on a new connection "+
+					"like the hostile requests (a control: what any traffic of that rate costs the victim)", benignPhase)
+			}
+			fmt.Fprintf(w, ".\n\n")
+		} else {
+			fmt.Fprintf(w, "; each `%s` and `%s` round starts one wave of slow-body connections (below), `%s` rounds "+
+				"start after the last wave is closed.\n\n", slowPhaseNoToken, slowPhaseToken, slowPhaseNone)
+		}
 	}
 	_ = rep.WriteMarkdown(w) // w is a strings.Builder in practice; errors surface on the final write
 	for _, t := range rep.Targets {

@@ -115,6 +115,11 @@ type Config struct {
 	// Client sends the requests. Nil means a client over NewTransport(Concurrency) that never
 	// follows redirects.
 	Client *http.Client
+	// BeforeRound, when not nil, is called before each warm-up (warmup true) and each measured
+	// round of a target, with the target's name, and its time is not measured: a caller uses it
+	// to change what else runs beside a target (cmd/bench starts or stops a background load).
+	// An error ends the run with that error.
+	BeforeRound func(ctx context.Context, target string, warmup bool) error
 }
 
 // NewTransport returns a keep-alive transport sized so that every one of concurrency workers
@@ -208,6 +213,9 @@ func Run(ctx context.Context, cfg Config, targets []Target) (*Report, error) {
 					continue
 				}
 				progressed = true
+				if runErr = cfg.beforeRound(ctx, s.target.Name, false); runErr != nil {
+					break
+				}
 				rep.Schedule = append(rep.Schedule, s.target.Name)
 				if runErr = measure(ctx, cfg, s, budget, quota); runErr != nil {
 					break
@@ -217,6 +225,9 @@ func Run(ctx context.Context, cfg Config, targets []Target) (*Report, error) {
 	} else {
 		for _, s := range states {
 			if runErr = warm(ctx, cfg, s); runErr != nil {
+				break
+			}
+			if runErr = cfg.beforeRound(ctx, s.target.Name, false); runErr != nil {
 				break
 			}
 			rep.Schedule = append(rep.Schedule, s.target.Name)
@@ -231,6 +242,14 @@ func Run(ctx context.Context, cfg Config, targets []Target) (*Report, error) {
 	}
 	rep.Ratios = ratios(rep.Targets)
 	return rep, runErr
+}
+
+// beforeRound calls BeforeRound when set.
+func (c Config) beforeRound(ctx context.Context, target string, warmup bool) error {
+	if c.BeforeRound == nil {
+		return nil
+	}
+	return c.BeforeRound(ctx, target, warmup)
 }
 
 // targetState is one target's progress through the run.
@@ -265,6 +284,9 @@ func (s *targetState) nextRound(cfg Config) (budget time.Duration, quota int, ok
 func warm(ctx context.Context, cfg Config, s *targetState) error {
 	if cfg.Warmup <= 0 {
 		return nil
+	}
+	if err := cfg.beforeRound(ctx, s.target.Name, true); err != nil {
+		return err
 	}
 	scratch := &targetState{target: s.target, stats: newStats()}
 	scratch.seq.Store(s.seq.Load())

@@ -276,6 +276,53 @@ func TestRunSideBySideRounds(t *testing.T) {
 	})
 }
 
+// TestRunBeforeRound checks that the hook runs before every warm-up and measured round, in the
+// schedule's order, that its time is not measured, and that its error ends the run.
+func TestRunBeforeRound(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := &fakeServer{delay: map[string]time.Duration{"/a": time.Millisecond, "/b": time.Millisecond}}
+		var calls []string
+		hook := func(_ context.Context, target string, warmup bool) error {
+			if warmup {
+				target = "warm-" + target
+			}
+			calls = append(calls, target)
+			time.Sleep(time.Second) // the hook's own time, which must not be measured
+			return nil
+		}
+		targets := []Target{simple("a", "http://fake.test/a"), simple("b", "http://fake.test/b")}
+		rep, err := Run(t.Context(), Config{Concurrency: 2, SideBySide: true, Duration: 200 * time.Millisecond,
+			Round: 100 * time.Millisecond, Warmup: 10 * time.Millisecond, Client: srv.client(), BeforeRound: hook}, targets)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := strings.Join(calls, ","), "warm-a,warm-b,a,b,a,b"; got != want {
+			t.Errorf("hook calls %s, want %s", got, want)
+		}
+		for _, r := range rep.Targets {
+			if r.Elapsed != 200*time.Millisecond {
+				t.Errorf("%s: elapsed %s, want 200ms (the hook's time is not measured)", r.Name, r.Elapsed)
+			}
+		}
+
+		calls = nil
+		_, err = Run(t.Context(), Config{Concurrency: 2, Duration: 100 * time.Millisecond, Client: srv.client(),
+			BeforeRound: func(_ context.Context, target string, _ bool) error {
+				calls = append(calls, target)
+				if target == "b" {
+					return errors.New("hook failed")
+				}
+				return nil
+			}}, targets)
+		if err == nil || err.Error() != "hook failed" {
+			t.Errorf("err %v, want the hook's error", err)
+		}
+		if got := strings.Join(calls, ","); got != "a,b" {
+			t.Errorf("sequential hook calls %s, want a,b", got)
+		}
+	})
+}
+
 func TestRunInjectedDelay(t *testing.T) {
 	const delay = 5 * time.Millisecond
 	c := newCounter(t, delay, nil)
