@@ -82,6 +82,35 @@ func TestProxyAuthenticatesBeforeBody(t *testing.T) {
 	}
 }
 
+// TestEarlyAnswerClosesConnection: a request answered before its body (a 401 here) gets its
+// answer and then the connection closes at once, instead of the server reading and discarding a
+// body that never comes until a read deadline (the body timeout) ends it. The rig's server has no
+// body timeout at all, so without the fix the read below runs into the client's own deadline.
+func TestEarlyAnswerClosesConnection(t *testing.T) {
+	rg := newRig(t, nil)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(rg.http.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\n"+
+		"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	wantStatus(t, resp, b, 401)
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the early answer the connection is still open (read: %v)", err)
+	}
+}
+
 // TestProxyFailureRule: the node's own server errors count against its breaker; 503 and 504
 // answers, a 4xx and a client that goes away do not.
 func TestProxyFailureRule(t *testing.T) {

@@ -147,9 +147,11 @@ func (s *Server) kindProblem(c *gin.Context, k problem.Kind, detail string) {
 func (s *Server) sendProblem(c *gin.Context, p problem.Problem) {
 	if c.Request.ContentLength != 0 && !c.GetBool(ctxBodyRead) {
 		// An answer before the body (a 401 ahead of it): close the connection after the
-		// answer instead of having net/http read and discard a body nobody will use before
-		// answering (a stalled one for up to the body timeout).
+		// answer. net/http would still read and discard up to 256 KiB of the unread body
+		// before closing — a stalled one for the whole body timeout — so a read deadline in
+		// the past ends that read at once; the answer is written all the same.
 		c.Header("Connection", "close")
+		_ = http.NewResponseController(c.Writer).SetReadDeadline(time.Now())
 	}
 	p.RequestID = c.GetString(ctxRequestID)
 	b, _ := json.Marshal(p)
