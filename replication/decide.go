@@ -48,8 +48,8 @@ const (
 	ReasonPrimaryLocal Reason = "primary-local"
 	// ReasonUnhealthy: the standby is not healthy (see Tracker), so the read goes to the primary.
 	ReasonUnhealthy Reason = "unhealthy"
-	// ReasonTooStale: the standby lags more than Policy.MaxStaleness, so the read goes to the
-	// primary.
+	// ReasonTooStale: the standby's proven staleness (StandbyStatus.Staleness) is over
+	// Policy.MaxStaleness, or unknown, so the read goes to the primary.
 	ReasonTooStale Reason = "too-stale"
 	// ReasonTokenNotReplayed: the read's token is for this shard and the standby has not
 	// replayed it, so the read goes to the primary (after Policy.Choose's bounded wait).
@@ -77,7 +77,8 @@ type Decision struct {
 
 // Policy holds the staleness bounds. The zero value means the DESIGN.md defaults.
 type Policy struct {
-	// MaxStaleness is the most a standby may lag and still serve a default read (default 5 s).
+	// MaxStaleness is the most a standby's proven staleness (StandbyStatus.Staleness) may be
+	// for it to serve a default read (default 5 s).
 	MaxStaleness time.Duration
 	// ReplayWait is how long Choose waits for a standby to replay a read's token before the
 	// read goes to the primary: 0 means DefaultReplayWait, a negative value means no wait.
@@ -91,8 +92,8 @@ const (
 )
 
 // Decide picks the source of a read on shard from what the standby reported, without waiting.
-// The rules, in order: a strong read, an unhealthy standby, a standby lagging more than
-// MaxStaleness, and a token for this shard the standby has not replayed send the read to the
+// The rules, in order: a strong read, an unhealthy standby, a standby whose proven staleness
+// (st.Staleness, not the replay-timestamp st.Lag) is over MaxStaleness, and a token for this shard the standby has not replayed send the read to the
 // primary; otherwise the standby serves it. Callers that can wait use Choose instead.
 func (p Policy) Decide(shard string, req ReadRequest, st StandbyStatus, standbyHealthy bool) Decision {
 	maxStale := p.MaxStaleness
@@ -108,7 +109,7 @@ func (p Policy) Decide(shard string, req ReadRequest, st StandbyStatus, standbyH
 		return Decision{Source: SourcePrimary, Reason: ReasonStrong}
 	case !standbyHealthy:
 		return Decision{Source: SourcePrimary, Reason: ReasonUnhealthy, MinLSN: minLSN}
-	case st.Lag > maxStale:
+	case st.Staleness > maxStale:
 		return Decision{Source: SourcePrimary, Reason: ReasonTooStale, MinLSN: minLSN}
 	case req.Token == nil:
 		return Decision{Source: SourceReplica, Reason: ReasonFresh}
@@ -123,19 +124,20 @@ func (p Policy) Decide(shard string, req ReadRequest, st StandbyStatus, standbyH
 
 // Choose decides where a read of shard goes, asking t for the status of standby, the shard's
 // local standby (nil when the local copy is the primary: the read then goes there with
-// ReasonPrimaryLocal). A strong read is decided without asking t. When only the read's token
+// ReasonPrimaryLocal), whose staleness t proves against primary, the shard's primary (sampled
+// in the background, never on the read's path). A strong read is decided without asking t. When only the read's token
 // holds it back from a healthy standby, Choose first waits up to ReplayWait for the standby to
 // replay it and decides again. This is the whole read-source decision of DESIGN.md §6; the
 // caller then reads the source it names, checking Decision.MinLSN on a replica, and reports a
 // failed standby read to t.Record.
-func (p Policy) Choose(ctx context.Context, t *Tracker, shard string, req ReadRequest, standby Querier) Decision {
+func (p Policy) Choose(ctx context.Context, t *Tracker, shard string, req ReadRequest, standby, primary Querier) Decision {
 	if req.Strong {
 		return p.Decide(shard, req, StandbyStatus{}, false)
 	}
 	if standby == nil {
 		return Decision{Source: SourcePrimary, Reason: ReasonPrimaryLocal}
 	}
-	st, healthy := t.Status(ctx, shard, standby)
+	st, healthy := t.Status(ctx, shard, standby, primary)
 	d := p.Decide(shard, req, st, healthy)
 	wait := p.ReplayWait
 	if wait == 0 {
@@ -145,7 +147,7 @@ func (p Policy) Choose(ctx context.Context, t *Tracker, shard string, req ReadRe
 		return d
 	}
 	if t.WaitReplayed(ctx, shard, standby, d.MinLSN, wait) {
-		st, healthy = t.Status(ctx, shard, standby)
+		st, healthy = t.Status(ctx, shard, standby, primary)
 		d = p.Decide(shard, req, st, healthy)
 	}
 	return d

@@ -11,7 +11,7 @@ func TestDecide(t *testing.T) {
 	other := &Token{Shard: "s2", LSN: 1000}
 	primary := func(r Reason, lsn LSN) Decision { return Decision{Source: SourcePrimary, Reason: r, MinLSN: lsn} }
 	replica := func(r Reason, lsn LSN) Decision { return Decision{Source: SourceReplica, Reason: r, MinLSN: lsn} }
-	stale := StandbyStatus{Replayed: 500, Lag: 2 * time.Second}
+	stale := StandbyStatus{Replayed: 500, Staleness: 2 * time.Second}
 	cases := []struct {
 		name    string
 		req     ReadRequest
@@ -20,7 +20,7 @@ func TestDecide(t *testing.T) {
 		want    Decision
 	}{
 		{"fresh standby", ReadRequest{}, StandbyStatus{Replayed: 50}, true, replica(ReasonFresh, 0)},
-		{"at the staleness bound", ReadRequest{}, StandbyStatus{Lag: time.Second}, true, replica(ReasonFresh, 0)},
+		{"at the staleness bound", ReadRequest{}, StandbyStatus{Staleness: time.Second}, true, replica(ReasonFresh, 0)},
 		{"strong", ReadRequest{Strong: true}, StandbyStatus{Replayed: 50}, true, primary(ReasonStrong, 0)},
 		{"strong beats everything", ReadRequest{Strong: true, Token: tok}, stale, false, primary(ReasonStrong, 0)},
 		{"unhealthy", ReadRequest{}, StandbyStatus{Replayed: 50}, false, primary(ReasonUnhealthy, 0)},
@@ -33,6 +33,8 @@ func TestDecide(t *testing.T) {
 		{"token replayed", ReadRequest{Token: tok}, StandbyStatus{Replayed: 101}, true, replica(ReasonTokenReplayed, 100)},
 		{"token of another shard", ReadRequest{Token: other}, StandbyStatus{Replayed: 1}, true, replica(ReasonTokenOtherShard, 0)},
 		{"token of another shard, too stale", ReadRequest{Token: other}, stale, true, primary(ReasonTooStale, 0)},
+		{"staleness unknown", ReadRequest{}, StandbyStatus{Staleness: StalenessUnknown}, true, primary(ReasonTooStale, 0)},
+		{"replay-timestamp lag is not staleness", ReadRequest{}, StandbyStatus{Lag: time.Hour}, true, replica(ReasonFresh, 0)},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -42,10 +44,10 @@ func TestDecide(t *testing.T) {
 		})
 	}
 	t.Run("zero policy", func(t *testing.T) {
-		if got := (Policy{}).Decide("s1", ReadRequest{}, StandbyStatus{Lag: 4 * time.Second}, true); got != replica(ReasonFresh, 0) {
+		if got := (Policy{}).Decide("s1", ReadRequest{}, StandbyStatus{Staleness: 4 * time.Second}, true); got != replica(ReasonFresh, 0) {
 			t.Fatalf("zero Policy should allow 4s lag under the 5s default, got %+v", got)
 		}
-		if got := (Policy{}).Decide("s1", ReadRequest{}, StandbyStatus{Lag: 6 * time.Second}, true); got != primary(ReasonTooStale, 0) {
+		if got := (Policy{}).Decide("s1", ReadRequest{}, StandbyStatus{Staleness: 6 * time.Second}, true); got != primary(ReasonTooStale, 0) {
 			t.Fatalf("zero Policy should refuse 6s lag over the 5s default, got %+v", got)
 		}
 	})

@@ -121,9 +121,16 @@ type StandbyStatus struct {
 	Replayed LSN
 	// Received is the last WAL position received from the primary.
 	Received LSN
-	// Lag is how far behind the primary the standby's visible state is. It is zero when every
-	// received record has been replayed, since an idle primary sends nothing newer.
+	// Lag is the standby's own guess of how far behind the primary its visible state is, from
+	// the replay timestamp: zero when every received record has been replayed, so a standby
+	// that receives nothing (cut off from the primary) shows 0. It is not what reads are
+	// decided on; see Staleness.
 	Lag time.Duration
+	// Staleness is a proven upper bound on how old the standby's visible state is: the time
+	// since the newest primary sample (Sample) the standby has replayed, StalenessUnknown when
+	// it has replayed none. Only a Tracker sets it (ReadStandbyStatus cannot: it needs the
+	// primary); Policy.Decide sends default reads to the primary when it exceeds MaxStaleness.
+	Staleness time.Duration
 }
 
 // ReadStandbyStatus queries a standby's replay position and lag. It returns ErrNotStandby when

@@ -3,6 +3,7 @@ package replication
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 func TestParseLSN(t *testing.T) {
@@ -71,4 +72,54 @@ func FuzzDecodeToken(f *testing.F) {
 			t.Fatalf("re-encode of %q: %v %v", s, again, err)
 		}
 	})
+}
+
+func TestPageStart(t *testing.T) {
+	const blk, seg = 8192, 16 << 20
+	cases := []struct{ in, want LSN }{
+		{0x1000, 0x1000},             // mid-page
+		{blk + shortPageHeader, blk}, // just after a page header
+		{blk + shortPageHeader + 8, blk + shortPageHeader + 8},
+		{seg + longPageHeader, seg},                    // just after a segment's first page header
+		{seg + shortPageHeader, seg + shortPageHeader}, // inside a segment's long header: left alone
+		{3*seg + 5*blk + shortPageHeader, 3*seg + 5*blk},
+	}
+	for _, c := range cases {
+		if got := pageStart(c.in, blk, seg); got != c.want {
+			t.Errorf("pageStart(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+	if got := pageStart(blk+shortPageHeader, 0, 0); got != blk+shortPageHeader {
+		t.Errorf("pageStart with unknown sizes = %v, want the position unchanged", got)
+	}
+}
+
+func TestSamples(t *testing.T) {
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	var ss []Sample
+	ss = addSample(ss, Sample{at(0), 100})
+	ss = addSample(ss, Sample{at(1), 200})
+	ss = addSample(ss, Sample{at(2), 200}) // same position: the later time replaces the earlier
+	ss = addSample(ss, Sample{at(3), 150}) // went back: ignored
+	ss = addSample(ss, Sample{at(4), 300})
+	if len(ss) != 3 || ss[1] != (Sample{at(2), 200}) {
+		t.Fatalf("samples %v", ss)
+	}
+	for _, c := range []struct {
+		replayed LSN
+		want     time.Time
+		ok       bool
+	}{{99, time.Time{}, false}, {100, at(0), true}, {250, at(2), true}, {300, at(4), true}, {1000, at(4), true}} {
+		got, ok := freshAsOf(ss, c.replayed)
+		if ok != c.ok || !got.Equal(c.want) {
+			t.Errorf("freshAsOf(%v) = %v, %v; want %v, %v", c.replayed, got, ok, c.want, c.ok)
+		}
+	}
+	for i := range 2 * maxSamples {
+		ss = addSample(ss, Sample{at(10 + i), LSN(1000 + i)})
+	}
+	if len(ss) != maxSamples || ss[0].LSN != LSN(1000+maxSamples) {
+		t.Fatalf("ring kept %d samples from %v, want %d from %v", len(ss), ss[0].LSN, maxSamples, LSN(1000+maxSamples))
+	}
 }

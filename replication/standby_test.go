@@ -176,6 +176,22 @@ func (c *counting) QueryRow(ctx context.Context, sql string, args ...any) pgx.Ro
 
 var _ replication.Querier = (*counting)(nil)
 
+// waitFresh polls the shards' status, one tracker interval (1 s) of clk per poll, until the
+// tracker has proven standby fresh (staleness within the default bound) against primary for
+// every shard at once.
+func waitFresh(t *testing.T, clk *clock, tr *replication.Tracker, standby, primary replication.Querier, shards ...string) {
+	t.Helper()
+	testenv.WaitFor(t, waitLong, func() error {
+		clk.Add(time.Second)
+		for _, sh := range shards {
+			if st, _ := tr.Status(t.Context(), sh, standby, primary); st.Staleness > replication.DefaultMaxStaleness {
+				return fmt.Errorf("standby of %s not proven fresh: %+v", sh, st)
+			}
+		}
+		return nil
+	})
+}
+
 func TestTracker(t *testing.T) {
 	pr := newPair(t)
 	ctx := t.Context()
@@ -185,17 +201,17 @@ func TestTracker(t *testing.T) {
 		clk := newClock()
 		tr := replication.NewTracker(replication.TrackerConfig{Interval: iv, Now: clk.Now})
 		q := &counting{q: pr.standbyPool}
-		if _, ok := tr.Status(ctx, "s1", q); !ok {
+		if _, ok := tr.Status(ctx, "s1", q, pr.primaryPool); !ok {
 			t.Fatal("standby unhealthy after a good check")
 		}
-		tr.Status(ctx, "s1", q)
+		tr.Status(ctx, "s1", q, pr.primaryPool)
 		clk.Add(iv / 2)
-		tr.Status(ctx, "s1", q)
+		tr.Status(ctx, "s1", q, pr.primaryPool)
 		if n := q.n.Load(); n != 1 {
 			t.Fatalf("%d status queries within one interval, want 1", n)
 		}
 		clk.Add(iv / 2)
-		tr.Status(ctx, "s1", q)
+		tr.Status(ctx, "s1", q, pr.primaryPool)
 		if n := q.n.Load(); n != 2 {
 			t.Fatalf("%d status queries after an interval, want 2", n)
 		}
@@ -207,35 +223,25 @@ func TestTracker(t *testing.T) {
 		far := replication.LSN(1 << 62)
 		tr.Record("s1", pr.standbyPool, replication.StandbyStatus{Replayed: far}, nil)
 		clk.Add(iv)
-		st, ok := tr.Status(ctx, "s1", pr.standbyPool)
+		st, ok := tr.Status(ctx, "s1", pr.standbyPool, nil)
 		if !ok || st.Replayed != far || st.Received == 0 || st.Received >= far {
 			t.Fatalf("Status after a real check = %+v, %v; want healthy, replayed kept at %v, received refreshed", st, ok, far)
 		}
 	})
 
 	t.Run("lag grows while replay is paused", func(t *testing.T) {
-		tr := replication.NewTracker(replication.TrackerConfig{Interval: 5 * time.Millisecond})
+		clk := newClock()
+		tr := replication.NewTracker(replication.TrackerConfig{Interval: iv, Now: clk.Now})
 		pr.waitReplayed(t, pr.write(t))
-		tr.Status(ctx, "s1", pr.standbyPool)
-		if lag := tr.Lag(); lag != 0 {
-			t.Fatalf("Lag of a caught-up standby = %v, want 0", lag)
-		}
+		waitFresh(t, clk, tr, pr.standbyPool, pr.primaryPool, "s1", "s2x")
 		pr.pauseReplay(t)
 		defer pr.resumeReplay(t)
-		var first time.Duration
 		testenv.WaitFor(t, waitLong, func() error {
+			clk.Add(iv)
 			pr.write(t)
-			tr.Status(ctx, "s1", pr.standbyPool)
-			if first = tr.Lag(); first <= 0 {
-				return errors.New("Lag() = 0 with replay paused")
-			}
-			return nil
-		})
-		testenv.WaitFor(t, waitLong, func() error {
-			pr.write(t)
-			tr.Status(ctx, "s1", pr.standbyPool)
-			if lag := tr.Lag(); lag <= first {
-				return fmt.Errorf("Lag() = %v, not past %v", lag, first)
+			tr.Status(ctx, "s1", pr.standbyPool, pr.primaryPool)
+			if lag := tr.Lag(); lag <= replication.DefaultMaxStaleness || lag == replication.StalenessUnknown {
+				return fmt.Errorf("Lag() = %v with replay paused, want past the bound and known", lag)
 			}
 			return nil
 		})
@@ -246,8 +252,8 @@ func TestTracker(t *testing.T) {
 		tr := replication.NewTracker(replication.TrackerConfig{Interval: iv, Now: clk.Now})
 		tr.Record("s1", pr.standbyPool, replication.StandbyStatus{Lag: time.Minute}, nil)
 		clk.Add(4 * iv)
-		if lag := tr.Lag(); lag != time.Minute {
-			t.Fatalf("Lag() with a status 4 intervals old = %v, want 1m", lag)
+		if lag := tr.Lag(); lag != replication.StalenessUnknown { // healthy, never proven fresh
+			t.Fatalf("Lag() with a status 4 intervals old = %v, want StalenessUnknown", lag)
 		}
 		clk.Add(time.Nanosecond)
 		if lag := tr.Lag(); lag != 0 {
@@ -262,22 +268,25 @@ func TestTracker(t *testing.T) {
 		if tr.WaitReplayed(ctx, "s1", pr.standbyPool, lsn, 50*time.Millisecond) {
 			t.Fatal("WaitReplayed true while replay is paused")
 		}
-		if st, ok := tr.Status(ctx, "s1", pr.standbyPool); !ok || st.Replayed >= lsn {
+		if st, ok := tr.Status(ctx, "s1", pr.standbyPool, nil); !ok || st.Replayed >= lsn {
 			t.Fatalf("after a timed-out wait: %+v, healthy %v; want healthy, not replayed", st, ok)
 		}
 		pr.resumeReplay(t)
 		if !tr.WaitReplayed(ctx, "s1", pr.standbyPool, lsn, waitLong) {
 			t.Fatal("WaitReplayed false after replay resumed")
 		}
-		if st, _ := tr.Status(ctx, "s1", pr.standbyPool); st.Replayed < lsn {
+		if st, _ := tr.Status(ctx, "s1", pr.standbyPool, nil); st.Replayed < lsn {
 			t.Fatalf("Status after WaitReplayed: replayed %v, want >= %v", st.Replayed, lsn)
 		}
 	})
 
 	t.Run("Choose", func(t *testing.T) {
-		// A status that never refreshes by itself, so only Choose's wait can see the replay.
-		tr := replication.NewTracker(replication.TrackerConfig{Interval: time.Hour})
+		// A status that never refreshes by itself once the clock stops, so only Choose's wait can
+		// see the replay; first proven fresh against the primary.
+		clk := newClock()
+		tr := replication.NewTracker(replication.TrackerConfig{Interval: iv, Now: clk.Now})
 		pr.waitReplayed(t, pr.write(t))
+		waitFresh(t, clk, tr, pr.standbyPool, pr.primaryPool, "s1", "s2x")
 		pr.pauseReplay(t)
 		tok := &replication.Token{Shard: "s1", LSN: pr.write(t)}
 		noWait := replication.Policy{ReplayWait: -1}
@@ -289,20 +298,20 @@ func TestTracker(t *testing.T) {
 				t.Errorf("%s: %+v, want %v/%s", name, got, src, why)
 			}
 		}
-		check("strong", noWait.Choose(ctx, tr, "s1", replication.ReadRequest{Strong: true}, pr.standbyPool),
+		check("strong", noWait.Choose(ctx, tr, "s1", replication.ReadRequest{Strong: true}, pr.standbyPool, pr.primaryPool),
 			replication.SourcePrimary, replication.ReasonStrong)
-		check("no standby", noWait.Choose(ctx, tr, "s1", replication.ReadRequest{Token: tok}, nil),
+		check("no standby", noWait.Choose(ctx, tr, "s1", replication.ReadRequest{Token: tok}, nil, pr.primaryPool),
 			replication.SourcePrimary, replication.ReasonPrimaryLocal)
-		check("no token", noWait.Choose(ctx, tr, "s1", replication.ReadRequest{}, pr.standbyPool),
+		check("no token", noWait.Choose(ctx, tr, "s1", replication.ReadRequest{}, pr.standbyPool, pr.primaryPool),
 			replication.SourceReplica, replication.ReasonFresh)
-		check("other shard's token", noWait.Choose(ctx, tr, "s2x", replication.ReadRequest{Token: tok}, pr.standbyPool),
+		check("other shard's token", noWait.Choose(ctx, tr, "s2x", replication.ReadRequest{Token: tok}, pr.standbyPool, pr.primaryPool),
 			replication.SourceReplica, replication.ReasonTokenOtherShard)
-		check("paused, no wait", noWait.Choose(ctx, tr, "s1", replication.ReadRequest{Token: tok}, pr.standbyPool),
+		check("paused, no wait", noWait.Choose(ctx, tr, "s1", replication.ReadRequest{Token: tok}, pr.standbyPool, pr.primaryPool),
 			replication.SourcePrimary, replication.ReasonTokenNotReplayed)
-		check("paused, short wait", short.Choose(ctx, tr, "s1", replication.ReadRequest{Token: tok}, pr.standbyPool),
+		check("paused, short wait", short.Choose(ctx, tr, "s1", replication.ReadRequest{Token: tok}, pr.standbyPool, pr.primaryPool),
 			replication.SourcePrimary, replication.ReasonTokenNotReplayed)
 		pr.resumeReplay(t)
-		d := long.Choose(ctx, tr, "s1", replication.ReadRequest{Token: tok}, pr.standbyPool)
+		d := long.Choose(ctx, tr, "s1", replication.ReadRequest{Token: tok}, pr.standbyPool, pr.primaryPool)
 		check("resumed, waited", d, replication.SourceReplica, replication.ReasonTokenReplayed)
 		if d.MinLSN != tok.LSN {
 			t.Errorf("MinLSN = %v, want the token's %v", d.MinLSN, tok.LSN)
@@ -329,7 +338,7 @@ func TestTrackerFailures(t *testing.T) {
 	tr := replication.NewTracker(replication.TrackerConfig{Interval: iv, Failures: 3, Now: clk.Now})
 	healthy := func() bool {
 		clk.Add(iv) // every call is due for a check
-		_, ok := tr.Status(ctx, "s1", pool)
+		_, ok := tr.Status(ctx, "s1", pool, nil)
 		return ok
 	}
 
@@ -365,27 +374,141 @@ func TestTrackerFailures(t *testing.T) {
 		closed.Close()
 		for i := 0; i < 3; i++ {
 			clk.Add(iv)
-			tr.Status(ctx, "s2", closed)
+			tr.Status(ctx, "s2", closed, nil)
 		}
 		clk.Add(iv)
-		if _, ok := tr.Status(ctx, "s2", closed); ok {
+		if _, ok := tr.Status(ctx, "s2", closed, nil); ok {
 			t.Fatal("closed pool healthy")
 		}
-		if _, ok := tr.Status(ctx, "s2", pool); !ok {
+		if _, ok := tr.Status(ctx, "s2", pool, nil); !ok {
 			t.Fatal("a new pool for the shard did not start afresh")
 		}
 	})
 
 	t.Run("read failures count", func(t *testing.T) {
 		clk.Add(iv)
-		if _, ok := tr.Status(ctx, "s3", pool); !ok {
+		if _, ok := tr.Status(ctx, "s3", pool, nil); !ok {
 			t.Fatal("unhealthy after a good check")
 		}
 		for i := 0; i < 3; i++ {
 			tr.Record("s3", pool, replication.StandbyStatus{}, errors.New("connection reset"))
 		}
-		if _, ok := tr.Status(ctx, "s3", pool); ok { // no check is due: the clock did not move
+		if _, ok := tr.Status(ctx, "s3", pool, nil); ok { // no check is due: the clock did not move
 			t.Fatal("healthy after 3 recorded read failures")
+		}
+	})
+}
+
+// TestProvenStaleness: a standby's staleness is proven against its primary's WAL position, so a
+// standby that receives nothing — its WAL stream cut off, or its primary unreachable for samples
+// — grows stale past the bound and loses default reads, though on its own it looks current.
+func TestProvenStaleness(t *testing.T) {
+	p := testenv.Postgres(t)
+	ctx := t.Context()
+	const iv = time.Second
+	m := latency.New()
+	t.Cleanup(func() { _ = m.Close() })
+	// The standby streams its WAL through a proxy (region "wal"); the tracker samples the
+	// primary through another (region "primary"). Each can be cut alone.
+	walAddr, err := m.Add("wal", "127.0.0.1:0", p.Addr(), 0, "wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	primAddr, err := m.Add("primary", "127.0.0.1:0", p.Addr(), 0, "primary")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := testenv.StandbyWith(t, p, localsrv.PostgresOptions{PrimaryAddr: walAddr})
+	pr := pair{primary: p, standby: s,
+		primaryPool: testenv.NewPool(t, p.DSN("postgres")), standbyPool: testenv.NewPool(t, s.DSN("postgres"))}
+	if err := p.Exec(ctx, `CREATE TABLE IF NOT EXISTS w (i int)`); err != nil {
+		t.Fatal(err)
+	}
+	sampled := testenv.NewPool(t, fmt.Sprintf("postgres://%s@%s/postgres?sslmode=disable", localsrv.Superuser, primAddr))
+
+	clk := newClock()
+	tr := replication.NewTracker(replication.TrackerConfig{Interval: iv, Now: clk.Now})
+	noWait := replication.Policy{ReplayWait: -1}
+	choose := func() replication.Decision {
+		return noWait.Choose(ctx, tr, "s1", replication.ReadRequest{}, pr.standbyPool, sampled)
+	}
+	// waitChoice polls, one interval of clk per poll and committing on the primary each time
+	// when write is set, until a default read goes to src for why.
+	waitChoice := func(write bool, src replication.Source, why replication.Reason) replication.StandbyStatus {
+		t.Helper()
+		var st replication.StandbyStatus
+		testenv.WaitFor(t, waitLong, func() error {
+			clk.Add(iv)
+			if write {
+				pr.write(t)
+			}
+			d := choose()
+			st, _ = tr.Status(ctx, "s1", pr.standbyPool, sampled)
+			if d.Source != src || d.Reason != why {
+				return fmt.Errorf("default read: %+v (status %+v), want %v/%s", d, st, src, why)
+			}
+			return nil
+		})
+		return st
+	}
+
+	t.Run("never sampled", func(t *testing.T) {
+		tr := replication.NewTracker(replication.TrackerConfig{Interval: iv})
+		st, ok := tr.Status(ctx, "s1", pr.standbyPool, nil)
+		if !ok || st.Staleness != replication.StalenessUnknown {
+			t.Fatalf("status without a primary: %+v, healthy %v; want healthy, staleness unknown", st, ok)
+		}
+		d := noWait.Choose(ctx, tr, "s1", replication.ReadRequest{}, pr.standbyPool, nil)
+		if d.Source != replication.SourcePrimary || d.Reason != replication.ReasonTooStale {
+			t.Fatalf("default read: %+v, want primary/too-stale", d)
+		}
+	})
+
+	t.Run("idle primary, streaming standby: fresh", func(t *testing.T) {
+		pr.waitReplayed(t, pr.write(t))
+		waitChoice(false, replication.SourceReplica, replication.ReasonFresh)
+		clk.Add(time.Minute) // a long idle spell, nothing sampled: stale until a sample is replayed
+		if d := choose(); d.Reason != replication.ReasonTooStale {
+			t.Fatalf("after a minute without samples: %+v, want too-stale", d)
+		}
+		if st := waitChoice(false, replication.SourceReplica, replication.ReasonFresh); st.Staleness > 2*iv {
+			t.Fatalf("idle standby's staleness %v, want at most two sample intervals", st.Staleness)
+		}
+	})
+
+	t.Run("WAL stream cut off", func(t *testing.T) {
+		m.Partition("wal")
+		st := waitChoice(true, replication.SourcePrimary, replication.ReasonTooStale)
+		if st.Staleness == replication.StalenessUnknown {
+			t.Errorf("cut-off standby's staleness unknown; want proven by the samples before the cut")
+		}
+		t.Logf("cut-off standby: %+v (Lag is the standby's own replay-timestamp measure)", st)
+		if lag := tr.Lag(); lag <= replication.DefaultMaxStaleness {
+			t.Errorf("Lag() = %v, want past the bound", lag)
+		}
+		if err := m.Heal("wal"); err != nil {
+			t.Fatal(err)
+		}
+		waitChoice(true, replication.SourceReplica, replication.ReasonFresh)
+	})
+
+	t.Run("primary unreachable for samples", func(t *testing.T) {
+		waitChoice(false, replication.SourceReplica, replication.ReasonFresh)
+		m.Partition("primary")
+		st := waitChoice(false, replication.SourcePrimary, replication.ReasonTooStale)
+		if st.Staleness <= replication.DefaultMaxStaleness {
+			t.Errorf("staleness %v, want past the bound", st.Staleness)
+		}
+		if err := m.Heal("primary"); err != nil {
+			t.Fatal(err)
+		}
+		waitChoice(false, replication.SourceReplica, replication.ReasonFresh)
+	})
+
+	t.Run("a new primary pool drops the samples", func(t *testing.T) {
+		waitChoice(false, replication.SourceReplica, replication.ReasonFresh)
+		if st, _ := tr.Status(ctx, "s1", pr.standbyPool, pr.primaryPool); st.Staleness != replication.StalenessUnknown {
+			t.Fatalf("staleness against another primary pool: %v, want unknown until it is sampled", st.Staleness)
 		}
 	})
 }

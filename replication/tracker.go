@@ -30,16 +30,24 @@ type TrackerConfig struct {
 	Now func() time.Time
 }
 
-// Tracker keeps the health and replay position of the standby each shard is read from. A
-// shard's status is refreshed on demand, at most once per Interval; concurrent callers use the
-// cached status meanwhile, and while the standby is failing the refresh runs in the background
-// so reads never wait on a dead copy. A standby is unhealthy after Failures consecutive
-// failures, or when its last good status is older than four intervals. The replay position
-// never goes back on one standby.
+// Tracker keeps the health, replay position and proven staleness of the standby each shard is
+// read from. A shard's status is refreshed on demand, at most once per Interval; concurrent
+// callers use the cached status meanwhile, and while the standby is failing the refresh runs in
+// the background so reads never wait on a dead copy. A standby is unhealthy after Failures
+// consecutive failures, or when its last good status is older than four intervals. The replay
+// position never goes back on one standby.
 //
-// Each shard's state is about one querier, compared with ==: passing a different one (a new
-// pool for the shard) starts the shard afresh. Queriers must therefore be comparable values,
-// such as *pgxpool.Pool. A Tracker is safe for concurrent use; the zero value is not usable.
+// Staleness is proven against the shard's primary: at most once per Interval, Status starts a
+// background sample of the primary's WAL position (ReadPrimarySample, stamped with the clock
+// read just before the query) and keeps the recent samples; the standby is fresh as of the
+// newest sample it has replayed. A read never waits for a sample, so the primary's distance adds
+// nothing to its latency; while the primary cannot be reached no sample is added and the
+// standby's staleness grows.
+//
+// Each shard's state is about one standby and one primary querier, compared with ==: passing a
+// different standby (a new pool for the shard) starts the shard afresh, a different primary
+// drops the samples. Queriers must therefore be comparable values, such as *pgxpool.Pool. A
+// Tracker is safe for concurrent use; the zero value is not usable.
 type Tracker struct {
 	interval time.Duration
 	failures int
@@ -59,6 +67,11 @@ type standbyState struct {
 	checked, ok time.Time // last check, last good status
 	failures    int
 	refreshing  bool
+
+	primary  Querier   // the primary the samples are from; they are dropped when it changes
+	samples  []Sample  // oldest first, at most maxSamples
+	sampled  time.Time // when the last sample was started
+	sampling bool      // a sample is under way
 }
 
 // NewTracker returns a Tracker that tracks no standby yet.
@@ -87,6 +100,7 @@ func (t *Tracker) state(shard string, q Querier) *standbyState {
 	s.mu.Lock()
 	if s.q != q {
 		s.q, s.st, s.checked, s.ok, s.failures, s.refreshing = q, StandbyStatus{}, time.Time{}, time.Time{}, 0, false
+		s.primary, s.samples, s.sampled, s.sampling = nil, nil, time.Time{}, false
 	}
 	s.mu.Unlock()
 	return s
@@ -95,16 +109,29 @@ func (t *Tracker) state(shard string, q Querier) *standbyState {
 // Status returns the last known status of shard's standby q and whether it may serve reads,
 // refreshing it first when it is at least an interval old and no other caller is refreshing
 // it. While the standby is failing the refresh runs in the background and Status returns at
-// once.
-func (t *Tracker) Status(ctx context.Context, shard string, q Querier) (StandbyStatus, bool) {
+// once. primary is the shard's primary: when its last sample is at least an interval old and
+// none is under way, Status starts one in the background (a nil primary is never sampled, so
+// the standby's staleness stays unknown). The returned status's Staleness is as of now.
+func (t *Tracker) Status(ctx context.Context, shard string, q, primary Querier) (StandbyStatus, bool) {
 	s := t.state(shard, q)
 	s.mu.Lock()
-	refresh := s.q == q && !s.refreshing && t.now().Sub(s.checked) >= t.interval
+	if s.q == q && s.primary != primary {
+		s.primary, s.samples, s.sampled, s.sampling = primary, nil, time.Time{}, false
+	}
+	now := t.now()
+	refresh := s.q == q && !s.refreshing && now.Sub(s.checked) >= t.interval
 	if refresh {
 		s.refreshing = true
 	}
+	sample := s.q == q && primary != nil && !s.sampling && now.Sub(s.sampled) >= t.interval
+	if sample {
+		s.sampling, s.sampled = true, now
+	}
 	failing := s.failures >= t.failures
 	s.mu.Unlock()
+	if sample {
+		go t.sample(context.WithoutCancel(ctx), q, primary, s)
+	}
 	if refresh {
 		if failing {
 			go t.check(context.WithoutCancel(ctx), q, s)
@@ -114,7 +141,36 @@ func (t *Tracker) Status(ctx context.Context, shard string, q Querier) (StandbyS
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.st, t.healthyLocked(s)
+	return t.statusLocked(s), t.healthyLocked(s)
+}
+
+// statusLocked returns s's status with its staleness as of now; s.mu must be held.
+func (t *Tracker) statusLocked(s *standbyState) StandbyStatus {
+	st := s.st
+	st.Staleness = StalenessUnknown
+	if at, ok := freshAsOf(s.samples, st.Replayed); ok {
+		st.Staleness = max(t.now().Sub(at), 0)
+	}
+	return st
+}
+
+// sample reads one sample of primary, the primary of s's standby q, and keeps it. Its time is
+// the clock just before the query is sent: every commit acknowledged before then is before
+// the position the primary returns. A failed sample is not kept and counts against nothing
+// (the standby is not at fault); its staleness grows until samples resume.
+func (t *Tracker) sample(ctx context.Context, q, primary Querier, s *standbyState) {
+	cctx, cancel := context.WithTimeout(ctx, max(t.interval, minCheckTimeout))
+	smp, err := ReadPrimarySample(cctx, primary, t.now())
+	cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.q != q || s.primary != primary {
+		return // the shard moved to another standby or primary meanwhile
+	}
+	s.sampling = false
+	if err == nil {
+		s.samples = addSample(s.samples, smp)
+	}
 }
 
 // check queries the status of s's standby q and records it.
@@ -197,10 +253,11 @@ func (t *Tracker) WaitReplayed(ctx context.Context, shard string, q Querier, lsn
 	}
 }
 
-// Lag returns the largest lag over the tracked standbys that are healthy, from their last
-// known status, or 0 when there is none. It does no I/O: a caller that publishes it on a timer
+// Lag returns the largest proven staleness (StandbyStatus.Staleness, StalenessUnknown when
+// one is unproven) over the tracked standbys that are healthy, from their last known status
+// and samples, or 0 when there is none. It does no I/O: a caller that publishes it on a timer
 // (the API node's gossip status) calls Status for each standby first, so an idle node reports
-// current lag instead of none.
+// current staleness instead of none.
 func (t *Tracker) Lag() time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -208,7 +265,7 @@ func (t *Tracker) Lag() time.Duration {
 	for _, s := range t.shards {
 		s.mu.Lock()
 		if t.healthyLocked(s) {
-			lag = max(lag, s.st.Lag)
+			lag = max(lag, t.statusLocked(s).Staleness)
 		}
 		s.mu.Unlock()
 	}

@@ -69,9 +69,17 @@ func PostgresWith(t testing.TB, opts localsrv.PostgresOptions) *localsrv.Postgre
 // the primary, since cleanups run last-in first-out).
 func Standby(t testing.TB, primary *localsrv.Postgres) *localsrv.Postgres {
 	t.Helper()
+	return StandbyWith(t, primary, localsrv.PostgresOptions{})
+}
+
+// StandbyWith is Standby with options: opts.PrimaryAddr, say, streams the WAL through a proxy
+// a test can cut. opts.Keep is ignored: tests leave nothing behind.
+func StandbyWith(t testing.TB, primary *localsrv.Postgres, opts localsrv.PostgresOptions) *localsrv.Postgres {
+	t.Helper()
+	opts.Keep = false
 	ctx, cancel := startCtx(t)
 	defer cancel()
-	s, err := localsrv.StartStandby(ctx, primary, localsrv.PostgresOptions{})
+	s, err := localsrv.StartStandby(ctx, primary, opts)
 	if err != nil {
 		t.Fatalf("testenv: start standby of %s: %v", primary.Addr(), err)
 	}

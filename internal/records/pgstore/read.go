@@ -127,7 +127,7 @@ func (s *Store) read(ctx context.Context, t records.Target, ro records.ReadOptio
 			standby, standbyPool = pool, pool
 		}
 	}
-	d := s.policy.Choose(ctx, s.tracker, sh.ID, replication.ReadRequest{Strong: rr.strong, Token: rr.token}, standby)
+	d := s.policy.Choose(ctx, s.tracker, sh.ID, replication.ReadRequest{Strong: rr.strong, Token: rr.token}, standby, primary)
 	info := records.ReadInfo{Reason: string(d.Reason)}
 	if d.Source == replication.SourceReplica {
 		err := classify(readOn(ctx, standbyPool, t.Tenant, d.MinLSN, queue))
