@@ -111,7 +111,9 @@ func (t *Tracker) state(shard string, q Querier) *standbyState {
 // it. While the standby is failing the refresh runs in the background and Status returns at
 // once. primary is the shard's primary: when its last sample is at least an interval old and
 // none is under way, Status starts one in the background (a nil primary is never sampled, so
-// the standby's staleness stays unknown). The returned status's Staleness is as of now.
+// the standby's staleness stays unknown). Only the very first sample of a primary for the
+// shard is waited for (bounded by the check timeout): until one exists the read would go to
+// the primary anyway. The returned status's Staleness is as of now.
 func (t *Tracker) Status(ctx context.Context, shard string, q, primary Querier) (StandbyStatus, bool) {
 	s := t.state(shard, q)
 	s.mu.Lock()
@@ -124,12 +126,19 @@ func (t *Tracker) Status(ctx context.Context, shard string, q, primary Querier) 
 		s.refreshing = true
 	}
 	sample := s.q == q && primary != nil && !s.sampling && now.Sub(s.sampled) >= t.interval
+	first := sample && s.sampled.IsZero()
 	if sample {
 		s.sampling, s.sampled = true, now
 	}
 	failing := s.failures >= t.failures
 	s.mu.Unlock()
-	if sample {
+	switch {
+	case first:
+		// Cold start: nothing can prove the standby fresh yet, so the read would go to the
+		// primary anyway; one primary round trip now (before the standby check, which then
+		// sees a replay position taken after the sample) keeps later reads on the standby.
+		t.sample(ctx, q, primary, s)
+	case sample:
 		go t.sample(context.WithoutCancel(ctx), q, primary, s)
 	}
 	if refresh {
