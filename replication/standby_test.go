@@ -475,6 +475,7 @@ func TestProvenStaleness(t *testing.T) {
 
 	t.Run("WAL stream cut off", func(t *testing.T) {
 		m.Partition("wal")
+		defer func() { _ = m.Heal("wal") }()
 		st := waitChoice(t, true, replication.SourcePrimary, replication.ReasonTooStale)
 		if st.Staleness == replication.StalenessUnknown {
 			t.Errorf("cut-off standby's staleness unknown; want proven by the samples before the cut")
@@ -492,6 +493,7 @@ func TestProvenStaleness(t *testing.T) {
 	t.Run("primary unreachable for samples", func(t *testing.T) {
 		waitChoice(t, false, replication.SourceReplica, replication.ReasonFresh)
 		m.Partition("primary")
+		defer func() { _ = m.Heal("primary") }()
 		st := waitChoice(t, false, replication.SourcePrimary, replication.ReasonTooStale)
 		if st.Staleness <= replication.DefaultMaxStaleness {
 			t.Errorf("staleness %v, want past the bound", st.Staleness)

@@ -22,7 +22,8 @@ import (
 // TestRegionsReportReplicaLag: a router (us-east) and an API node (us-west) joined by gossip; the
 // one shard is homed in us-east and us-west's copy is a real streaming standby. With replay
 // paused on the standby while the primary keeps committing, /admin/v1/regions shows the API
-// node's replica lag above 0 and growing; once replay resumes it comes back to about 0. Every
+// node's replica lag (the standby's proven staleness) growing; once replay resumes it comes back
+// to a few standby check intervals. Every
 // member reports the map version of its copy, and the answer names the Raft leader.
 func TestRegionsReportReplicaLag(t *testing.T) {
 	ctx := context.Background()
@@ -75,8 +76,10 @@ func TestRegionsReportReplicaLag(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if r.MapVersion != version || w.MapVersion != version || w.ReplicaLagMS != 0 {
-			return fmt.Errorf("router %+v, api node %+v; want map version %d and no lag", r, w, version)
+		// The lag is the standby's proven staleness: about one standby check interval (250 ms)
+		// when it is caught up, never exactly 0.
+		if r.MapVersion != version || w.MapVersion != version || w.ReplicaLagMS > 1000 {
+			return fmt.Errorf("router %+v, api node %+v; want map version %d and lag within a few check intervals", r, w, version)
 		}
 		if r.Health != "ok" || w.Health != "ok" || !w.Healthy {
 			return fmt.Errorf("router %+v, api node %+v; want both ok", r, w)
@@ -130,8 +133,8 @@ func TestRegionsReportReplicaLag(t *testing.T) {
 	}
 	testenv.WaitFor(t, 20*time.Second, func() error {
 		lag, err := apiLag()
-		if err != nil || lag > 250 {
-			return fmt.Errorf("api node's replica lag %d ms (%v), want about 0 after replay resumed", lag, err)
+		if err != nil || lag > 1000 {
+			return fmt.Errorf("api node's replica lag %d ms (%v), want a few check intervals at most after replay resumed", lag, err)
 		}
 		return nil
 	})
