@@ -161,8 +161,10 @@ func cluster(ctx context.Context, dir, state, topoPath string, shift int) (*sim.
 	if err != nil {
 		return nil, nil, "", nil, err
 	}
-	c, err := sim.Up(ctx, sim.Options{Topology: t, Dir: state, Latency: true, Progress: os.Stdout,
-		Logger: slog.New(slog.NewJSONHandler(logf, nil))})
+	logger := slog.New(slog.NewJSONHandler(logf, nil))
+	// Libraries log through the default logger (migrations, for one): into the file too.
+	slog.SetDefault(logger)
+	c, err := sim.Up(ctx, sim.Options{Topology: t, Dir: state, Latency: true, Progress: os.Stdout, Logger: logger})
 	if err != nil {
 		logf.Close()
 		return nil, nil, "", nil, err

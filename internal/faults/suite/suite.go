@@ -148,7 +148,10 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		nem.Run(ctx, shifted)
+		// The nemesis stops with the workload: nothing is injected after Duration.
+		nctx, cancel := context.WithTimeout(ctx, opts.Duration)
+		defer cancel()
+		nem.Run(nctx, shifted)
 	}()
 	w.Run(ctx, opts.Duration)
 	<-done

@@ -211,18 +211,16 @@ func (w *Workload) process(ctx context.Context, p int, region string) {
 	run := ctx
 	ctx = context.WithoutCancel(ctx)
 	n := 0
-	backoff := false
+	var pause time.Duration
 	for run.Err() == nil && w.ops.Add(1) <= int64(w.cfg.MaxOps) {
 		n++
 		t := w.tenants[rng.IntN(len(w.tenants))]
 		rec := fmt.Sprintf("r%d-%d", w.cfg.Clock.Now()/w.cfg.KeyPeriod, rng.IntN(w.cfg.KeysPerTenant))
 		vk := t.ID + "/" + rec
-		if backoff {
-			// The last request got no good answer (a router down, a region cut off): back
-			// off a little instead of spinning on refused connections.
+		if pause > 0 {
 			select {
 			case <-run.Done():
-			case <-time.After(time.Duration(50+rng.IntN(150)) * time.Millisecond):
+			case <-time.After(pause):
 			}
 		}
 		var o history.Op
@@ -265,8 +263,24 @@ func (w *Workload) process(ctx context.Context, p int, region string) {
 		default:
 			o = w.create(ctx, p, region, t, fmt.Sprintf("e%d-%d", p, n), rng)
 		}
-		// A 412 is a good answer to a compare-and-set; anything else not ok is not.
-		backoff = o.Outcome != history.OK && o.Status != http.StatusPreconditionFailed
+		pause = backoff(o, rng)
+	}
+}
+
+// backoff is how long a client waits after o: nothing after a good answer (a 412 is one to a
+// compare-and-set); a little after a refusal (a router down, a region cut off), instead of
+// spinning on refused connections; more after an unknown outcome, as a client that cannot
+// tell what happened would — and because every unknown write stays a candidate for every
+// later point of its register's history, many of them make the linearizability check
+// exponential.
+func backoff(o history.Op, rng *rand.Rand) time.Duration {
+	switch {
+	case o.Outcome == history.OK || o.Status == http.StatusPreconditionFailed:
+		return 0
+	case o.Outcome == history.Fail:
+		return time.Duration(50+rng.IntN(150)) * time.Millisecond
+	default:
+		return time.Duration(500+rng.IntN(1000)) * time.Millisecond
 	}
 }
 
