@@ -500,8 +500,13 @@ func (w *Workload) do(ctx context.Context, method, url, token string, body []byt
 	}
 	resp, err := w.client.Do(req)
 	if err != nil {
+		// A failed dial proves nothing was sent only for a request net/http never retries
+		// after writing it: it may retry an idempotent one (GET, or any request with an
+		// Idempotency-Key) on a new connection when a reused one broke, so its dial error
+		// can follow a first attempt that reached the server.
 		var op *net.OpError
-		return answer{err: err, dialFailed: errors.As(err, &op) && op.Op == "dial"}
+		retried := method == http.MethodGet || method == http.MethodHead || req.Header.Get("Idempotency-Key") != ""
+		return answer{err: err, dialFailed: !retried && errors.As(err, &op) && op.Op == "dial"}
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
