@@ -60,6 +60,8 @@ func run() (int, error) {
 	tenants := fs.Int("tenants", workload.DefaultTenantsPerRegion, "tenants homed in each region")
 	procs := fs.Int("procs", workload.DefaultProcsPerRegion, "clients per region")
 	staleness := fs.Duration("max-staleness", check.DefaultMaxStaleness, "the plain-read bound the checker applies")
+	minHold := fs.Duration("min-hold", 0, "shortest time a step's faults last (0: the nemesis's default, 3s)")
+	maxHold := fs.Duration("max-hold", 0, "longest time a step's faults last (0: the nemesis's default, 8s)")
 	markdown := fs.Bool("markdown", false, "print the summary as Markdown tables (every register listed)")
 	_ = fs.Parse(os.Args[1:])
 	cfg := check.Config{MaxStaleness: *staleness}
@@ -99,6 +101,7 @@ func run() (int, error) {
 	fmt.Printf("fault suite: seed %d, %v, history %s\n", *seed, *duration, *historyPath)
 	res, err := suite.Run(ctx, suite.Options{
 		Cluster: f, Launcher: launcher, Seed: *seed, Duration: *duration, Kinds: kinds,
+		Plan:        nemesis.PlanConfig{MinHold: *minHold, MaxHold: *maxHold},
 		Workload:    workload.Config{TenantsPerRegion: *tenants, ProcsPerRegion: *procs},
 		HistoryPath: *historyPath, Check: cfg, Log: os.Stdout,
 	})

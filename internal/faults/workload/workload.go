@@ -211,7 +211,7 @@ func (w *Workload) process(ctx context.Context, p int, region string) {
 	run := ctx
 	ctx = context.WithoutCancel(ctx)
 	n := 0
-	var pause time.Duration
+	var pause, writesFrom time.Duration
 	for run.Err() == nil && w.ops.Add(1) <= int64(w.cfg.MaxOps) {
 		n++
 		t := w.tenants[rng.IntN(len(w.tenants))]
@@ -223,8 +223,14 @@ func (w *Workload) process(ctx context.Context, p int, region string) {
 			case <-time.After(pause):
 			}
 		}
+		x := rng.IntN(100)
+		if w.cfg.Clock.Now() < writesFrom && (x < 37 || x >= 85) {
+			// No writes for a while after an unknown one: read instead (strong, plain or
+			// token, in their usual proportions).
+			x = 37 + rng.IntN(48)
+		}
 		var o history.Op
-		switch x := rng.IntN(100); {
+		switch {
 		case x < 22:
 			var tok string
 			o, tok = w.write(ctx, p, region, t, rec, fmt.Sprintf("p%d-%d", p, n), 0)
@@ -264,24 +270,24 @@ func (w *Workload) process(ctx context.Context, p int, region string) {
 			o = w.create(ctx, p, region, t, fmt.Sprintf("e%d-%d", p, n), rng)
 		}
 		pause = backoff(o, rng)
+		if o.Outcome == history.Unknown && (o.Kind == history.Write || o.Kind == history.Create) {
+			writesFrom = w.cfg.Clock.Now() + time.Duration(500+rng.IntN(1000))*time.Millisecond
+		}
 	}
 }
 
 // backoff is how long a client waits after o: nothing after a good answer (a 412 is one to a
-// compare-and-set); a little after a refusal (a router down, a region cut off), instead of
-// spinning on refused connections; more after an unknown outcome, as a client that cannot
-// tell what happened would — and because every unknown write stays a candidate for every
-// later point of its register's history, many of them make the linearizability check
-// exponential.
+// compare-and-set), a little after anything else (a router down, a region cut off) instead of
+// spinning on refused connections. After an unknown write or create the process also makes
+// only reads for 0.5–1.5 s (see process), as a client that cannot tell what happened would:
+// every unknown write stays a candidate for every later point of its register's history, so
+// many of them make the linearizability check exponential, while the reads keep testing
+// staleness where writes fail (a cut-off region).
 func backoff(o history.Op, rng *rand.Rand) time.Duration {
-	switch {
-	case o.Outcome == history.OK || o.Status == http.StatusPreconditionFailed:
+	if o.Outcome == history.OK || o.Status == http.StatusPreconditionFailed {
 		return 0
-	case o.Outcome == history.Fail:
-		return time.Duration(50+rng.IntN(150)) * time.Millisecond
-	default:
-		return time.Duration(500+rng.IntN(1000)) * time.Millisecond
 	}
+	return time.Duration(50+rng.IntN(150)) * time.Millisecond
 }
 
 func (w *Workload) noteWrite(o history.Op, token string, versions map[string]int64, last map[string]lastWrite) {
