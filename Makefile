@@ -8,7 +8,7 @@ TEST_TIMEOUT ?= 15m
 # TEST_P is how many packages' tests run at once (the machine has 2 cores).
 TEST_P ?= 2
 
-.PHONY: all deps build test test-short lint fuzz-short fmt vet bench clean up down demo
+.PHONY: all deps build test test-short lint fuzz-short fmt vet bench clean up down demo faults
 
 all: build
 
@@ -53,5 +53,10 @@ demo: deps build
 	else ./bin/sim up --latency; fi
 	./bin/sim demo
 
+# faults runs the fault suite (docs/RELIABILITY.md) for DURATION (default 60s) with SEED (default:
+# from the clock): against the cluster `make up LATENCY=1` runs, or one of its own on shifted ports.
+faults: deps build
+	./bin/faults -duration $(or $(DURATION),60s) $(if $(SEED),-seed $(SEED))
+
 clean:
-	rm -rf bin .meridian
+	rm -rf bin .meridian .meridian-faults

@@ -3,6 +3,7 @@ package sim
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -131,7 +132,9 @@ func TestClusterUpDemoDown(t *testing.T) {
 	}
 
 	checkPartition(t, ctx, c, f)
+	checkKillRestart(t, ctx, c, f)
 
+	// Taken after the restarts: Down must stop the restarted processes too.
 	pids := c.pids()
 	c.Down()
 	downed = true
@@ -205,5 +208,68 @@ func checkPartition(t *testing.T, ctx context.Context, c *Cluster, f *ClusterFil
 			t.Fatalf("write after Heal: status %d", st)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkKillRestart SIGKILLs one process of every kind (an API node, a router, a standby, a
+// primary, Redis), sees each reported not running, restarts it, and then sees a write homed
+// in the killed primary's region and a read through the killed router succeed again.
+func checkKillRestart(t *testing.T, ctx context.Context, c *Cluster, f *ClusterFile) {
+	t.Helper()
+	if err := c.Kill("nowhere-1"); !errors.Is(err, ErrNoProcess) {
+		t.Errorf("Kill of an unknown process: %v, want ErrNoProcess", err)
+	}
+	names := []string{"us-west-api-1", "us-west-router-1", "standby-us-west-of-eu-west", "postgres-eu-west", "redis-us-west"}
+	running := func(name string) bool {
+		for _, p := range c.Processes() {
+			if p.Name == name {
+				return p.Running
+			}
+		}
+		t.Fatalf("Processes lists no %s", name)
+		return false
+	}
+	for _, name := range names {
+		if err := c.Kill(name); err != nil {
+			t.Fatalf("Kill %s: %v", name, err)
+		}
+		if running(name) {
+			t.Errorf("%s still running after Kill", name)
+		}
+	}
+	// Databases first, so the nodes find them.
+	for _, name := range []string{names[3], names[2], names[4], names[1], names[0]} {
+		if err := c.Restart(ctx, name); err != nil {
+			t.Fatalf("Restart %s: %v", name, err)
+		}
+		if !running(name) {
+			t.Errorf("%s not running after Restart", name)
+		}
+	}
+	if err := c.Restart(ctx, names[0]); !errors.Is(err, ErrRunning) {
+		t.Errorf("Restart of a running process: %v, want ErrRunning", err)
+	}
+	tok, err := MintToken(f.DevJWTSecret, TokenSpec{Tenant: "demo-eu-west"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 15 * time.Second}
+	url := f.Regions["us-west"].Router + "/v1/collections/notes/records/restarted"
+	deadline := time.Now().Add(60 * time.Second)
+	for _, method := range []string{http.MethodPut, http.MethodGet} {
+		body := ""
+		if method == http.MethodPut {
+			body = `{"data":{"x":2}}`
+		}
+		for {
+			st, _, _, err := call(ctx, client, method, url, tok, body, "")
+			if err == nil && st < 300 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s through us-west after the restarts: %d %v", method, st, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	}
 }

@@ -97,7 +97,7 @@ func (c *Cluster) startPrimary(ctx context.Context, region string) error {
 		Port: c.ports(region).Postgres,
 		// synchronous_commit on, as in production: with it off, WAL reaches the standbys up to
 		// wal_writer_delay late and read-your-writes reads fall back to the primary.
-		Settings: map[string]string{"max_connections": "300", "synchronous_commit": "on"},
+		Settings: primarySettings(),
 	})
 	if err != nil {
 		return err
@@ -105,7 +105,8 @@ func (c *Cluster) startPrimary(ctx context.Context, region string) error {
 	c.mu.Lock()
 	c.primary[region] = pg
 	c.mu.Unlock()
-	c.onStop(func() { _ = pg.Stop() })
+	// Stop whichever instance is current: Restart may have replaced pg.
+	c.onStop(func() { _ = c.primaryOf(region).Stop() })
 	for _, s := range c.topo.ShardsOf(region) {
 		if err := pg.CreateDatabase(ctx, s.Database); err != nil {
 			return fmt.Errorf("create database %s: %w", s.Database, err)
@@ -146,7 +147,7 @@ func (c *Cluster) startStandbys(ctx context.Context, region string) error {
 			Dir:         dir,
 			Port:        c.ports(region).Standby[src],
 			PrimaryAddr: c.addr(region, src, c.ports(src).Postgres),
-			Settings:    map[string]string{"max_connections": "300"},
+			Settings:    standbySettings(),
 		})
 		if err != nil {
 			return fmt.Errorf("standby of %s: %w", src, err)
@@ -157,7 +158,7 @@ func (c *Cluster) startStandbys(ctx context.Context, region string) error {
 		}
 		c.standby[region][src] = sb
 		c.mu.Unlock()
-		c.onStop(func() { _ = sb.Stop() })
+		c.onStop(func() { _ = c.standbyOf(region, src).Stop() })
 	}
 	return nil
 }

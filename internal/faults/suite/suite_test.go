@@ -1,0 +1,194 @@
+package suite
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meridian-dev/meridian/internal/faults/check"
+	"github.com/meridian-dev/meridian/internal/faults/history"
+	"github.com/meridian-dev/meridian/internal/faults/nemesis"
+	"github.com/meridian-dev/meridian/internal/faults/workload"
+	"github.com/meridian-dev/meridian/internal/sim"
+	"github.com/meridian-dev/meridian/internal/topology"
+)
+
+// repoRoot is the module root (three levels above this package).
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", ".."))
+}
+
+// portShift moves the topology to 7000-9999: below internal/sim's system test (10000+),
+// cmd/faults' own cluster (15000+) and `make up` (20000+), so all of them can run at once.
+const portShift = 13000
+
+// startCluster builds cmd/router and cmd/api (with -race when this test runs with it, so the
+// children are checked too), starts the launcher's topology in latency mode on the shifted
+// ports, and stops it when the test ends.
+func startCluster(t *testing.T, ctx context.Context) *sim.Cluster {
+	t.Helper()
+	base, err := topology.Load(filepath.Join(repoRoot(), "deploy", "multi-region", "topology.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := base.File()
+	for i := range f.Regions {
+		f.Regions[i].PortBase -= portShift
+	}
+	topo, err := topology.New(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	args := []string{"build", "-o", bin + "/"}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, "./cmd/router", "./cmd/api")...)
+	cmd.Dir = repoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	// Not t.TempDir(): its parent is 0700 and Postgres runs as an unprivileged user.
+	dir, err := os.MkdirTemp("", "meridian-faults-test-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var progress bytes.Buffer
+	c, err := sim.Up(ctx, sim.Options{Topology: topo, Dir: filepath.Join(dir, "state"), BinDir: bin, Progress: &progress, Latency: true})
+	if err != nil {
+		t.Fatalf("Up: %v\n%s", err, progress.String())
+	}
+	t.Cleanup(c.Down)
+	return c
+}
+
+// TestFaultsShort is the fault suite's CI run: the launcher's real three-region cluster, the
+// workload through every router for 45 s with seed 1, while the nemesis kills and restarts an
+// API node and the shard map's Raft leader and pauses a standby's replay, alone and combined.
+// (Not a partition or a standby kill: both run into the open finding F1 of
+// docs/RELIABILITY.md; see TestFaultsPartition.) Every checker
+// must accept the history, every fault must have been injected and healed, and the saved
+// history must be judged the same way again.
+func TestFaultsShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole three-region topology and runs it for 45 s; run without -short")
+	}
+	runFaults(t, 1, []string{nemesis.KillAPI, nemesis.KillLeader, nemesis.PauseReplay}, shortHolds)
+}
+
+// shortHolds are shorter holds and pauses than the command's, so 45 s also combine faults.
+var shortHolds = nemesis.PlanConfig{MinHold: 2 * time.Second, MaxHold: 5 * time.Second, MinQuiet: time.Second, MaxQuiet: 3 * time.Second}
+
+// TestFaultsPartition runs the suite with 10 s partitions as its only fault. It fails today, and
+// rightly: a standby cut off from its primary looks current (docs/api.md, "Known gap"), so
+// plain reads in and of the cut-off region come back older than max_staleness allows, until
+// the standby streams again (docs/RELIABILITY.md, "Findings"). It is the regression test of
+// that fix and runs only with MERIDIAN_FAULTS_PARTITION=1 until then.
+func TestFaultsPartition(t *testing.T) {
+	if os.Getenv("MERIDIAN_FAULTS_PARTITION") == "" {
+		t.Skip("fails on the open finding 'stale plain reads across a partition' (docs/RELIABILITY.md); set MERIDIAN_FAULTS_PARTITION=1 to run it")
+	}
+	// Partitions of 10 s, twice the bound: a write acknowledged in the other regions early in
+	// one is overdue in the cut-off region's standby well before it heals.
+	runFaults(t, 1, []string{nemesis.Partition}, nemesis.PlanConfig{MinHold: 10 * time.Second, MaxHold: 10 * time.Second})
+}
+
+// runFaults runs the suite for 45 s with seed, kinds and plan's holds on a cluster of its own
+// and checks the result.
+func runFaults(t *testing.T, seed int64, kinds []string, plan nemesis.PlanConfig) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	c := startCluster(t, ctx)
+	histPath := filepath.Join(t.TempDir(), "history.jsonl")
+	var log bytes.Buffer
+	res, err := Run(ctx, Options{
+		Cluster: c.Info(), Launcher: nemesis.InProcess{C: c}, Seed: seed, Duration: 45 * time.Second,
+		Kinds: kinds, Plan: plan,
+		Workload:    workload.Config{TenantsPerRegion: 2, ProcsPerRegion: 2},
+		HistoryPath: histPath, Log: &log,
+	})
+	t.Logf("run:\n%s", log.String())
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	var table strings.Builder
+	_ = res.Summary.Text(&table)
+	t.Logf("summary:\n%s", table.String())
+	if !res.OK() {
+		t.Errorf("the history violates the guarantees (replay: go run ./cmd/faults -replay FILE):\n%s", res.Report)
+	}
+
+	// The faults happened and were healed.
+	counts := FaultCounts(res.FaultLog)
+	for _, k := range kinds {
+		if !slices.ContainsFunc(counts, func(s string) bool { return strings.HasPrefix(s, k+" ") }) {
+			t.Errorf("fault %s was never injected: %v", k, counts)
+		}
+	}
+	for _, l := range res.FaultLog {
+		if strings.Contains(l, "FAILED") {
+			t.Errorf("nemesis: %s", l)
+		}
+	}
+	for _, p := range c.Processes() {
+		if !p.Running {
+			t.Errorf("%s is not running after the run", p.Name)
+		}
+	}
+	if st := c.Status(); len(st.Partitioned) != 0 {
+		t.Errorf("regions still cut off after the run: %v", st.Partitioned)
+	}
+
+	// The workload did what the checkers need: acknowledged writes, compare-and-sets, creates,
+	// token and plain reads, and one final read per tenant.
+	ok := map[history.Kind]int{}
+	cas, finals := 0, 0
+	for _, o := range res.History.Ops {
+		if o.Outcome == history.OK {
+			ok[o.Kind]++
+			if o.Kind == history.Write && o.IfMatch > 0 {
+				cas++
+			}
+		}
+		if o.Kind == history.SetRead {
+			finals++
+		}
+	}
+	for _, k := range []history.Kind{history.Write, history.StrongRead, history.PlainRead, history.TokenRead, history.Create} {
+		if ok[k] == 0 {
+			t.Errorf("no acknowledged %s in the history: %v", k, ok)
+		}
+	}
+	if cas == 0 {
+		t.Error("no acknowledged compare-and-set")
+	}
+	if want := 2 * len(c.Info().Regions); finals != want {
+		t.Errorf("%d final set reads, want %d (one per tenant)", finals, want)
+	}
+
+	// The file on disk is the same history, and judged the same.
+	again, err := Replay(histPath, check.Config{})
+	if err != nil {
+		t.Fatalf("Replay: %v", err)
+	}
+	if len(again.History.Ops) != len(res.History.Ops) || again.OK() != res.OK() ||
+		len(again.Report.Violations()) != len(res.Report.Violations()) {
+		t.Errorf("replay: %d ops ok=%v, run: %d ops ok=%v", len(again.History.Ops), again.OK(), len(res.History.Ops), res.OK())
+	}
+	if !slices.Equal(again.History.Header.Faults, res.History.Header.Faults) || again.History.Header.Seed != seed {
+		t.Errorf("replayed header %+v differs from the run's %+v", again.History.Header, res.History.Header)
+	}
+}
