@@ -209,9 +209,12 @@ func TestRejectedFiltersKeepReplicaReads(t *testing.T) {
 	}
 	for reg, addr := range nodeAddr {
 		// The store's standby health as sensitive as it gets: one failure counted against the
-		// standby makes it unhealthy, and no status check clears that for an hour.
+		// standby makes it unhealthy, and no status check clears that for a second — far longer
+		// than an attacker's reads and the victim's read right after them take. (Not longer:
+		// the primary is sampled once an interval, and the standby's proven staleness must stay
+		// under the 5 s bound.)
 		startAPINode(t, reg, addr, rt.URL, verifier, func(c *pgstore.Config) {
-			c.StandbyInterval, c.StandbyFailures = time.Hour, 1
+			c.StandbyInterval, c.StandbyFailures = time.Second, 1
 		})
 	}
 	// Tenants are created through the admin API once the router knows the home region's node.
