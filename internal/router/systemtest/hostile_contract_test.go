@@ -19,7 +19,6 @@ import (
 	"github.com/meridian-dev/meridian/internal/problem"
 	"github.com/meridian-dev/meridian/internal/records/pgstore"
 	"github.com/meridian-dev/meridian/internal/testenv"
-	"github.com/meridian-dev/meridian/migrations"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -170,15 +169,7 @@ func freeAddr(t *testing.T) string {
 // after a single failure, so one request counted against it would send them to the primary.
 func TestRejectedFiltersKeepReplicaReads(t *testing.T) {
 	ctx := context.Background()
-	primary := testenv.Postgres(t)
-	const db = "shard_use1"
-	if err := primary.CreateDatabase(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	if res, err := migrations.Apply(ctx, map[string]string{"use1": primary.DSN(db)}); err != nil {
-		t.Fatalf("migrations: %v %+v", err, res)
-	}
-	standby := testenv.Standby(t, primary)
+	primary, standby, db := shardWithStandby(t)
 	verifier, err := auth.NewVerifier(auth.Config{Secret: []byte(jwtSecret)})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/internal/localsrv"
 	"github.com/meridian-dev/meridian/internal/records/pgstore"
 	"github.com/meridian-dev/meridian/internal/router"
 	"github.com/meridian-dev/meridian/internal/testenv"
@@ -27,15 +28,7 @@ import (
 // member reports the map version of its copy, and the answer names the Raft leader.
 func TestRegionsReportReplicaLag(t *testing.T) {
 	ctx := context.Background()
-	primary := testenv.Postgres(t)
-	const db = "shard_use1"
-	if err := primary.CreateDatabase(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	if res, err := migrations.Apply(ctx, map[string]string{"use1": primary.DSN(db)}); err != nil {
-		t.Fatalf("migrations: %v %+v", err, res)
-	}
-	standby := testenv.Standby(t, primary)
+	primary, standby, db := shardWithStandby(t)
 
 	verifier, err := auth.NewVerifier(auth.Config{Secret: []byte(jwtSecret)})
 	if err != nil {
@@ -138,6 +131,20 @@ func TestRegionsReportReplicaLag(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// shardWithStandby makes shard use1's database, migrated, on a real primary, and a real
+// streaming standby of that primary.
+func shardWithStandby(t *testing.T) (primary, standby *localsrv.Postgres, db string) {
+	t.Helper()
+	primary, db = testenv.Postgres(t), "shard_use1"
+	if err := primary.CreateDatabase(context.Background(), db); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := migrations.Apply(context.Background(), map[string]string{"use1": primary.DSN(db)}); err != nil {
+		t.Fatalf("migrations: %v %+v", err, res)
+	}
+	return primary, testenv.Standby(t, primary), db
 }
 
 // startAPINode starts a real API node of region that watches the map on routerURL and reads
