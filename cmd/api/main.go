@@ -71,7 +71,7 @@ func parseConfig(args []string) (config, error) {
 	fs.DurationVar(&c.statementTimeout, "statement-timeout", env.Duration("MERIDIAN_STATEMENT_TIMEOUT", time.Second), "Postgres statement_timeout (MERIDIAN_STATEMENT_TIMEOUT)")
 	fs.DurationVar(&c.idleInTx, "idle-in-tx-timeout", env.Duration("MERIDIAN_IDLE_IN_TX_TIMEOUT", 10*time.Second), "Postgres idle_in_transaction_session_timeout (MERIDIAN_IDLE_IN_TX_TIMEOUT)")
 	fs.DurationVar(&c.deadline, "request-deadline", env.Duration("MERIDIAN_REQUEST_DEADLINE", 5*time.Second), "per-request deadline (MERIDIAN_REQUEST_DEADLINE)")
-	httpLimitFlags(fs, env, &c.httpLimits)
+	daemon.HTTPLimitFlags(fs, env, &c.httpLimits)
 	fs.StringVar(&c.debugAddr, "debug-addr", env.String("MERIDIAN_DEBUG_ADDR", ""), "serve Go profiles (/debug/pprof/) on this private host:port (MERIDIAN_DEBUG_ADDR; empty = off)")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", env.Duration("MERIDIAN_SHUTDOWN_GRACE", 20*time.Second), "time to finish in-flight requests on shutdown (MERIDIAN_SHUTDOWN_GRACE)")
 	fs.DurationVar(&c.idemTTL, "idempotency-ttl", env.Duration("MERIDIAN_IDEMPOTENCY_TTL", 24*time.Hour), "Idempotency-Key lifetime (MERIDIAN_IDEMPOTENCY_TTL)")
@@ -123,15 +123,6 @@ func parseConfig(args []string) (config, error) {
 		c.cursorKey = c.clusterToken
 	}
 	return c, nil
-}
-
-// httpLimitFlags declares the per-connection limits of the HTTP server (daemon.HTTPLimits); the
-// router declares the same flags.
-func httpLimitFlags(fs *flag.FlagSet, env *envflag.Env, l *daemon.HTTPLimits) {
-	fs.DurationVar(&l.ReadHeaderTimeout, "read-header-timeout", env.Duration("MERIDIAN_READ_HEADER_TIMEOUT", daemon.DefaultReadHeaderTimeout), "time a client may take to send a request's headers (MERIDIAN_READ_HEADER_TIMEOUT)")
-	fs.DurationVar(&l.BodyTimeout, "body-timeout", env.Duration("MERIDIAN_BODY_TIMEOUT", daemon.DefaultBodyTimeout), "time a client may take to send a request's body, from its headers; later → 408 (MERIDIAN_BODY_TIMEOUT)")
-	fs.DurationVar(&l.IdleTimeout, "idle-timeout", env.Duration("MERIDIAN_IDLE_TIMEOUT", daemon.DefaultIdleTimeout), "keep-alive connections idle this long are closed (MERIDIAN_IDLE_TIMEOUT)")
-	fs.IntVar(&l.MaxHeaderBytes, "max-header-bytes", env.Int("MERIDIAN_MAX_HEADER_BYTES", daemon.DefaultMaxHeaderBytes), "cap on a request's header block; above → 431 (MERIDIAN_MAX_HEADER_BYTES)")
 }
 
 func main() {

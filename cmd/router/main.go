@@ -107,7 +107,7 @@ func parseConfig(args []string) (config, error) {
 	fs.DurationVar(&c.upstreamTimeout, "upstream-timeout", env.Duration("MERIDIAN_UPSTREAM_TIMEOUT", 5*time.Second), "request deadline: wait for an API node's response headers, all attempts together, from the moment the body is in; API nodes are told the time left (MERIDIAN_UPSTREAM_TIMEOUT)")
 	fs.IntVar(&c.maxInFlight, "max-inflight", env.Int("MERIDIAN_MAX_INFLIGHT", 256), "concurrent requests per API node before 503 (MERIDIAN_MAX_INFLIGHT)")
 	fs.IntVar(&c.tenantConcurrency, "tenant-concurrency", env.Int("MERIDIAN_TENANT_CONCURRENCY", 100), "requests in flight per tenant through this router before 429; a tenant's override in the map wins (MERIDIAN_TENANT_CONCURRENCY)")
-	httpLimitFlags(fs, env, &c.httpLimits)
+	daemon.HTTPLimitFlags(fs, env, &c.httpLimits)
 	fs.StringVar(&c.debugAddr, "debug-addr", env.String("MERIDIAN_DEBUG_ADDR", ""), "serve Go profiles (/debug/pprof/) on this private host:port (MERIDIAN_DEBUG_ADDR; empty = off)")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", env.Duration("MERIDIAN_SHUTDOWN_GRACE", 20*time.Second), "time to finish in-flight requests on shutdown (MERIDIAN_SHUTDOWN_GRACE)")
 	if err := fs.Parse(args); err != nil {
@@ -137,15 +137,6 @@ func parseConfig(args []string) (config, error) {
 		{Scope: ratelimit.ScopeIP}:     {Rate: ipRate, Burst: ipBurst},
 	}
 	return c, nil
-}
-
-// httpLimitFlags declares the per-connection limits of the HTTP server (daemon.HTTPLimits); the
-// API node declares the same flags.
-func httpLimitFlags(fs *flag.FlagSet, env *envflag.Env, l *daemon.HTTPLimits) {
-	fs.DurationVar(&l.ReadHeaderTimeout, "read-header-timeout", env.Duration("MERIDIAN_READ_HEADER_TIMEOUT", daemon.DefaultReadHeaderTimeout), "time a client may take to send a request's headers (MERIDIAN_READ_HEADER_TIMEOUT)")
-	fs.DurationVar(&l.BodyTimeout, "body-timeout", env.Duration("MERIDIAN_BODY_TIMEOUT", daemon.DefaultBodyTimeout), "time a client may take to send a request's body, from its headers; later → 408 (MERIDIAN_BODY_TIMEOUT)")
-	fs.DurationVar(&l.IdleTimeout, "idle-timeout", env.Duration("MERIDIAN_IDLE_TIMEOUT", daemon.DefaultIdleTimeout), "keep-alive connections idle this long are closed (MERIDIAN_IDLE_TIMEOUT)")
-	fs.IntVar(&l.MaxHeaderBytes, "max-header-bytes", env.Int("MERIDIAN_MAX_HEADER_BYTES", daemon.DefaultMaxHeaderBytes), "cap on a request's header block; above → 431 (MERIDIAN_MAX_HEADER_BYTES)")
 }
 
 func main() {

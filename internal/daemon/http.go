@@ -1,8 +1,11 @@
 package daemon
 
 import (
+	"flag"
 	"net/http"
 	"time"
+
+	"github.com/meridian-dev/meridian/internal/envflag"
 )
 
 // HTTPLimits bounds what one client connection may cost a router or an API node. Zero values
@@ -30,6 +33,15 @@ const (
 	DefaultIdleTimeout       = 2 * time.Minute
 	DefaultMaxHeaderBytes    = 64 << 10
 )
+
+// HTTPLimitFlags declares the flags of l on fs, each defaulting to its MERIDIAN_* variable
+// from env and then to the documented default; cmd/router and cmd/api both call it.
+func HTTPLimitFlags(fs *flag.FlagSet, env *envflag.Env, l *HTTPLimits) {
+	fs.DurationVar(&l.ReadHeaderTimeout, "read-header-timeout", env.Duration("MERIDIAN_READ_HEADER_TIMEOUT", DefaultReadHeaderTimeout), "time a client may take to send a request's headers (MERIDIAN_READ_HEADER_TIMEOUT)")
+	fs.DurationVar(&l.BodyTimeout, "body-timeout", env.Duration("MERIDIAN_BODY_TIMEOUT", DefaultBodyTimeout), "time a client may take to send a request's body, from its headers; later → 408 (MERIDIAN_BODY_TIMEOUT)")
+	fs.DurationVar(&l.IdleTimeout, "idle-timeout", env.Duration("MERIDIAN_IDLE_TIMEOUT", DefaultIdleTimeout), "keep-alive connections idle this long are closed (MERIDIAN_IDLE_TIMEOUT)")
+	fs.IntVar(&l.MaxHeaderBytes, "max-header-bytes", env.Int("MERIDIAN_MAX_HEADER_BYTES", DefaultMaxHeaderBytes), "cap on a request's header block; above → 431 (MERIDIAN_MAX_HEADER_BYTES)")
+}
 
 // withDefaults returns l with zero values replaced by the defaults and negative durations by 0
 // (net/http's "no limit").

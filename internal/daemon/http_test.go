@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meridian-dev/meridian/internal/envflag"
 )
 
 // serveLimited runs h under NewHTTPServer(h, limits) on a loopback port until the test ends.
@@ -158,5 +161,34 @@ func TestHTTPLimitsDefaults(t *testing.T) {
 	srv = NewHTTPServer(http.NotFoundHandler(), HTTPLimits{ReadHeaderTimeout: -1, IdleTimeout: time.Second})
 	if srv.ReadHeaderTimeout != 0 || srv.IdleTimeout != time.Second {
 		t.Fatalf("negative = no limit, set = kept: %v %v", srv.ReadHeaderTimeout, srv.IdleTimeout)
+	}
+}
+
+// TestHTTPLimitFlags: the HTTP server's limits come from flags or MERIDIAN_* variables and
+// default to the documented values.
+func TestHTTPLimitFlags(t *testing.T) {
+	parse := func(vars map[string]string, args ...string) HTTPLimits {
+		t.Helper()
+		env := envflag.New(func(k string) (string, bool) { v, ok := vars[k]; return v, ok })
+		fs := flag.NewFlagSet("x", flag.ContinueOnError)
+		var l HTTPLimits
+		HTTPLimitFlags(fs, env, &l)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		if err := env.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	if got, want := parse(nil), (HTTPLimits{ReadHeaderTimeout: 5 * time.Second, BodyTimeout: 5 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}); got != want {
+		t.Errorf("defaults %+v, want %+v", got, want)
+	}
+	got := parse(map[string]string{"MERIDIAN_BODY_TIMEOUT": "300ms", "MERIDIAN_MAX_HEADER_BYTES": "8192"},
+		"-idle-timeout", "30s", "-read-header-timeout", "2s")
+	if want := (HTTPLimits{ReadHeaderTimeout: 2 * time.Second, BodyTimeout: 300 * time.Millisecond,
+		IdleTimeout: 30 * time.Second, MaxHeaderBytes: 8192}); got != want {
+		t.Errorf("set %+v, want %+v", got, want)
 	}
 }
