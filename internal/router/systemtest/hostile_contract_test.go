@@ -1,7 +1,6 @@
 package systemtest
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -19,7 +18,6 @@ import (
 	"github.com/meridian-dev/meridian/internal/problem"
 	"github.com/meridian-dev/meridian/internal/records/pgstore"
 	"github.com/meridian-dev/meridian/internal/testenv"
-	"github.com/meridian-dev/meridian/shardmap"
 )
 
 // rawToken signs a compact HS256 JWT whose header and claims are written by hand, so a test can
@@ -168,7 +166,6 @@ func freeAddr(t *testing.T) string {
 // through the same router keep X-Read-Source: replica. The API node counts a standby unhealthy
 // after a single failure, so one request counted against it would send them to the primary.
 func TestRejectedFiltersKeepReplicaReads(t *testing.T) {
-	ctx := context.Background()
 	primary, standby, db := shardWithStandby(t)
 	verifier, err := auth.NewVerifier(auth.Config{Secret: []byte(jwtSecret)})
 	if err != nil {
@@ -184,20 +181,7 @@ func TestRejectedFiltersKeepReplicaReads(t *testing.T) {
 		raftAddr: "127.0.0.1:0", bootstrap: true, verifier: verifier, raftTune: fastRaft,
 		redisAddr: testenv.Redis(t).Addr(), upstreamTimeout: 3 * time.Second, staticAPI: static,
 		log: testLogger().With("node", "us-west-router")})
-	testenv.WaitFor(t, 10*time.Second, func() error {
-		if !rt.Node.IsLeader() {
-			return fmt.Errorf("router not leader yet")
-		}
-		return nil
-	})
-	bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	_, err = rt.Node.Apply(bctx, shardmap.Bootstrap{Regions: []string{"us-east", "us-west"}, SlotCount: 64,
-		Shards: []shardmap.Shard{{ID: "use1", HomeRegion: "us-east", Database: db, State: "active",
-			Endpoints: map[string]string{"us-east": primary.Addr(), "us-west": standby.Addr()}}}})
-	cancel()
-	if err != nil {
-		t.Fatalf("bootstrap map: %v", err)
-	}
+	bootstrapShardWithStandby(t, rt, db, primary, standby)
 	for reg, addr := range nodeAddr {
 		// The store's standby health as sensitive as it gets: one failure counted against the
 		// standby makes it unhealthy, and no status check clears that for a second — far longer

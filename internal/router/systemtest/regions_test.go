@@ -38,20 +38,7 @@ func TestRegionsReportReplicaLag(t *testing.T) {
 		raftAddr: "127.0.0.1:0", bootstrap: true, verifier: verifier, raftTune: fastRaft,
 		gossipAddr: "127.0.0.1:0", gossipConfig: region.TestConfig("", region.Meta{}).Memberlist,
 		publishEvery: 50 * time.Millisecond, log: testLogger().With("node", "us-east-router")})
-	testenv.WaitFor(t, 10*time.Second, func() error {
-		if !rt.Node.IsLeader() {
-			return fmt.Errorf("router not leader yet")
-		}
-		return nil
-	})
-	bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	_, err = rt.Node.Apply(bctx, shardmap.Bootstrap{Regions: []string{"us-east", "us-west"}, SlotCount: 64,
-		Shards: []shardmap.Shard{{ID: "use1", HomeRegion: "us-east", Database: db, State: "active",
-			Endpoints: map[string]string{"us-east": primary.Addr(), "us-west": standby.Addr()}}}})
-	cancel()
-	if err != nil {
-		t.Fatalf("bootstrap map: %v", err)
-	}
+	bootstrapShardWithStandby(t, rt, db, primary, standby)
 
 	a := startAPINode(t, "us-west", "", rt.URL, verifier, nil)
 	a.join(t, []string{rt.Gossip.Addr()})
@@ -145,6 +132,27 @@ func shardWithStandby(t *testing.T) (primary, standby *localsrv.Postgres, db str
 		t.Fatalf("migrations: %v %+v", err, res)
 	}
 	return primary, testenv.Standby(t, primary), db
+}
+
+// bootstrapShardWithStandby waits until rt leads the map, then bootstraps it with regions
+// us-east and us-west and one shard, use1, homed in us-east on primary with its us-west copy on
+// standby (see shardWithStandby).
+func bootstrapShardWithStandby(t *testing.T, rt *testRouter, db string, primary, standby *localsrv.Postgres) {
+	t.Helper()
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if !rt.Node.IsLeader() {
+			return fmt.Errorf("router not leader yet")
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := rt.Node.Apply(ctx, shardmap.Bootstrap{Regions: []string{"us-east", "us-west"}, SlotCount: 64,
+		Shards: []shardmap.Shard{{ID: "use1", HomeRegion: "us-east", Database: db, State: "active",
+			Endpoints: map[string]string{"us-east": primary.Addr(), "us-west": standby.Addr()}}}})
+	if err != nil {
+		t.Fatalf("bootstrap map: %v", err)
+	}
 }
 
 // startAPINode starts a real API node of region that watches the map on routerURL and reads
