@@ -221,12 +221,13 @@ func (s *Server) tenantConcurrency(tenant string) int {
 	return s.cfg.TenantConcurrency
 }
 
-// admit is the admission step of a /v1 request from tenant: it takes one of the tenant's
+// admit is the admission step of a /v1 request from tenant, already routed (route says which
+// region a write loads): it takes one of the tenant's
 // concurrency slots (429 when all are taken), then sheds the request if the API nodes it would
 // go to are too busy for its class (503, slot given back). On true the caller must call
 // s.release(tenant) once the answer is done — streams included — and on false the answer has
 // been written.
-func (s *Server) admit(c *gin.Context, tenant string) bool {
+func (s *Server) admit(c *gin.Context, tenant string, route Route) bool {
 	r := c.Request
 	class := shedClass(r.Method, r.URL.Path)
 	if !s.lim.slots.acquire(tenant, s.tenantConcurrency(tenant)) {
@@ -241,9 +242,7 @@ func (s *Server) admit(c *gin.Context, tenant string) bool {
 	// is then 0, which sheds nothing).
 	region := s.cfg.Region
 	if class == shedWrite {
-		if route, err := s.cfg.Map.Lookup(tenant); err == nil {
-			region = route.HomeRegion
-		}
+		region = route.HomeRegion
 	}
 	inFlight, capacity := s.cfg.Upstreams.Load(region)
 	if !s.cfg.Shed.Admit(class, inFlight, capacity) {

@@ -69,18 +69,18 @@ func (s *Server) proxy(c *gin.Context) {
 		return
 	}
 
-	// 3. Admission (limits.go): a per-tenant concurrency slot, held until the answer is done
-	//    (streams included), and load shedding by class. Before any upstream work.
-	if !s.admit(c, p.Tenant) {
-		return
-	}
-	defer s.release(p.Tenant)
-
-	// 4. Route: the tenant's shard and home region from the local map copy.
+	// 3. Route: the tenant's shard and home region from the local map copy.
 	route, ok := s.lookup(c, p.Tenant)
 	if !ok {
 		return
 	}
+
+	// 4. Admission (limits.go): a per-tenant concurrency slot, held until the answer is done
+	//    (streams included), and load shedding by class. Before any upstream work.
+	if !s.admit(c, p.Tenant, route) {
+		return
+	}
+	defer s.release(p.Tenant)
 
 	// 5. Body: buffered (so retries can resend it), bounded in size here and in time by the
 	//    HTTP server's body timeout (internal/daemon).
