@@ -102,7 +102,12 @@ func DecodeToken(s string) (Token, error) {
 	if err != nil {
 		return Token{}, ErrBadToken
 	}
-	return Token{Shard: parts[1], LSN: LSN(lsn)}, nil
+	t := Token{Shard: parts[1], LSN: LSN(lsn)}
+	// One spelling per token: the decoder skips newlines and ParseUint takes leading zeros.
+	if t.Encode() != s {
+		return Token{}, ErrBadToken
+	}
+	return t, nil
 }
 
 // CurrentLSN returns the primary's current WAL insert position. Taken after a write's COMMIT

@@ -49,8 +49,10 @@ func TestTokenRoundTrip(t *testing.T) {
 		t.Fatalf("DecodeToken(Encode(%v)) = %v, %v", tok, got, err)
 	}
 	for _, bad := range []string{"", "!!!", tok.Encode() + "x", "MXxldS13ZXN0LTJ8", // "1|eu-west-2|"
-		"MnxldS13ZXN0LTJ8MQ", // version 2
-		"MXxFVS1XRVNUfDE",    // upper-case shard
+		"MnxldS13ZXN0LTJ8MQ",                       // version 2
+		"MXxFVS1XRVNUfDE",                          // upper-case shard
+		tok.Encode()[:4] + "\n" + tok.Encode()[4:], // a newline the decoder would skip
+		"MXxldS13ZXN0LTJ8MDE",                      // "1|eu-west-2|01": a leading zero
 	} {
 		if _, err := DecodeToken(bad); !errors.Is(err, ErrBadToken) {
 			t.Errorf("DecodeToken(%q) err = %v, want ErrBadToken", bad, err)
@@ -66,6 +68,9 @@ func FuzzDecodeToken(f *testing.F) {
 		tok, err := DecodeToken(s)
 		if err != nil {
 			return
+		}
+		if tok.Encode() != s {
+			t.Fatalf("%q accepted as %v, whose one spelling is %q", s, tok, tok.Encode())
 		}
 		again, err := DecodeToken(tok.Encode())
 		if err != nil || again != tok {

@@ -16,6 +16,7 @@ targets=(
   "./internal/auth FuzzVerify"
   "./internal/router FuzzDecodeCreateTenant"
   "./internal/router FuzzRouterRequest"
+  "./replication FuzzDecodeToken"
 )
 for t in "${targets[@]}"; do
   read -r pkg name <<<"$t"

@@ -64,6 +64,11 @@ func (cc cursorCodec) Decode(s cursorScope, cursor string) (string, error) {
 	if err != nil || len(raw) < 2+1+cursorMACLen {
 		return "", errBadCursor
 	}
+	// The decoder skips \r and \n, so one cursor has many spellings; accept only the one we
+	// wrote (a client's cursor is an opaque token, not something to reformat).
+	if base64.RawURLEncoding.EncodeToString(raw) != cursor {
+		return "", errBadCursor
+	}
 	payload, sum := raw[:len(raw)-cursorMACLen], raw[len(raw)-cursorMACLen:]
 	if !hmac.Equal(sum, cc.mac(s, payload)) {
 		return "", errBadCursor

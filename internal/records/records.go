@@ -84,6 +84,7 @@ type Source string
 const (
 	SourcePrimary Source = "primary"
 	SourceReplica Source = "replica"
+	SourceCache   Source = "cache"
 )
 
 // ReadOptions is what a read asks of its source (DESIGN.md §6).
@@ -104,6 +105,10 @@ type ReadInfo struct {
 	// FellBack is set when a standby read failed (or its standby was behind the token) and the
 	// primary answered instead.
 	FellBack bool
+	// LSN is a WAL position the read's data is at least as new as: on a standby its replay
+	// position read in the same batch before the read's statement, on a primary its current
+	// WAL position. 0 when unknown. The cache stores it with an entry (DESIGN.md §7).
+	LSN uint64
 }
 
 // ListQuery is one page of a list: keyset pagination on the record id.
@@ -216,6 +221,17 @@ type WriteResult struct {
 	// Token is the Consistency-Token of the write ("" when the WAL position could not be read
 	// after the commit).
 	Token string
+}
+
+// ChangeEvent is one row of a tenant's outbox: the /v1/changes event with id Seq.
+type ChangeEvent struct {
+	Seq        int64
+	OutboxID   int64
+	Collection string
+	ID         string
+	Op         string // create, update or delete
+	Version    int64
+	At         time.Time
 }
 
 // TenantRow is a tenant's row on one shard.
