@@ -63,6 +63,9 @@ func main() {
 		err = cmdLink(cmd, args)
 	case "demo":
 		err = cmdDemo(args)
+	case "nats":
+		// The launcher's child for one region's NATS server (not for typing).
+		err = sim.RunNATS(args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 	default:

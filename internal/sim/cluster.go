@@ -28,7 +28,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/meridian-dev/meridian/internal/latency"
 	"github.com/meridian-dev/meridian/internal/localsrv"
@@ -67,7 +66,7 @@ type Cluster struct {
 	primary  map[string]*localsrv.Postgres
 	standby  map[string]map[string]*localsrv.Postgres // region -> source region -> standby
 	redis    map[string]*localsrv.Redis
-	nats     map[string]*server.Server
+	nats     map[string]*child
 	routers  map[string][]*child
 	apis     map[string][]*child
 	proxies  *latency.Manager // nil without latency mode
@@ -114,6 +113,7 @@ func Up(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		primary: map[string]*localsrv.Postgres{},
 		standby: map[string]map[string]*localsrv.Postgres{},
 		redis:   map[string]*localsrv.Redis{},
+		nats:    map[string]*child{},
 		routers: map[string][]*child{},
 		apis:    map[string][]*child{},
 	}

@@ -18,6 +18,7 @@ const (
 	KindPrimary = "primary"
 	KindStandby = "standby"
 	KindRedis   = "redis"
+	KindNATS    = "nats"
 )
 
 // The errors of Kill and Restart.
@@ -31,14 +32,15 @@ var (
 // ProcessInfo is one process the cluster runs, as the fault suite sees it (GET /processes).
 type ProcessInfo struct {
 	// Name is unique: a node id ("us-east-router-1", "us-east-api-1"), "postgres-<region>",
-	// "standby-<region>-of-<source>" or "redis-<region>".
+	// "standby-<region>-of-<source>", "redis-<region>" or "nats-<region>".
 	Name string `json:"name"`
-	// Kind is one of KindRouter, KindAPI, KindPrimary, KindStandby, KindRedis.
+	// Kind is one of KindRouter, KindAPI, KindPrimary, KindStandby, KindRedis, KindNATS.
 	Kind   string `json:"kind"`
 	Region string `json:"region"`
 	// Source is, for a standby, the region whose primary it replicates.
 	Source string `json:"source,omitempty"`
-	// URL is a router's or API node's HTTP base URL; DSN a Postgres instance's superuser DSN.
+	// URL is a router's or API node's HTTP base URL or a NATS server's client URL; DSN a
+	// Postgres instance's superuser DSN.
 	URL     string `json:"url,omitempty"`
 	DSN     string `json:"dsn,omitempty"`
 	Pid     int    `json:"pid"`
@@ -69,8 +71,8 @@ func (c *Cluster) standbyOf(region, src string) *localsrv.Postgres {
 	return c.standby[region][src]
 }
 
-// Processes lists every router, API node, Postgres instance and Redis the cluster runs (NATS
-// runs inside the launcher and is not listed), sorted by name.
+// Processes lists every router, API node, Postgres instance, Redis and NATS server the cluster
+// runs, sorted by name.
 func (c *Cluster) Processes() []ProcessInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -104,6 +106,10 @@ func (c *Cluster) Processes() []ProcessInfo {
 		if rd := c.redis[r]; rd != nil {
 			out = append(out, ProcessInfo{Name: "redis-" + r, Kind: KindRedis, Region: r, Pid: rd.Pid(),
 				Running: rd.Pid() != 0})
+		}
+		if ch := c.nats[r]; ch != nil {
+			out = append(out, ProcessInfo{Name: ch.name, Kind: KindNATS, Region: r, Pid: ch.pid(), Running: ch.running(),
+				URL: fmt.Sprintf("nats://%s:%d", host, c.ports(r).NATSClient)})
 		}
 	}
 	slices.SortFunc(out, func(a, b ProcessInfo) int {
@@ -140,6 +146,11 @@ func (c *Cluster) childNamed(name string) *child {
 			}
 		}
 	}
+	for _, ch := range c.nats {
+		if ch.name == name {
+			return ch
+		}
+	}
 	return nil
 }
 
@@ -157,7 +168,7 @@ func (c *Cluster) Kill(name string) error {
 		return nil
 	}
 	switch p.Kind {
-	case KindRouter, KindAPI:
+	case KindRouter, KindAPI, KindNATS:
 		c.childNamed(name).kill()
 	case KindPrimary, KindStandby:
 		pg := c.primaryOf(p.Region)
@@ -195,6 +206,13 @@ func (c *Cluster) Restart(ctx context.Context, name string) error {
 	switch p.Kind {
 	case KindRouter, KindAPI:
 		return c.childNamed(name).run()
+	case KindNATS:
+		if err := c.childNamed(name).run(); err != nil {
+			return err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		return waitJetStream(wctx, p.URL)
 	case KindPrimary:
 		old := c.primaryOf(p.Region)
 		pg, err := localsrv.StartPostgres(ctx, localsrv.PostgresOptions{Dir: old.Dir(), Port: old.Port(), Settings: primarySettings()})

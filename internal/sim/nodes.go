@@ -137,6 +137,8 @@ func (c *Cluster) startAPIs(ctx context.Context) error {
 				"-map-addrs", strings.Join(c.routerURLs(r), ","),
 				"-db-user", "meridian_app",
 				"-worker-db-user", "meridian_worker",
+				"-nats-url", c.natsURL(r),
+				"-redis-addr", fmt.Sprintf("%s:%d", host, c.ports(r).Redis),
 				"-debug-addr", host + ":0", // pprof; the log says where
 			}
 			// Gossip lets routers learn the node and its health, but it advertises the node's

@@ -3,7 +3,6 @@ package sim
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -46,7 +45,7 @@ func (c *Cluster) start(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if err := p.step("nats per region, joined by gateways", func() error { return c.startNATS() }); err != nil {
+	if err := p.step("nats per region, joined by gateways", func() error { return c.startNATS(ctx) }); err != nil {
 		return err
 	}
 	if err := p.step("routers (shard-map Raft voters)", func() error { return c.startRouters(ctx) }); err != nil {
@@ -176,20 +175,6 @@ func (c *Cluster) startRedis(ctx context.Context, region string) error {
 	c.redis[region] = r
 	c.mu.Unlock()
 	c.onStop(func() { _ = r.Stop() })
-	return nil
-}
-
-func (c *Cluster) startNATS() error {
-	servers, err := startNATS(c.regions(),
-		func(r string) int { return c.ports(r).NATSClient },
-		func(r string) int { return c.ports(r).NATSGateway },
-		func(from, to string) string { return c.addr(from, to, c.ports(to).NATSGateway) },
-		filepath.Join(c.opts.Dir, "data"))
-	if err != nil {
-		return err
-	}
-	c.nats = servers
-	c.onStop(func() { localsrv.ShutdownNATS(servers) })
 	return nil
 }
 
