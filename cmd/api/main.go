@@ -48,6 +48,10 @@ type config struct {
 	maxBody                                           int64
 	gossipAddr, advertiseURL                          string
 	gossipJoin                                        []string
+	natsURL, redisAddr                                string
+	cacheTTL, changesHeartbeat                        time.Duration
+	relayBatch                                        int
+	outboxRetention                                   time.Duration
 }
 
 func parseConfig(args []string) (config, error) {
@@ -87,6 +91,12 @@ func parseConfig(args []string) (config, error) {
 	var gossipJoin string
 	fs.StringVar(&gossipJoin, "gossip-join", env.String("MERIDIAN_GOSSIP_JOIN", ""), "comma-separated gossip addresses of existing members (MERIDIAN_GOSSIP_JOIN)")
 	fs.StringVar(&c.advertiseURL, "advertise-url", env.String("MERIDIAN_API_URL", ""), "base URL routers use to reach this node (MERIDIAN_API_URL; default http://<listen>)")
+	fs.StringVar(&c.natsURL, "nats-url", env.String("MERIDIAN_NATS_URL", ""), "this region's NATS server: change events, the outbox relay, cache invalidation and /v1/changes (MERIDIAN_NATS_URL; empty = none of them: reads are never cached and /v1/changes answers 503)")
+	fs.StringVar(&c.redisAddr, "redis-addr", env.String("MERIDIAN_REDIS_ADDR", ""), "this region's Redis host:port for the read cache; needs -nats-url (MERIDIAN_REDIS_ADDR; empty = no cache)")
+	fs.DurationVar(&c.cacheTTL, "cache-ttl", env.Duration("MERIDIAN_CACHE_TTL", 60*time.Second), "lifetime of a cached read (MERIDIAN_CACHE_TTL)")
+	fs.DurationVar(&c.changesHeartbeat, "changes-heartbeat", env.Duration("MERIDIAN_CHANGES_HEARTBEAT", 15*time.Second), "interval of /v1/changes heartbeat comments (MERIDIAN_CHANGES_HEARTBEAT)")
+	fs.IntVar(&c.relayBatch, "relay-batch", env.Int("MERIDIAN_RELAY_BATCH", 500), "outbox rows the relay publishes per batch (MERIDIAN_RELAY_BATCH)")
+	fs.DurationVar(&c.outboxRetention, "outbox-retention", env.Duration("MERIDIAN_OUTBOX_RETENTION", 24*time.Hour), "how long published outbox rows stay for /v1/changes resumes and gap repair (MERIDIAN_OUTBOX_RETENTION)")
 	var dialVia string
 	fs.StringVar(&dialVia, "pg-dial-via", env.String("MERIDIAN_PG_DIAL_VIA", ""), "shard endpoints to reach through another address, endpoint=addr,... (the local launcher's latency proxies) (MERIDIAN_PG_DIAL_VIA; empty = dial endpoints directly)")
 	if err := fs.Parse(args); err != nil {
