@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -432,3 +433,44 @@ func TestChangesFailures(t *testing.T) {
 		t.Fatal("503 without Retry-After")
 	}
 }
+
+// storeFeed is a ChangeFeed over the real store and nothing else: the tenant's backlog after
+// `after` read from the outbox (after < 0: the current seq, so nothing), then the end of the
+// feed. It proves the HTTP contract over real outbox rows, without the event bus.
+type storeFeed struct {
+	store atomic.Pointer[pgstore.Store]
+	down  atomic.Bool // Follow fails as if the consumer were not running
+}
+
+var _ ChangeFeed = (*storeFeed)(nil)
+
+func (f *storeFeed) Follow(ctx context.Context, t records.Target, after int64, _ int) (Feed, error) {
+	if f.down.Load() {
+		return nil, errors.New("consumer not running")
+	}
+	s := f.store.Load()
+	if after < 0 {
+		seq, err := s.ChangeSeq(ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		after = seq
+	}
+	evs, err := s.Changes(ctx, t.Tenant, t.Shard, after, 0)
+	if err != nil {
+		return nil, err
+	}
+	c := make(chan records.ChangeEvent, len(evs))
+	for _, ev := range evs {
+		c <- ev
+	}
+	close(c)
+	return backlogFeed(c), nil
+}
+
+// backlogFeed is a feed whose events are all in its closed channel.
+type backlogFeed chan records.ChangeEvent
+
+func (f backlogFeed) C() <-chan records.ChangeEvent { return f }
+func (f backlogFeed) Err() error                    { return nil }
+func (f backlogFeed) Close()                        {}
