@@ -1,5 +1,7 @@
-// Package api is the HTTP layer of Meridian's regional data node: the /v1 records API and the
-// /internal tenant endpoints (gin), the node's health, readiness, metrics and OpenAPI routes.
+// Package api is the HTTP layer of Meridian's regional data node: the /v1 records API, the
+// /v1/changes event stream (Server-Sent Events from a ChangeFeed, our own interface over the
+// node's event consumer) and the /internal tenant endpoints (gin), the node's health,
+// readiness, metrics and OpenAPI routes.
 //
 // It owns routing, request validation (strict JSON, ids, list queries, signed cursors, entity
 // tags, read preferences), the home-region and map-version checks, problem+json answers and
