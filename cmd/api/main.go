@@ -187,9 +187,21 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return ctx.Err()
 	})
 
+	// Change events: the relay, the consumer, the cache in front of the store's reads and the
+	// feed of /v1/changes (none of them without -nats-url).
+	served, changes, eventMetrics, err := eventParts(ctx, cfg, log, parts, client, maps, store)
+	if err != nil {
+		return err
+	}
+	var gatherers []prometheus.Gatherer
+	if eventMetrics != nil {
+		gatherers = append(gatherers, eventMetrics)
+	}
+
 	srv, err := api.New(api.Config{Region: cfg.region, CursorKey: []byte(cfg.cursorKey), ClusterToken: cfg.clusterToken,
-		MaxBody: cfg.maxBody, Deadline: cfg.deadline, Logger: log, Collectors: []prometheus.Collector{shards.Collector(pools)}},
-		maps, store, verifier, apidoc.OpenAPI)
+		MaxBody: cfg.maxBody, Deadline: cfg.deadline, Logger: log,
+		Collectors: []prometheus.Collector{shards.Collector(pools)}, Changes: changes, Heartbeat: cfg.changesHeartbeat, Gatherers: gatherers},
+		maps, served, verifier, apidoc.OpenAPI)
 	if err != nil {
 		return err
 	}
@@ -200,7 +212,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	parts.Go("http", func(ctx context.Context) error {
-		return daemon.ServeHTTP(ctx, daemon.NewHTTPServer(srv.Handler(), cfg.httpLimits), ln, cfg.shutdownGrace)
+		hs := daemon.NewHTTPServer(srv.Handler(), cfg.httpLimits)
+		// Open change streams end at shutdown (clients resume elsewhere with Last-Event-ID)
+		// instead of holding the drain for the whole grace period.
+		hs.RegisterOnShutdown(srv.StopStreams)
+		return daemon.ServeHTTP(ctx, hs, ln, cfg.shutdownGrace)
 	})
 	log.Info("listening", "addr", cfg.listen, "region", cfg.region)
 

@@ -51,6 +51,9 @@ type Config struct {
 	// Collectors are registered on the node's /metrics registry besides its own series, e.g.
 	// shards.Collector for the pool statistics. nil = none.
 	Collectors []prometheus.Collector
+	// Gatherers are served on /metrics after the node's own registry, e.g. the registry the
+	// relay, consumer and cache register on. nil = none.
+	Gatherers []prometheus.Gatherer
 }
 
 // Server is the API node's HTTP service.
@@ -125,7 +128,7 @@ func (s *Server) routes() *gin.Engine {
 
 	getHead(r, "/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
 	getHead(r, "/readyz", s.readyz)
-	getHead(r, "/metrics", gin.WrapH(promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})))
+	getHead(r, "/metrics", gin.WrapH(promhttp.HandlerFor(append(prometheus.Gatherers{s.metrics.reg}, s.cfg.Gatherers...), promhttp.HandlerOpts{})))
 	getHead(r, "/openapi.json", func(c *gin.Context) {
 		if s.openapi == nil {
 			problem.Write(c, http.StatusNotFound, "", "no OpenAPI document configured")
