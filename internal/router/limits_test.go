@@ -138,6 +138,11 @@ func TestTenantConcurrencyLimit(t *testing.T) {
 		if n := rg.srv.lim.slots.inFlight("acme"); n != 2 {
 			return fmt.Errorf("acme holds %d slots", n)
 		}
+		// A slot is taken before forwarding: wait for both to reach the node too, so that the
+		// count below says whether the refused one did.
+		if n := rg.nodes["us-east"].hits.Load(); n != 2 {
+			return fmt.Errorf("%d requests reached the node", n)
+		}
 		return nil
 	})
 	resp, b := rg.do(t, "GET", "/v1/collections/c/records/y", tokAcme, "")

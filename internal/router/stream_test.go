@@ -206,7 +206,7 @@ func TestStreamFlushesEachEvent(t *testing.T) {
 // TestStreamOutlivesRequestDeadline: a stream lasting many request deadlines is not cut, and
 // its API node is told no deadline (not even the client's value).
 func TestStreamOutlivesRequestDeadline(t *testing.T) {
-	const deadline = 150 * time.Millisecond
+	const deadline = 250 * time.Millisecond
 	rg := newRig(t, func(c *Config) { c.UpstreamTimeout = deadline })
 	f := newSSENode(t, rg, "us-east")
 	f.setServe(func(w http.ResponseWriter, r *http.Request, flush func()) {
