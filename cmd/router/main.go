@@ -41,7 +41,7 @@ type config struct {
 	redisAddr                                           string
 	limits                                              map[ratelimit.Rule]ratelimit.Limit
 	rateLimitLease, lease, upstreamTimeout              time.Duration
-	maxInFlight, tenantConcurrency                      int
+	maxInFlight, tenantConcurrency, tenantStreams       int
 	httpLimits                                          daemon.HTTPLimits
 	shutdownGrace                                       time.Duration
 	debugAddr                                           string
@@ -107,6 +107,7 @@ func parseConfig(args []string) (config, error) {
 	fs.DurationVar(&c.upstreamTimeout, "upstream-timeout", env.Duration("MERIDIAN_UPSTREAM_TIMEOUT", 5*time.Second), "request deadline: wait for an API node's response headers, all attempts together, from the moment the body is in; API nodes are told the time left (MERIDIAN_UPSTREAM_TIMEOUT)")
 	fs.IntVar(&c.maxInFlight, "max-inflight", env.Int("MERIDIAN_MAX_INFLIGHT", 256), "concurrent requests per API node before 503 (MERIDIAN_MAX_INFLIGHT)")
 	fs.IntVar(&c.tenantConcurrency, "tenant-concurrency", env.Int("MERIDIAN_TENANT_CONCURRENCY", 100), "requests in flight per tenant through this router before 429; a tenant's override in the map wins (MERIDIAN_TENANT_CONCURRENCY)")
+	fs.IntVar(&c.tenantStreams, "tenant-streams", env.Int("MERIDIAN_TENANT_STREAMS", 20), "open change streams (/v1/changes) per tenant through this router before 429; streams do not count against -tenant-concurrency (MERIDIAN_TENANT_STREAMS)")
 	daemon.HTTPLimitFlags(fs, env, &c.httpLimits)
 	fs.StringVar(&c.debugAddr, "debug-addr", env.String("MERIDIAN_DEBUG_ADDR", ""), "serve Go profiles (/debug/pprof/) on this private host:port (MERIDIAN_DEBUG_ADDR; empty = off)")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", env.Duration("MERIDIAN_SHUTDOWN_GRACE", 20*time.Second), "time to finish in-flight requests on shutdown (MERIDIAN_SHUTDOWN_GRACE)")
@@ -121,6 +122,9 @@ func parseConfig(args []string) (config, error) {
 	}
 	if c.tenantConcurrency < 1 {
 		return c, fmt.Errorf("-tenant-concurrency must be at least 1, got %d", c.tenantConcurrency)
+	}
+	if c.tenantStreams < 1 {
+		return c, fmt.Errorf("-tenant-streams must be at least 1, got %d", c.tenantStreams)
 	}
 	if c.jwtSecret == "" && c.jwksFile == "" {
 		return c, errors.New("one of -jwt-secret and -jwks-file is required")
@@ -218,7 +222,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	rcfg := router.Config{Region: cfg.region, Map: view, MapHandler: node.Handler(), Auth: router.JWTAuth{Verifier: verifier},
 		Limiter: router.RateLimiter{L: limiter}, Upstreams: upstreams, ClusterToken: cfg.clusterToken, Lease: cfg.lease,
 		UpstreamTimeout: cfg.upstreamTimeout, TrustedProxies: cfg.trustedProxies, TenantConcurrency: cfg.tenantConcurrency,
-		Registry: reg, Logger: log}
+		TenantStreams: cfg.tenantStreams, Registry: reg, Logger: log}
 	if gossip != nil {
 		rcfg.Members = router.GossipMembers{Cluster: gossip}
 	}

@@ -89,3 +89,25 @@ func TestParseConfigTenantConcurrency(t *testing.T) {
 		t.Fatalf("malformed variable: %v", err)
 	}
 }
+
+func TestParseConfigTenantStreams(t *testing.T) {
+	required(t)
+	c, err := parseConfig(nil)
+	if err != nil || c.tenantStreams != 20 {
+		t.Fatalf("default: %d %v, want 20", c.tenantStreams, err)
+	}
+	t.Setenv("MERIDIAN_TENANT_STREAMS", "3")
+	if c, err = parseConfig(nil); err != nil || c.tenantStreams != 3 {
+		t.Fatalf("from the environment: %d %v, want 3", c.tenantStreams, err)
+	}
+	if c, err = parseConfig([]string{"-tenant-streams", "4"}); err != nil || c.tenantStreams != 4 {
+		t.Fatalf("flag over environment: %d %v, want 4", c.tenantStreams, err)
+	}
+	if _, err = parseConfig([]string{"-tenant-streams", "0"}); err == nil {
+		t.Fatal("-tenant-streams 0 accepted")
+	}
+	t.Setenv("MERIDIAN_TENANT_STREAMS", "many")
+	if _, err = parseConfig(nil); !errors.Is(err, envflag.ErrMalformed) {
+		t.Fatalf("malformed variable: %v", err)
+	}
+}

@@ -16,7 +16,10 @@ import (
 // docs/router.md "Concurrency and load shedding"): a per-tenant bound on requests in flight
 // through this router, and load shedding by route class when the API nodes a request would go
 // to are busy. Both decide before any upstream work, so a refused request costs the router a
-// map lookup and a counter, and nothing upstream.
+// map lookup and a counter, and nothing upstream. Change streams (GET/HEAD /v1/changes) take a
+// slot of a separate per-tenant bound on open streams instead of a request slot: a stream lives
+// for minutes or hours, and a tenant's open streams must neither eat its request concurrency
+// nor be bounded like short requests.
 
 // Shed classes, least critical first. Admin traffic never reaches the admission step (it is
 // served by the admin handlers), so it keeps whatever capacity the thresholds leave: the reserve.
@@ -150,12 +153,20 @@ func (t *tenantSlots) inFlight(tenant string) int {
 	return sh.n[tenant]
 }
 
+// streamRetryAfter is the Retry-After of a change stream refused at the tenant's bound on open
+// streams: a slot comes back only when one of the tenant's streams ends, which may be hours
+// away, so clients reconnecting in a loop are asked to wait longer than for a request slot.
+const streamRetryAfter = "5"
+
 // limits is the Server's admission state and its metrics.
 type limits struct {
-	slots    *tenantSlots
-	rejected map[string]prometheus.Counter // shed class → concurrency rejections
-	shed     map[string]prometheus.Counter // shed class → shed requests
-	admitted map[string]prometheus.Counter // shed class → admitted requests
+	slots   *tenantSlots
+	streams *tenantSlots // open change streams per tenant (gauge meridian_router_streams_open)
+	// streamsRejected counts change streams refused at the tenant's bound on open streams.
+	streamsRejected prometheus.Counter
+	rejected        map[string]prometheus.Counter // shed class → concurrency rejections
+	shed            map[string]prometheus.Counter // shed class → shed requests
+	admitted        map[string]prometheus.Counter // shed class → admitted requests
 	// defaults reports the rate limiter's default tenant rule (nil: unknown).
 	defaults tenantDefaulter
 }
@@ -177,8 +188,17 @@ func newLimits(reg prometheus.Registerer) *limits {
 		Name: "meridian_router_tenant_inflight",
 		Help: "Requests holding a tenant concurrency slot in this router (all tenants).",
 	})
-	reg.MustRegister(rejected, shed, admitted, inflight)
-	l := &limits{slots: newTenantSlots(inflight), rejected: map[string]prometheus.Counter{},
+	streamsOpen := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "meridian_router_streams_open",
+		Help: "Change streams (/v1/changes) open through this router (all tenants).",
+	})
+	streamsRejected := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meridian_router_streams_rejected_total",
+		Help: "Change streams answered 429 because their tenant had its limit of open streams through this router.",
+	})
+	reg.MustRegister(rejected, shed, admitted, inflight, streamsOpen, streamsRejected)
+	l := &limits{slots: newTenantSlots(inflight), streams: newTenantSlots(streamsOpen),
+		streamsRejected: streamsRejected, rejected: map[string]prometheus.Counter{},
 		shed: map[string]prometheus.Counter{}, admitted: map[string]prometheus.Counter{}}
 	// Children resolved once: the request path then only increments.
 	for _, c := range []string{shedList, shedRead, shedWrite} {
@@ -222,20 +242,34 @@ func (s *Server) tenantConcurrency(tenant string) int {
 }
 
 // admit is the admission step of a /v1 request from tenant, already routed (route says which
-// region a write loads): it takes one of the tenant's
-// concurrency slots (429 when all are taken), then sheds the request if the API nodes it would
-// go to are too busy for its class (503, slot given back). On true the caller must call
-// s.release(tenant) once the answer is done — streams included — and on false the answer has
+// region a write loads): it takes one of the tenant's slots — a request slot (429 when all are
+// taken), or for a change stream a slot of the tenant's open streams (429 likewise) — then
+// sheds the request if the API nodes it would go to are too busy for its class (503, slot
+// given back). Shedding decides only here, as a stream opens: an open stream has given its
+// upstream slot back (copyResponse) and is never cut for load. On ok the caller must call
+// slots.release(tenant) once the answer is done (the stream has ended); on !ok the answer has
 // been written.
-func (s *Server) admit(c *gin.Context, tenant string, route Route) bool {
+func (s *Server) admit(c *gin.Context, tenant string, route Route) (slots *tenantSlots, ok bool) {
 	r := c.Request
 	class := shedClass(r.Method, r.URL.Path)
-	if !s.lim.slots.acquire(tenant, s.tenantConcurrency(tenant)) {
+	stream := Classify(r.Method, r.URL.Path) == ClassStream
+	slots, limit := s.lim.slots, s.tenantConcurrency(tenant)
+	if stream {
+		slots, limit = s.lim.streams, s.cfg.TenantStreams
+	}
+	if !slots.acquire(tenant, limit) {
+		if stream {
+			s.lim.streamsRejected.Inc()
+			c.Header("Retry-After", streamRetryAfter)
+			s.kindProblem(c, problem.ConcurrencyLimited,
+				"too many change streams of this tenant open; retry when one has ended")
+			return nil, false
+		}
 		s.lim.rejected[class].Inc()
 		c.Header("Retry-After", "1")
 		s.kindProblem(c, problem.ConcurrencyLimited,
 			"too many requests of this tenant in flight; retry when one has finished")
-		return false
+		return nil, false
 	}
 	// The region whose nodes the request will load: writes go to the tenant's home region,
 	// reads to this one (a read this region cannot serve goes home, and this region's capacity
@@ -246,16 +280,13 @@ func (s *Server) admit(c *gin.Context, tenant string, route Route) bool {
 	}
 	inFlight, capacity := s.cfg.Upstreams.Load(region)
 	if !s.cfg.Shed.Admit(class, inFlight, capacity) {
-		s.lim.slots.release(tenant)
+		slots.release(tenant)
 		s.lim.shed[class].Inc()
 		c.Header("Retry-After", "1")
 		s.kindProblem(c, problem.Overloaded,
 			"API nodes of region "+region+" are too busy for "+class+" requests; retry shortly")
-		return false
+		return nil, false
 	}
 	s.lim.admitted[class].Inc()
-	return true
+	return slots, true
 }
-
-// release gives back the concurrency slot admit took for tenant.
-func (s *Server) release(tenant string) { s.lim.slots.release(tenant) }

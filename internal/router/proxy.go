@@ -75,12 +75,14 @@ func (s *Server) proxy(c *gin.Context) {
 		return
 	}
 
-	// 4. Admission (limits.go): a per-tenant concurrency slot, held until the answer is done
-	//    (streams included), and load shedding by class. Before any upstream work.
-	if !s.admit(c, p.Tenant, route) {
+	// 4. Admission (limits.go): a per-tenant concurrency slot (for a change stream a slot of
+	//    the tenant's open streams), held until the answer is done, and load shedding by class.
+	//    Before any upstream work.
+	slots, ok := s.admit(c, p.Tenant, route)
+	if !ok {
 		return
 	}
-	defer s.release(p.Tenant)
+	defer slots.release(p.Tenant)
 
 	// 5. Body: buffered (so retries can resend it), bounded in size here and in time by the
 	//    HTTP server's body timeout (internal/daemon).
@@ -89,7 +91,8 @@ func (s *Server) proxy(c *gin.Context) {
 		return
 	}
 
-	// 6. Forward, within the request deadline.
+	// 6. Forward, within the request deadline until the response headers (a change stream's
+	//    body then lasts as long as the client and the API node keep it open).
 	s.forward(c, body, p.Tenant, route)
 }
 
@@ -381,7 +384,14 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 	req.Header.Del("Expect")
 	req.Header.Set(HeaderRequestID, c.GetString(ctxRequestID))
 	req.Header.Set(HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
-	req.Header.Set(HeaderRequestTimeout, strconv.FormatInt(timeLeft(left).Milliseconds(), 10))
+	if c.GetString(ctxClass) == ClassStream {
+		// A change stream has no deadline on the API node (docs/api.md): the time left here
+		// bounds only the wait for its headers, which the node sends at once, and must not be
+		// read as a bound on the stream. A client's own value is not passed on either.
+		req.Header.Del(HeaderRequestTimeout)
+	} else {
+		req.Header.Set(HeaderRequestTimeout, strconv.FormatInt(timeLeft(left).Milliseconds(), 10))
+	}
 	req.Header.Set(HeaderTraceparent, traceparent)
 	if ip := c.ClientIP(); ip != "" {
 		if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
@@ -482,18 +492,23 @@ func (s *Server) upstreamFailure(c *gin.Context, d Decision, err *upstreamError)
 	}
 }
 
-// copyResponse streams an API node's answer to the client, flushing as it goes for event
-// streams.
-// The upstream's concurrency slot is released when the body ends, or at once for an event
-// stream, which may stay open for hours and must not pin a slot. The answer's status is the
-// node's verdict (nodeFault); a client that goes away while the body is copied changes nothing.
+// copyResponse streams an API node's answer to the client. For a change stream (the route, or
+// any text/event-stream answer) the headers are flushed as soon as they arrive and every read
+// of the body as soon as it is written, and the upstream's concurrency slot is released at
+// once: a stream may stay open for hours and must not pin a slot. Other answers release it
+// when the body ends. The answer's status is the node's verdict (nodeFault), given before any
+// body byte: how the body ends — a stream's normal end, the node going away mid-stream, a
+// client that leaves — changes nothing, and nothing is retried once headers were received.
+// A client that leaves ends the copy promptly: its request's context is the attempt's, whose
+// end unblocks the read from the node (upstream.HopTransport), and Close ends the hop.
 func (s *Server) copyResponse(c *gin.Context, resp *http.Response, up Upstream, route Route) {
 	defer resp.Body.Close()
 	var verdict error
 	if nodeFault(resp.StatusCode) {
 		verdict = fmt.Errorf("%w: %d", errNodeFault, resp.StatusCode)
 	}
-	stream := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	stream := c.GetString(ctxClass) == ClassStream ||
+		strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	if stream {
 		up.Done(verdict)
 	} else {

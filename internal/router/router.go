@@ -258,7 +258,8 @@ type Config struct {
 	// UpstreamTimeout is the request deadline: from the moment the router holds a request's
 	// body, it bounds the wait for an API node's response headers, all attempts and retries
 	// together (504 after it), and each attempt tells its API node the time left
-	// (HeaderRequestTimeout). An answer's body may stream for longer. 0: 5 s.
+	// (HeaderRequestTimeout). An answer's body may stream for longer: a change stream has no
+	// deadline once its headers arrived (and its API node is told none). 0: 5 s.
 	UpstreamTimeout time.Duration
 	// MapWait bounds the wait for a newer map after a 421; 0: 1 s.
 	MapWait time.Duration
@@ -274,6 +275,10 @@ type Config struct {
 	// TenantConcurrency bounds each tenant's requests in flight through this router (a tenant's
 	// override in the map takes precedence); 0: 100.
 	TenantConcurrency int
+	// TenantStreams bounds each tenant's open change streams (GET/HEAD /v1/changes) through
+	// this router; a stream takes a slot of this bound instead of a TenantConcurrency slot and
+	// holds it until it ends. Above it: 429. 0: 20.
+	TenantStreams int
 	// Shed holds the load-shedding thresholds (limits.go); its zero value is the default.
 	Shed ShedPolicy
 	// ReadyStaleness is how old the last leader contact may be for /readyz; 0: 30 s.
@@ -304,6 +309,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.TenantConcurrency == 0 {
 		c.TenantConcurrency = 100
+	}
+	if c.TenantStreams == 0 {
+		c.TenantStreams = 20
 	}
 	c.Shed = c.Shed.withDefaults()
 	if c.ReadyStaleness == 0 {
