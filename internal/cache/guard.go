@@ -1,0 +1,136 @@
+package cache
+
+import (
+	"sync"
+	"time"
+
+	"github.com/meridian-dev/meridian/internal/records"
+)
+
+// guard is this node's memory of the events it applied, which decides whether a fill may be
+// stored (DESIGN.md §7). The Applier methods update it before they touch Redis, so a fill that
+// snapshotted it before an event sees the change however the Redis calls interleave.
+type guard struct {
+	// mu guards the fields below.
+	mu sync.Mutex
+	// resets counts ResetAll calls; resetAt is when the last one was applied.
+	resets  uint64
+	resetAt time.Time
+	// tenants holds one state per tenant this node applied an event for. It is never pruned:
+	// a tenant's newest event LSN must outlive any fill, and one small struct per tenant of
+	// the deployment is cheap.
+	tenants map[string]*tenantState
+}
+
+type tenantState struct {
+	events  uint64    // Invalidate and ResetTenant calls applied
+	newest  uint64    // the newest LSN an Invalidate carried
+	resetAt time.Time // when the last ResetTenant was applied
+}
+
+// snapshot is what a read remembers of the guard before it asks the inner reader.
+type snapshot struct {
+	resets, events, newest uint64
+	resetAt                time.Time // the later of the tenant's and the region's last reset
+	at                     time.Time // when the snapshot was taken (the read's start)
+}
+
+func newGuard() *guard { return &guard{tenants: map[string]*tenantState{}} }
+
+// snapshot reads the guard for tenant without creating state for it (reads must not grow the
+// map; a tenant without state has seen no event, and its first event changes events from 0).
+func (g *guard) snapshot(tenant string, now time.Time) snapshot {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	s := snapshot{resets: g.resets, resetAt: g.resetAt, at: now}
+	if ts := g.tenants[tenant]; ts != nil {
+		s.events, s.newest = ts.events, ts.newest
+		if ts.resetAt.After(s.resetAt) {
+			s.resetAt = ts.resetAt
+		}
+	}
+	return s
+}
+
+// moved reports whether any event was applied for the tenant (or the region) since s.
+func (g *guard) moved(tenant string, s snapshot) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var events uint64
+	if ts := g.tenants[tenant]; ts != nil {
+		events = ts.events
+	}
+	return g.resets != s.resets || events != s.events
+}
+
+func (g *guard) state(tenant string) *tenantState {
+	ts := g.tenants[tenant]
+	if ts == nil {
+		ts = &tenantState{}
+		g.tenants[tenant] = ts
+	}
+	return ts
+}
+
+func (g *guard) invalidate(tenant string, lsn uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ts := g.state(tenant)
+	ts.events++
+	ts.newest = max(ts.newest, lsn)
+}
+
+func (g *guard) resetTenant(tenant string, now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ts := g.state(tenant)
+	ts.events++
+	ts.resetAt = now
+}
+
+func (g *guard) resetAll(now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.resets++
+	g.resetAt = now
+}
+
+// Reasons a fill was not stored (the reason label of meridian_cache_fill_skipped_total).
+const (
+	skipNotFound    = "not-found"             // the record does not exist (never cached)
+	skipError       = "error"                 // the inner read failed
+	skipInvalidated = "invalidated"           // this node applied an event for the tenant during the read
+	skipLSNUnknown  = "lsn-unknown"           // a standby read without an LSN
+	skipLSNBehind   = "lsn-behind"            // a standby read older than the newest event seen
+	skipAfterReset  = "after-reset"           // a standby read that began within MaxStaleness of a reset
+	skipRedisRace   = "redis-invalidated"     // Redis saw an invalidation (of any node) since the lookup
+	skipAfterSet    = "invalidated-after-set" // an event landed while the entry was being stored: deleted
+	skipRedisError  = "redis-error"           // the fill's Redis call failed
+)
+
+// admit decides whether a read that began at snapshot s and answered info may be stored;
+// redisNewest is the tenant's newest event LSN as the lookup found it in Redis (every node's
+// invalidations raise it). It returns "" to store, else the reason not to.
+func (g *guard) admit(tenant string, s snapshot, info records.ReadInfo, redisNewest uint64, maxStaleness time.Duration) string {
+	if g.moved(tenant, s) {
+		return skipInvalidated
+	}
+	if info.Source == records.SourcePrimary {
+		// A primary read that began after every event this node applied, with none applied
+		// while it ran, is at least as new as each of them.
+		return ""
+	}
+	if info.LSN == 0 {
+		return skipLSNUnknown
+	}
+	if info.LSN < max(s.newest, redisNewest) {
+		return skipLSNBehind
+	}
+	// A reset stands for events nobody saw (a gap, a lost message, a move): their LSNs are
+	// unknown, so a standby read is trusted only once it began MaxStaleness after the reset,
+	// when the standby (kept within that lag by the store) has replayed whatever they were.
+	if !s.resetAt.IsZero() && s.at.Sub(s.resetAt) < maxStaleness {
+		return skipAfterReset
+	}
+	return ""
+}
