@@ -489,4 +489,9 @@ func TestSummaryOfCachesAndChanges(t *testing.T) {
 	if s := Summarize(history.History{}, All(history.History{}, Config{}), nil); s.ChangesVerdict != "not run" {
 		t.Errorf("no readers: verdict %q", s.ChangesVerdict)
 	}
+	// Without the missing write the checker accepts, yet one reader did not end ok.
+	h.Ops = slices.DeleteFunc(h.Ops, func(o history.Op) bool { return o.Kind == history.Write && o.Version == 2 })
+	if s := Summarize(h, All(h, Config{}), nil); s.ChangesVerdict != "unproven (1 of 2 readers did not end ok)" {
+		t.Errorf("a reader not ok: verdict %q", s.ChangesVerdict)
+	}
 }

@@ -25,8 +25,9 @@ type Summary struct {
 	// judges); ChangeReaders the `/v1/changes` readers, ChangeReadersOK those that ended ok
 	// (the others' completeness is unproven), ChangeEvents the events they received.
 	CachedReads, ChangeReaders, ChangeReadersOK, ChangeEvents int
-	// ChangesVerdict is the change-stream checker's verdict: "ok", "FAIL", or "not run" when
-	// the history has no reader.
+	// ChangesVerdict is the change-stream checker's verdict: "FAIL" on any violation, else
+	// "unproven (…)" when a reader did not end ok (its completeness was not checked), "not
+	// run" when the history has no reader, and "ok".
 	ChangesVerdict string
 	// Keys is the linearizability verdict per register.
 	Keys []KeyVerdict
@@ -65,8 +66,14 @@ func Summarize(h history.History, r Report, faults []string) Summary {
 			}
 		}
 	}
-	s.ChangesVerdict = "not run"
-	if s.ChangeReaders > 0 {
+	switch {
+	case s.ChangeReaders == 0:
+		s.ChangesVerdict = "not run"
+	case s.ChangeReadersOK < s.ChangeReaders:
+		// The checker judged their order, but the completeness of a reader that did not end
+		// ok is unproven: not "ok".
+		s.ChangesVerdict = fmt.Sprintf("unproven (%d of %d readers did not end ok)", s.ChangeReaders-s.ChangeReadersOK, s.ChangeReaders)
+	default:
 		s.ChangesVerdict = "ok"
 	}
 	for _, v := range r.Verdicts {
