@@ -130,6 +130,7 @@ var knownMigrations = []string{
 	"00002_tables.sql",
 	"00003_rls_and_grants.sql",
 	"00004_worker_role.sql",
+	"00005_outbox_prune.sql",
 }
 
 // TestLatestCoversAllMigrations checks the migration files on disk against knownMigrations,
@@ -178,7 +179,8 @@ func TestApplyEmptyDatabaseThenNoop(t *testing.T) {
 	}
 	before := schemaDump(t, dsn)
 	for _, must := range []string{"records_pkey", "tenant_isolation", "outbox_unsent_idx", "records true true",
-		"worker_purge_bound", "meridian_worker outbox sent_at UPDATE"} {
+		"worker_purge_bound", "meridian_worker outbox sent_at UPDATE", "worker_prune_bound",
+		"meridian_worker outbox DELETE"} {
 		if !strings.Contains(before, must) {
 			t.Fatalf("schema dump lacks %q:\n%s", must, before)
 		}
@@ -791,6 +793,37 @@ func TestWorkerRole(t *testing.T) {
 		}
 	})
 
+	t.Run("prune deletes only sent outbox rows", func(t *testing.T) {
+		// Every seeded row was marked sent above; one more unsent row per tenant, written as
+		// the owner a day ago, so that any age cutoff would reach it.
+		if _, err := owner.Exec(ctx, `INSERT INTO outbox (tenant_id, seq, collection, record_id, op, version, created_at)
+			SELECT tenant_id, 99, 'books', 'x', 'create', 1, now() - interval '1 day' FROM tenants`); err != nil {
+			t.Fatal(err)
+		}
+		for _, tenant := range []string{"", "tenant-a"} {
+			for _, q := range []string{
+				`DELETE FROM outbox WHERE sent_at IS NULL`,
+				`DELETE FROM outbox WHERE seq = 99`,
+				`DELETE FROM outbox WHERE created_at < now() - interval '1 hour'`,
+			} {
+				if n, err := exec(tenant, q); err != nil || n != 0 {
+					t.Errorf("%s (tenant %q): %d rows, %v; want 0 rows", q, tenant, n, err)
+				}
+			}
+		}
+		got := tenantsOf(`DELETE FROM outbox WHERE id = ANY(ARRAY(
+			SELECT id FROM outbox WHERE sent_at < now() + interval '1 hour' LIMIT 10)) RETURNING tenant_id`)
+		if !slices.Equal(got, tenants) {
+			t.Fatalf("prune deleted outbox rows of %v, want the sent row of each of %v", got, tenants)
+		}
+		if n := ownerCount(`SELECT count(*) FROM outbox WHERE sent_at IS NULL AND seq = 99`); n != 2 {
+			t.Fatalf("%d unsent outbox rows left, want 2", n)
+		}
+		if n := ownerCount(`SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL`); n != 0 {
+			t.Fatalf("%d sent outbox rows left, want 0", n)
+		}
+	})
+
 	t.Run("expiry deletes only expired keys", func(t *testing.T) {
 		if got := tenantsOf(`SELECT tenant_id FROM idempotency_keys`); !slices.Equal(got, tenants) {
 			t.Fatalf("worker sees keys of %v, want only the expired one of each of %v", got, tenants)
@@ -859,7 +892,6 @@ func TestWorkerRole(t *testing.T) {
 			`UPDATE records SET deleted = true`,
 			`UPDATE idempotency_keys SET expires_at = now()`,
 			`UPDATE tenants SET status = 'moved'`,
-			`DELETE FROM outbox`,
 			`DELETE FROM tenants`,
 		}
 		for _, tenant := range []string{"", "tenant-a"} {
@@ -999,6 +1031,10 @@ func TestQueriesUseIndexes(t *testing.T) {
 		{"relay mark sent as worker", "worker",
 			`UPDATE outbox SET sent_at = now() WHERE id = ANY('{1,2,3}') AND sent_at IS NULL`,
 			"outbox", anyIndex, []string{"outbox_pkey", "outbox_unsent_idx"}},
+		{"outbox prune as worker", "worker",
+			`DELETE FROM outbox WHERE id = ANY(ARRAY(
+			   SELECT id FROM outbox WHERE sent_at < now() - interval '290 minutes' LIMIT 1000))`,
+			"outbox", anyIndex, []string{"outbox_sent_at_idx"}},
 		{"idempotency expiry as worker", "worker",
 			`DELETE FROM idempotency_keys WHERE expires_at < now()`,
 			"idempotency_keys", anyIndex, []string{"idempotency_keys_expires_idx"}},

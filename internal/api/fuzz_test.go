@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -211,6 +212,33 @@ func FuzzReadPref(f *testing.F) {
 		}
 		if token != "" && (ro.Token == "" || ro.Token != strings.TrimSpace(ro.Token)) {
 			t.Fatalf("token %q passed on as %q", token, ro.Token)
+		}
+	})
+}
+
+// FuzzLastEventID feeds arbitrary Last-Event-ID values to its parser: it never panics, rejects
+// only with a 400 invalid-last-event-id, and accepts exactly 1–19 ASCII digits within int64,
+// as their value.
+func FuzzLastEventID(f *testing.F) {
+	for _, s := range []string{"0", "42", "007", "9223372036854775807", "9223372036854775808", "-1", "+1", " 1", "", "١"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		n, err := parseLastEventID([]string{v})
+		want, perr := strconv.ParseUint(v, 10, 63)
+		digits := len(v) >= 1 && len(v) <= 19 && strings.Trim(v, "0123456789") == ""
+		if err != nil {
+			var he *httpError
+			if !errors.As(err, &he) || he.kind != problem.InvalidLastEventID || he.kind.Status != http.StatusBadRequest {
+				t.Fatalf("%q rejected with %v", v, err)
+			}
+			if digits && perr == nil {
+				t.Fatalf("%q rejected, but it is a seq", v)
+			}
+			return
+		}
+		if !digits || perr != nil || n != int64(want) {
+			t.Fatalf("%q accepted as %d", v, n)
 		}
 	})
 }

@@ -48,11 +48,12 @@ func (w *gzipWriter) Write(b []byte) (int, error) {
 
 func (w *gzipWriter) WriteString(s string) (int, error) { return w.Write([]byte(s)) }
 
-// gzipMiddleware compresses responses for clients that accept gzip.
+// gzipMiddleware compresses responses for clients that accept gzip, except the change stream:
+// a gzip writer would hold its events back until its buffer fills.
 func gzipMiddleware() gin.HandlerFunc {
 	return func(c *gin.Context) {
 		c.Header("Vary", "Accept-Encoding")
-		if !acceptsGzip(c.GetHeader("Accept-Encoding")) || c.Request.Method == "HEAD" {
+		if !acceptsGzip(c.GetHeader("Accept-Encoding")) || c.Request.Method == "HEAD" || c.FullPath() == changesPath {
 			c.Next()
 			return
 		}

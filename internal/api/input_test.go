@@ -219,18 +219,22 @@ func TestParseReadPref(t *testing.T) {
 		strong  bool
 		token   string
 		wantErr bool
+		noCache bool
 	}{
-		{"none", nil, false, "", false},
-		{"strong", map[string][]string{"Prefer": {"consistency=strong"}}, true, "", false},
-		{"strong among others", map[string][]string{"Prefer": {"return=minimal, Consistency=\"STRONG\"; x=1"}}, true, "", false},
-		{"strong in second header", map[string][]string{"Prefer": {"wait=5", "consistency=strong"}}, true, "", false},
-		{"other consistency", map[string][]string{"Prefer": {"consistency=eventual"}}, false, "", false},
-		{"unknown preference", map[string][]string{"Prefer": {"strong"}}, false, "", false},
+		{"none", nil, false, "", false, false},
+		{"no-cache", map[string][]string{"Cache-Control": {"max-age=0, No-Cache"}}, false, "", false, true},
+		{"no-cache with a field list", map[string][]string{"Cache-Control": {`no-cache="x"`}}, false, "", false, true},
+		{"other directive", map[string][]string{"Cache-Control": {"no-store"}}, false, "", false, false},
+		{"strong", map[string][]string{"Prefer": {"consistency=strong"}}, true, "", false, false},
+		{"strong among others", map[string][]string{"Prefer": {"return=minimal, Consistency=\"STRONG\"; x=1"}}, true, "", false, false},
+		{"strong in second header", map[string][]string{"Prefer": {"wait=5", "consistency=strong"}}, true, "", false, false},
+		{"other consistency", map[string][]string{"Prefer": {"consistency=eventual"}}, false, "", false, false},
+		{"unknown preference", map[string][]string{"Prefer": {"strong"}}, false, "", false, false},
 		// Whether a token decodes is the store's to say (pgstore's TestDecodeOptions).
-		{"token", map[string][]string{"Consistency-Token": {" AbC "}}, false, "AbC", false},
-		{"empty token", map[string][]string{"Consistency-Token": {""}}, false, "", true},
-		{"blank token", map[string][]string{"Consistency-Token": {"  "}}, false, "", true},
-		{"two tokens", map[string][]string{"Consistency-Token": {"a", "a"}}, false, "", true},
+		{"token", map[string][]string{"Consistency-Token": {" AbC "}}, false, "AbC", false, false},
+		{"empty token", map[string][]string{"Consistency-Token": {""}}, false, "", true, false},
+		{"blank token", map[string][]string{"Consistency-Token": {"  "}}, false, "", true, false},
+		{"two tokens", map[string][]string{"Consistency-Token": {"a", "a"}}, false, "", true, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -248,8 +252,8 @@ func TestParseReadPref(t *testing.T) {
 				wantInvalid(t, err, problem.InvalidConsistencyToken)
 				return
 			}
-			if ro.Strong != tc.strong || ro.Token != tc.token {
-				t.Fatalf("got %+v, want strong=%v token=%q", ro, tc.strong, tc.token)
+			if ro.Strong != tc.strong || ro.Token != tc.token || ro.NoCache != tc.noCache {
+				t.Fatalf("got %+v, want strong=%v token=%q no-cache=%v", ro, tc.strong, tc.token, tc.noCache)
 			}
 		})
 	}

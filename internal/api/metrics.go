@@ -20,6 +20,8 @@ type metrics struct {
 	reads *prometheus.CounterVec
 	// readFallbacks counts standby reads retried on the primary.
 	readFallbacks prometheus.Counter
+	// streams is the number of open /v1/changes streams.
+	streams prometheus.Gauge
 }
 
 func newMetrics(extra ...prometheus.Collector) *metrics {
@@ -37,8 +39,10 @@ func newMetrics(extra ...prometheus.Collector) *metrics {
 			Help: "Read transactions by the source that answered them."}, []string{"source"}),
 		readFallbacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_api_read_fallbacks_total",
 			Help: "Standby reads retried on the primary (standby behind its token, failed or missing the tenant)."}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_api_change_streams",
+			Help: "Open /v1/changes streams."}),
 	}
-	m.reg.MustRegister(m.requests, m.errors, m.duration, m.idemHits, m.reads, m.readFallbacks,
+	m.reg.MustRegister(m.requests, m.errors, m.duration, m.idemHits, m.reads, m.readFallbacks, m.streams,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(extra...)
 	return m

@@ -162,7 +162,9 @@ func TestOpenAPIConformance(t *testing.T) {
 	if err := json.Unmarshal(apidoc.OpenAPI, &d); err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t)
+	feed := &storeFeed{}
+	e := newEnv(t, func(nc *nodeConfig) { nc.API.Changes = feed })
+	feed.store.Store(e.store)
 	e.srv.openapi = apidoc.OpenAPI
 	e.createTenant("acme", "s1")
 	e.pinTenant("faraway", "s3")
@@ -216,6 +218,24 @@ func TestOpenAPIConformance(t *testing.T) {
 	for _, s := range steps {
 		r := run(s)
 		coverage[s.method+" "+strconv.Itoa(r.StatusCode)] = true
+	}
+	// The change stream (over the outbox alone: the feed ends after the backlog) and its
+	// failures before the stream starts.
+	r := run(step{"GET", "/v1/changes", ro, "", map[string]string{"Last-Event-ID": "0"}})
+	if r.StatusCode != 200 || !strings.HasPrefix(r.Body, "id: 1\ndata: {\"collection\":\"notes\",") || strings.Count(r.Body, "\n\n") != 5 {
+		t.Fatalf("changes after 0: %d %q", r.StatusCode, r.Body)
+	}
+	for _, s := range []step{
+		{"GET", "/v1/changes", ro, "", map[string]string{"Last-Event-ID": "-1"}},
+		{"GET", "/v1/changes", "", "", nil},
+		{"GET", "/v1/changes", "Bearer " + e.token("acme", "data:write"), "", nil},
+		{"GET", "/v1/changes", "Bearer " + e.token("ghost", "data:read"), "", nil},
+	} {
+		run(s)
+	}
+	feed.down.Store(true)
+	if r := run(step{"GET", "/v1/changes", ro, "", nil}); r.StatusCode != 503 {
+		t.Fatalf("changes without a consumer: %d", r.StatusCode)
 	}
 	for _, want := range []string{"POST 422", "POST 403", "POST 401", "POST 421", "POST 415", "POST 413", "GET 304", "GET 404", "GET 400", "PUT 201", "PUT 200", "PUT 412", "PATCH 200", "DELETE 204", "POST 200", "GET 200"} {
 		if !coverage[want] {

@@ -8,7 +8,7 @@ import (
 	"github.com/meridian-dev/meridian/internal/records"
 )
 
-// parseReadPref reads the Prefer and Consistency-Token request headers. Unknown preferences are
+// parseReadPref reads the Prefer, Cache-Control and Consistency-Token request headers. Unknown preferences are
 // ignored (RFC 7240). A Consistency-Token given twice or empty is a 400 here; whether it decodes
 // is the store's to say (records.ErrBadToken, also a 400).
 func parseReadPref(h http.Header) (records.ReadOptions, error) {
@@ -20,6 +20,15 @@ func parseReadPref(h http.Header) (records.ReadOptions, error) {
 			val = strings.Trim(strings.TrimSpace(val), `"`)
 			if strings.EqualFold(strings.TrimSpace(name), "consistency") && strings.EqualFold(val, "strong") {
 				ro.Strong = true
+			}
+		}
+	}
+	// Cache-Control: no-cache (RFC 9111 §5.2.1.4) asks for an answer not served from a cache
+	// without revalidation: the read skips the cache and is served as an uncached read.
+	for _, v := range h.Values("Cache-Control") {
+		for _, d := range strings.Split(v, ",") {
+			if name, _, _ := strings.Cut(strings.TrimSpace(d), "="); strings.EqualFold(name, "no-cache") {
+				ro.NoCache = true
 			}
 		}
 	}

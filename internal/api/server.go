@@ -1,5 +1,7 @@
-// Package api is the HTTP layer of Meridian's regional data node: the /v1 records API and the
-// /internal tenant endpoints (gin), the node's health, readiness, metrics and OpenAPI routes.
+// Package api is the HTTP layer of Meridian's regional data node: the /v1 records API, the
+// /v1/changes event stream (Server-Sent Events from a ChangeFeed, our own interface over the
+// node's event consumer) and the /internal tenant endpoints (gin), the node's health,
+// readiness, metrics and OpenAPI routes.
 //
 // It owns routing, request validation (strict JSON, ids, list queries, signed cursors, entity
 // tags, read preferences), the home-region and map-version checks, problem+json answers and
@@ -17,6 +19,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -37,6 +40,14 @@ type Config struct {
 	MapWait      time.Duration // how long to wait for a newer map a router names; 0 = 1s
 	MaxMapAge    time.Duration // /readyz fails when the map is older; 0 = 30s
 	Logger       *slog.Logger  // nil = slog.Default()
+	// Changes serves GET /v1/changes (the node's event consumer, adapted). nil = the route
+	// answers 503 changes-unavailable.
+	Changes ChangeFeed
+	// Heartbeat is how often an open change stream gets a comment line; 0 = 15s.
+	Heartbeat time.Duration
+	// FollowBuffer is how many events a change stream may fall behind before its feed ends it
+	// (the client resumes with Last-Event-ID); 0 = 256.
+	FollowBuffer int
 	// Collectors are registered on the node's /metrics registry besides its own series, e.g.
 	// shards.Collector for the pool statistics. nil = none.
 	Collectors []prometheus.Collector
@@ -53,6 +64,10 @@ type Server struct {
 	metrics  *metrics
 	engine   *gin.Engine
 	openapi  []byte
+
+	// stopStreams is closed by StopStreams (once): open change streams end.
+	stopStreams chan struct{}
+	stopOnce    sync.Once
 }
 
 // New builds a Server. openapi is the document served at /openapi.json (may be nil).
@@ -75,8 +90,14 @@ func New(cfg Config, maps ShardMap, store Store, verifier *auth.Verifier, openap
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 15 * time.Second
+	}
+	if cfg.FollowBuffer <= 0 {
+		cfg.FollowBuffer = 256
+	}
 	s := &Server{cfg: cfg, maps: maps, store: store, verifier: verifier, cursors: cursorCodec{key: cfg.CursorKey},
-		log: cfg.Logger.With("region", cfg.Region), openapi: openapi}
+		log: cfg.Logger.With("region", cfg.Region), openapi: openapi, stopStreams: make(chan struct{})}
 	s.metrics = newMetrics(cfg.Collectors...)
 	s.engine = s.routes()
 	return s, nil
@@ -124,6 +145,7 @@ func (s *Server) routes() *gin.Engine {
 	v1.PUT("/collections/:collection/records/:id", write, s.putRecord)
 	v1.PATCH("/collections/:collection/records/:id", write, s.patchRecord)
 	v1.DELETE("/collections/:collection/records/:id", write, s.deleteRecord)
+	getHead(v1, "/changes", read, s.changes) // changesPath
 	return r
 }
 
@@ -149,11 +171,14 @@ func (s *Server) recover(c *gin.Context) {
 
 // guard applies the request deadline, the body cap and the served-region header. The deadline
 // is Config.Deadline, or the time a router says it will still wait (hdrRequestTimeout) when
-// that is shorter: work the router has given up on is wasted.
+// that is shorter: work the router has given up on is wasted. The change stream has none: it
+// lives as long as its client (its Follow is bounded by the feed's own reads).
 func (s *Server) guard(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), requestDeadline(s.cfg.Deadline, c.GetHeader(hdrRequestTimeout)))
-	defer cancel()
-	c.Request = c.Request.WithContext(ctx)
+	if c.FullPath() != changesPath {
+		ctx, cancel := context.WithTimeout(c.Request.Context(), requestDeadline(s.cfg.Deadline, c.GetHeader(hdrRequestTimeout)))
+		defer cancel()
+		c.Request = c.Request.WithContext(ctx)
+	}
 	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, s.cfg.MaxBody)
 	c.Header("X-Served-Region", s.cfg.Region)
 	c.Next()

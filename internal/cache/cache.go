@@ -333,7 +333,7 @@ type lookup struct {
 // eligible reports whether a read may use the cache at all, and the LSN an entry must have
 // (the token's; 0 without one).
 func (c *Cache) eligible(t records.Target, ro records.ReadOptions) (minLSN uint64, ok bool) {
-	if ro.Strong {
+	if ro.Strong || ro.NoCache {
 		return 0, false
 	}
 	asOf, fresh := c.fresh(t.Shard)
@@ -466,7 +466,15 @@ func (c *Cache) fill(ctx context.Context, t records.Target, snap snapshot, lk lo
 		skip(reason)
 		return
 	}
-	b, jerr := json.Marshal(entry[any]{Shard: t.Shard, LSN: info.LSN, Value: v})
+	// The entry's LSN answers "does this entry include a write whose token is LSN?". A
+	// standby's replay position does (replay makes a commit visible); a primary's WAL position
+	// read before the read's snapshot need not (a commit's record can precede its visibility),
+	// so an entry filled on a primary serves no token read: LSN 0.
+	lsn := info.LSN
+	if info.Source != records.SourceReplica {
+		lsn = 0
+	}
+	b, jerr := json.Marshal(entry[any]{Shard: t.Shard, LSN: lsn, Value: v})
 	if jerr != nil {
 		c.errs.WithLabelValues("encode").Inc()
 		return

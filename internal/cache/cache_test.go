@@ -32,6 +32,9 @@ type fakeStore struct {
 	versions map[string]int64 // "coll/id" → version; absent = not found
 	source   records.Source
 	lsn      uint64
+	// lsnIsVersion makes a replica answer's LSN the version read when lsn is 0 (otherwise a
+	// replica answer without lsn reports 0, unknown).
+	lsnIsVersion bool
 	// gate, when set, is received from after the state was read and before answering (a read
 	// in flight); started gets a value when a read reaches it.
 	gate    chan struct{}
@@ -89,7 +92,7 @@ func (f *fakeStore) read(ctx context.Context, ro records.ReadOptions, keys ...st
 		top = max(top, v)
 	}
 	info = records.ReadInfo{Source: f.source, Reason: "fake", LSN: f.lsn}
-	if info.LSN == 0 && info.Source != records.SourceReplica {
+	if info.LSN == 0 && (info.Source != records.SourceReplica || f.lsnIsVersion) {
 		info.LSN = uint64(top)
 	}
 	gate, started, jitter := f.gate, f.started, f.jitter
@@ -238,10 +241,12 @@ func (e *env) skipped(reason string) float64 {
 
 func TestHitAfterMiss(t *testing.T) {
 	e := newEnv(t)
+	e.fake.setSource(records.SourceReplica, 0) // a standby: its LSN proves what a token needs
+	e.fake.lsnIsVersion = true
 	e.fake.set("books", "x", 3)
 
 	rec, info := e.get(t, tgt, records.ReadOptions{}, "books", "x")
-	if rec.Version != 3 || info.Source != records.SourcePrimary {
+	if rec.Version != 3 || info.Source != records.SourceReplica {
 		t.Fatalf("miss: %+v %+v", rec, info)
 	}
 	e.wantCalls(t, 1)
@@ -305,6 +310,7 @@ func TestServeRules(t *testing.T) {
 	}{
 		{name: "plain", wantCache: true},
 		{name: "strong", ro: records.ReadOptions{Strong: true}},
+		{name: "no-cache", ro: records.ReadOptions{NoCache: true}},
 		{name: "no heartbeat", fresh: func(c *clock) { c.setFresh(time.Time{}, false) }},
 		{name: "heartbeat too old", fresh: func(c *clock) { c.setFresh(c.Now().Add(-DefaultMaxStaleness), true) }},
 		{name: "heartbeat just fresh", fresh: func(c *clock) { c.setFresh(c.Now().Add(-DefaultMaxStaleness+time.Millisecond), true) }, wantCache: true},
@@ -317,6 +323,8 @@ func TestServeRules(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
+			e.fake.setSource(records.SourceReplica, 0) // a standby: its LSN proves what a token needs
+			e.fake.lsnIsVersion = true
 			e.fake.set("books", "x", 1)
 			e.get(t, tgt, records.ReadOptions{}, "books", "x")
 			e.fake.set("books", "x", 2)
@@ -344,7 +352,7 @@ func TestServeRules(t *testing.T) {
 				e.wantCalls(t, 1)
 				return
 			}
-			if rec.Version != 2 || info.Source != records.SourcePrimary {
+			if rec.Version != 2 || info.Source != records.SourceReplica {
 				t.Fatalf("want the store's v2: %+v %+v", rec, info)
 			}
 			e.wantCalls(t, 2)
@@ -356,11 +364,13 @@ func TestServeRules(t *testing.T) {
 // answer, which then serves the token.
 func TestTokenMissFills(t *testing.T) {
 	e := newEnv(t)
+	e.fake.setSource(records.SourceReplica, 0) // a standby: its LSN proves what a token needs
+	e.fake.lsnIsVersion = true
 	e.fake.set("books", "x", 1)
 	e.get(t, tgt, records.ReadOptions{}, "books", "x")
 	e.fake.set("books", "x", 5)
 	ro := records.ReadOptions{Token: replication.Token{Shard: "s1", LSN: 5}.Encode()}
-	if rec, info := e.get(t, tgt, ro, "books", "x"); rec.Version != 5 || info.Source != records.SourcePrimary {
+	if rec, info := e.get(t, tgt, ro, "books", "x"); rec.Version != 5 || info.Source != records.SourceReplica {
 		t.Fatalf("token read: %+v %+v", rec, info)
 	}
 	if rec, info := e.get(t, tgt, ro, "books", "x"); rec.Version != 5 || info.Source != records.SourceCache || info.LSN != 5 {
@@ -536,11 +546,14 @@ func TestFillGuardLSN(t *testing.T) {
 		lsn    uint64
 		stored bool
 		reason string
+		hitLSN uint64 // the entry's LSN: what token reads it may serve
 	}{
-		{records.SourceReplica, 150, false, skipLSNBehind},
-		{records.SourceReplica, 0, false, skipLSNUnknown},
-		{records.SourceReplica, 200, true, ""},
-		{records.SourcePrimary, 100, true, ""}, // the primary is current whatever LSN it reports
+		{records.SourceReplica, 150, false, skipLSNBehind, 0},
+		{records.SourceReplica, 0, false, skipLSNUnknown, 0},
+		{records.SourceReplica, 200, true, "", 200},
+		// The primary is current whatever LSN it reports, but its LSN (read before the read's
+		// snapshot) does not prove a token's write is in the answer: stored with LSN 0.
+		{records.SourcePrimary, 100, true, "", 0},
 	}
 	for i, st := range steps {
 		id := fmt.Sprintf("r%d", i)
@@ -551,8 +564,8 @@ func TestFillGuardLSN(t *testing.T) {
 		if got := info.Source == records.SourceCache; got != st.stored {
 			t.Fatalf("step %d (%s at LSN %d): stored = %v, want %v", i, st.source, st.lsn, got, st.stored)
 		}
-		if st.stored && info.LSN != st.lsn {
-			t.Fatalf("step %d: hit LSN %d, want %d", i, info.LSN, st.lsn)
+		if st.stored && info.LSN != st.hitLSN {
+			t.Fatalf("step %d: hit LSN %d, want %d", i, info.LSN, st.hitLSN)
 		}
 		// Both reads missed, and neither was stored.
 		if st.reason != "" && e.skipped(st.reason) != 2 {

@@ -64,6 +64,9 @@ var (
 	// InvalidConsistencyToken is a Consistency-Token that is empty, repeated or not one a
 	// write returned.
 	InvalidConsistencyToken = Kind{"invalid-consistency-token", "Invalid consistency token", http.StatusBadRequest}
+	// InvalidLastEventID is a Last-Event-ID that is not a change sequence number (a
+	// non-negative decimal integer) on /v1/changes.
+	InvalidLastEventID = Kind{"invalid-last-event-id", "Invalid Last-Event-ID", http.StatusBadRequest}
 	// ValueRejected is a value in the request the database does not accept (a where[] value,
 	// a number out of range): the request's own fault.
 	ValueRejected = Kind{"value-rejected", "Value rejected", http.StatusBadRequest}
@@ -121,6 +124,9 @@ var (
 	TenantFenced = Kind{"tenant-fenced", "Tenant writes paused", http.StatusServiceUnavailable}
 	// Overloaded is a request shed because its region is saturated.
 	Overloaded = Kind{"overloaded", "Region overloaded", http.StatusServiceUnavailable}
+	// ChangesUnavailable is a /v1/changes stream this node cannot serve now (no change feed,
+	// or the feed cannot start); Retry-After says when to try again.
+	ChangesUnavailable = Kind{"changes-unavailable", "Change feed unavailable", http.StatusServiceUnavailable}
 	// GatewayTimeout (generic 504) is an upstream or database that did not answer in time.
 	GatewayTimeout = Kind{"gateway-timeout", "Gateway Timeout", http.StatusGatewayTimeout}
 )
@@ -132,7 +138,7 @@ var kinds = []struct {
 }{
 	{BadRequest, true}, {InvalidBody, false}, {InvalidQuery, false}, {InvalidCursor, false},
 	{InvalidPath, false}, {InvalidHeader, false}, {InvalidConsistencyToken, false},
-	{ValueRejected, false}, {UnknownShard, false}, {UnknownRegion, false},
+	{InvalidLastEventID, false}, {ValueRejected, false}, {UnknownShard, false}, {UnknownRegion, false},
 	{Unauthorized, true}, {Forbidden, true},
 	{NotFound, true}, {TenantNotFound, false}, {RecordNotFound, false}, {MoveNotFound, false},
 	{MethodNotAllowed, true}, {RequestTimeout, true}, {Conflict, true}, {PreconditionFailed, true},
@@ -140,7 +146,7 @@ var kinds = []struct {
 	{IdempotencyKeyReused, true}, {RateLimited, true}, {ConcurrencyLimited, false},
 	{ClientClosedRequest, true},
 	{InternalError, true}, {BadGateway, true}, {ServiceUnavailable, true}, {TenantFenced, false},
-	{Overloaded, false}, {GatewayTimeout, true},
+	{Overloaded, false}, {ChangesUnavailable, false}, {GatewayTimeout, true},
 }
 
 // Kinds returns every kind in the table (for documentation and tests).

@@ -94,6 +94,9 @@ type ReadOptions struct {
 	// Token is the request's Consistency-Token as sent ("" = none); a value that does not
 	// decode is ErrBadToken.
 	Token string
+	// NoCache skips the cache (request Cache-Control: no-cache); the read is served as if
+	// there were none.
+	NoCache bool
 }
 
 // ReadInfo says how a read was served.

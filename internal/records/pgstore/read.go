@@ -26,6 +26,13 @@ const readScopeSQL = `SELECT set_config('transaction_read_only', 'on', true), se
 // on a primary (pg_last_wal_replay_lsn is NULL outside recovery).
 const replayedSQL = `SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn`
 
+// readLSNSQL is a read's WAL position: on a standby the position it has replayed, on a primary
+// its current WAL position (pg_last_wal_replay_lsn is NULL outside recovery). readBatch runs it
+// as a statement of its own before the read's statement, so in READ COMMITTED the read's
+// snapshot is taken after it: on a standby the snapshot holds every commit replayed up to it
+// (replay makes a commit visible before it advances the replay position).
+const readLSNSQL = `SELECT COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text`
+
 // tenantExistsSQL tells a tenant without a row here (404 tenant) from one without the record.
 // It must run after readScopeSQL: the tenants table is under row-level security too.
 const tenantExistsSQL = `SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)`
@@ -38,11 +45,15 @@ const tenantExistsSQL = `SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = 
 // when the tenant has no row, else the first error of a statement or callback; the callbacks of
 // statements after a failed one are not called.
 //
+// It also returns the server's WAL position read in the batch before the read's statements
+// (readLSNSQL; 0 when the batch failed before it).
+//
 // minLSN > 0 makes the batch check first that the server (a standby) has replayed WAL up to
 // minLSN, returning errStandbyBehind if not (and replication.ErrNotStandby on a primary). The
 // check is a statement of its own, before the read's, so in READ COMMITTED the read's snapshot
 // is taken after it and includes everything up to minLSN.
-func readBatch(ctx context.Context, conn *pgx.Conn, tenant string, minLSN replication.LSN, queue func(*pgx.Batch)) error {
+func readBatch(ctx context.Context, conn *pgx.Conn, tenant string, minLSN replication.LSN, queue func(*pgx.Batch)) (replication.LSN, error) {
+	var lsn replication.LSN
 	b := &pgx.Batch{}
 	b.Queue(readScopeSQL, tenant)
 	if minLSN > 0 {
@@ -70,8 +81,20 @@ func readBatch(ctx context.Context, conn *pgx.Conn, tenant string, minLSN replic
 		}
 		return nil
 	})
+	b.Queue(readLSNSQL).QueryRow(func(row pgx.Row) error {
+		var text string
+		if err := row.Scan(&text); err != nil {
+			return err
+		}
+		var err error
+		lsn, err = replication.ParseLSN(text)
+		return err
+	})
 	queue(b)
-	return conn.SendBatch(ctx, b).Close()
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return 0, err
+	}
+	return lsn, nil
 }
 
 // readRequest is a read's decoded options.
@@ -130,9 +153,10 @@ func (s *Store) read(ctx context.Context, t records.Target, ro records.ReadOptio
 	d := s.policy.Choose(ctx, s.tracker, sh.ID, replication.ReadRequest{Strong: rr.strong, Token: rr.token}, standby, primary)
 	info := records.ReadInfo{Reason: string(d.Reason)}
 	if d.Source == replication.SourceReplica {
-		err := classify(readOn(ctx, standbyPool, t.Tenant, d.MinLSN, queue))
+		lsn, err := readOn(ctx, standbyPool, t.Tenant, d.MinLSN, queue)
+		err = classify(err)
 		if err == nil || !fallBack(err) {
-			info.Source = records.SourceReplica
+			info.Source, info.LSN = records.SourceReplica, uint64(lsn)
 			return info, err
 		}
 		if !errors.Is(err, errStandbyBehind) && !errors.Is(err, records.ErrTenantNotFound) {
@@ -141,17 +165,19 @@ func (s *Store) read(ctx context.Context, t records.Target, ro records.ReadOptio
 		}
 		info.FellBack = true
 	}
-	info.Source = records.SourcePrimary
-	return info, classify(readOn(ctx, primary, t.Tenant, 0, queue))
+	lsn, err := readOn(ctx, primary, t.Tenant, 0, queue)
+	info.Source, info.LSN = records.SourcePrimary, uint64(lsn)
+	return info, classify(err)
 }
 
-// readOn runs one read for tenant on a connection of pool in one round trip (readBatch). With
-// minLSN > 0, the copy must have replayed it first: readBatch checks that in the same batch,
-// before the read's statements.
-func readOn(ctx context.Context, pool *pgxpool.Pool, tenant string, minLSN replication.LSN, queue func(*pgx.Batch)) error {
+// readOn runs one read for tenant on a connection of pool in one round trip (readBatch) and
+// returns the copy's WAL position read before the read's statements. With minLSN > 0, the copy
+// must have replayed it first: readBatch checks that in the same batch, before the read's
+// statements.
+func readOn(ctx context.Context, pool *pgxpool.Pool, tenant string, minLSN replication.LSN, queue func(*pgx.Batch)) (replication.LSN, error) {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer conn.Release()
 	return readBatch(ctx, conn.Conn(), tenant, minLSN, queue)

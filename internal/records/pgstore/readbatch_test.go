@@ -45,7 +45,7 @@ func TestReadBatchScopesTenant(t *testing.T) {
 
 	conn := e.appConn()
 	var owners []string
-	err := readBatch(ctx, conn, "alpha", 0, func(b *pgx.Batch) {
+	_, err := readBatch(ctx, conn, "alpha", 0, func(b *pgx.Batch) {
 		b.Queue(`SELECT tenant_id FROM records WHERE collection = 'c' AND id = 'same'`).Query(func(rows pgx.Rows) error {
 			var err error
 			owners, err = pgx.CollectRows(rows, pgx.RowTo[string])
@@ -76,7 +76,7 @@ func TestReadBatchScopesTenant(t *testing.T) {
 
 	// A tenant without a row: ErrTenantNotFound, and the read's own callback never runs.
 	called := false
-	err = readBatch(ctx, conn, "ghost", 0, func(b *pgx.Batch) {
+	_, err = readBatch(ctx, conn, "ghost", 0, func(b *pgx.Batch) {
 		b.Queue(`SELECT 1`).QueryRow(func(pgx.Row) error { called = true; return nil })
 	})
 	if !errors.Is(err, records.ErrTenantNotFound) || called {
@@ -105,7 +105,7 @@ func TestReadBatchIsReadOnly(t *testing.T) {
 	}
 	for _, w := range writes {
 		t.Run(w.name, func(t *testing.T) {
-			err := readBatch(ctx, conn, "alpha", 0, func(b *pgx.Batch) {
+			_, err := readBatch(ctx, conn, "alpha", 0, func(b *pgx.Batch) {
 				b.Queue(w.sql)
 				b.Queue(`UPDATE records SET data = '{"v":3}' WHERE collection = 'c' AND id = 'r1'`)
 			})
@@ -185,16 +185,16 @@ func (ct *countTracer) take() (queries []string, batches [][]string) {
 
 // wantOneBatch checks that a request cost nothing but the given queries and one read batch.
 // wantOneBatch: exactly one batch and no other query — scope, (with a token: the replay
-// check,) tenant check, read.
+// check,) tenant check, WAL position, read.
 func wantOneBatch(t *testing.T, ct *countTracer, what string, token bool) {
 	t.Helper()
 	q, b := ct.take()
 	if len(q) != 0 || len(b) != 1 {
 		t.Fatalf("%s: %d queries %q and %d batches, want none and 1", what, len(q), q, len(b))
 	}
-	want := []string{readScopeSQL, tenantExistsSQL}
+	want := []string{readScopeSQL, tenantExistsSQL, readLSNSQL}
 	if token {
-		want = []string{readScopeSQL, replayedSQL, tenantExistsSQL}
+		want = []string{readScopeSQL, replayedSQL, tenantExistsSQL, readLSNSQL}
 	}
 	if len(b[0]) != len(want)+1 || !slices.Equal(b[0][:len(want)], want) {
 		t.Fatalf("%s: batch %q, want %q then the read", what, b[0], want)
@@ -310,10 +310,10 @@ func TestReadBatchReplayCheck(t *testing.T) {
 	}
 	// Replayed far enough: the check passes and the batch goes on (to the tenant check: "acme"
 	// has no row, so the read itself never runs).
-	if err := readBatch(ctx, sconn, "acme", st.Replayed, queue); !errors.Is(err, records.ErrTenantNotFound) || ran {
+	if _, err := readBatch(ctx, sconn, "acme", st.Replayed, queue); !errors.Is(err, records.ErrTenantNotFound) || ran {
 		t.Fatalf("token already replayed: %v (read ran %v), want ErrTenantNotFound", err, ran)
 	}
-	if err := readBatch(ctx, sconn, "acme", st.Replayed+1<<32, queue); !errors.Is(err, errStandbyBehind) || ran {
+	if _, err := readBatch(ctx, sconn, "acme", st.Replayed+1<<32, queue); !errors.Is(err, errStandbyBehind) || ran {
 		t.Fatalf("token ahead of replay: %v (read ran %v), want errStandbyBehind", err, ran)
 	}
 	pconn, err := pgx.Connect(ctx, se.primary.DSN(se.db))
@@ -321,7 +321,7 @@ func TestReadBatchReplayCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pconn.Close(ctx)
-	if err := readBatch(ctx, pconn, "acme", 1, queue); !errors.Is(err, replication.ErrNotStandby) || ran {
+	if _, err := readBatch(ctx, pconn, "acme", 1, queue); !errors.Is(err, replication.ErrNotStandby) || ran {
 		t.Fatalf("token check on a primary: %v, want replication.ErrNotStandby", err)
 	}
 	// The connection is usable afterwards (the pipeline was drained).

@@ -4,8 +4,10 @@
 // Idempotency-Key claim or replay, the change, the outbox append, the stored response, commit —
 // followed by the Consistency-Token's WAL position. A read is one round trip (a read-only,
 // tenant-scoped batch with the tenant check and, for a Consistency-Token, the replay check) on
-// the source the read-source decision picks. It also owns the internal tenant rows and the
-// expired Idempotency-Key cleanup job.
+// the source the read-source decision picks, and reports the WAL position its data is at least
+// as new as (ReadInfo.LSN). Every write notifies NotifyChannel for the shard's outbox relay;
+// Changes and ChangeSeq read the outbox for the event consumer and /v1/changes. It also owns
+// the internal tenant rows and the expired Idempotency-Key cleanup job.
 //
 // Its vocabulary (targets, records, options, results, sentinel errors) is package
 // internal/records, so the HTTP layer never imports pgx. The store must never speak HTTP, never

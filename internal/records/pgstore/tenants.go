@@ -41,7 +41,7 @@ func (s *Store) Tenant(ctx context.Context, tenant, shard string) (records.Tenan
 		return records.TenantRow{}, err
 	}
 	row := records.TenantRow{ID: tenant, Shard: sh.ID}
-	err = readOn(ctx, pool, tenant, 0, func(b *pgx.Batch) {
+	_, err = readOn(ctx, pool, tenant, 0, func(b *pgx.Batch) {
 		b.Queue(`SELECT status, write_epoch, write_fenced, created_at FROM tenants WHERE tenant_id = $1`, tenant).
 			QueryRow(func(r pgx.Row) error {
 				err := r.Scan(&row.Status, &row.WriteEpoch, &row.Fenced, &row.CreatedAt)

@@ -18,7 +18,8 @@ import (
 
 // Write runs op in one transaction on the shard's primary: lock the tenant row (fence check +
 // change seq), claim the Idempotency-Key (or answer its stored response), make the change,
-// render the response, append the outbox event, store the response with the key, commit. Then
+// render the response, append the outbox event and notify NotifyChannel, store the response
+// with the key, commit. Then
 // it reads the WAL insert position for the Consistency-Token.
 func (s *Store) Write(ctx context.Context, t records.Target, op records.WriteOp) (records.WriteResult, error) {
 	sh, pool, err := s.primary(ctx, t.Shard)
@@ -44,6 +45,13 @@ func (s *Store) Write(ctx context.Context, t records.Target, op records.WriteOp)
 	}
 	return res, nil
 }
+
+// NotifyChannel is the channel every write transaction notifies, with the shard id as the
+// payload: the shard's relay LISTENs on it (docs/internal-contracts.md, issue 13).
+const NotifyChannel = "meridian_outbox"
+
+// notifySQL wakes the shard's relay; see NotifyChannel.
+const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', $1)`
 
 // writeTx is Write's transaction.
 func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, op records.WriteOp) (records.WriteResult, error) {
@@ -87,8 +95,14 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 	if err != nil {
 		return res, err
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO outbox (tenant_id, seq, collection, record_id, op, version, lsn)
-		VALUES ($1, $2, $3, $4, $5, $6, pg_current_wal_insert_lsn())`, t.Tenant, seq, ch.Record.Collection, ch.Record.ID, ch.Kind.String(), ch.Record.Version); err != nil {
+	// The outbox row and the relay's wake-up, in one round trip. Postgres delivers the
+	// notification at commit and drops it on rollback, so a relay never wakes for a row it
+	// cannot see yet.
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO outbox (tenant_id, seq, collection, record_id, op, version, lsn)
+		VALUES ($1, $2, $3, $4, $5, $6, pg_current_wal_insert_lsn())`, t.Tenant, seq, ch.Record.Collection, ch.Record.ID, ch.Kind.String(), ch.Record.Version)
+	b.Queue(notifySQL, t.Shard)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return res, err
 	}
 	if op.Key != "" {
