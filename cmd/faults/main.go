@@ -1,10 +1,12 @@
 // Command faults runs Meridian's fault suite (issue 15, docs/RELIABILITY.md) against the local
-// cluster: a workload through every region's router while a seeded nemesis kills and restarts
-// processes, partitions regions and pauses standby replay; then it heals everything, reads
-// every set, judges the history with every checker, prints the summary table, writes the
-// history for replay, and exits 1 on any violation.
+// cluster: a workload through every region's router (cached reads and `/v1/changes` readers
+// among it) while a seeded nemesis kills and restarts processes (NATS servers and outbox
+// relays among them), partitions regions and pauses standby replay; then it heals everything,
+// reads every set, lets the change readers catch up, judges the history with every checker,
+// prints the summary table, writes the history for replay, and exits 1 on any violation.
 //
-//	faults [-duration 60s] [-seed N] [-faults kill-api,partition,...] [-history FILE]
+//	faults [-duration 60s] [-seed N] [-faults kill-api,kill-nats,partition,...] [-history FILE]
+//	       [-invalidation-bound 1s] [-changes-readers 2] [-changes-patience 60s]
 //	faults -replay FILE        judge a saved history again, without a cluster
 //
 // It uses the cluster running from -dir (`make up LATENCY=1`; partitions need latency mode),
@@ -60,6 +62,12 @@ func run() (int, error) {
 	tenants := fs.Int("tenants", workload.DefaultTenantsPerRegion, "tenants homed in each region")
 	procs := fs.Int("procs", workload.DefaultProcsPerRegion, "clients per region")
 	staleness := fs.Duration("max-staleness", check.DefaultMaxStaleness, "the plain-read bound the checker applies")
+	invalidation := fs.Duration("invalidation-bound", workload.DefaultInvalidationBound,
+		"how long after a write's acknowledgement its cache invalidation is due in every region (cached reads invoked later must not return an older version)")
+	readers := fs.Int("changes-readers", workload.DefaultChangesTenants,
+		"tenants whose /v1/changes is followed for the whole run, one reader per region each (0: none)")
+	changesPatience := fs.Duration("changes-patience", 60*time.Second,
+		"how long the change readers may take, after recovery, to catch up with every acknowledged write")
 	minHold := fs.Duration("min-hold", 0, "shortest time a step's faults last (0: the nemesis's default, 3s)")
 	maxHold := fs.Duration("max-hold", 0, "longest time a step's faults last (0: the nemesis's default, 8s)")
 	markdown := fs.Bool("markdown", false, "print the summary as Markdown tables (every register listed)")
@@ -101,14 +109,25 @@ func run() (int, error) {
 	fmt.Printf("fault suite: seed %d, %v, history %s\n", *seed, *duration, *historyPath)
 	res, err := suite.Run(ctx, suite.Options{
 		Cluster: f, Launcher: launcher, Seed: *seed, Duration: *duration, Kinds: kinds,
-		Plan:        nemesis.PlanConfig{MinHold: *minHold, MaxHold: *maxHold},
-		Workload:    workload.Config{TenantsPerRegion: *tenants, ProcsPerRegion: *procs},
-		HistoryPath: *historyPath, Check: cfg, Log: os.Stdout,
+		Plan: nemesis.PlanConfig{MinHold: *minHold, MaxHold: *maxHold},
+		Workload: workload.Config{TenantsPerRegion: *tenants, ProcsPerRegion: *procs,
+			InvalidationBound: *invalidation, ChangesTenants: changesTenants(*readers)},
+		ChangesPatience: *changesPatience,
+		HistoryPath:     *historyPath, Check: cfg, Log: os.Stdout,
 	})
 	if err != nil {
 		return 2, err
 	}
 	return report(res, *markdown, *historyPath)
+}
+
+// changesTenants maps the flag (0: none) to workload.Config.ChangesTenants (0: the default,
+// negative: none).
+func changesTenants(n int) int {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }
 
 // report prints the summary and every violation; 1 if there is one (or anything undecided).
@@ -127,6 +146,12 @@ func report(res suite.Result, markdown bool, historyPath string) (int, error) {
 		fmt.Println()
 		fmt.Println(res.Report.String())
 		fmt.Printf("\nFAIL: the history violates the guarantees; replay it with: faults -replay %s\n", historyPath)
+		return 1, nil
+	}
+	if strings.HasPrefix(res.Summary.ChangesVerdict, "unproven") {
+		// Every checker accepted what it saw, but a change reader that did not end ok proves
+		// no completeness: the guarantee was not shown.
+		fmt.Printf("\nFAIL: change streams %s; the readers' last answers are in the history (%s)\n", res.Summary.ChangesVerdict, historyPath)
 		return 1, nil
 	}
 	fmt.Printf("\nOK: every checker accepted the history (%s)\n", historyPath)

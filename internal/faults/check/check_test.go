@@ -460,3 +460,38 @@ func TestAllAndSummary(t *testing.T) {
 		t.Errorf("the report does not name the stale strong read:\n%s", r)
 	}
 }
+
+// TestSummaryOfCachesAndChanges: the table counts cached reads, stale ones, the change-stream
+// readers (ok and all), their events and the change-stream verdict.
+func TestSummaryOfCachesAndChanges(t *testing.T) {
+	var x b
+	x.add(history.Op{Process: 0, Kind: history.Write, Rec: "a", Value: "x", Version: 1, Invoke: ms(0), Complete: ms(10), Due: ms(1010), Outcome: history.OK})
+	x.add(history.Op{Process: 0, Kind: history.Write, Rec: "a", Value: "y", Version: 2, Invoke: ms(20), Complete: ms(30), Due: ms(1030), Outcome: history.OK})
+	x.read(history.CachedRead, 1, "a", "x", 1, 500, 501)   // before v2 was due: fine
+	x.read(history.CachedRead, 1, "a", "x", 1, 1100, 1101) // after: stale
+	x.add(history.Op{Process: 2, Kind: history.Changes, Invoke: ms(0), Complete: ms(2000), Due: ms(1500), Outcome: history.OK,
+		Events: []history.Event{{Seq: 1, Coll: "regs", Rec: "a", Op: "upsert", Version: 1}}})
+	x.add(history.Op{Process: 3, Kind: history.Changes, Invoke: ms(0), Complete: ms(2000), Outcome: history.Unknown, Status: 503, Problem: "changes-unavailable"})
+	h := x.history(t)
+	r := All(h, Config{})
+	s := Summarize(h, r, nil)
+	if s.CachedReads != 2 || s.StaleReads[history.CachedRead] != 1 || s.ChangeReaders != 2 || s.ChangeReadersOK != 1 ||
+		s.ChangeEvents != 1 || s.ChangeStream[ChangesMissing] != 1 || s.ChangesVerdict != "FAIL" {
+		t.Fatalf("summary %+v\n%s", s, r)
+	}
+	var txt strings.Builder
+	_ = s.Text(&txt)
+	for _, want := range []string{"stale cached reads", "change-stream readers ok / all", "1 / 2", "change streams", "FAIL"} {
+		if !strings.Contains(txt.String(), want) {
+			t.Errorf("Text lacks %q:\n%s", want, txt.String())
+		}
+	}
+	if s := Summarize(history.History{}, All(history.History{}, Config{}), nil); s.ChangesVerdict != "not run" {
+		t.Errorf("no readers: verdict %q", s.ChangesVerdict)
+	}
+	// Without the missing write the checker accepts, yet one reader did not end ok.
+	h.Ops = slices.DeleteFunc(h.Ops, func(o history.Op) bool { return o.Kind == history.Write && o.Version == 2 })
+	if s := Summarize(h, All(h, Config{}), nil); s.ChangesVerdict != "unproven (1 of 2 readers did not end ok)" {
+		t.Errorf("a reader not ok: verdict %q", s.ChangesVerdict)
+	}
+}

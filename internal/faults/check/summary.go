@@ -21,6 +21,14 @@ type Summary struct {
 	StaleReads map[history.Kind]int
 	// ChangeStream counts change-stream violations by violation kind.
 	ChangeStream map[string]int
+	// CachedReads counts the acknowledged reads a cache answered (the reads check.CachedReads
+	// judges); ChangeReaders the `/v1/changes` readers, ChangeReadersOK those that ended ok
+	// (the others' completeness is unproven), ChangeEvents the events they received.
+	CachedReads, ChangeReaders, ChangeReadersOK, ChangeEvents int
+	// ChangesVerdict is the change-stream checker's verdict: "FAIL" on any violation, else
+	// "unproven (…)" when a reader did not end ok (its completeness was not checked), "not
+	// run" when the history has no reader, and "ok".
+	ChangesVerdict string
 	// Keys is the linearizability verdict per register.
 	Keys []KeyVerdict
 	// Faults are the faults injected, as the caller named them.
@@ -47,6 +55,26 @@ func Summarize(h history.History, r Report, faults []string) Summary {
 		default:
 			s.Unknown++
 		}
+		switch {
+		case o.Kind == history.CachedRead && o.Outcome == history.OK:
+			s.CachedReads++
+		case o.Kind == history.Changes:
+			s.ChangeReaders++
+			s.ChangeEvents += len(o.Events)
+			if o.Outcome == history.OK {
+				s.ChangeReadersOK++
+			}
+		}
+	}
+	switch {
+	case s.ChangeReaders == 0:
+		s.ChangesVerdict = "not run"
+	case s.ChangeReadersOK < s.ChangeReaders:
+		// The checker judged their order, but the completeness of a reader that did not end
+		// ok is unproven: not "ok".
+		s.ChangesVerdict = fmt.Sprintf("unproven (%d of %d readers did not end ok)", s.ChangeReaders-s.ChangeReadersOK, s.ChangeReaders)
+	default:
+		s.ChangesVerdict = "ok"
 	}
 	for _, v := range r.Verdicts {
 		s.Keys = append(s.Keys, v.Keys...)
@@ -66,6 +94,7 @@ func Summarize(h history.History, r Report, faults []string) Summary {
 				s.StaleReads[history.CachedRead]++
 			case ChangesGap, ChangesRepeat, ChangesMissing, ChangesOrder, ChangesPhantom:
 				s.ChangeStream[x.Kind]++
+				s.ChangesVerdict = "FAIL"
 			}
 		}
 	}
@@ -99,12 +128,16 @@ func (s Summary) rows() [][2]string {
 		{"duplicated creates", n(s.Duplicated)},
 		{"stale plain reads", n(s.StaleReads[history.PlainRead])},
 		{"stale token reads", n(s.StaleReads[history.TokenRead])},
+		{"cached reads (answered by a cache)", n(s.CachedReads)},
 		{"stale cached reads", n(s.StaleReads[history.CachedRead])},
+		{"change-stream readers ok / all", fmt.Sprintf("%d / %d", s.ChangeReadersOK, s.ChangeReaders)},
+		{"change-stream events received", n(s.ChangeEvents)},
 		{"change-stream gaps", n(s.ChangeStream[ChangesGap])},
 		{"change-stream repeats", n(s.ChangeStream[ChangesRepeat])},
 		{"change-stream missing writes", n(s.ChangeStream[ChangesMissing])},
 		{"change-stream out of order", n(s.ChangeStream[ChangesOrder])},
 		{"change-stream phantoms", n(s.ChangeStream[ChangesPhantom])},
+		{"change streams", s.ChangesVerdict},
 		{"registers linearizable / illegal / timed out", fmt.Sprintf("%d / %d / %d", ok, illegal, timeout)},
 		{"violations (all checkers)", n(s.Violations)},
 		{"undecided", n(s.Inconclusive)},

@@ -1,12 +1,14 @@
 package nemesis
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -131,11 +133,18 @@ func (n *Nemesis) Run(ctx context.Context, steps []Step) {
 	n.healActive(context.WithoutCancel(ctx))
 }
 
-// healOrder is the order faults are healed in: links and replay first, then the databases
-// before Redis and the nodes that need them (an API node is not ready while its region's
-// primary is down).
+// healOrder is the order faults are healed in: links and replay first, then the databases,
+// Redis and NATS before the nodes that need them (an API node is not ready while its
+// region's primary is down, and its relay and consumer need NATS). Every kind of AllKinds
+// has its place (TestHealOrderIsComplete).
 var healOrder = map[string]int{Partition: 0, PauseReplay: 1, KillPrimary: 2, KillStandby: 3, KillRedis: 4,
-	KillRouter: 5, KillLeader: 5, KillAPI: 6}
+	KillNATS: 5, KillRouter: 6, KillLeader: 6, KillAPI: 7, KillRelay: 7}
+
+// healAllOrder is the order HealAll restarts processes in, by sim kind: Postgres first, then
+// Redis and NATS, then routers and API nodes (they need the others). Every kind of process
+// the launcher runs has its place (TestHealOrderIsComplete).
+var healAllOrder = map[string]int{sim.KindPrimary: 0, sim.KindStandby: 1, sim.KindRedis: 2, sim.KindNATS: 3,
+	sim.KindRouter: 4, sim.KindAPI: 5}
 
 // sleepUntil waits until the run's clock reads t; false if ctx ended first.
 func (n *Nemesis) sleepUntil(ctx context.Context, t time.Duration) bool {
@@ -154,14 +163,21 @@ func (n *Nemesis) sleepUntil(ctx context.Context, t time.Duration) bool {
 // inject injects f and remembers it for healing; a fault that cannot be injected is logged.
 func (n *Nemesis) inject(ctx context.Context, f Fault) {
 	var err error
-	if f.Kind == KillLeader {
+	switch f.Kind {
+	case KillLeader:
 		if f.Target, err = n.leader(ctx); err != nil {
 			n.logf("inject %s: no leader found: %v", KillLeader, err)
 			return
 		}
+	case KillRelay:
+		region := f.Target
+		if f.Target, err = n.relay(ctx, region); err != nil {
+			n.logf("inject %s %s FAILED: %v", KillRelay, region, err)
+			return
+		}
 	}
 	switch f.Kind {
-	case KillRouter, KillLeader, KillAPI, KillStandby, KillPrimary, KillRedis:
+	case KillRouter, KillLeader, KillAPI, KillStandby, KillPrimary, KillRedis, KillNATS, KillRelay:
 		err = n.cfg.Launcher.Kill(ctx, f.Target)
 	case Partition:
 		err = n.cfg.Launcher.Partition(ctx, f.Target)
@@ -223,10 +239,16 @@ func (n *Nemesis) restart(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if p.URL == "" {
-		return nil
+	if !serves(p) {
+		return nil // the launcher's Restart returned once it accepts connections
 	}
 	return n.waitReady(ctx, p.URL)
+}
+
+// serves reports whether p is a router or API node, whose URL answers /readyz (a NATS
+// server's URL is its client URL, no HTTP).
+func serves(p sim.ProcessInfo) bool {
+	return (p.Kind == sim.KindRouter || p.Kind == sim.KindAPI) && p.URL != ""
 }
 
 func (n *Nemesis) process(ctx context.Context, name string) (sim.ProcessInfo, error) {
@@ -322,6 +344,64 @@ func (n *Nemesis) leader(ctx context.Context) (string, error) {
 	return "", last
 }
 
+// relay names the API node of region that runs its outbox relay: the one whose /metrics shows
+// meridian_relay_active 1 for a shard, else, when the region has one API node, that one.
+func (n *Nemesis) relay(ctx context.Context, region string) (string, error) {
+	ps, err := n.cfg.Launcher.Processes(ctx)
+	if err != nil {
+		return "", err
+	}
+	var nodes []sim.ProcessInfo
+	for _, p := range ps {
+		if p.Kind == sim.KindAPI && p.Region == region {
+			nodes = append(nodes, p)
+		}
+	}
+	slices.SortFunc(nodes, func(a, b sim.ProcessInfo) int { return strings.Compare(a.Name, b.Name) })
+	for _, p := range nodes {
+		if p.Running && p.URL != "" && n.relayActive(ctx, p.URL) {
+			return p.Name, nil
+		}
+	}
+	switch {
+	case len(nodes) == 1:
+		return nodes[0].Name, nil
+	case len(nodes) == 0:
+		return "", fmt.Errorf("region %s runs no API node", region)
+	}
+	return "", fmt.Errorf("no API node of %s shows an active relay (meridian_relay_active) in its /metrics", region)
+}
+
+// relayActive reports whether the node's /metrics has a meridian_relay_active series at 1.
+func (n *Nemesis) relayActive(ctx context.Context, url string) bool {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/metrics", nil)
+	resp, err := n.client.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, rest, _ := strings.Cut(sc.Text(), " ")
+		if name == "meridian_relay_active" || strings.HasPrefix(name, "meridian_relay_active{") {
+			if i := strings.LastIndexByte(sc.Text(), '}'); i >= 0 {
+				rest = sc.Text()[i+1:]
+			}
+			// The value, then perhaps a timestamp.
+			if f := strings.Fields(rest); len(f) > 0 {
+				if v, err := strconv.ParseFloat(f[0], 64); err == nil && v == 1 {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // HealAll leaves the cluster whole: it heals what is still active, restarts every process not
 // running, heals every region, resumes replay on every standby, and waits until every router
 // and API node is ready. It returns what it could not do.
@@ -332,9 +412,7 @@ func (n *Nemesis) HealAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Postgres first, then Redis, then routers and API nodes (they need the databases).
-	order := map[string]int{sim.KindPrimary: 0, sim.KindStandby: 1, sim.KindRedis: 2, sim.KindRouter: 3, sim.KindAPI: 4}
-	slices.SortStableFunc(ps, func(a, b sim.ProcessInfo) int { return order[a.Kind] - order[b.Kind] })
+	slices.SortStableFunc(ps, func(a, b sim.ProcessInfo) int { return healAllOrder[a.Kind] - healAllOrder[b.Kind] })
 	for _, p := range ps {
 		if !p.Running {
 			if err := n.restart(ctx, p.Name); err != nil {
@@ -357,7 +435,7 @@ func (n *Nemesis) HealAll(ctx context.Context) error {
 			if err := n.replay(ctx, p.Name, false); err != nil {
 				errs = append(errs, fmt.Errorf("resume replay on %s: %w", p.Name, err))
 			}
-		case p.URL != "":
+		case serves(p):
 			if err := n.waitReady(ctx, p.URL); err != nil {
 				errs = append(errs, err)
 			}

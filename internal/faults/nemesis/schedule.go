@@ -1,6 +1,7 @@
 // Package nemesis injects the fault suite's faults into a running local cluster (issue 15):
-// SIGKILL and restart of a router (the shard-map Raft leader included), an API node, a
-// standby or primary Postgres and Redis; a region partitioned and healed through the
+// SIGKILL and restart of a router (the shard-map Raft leader included), an API node, the API
+// node that runs a home region's outbox relay, a standby or primary Postgres, Redis and a
+// NATS JetStream server; a region partitioned and healed through the
 // launcher's latency proxies; a standby's WAL replay paused and resumed. Plan derives a
 // schedule of steps — each fault alone first, then random combinations — from a seed alone
 // (the same seed and cluster shape give the same schedule); Nemesis carries it out through a
@@ -37,6 +38,18 @@ const (
 	KillPrimary = "kill-primary"
 	// KillRedis SIGKILLs a region's Redis (it comes back empty).
 	KillRedis = "kill-redis"
+	// KillNATS SIGKILLs a region's NATS JetStream server (Target: its name, nats-<region>),
+	// restarted when healed (the launcher waits for JetStream): events in flight are lost to
+	// the transport, and the relay, the consumers and `/v1/changes` must recover them from the
+	// outbox (DESIGN.md §7).
+	KillNATS = "kill-nats"
+	// KillRelay SIGKILLs the API node that runs the outbox relay of a home region (Target: the
+	// region; the log names the node): the one whose /metrics says it holds a shard's relay
+	// (meridian_relay_active 1), else, with one API node in the region, that one. Every
+	// region homes workload tenants, so every kill-api kills a relay too; this kind makes
+	// sure one is killed in every schedule, and a relay that just took over is the target of
+	// the next.
+	KillRelay = "kill-relay"
 	// Partition cuts a region's cross-region links (Target: the region); needs latency mode.
 	Partition = "partition"
 	// PauseReplay pauses a standby's WAL replay (pg_wal_replay_pause) until healed.
@@ -44,7 +57,8 @@ const (
 )
 
 // AllKinds lists every kind of fault, in a fixed order.
-var AllKinds = []string{KillRouter, KillLeader, KillAPI, KillStandby, KillPrimary, KillRedis, Partition, PauseReplay}
+var AllKinds = []string{KillRouter, KillLeader, KillAPI, KillStandby, KillPrimary, KillRedis, KillNATS, KillRelay,
+	Partition, PauseReplay}
 
 // Fault is one fault of a step: its kind and target (a process name, a region, or "leader").
 type Fault struct {
@@ -83,6 +97,9 @@ type PlanConfig struct {
 	MinHold, MaxHold, MinQuiet, MaxQuiet time.Duration
 	// MaxCombined is the most faults in one step [2].
 	MaxCombined int
+	// Homes are the regions whose relays kill-relay may target: where the workload's tenants
+	// are homed (nil: every region).
+	Homes []string
 }
 
 // Plan derives a schedule from cfg.Seed and the cluster's processes and regions alone: first
@@ -113,6 +130,10 @@ func Plan(cfg PlanConfig, procs []sim.ProcessInfo, regions []string) []Step {
 	procs = slices.Clone(procs)
 	slices.SortFunc(procs, func(a, b sim.ProcessInfo) int { return strings.Compare(a.Name, b.Name) })
 	regions = slices.Sorted(slices.Values(regions))
+	homes := regions
+	if cfg.Homes != nil {
+		homes = slices.Sorted(slices.Values(cfg.Homes))
+	}
 	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x6e656d65736973)) // "nemesis"
 	between := func(lo, hi time.Duration) time.Duration {
 		if hi <= lo {
@@ -141,7 +162,7 @@ func Plan(cfg PlanConfig, procs []sim.ProcessInfo, regions []string) []Step {
 		if at+hold > cfg.Duration-cfg.Tail {
 			break
 		}
-		if fs := targets(rng, ks, procs, regions); len(fs) > 0 {
+		if fs := targets(rng, ks, procs, regions, homes); len(fs) > 0 {
 			steps = append(steps, Step{At: at, Hold: hold, Faults: fs})
 		}
 		at += hold + between(cfg.MinQuiet, cfg.MaxQuiet)
@@ -149,8 +170,10 @@ func Plan(cfg PlanConfig, procs []sim.ProcessInfo, regions []string) []Step {
 	return steps
 }
 
-// targets picks a target for each kind of ks, dropping a kind that has no target left.
-func targets(rng *rand.Rand, ks []string, procs []sim.ProcessInfo, regions []string) []Fault {
+// targets picks a target for each kind of ks, dropping a kind that has no target left. A
+// kill-relay takes every API node of its region (it resolves to one of them only when
+// injected), so no other fault of its step hits one.
+func targets(rng *rand.Rand, ks []string, procs []sim.ProcessInfo, regions, homes []string) []Fault {
 	used := map[string]bool{}
 	var out []Fault
 	partitioned, routerDown := false, false
@@ -182,6 +205,16 @@ func targets(rng *rand.Rand, ks []string, procs []sim.ProcessInfo, regions []str
 			cands = of(sim.KindPrimary)
 		case KillRedis:
 			cands = of(sim.KindRedis)
+		case KillNATS:
+			cands = of(sim.KindNATS)
+		case KillRelay:
+			for _, r := range homes {
+				if !used[r] && slices.ContainsFunc(procs, func(p sim.ProcessInfo) bool {
+					return p.Kind == sim.KindAPI && p.Region == r && !used[p.Name]
+				}) {
+					cands = append(cands, r)
+				}
+			}
 		case Partition:
 			if !partitioned {
 				cands = regions
@@ -197,6 +230,12 @@ func targets(rng *rand.Rand, ks []string, procs []sim.ProcessInfo, regions []str
 			routerDown = true
 		case Partition:
 			partitioned = true
+		case KillRelay:
+			for _, p := range procs {
+				if p.Kind == sim.KindAPI && p.Region == t {
+					used[p.Name] = true
+				}
+			}
 		}
 		out = append(out, Fault{Kind: k, Target: t})
 	}

@@ -18,7 +18,8 @@ func procs() []sim.ProcessInfo {
 			sim.ProcessInfo{Name: r + "-router-1", Kind: sim.KindRouter, Region: r},
 			sim.ProcessInfo{Name: r + "-api-1", Kind: sim.KindAPI, Region: r},
 			sim.ProcessInfo{Name: "postgres-" + r, Kind: sim.KindPrimary, Region: r},
-			sim.ProcessInfo{Name: "redis-" + r, Kind: sim.KindRedis, Region: r})
+			sim.ProcessInfo{Name: "redis-" + r, Kind: sim.KindRedis, Region: r},
+			sim.ProcessInfo{Name: "nats-" + r, Kind: sim.KindNATS, Region: r})
 		for _, src := range regions {
 			if src != r {
 				ps = append(ps, sim.ProcessInfo{Name: "standby-" + r + "-of-" + src, Kind: sim.KindStandby, Region: r, Source: src})
@@ -80,6 +81,14 @@ func TestPlanShape(t *testing.T) {
 					t.Fatalf("seed %d: step %v hits %s twice", seed, s, f.Target)
 				}
 				targets[f.Target] = true
+				if f.Kind == KillRelay {
+					// The relay's node is resolved when injected: no other fault of the
+					// step may hit an API node of its region.
+					if targets[f.Target+"-api-1"] {
+						t.Fatalf("seed %d: step %v kills %s-api-1 twice", seed, s, f.Target)
+					}
+					targets[f.Target+"-api-1"] = true
+				}
 				switch f.Kind {
 				case KillRouter, KillLeader:
 					routers++
@@ -112,5 +121,74 @@ func TestPlanKindsAndNone(t *testing.T) {
 	}
 	if steps := Plan(PlanConfig{Seed: 7, Kinds: []string{}, Duration: time.Minute}, procs(), nil); len(steps) != 0 {
 		t.Fatalf("no kinds, yet steps %v", steps)
+	}
+}
+
+// TestPlanEventFaults: NATS kills target NATS servers, relay kills target a home region
+// (only those of PlanConfig.Homes), and every schedule of every kind has both alone.
+func TestPlanEventFaults(t *testing.T) {
+	regions := []string{"eu-west", "us-east", "us-west"}
+	seen := map[string]bool{}
+	for seed := int64(1); seed <= 30; seed++ {
+		steps := Plan(PlanConfig{Seed: seed, Duration: 3 * time.Minute, Homes: []string{"us-east", "us-west"}}, procs(), regions)
+		alone := map[string]bool{}
+		for _, s := range steps {
+			for _, f := range s.Faults {
+				switch f.Kind {
+				case KillNATS:
+					if !slices.Contains([]string{"nats-eu-west", "nats-us-east", "nats-us-west"}, f.Target) {
+						t.Fatalf("seed %d: %v kills no NATS server", seed, s)
+					}
+				case KillRelay:
+					if f.Target != "us-east" && f.Target != "us-west" {
+						t.Fatalf("seed %d: %v kills the relay of a region that homes no tenant", seed, s)
+					}
+				}
+				seen[f.Kind+" "+f.Target] = true
+				if len(s.Faults) == 1 {
+					alone[f.Kind] = true
+				}
+			}
+		}
+		if !alone[KillNATS] || !alone[KillRelay] || !alone[KillAPI] {
+			t.Fatalf("seed %d: kill-nats, kill-relay and kill-api are not each alone once: %v", seed, steps)
+		}
+	}
+	for _, want := range []string{"kill-nats nats-eu-west", "kill-nats nats-us-east", "kill-nats nats-us-west", "kill-relay us-east", "kill-relay us-west"} {
+		if !seen[want] {
+			t.Errorf("30 seeds never drew %s", want)
+		}
+	}
+	// Only NATS kills: one server at a time, every step.
+	for _, s := range Plan(PlanConfig{Seed: 3, Kinds: []string{KillNATS}, Duration: time.Minute, MaxCombined: 3}, procs(), regions) {
+		if len(s.Faults) != 1 || s.Faults[0].Kind != KillNATS {
+			t.Fatalf("step %v", s)
+		}
+	}
+}
+
+// TestHealOrderIsComplete: every kind of fault has its place in the heal order (a missing one
+// would be healed first, before the databases it needs), every kind of process in HealAll's,
+// and what needs the others comes after them.
+func TestHealOrderIsComplete(t *testing.T) {
+	for _, k := range AllKinds {
+		if _, ok := healOrder[k]; !ok {
+			t.Errorf("fault kind %s has no place in healOrder", k)
+		}
+	}
+	for _, k := range []string{sim.KindRouter, sim.KindAPI, sim.KindPrimary, sim.KindStandby, sim.KindRedis, sim.KindNATS} {
+		if _, ok := healAllOrder[k]; !ok {
+			t.Errorf("process kind %s has no place in healAllOrder", k)
+		}
+	}
+	for _, late := range []string{KillAPI, KillRelay, KillRouter, KillLeader} {
+		for _, early := range []string{KillPrimary, KillStandby, KillRedis, KillNATS, Partition} {
+			if healOrder[late] <= healOrder[early] {
+				t.Errorf("%s is healed before %s", late, early)
+			}
+		}
+	}
+	if healAllOrder[sim.KindAPI] <= healAllOrder[sim.KindNATS] || healAllOrder[sim.KindNATS] <= healAllOrder[sim.KindPrimary] {
+		t.Errorf("HealAll order %v: NATS must come after Postgres and before API nodes", healAllOrder)
 	}
 }

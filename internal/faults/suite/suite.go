@@ -1,7 +1,8 @@
 // Package suite runs the fault suite end to end against a running local cluster (issue 15):
-// it sets the workload's tenants up, runs the workload (internal/faults/workload) and the
-// nemesis (internal/faults/nemesis) together for a duration, heals everything, makes the
-// final reads, writes the history file and judges it with internal/faults/check. cmd/faults
+// it sets the workload's tenants up, starts the `/v1/changes` readers, runs the workload
+// (internal/faults/workload) and the nemesis (internal/faults/nemesis) together for a
+// duration, heals everything, makes the final reads, lets the change readers catch up, writes
+// the history file and judges it with internal/faults/check. cmd/faults
 // is its command; its test runs a short seeded run against the launcher's topology.
 //
 // It owns the order of a run only. It must never judge a history itself or weaken what the
@@ -45,6 +46,10 @@ type Options struct {
 	Plan nemesis.PlanConfig
 	// Workload tunes the clients (its Cluster, RunID, Seed, Clock and Recorder are set here).
 	Workload workload.Config
+	// ChangesPatience bounds the wait, after the final reads, for every `/v1/changes` reader
+	// to catch up with its tenant's acknowledged writes [60s]; a reader that has not by then
+	// is recorded with what it received (the checker names what is missing).
+	ChangesPatience time.Duration
 	// HistoryPath is where the history file goes ("" = nowhere).
 	HistoryPath string
 	// Check configures the checkers.
@@ -136,6 +141,8 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 		return Result{}, fmt.Errorf("suite: setup: %w", err)
 	}
 	logf("%d tenants ready; running", len(w.Tenants()))
+	// The change-stream readers follow their tenants from the beginning, through every fault.
+	w.StartChanges(ctx)
 
 	// The plan's times count from the workload's start.
 	base := wc.Clock.Now()
@@ -160,9 +167,19 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	defer cancel()
 	healErr := nem.HealAll(healCtx)
 	var finalErr error
+	patience := opts.ChangesPatience
+	if patience <= 0 {
+		patience = 60 * time.Second
+	}
 	if healErr == nil {
 		logf("healed; final reads")
 		finalErr = w.FinalReads(healCtx, 2*time.Minute)
+	} else {
+		patience = 0 // only stop the readers: the run failed
+	}
+	if cs := w.FinishChanges(healCtx, patience); cs.Readers > 0 {
+		logf("change streams: %d of %d readers caught up; %d events, %d connections, %d clean ends, %d heartbeats",
+			cs.CaughtUp, cs.Readers, cs.Events, cs.Connects, cs.CleanEnds, cs.Heartbeats)
 	}
 
 	faultLog := nem.Log()

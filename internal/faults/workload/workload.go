@@ -2,10 +2,14 @@
 // the router of every region of a running cluster, doing what a history can be judged on —
 // per-key registers (unconditional PUTs, compare-and-sets with If-Match, strong reads), sets
 // (POST creates with an Idempotency-Key, retried with the same key after an unknown outcome),
-// plain reads, token reads (the Consistency-Token of an earlier write) and, at the end, a
-// strong read of every set. Every request becomes one history.Op with its invocation and
-// completion on one monotonic clock and its outcome (history.Classify), recorded as it
-// completes.
+// plain reads (some of them repeated reads of hot keys; one answered `X-Read-Source: cache` is
+// recorded as a CachedRead), token reads (the Consistency-Token of an earlier write), and, at
+// the end, a strong read of every set. Every request becomes one history.Op with its invocation
+// and completion on one monotonic clock and its outcome (history.Classify), recorded as it
+// completes; an acknowledged write also gets the time its cache invalidation is due (Op.Due,
+// InvalidationBound after the acknowledgement). Alongside, `/v1/changes` readers
+// (StartChanges, FinishChanges) follow some tenants through every region's router for the
+// whole run, resuming with Last-Event-ID, and each becomes one Changes op at the end.
 //
 // It owns making requests and recording them. It must never judge a history
 // (internal/faults/check does), inject a fault (internal/faults/nemesis does) or talk to
@@ -51,6 +55,19 @@ const (
 	DefaultMaxOps           = 1_000_000
 	DefaultRequestTimeout   = 10 * time.Second
 	DefaultCreateRetries    = 3
+	// DefaultInvalidationBound is how long after a write's acknowledgement its cache
+	// invalidation is due in every region (Op.Due, judged by check.CachedReads).
+	DefaultInvalidationBound = time.Second
+	// DefaultChangesTenants tenants get `/v1/changes` readers, one per region each.
+	DefaultChangesTenants = 2
+	// DefaultChangesIdle is how long a `/v1/changes` connection may stay silent (no event,
+	// no heartbeat comment) before the reader takes it for dead and reconnects: more than the
+	// API's 15 s heartbeat.
+	DefaultChangesIdle = 20 * time.Second
+	// HotTenants is how many tenants the hot-key reads pick from.
+	HotTenants = 2
+	// HotRepeats is how many times in a row a hot-key read reads its key.
+	HotRepeats = 3
 )
 
 // Config parameterises a workload. Zero values take the defaults above.
@@ -77,6 +94,16 @@ type Config struct {
 	RequestTimeout time.Duration
 	// CreateRetries is how often a create of unknown outcome is retried with its key.
 	CreateRetries int
+	// InvalidationBound is how long after its acknowledgement a write's cache invalidation
+	// is due in every region: an acknowledged write's Op.Due is its completion plus this, and
+	// a read answered `X-Read-Source: cache` (a CachedRead) that was invoked after it must
+	// not return an older version.
+	InvalidationBound time.Duration
+	// ChangesTenants is how many tenants get `/v1/changes` readers (one per region each,
+	// started by StartChanges); negative means none.
+	ChangesTenants int
+	// ChangesIdle is how long a changes connection may be silent before a reconnect.
+	ChangesIdle time.Duration
 	// Clock and Recorder are where operations go. Required.
 	Clock    Clock
 	Recorder *Recorder
@@ -94,7 +121,11 @@ type Workload struct {
 	regions []string
 	tenants []Tenant
 	client  *http.Client
+	stream  *http.Client
 	ops     atomic.Int64
+	// readers are the `/v1/changes` readers StartChanges started; stopReaders stops them.
+	readers     []*changesReader
+	stopReaders context.CancelFunc
 }
 
 // New checks cfg and fills in the defaults.
@@ -118,6 +149,15 @@ func New(cfg Config) (*Workload, error) {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
 	}
+	if cfg.InvalidationBound <= 0 {
+		cfg.InvalidationBound = DefaultInvalidationBound
+	}
+	if cfg.ChangesTenants == 0 {
+		cfg.ChangesTenants = DefaultChangesTenants
+	}
+	if cfg.ChangesIdle <= 0 {
+		cfg.ChangesIdle = DefaultChangesIdle
+	}
 	w := &Workload{cfg: cfg}
 	for r := range cfg.Cluster.Regions {
 		w.regions = append(w.regions, r)
@@ -126,6 +166,9 @@ func New(cfg Config) (*Workload, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
 	w.client = &http.Client{Transport: tr, Timeout: cfg.RequestTimeout}
+	// Streams have no overall timeout (a reader's idle timer stands in for one) and their own
+	// connections.
+	w.stream = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	return w, nil
 }
 
@@ -257,8 +300,22 @@ func (w *Workload) process(ctx context.Context, p int, region string) {
 			if o.Outcome == history.OK {
 				versions[vk] = o.Version
 			}
-		case x < 72:
+		case x < 72 && rng.IntN(2) == 0:
 			o = w.read(ctx, p, region, t, rec, history.PlainRead, nil)
+		case x < 72:
+			// A hot key read several times in a row through this region, so a cache has
+			// something to answer: the first register of one of the first tenants.
+			ht := w.tenants[rng.IntN(min(HotTenants, len(w.tenants)))]
+			hot := fmt.Sprintf("r%d-0", w.cfg.Clock.Now()/w.cfg.KeyPeriod)
+			for i := range HotRepeats {
+				if i > 0 && (run.Err() != nil || w.ops.Add(1) > int64(w.cfg.MaxOps)) {
+					break
+				}
+				o = w.read(ctx, p, region, ht, hot, history.PlainRead, nil)
+				if o.Outcome != history.OK {
+					break
+				}
+			}
 		case x < 85:
 			lw, ok := last[t.ID]
 			if !ok {
@@ -302,6 +359,11 @@ func (w *Workload) noteWrite(o history.Op, token string, versions map[string]int
 	}
 }
 
+// due is when an acknowledged write's cache invalidation is due in every region: its
+// acknowledgement (the op's completion) plus InvalidationBound. check.CachedReads holds every
+// CachedRead invoked after it to the write's version or a later one.
+func (w *Workload) due(o history.Op) time.Duration { return o.Complete + w.cfg.InvalidationBound }
+
 // recordURL is a record's URL through region's router.
 func (w *Workload) recordURL(region, coll, rec string) string {
 	return w.cfg.Cluster.Regions[region].Router + "/v1/collections/" + coll + "/records/" + rec
@@ -336,6 +398,7 @@ func (w *Workload) write(ctx context.Context, p int, region string, t Tenant, re
 			o.Outcome, o.Error = history.Unknown, fmt.Sprintf("undecodable ok answer: %v", err)
 		} else {
 			o.Version = r.Version
+			o.Due = w.due(o)
 			token = a.header.Get("Consistency-Token")
 		}
 	}
@@ -356,6 +419,11 @@ func (w *Workload) read(ctx context.Context, p int, region string, t Tenant, rec
 	}
 	a := w.do(ctx, http.MethodGet, w.recordURL(region, RegColl, rec), t.token, nil, hdr)
 	w.finish(&o, a)
+	if kind == history.PlainRead && a.err == nil && a.header.Get("X-Read-Source") == "cache" {
+		// Answered by a cache: judged against the writes' invalidation due times instead
+		// of the staleness bound.
+		o.Kind = history.CachedRead
+	}
 	switch {
 	case a.err == nil && a.status == http.StatusNotFound && a.problem == "record-not-found":
 		o.Outcome = history.OK // the answer "no such record": version 0
@@ -389,6 +457,7 @@ func (w *Workload) create(ctx context.Context, p int, region string, t Tenant, e
 				o.Outcome, o.Error = history.Unknown, fmt.Sprintf("undecodable ok answer: %v", err)
 			} else {
 				o.Rec, o.Version = r.ID, r.Version
+				o.Due = w.due(o)
 			}
 		}
 		w.cfg.Recorder.Add(o)
