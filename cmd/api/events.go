@@ -103,7 +103,7 @@ func eventParts(ctx context.Context, cfg config, log *slog.Logger, parts *daemon
 				}
 				return shards.Dial(ctx, sh, shards.Config{User: cfg.workerUser, Password: cfg.workerPassword, AppName: "meridian-relay", DialVia: cfg.dialVia})
 			},
-			JS: js, Batch: cfg.relayBatch, Retention: cfg.outboxRetention, Logger: log, Registerer: reg,
+			JS: js, Batch: cfg.relayBatch, Heartbeat: cfg.relayHeartbeat, Retention: cfg.outboxRetention, Logger: log, Registerer: reg,
 		})
 		parts.Go("outbox relay", relay.Run)
 	} else {
@@ -117,7 +117,7 @@ func eventParts(ctx context.Context, cfg config, log *slog.Logger, parts *daemon
 		rdb := redis.NewClient(&redis.Options{Addr: cfg.redisAddr, DialTimeout: time.Second, ReadTimeout: 200 * time.Millisecond,
 			WriteTimeout: 200 * time.Millisecond, MaxRetries: -1})
 		parts.Add("redis", func(context.Context) error { return rdb.Close() })
-		c, err := cache.New(cache.Config{Redis: rdb, TTL: cfg.cacheTTL, MaxStaleness: cfg.maxStaleness, Logger: log, Registerer: reg,
+		c, err := cache.New(cache.Config{Redis: rdb, TTL: cfg.cacheTTL, MaxStaleness: cfg.cacheMaxLag, StandbyLag: cfg.maxStaleness, Logger: log, Registerer: reg,
 			Fresh: func(shard string) (time.Time, bool) { return consumer.Fresh(shard) }})
 		if err != nil {
 			return nil, nil, nil, err

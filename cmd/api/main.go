@@ -49,7 +49,8 @@ type config struct {
 	gossipAddr, advertiseURL                          string
 	gossipJoin                                        []string
 	natsURL, redisAddr                                string
-	cacheTTL, changesHeartbeat                        time.Duration
+	cacheTTL, cacheMaxLag, changesHeartbeat           time.Duration
+	relayHeartbeat                                    time.Duration
 	relayBatch                                        int
 	outboxRetention                                   time.Duration
 }
@@ -94,6 +95,8 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&c.natsURL, "nats-url", env.String("MERIDIAN_NATS_URL", ""), "this region's NATS server: change events, the outbox relay, cache invalidation and /v1/changes (MERIDIAN_NATS_URL; empty = none of them: reads are never cached and /v1/changes answers 503)")
 	fs.StringVar(&c.redisAddr, "redis-addr", env.String("MERIDIAN_REDIS_ADDR", ""), "this region's Redis host:port for the read cache; needs -nats-url (MERIDIAN_REDIS_ADDR; empty = no cache)")
 	fs.DurationVar(&c.cacheTTL, "cache-ttl", env.Duration("MERIDIAN_CACHE_TTL", 60*time.Second), "lifetime of a cached read (MERIDIAN_CACHE_TTL)")
+	fs.DurationVar(&c.cacheMaxLag, "cache-max-lag", env.Duration("MERIDIAN_CACHE_MAX_LAG", time.Second), "most a cached read may lag its shard's writes: a shard whose newest relay heartbeat in this region is older serves no cached reads (MERIDIAN_CACHE_MAX_LAG)")
+	fs.DurationVar(&c.relayHeartbeat, "relay-heartbeat", env.Duration("MERIDIAN_RELAY_HEARTBEAT", 250*time.Millisecond), "longest time between two heartbeats of an idle shard's relay; keep well under -cache-max-lag (MERIDIAN_RELAY_HEARTBEAT)")
 	fs.DurationVar(&c.changesHeartbeat, "changes-heartbeat", env.Duration("MERIDIAN_CHANGES_HEARTBEAT", 15*time.Second), "interval of /v1/changes heartbeat comments (MERIDIAN_CHANGES_HEARTBEAT)")
 	fs.IntVar(&c.relayBatch, "relay-batch", env.Int("MERIDIAN_RELAY_BATCH", 500), "outbox rows the relay publishes per batch (MERIDIAN_RELAY_BATCH)")
 	fs.DurationVar(&c.outboxRetention, "outbox-retention", env.Duration("MERIDIAN_OUTBOX_RETENTION", 24*time.Hour), "how long published outbox rows stay for /v1/changes resumes and gap repair (MERIDIAN_OUTBOX_RETENTION)")

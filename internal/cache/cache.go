@@ -64,8 +64,12 @@ type Config struct {
 	// TTL bounds every entry's life. 0: 60 s.
 	TTL time.Duration
 	// MaxStaleness is how old the newest heartbeat of a shard may be for its entries to be
-	// served. 0: 5 s.
+	// served: the most a cached read may lag its shard's writes when events stop flowing.
+	// 0: 5 s (cmd/api passes -cache-max-lag, 1 s).
 	MaxStaleness time.Duration
+	// StandbyLag is the most a standby the store reads may lag (its max_staleness): after a
+	// reset, standby reads are stored only once they began this long after it. 0: 5 s.
+	StandbyLag time.Duration
 	// Fresh is the consumer's Fresh: the AsOf of the newest heartbeat applied for the shard
 	// (required).
 	Fresh func(shard string) (asOf time.Time, ok bool)
@@ -86,6 +90,7 @@ type Cache struct {
 	rdb          *redis.Client
 	ttl          time.Duration
 	maxStaleness time.Duration
+	standbyLag   time.Duration
 	timeout      time.Duration
 	fresh        func(string) (time.Time, bool)
 	now          func() time.Time
@@ -122,6 +127,7 @@ func New(cfg Config) (*Cache, error) {
 		rdb:          cfg.Redis,
 		ttl:          cmp0(cfg.TTL, DefaultTTL),
 		maxStaleness: cmp0(cfg.MaxStaleness, DefaultMaxStaleness),
+		standbyLag:   cmp0(cfg.StandbyLag, DefaultMaxStaleness),
 		timeout:      cmp0(cfg.Timeout, DefaultTimeout),
 		fresh:        cfg.Fresh,
 		now:          cfg.Now,
@@ -462,7 +468,7 @@ func (c *Cache) fill(ctx context.Context, t records.Target, snap snapshot, lk lo
 		skip(skipError)
 		return
 	}
-	if reason := c.guard.admit(t.Tenant, snap, info, lk.newest, c.maxStaleness); reason != "" {
+	if reason := c.guard.admit(t.Tenant, snap, info, lk.newest, c.standbyLag); reason != "" {
 		skip(reason)
 		return
 	}

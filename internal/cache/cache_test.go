@@ -588,7 +588,7 @@ func TestFillGuardLSN(t *testing.T) {
 }
 
 // TestFillGuardAfterReset: a reset stands for unseen events, so standby answers are not
-// stored until MaxStaleness after it.
+// stored until StandbyLag after it.
 func TestFillGuardAfterReset(t *testing.T) {
 	for _, scope := range []string{"tenant", "all"} {
 		t.Run(scope, func(t *testing.T) {
@@ -614,7 +614,7 @@ func TestFillGuardAfterReset(t *testing.T) {
 			e.clk.advance(DefaultMaxStaleness)
 			e.get(t, tgt, records.ReadOptions{}, "books", "x")
 			if _, info := e.get(t, tgt, records.ReadOptions{}, "books", "x"); info.Source != records.SourceCache {
-				t.Fatalf("standby answer MaxStaleness after the reset not stored: %+v", info)
+				t.Fatalf("standby answer StandbyLag after the reset not stored: %+v", info)
 			}
 		})
 	}

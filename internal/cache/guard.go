@@ -102,7 +102,7 @@ const (
 	skipInvalidated = "invalidated"           // this node applied an event for the tenant during the read
 	skipLSNUnknown  = "lsn-unknown"           // a standby read without an LSN
 	skipLSNBehind   = "lsn-behind"            // a standby read older than the newest event seen
-	skipAfterReset  = "after-reset"           // a standby read that began within MaxStaleness of a reset
+	skipAfterReset  = "after-reset"           // a standby read that began within StandbyLag of a reset
 	skipRedisRace   = "redis-invalidated"     // Redis saw an invalidation (of any node) since the lookup
 	skipAfterSet    = "invalidated-after-set" // an event landed while the entry was being stored: deleted
 	skipRedisError  = "redis-error"           // the fill's Redis call failed
@@ -111,7 +111,7 @@ const (
 // admit decides whether a read that began at snapshot s and answered info may be stored;
 // redisNewest is the tenant's newest event LSN as the lookup found it in Redis (every node's
 // invalidations raise it). It returns "" to store, else the reason not to.
-func (g *guard) admit(tenant string, s snapshot, info records.ReadInfo, redisNewest uint64, maxStaleness time.Duration) string {
+func (g *guard) admit(tenant string, s snapshot, info records.ReadInfo, redisNewest uint64, standbyLag time.Duration) string {
 	if g.moved(tenant, s) {
 		return skipInvalidated
 	}
@@ -127,9 +127,9 @@ func (g *guard) admit(tenant string, s snapshot, info records.ReadInfo, redisNew
 		return skipLSNBehind
 	}
 	// A reset stands for events nobody saw (a gap, a lost message, a move): their LSNs are
-	// unknown, so a standby read is trusted only once it began MaxStaleness after the reset,
+	// unknown, so a standby read is trusted only once it began StandbyLag after the reset,
 	// when the standby (kept within that lag by the store) has replayed whatever they were.
-	if !s.resetAt.IsZero() && s.at.Sub(s.resetAt) < maxStaleness {
+	if !s.resetAt.IsZero() && s.at.Sub(s.resetAt) < standbyLag {
 		return skipAfterReset
 	}
 	return ""
