@@ -31,8 +31,9 @@ type memOutbox struct {
 	mu    sync.Mutex
 	rows  map[string][]records.ChangeEvent // tenant → rows in seq order
 	calls []outboxCall
-	// hook, when set, runs (without mu) at the start of the next Changes call, then is cleared.
-	hook func()
+	// hook and after, when set, run (without mu) at the start of the next Changes call and
+	// after it read its rows, then are cleared.
+	hook, after func()
 }
 
 type outboxCall struct {
@@ -59,11 +60,14 @@ func (o *memOutbox) commit(tenant string, e records.ChangeEvent) {
 
 func (o *memOutbox) Changes(ctx context.Context, tenant, shard string, after, upto int64) ([]records.ChangeEvent, error) {
 	o.mu.Lock()
-	hook := o.hook
-	o.hook = nil
+	hook, afterHook := o.hook, o.after
+	o.hook, o.after = nil, nil
 	o.mu.Unlock()
 	if hook != nil {
 		hook()
+	}
+	if afterHook != nil {
+		defer afterHook()
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()

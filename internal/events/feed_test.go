@@ -57,8 +57,9 @@ func ended(t *testing.T, f *Feed) error {
 }
 
 // TestFollowResumesAcrossBacklogAndLive: a follower resuming after 20 gets 21.. with no gap and
-// no repeat, while changes are committed and published during its backlog read (some of them
-// both in the backlog and live, some live only, one lost by JetStream).
+// no repeat, while changes are committed and published around its backlog read (some of them
+// both in the backlog and live, some live only and applied before the backlog is sent, one
+// lost by JetStream).
 func TestFollowResumesAcrossBacklogAndLive(t *testing.T) {
 	r := newRig(t, testenv.NATS(t).ClientURL())
 	for seq := int64(1); seq <= 50; seq++ {
@@ -66,24 +67,22 @@ func TestFollowResumesAcrossBacklogAndLive(t *testing.T) {
 	}
 	r.app.waitCall(t, "inv acme n50")
 
-	live := make(chan struct{})
 	r.out.mu.Lock()
 	r.out.hook = func() {
 		// Committed and published before the backlog read sees the outbox: in both.
 		for seq := int64(51); seq <= 53; seq++ {
 			r.commitPublish(t, change("acme", seq))
 		}
-		// Committed and published after it: live only; 57 never reaches the consumer.
-		go func() {
-			defer close(live)
-			for seq := int64(54); seq <= 60; seq++ {
-				if seq == 57 {
-					r.out.commit("acme", asChange(change("acme", seq)))
-					continue
-				}
-				r.commitPublish(t, change("acme", seq))
-			}
-		}()
+	}
+	r.out.after = func() {
+		// Committed and published after the backlog read, and applied by the consumer before
+		// the backlog is sent: they reach the feed only because it registered first.
+		for seq := int64(54); seq <= 56; seq++ {
+			r.commitPublish(t, change("acme", seq))
+		}
+		for deadline := time.Now().Add(30 * time.Second); r.app.count("inv acme n56") == 0 && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	r.out.mu.Unlock()
 
@@ -92,8 +91,13 @@ func TestFollowResumesAcrossBacklogAndLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer feed.Close()
-	expect(t, feed, seqs(21, 60)...)
-	<-live
+	expect(t, feed, seqs(21, 56)...)
+	// Live: 57 never reaches the consumer.
+	r.out.commit("acme", asChange(change("acme", 57)))
+	for seq := int64(58); seq <= 60; seq++ {
+		r.commitPublish(t, change("acme", seq))
+	}
+	expect(t, feed, seqs(57, 60)...)
 	r.commitPublish(t, change("acme", 61))
 	expect(t, feed, 61) // nothing repeated in between
 }
