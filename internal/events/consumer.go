@@ -57,9 +57,10 @@ type ConsumerConfig struct {
 	Region string
 	// JS is this region's JetStream; its connection's reconnects are watched.
 	JS jetstream.JetStream
-	// Replay is how far back in time each (re)created consumer starts in the fan-in stream;
-	// 0 = 10 s (2× max_staleness: a cache fill from a standby can miss only events younger
-	// than the staleness bound).
+	// Replay is how far back in time each (re)created consumer starts in the fan-in stream
+	// (from now, or from the last message it handled if that is older); 0 = 10 s (2×
+	// max_staleness: a cache fill from a standby can miss only events younger than the
+	// staleness bound).
 	Replay time.Duration
 	// Apply receives invalidations and resets; nil = none (the consumer only feeds followers).
 	Apply Applier
@@ -87,6 +88,11 @@ type ConsumerConfig struct {
 // it saw, drops repeats, and on a gap resets the tenant's cache and reads the missing events
 // from the outbox; whatever may have lost messages it cannot name (a stream sequence jump, a
 // re-created consumer, a reconnect) resets the whole region's cache.
+//
+// Every ResetAll is followed by a replay of the last Replay of the stream, whose changes are
+// invalidated again (but not sent to followers again): a cache fill after the reset may read a
+// standby up to max_staleness behind, so it can miss a change applied just before the reset;
+// the replayed invalidation (and the cache's fill guard) keeps such a fill from staying.
 type Consumer struct {
 	cfg ConsumerConfig
 	log *slog.Logger
@@ -97,6 +103,10 @@ type Consumer struct {
 	broken     bool             // an Applier call failed: ResetAll must succeed before applying again
 	lastRepair time.Time        // last ResetAll attempt while broken
 	reconnects uint64           // the connection's reconnect count at the session's start
+	// reapplyUpTo: this session re-applies the invalidations of repeats at or below this
+	// stream sequence (the replay after a ResetAll); 0 = none.
+	reapplyUpTo uint64
+	lastStored  time.Time // when the last message handled was stored in the stream
 
 	// fmu guards fresh and newest.
 	fmu    sync.Mutex
@@ -153,6 +163,8 @@ var (
 	errStreamReset   = errors.New("events: fan-in stream was reset")
 	errReconnected   = errors.New("events: NATS connection reconnected")
 	errConsumerReset = errors.New("events: ordered consumer was re-created")
+	errSequenceJump  = errors.New("events: fan-in stream sequence jumped")
+	errRepaired      = errors.New("events: cache repaired after a failed update")
 )
 
 // Run consumes until ctx is done and returns ctx.Err(). Any failure re-creates the consumer
@@ -163,9 +175,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	created := false // a session got as far as a consumer: the next one resets
 	fails := 0
+	var err error
 	for ctx.Err() == nil {
 		began := c.cfg.Now()
-		made, err := c.session(ctx, created)
+		// The first session starts like any node (the region's other consumers kept the cache
+		// current); every later one resets and replays, except after a repair, which has just
+		// reset and only needs the replay.
+		reset := created && !errors.Is(err, errRepaired)
+		var made bool
+		made, err = c.session(ctx, reset, created)
 		created = created || made
 		if ctx.Err() != nil {
 			break
@@ -182,7 +200,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 		fails++
 		// The reasons that are not failures restart at once; a failing server is retried
 		// with a capped backoff.
-		if errors.Is(err, errReconnected) || errors.Is(err, errConsumerReset) || errors.Is(err, errStreamReset) {
+		if errors.Is(err, errReconnected) || errors.Is(err, errConsumerReset) || errors.Is(err, errStreamReset) ||
+			errors.Is(err, errSequenceJump) || errors.Is(err, errRepaired) {
 			continue
 		}
 		d := min(time.Duration(1<<min(fails, 6))*50*time.Millisecond, 3*time.Second)
@@ -195,15 +214,22 @@ func (c *Consumer) Run(ctx context.Context) error {
 }
 
 // session runs one ordered consumer; made reports whether it was created. With reset, the
-// region's cache is reset once the consumer exists (before its first message).
-func (c *Consumer) session(ctx context.Context, reset bool) (made bool, err error) {
+// region's cache is reset once the consumer exists (before its first message); with reapply,
+// the replayed changes (the stream as it was at the start) are invalidated again.
+func (c *Consumer) session(ctx context.Context, reset, reapply bool) (made bool, err error) {
 	name := FanInStream(c.cfg.Region)
 	st, err := c.cfg.JS.Stream(ctx, name)
 	if err != nil {
 		return false, fmt.Errorf("events: stream %s: %w", name, err)
 	}
 	streamCreated := st.CachedInfo().Created
-	start := c.cfg.Now().Add(-c.cfg.Replay)
+	// Replay back from now, or from the last message handled if that is older (a consumer
+	// that was behind must not skip what it had not read yet).
+	start := c.cfg.Now()
+	if !c.lastStored.IsZero() && c.lastStored.Before(start) {
+		start = c.lastStored
+	}
+	start = start.Add(-c.cfg.Replay)
 	oc, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartTimePolicy,
 		OptStartTime:  &start,
@@ -220,6 +246,10 @@ func (c *Consumer) session(ctx context.Context, reset bool) (made bool, err erro
 	defer context.AfterFunc(ctx, it.Stop)()
 
 	c.reconnects = c.cfg.JS.Conn().Stats().Reconnects
+	c.reapplyUpTo = 0
+	if reapply {
+		c.reapplyUpTo = st.CachedInfo().State.LastSeq
+	}
 	if reset {
 		c.resetAll(ctx, "recreated")
 	}
@@ -241,7 +271,9 @@ func (c *Consumer) session(ctx context.Context, reset bool) (made bool, err erro
 		if n := c.cfg.JS.Conn().Stats().Reconnects; n != c.reconnects {
 			return true, errReconnected
 		}
-		c.repair(ctx)
+		if c.repair(ctx) {
+			return true, errRepaired
+		}
 		if now := c.cfg.Now(); !now.Before(nextCheck) {
 			nextCheck = now.Add(c.cfg.StreamCheck)
 			if err := c.checkStream(ctx, st, streamCreated, prevSeq); err != nil {
@@ -264,12 +296,13 @@ func (c *Consumer) session(ctx context.Context, reset bool) (made bool, err erro
 		consumer = meta.Consumer
 		if prevSeq != 0 && meta.Sequence.Stream != prevSeq+1 {
 			// Messages were removed before we read them (limits, a purge) or the stream was
-			// replaced: whose they were is unknown.
-			c.log.Warn("fan-in stream sequence jumped", "stream", name, "previous", prevSeq, "got", meta.Sequence.Stream)
-			c.resetAll(ctx, "sequence")
+			// replaced: whose they were is unknown. This message is read again by the next
+			// session's replay.
+			return true, fmt.Errorf("%w: %d after %d", errSequenceJump, meta.Sequence.Stream, prevSeq)
 		}
 		prevSeq = meta.Sequence.Stream
-		c.handle(ctx, msg.Subject(), msg.Data())
+		c.lastStored = meta.Timestamp
+		c.handle(ctx, msg.Subject(), msg.Data(), meta.Sequence.Stream <= c.reapplyUpTo)
 	}
 }
 
@@ -296,8 +329,8 @@ func (c *Consumer) checkStream(ctx context.Context, st jetstream.Stream, created
 	return nil
 }
 
-// handle applies one message.
-func (c *Consumer) handle(ctx context.Context, subject string, data []byte) {
+// handle applies one message; replayed is set for the replay after a ResetAll.
+func (c *Consumer) handle(ctx context.Context, subject string, data []byte, replayed bool) {
 	e, err := Unmarshal(data)
 	if err != nil {
 		c.m.errors.WithLabelValues("decode").Inc()
@@ -312,16 +345,20 @@ func (c *Consumer) handle(ctx context.Context, subject string, data []byte) {
 		c.m.applied.Inc()
 		c.resetTenant(ctx, e.Tenant, "event")
 	case KindChange:
-		c.change(ctx, e)
+		c.change(ctx, e, replayed)
 	}
 }
 
-// change applies one change in order: a repeat is dropped, a gap resets the tenant and is
-// filled from the outbox for its followers.
-func (c *Consumer) change(ctx context.Context, e Event) {
+// change applies one change in order: a repeat is dropped (invalidated again if replayed),
+// a gap resets the tenant and is filled from the outbox for its followers.
+func (c *Consumer) change(ctx context.Context, e Event, replayed bool) {
 	last, known := c.last[e.Tenant]
 	if known && e.Seq <= last {
-		return // a repeat (the replay after a re-creation, a re-publish)
+		// A repeat (the replay after a re-creation, a re-publish).
+		if replayed {
+			c.invalidate(ctx, e)
+		}
+		return
 	}
 	ce := records.ChangeEvent{Seq: e.Seq, OutboxID: e.OutboxID, Collection: e.Collection, ID: e.ID, Op: e.Op, Version: e.Version, At: e.AsOf}
 	if known && e.Seq > last+1 {
@@ -332,12 +369,17 @@ func (c *Consumer) change(ctx context.Context, e Event) {
 	}
 	c.last[e.Tenant] = e.Seq
 	c.m.applied.Inc()
-	if c.cfg.Apply != nil && !c.broken {
-		if err := c.cfg.Apply.Invalidate(ctx, e.Tenant, e.Collection, e.ID, e.LSN); err != nil {
-			c.applyFailed(ctx, "invalidate", err)
-		}
-	}
+	c.invalidate(ctx, e)
 	c.deliver(e.Tenant, ce)
+}
+
+func (c *Consumer) invalidate(ctx context.Context, e Event) {
+	if c.cfg.Apply == nil || c.broken {
+		return
+	}
+	if err := c.cfg.Apply.Invalidate(ctx, e.Tenant, e.Collection, e.ID, e.LSN); err != nil {
+		c.applyFailed(ctx, "invalidate", err)
+	}
 }
 
 // fillFollowers reads a gap's events from the outbox once for all of the tenant's followers.
@@ -416,12 +458,14 @@ func (c *Consumer) applyFailed(ctx context.Context, op string, err error) {
 	c.clearFresh()
 }
 
-// repair retries the ResetAll a failed Applier call needs, at most once a second.
-func (c *Consumer) repair(ctx context.Context) {
+// repair retries the ResetAll a failed Applier call needs, at most once a second; true once
+// it succeeded (the session then ends, so the next one replays what was not invalidated).
+func (c *Consumer) repair(ctx context.Context) bool {
 	if !c.broken || c.cfg.Now().Sub(c.lastRepair) < time.Second {
-		return
+		return false
 	}
 	c.resetAll(ctx, "repair")
+	return !c.broken
 }
 
 func (c *Consumer) clearFresh() {
