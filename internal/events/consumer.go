@@ -107,6 +107,10 @@ type Consumer struct {
 	// stream sequence (the replay after a ResetAll); 0 = none.
 	reapplyUpTo uint64
 	lastStored  time.Time // when the last message handled was stored in the stream
+	// jumpedTo is the stream sequence after the last jump already reset for, in the stream
+	// created at streamCreated: the replay reads across that jump again and must go on.
+	jumpedTo      uint64
+	streamCreated time.Time
 
 	// fmu guards fresh and newest.
 	fmu    sync.Mutex
@@ -223,6 +227,9 @@ func (c *Consumer) session(ctx context.Context, reset, reapply bool) (made bool,
 		return false, fmt.Errorf("events: stream %s: %w", name, err)
 	}
 	streamCreated := st.CachedInfo().Created
+	if !streamCreated.Equal(c.streamCreated) {
+		c.streamCreated, c.jumpedTo = streamCreated, 0
+	}
 	// Replay back from now, or from the last message handled if that is older (a consumer
 	// that was behind must not skip what it had not read yet).
 	start := c.cfg.Now()
@@ -294,10 +301,11 @@ func (c *Consumer) session(ctx context.Context, reset, reapply bool) (made bool,
 			return true, fmt.Errorf("%w: %s became %s", errConsumerReset, consumer, meta.Consumer)
 		}
 		consumer = meta.Consumer
-		if prevSeq != 0 && meta.Sequence.Stream != prevSeq+1 {
+		if prevSeq != 0 && meta.Sequence.Stream != prevSeq+1 && meta.Sequence.Stream > c.jumpedTo {
 			// Messages were removed before we read them (limits, a purge) or the stream was
 			// replaced: whose they were is unknown. This message is read again by the next
 			// session's replay.
+			c.jumpedTo = meta.Sequence.Stream
 			return true, fmt.Errorf("%w: %d after %d", errSequenceJump, meta.Sequence.Stream, prevSeq)
 		}
 		prevSeq = meta.Sequence.Stream

@@ -110,6 +110,8 @@ type recApplier struct {
 	calls []string
 	// fail, when set, makes every call fail (Redis is down).
 	fail bool
+	// gate, when set, holds every Invalidate until it is closed.
+	gate chan struct{}
 }
 
 func (a *recApplier) setFail(fail bool) {
@@ -132,6 +134,12 @@ func (a *recApplier) do(call string) error {
 var _ Applier = (*recApplier)(nil)
 
 func (a *recApplier) Invalidate(ctx context.Context, tenant, collection, id string, lsn uint64) error {
+	a.mu.Lock()
+	gate := a.gate
+	a.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	return a.do("inv " + tenant + " " + id)
 }
 
@@ -184,6 +192,11 @@ type rig struct {
 // newRig connects to url, makes the streams and runs a consumer until the test ends.
 func newRig(t *testing.T, url string, opts ...nats.Option) *rig {
 	t.Helper()
+	return newRigWith(t, url, StreamLimits{}, &recApplier{}, opts...)
+}
+
+func newRigWith(t *testing.T, url string, lim StreamLimits, app *recApplier, opts ...nats.Option) *rig {
+	t.Helper()
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -195,10 +208,10 @@ func newRig(t *testing.T, url string, opts ...nats.Option) *rig {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	if err := EnsureStreams(ctx, js, testRegion, []string{testRegion}, StreamLimits{}); err != nil {
+	if err := EnsureStreams(ctx, js, testRegion, []string{testRegion}, lim); err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{js: js, nc: nc, out: newMemOutbox(), app: &recApplier{}, reg: prometheus.NewPedanticRegistry()}
+	r := &rig{js: js, nc: nc, out: newMemOutbox(), app: app, reg: prometheus.NewPedanticRegistry()}
 	r.c = NewConsumer(ConsumerConfig{
 		Region: testRegion, JS: js, Apply: r.app, Outbox: r.out, Registerer: r.reg,
 		StreamCheck: 200 * time.Millisecond,
@@ -440,6 +453,62 @@ func TestConsumerStreamReset(t *testing.T) {
 	r.app.waitCall(t, "inv acme n4")
 	if n := r.app.count("inv acme n3"); n != 1 {
 		t.Fatalf("inv acme n3 applied %d times", n)
+	}
+}
+
+// TestConsumerStreamSequenceJump: while the consumer is stuck, the fan-in stream is purged of
+// messages it had not read (a limit or an operator would do the same); it resets the region's
+// cache once (the replay reads across the jump again without looping) and goes on.
+func TestConsumerStreamSequenceJump(t *testing.T) {
+	gate := make(chan struct{})
+	var release sync.Once
+	open := func() { release.Do(func() { close(gate) }) }
+	r := newRigWith(t, testenv.NATS(t).ClientURL(), StreamLimits{}, &recApplier{gate: gate})
+	t.Cleanup(open) // before the rig's cleanup waits for Run, if the test fails early
+	const n = 2000  // far more than the client buffers
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	for seq := int64(1); seq <= n; seq++ {
+		e := change("acme", seq)
+		if _, err := r.js.PublishAsync(Subject(testRegion, testShard), e.Marshal()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-r.js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("publishes not acknowledged")
+	}
+	// The fan-in stream sources the origin stream asynchronously.
+	st, err := r.js.Stream(ctx, FanInStream(testRegion))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, func() error {
+		info, err := st.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.State.LastSeq < n {
+			return fmt.Errorf("fan-in stream holds up to %d of %d", info.State.LastSeq, n)
+		}
+		return nil
+	})
+	if err := st.Purge(ctx, jetstream.WithPurgeSequence(1500)); err != nil {
+		t.Fatal(err)
+	}
+	r.app.mu.Lock()
+	r.app.gate = nil
+	r.app.mu.Unlock()
+	open()
+	r.app.waitCall(t, fmt.Sprintf("inv acme n%d", n))
+	r.publish(t, change("acme", n+1))
+	r.app.waitCall(t, fmt.Sprintf("inv acme n%d", n+1))
+	if got := r.app.count("reset-all"); got != 1 {
+		t.Fatalf("%d ResetAll, want 1", got)
+	}
+	if got := r.app.count("reset acme"); got != 1 {
+		t.Fatalf("%d ResetTenant(acme), want 1 (the tenant's gap)", got)
 	}
 }
 
