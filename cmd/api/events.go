@@ -159,3 +159,5 @@ func (f changeFeed) Follow(ctx context.Context, t records.Target, after int64, b
 	}
 	return feed, nil
 }
+
+var _ events.Applier = (*cache.Cache)(nil)
