@@ -58,8 +58,6 @@ func eventParts(ctx context.Context, cfg config, log *slog.Logger, parts *daemon
 		return nil, nil, nil, err
 	}
 	parts.Go("event streams", func(ctx context.Context) error {
-		t := time.NewTicker(ensureStreamsEvery)
-		defer t.Stop()
 		ok := false
 		for {
 			if regions := client.Map().Regions(); len(regions) > 0 {
@@ -76,10 +74,14 @@ func eventParts(ctx context.Context, cfg config, log *slog.Logger, parts *daemon
 				}
 				ok = err == nil
 			}
+			wait := ensureStreamsEvery
+			if !ok {
+				wait = 500 * time.Millisecond // the map or the mesh is not there yet
+			}
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-t.C:
+			case <-time.After(wait):
 			}
 		}
 	})
