@@ -182,10 +182,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 	var err error
 	for ctx.Err() == nil {
 		began := c.cfg.Now()
-		// The first session starts like any node (the region's other consumers kept the cache
-		// current); every later one resets and replays, except after a repair, which has just
+		// Every session resets the region's cache, the first included: while this node was
+		// down (or before it started) nobody may have applied the region's invalidations — a
+		// region of one API node, or all of them restarted — and entries older than the replay
+		// window would outlive the invalidations the replay cannot repeat. A repair has just
 		// reset and only needs the replay.
-		reset := created && !errors.Is(err, errRepaired)
+		reset := !errors.Is(err, errRepaired)
 		var made bool
 		made, err = c.session(ctx, reset, created)
 		created = created || made

@@ -151,6 +151,12 @@ func (a *recApplier) ResetAll(ctx context.Context) error {
 	return a.do("reset-all")
 }
 
+func (a *recApplier) clear() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls = nil
+}
+
 func (a *recApplier) snapshot() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -227,6 +233,10 @@ func newRigWith(t *testing.T, url string, lim StreamLimits, app *recApplier, opt
 			t.Errorf("Run = %v, want context.Canceled", err)
 		}
 	})
+	// Every consumer resets the region's cache when it starts (nobody may have applied the
+	// invalidations while it was away); the tests count what follows.
+	r.app.waitCall(t, "reset-all")
+	r.app.clear()
 	return r
 }
 
