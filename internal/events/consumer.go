@@ -111,6 +111,10 @@ type Consumer struct {
 	// created at streamCreated: the replay reads across that jump again and must go on.
 	jumpedTo      uint64
 	streamCreated time.Time
+	// started is when Run began; sessions tracks, per shard, the relay session whose changes
+	// are being counted against its heartbeats (lost changes).
+	started  time.Time
+	sessions map[string]*relaySession
 
 	// fmu guards fresh and newest.
 	fmu    sync.Mutex
@@ -144,6 +148,7 @@ func NewConsumer(cfg ConsumerConfig) *Consumer {
 		cfg:       cfg,
 		log:       cfg.Logger.With("region", cfg.Region, "part", "events-consumer"),
 		last:      map[string]int64{},
+		sessions:  map[string]*relaySession{},
 		fresh:     map[string]time.Time{},
 		newest:    map[string]time.Time{},
 		followers: map[string]map[*follower]struct{}{},
@@ -177,6 +182,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if c.cfg.JS == nil {
 		return errors.New("events: ConsumerConfig.JS is nil")
 	}
+	c.started = c.cfg.Now()
 	created := false // a session got as far as a consumer: the next one resets
 	fails := 0
 	var err error
@@ -350,6 +356,10 @@ func (c *Consumer) handle(ctx context.Context, subject string, data []byte, repl
 	switch e.Kind {
 	case KindHeartbeat:
 		c.m.applied.Inc()
+		if c.lost(e) {
+			c.m.lost.Inc()
+			c.resetAll(ctx, "lost changes")
+		}
 		c.heartbeat(homeRegion(subject), e)
 	case KindReset:
 		c.m.applied.Inc()
@@ -362,6 +372,7 @@ func (c *Consumer) handle(ctx context.Context, subject string, data []byte, repl
 // change applies one change in order: a repeat is dropped (invalidated again if replayed),
 // a gap resets the tenant and is filled from the outbox for its followers.
 func (c *Consumer) change(ctx context.Context, e Event, replayed bool) {
+	c.track(e)
 	last, known := c.last[e.Tenant]
 	if known && e.Seq <= last {
 		// A repeat (the replay after a re-creation, a re-publish).
@@ -498,6 +509,7 @@ func homeRegion(subject string) string {
 type consumerMetrics struct {
 	applied   prometheus.Counter
 	gaps      prometheus.Counter
+	lost      prometheus.Counter
 	resets    *prometheus.CounterVec
 	errors    *prometheus.CounterVec
 	followers prometheus.Gauge
@@ -511,6 +523,9 @@ func newConsumerMetrics(c *Consumer) *consumerMetrics {
 		gaps: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meridian_events_gaps_total", Help: "Gaps in a tenant's change sequence (its cache reset, the missing events read from the outbox).",
 		}),
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meridian_events_lost_total", Help: "Heartbeats that showed changes acknowledged by JetStream but never received here (the region's cache reset).",
+		}),
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meridian_events_resets_total", Help: "Cache resets by scope: tenant (a gap or a reset event) or all (a re-created consumer, a reconnect, a stream sequence jump).",
 		}, []string{"scope"}),
@@ -522,7 +537,7 @@ func newConsumerMetrics(c *Consumer) *consumerMetrics {
 		}),
 	}
 	if r := c.cfg.Registerer; r != nil {
-		for _, col := range []prometheus.Collector{m.applied, m.gaps, m.resets, m.errors, m.followers, lagCollector{c}} {
+		for _, col := range []prometheus.Collector{m.applied, m.gaps, m.lost, m.resets, m.errors, m.followers, lagCollector{c}} {
 			if err := r.Register(col); err != nil {
 				c.log.Error("events consumer metric not registered", "err", err)
 			}
@@ -547,4 +562,74 @@ func (l lagCollector) Collect(ch chan<- prometheus.Metric) {
 	for home, asOf := range l.c.newest {
 		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, now.Sub(asOf).Seconds(), home)
 	}
+}
+
+// relaySession is what a consumer knows of one relay session of a shard: the Count and the
+// highest outbox id of its last heartbeat checked (once baseline), and the ids of its changes
+// received above that id since.
+type relaySession struct {
+	name     string
+	baseline bool
+	count    int64
+	maxID    int64
+	got      map[int64]struct{}
+}
+
+// track counts a change against its relay session.
+func (c *Consumer) track(e Event) {
+	if e.Session == "" {
+		return
+	}
+	s := c.sessions[e.Shard]
+	if s == nil || s.name != e.Session {
+		s = &relaySession{name: e.Session, got: map[int64]struct{}{}}
+		c.sessions[e.Shard] = s
+	}
+	if e.OutboxID > s.maxID {
+		s.got[e.OutboxID] = struct{}{}
+	}
+}
+
+// lost checks a heartbeat against the changes of its session received since the previous
+// one: fewer than its Count says were acknowledged means JetStream lost some after
+// acknowledging them (a crash without fsync, a truncated store) and nothing else might ever
+// tell, since the fan-in stream's own sequence has no hole where the origin never had the
+// message. The tenants are unknown, so the caller resets the region. A session's first
+// heartbeat is checked from zero only if the session began after this consumer's replay
+// window did (otherwise its early changes were never in view), with a second of margin for
+// the clocks of the relay and this node.
+func (c *Consumer) lost(e Event) bool {
+	if e.Session == "" {
+		return false
+	}
+	s := c.sessions[e.Shard]
+	if s == nil || s.name != e.Session {
+		s = &relaySession{name: e.Session, got: map[int64]struct{}{}}
+		c.sessions[e.Shard] = s
+	}
+	if s.baseline && e.Count < s.count {
+		return false // a replayed older heartbeat: already checked
+	}
+	var n, want int64
+	check := true
+	switch {
+	case s.baseline:
+		want = e.Count - s.count
+	case e.Since.After(c.started.Add(-c.cfg.Replay + time.Second)):
+		want = e.Count
+	default:
+		check = false
+	}
+	for id := range s.got {
+		if id <= e.OutboxID {
+			n++
+			delete(s.got, id)
+		}
+	}
+	s.baseline, s.count, s.maxID = true, e.Count, e.OutboxID
+	if check && n < want {
+		c.log.Warn("changes lost between the relay and this region", "shard", e.Shard, "session", e.Session, "acknowledged", want, "received", n)
+		return true
+	}
+	return false
 }

@@ -623,3 +623,55 @@ func TestConsumerApplierFailureTurnsCachingOff(t *testing.T) {
 		t.Fatalf("applied %q, want %q", got, want)
 	}
 }
+
+// TestConsumerLostChanges: JetStream may lose changes it acknowledged (a crash without fsync)
+// with nothing after them to show a per-tenant gap. A heartbeat that counts more changes of its
+// session than the consumer received resets the region's cache; one that matches does not.
+func TestConsumerLostChanges(t *testing.T) {
+	r := newRig(t, testenv.NATS(t).ClientURL())
+	sess := func(e Event, s string) Event { e.Session = s; return e }
+	hbOf := func(s string, since time.Time, count, maxID int64) Event {
+		e := heartbeat(time.Now())
+		e.Session, e.Since, e.Count, e.OutboxID = s, since, count, maxID
+		return e
+	}
+	lost := func() float64 { return testutil.ToFloat64(r.c.m.lost) }
+
+	// A session that began while the consumer ran: checked from its first change.
+	r.publish(t, sess(change("acme", 1), "s1"))
+	r.publish(t, sess(change("acme", 2), "s1"))
+	h := hbOf("s1", time.Now(), 2, 2)
+	r.publish(t, h)
+	r.waitFresh(t, h.AsOf)
+	if n := r.app.count("reset-all"); n != 0 || lost() != 0 {
+		t.Fatalf("all changes received: %d ResetAll, lost %v", n, lost())
+	}
+	// Change 3 (outbox id 3) acknowledged to the relay but lost: only 4 arrives.
+	r.publish(t, sess(change("globex", 4), "s1"))
+	r.publish(t, hbOf("s1", time.Now(), 4, 4))
+	r.app.waitCall(t, "reset-all")
+	if lost() != 1 {
+		t.Fatalf("lost_total = %v, want 1", lost())
+	}
+
+	// A session that began before the consumer's replay window: its first heartbeat is the
+	// baseline, and the changes after it are checked.
+	r.app.clear()
+	old := time.Now().Add(-time.Hour)
+	r.publish(t, hbOf("s2", old, 100, 100))
+	c5 := sess(change("acme", 5), "s2")
+	c5.OutboxID = 101
+	r.publish(t, c5)
+	r.publish(t, hbOf("s2", old, 101, 101))
+	h = hbOf("s2", old, 101, 101)
+	r.publish(t, h) // a repeat: already checked
+	r.waitFresh(t, h.AsOf)
+	if n := r.app.count("reset-all"); n != 0 || lost() != 1 {
+		t.Fatalf("baseline session: %d ResetAll, lost %v", n, lost())
+	}
+	r.publish(t, hbOf("s2", old, 103, 103)) // two more acknowledged, none received
+	r.app.waitCall(t, "reset-all")
+	if lost() != 2 {
+		t.Fatalf("lost_total = %v, want 2", lost())
+	}
+}

@@ -3,6 +3,8 @@ package events
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -267,7 +269,8 @@ func (r *Relay) session(ctx context.Context, shard string, log *slog.Logger) err
 	log.Info("relay: active for the shard")
 	r.m.active.WithLabelValues(shard).Set(1)
 	defer r.m.active.WithLabelValues(shard).Set(0)
-	a := &shardRelay{r: r, shard: shard, conn: conn, log: log, subject: Subject(r.cfg.Region, shard)}
+	a := &shardRelay{r: r, shard: shard, conn: conn, log: log, subject: Subject(r.cfg.Region, shard),
+		session: newSession(), since: time.Now()}
 	return a.run(ctx)
 }
 
@@ -278,6 +281,15 @@ type shardRelay struct {
 	conn    *pgx.Conn
 	log     *slog.Logger
 	subject string
+
+	// The publishing session (this lock holder's run): every change it publishes names it, and
+	// its heartbeats say how many changes it has had acknowledged so far (count) and the
+	// highest outbox id among them (maxID), so a consumer can tell that it received every one
+	// (Consumer: lost changes). since is when the session began (this process's clock).
+	session string
+	since   time.Time
+	count   int64
+	maxID   int64
 
 	lastHeartbeat time.Time
 	lastCount     time.Time // last backlog count (only full batches count)
@@ -428,6 +440,10 @@ func (a *shardRelay) publish(ctx context.Context, b batch, full bool) error {
 			return fmt.Errorf("mark sent: %w", err)
 		}
 		m.published.WithLabelValues(a.shard).Add(float64(acked))
+		// Acknowledged rows are in the stream exactly once (a re-publish within the
+		// deduplication window is dropped), and a session publishes in id order.
+		a.count += int64(acked)
+		a.maxID = b.rows[acked-1].id
 	}
 	if pubErr != nil {
 		m.errors.WithLabelValues(a.shard, "publish").Inc()
@@ -440,7 +456,8 @@ func (a *shardRelay) publish(ctx context.Context, b batch, full bool) error {
 	if full || (len(b.rows) == 0 && time.Since(a.lastHeartbeat) < cfg.Heartbeat) {
 		return nil
 	}
-	hb := Event{Kind: KindHeartbeat, Shard: a.shard, AsOf: b.asOf, LSN: b.lsn}
+	hb := Event{Kind: KindHeartbeat, Shard: a.shard, AsOf: b.asOf, LSN: b.lsn,
+		Session: a.session, Since: a.since, Count: a.count, OutboxID: a.maxID}
 	pctx, cancel := context.WithTimeout(ctx, ackWait)
 	defer cancel()
 	if _, err := cfg.JS.Publish(pctx, a.subject, hb.Marshal(), jetstream.WithExpectStream(OriginStream(cfg.Region))); err != nil {
@@ -461,7 +478,7 @@ func (a *shardRelay) send(ctx context.Context, b batch) (int, error) {
 	var pubErr error
 	for _, o := range b.rows {
 		ev := Event{Kind: KindChange, Shard: a.shard, Tenant: o.tenant, Seq: o.seq, OutboxID: o.id,
-			Collection: o.coll, ID: o.rec, Op: o.op, Version: o.version, LSN: b.lsn, AsOf: o.created}
+			Collection: o.coll, ID: o.rec, Op: o.op, Version: o.version, LSN: b.lsn, AsOf: o.created, Session: a.session}
 		f, err := cfg.JS.PublishMsgAsync(&nats.Msg{Subject: a.subject, Data: ev.Marshal()},
 			jetstream.WithMsgID(MsgID(a.shard, o.id)), jetstream.WithExpectStream(OriginStream(cfg.Region)))
 		if err != nil {
@@ -686,4 +703,11 @@ func (m *relayMetrics) register(reg prometheus.Registerer, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// newSession names a relay session: random, so two sessions never share a name.
+func newSession() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

@@ -308,6 +308,10 @@ func TestRelayPublishesOutbox(t *testing.T) {
 			t.Errorf("change %d: AsOf %v, want the row's created_at %v", i, e.AsOf, want.AsOf)
 		}
 		e.AsOf, want.AsOf = time.Time{}, time.Time{}
+		if e.Session == "" || e.Session != got[0].Session {
+			t.Errorf("change %d: session %q, want the first change's %q", i, e.Session, got[0].Session)
+		}
+		e.Session = ""
 		if e != want {
 			t.Errorf("change %d = %+v, want %+v", i, e, want)
 		}
@@ -316,6 +320,10 @@ func TestRelayPublishesOutbox(t *testing.T) {
 	hb := evs[len(evs)-1]
 	if hb.Shard != relayShard || hb.AsOf.Before(rows[len(rows)-1].AsOf) || hb.LSN < lsn {
 		t.Errorf("last heartbeat %+v: want AsOf after %v and LSN ≥ %d", hb, rows[len(rows)-1].AsOf, lsn)
+	}
+	// The heartbeat accounts for the session's changes: how many, up to which outbox id.
+	if hb.Session != got[0].Session || hb.Count != int64(len(rows)) || hb.OutboxID != rows[len(rows)-1].OutboxID || hb.Since.IsZero() {
+		t.Errorf("last heartbeat %+v: want session %q, count %d, outbox id %d, a start time", hb, got[0].Session, len(rows), rows[len(rows)-1].OutboxID)
 	}
 	if n := s.unsent(t); n != 0 {
 		t.Errorf("%d outbox rows not marked sent", n)

@@ -50,6 +50,15 @@ type Event struct {
 	// AsOf, primary's clock. Heartbeat: every write acknowledged before AsOf has been
 	// published before this message. Change: when the row was written.
 	AsOf time.Time `json:"as_of"`
+	// Session names the relay session that published a change or heartbeat (one lock
+	// holder's run on the shard). A heartbeat also carries Count, how many changes the session
+	// has had acknowledged so far, OutboxID, the highest outbox id among them, and Since, when
+	// the session began (the relay's clock): a consumer that received fewer of the session's
+	// changes up to OutboxID than Count says lost some (JetStream is not trusted to keep what
+	// it acknowledged; see docs/events.md).
+	Session string    `json:"session,omitempty"`
+	Count   int64     `json:"count,omitempty"`
+	Since   time.Time `json:"since,omitzero"`
 }
 
 // ErrBadEvent is a message that is not an Event this package writes.
