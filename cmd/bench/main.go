@@ -167,7 +167,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var md strings.Builder
 	writeSection(&md, o, plan, rep, machineInfo(ctx))
 	extra(&md)
-	if _, err := io.WriteString(stdout, md.String()); err != nil {
+	return emit(o, md.String(), rep, stdout, stderr)
+}
+
+// emit writes a finished section to stdout, appends it to -out and writes v as JSON to -json.
+func emit(o *options, md string, v any, stdout, stderr io.Writer) error {
+	if _, err := io.WriteString(stdout, md); err != nil {
 		return err
 	}
 	if o.out != "" {
@@ -175,14 +180,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		_, werr := io.WriteString(f, "\n"+md.String())
+		_, werr := io.WriteString(f, "\n"+md)
 		if err := errors.Join(werr, f.Close()); err != nil {
 			return fmt.Errorf("write %s: %w", o.out, err)
 		}
 		fmt.Fprintf(stderr, "bench: appended to %s\n", o.out)
 	}
 	if o.jsonOut != "" {
-		b, err := json.MarshalIndent(rep, "", "  ")
+		b, err := json.MarshalIndent(v, "", "  ")
 		if err != nil {
 			return err
 		}
