@@ -28,7 +28,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/meridian-dev/meridian/internal/latency"
 	"github.com/meridian-dev/meridian/internal/localsrv"
 	"github.com/meridian-dev/meridian/internal/topology"

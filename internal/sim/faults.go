@@ -1,10 +1,14 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -154,8 +158,8 @@ func (c *Cluster) childNamed(name string) *child {
 	return nil
 }
 
-// Kill sends SIGKILL to the named process (its whole process group: a Postgres postmaster
-// takes its backends with it, as a machine losing power would) and returns once it was
+// Kill sends SIGKILL to the named process (its whole process group; a Postgres postmaster and
+// every one of its backends, as a machine losing power would) and returns once it was
 // reaped. Killing a process that already exited does nothing. Data directories are kept, so
 // Restart brings the process back with its state (Redis comes back empty: it runs without
 // persistence).
@@ -175,7 +179,7 @@ func (c *Cluster) Kill(name string) error {
 		if p.Kind == KindStandby {
 			pg = c.standbyOf(p.Region, p.Source)
 		}
-		_ = syscall.Kill(-pg.Pid(), syscall.SIGKILL)
+		killPostgres(pg.Pid())
 		<-pg.Done()
 	case KindRedis:
 		c.mu.Lock()
@@ -243,4 +247,81 @@ func (c *Cluster) Restart(ctx context.Context, name string) error {
 		return rd.Restart(ctx)
 	}
 	return nil
+}
+
+// killPostgres SIGKILLs a postmaster and all its descendants and returns once they are gone.
+// Killing the process group is not enough: every backend calls setsid(), so it is in a group
+// of its own and would live on until it noticed its postmaster's death, holding the shared
+// memory block a restart refuses to start beside. The postmaster is stopped first so it forks
+// nothing while its children are listed.
+func killPostgres(pid int) {
+	_ = syscall.Kill(pid, syscall.SIGSTOP)
+	pids := append(descendants(pid), pid)
+	for _, p := range pids {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	for i := 0; i < 1000; i++ {
+		alive := false
+		for _, p := range pids[:len(pids)-1] { // the postmaster is our child: reaped by its waiter
+			if syscall.Kill(p, 0) == nil && !zombie(p) {
+				alive = true
+			}
+		}
+		if !alive {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// descendants lists the processes below pid, from /proc.
+func descendants(pid int) []int {
+	entries, _ := os.ReadDir("/proc")
+	children := map[int][]int{}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if pp := ppid(p); pp > 0 {
+			children[pp] = append(children[pp], p)
+		}
+	}
+	var out []int
+	var walk func(int)
+	walk = func(p int) {
+		for _, c := range children[p] {
+			out = append(out, c)
+			walk(c)
+		}
+	}
+	walk(pid)
+	return out
+}
+
+// statFields returns the fields of /proc/pid/stat after the command name.
+func statFields(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+func ppid(pid int) int {
+	f := statFields(pid)
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+func zombie(pid int) bool {
+	f := statFields(pid)
+	return len(f) > 0 && f[0] == "Z"
 }
