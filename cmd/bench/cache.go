@@ -1341,7 +1341,7 @@ func metOrNot(ok bool) string {
 }
 
 // ms is a duration in milliseconds.
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
+func ms(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
 
 // redactDSN drops a DSN's password (there is none on the launcher's loopback clusters).
 func redactDSN(dsn string) string {

@@ -133,12 +133,23 @@ func TestRunInvalidationCountsViolations(t *testing.T) {
 	cluster := f.clusterFile(t, false)
 	var stdout, stderr bytes.Buffer
 	args := []string{"bench", "-cluster", cluster, "-scenario", "invalidation", "-pair-rounds", "2", "-poll", "1ms",
-		"-recheck", "30ms", "-cache-wait", "0s"}
+		"-recheck", "30ms", "-cache-wait", "500ms"}
 	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
 		t.Fatalf("run: %v\n%s", err, stderr.String())
 	}
 	md := stdout.String()
 	if !strings.Contains(md, "violations (**not met**)") || strings.Contains(md, ": 0 violations") {
 		t.Errorf("violations not counted:\n%s", md)
+	}
+}
+
+// TestInvalidationWithoutCache: when no read came from the cache, nothing was invalidated and
+// the targets are reported as not measured, never as met.
+func TestInvalidationWithoutCache(t *testing.T) {
+	var w strings.Builder
+	o := &options{title: "t", cacheFlags: cacheFlags{pairRounds: 1}}
+	writeInvalidation(&w, o, invalReport{pairs: []*pairStats{{Home: "a", Reader: "a", Writes: 1, Visible: []time.Duration{time.Millisecond}}}})
+	if s := w.String(); strings.Contains(s, "(met)") || strings.Contains(s, ": met") || !strings.Contains(s, "not measured") {
+		t.Errorf("targets judged without a cache:\n%s", s)
 	}
 }
