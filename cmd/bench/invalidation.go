@@ -456,7 +456,10 @@ func writeInvalidation(w *strings.Builder, o *options, r invalReport) {
 		if t, ok := p.target(); ok {
 			rtt = fmt.Sprintf("%.0f ms", ms(p.RTT))
 			tgt = fmt.Sprintf("%.0f ms", ms(t))
-			if len(p.Visible) > 0 {
+			switch {
+			case p.CachedFirst == 0:
+				met = "no cache" // nothing was invalidated in this pair
+			case len(p.Visible) > 0:
 				met = metOrNot(p99 <= t)
 				allMet = allMet && p99 <= t
 				anySample = true
