@@ -23,6 +23,13 @@
 //	                POST's headers and then a body too slowly (without a token, and with the
 //	                other tenant's valid token); the router's memory from /proc before, during
 //	                and after each wave, and when the router closed every connection
+//	cache           GETs of -records records drawn from a Zipf distribution through one router,
+//	                with the cache allowed and with Cache-Control: no-cache, side by side in
+//	                rounds, beside pgbench running the same read as SQL on the standby that
+//	                serves it; hit ratio, answers and CPU per request of every process (cache.go)
+//	invalidation    for every ordered region pair, a cached read in one region, a write in the
+//	                tenant's home region, and the time until the reader region answers the new
+//	                version (and never the old one again) (invalidation.go)
 //
 // Both tenants of hostile and slow-body are homed in -home (default: the region after -region),
 // so the victim's reads are served by the local standby (X-Read-Source: replica) that a
@@ -48,6 +55,8 @@
 //	go run ./cmd/bench -target api=http://127.0.0.1:8081 -jwt-secret s -tenant acme -scenario post
 //	go run ./cmd/bench -scenario hostile -rate 200 -c 32 -d 20s -round 5s
 //	go run ./cmd/bench -scenario slow-body -rate 200 -c 32 -d 18s
+//	go run ./cmd/bench -scenario cache -c 16 -d 30s -round 5s -out docs/BENCHMARKS.md
+//	go run ./cmd/bench -scenario invalidation -pair-rounds 50 -out docs/BENCHMARKS.md
 //
 // Bench never prints or records tokens or secrets.
 package main
@@ -102,6 +111,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseFlags(args[1:], stderr)
 	if err != nil {
 		return err
+	}
+	switch o.scenario {
+	case scenarioCache:
+		return runCache(ctx, o, stdout, stderr)
+	case scenarioInvalidation:
+		return runInvalidation(ctx, o, stdout, stderr)
 	}
 	plan, err := o.plan()
 	if err != nil {
@@ -167,7 +182,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var md strings.Builder
 	writeSection(&md, o, plan, rep, machineInfo(ctx))
 	extra(&md)
-	if _, err := io.WriteString(stdout, md.String()); err != nil {
+	return emit(o, md.String(), rep, stdout, stderr)
+}
+
+// emit writes a finished section to stdout, appends it to -out and writes v as JSON to -json.
+func emit(o *options, md string, v any, stdout, stderr io.Writer) error {
+	if _, err := io.WriteString(stdout, md); err != nil {
 		return err
 	}
 	if o.out != "" {
@@ -175,14 +195,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		_, werr := io.WriteString(f, "\n"+md.String())
+		_, werr := io.WriteString(f, "\n"+md)
 		if err := errors.Join(werr, f.Close()); err != nil {
 			return fmt.Errorf("write %s: %w", o.out, err)
 		}
 		fmt.Fprintf(stderr, "bench: appended to %s\n", o.out)
 	}
 	if o.jsonOut != "" {
-		b, err := json.MarshalIndent(rep, "", "  ")
+		b, err := json.MarshalIndent(v, "", "  ")
 		if err != nil {
 			return err
 		}
@@ -231,6 +251,8 @@ type options struct {
 	slowConns     int
 	bodyTimeout   time.Duration
 	routerPID     int
+	// cache and invalidation (cache.go, invalidation.go)
+	cacheFlags
 }
 
 var _ flag.Value = (*targetFlags)(nil)
@@ -279,10 +301,14 @@ const (
 	// scenarioSlowBody reads as a well-behaved tenant alone and while waves of connections send
 	// bodies too slowly, and measures the router's memory and when it closes them (issue 12).
 	scenarioSlowBody = "slow-body"
+	// scenarioCache reads Zipf-distributed records with and without the cache (issue 13).
+	scenarioCache = "cache"
+	// scenarioInvalidation measures how soon a write is visible in every region (issue 13).
+	scenarioInvalidation = "invalidation"
 )
 
 // scenarioNames lists the scenarios for messages.
-const scenarioNames = "get, post, compare-router, compare-home, hostile or slow-body"
+const scenarioNames = "get, post, compare-router, compare-home, hostile, slow-body, cache or invalidation"
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{args: args, set: map[string]bool{}}
@@ -318,6 +344,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.slowConns, "slow-conns", 200, "slow-body: connections per wave")
 	fs.DurationVar(&o.bodyTimeout, "body-timeout", 5*time.Second, "hostile, slow-body: the router's -body-timeout, to judge when it closed a slow body (default: the router's default)")
 	fs.IntVar(&o.routerPID, "router-pid", 0, "slow-body: the router's process id for its memory (default: the process listening on the router's address, from /proc)")
+	o.cacheFlags.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
@@ -334,11 +361,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		}
 	})
 	switch o.scenario {
-	case scenarioGet, scenarioPost, scenarioCompare, scenarioCompareHome, scenarioHostile, scenarioSlowBody:
+	case scenarioGet, scenarioPost, scenarioCompare, scenarioCompareHome, scenarioHostile, scenarioSlowBody,
+		scenarioCache, scenarioInvalidation:
 	default:
 		return nil, fmt.Errorf("%w: -scenario %q: want %s", errUsage, o.scenario, scenarioNames)
 	}
 	if err := o.checkAbuseFlags(); err != nil {
+		return nil, err
+	}
+	if err := o.checkCacheFlags(); err != nil {
 		return nil, err
 	}
 	if o.cfg.Concurrency < 1 || o.cfg.Duration < 0 || o.cfg.Requests < 0 || (o.cfg.Duration == 0 && o.cfg.Requests == 0) {
