@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -98,7 +100,128 @@ func Demo(ctx context.Context, f *ClusterFile, out io.Writer) ([]DemoRow, error)
 	if out != nil {
 		printDemo(out, rows)
 	}
+	if err := demoCache(ctx, f, client, names[0], tenants[names[0]], regions, out); err != nil {
+		return rows, err
+	}
 	return rows, nil
+}
+
+// demoCache shows the read cache and an invalidation crossing regions: through another
+// region's router a record is read until that region's cache answers, then it is updated
+// through the home region's router and read again until the new version shows, and the
+// tenant's change stream is read in that region. An error means the cache never answered, the
+// new version never arrived, or the stream missed the write.
+func demoCache(ctx context.Context, f *ClusterFile, client *http.Client, tenant, home string, regions []string, out io.Writer) error {
+	reader := regions[len(regions)-1]
+	if reader == home {
+		reader = regions[0]
+	}
+	if out == nil {
+		out = io.Discard
+	}
+	tok, err := MintToken(f.DevJWTSecret, TokenSpec{Subject: "demo", Tenant: tenant})
+	if err != nil {
+		return err
+	}
+	url := func(region string) string { return f.Regions[region].Router + "/v1/collections/notes/records/cached" }
+	put := func(v int) (string, error) {
+		st, h, _, err := call(ctx, client, http.MethodPut, url(home), tok, fmt.Sprintf(`{"data":{"v":%d}}`, v), "")
+		if err != nil {
+			return "", err
+		}
+		if st >= 300 {
+			return "", fmt.Errorf("cache demo: PUT via %s: status %d", home, st)
+		}
+		return h.Get("ETag"), nil
+	}
+	fmt.Fprintf(out, "\ncache and invalidation: tenant %s (home %s), read through %s\n", tenant, home, reader)
+	etag, err := put(1)
+	if err != nil {
+		return err
+	}
+	// Read until the reader region's cache answers (the first reads fill it; the standby must
+	// have replayed the write and the relay's heartbeats must have reached the region).
+	var seq []string
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st, h, _, err := call(ctx, client, http.MethodGet, url(reader), tok, "", "")
+		if err != nil {
+			return err
+		}
+		src := h.Get("X-Read-Source")
+		seq = append(seq, fmt.Sprintf("%d %s %s", st, h.Get("ETag"), src))
+		if st == http.StatusOK && src == "cache" && h.Get("ETag") == etag {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cache demo: %s never answered from its cache: %q", reader, seq)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	fmt.Fprintf(out, "  reads via %s until cached: %s\n", reader, strings.Join(seq, ", "))
+	etag2, err := put(2)
+	if err != nil {
+		return err
+	}
+	acked := time.Now()
+	var polls int
+	for {
+		st, h, _, err := call(ctx, client, http.MethodGet, url(reader), tok, "", "")
+		if err != nil {
+			return err
+		}
+		polls++
+		if st == http.StatusOK && h.Get("ETag") == etag2 {
+			fmt.Fprintf(out, "  updated via %s; %s answered the new version %s after %s (%d reads; X-Read-Source: %s)\n",
+				home, reader, etag2, time.Since(acked).Round(time.Millisecond), polls, h.Get("X-Read-Source"))
+			break
+		}
+		if time.Since(acked) > 10*time.Second {
+			return fmt.Errorf("cache demo: %s still answers %s 10 s after the update to %s", reader, h.Get("ETag"), etag2)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return demoChanges(ctx, f.Regions[reader].Router, tok, reader, etag2, out)
+}
+
+// demoChanges reads the tenant's change stream through router from the beginning until it
+// shows the record "cached" at version etag, and prints what it received.
+func demoChanges(ctx context.Context, router, tok, region, etag string, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, router+"/v1/changes", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Last-Event-ID", "0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("cache demo: /v1/changes via %s: %w", region, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("cache demo: /v1/changes via %s: status %d", region, resp.StatusCode)
+	}
+	want := fmt.Sprintf(`"id":"cached","op":"update","version":%s}`, strings.Trim(etag, `"`))
+	sc := bufio.NewScanner(resp.Body)
+	var n int
+	var id string
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "id: "):
+			id = strings.TrimPrefix(line, "id: ")
+		case strings.HasPrefix(line, "data: "):
+			n++
+			if strings.HasSuffix(line, want) {
+				fmt.Fprintf(out, "  /v1/changes via %s from Last-Event-ID 0: %d events in order; the update is event %s: %s\n",
+					region, n, id, strings.TrimPrefix(line, "data: "))
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("cache demo: /v1/changes via %s ended after %d events without the update (%v)", region, n, sc.Err())
 }
 
 // call makes one request with a bearer token, an optional JSON body and an optional
