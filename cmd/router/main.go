@@ -233,7 +233,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	// HTTP: on stop, the listener closes and in-flight requests get up to the grace period.
 	parts.Go("http", func(ctx context.Context) error {
-		return daemon.ServeHTTP(ctx, daemon.NewHTTPServer(srv.Handler(), cfg.httpLimits), ln, cfg.shutdownGrace)
+		hs := daemon.NewHTTPServer(srv.Handler(), cfg.httpLimits)
+		// Open change streams end at shutdown (clients resume elsewhere with Last-Event-ID)
+		// instead of holding the drain for the whole grace period.
+		hs.RegisterOnShutdown(srv.StopStreams)
+		return daemon.ServeHTTP(ctx, hs, ln, cfg.shutdownGrace)
 	})
 	log.Info("router listening", "url", url, "raft", node.RaftAddr(), "id", id)
 

@@ -307,6 +307,9 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 	}
 }
 
+// errShuttingDown ends a change stream when the router shuts down.
+var errShuttingDown = errors.New("router: shutting down")
+
 // upstreamError is a failed attempt: no node could be picked, the exchange with the node
 // failed before an answer arrived, or the request could not be sent as it was.
 type upstreamError struct {
@@ -385,6 +388,9 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 	req.Header.Set(HeaderRequestID, c.GetString(ctxRequestID))
 	req.Header.Set(HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
 	if c.GetString(ctxClass) == ClassStream {
+		// A stream ends when the router shuts down (StopStreams).
+		stopOnShutdown := context.AfterFunc(s.streams, func() { cancel(errShuttingDown) })
+		context.AfterFunc(ctx, func() { stopOnShutdown() })
 		// A change stream has no deadline on the API node (docs/api.md): the time left here
 		// bounds only the wait for its headers, which the node sends at once, and must not be
 		// read as a bound on the stream. A client's own value is not passed on either.

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -23,7 +24,16 @@ type Server struct {
 	m      *metrics
 	lim    *limits      // per-tenant concurrency and load shedding (limits.go)
 	client *http.Client // for the API node's internal endpoints
+
+	// streams ends when StopStreams is called: open change streams end.
+	streams     context.Context
+	stopStreams context.CancelFunc
 }
+
+// StopStreams ends every open change stream (their upstream requests are cancelled, so the
+// answers end and clients resume elsewhere with Last-Event-ID). cmd/router registers it with the
+// HTTP server's shutdown, so open streams do not hold the drain for the whole grace period.
+func (s *Server) StopStreams() { s.stopStreams() }
 
 // New builds a Server from cfg (see Config for required fields and defaults).
 func New(cfg Config) (*Server, error) {
@@ -35,6 +45,7 @@ func New(cfg Config) (*Server, error) {
 		m:      newMetrics(cfg.Registry, cfg.Upstreams),
 		client: &http.Client{Transport: cfg.Transport, Timeout: cfg.UpstreamTimeout},
 	}
+	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.initLimits()
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()

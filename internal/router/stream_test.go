@@ -484,3 +484,26 @@ func TestStreamRoutedLikeARead(t *testing.T) {
 		return nil
 	})
 }
+
+// TestStreamStopStreams: at shutdown (StopStreams, registered with the HTTP server's
+// Shutdown) an open stream ends and its upstream request is cancelled, so it does not hold the
+// drain for the whole grace period, and the node is not blamed for it.
+func TestStreamStopStreams(t *testing.T) {
+	rg := newRig(t, nil)
+	f := newSSENode(t, rg, "us-east")
+	s := openStream(t, rg, tokAcme, HeaderRequestID, "shutdown-1")
+	s.event(t)
+	rg.srv.StopStreams()
+	select {
+	case id := <-f.gone:
+		if id != "shutdown-1" {
+			t.Fatalf("the node saw request %q end", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the API node's request was not cancelled at shutdown")
+	}
+	s.rest(t) // ends within 5 s (else the test fails)
+	if rg.failures("us-east-a") != 0 {
+		t.Fatalf("a stream ended by shutdown counted against the node: %d", rg.failures("us-east-a"))
+	}
+}
