@@ -8,8 +8,8 @@
 // With -out - it writes to standard output. The output is deterministic.
 //
 // `init` is the compose file's one-shot `init` service: it migrates every shard database on its
-// home primary (migrations.Apply), sets the meridian_app role's password on every primary, and
-// bootstraps the shard map through the routers with each shard's compose endpoints (the primary
+// home primary (migrations.Apply), sets the passwords of the meridian_app role (the API nodes'
+// requests) and the meridian_worker role (their outbox relay) on every primary, and bootstraps the shard map through the routers with each shard's compose endpoints (the primary
 // at home, the region's standby elsewhere). Every step is idempotent, so it can run again; it
 // retries until the timeout while Postgres and the routers come up. The launcher (cmd/sim) does
 // the same steps in-process.
@@ -75,8 +75,10 @@ type initConfig struct {
 	primaryDSN   func(region, db string) string
 	routerURLs   []string
 	clusterToken string
-	appPassword  string
-	log          *slog.Logger
+	// appPassword and workerPassword are given to migrations.AppRole and migrations.WorkerRole.
+	appPassword    string
+	workerPassword string
+	log            *slog.Logger
 }
 
 func cmdInit(args []string, log *slog.Logger) error {
@@ -86,11 +88,12 @@ func cmdInit(args []string, log *slog.Logger) error {
 	token := fs.String("cluster-token", os.Getenv("MERIDIAN_CLUSTER_TOKEN"), "cluster token of the routers (MERIDIAN_CLUSTER_TOKEN; required)")
 	pgPassword := fs.String("pg-password", os.Getenv("MERIDIAN_PG_PASSWORD"), "password of the postgres superuser (MERIDIAN_PG_PASSWORD; required)")
 	appPassword := fs.String("app-db-password", os.Getenv("MERIDIAN_APP_DB_PASSWORD"), "password to give the meridian_app role (MERIDIAN_APP_DB_PASSWORD; required)")
+	workerPassword := fs.String("worker-db-password", os.Getenv("MERIDIAN_WORKER_DB_PASSWORD"), "password to give the meridian_worker role, the API nodes' outbox relay (MERIDIAN_WORKER_DB_PASSWORD; required)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *token == "" || *pgPassword == "" || *appPassword == "" {
-		return errors.New("-cluster-token, -pg-password and -app-db-password are required")
+	if *token == "" || *pgPassword == "" || *appPassword == "" || *workerPassword == "" {
+		return errors.New("-cluster-token, -pg-password, -app-db-password and -worker-db-password are required")
 	}
 	topo, err := topology.Load(*in)
 	if err != nil {
@@ -110,7 +113,7 @@ func cmdInit(args []string, log *slog.Logger) error {
 			p, _ := topo.Ports(region)
 			return composeDSN(topology.ComposePostgres(region), p.Postgres, *pgPassword, db)
 		},
-		routerURLs: routers, clusterToken: *token, appPassword: *appPassword, log: log,
+		routerURLs: routers, clusterToken: *token, appPassword: *appPassword, workerPassword: *workerPassword, log: log,
 	})
 }
 
@@ -121,7 +124,8 @@ func composeDSN(host string, port int, password, db string) string {
 	return u.String()
 }
 
-// initCluster migrates the shards, sets meridian_app's password and bootstraps the shard map.
+// initCluster migrates the shards, sets meridian_app's and meridian_worker's passwords and
+// bootstraps the shard map.
 func initCluster(ctx context.Context, c initConfig) error {
 	dsns := map[string]string{}
 	for _, s := range c.topo.Shards() {
@@ -137,11 +141,16 @@ func initCluster(ctx context.Context, c initConfig) error {
 			continue // no migrations ran here, so no role; standbys replicate theirs
 		}
 		dsn := c.primaryDSN(r, shards[0].Database)
-		if err := retry(ctx, c.log, "set app password in "+r, func() error { return setPassword(ctx, dsn, c.appPassword) }); err != nil {
-			return err
+		for _, rp := range []struct{ role, password string }{
+			{migrations.AppRole, c.appPassword},
+			{migrations.WorkerRole, c.workerPassword},
+		} {
+			if err := retry(ctx, c.log, "set "+rp.role+" password in "+r, func() error { return setPassword(ctx, dsn, rp.role, rp.password) }); err != nil {
+				return err
+			}
 		}
 	}
-	c.log.Info("app role password set")
+	c.log.Info("role passwords set", "roles", []string{migrations.AppRole, migrations.WorkerRole})
 
 	cmd := shardmap.Bootstrap{Regions: c.topo.Regions(), SlotCount: c.topo.SlotCount()}
 	for _, s := range c.topo.Shards() {
@@ -175,16 +184,16 @@ func migrate(ctx context.Context, dsns map[string]string) error {
 	return errors.Join(errs...)
 }
 
-// setPassword gives migrations.AppRole a password. ALTER ROLE takes no parameters, so the
-// server quotes the literal (format %L).
-func setPassword(ctx context.Context, dsn, password string) error {
+// setPassword gives role (migrations.AppRole or migrations.WorkerRole) a password. ALTER ROLE
+// takes no parameters, so the server quotes the identifier and the literal (format %I, %L).
+func setPassword(ctx context.Context, dsn, role, password string) error {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
 	var stmt string
-	if err := conn.QueryRow(ctx, "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)", migrations.AppRole, password).Scan(&stmt); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)", role, password).Scan(&stmt); err != nil {
 		return err
 	}
 	_, err = conn.Exec(ctx, stmt)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -15,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/internal/topology"
@@ -103,12 +106,13 @@ func TestInitCluster(t *testing.T) {
 	}
 	node, base := startMapNode(t)
 	cfg := initConfig{
-		topo:         topo,
-		primaryDSN:   func(_, db string) string { return pg.DSN(db) },
-		routerURLs:   []string{base},
-		clusterToken: testToken,
-		appPassword:  "it's a secret",
-		log:          slog.New(slog.DiscardHandler),
+		topo:           topo,
+		primaryDSN:     func(_, db string) string { return pg.DSN(db) },
+		routerURLs:     []string{base},
+		clusterToken:   testToken,
+		appPassword:    "it's a secret",
+		workerPassword: `wörker "pass" 'word'`,
+		log:            slog.New(slog.DiscardHandler),
 	}
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -155,13 +159,55 @@ func TestInitCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hash string
-	if err := conn.QueryRow(ctx, "SELECT coalesce(rolpassword, '') FROM pg_authid WHERE rolname = $1", migrations.AppRole).Scan(&hash); err != nil {
-		t.Fatal(err)
+	for _, role := range []string{migrations.AppRole, migrations.WorkerRole} {
+		var hash string
+		if err := conn.QueryRow(ctx, "SELECT coalesce(rolpassword, '') FROM pg_authid WHERE rolname = $1", role).Scan(&hash); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(hash, "SCRAM-SHA-256$") {
+			t.Errorf("%s password hash %q, want a SCRAM verifier", role, hash)
+		}
 	}
 	conn.Close(ctx)
-	if !strings.HasPrefix(hash, "SCRAM-SHA-256$") {
-		t.Errorf("%s password hash %q, want a SCRAM verifier", migrations.AppRole, hash)
+	// The passwords work: with the roles made to authenticate by password (the test server
+	// trusts loopback), each logs in to every shard database with its own password and not
+	// with a wrong one.
+	requirePassword(t, pg.DataDir(), func(sql string) error { return pg.Exec(ctx, sql) }, migrations.AppRole, migrations.WorkerRole)
+	login := func(role, password, db string) error {
+		u := url.URL{Scheme: "postgres", User: url.UserPassword(role, password), Host: pg.Addr(), Path: "/" + db, RawQuery: "sslmode=disable"}
+		c, err := pgx.Connect(ctx, u.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close(context.WithoutCancel(ctx))
+		var user string
+		if err := c.QueryRow(ctx, "SELECT current_user").Scan(&user); err != nil {
+			return err
+		}
+		if user != role {
+			return fmt.Errorf("logged in as %s, want %s", user, role)
+		}
+		return nil
+	}
+	// The reload is asynchronous: wait until a wrong password is refused.
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if login(migrations.WorkerRole, "wrong", topo.Shards()[0].Database) == nil {
+			return errors.New("a wrong password still logs in: pg_hba.conf not reloaded yet")
+		}
+		return nil
+	})
+	for _, s := range topo.Shards() {
+		for role, password := range map[string]string{migrations.AppRole: cfg.appPassword, migrations.WorkerRole: cfg.workerPassword} {
+			if err := login(role, password, s.Database); err != nil {
+				t.Errorf("%s: log in as %s with the password init set: %v", s.Database, role, err)
+			}
+			if err := login(role, password+"x", s.Database); err == nil {
+				t.Errorf("%s: %s logs in with a wrong password", s.Database, role)
+			}
+		}
+	}
+	if err := login(migrations.WorkerRole, cfg.appPassword, topo.Shards()[0].Database); err == nil {
+		t.Errorf("%s logs in with %s's password", migrations.WorkerRole, migrations.AppRole)
 	}
 
 	// Idempotent: a second run (a restarted init container) succeeds and changes nothing.
@@ -183,6 +229,66 @@ func TestInitCluster(t *testing.T) {
 	}
 }
 
+// requirePassword makes roles authenticate by password (scram-sha-256) on the test server,
+// whose pg_hba.conf trusts every loopback connection, and reloads the configuration.
+func requirePassword(t *testing.T, dataDir string, exec func(sql string) error, roles ...string) {
+	t.Helper()
+	path := filepath.Join(dataDir, "pg_hba.conf")
+	old, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pg_hba.conf is matched top down: these lines come before the trust ones. Writing in place
+	// keeps the file's owner (the server user).
+	line := fmt.Sprintf("host all %s 127.0.0.1/32 scram-sha-256\n", strings.Join(roles, ","))
+	if err := os.WriteFile(path, append([]byte(line), old...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec("SELECT pg_reload_conf()"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCmdInitRequiresSecrets: init refuses to start without any one of its secrets, the
+// worker password included.
+func TestCmdInitRequiresSecrets(t *testing.T) {
+	all := map[string]string{"MERIDIAN_CLUSTER_TOKEN": "t", "MERIDIAN_PG_PASSWORD": "p",
+		"MERIDIAN_APP_DB_PASSWORD": "a", "MERIDIAN_WORKER_DB_PASSWORD": "w"}
+	for missing := range all {
+		t.Run(missing, func(t *testing.T) {
+			for k, v := range all {
+				if k == missing {
+					v = ""
+				}
+				t.Setenv(k, v)
+			}
+			// A missing topology file: were the secrets accepted, the error would name it.
+			err := cmdInit([]string{"-topology", filepath.Join(t.TempDir(), "missing.yaml")}, slog.New(slog.DiscardHandler))
+			if err == nil || !strings.Contains(err.Error(), "required") {
+				t.Errorf("without %s: err = %v, want the required-secrets error", missing, err)
+			}
+		})
+	}
+}
+
+// TestComposeRolesAreMigrationRoles: the roles the compose file's API nodes log in as are the
+// ones the migrations create and init sets passwords for.
+func TestComposeRolesAreMigrationRoles(t *testing.T) {
+	topo, err := topology.Load(repoTopology)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range topo.Regions() {
+		for _, n := range topo.APINodes(r) {
+			env := topo.APIEnv(n)
+			if env["MERIDIAN_DB_USER"] != migrations.AppRole || env["MERIDIAN_WORKER_DB_USER"] != migrations.WorkerRole {
+				t.Errorf("%s: MERIDIAN_DB_USER %q MERIDIAN_WORKER_DB_USER %q, want %s and %s", n.ID,
+					env["MERIDIAN_DB_USER"], env["MERIDIAN_WORKER_DB_USER"], migrations.AppRole, migrations.WorkerRole)
+			}
+		}
+	}
+}
+
 func TestInitClusterGivesUp(t *testing.T) {
 	topo, err := topology.Load(repoTopology)
 	if err != nil {
@@ -199,7 +305,7 @@ func TestInitClusterGivesUp(t *testing.T) {
 	defer cancel()
 	err = initCluster(ctx, initConfig{topo: topo,
 		primaryDSN: func(_, db string) string { return "postgres://postgres@" + addr + "/" + db + "?sslmode=disable" },
-		routerURLs: []string{"http://" + addr}, clusterToken: testToken, appPassword: "x", log: slog.New(slog.DiscardHandler)})
+		routerURLs: []string{"http://" + addr}, clusterToken: testToken, appPassword: "x", workerPassword: "y", log: slog.New(slog.DiscardHandler)})
 	if err == nil || !strings.Contains(err.Error(), "migrate") {
 		t.Errorf("err = %v, want a migrate timeout", err)
 	}

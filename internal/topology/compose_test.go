@@ -209,7 +209,16 @@ func TestComposeMatchesTopology(t *testing.T) {
 				"MERIDIAN_MAP_ADDRS":     strings.Join(local, ","),
 				"MERIDIAN_DB_USER":       "meridian_app",
 				"MERIDIAN_MAX_STALENESS": topo.MaxStaleness().String(),
+				// The region's own NATS (client port) and Redis, on the region network.
+				"MERIDIAN_NATS_URL":       fmt.Sprintf("nats://%s:%d", ComposeNATS(r), ports.NATSClient),
+				"MERIDIAN_REDIS_ADDR":     fmt.Sprintf("%s:%d", ComposeRedis(r), ports.Redis),
+				"MERIDIAN_WORKER_DB_USER": "meridian_worker",
 			})
+			for _, dep := range []string{ComposeNATS(r), ComposeRedis(r)} {
+				if d, ok := s.DependsOn[dep]; !ok || d.Condition != types.ServiceConditionStarted {
+					t.Errorf("%s: depends_on %s = %+v, want service_started", s.Name, dep, d)
+				}
+			}
 			if bb := s.Networks[BackboneNetwork]; bb == nil || bb.Ipv4Address != ip {
 				t.Errorf("%s: backbone network %+v, want fixed address %s (its gossip address)", s.Name, bb, ip)
 			}
@@ -225,6 +234,9 @@ func TestComposeMatchesTopology(t *testing.T) {
 			}
 			if !strings.HasPrefix(envOf(s)["MERIDIAN_DB_PASSWORD"], "${MERIDIAN_APP_DB_PASSWORD:?") {
 				t.Errorf("%s: MERIDIAN_DB_PASSWORD = %q, want it required from the environment", s.Name, envOf(s)["MERIDIAN_DB_PASSWORD"])
+			}
+			if !strings.HasPrefix(envOf(s)["MERIDIAN_WORKER_DB_PASSWORD"], "${MERIDIAN_WORKER_DB_PASSWORD:?") {
+				t.Errorf("%s: MERIDIAN_WORKER_DB_PASSWORD = %q, want it required from the environment", s.Name, envOf(s)["MERIDIAN_WORKER_DB_PASSWORD"])
 			}
 		}
 	}
@@ -245,6 +257,13 @@ func TestComposeMatchesTopology(t *testing.T) {
 		t.Errorf("init: command %v", in.Command)
 	}
 	checkNetworks(t, in, BackboneNetwork)
+	// The secrets init needs, each required from the user's environment, the passwords the same
+	// variables as the API nodes'.
+	for _, k := range []string{"MERIDIAN_CLUSTER_TOKEN", "MERIDIAN_PG_PASSWORD", "MERIDIAN_APP_DB_PASSWORD", "MERIDIAN_WORKER_DB_PASSWORD"} {
+		if v := envOf(in)[k]; !strings.HasPrefix(v, "${"+k+":?") {
+			t.Errorf("init: %s = %q, want it required from the environment", k, v)
+		}
+	}
 	for _, r := range topo.Regions() {
 		if d, ok := in.DependsOn[ComposePostgres(r)]; !ok || d.Condition != types.ServiceConditionHealthy {
 			t.Errorf("init: depends_on %s = %+v, want service_healthy", ComposePostgres(r), d)
