@@ -233,7 +233,7 @@ func (t *Topology) ShardEndpoints(s Shard) map[string]string {
 func (t *Topology) NATSConfig(region string) string {
 	p := t.mustPorts(region)
 	var b strings.Builder
-	fmt.Fprintf(&b, "server_name: %s\njetstream { store_dir: /data }\n", ComposeNATS(region))
+	fmt.Fprintf(&b, "server_name: %s\njetstream { store_dir: /data, sync_interval: 10s }\n", ComposeNATS(region))
 	fmt.Fprintf(&b, "gateway {\n  name: %s\n  port: %d\n  gateways: [\n", region, p.NATSGateway)
 	for _, r := range t.Regions() {
 		rp := t.mustPorts(r)
