@@ -376,6 +376,10 @@ func scrapeCache(ctx context.Context, client *http.Client, urls []string) (map[s
 		if err != nil {
 			continue
 		}
+		// Ask for the exposition uncompressed: the API node's /metrics, asked for gzip, is
+		// compressed twice (promhttp's and the API's own middleware) under one
+		// Content-Encoding, so the body Go's transport inflates is still gzip.
+		req.Header.Set("Accept-Encoding", "identity")
 		resp, err := client.Do(req)
 		if err != nil {
 			continue

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -143,6 +144,33 @@ meridian_cache_fill_skipped_total{reason="lsn"} 3
 	}
 	if _, found := parseCacheRequests(strings.NewReader("meridian_http_requests_total 3\n")); found {
 		t.Error("found a series that is absent")
+	}
+}
+
+// TestScrapeCacheUncompressed: an API node that answers Accept-Encoding: gzip with a body
+// compressed twice (as cmd/api's /metrics did) is still read, because the scrape asks for none.
+func TestScrapeCacheUncompressed(t *testing.T) {
+	const text = "meridian_cache_requests_total{kind=\"record\",result=\"hit\"} 7\n" +
+		"meridian_cache_requests_total{kind=\"record\",result=\"miss\"} 2\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+			var inner, outer bytes.Buffer
+			gz := gzip.NewWriter(&inner)
+			gz.Write([]byte(text))
+			gz.Close()
+			gz = gzip.NewWriter(&outer)
+			gz.Write(inner.Bytes())
+			gz.Close()
+			w.Header().Set("Content-Encoding", "gzip")
+			w.Write(outer.Bytes())
+			return
+		}
+		w.Write([]byte(text))
+	}))
+	defer srv.Close()
+	got, ok := scrapeCache(t.Context(), srv.Client(), []string{srv.URL})
+	if !ok || got["hit"] != 7 || got["miss"] != 2 {
+		t.Fatalf("scrapeCache = %v, %v; want hit 7, miss 2", got, ok)
 	}
 }
 
