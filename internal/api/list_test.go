@@ -1,9 +1,12 @@
 package api
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/url"
 	"strings"
 	"sync"
@@ -154,5 +157,24 @@ func TestListFeatures(t *testing.T) {
 	r := e.do("GET", base, rw, "", map[string]string{"Accept-Encoding": "gzip"})
 	if r.Header.Get("Content-Encoding") != "gzip" || r.StatusCode != 200 {
 		t.Fatalf("gzip: %v", r.Header)
+	}
+	// A body under gzipMinSize goes out as it is.
+	r = e.do("GET", base+"?limit=1&fields=i", rw, "", map[string]string{"Accept-Encoding": "gzip"})
+	if r.Header.Get("Content-Encoding") != "" || r.StatusCode != 200 {
+		t.Fatalf("small page: %v", r.Header)
+	}
+	decodeList(t, r)
+	// /metrics is compressed once, by promhttp (the middleware used to gzip it a second time).
+	r = e.do("GET", "/metrics", "", "", map[string]string{"Accept-Encoding": "gzip"})
+	if r.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("metrics: %v", r.Header)
+	}
+	zr, err := gzip.NewReader(strings.NewReader(r.Body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := io.ReadAll(zr)
+	if err != nil || !bytes.Contains(text, []byte("# HELP meridian_api_requests_total")) {
+		t.Fatalf("metrics decompressed once: %v %.80q", err, text)
 	}
 }
