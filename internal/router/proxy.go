@@ -30,6 +30,10 @@ const (
 	// HeaderRequestTimeout tells an API node, in whole milliseconds, how long the router will
 	// still wait for its answer; the node bounds its own deadline by it (docs/api.md).
 	HeaderRequestTimeout = "X-Request-Timeout-Ms"
+	// HeaderTenantEpoch carries the tenant's write epoch of the route a request was sent on
+	// (Route.Epoch); an API node whose map or database knows a newer one refuses the write
+	// with 421 (DESIGN.md §8). A client's own value is never passed on.
+	HeaderTenantEpoch = "X-Tenant-Epoch"
 )
 
 // hopHeaders are connection-scoped headers that must not be forwarded (RFC 9110 §7.6.1).
@@ -387,6 +391,11 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 	req.Header.Del("Expect")
 	req.Header.Set(HeaderRequestID, c.GetString(ctxRequestID))
 	req.Header.Set(HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
+	if route.Epoch > 0 {
+		req.Header.Set(HeaderTenantEpoch, strconv.FormatUint(route.Epoch, 10))
+	} else {
+		req.Header.Del(HeaderTenantEpoch) // no epoch known: the node checks none
+	}
 	if c.GetString(ctxClass) == ClassStream {
 		// A stream ends when the router shuts down (StopStreams).
 		stopOnShutdown := context.AfterFunc(s.streams, func() { cancel(errShuttingDown) })

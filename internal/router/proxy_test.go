@@ -640,3 +640,21 @@ func TestProxyRetriesWithADyingNode(t *testing.T) {
 		t.Fatalf("readmitted n0 got no traffic: %q", body)
 	}
 }
+
+// TestProxySendsTenantEpoch: every forwarded request carries the route's epoch, never the
+// client's; a route without an epoch sends none.
+func TestProxySendsTenantEpoch(t *testing.T) {
+	rg := newRig(t, nil)
+	for _, tc := range []struct{ method, token, region, want string }{
+		{"GET", tokEuco, "us-east", "2"},
+		{"POST", tokEuco, "eu-west", "2"},
+		{"POST", tokAcme, "us-east", ""},
+	} {
+		resp, b := rg.do(t, tc.method, "/v1/collections/c/records", tc.token, "", HeaderTenantEpoch, "99")
+		wantStatus(t, resp, b, 200)
+		req, _ := rg.nodes[tc.region].lastRequest()
+		if got := req.Header.Values(HeaderTenantEpoch); strings.Join(got, ",") != tc.want {
+			t.Fatalf("%s %s: %s %q, want %q", tc.method, tc.token, HeaderTenantEpoch, got, tc.want)
+		}
+	}
+}
