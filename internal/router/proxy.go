@@ -239,9 +239,11 @@ func (s *Server) leaseValid() bool {
 }
 
 // forward sends the request to an API node chosen by Decide, retrying failed attempts under
-// the retry policy (upstream.RetryPolicy) and any request once after a 421, then streams the
-// answer back. The request deadline (UpstreamTimeout from now, the body being in hand) bounds
-// every attempt until its response headers; each attempt tells its API node the time left.
+// the retry policy (upstream.RetryPolicy) and any request once after a 421, holds a write
+// answered 503 tenant-fenced until the tenant's new home is in the map (hold.go), then streams
+// the answer back. The request deadline (UpstreamTimeout from now, the body being in hand)
+// bounds every attempt until its response headers, less the time spent held, which moves it
+// later; each attempt tells its API node the time left.
 func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route) {
 	r := c.Request
 	deadline := time.Now().Add(s.cfg.UpstreamTimeout)
@@ -260,10 +262,30 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 		s.problem(c, d.Status, "Service Unavailable", d.Reason)
 		return
 	}
+	// reroute resolves the tenant again on the local map and decides anew; on false the
+	// answer has been written.
+	reroute := func() bool {
+		if nr, err := s.cfg.Map.Lookup(tenant); err == nil {
+			route = nr
+		}
+		in.HomeRegion = route.HomeRegion
+		in.LeaseValid = s.leaseValid()
+		in.LocalHealthy = s.cfg.Upstreams.Healthy(s.cfg.Region)
+		if d = Decide(in); d.Status != 0 {
+			c.Header("Retry-After", "1")
+			s.problem(c, d.Status, "Service Unavailable", d.Reason)
+			return false
+		}
+		return true
+	}
 	traceparent := NextTraceparent(r.Header.Get(HeaderTraceparent))
 	retried421 := false
-	// One retry budget for the whole request: the 421 retry below does not renew it. Backoffs
-	// end with the deadline too.
+	// held is the write's ticket in its tenant's hold queue once it has been fenced: it keeps
+	// its place until its resend is answered, so the tenant's held writes go out in order.
+	var held *heldWrite
+	defer func() { s.hold.leave(held) }()
+	// One retry budget for the whole request: the 421 retry and a hold below do not renew it.
+	// Backoffs end with the deadline too.
 	tries := s.cfg.Retry.Start(d.Idempotent)
 	retryCtx, cancel := context.WithDeadline(r.Context(), deadline)
 	defer cancel()
@@ -292,20 +314,51 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 			}
 			_ = s.cfg.Map.WaitVersion(ctx, want) // on timeout, retry with what we have
 			cancel()
-			nr, err := s.cfg.Map.Lookup(tenant)
-			if err == nil {
-				route = nr
-			}
-			in.HomeRegion = route.HomeRegion
-			in.LeaseValid = s.leaseValid()
-			in.LocalHealthy = s.cfg.Upstreams.Healthy(s.cfg.Region)
-			if d = Decide(in); d.Status != 0 {
-				c.Header("Retry-After", "1")
-				s.problem(c, d.Status, "Service Unavailable", d.Reason)
+			if !reroute() {
 				return
 			}
 			continue
 		}
+		if IsWrite(r.Method) && s.hold.enabled() && isFenced(resp) {
+			// The tenant's source is fenced for a move's cutover: the node wrote nothing (the
+			// fence is read first in the write's transaction), so the write is held until the
+			// map names the new home, then resent there, whatever its method. A fenced answer
+			// is the node's verdict on the tenant, not a failure of the node.
+			drain(resp)
+			up.Done(nil)
+			if held == nil {
+				held = &heldWrite{tenant: tenant}
+			}
+			start := time.Now()
+			res := s.hold.hold(r.Context(), held, route)
+			switch res {
+			case holdGone:
+				c.Abort() // the client went away; nobody is listening
+				return
+			case holdTimeout, holdOverflow:
+				c.Header("Retry-After", "1")
+				detail := "tenant is being moved; its writes were held for the longest hold and are still paused"
+				if res == holdOverflow {
+					detail = "tenant is being moved; this router holds as many paused writes as it may"
+				}
+				s.kindProblem(c, problem.TenantFenced, detail)
+				return
+			}
+			// Released: the time held does not count against the request deadline, nor as the
+			// router's own overhead (it is a wait on others, like an API node's answer).
+			heldFor := time.Since(start)
+			deadline = deadline.Add(heldFor)
+			addUpstreamTime(c, heldFor)
+			ctx, cancel := context.WithDeadline(r.Context(), deadline)
+			defer cancel() // a write is held a few times at most: each costs one deferred call
+			retryCtx = ctx
+			if !reroute() {
+				return
+			}
+			continue
+		}
+		// The answer is in: a held write's successors in its tenant's queue may go.
+		s.hold.leave(held)
 		s.copyResponse(c, resp, up, route)
 		return
 	}

@@ -281,6 +281,9 @@ type Config struct {
 	TenantStreams int
 	// Shed holds the load-shedding thresholds (limits.go); its zero value is the default.
 	Shed ShedPolicy
+	// Hold bounds the writes held while a tenant's cutover fences them (hold.go); its zero
+	// value is the default (1000 writes, 5 s each).
+	Hold HoldPolicy
 	// ReadyStaleness is how old the last leader contact may be for /readyz; 0: 30 s.
 	ReadyStaleness time.Duration
 	// Registry receives the router's metrics; nil: a new registry (served on /metrics).
@@ -314,6 +317,7 @@ func (c *Config) setDefaults() error {
 		c.TenantStreams = 20
 	}
 	c.Shed = c.Shed.withDefaults()
+	c.Hold = c.Hold.withDefaults()
 	if c.ReadyStaleness == 0 {
 		c.ReadyStaleness = 30 * time.Second
 	}

@@ -23,6 +23,7 @@ type Server struct {
 	engine *gin.Engine
 	m      *metrics
 	lim    *limits      // per-tenant concurrency and load shedding (limits.go)
+	hold   *holds       // writes held during a tenant's cutover (hold.go)
 	client *http.Client // for the API node's internal endpoints
 
 	// streams ends when StopStreams is called: open change streams end.
@@ -47,6 +48,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.initLimits()
+	s.hold = newHolds(cfg.Registry, cfg.Hold, cfg.Map)
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()
 	// gin believes X-Forwarded-For from anyone by default, which would let a client pick the
