@@ -42,6 +42,8 @@ type config struct {
 	limits                                              map[ratelimit.Rule]ratelimit.Limit
 	rateLimitLease, lease, upstreamTimeout              time.Duration
 	maxInFlight, tenantConcurrency, tenantStreams       int
+	holdMax                                             int
+	holdTime                                            time.Duration
 	httpLimits                                          daemon.HTTPLimits
 	shutdownGrace                                       time.Duration
 	debugAddr                                           string
@@ -108,6 +110,8 @@ func parseConfig(args []string) (config, error) {
 	fs.IntVar(&c.maxInFlight, "max-inflight", env.Int("MERIDIAN_MAX_INFLIGHT", 256), "concurrent requests per API node before 503 (MERIDIAN_MAX_INFLIGHT)")
 	fs.IntVar(&c.tenantConcurrency, "tenant-concurrency", env.Int("MERIDIAN_TENANT_CONCURRENCY", 100), "requests in flight per tenant through this router before 429; a tenant's override in the map wins (MERIDIAN_TENANT_CONCURRENCY)")
 	fs.IntVar(&c.tenantStreams, "tenant-streams", env.Int("MERIDIAN_TENANT_STREAMS", 20), "open change streams (/v1/changes) per tenant through this router before 429; streams do not count against -tenant-concurrency (MERIDIAN_TENANT_STREAMS)")
+	fs.IntVar(&c.holdMax, "hold-max", env.Int("MERIDIAN_HOLD_MAX", 1000), "writes this router holds at once while a moved tenant's cutover fences them, instead of answering 503; beyond it 503 tenant-fenced; 0 = hold none (MERIDIAN_HOLD_MAX)")
+	fs.DurationVar(&c.holdTime, "hold-time", env.Duration("MERIDIAN_HOLD_TIME", 5*time.Second), "longest a fenced write is held waiting for its tenant's new home; then 503 tenant-fenced (MERIDIAN_HOLD_TIME)")
 	daemon.HTTPLimitFlags(fs, env, &c.httpLimits)
 	fs.StringVar(&c.debugAddr, "debug-addr", env.String("MERIDIAN_DEBUG_ADDR", ""), "serve Go profiles (/debug/pprof/) on this private host:port (MERIDIAN_DEBUG_ADDR; empty = off)")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", env.Duration("MERIDIAN_SHUTDOWN_GRACE", 20*time.Second), "time to finish in-flight requests on shutdown (MERIDIAN_SHUTDOWN_GRACE)")
@@ -125,6 +129,12 @@ func parseConfig(args []string) (config, error) {
 	}
 	if c.tenantStreams < 1 {
 		return c, fmt.Errorf("-tenant-streams must be at least 1, got %d", c.tenantStreams)
+	}
+	if c.holdMax < 0 {
+		return c, fmt.Errorf("-hold-max must not be negative, got %d", c.holdMax)
+	}
+	if c.holdTime <= 0 {
+		return c, fmt.Errorf("-hold-time must be positive, got %v", c.holdTime)
 	}
 	if c.jwtSecret == "" && c.jwksFile == "" {
 		return c, errors.New("one of -jwt-secret and -jwks-file is required")
@@ -222,7 +232,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	rcfg := router.Config{Region: cfg.region, Map: view, MapHandler: node.Handler(), Auth: router.JWTAuth{Verifier: verifier},
 		Limiter: router.RateLimiter{L: limiter}, Upstreams: upstreams, ClusterToken: cfg.clusterToken, Lease: cfg.lease,
 		UpstreamTimeout: cfg.upstreamTimeout, TrustedProxies: cfg.trustedProxies, TenantConcurrency: cfg.tenantConcurrency,
-		TenantStreams: cfg.tenantStreams, Registry: reg, Logger: log}
+		TenantStreams: cfg.tenantStreams, Hold: holdPolicy(cfg), Registry: reg, Logger: log}
 	if gossip != nil {
 		rcfg.Members = router.GossipMembers{Cluster: gossip}
 	}
@@ -245,6 +255,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	log.Info("shutting down", "err", err)
 	// No deadline: each part bounds its own stop (the HTTP drain by -shutdown-grace).
 	return errors.Join(err, parts.Stop(context.Background()))
+}
+
+// holdPolicy is the router's cutover hold from -hold-max and -hold-time (-hold-max 0, hold
+// none, is HoldPolicy's negative Max: its zero means the default).
+func holdPolicy(cfg config) router.HoldPolicy {
+	p := router.HoldPolicy{Max: cfg.holdMax, Time: cfg.holdTime}
+	if p.Max == 0 {
+		p.Max = -1
+	}
+	return p
 }
 
 // closeListener closes ln unless the HTTP server already did.

@@ -9,6 +9,7 @@ import (
 	"github.com/meridian-dev/meridian/internal/daemon"
 	"github.com/meridian-dev/meridian/internal/envflag"
 	"github.com/meridian-dev/meridian/internal/ratelimit"
+	"github.com/meridian-dev/meridian/internal/router"
 )
 
 // required sets what parseConfig needs besides the variable under test.
@@ -109,5 +110,26 @@ func TestParseConfigTenantStreams(t *testing.T) {
 	t.Setenv("MERIDIAN_TENANT_STREAMS", "many")
 	if _, err = parseConfig(nil); !errors.Is(err, envflag.ErrMalformed) {
 		t.Fatalf("malformed variable: %v", err)
+	}
+}
+
+func TestParseConfigHold(t *testing.T) {
+	required(t)
+	c, err := parseConfig(nil)
+	if err != nil || holdPolicy(c) != (router.HoldPolicy{Max: 1000, Time: 5 * time.Second}) {
+		t.Fatalf("default: %+v %v, want 1000 writes, 5 s", holdPolicy(c), err)
+	}
+	t.Setenv("MERIDIAN_HOLD_MAX", "20")
+	t.Setenv("MERIDIAN_HOLD_TIME", "250ms")
+	if c, err = parseConfig(nil); err != nil || holdPolicy(c) != (router.HoldPolicy{Max: 20, Time: 250 * time.Millisecond}) {
+		t.Fatalf("from the environment: %+v %v", holdPolicy(c), err)
+	}
+	if c, err = parseConfig([]string{"-hold-max", "0"}); err != nil || holdPolicy(c).Max >= 0 {
+		t.Fatalf("-hold-max 0: %+v %v, want a negative Max (hold none)", holdPolicy(c), err)
+	}
+	for _, args := range [][]string{{"-hold-max", "-1"}, {"-hold-time", "0s"}} {
+		if _, err := parseConfig(args); err == nil {
+			t.Errorf("%v accepted", args)
+		}
 	}
 }
