@@ -1,80 +1,171 @@
-// Command rebalancer will execute tenant moves recorded in the shard map (DESIGN.md §8) and is
-// the operator's CLI for them. Today it only reads: `rebalancer status` prints the shard map's
-// shards, slot counts, pins and moves. The move controller and the move, plan and cancel
-// commands are not built yet, and say so instead of pretending.
+// Command rebalancer runs tenant moves (DESIGN.md §8) and is the operator's CLI for them.
+//
+//	rebalancer serve                      the move controller (one active, others standby)
+//	rebalancer move TENANT --to SHARD [--wait]
+//	rebalancer status [ID]                moves newest first, or one move with a live progress bar
+//	rebalancer cancel ID
+//	rebalancer verify TENANT              compare a tenant's rows on two shards (no repair)
+//	rebalancer plan                       propose moves that even out rows per shard
+//
+// The operator commands talk to a router's admin API, found from the cluster file
+// (--cluster, default .meridian/cluster.json) or MERIDIAN_ROUTER_URL with MERIDIAN_ADMIN_TOKEN
+// (or MERIDIAN_ADMIN_TOKEN_FILE). Exit status: 0 success, 1 a failure (an unreachable router,
+// a refused request, a move that ended failed or cancelled under --wait), 2 bad input.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"maps"
 	"os"
-	"sort"
+	"os/signal"
+	"runtime/debug"
+	"slices"
 	"strings"
-	"text/tabwriter"
-	"time"
-
-	"github.com/meridian-dev/meridian/shardmap"
+	"syscall"
 )
 
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: rebalancer status [-map URL,...] [-cluster-token T]")
-		os.Exit(2)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `usage: rebalancer COMMAND [flags]
+
+commands:
+  serve                         run the move controller (flags: rebalancer serve -h)
+  move TENANT --to SHARD        request a move; --wait follows it with a progress bar
+  status [ID]                   list moves (--tenant, --phase), or follow one move
+  cancel ID                     cancel a move before its cutover
+  verify TENANT                 compare a tenant's rows on two shards, without repairing
+  plan                          propose moves that even out rows per shard (applies nothing)
+  --version                     print the version
+
+The operator commands find a router from --cluster FILE (default .meridian/cluster.json) or
+MERIDIAN_ROUTER_URL with MERIDIAN_ADMIN_TOKEN or MERIDIAN_ADMIN_TOKEN_FILE.
+`
+
+// run is main without the process: it returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) string) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
 	}
-	switch os.Args[1] {
+	var err error
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "-version", "--version", "version":
+		fmt.Fprintln(stdout, "rebalancer", version())
+		return 0
+	case "serve":
+		err = serve(ctx, args[1:], stdout, stderr, env)
+	case "move":
+		err = moveCmd(ctx, args[1:], stdout, stderr, env)
 	case "status":
-		if err := status(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "rebalancer:", err)
-			os.Exit(1)
-		}
-	case "move", "plan", "cancel", "run":
-		fmt.Fprintf(os.Stderr, "rebalancer: %q is not built yet (tenant moves, DESIGN.md §8, are a later issue)\n", os.Args[1])
-		os.Exit(2)
+		err = statusCmd(ctx, args[1:], stdout, stderr, env)
+	case "cancel":
+		err = cancelCmd(ctx, args[1:], stdout, stderr, env)
+	case "verify":
+		err = verifyCmd(ctx, args[1:], stdout, stderr, env)
+	case "plan":
+		err = planCmd(ctx, args[1:], stdout, stderr, env)
 	default:
-		fmt.Fprintf(os.Stderr, "rebalancer: unknown command %q\n", os.Args[1])
-		os.Exit(2)
+		fmt.Fprintf(stderr, "rebalancer: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "rebalancer %s: %v\n", args[0], strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
+		return 2
+	default:
+		fmt.Fprintf(stderr, "rebalancer %s: %v\n", args[0], err)
+		return 1
 	}
 }
 
-func status(args []string) error {
-	fs := flag.NewFlagSet("status", flag.ExitOnError)
-	addrs := fs.String("map", os.Getenv("MERIDIAN_MAP_ADDRS"), "comma-separated router base URLs (MERIDIAN_MAP_ADDRS)")
-	token := fs.String("cluster-token", os.Getenv("MERIDIAN_CLUSTER_TOKEN"), "cluster token (MERIDIAN_CLUSTER_TOKEN)")
-	timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
-	_ = fs.Parse(args)
-	if *addrs == "" || *token == "" {
-		return fmt.Errorf("-map and -cluster-token are required")
+// version is the module version and VCS revision the binary was built from.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown)"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	defer cancel()
-	c := shardmap.NewClient(shardmap.ClientConfig{Addrs: strings.Split(*addrs, ","), Token: *token})
-	go func() { _ = c.Run(ctx) }()
-	if err := c.WaitVersion(ctx, 1); err != nil {
-		return fmt.Errorf("no shard map from %s: %w", *addrs, err)
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			v += " " + s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				v += " (modified)"
+			}
+		}
 	}
-	m := c.Map()
-	slots := map[string]int{}
-	for i := 0; i < m.SlotCount(); i++ {
-		slots[m.SlotShard(i)]++
-	}
-	pins := map[string]int{}
-	for _, sh := range m.Pins() {
-		pins[sh]++
-	}
-	fmt.Printf("shard map version %d, %d slots\n\n", m.Version(), m.SlotCount())
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SHARD\tHOME\tSTATE\tSLOTS\tPINNED TENANTS")
-	shards := m.Shards()
-	sort.Slice(shards, func(i, j int) bool { return shards[i].ID < shards[j].ID })
-	for _, s := range shards {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\n", s.ID, s.HomeRegion, s.State, slots[s.ID], pins[s.ID])
-	}
-	tw.Flush()
-	moves := m.Moves()
-	fmt.Printf("\n%d moves\n", len(moves))
-	for _, mv := range moves {
-		fmt.Printf("  %s %s %s->%s %s rows %d/%d\n", mv.ID, mv.Tenant, mv.From, mv.To, mv.Phase, mv.RowsCopied, mv.RowsTotal)
-	}
-	return nil
+	return v + " " + bi.GoVersion
 }
+
+// parseArgs parses flags that may come before or after the positional arguments
+// ("move acme --to euw-1"), and checks the positional count is between min and max.
+func parseArgs(fs *flag.FlagSet, args []string, min, max int) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageErr("%v", err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if len(pos) < min || len(pos) > max {
+		want := fmt.Sprintf("%d", min)
+		if max != min {
+			want = fmt.Sprintf("%d to %d", min, max)
+		}
+		return nil, usageErr("want %s arguments, got %d (%s -h for help)", want, len(pos), fs.Name())
+	}
+	return pos, nil
+}
+
+// newFlagSet returns a flag set whose errors and help go to stderr.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: rebalancer %s\n\nflags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// secret returns the variable name, or the trimmed contents of the file named by name_FILE.
+func secret(env func(string) string, name string) (string, error) {
+	if v := env(name); v != "" {
+		return v, nil
+	}
+	if f := env(name + "_FILE"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", usageErr("%s_FILE: %v", name, err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return "", nil
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
