@@ -9,8 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -40,55 +38,6 @@ var errUsage = errors.New("usage")
 
 func usageErr(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, a...))
-}
-
-// findTarget reads MERIDIAN_ROUTER_URL + MERIDIAN_ADMIN_TOKEN (or MERIDIAN_ADMIN_TOKEN_FILE)
-// when set, else the cluster file.
-func findTarget(env func(string) string, clusterPath string) (*target, error) {
-	token := env("MERIDIAN_ADMIN_TOKEN")
-	if f := env("MERIDIAN_ADMIN_TOKEN_FILE"); f != "" && token == "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, usageErr("MERIDIAN_ADMIN_TOKEN_FILE: %v", err)
-		}
-		token = strings.TrimSpace(string(b))
-	}
-	if u := env("MERIDIAN_ROUTER_URL"); u != "" {
-		if token == "" {
-			return nil, usageErr("MERIDIAN_ROUTER_URL is set but neither MERIDIAN_ADMIN_TOKEN nor MERIDIAN_ADMIN_TOKEN_FILE")
-		}
-		var routers []string
-		for _, r := range strings.Split(u, ",") {
-			if r = strings.TrimRight(strings.TrimSpace(r), "/"); r != "" {
-				routers = append(routers, r)
-			}
-		}
-		return &target{routers: routers, token: token}, nil
-	}
-	b, err := os.ReadFile(clusterPath)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, usageErr("no cluster file %s and no MERIDIAN_ROUTER_URL; start a cluster (make up) or set MERIDIAN_ROUTER_URL and MERIDIAN_ADMIN_TOKEN", clusterPath)
-		}
-		return nil, usageErr("%v", err)
-	}
-	var cf clusterFile
-	if err := json.Unmarshal(b, &cf); err != nil {
-		return nil, usageErr("%s: %v", filepath.Clean(clusterPath), err)
-	}
-	t := &target{token: cf.AdminToken, cluster: &cf}
-	if token != "" {
-		t.token = token
-	}
-	for _, r := range sortedKeys(cf.Regions) {
-		if u := cf.Regions[r].Router; u != "" {
-			t.routers = append(t.routers, strings.TrimRight(u, "/"))
-		}
-	}
-	if len(t.routers) == 0 || t.token == "" {
-		return nil, usageErr("%s has no router or no admin_token", clusterPath)
-	}
-	return t, nil
 }
 
 // moveView is a move as the admin API answers it (GET /admin/v1/moves/{id}).

@@ -212,6 +212,9 @@ func TestErrorsAndExitCodes(t *testing.T) {
 		{"serve bad env", map[string]string{"MERIDIAN_MOVE_BATCH_SIZE": "lots"}, []string{"serve"}, 2, "MERIDIAN_MOVE_BATCH_SIZE"},
 		{"verify not moving needs --to", good, []string{"verify"}, 2, "want 1 arguments"},
 		{"plan negative max", good, []string{"plan", "--max-moves", "-1"}, 2, "--max-moves"},
+		// The compose tool service: no admin API configured, the map nodes are → the map view.
+		{"status from the map", map[string]string{"MERIDIAN_MAP_ADDRS": "http://127.0.0.1:1", "MERIDIAN_CLUSTER_TOKEN": "t"},
+			[]string{"status", "--timeout", "300ms", "--cluster", filepath.Join(t.TempDir(), "none.json")}, 1, "no shard map from http://127.0.0.1:1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -5,12 +5,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/meridian-dev/meridian/shardmap"
 	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
@@ -86,11 +89,17 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer, env
 	tenant := fs.String("tenant", "", "list only this tenant's moves")
 	phase := fs.String("phase", "", "list only moves in this phase")
 	once := fs.Bool("once", false, "with ID: print the move's figures now instead of following it")
+	mapAddrs := fs.String("map", env("MERIDIAN_MAP_ADDRS"), "without an admin API (no cluster file, no MERIDIAN_ROUTER_URL): print the shard map read from these map nodes (MERIDIAN_MAP_ADDRS)")
+	clusterToken := fs.String("cluster-token", env("MERIDIAN_CLUSTER_TOKEN"), "cluster token for -map (MERIDIAN_CLUSTER_TOKEN)")
 	pos, err := parseArgs(fs, args, 0, 1)
 	if err != nil {
 		return err
 	}
 	c, err := cm.client(env)
+	if err != nil && len(pos) == 0 && *mapAddrs != "" && *clusterToken != "" {
+		// The compose tool service's way: the map itself, from the map nodes.
+		return mapStatus(ctx, *mapAddrs, *clusterToken, cm.timeout, stdout)
+	}
 	if err != nil {
 		return err
 	}
@@ -245,4 +254,39 @@ func printFigures(w io.Writer, mv moveView, observedRate float64) {
 	if mv.Error != "" {
 		fmt.Fprintf(w, "  error     %s\n", mv.Error)
 	}
+}
+
+// mapStatus prints the shard map's shards, slot counts, pins and moves, read from map nodes
+// with the cluster token (what `rebalancer status` printed before the admin API had moves).
+func mapStatus(ctx context.Context, addrs, token string, timeout time.Duration, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c := shardmap.NewClient(shardmap.ClientConfig{Addrs: strings.Split(addrs, ","), Token: token,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	go func() { _ = c.Run(ctx) }()
+	if err := c.WaitVersion(ctx, 1); err != nil {
+		return fmt.Errorf("no shard map from %s: %w", addrs, err)
+	}
+	m := c.Map()
+	slots := map[string]int{}
+	for i := 0; i < m.SlotCount(); i++ {
+		slots[m.SlotShard(i)]++
+	}
+	pins := map[string]int{}
+	for _, sh := range m.Pins() {
+		pins[sh]++
+	}
+	fmt.Fprintf(stdout, "shard map version %d, %d slots\n\n", m.Version(), m.SlotCount())
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SHARD\tHOME\tSTATE\tSLOTS\tPINNED TENANTS")
+	for _, s := range m.Shards() {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\n", s.ID, s.HomeRegion, s.State, slots[s.ID], pins[s.ID])
+	}
+	tw.Flush()
+	mvs := m.Moves()
+	fmt.Fprintf(stdout, "\n%d moves\n", len(mvs))
+	for _, mv := range mvs {
+		fmt.Fprintf(stdout, "  %s %s %s->%s %s rows %d/%d\n", mv.ID, mv.Tenant, mv.From, mv.To, mv.Phase, mv.RowsCopied, mv.RowsTotal)
+	}
+	return nil
 }
