@@ -1,0 +1,485 @@
+package moves
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/meridian-dev/meridian/shardmap"
+)
+
+const testToken = "test-cluster-token"
+
+// newTestMap starts a real single-node shard map (Raft on 127.0.0.1, data in t.TempDir) with
+// regions us-east and eu-west, shards use-1 and euw-1, and tenant acme pinned to use-1, and
+// returns a watching client of it.
+func newTestMap(t *testing.T) *shardmap.Client {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	node, err := shardmap.NewNode(shardmap.NodeConfig{ID: "n0", DataDir: filepath.Join(t.TempDir(), "n0"), RaftAddr: "127.0.0.1:0",
+		HTTPAddr: url, Bootstrap: true, Token: testToken, Logger: quietLog(t), Tune: func(c *raft.Config) {
+			c.HeartbeatTimeout = 80 * time.Millisecond
+			c.ElectionTimeout = 80 * time.Millisecond
+			c.LeaderLeaseTimeout = 80 * time.Millisecond
+			c.CommitTimeout = 5 * time.Millisecond
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: node.Handler()}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close(); node.Shutdown() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	c := shardmap.NewClient(shardmap.ClientConfig{Addrs: []string{url}, Token: testToken, Logger: quietLog(t), Wait: 300 * time.Millisecond})
+	go c.Run(ctx)
+	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	defer acancel()
+	mustApply(t, actx, c, shardmap.Bootstrap{Regions: []string{"eu-west", "us-east"}, SlotCount: 16, Shards: []shardmap.Shard{
+		{ID: "use-1", HomeRegion: "us-east", Database: "use1", Endpoints: map[string]string{"us-east": "127.0.0.1:1"}, State: shardmap.ShardActive},
+		{ID: "euw-1", HomeRegion: "eu-west", Database: "euw1", Endpoints: map[string]string{"eu-west": "127.0.0.1:2"}, State: shardmap.ShardActive},
+	}})
+	mustApply(t, actx, c, shardmap.CreateTenant{Tenant: "acme", Region: "us-east"})
+	return c
+}
+
+func mustApply(t *testing.T, ctx context.Context, c *shardmap.Client, cmd shardmap.Command) uint64 {
+	t.Helper()
+	idx, err := c.Apply(ctx, cmd)
+	if err != nil {
+		t.Fatalf("apply %T: %v", cmd, err)
+	}
+	if err := c.WaitVersion(ctx, idx); err != nil {
+		t.Fatal(err)
+	}
+	return idx
+}
+
+func quietLog(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// hookedMap wraps a MapClient; after each applied command, after(cmd) runs (tests cancel a
+// controller there to kill it right after a phase was recorded).
+type hookedMap struct {
+	MapClient
+	mu    sync.Mutex
+	after func(shardmap.Command)
+	log   []string // applied phase changes, in order
+}
+
+func (h *hookedMap) Apply(ctx context.Context, cmd shardmap.Command) (uint64, error) {
+	idx, err := h.MapClient.Apply(ctx, cmd)
+	if err != nil {
+		return idx, err
+	}
+	h.mu.Lock()
+	switch c := cmd.(type) {
+	case shardmap.SetMovePhase:
+		h.log = append(h.log, string(c.Phase))
+	case shardmap.Cutover:
+		h.log = append(h.log, string(shardmap.PhaseCutover))
+	}
+	f := h.after
+	h.mu.Unlock()
+	if f != nil {
+		f(cmd)
+	}
+	return idx, nil
+}
+
+func (h *hookedMap) phases() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.log)
+}
+
+// fakeStore models the records store's move primitives on in-memory shards, closely enough to
+// check that the controller's sequence leaves the right data behind: version-guarded copies,
+// fences that refuse client writes, tombstones.
+type fakeStore struct {
+	mu      sync.Mutex
+	rows    map[string]map[string]map[Key]frow // shard -> tenant -> key -> row
+	tenants map[string]map[string]*ftenant     // shard -> tenant -> tenant row
+	calls   map[string]int
+	// hook runs after a call's effect, under no lock; an error it returns replaces the
+	// result (a crash after the database committed).
+	hook func(method string, n int) error
+	// before runs before a call's effect; an error it returns is the result.
+	before func(method string, n int) error
+}
+
+type frow struct {
+	version int64
+	deleted bool
+	data    string
+}
+
+type ftenant struct {
+	status    string
+	fenced    bool
+	epoch     uint64
+	changeSeq int64
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{rows: map[string]map[string]map[Key]frow{}, tenants: map[string]map[string]*ftenant{}, calls: map[string]int{}}
+}
+
+// seed gives tenant n live rows on shard with an active tenant row.
+func (f *fakeStore) seed(shard, tenant string, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tenant(shard, tenant, true)
+	for i := 0; i < n; i++ {
+		f.set(shard, tenant, Key{"items", fmt.Sprintf("r%05d", i)}, frow{version: 1, data: "v1"})
+	}
+	f.tenants[shard][tenant].changeSeq = int64(n)
+}
+
+func (f *fakeStore) tenant(shard, tenant string, create bool) *ftenant {
+	if f.tenants[shard] == nil {
+		f.tenants[shard] = map[string]*ftenant{}
+	}
+	tr := f.tenants[shard][tenant]
+	if tr == nil && create {
+		tr = &ftenant{status: "active", epoch: 1}
+		f.tenants[shard][tenant] = tr
+	}
+	return tr
+}
+
+func (f *fakeStore) set(shard, tenant string, k Key, r frow) {
+	if f.rows[shard] == nil {
+		f.rows[shard] = map[string]map[Key]frow{}
+	}
+	if f.rows[shard][tenant] == nil {
+		f.rows[shard][tenant] = map[Key]frow{}
+	}
+	f.rows[shard][tenant][k] = r
+}
+
+// clientWrite is a client's write on shard: refused while fenced, as the store's transaction
+// would.
+func (f *fakeStore) clientWrite(shard, tenant string, k Key, data string, deleted bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tr := f.tenant(shard, tenant, false)
+	if tr == nil || tr.fenced {
+		return errors.New("tenant fenced")
+	}
+	old := f.rows[shard][tenant][k]
+	tr.changeSeq++
+	f.set(shard, tenant, k, frow{version: old.version + 1, deleted: deleted, data: data})
+	return nil
+}
+
+func (f *fakeStore) snapshot(shard, tenant string) map[Key]frow {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[Key]frow{}
+	for k, r := range f.rows[shard][tenant] {
+		out[k] = r
+	}
+	return out
+}
+
+func (f *fakeStore) tenantRow(shard, tenant string) (ftenant, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tr := f.tenant(shard, tenant, false)
+	if tr == nil {
+		return ftenant{}, false
+	}
+	return *tr, true
+}
+
+func (f *fakeStore) count(method string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[method]
+}
+
+// call counts a call and runs before; the returned finish runs hook.
+func (f *fakeStore) call(method string) (int, error) {
+	f.mu.Lock()
+	f.calls[method]++
+	n := f.calls[method]
+	b := f.before
+	f.mu.Unlock()
+	if b != nil {
+		if err := b(method, n); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (f *fakeStore) after(method string, n int) error {
+	f.mu.Lock()
+	h := f.hook
+	f.mu.Unlock()
+	if h != nil {
+		return h(method, n)
+	}
+	return nil
+}
+
+func less(a, b Key) bool {
+	if a.Collection != b.Collection {
+		return a.Collection < b.Collection
+	}
+	return a.ID < b.ID
+}
+
+func (f *fakeStore) keysAfter(after Key, sets ...map[Key]frow) []Key {
+	seen := map[Key]bool{}
+	var ks []Key
+	for _, s := range sets {
+		for k := range s {
+			if less(after, k) && !seen[k] {
+				seen[k] = true
+				ks = append(ks, k)
+			}
+		}
+	}
+	slices.SortFunc(ks, func(a, b Key) int {
+		if less(a, b) {
+			return -1
+		}
+		if less(b, a) {
+			return 1
+		}
+		return 0
+	})
+	return ks
+}
+
+func (f *fakeStore) PrepareTarget(ctx context.Context, tenant, from, to string) error {
+	n, err := f.call("PrepareTarget")
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	if f.tenant(to, tenant, false) == nil {
+		tr := f.tenant(to, tenant, true)
+		tr.status, tr.fenced, tr.epoch = "importing", true, 0
+	}
+	f.mu.Unlock()
+	return f.after("PrepareTarget", n)
+}
+
+func (f *fakeStore) CountRows(ctx context.Context, tenant, shard string) (int64, error) {
+	n, err := f.call("CountRows")
+	if err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	c := int64(len(f.rows[shard][tenant]))
+	f.mu.Unlock()
+	return c, f.after("CountRows", n)
+}
+
+func (f *fakeStore) CopyBatch(ctx context.Context, tenant, from, to string, after Key, limit int) (Key, int, error) {
+	n, err := f.call("CopyBatch")
+	if err != nil {
+		return after, 0, err
+	}
+	f.mu.Lock()
+	if f.tenant(to, tenant, false) == nil {
+		f.mu.Unlock()
+		return after, 0, errors.New("target not prepared")
+	}
+	ks := f.keysAfter(after, f.rows[from][tenant])
+	if len(ks) > limit {
+		ks = ks[:limit]
+	}
+	next := after
+	for _, k := range ks {
+		src := f.rows[from][tenant][k]
+		if dst, ok := f.rows[to][tenant][k]; !ok || dst.version < src.version {
+			f.set(to, tenant, k, src)
+		}
+		next = k
+	}
+	f.mu.Unlock()
+	return next, len(ks), f.after("CopyBatch", n)
+}
+
+func (f *fakeStore) VerifyBatch(ctx context.Context, tenant, from, to string, after Key, limit int) (Key, []Key, int, error) {
+	n, err := f.call("VerifyBatch")
+	if err != nil {
+		return after, nil, 0, err
+	}
+	f.mu.Lock()
+	ks := f.keysAfter(after, f.rows[from][tenant], f.rows[to][tenant])
+	if len(ks) > limit {
+		ks = ks[:limit]
+	}
+	next := after
+	var diffs []Key
+	for _, k := range ks {
+		s, sok := f.rows[from][tenant][k]
+		d, dok := f.rows[to][tenant][k]
+		if sok != dok || s != d {
+			diffs = append(diffs, k)
+		}
+		next = k
+	}
+	f.mu.Unlock()
+	return next, diffs, len(ks), f.after("VerifyBatch", n)
+}
+
+func (f *fakeStore) Repair(ctx context.Context, tenant, from, to string, keys []Key) (int, error) {
+	n, err := f.call("Repair")
+	if err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	changed := 0
+	for _, k := range keys {
+		s, sok := f.rows[from][tenant][k]
+		d, dok := f.rows[to][tenant][k]
+		switch {
+		case !sok && dok:
+			delete(f.rows[to][tenant], k)
+			changed++
+		case sok && (!dok || s != d):
+			f.set(to, tenant, k, s)
+			changed++
+		}
+	}
+	f.mu.Unlock()
+	return changed, f.after("Repair", n)
+}
+
+func (f *fakeStore) Fence(ctx context.Context, tenant, shard string) (int64, error) {
+	n, err := f.call("Fence")
+	if err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	tr := f.tenant(shard, tenant, false)
+	if tr == nil {
+		f.mu.Unlock()
+		return 0, errors.New("no tenant on source")
+	}
+	tr.fenced = true
+	seq := tr.changeSeq
+	f.mu.Unlock()
+	return seq, f.after("Fence", n)
+}
+
+func (f *fakeStore) Unfence(ctx context.Context, tenant, shard string) error {
+	n, err := f.call("Unfence")
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	if tr := f.tenant(shard, tenant, false); tr != nil {
+		tr.fenced = false
+	}
+	f.mu.Unlock()
+	return f.after("Unfence", n)
+}
+
+func (f *fakeStore) FinishTarget(ctx context.Context, tenant, from, to string, epoch uint64, changeSeq int64) error {
+	n, err := f.call("FinishTarget")
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	tr := f.tenant(to, tenant, false)
+	if tr == nil {
+		f.mu.Unlock()
+		return errors.New("target not prepared")
+	}
+	tr.status, tr.fenced, tr.epoch, tr.changeSeq = "active", false, epoch, changeSeq
+	f.mu.Unlock()
+	return f.after("FinishTarget", n)
+}
+
+func (f *fakeStore) DropTenant(ctx context.Context, tenant, shard string) error {
+	n, err := f.call("DropTenant:" + shard)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	delete(f.rows[shard], tenant)
+	delete(f.tenants[shard], tenant)
+	f.mu.Unlock()
+	return f.after("DropTenant:"+shard, n)
+}
+
+var _ Store = (*fakeStore)(nil)
+
+// fakeLease is the map lease's rule in memory: granted when free, expired or already the
+// holder's. broken holders get errors (a controller cut off from the map).
+type fakeLease struct {
+	mu      sync.Mutex
+	holder  string
+	expires time.Time
+	broken  map[string]bool
+	noRel   map[string]bool // holders whose Release is lost (a killed process)
+	grants  []string        // holders in the order they took the lease over
+}
+
+func newFakeLease() *fakeLease {
+	return &fakeLease{broken: map[string]bool{}, noRel: map[string]bool{}}
+}
+
+func (l *fakeLease) Acquire(ctx context.Context, name, holder string, ttl time.Duration) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.broken[holder] {
+		return errors.New("map unreachable")
+	}
+	now := time.Now()
+	if l.holder != "" && l.holder != holder && now.Before(l.expires) {
+		return fmt.Errorf("%w: %s until %s", ErrLeaseHeld, l.holder, l.expires.Format(time.RFC3339Nano))
+	}
+	if l.holder != holder {
+		l.grants = append(l.grants, holder)
+	}
+	l.holder, l.expires = holder, now.Add(ttl)
+	return nil
+}
+
+func (l *fakeLease) Release(ctx context.Context, name, holder string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.noRel[holder] || l.holder != holder {
+		return nil
+	}
+	l.holder = ""
+	return nil
+}
+
+func (l *fakeLease) setBroken(holder string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.broken[holder] = true
+}
+
+func (l *fakeLease) history() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.grants, ",")
+}
+
+var _ Lease = (*fakeLease)(nil)

@@ -1,0 +1,74 @@
+package moves
+
+import (
+	"context"
+	"time"
+
+	"github.com/meridian-dev/meridian/shardmap"
+)
+
+// Key is a record's primary key within a tenant, ordered by (Collection, ID) in "C" collation.
+// It mirrors records.Key of the records store; the zero Key sorts before every record.
+type Key struct {
+	Collection string
+	ID         string
+}
+
+// MapClient is what the controller needs of the shard map: *shardmap.Client satisfies it.
+type MapClient interface {
+	// Map is the latest known map; never nil.
+	Map() *shardmap.Map
+	// Apply sends a command and returns the Raft index it was applied at.
+	Apply(ctx context.Context, cmd shardmap.Command) (uint64, error)
+	// WaitVersion blocks until Map().Version() >= v.
+	WaitVersion(ctx context.Context, v uint64) error
+}
+
+var _ MapClient = (*shardmap.Client)(nil)
+
+// Store is the records store's move primitives (docs/internal-contracts.md, "Records store").
+// It has more methods than an interface here usually does because it is one contract with one
+// implementation (pgstore) whose steps the controller sequences; splitting it would only spread
+// that contract over several names. Every method must be idempotent: the controller repeats a
+// step whose outcome it did not record.
+//
+// A scan (CopyBatch, VerifyBatch) starts after the zero Key and continues after the returned
+// next key; a batch that returns 0 rows (copied or checked) ends it.
+type Store interface {
+	// PrepareTarget creates the tenant's row on shard to: status importing, fenced for clients.
+	PrepareTarget(ctx context.Context, tenant, from, to string) error
+	// CountRows counts the tenant's rows (tombstones included) on shard.
+	CountRows(ctx context.Context, tenant, shard string) (int64, error)
+	// CopyBatch copies up to limit rows after key after, version-guarded.
+	CopyBatch(ctx context.Context, tenant, from, to string, after Key, limit int) (next Key, copied int, err error)
+	// VerifyBatch compares up to limit keys after after on both sides and returns the differing
+	// ones; checked counts the keys compared (from either side).
+	VerifyBatch(ctx context.Context, tenant, from, to string, after Key, limit int) (next Key, diffs []Key, checked int, err error)
+	// Repair makes the target's rows of keys equal to the source's, deleting target rows the
+	// source lacks, and returns how many rows it changed.
+	Repair(ctx context.Context, tenant, from, to string, keys []Key) (int, error)
+	// Fence stops client writes of the tenant on shard (in a transaction) and returns the
+	// tenant's change sequence there; a fenced tenant answers the same sequence again.
+	Fence(ctx context.Context, tenant, shard string) (changeSeq int64, err error)
+	// Unfence lets client writes of the tenant on shard through again.
+	Unfence(ctx context.Context, tenant, shard string) error
+	// FinishTarget makes the target row active with write epoch epoch and change sequence
+	// changeSeq, and copies the tenant's idempotency keys and outbox rows.
+	FinishTarget(ctx context.Context, tenant, from, to string, epoch uint64, changeSeq int64) error
+	// DropTenant deletes the tenant's rows (and its tenant row) on shard.
+	DropTenant(ctx context.Context, tenant, shard string) error
+}
+
+// Lease is the map lease that makes one controller the active one.
+type Lease interface {
+	// Acquire takes or renews the lease name for holder until ttl from now. It returns an error
+	// wrapping ErrLeaseHeld while another holder's lease has not expired.
+	Acquire(ctx context.Context, name, holder string, ttl time.Duration) error
+	// Release gives the lease up if holder has it, so a standby need not wait for the TTL.
+	Release(ctx context.Context, name, holder string) error
+}
+
+// Pruner removes terminal moves last updated before a time (the map's PruneMoves command).
+type Pruner interface {
+	PruneMoves(ctx context.Context, before time.Time) error
+}

@@ -1,0 +1,342 @@
+package moves
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/meridian-dev/meridian/shardmap"
+)
+
+// step runs the one step of mv's current phase and records its outcome in the map (the next
+// phase, or progress). Every step is idempotent: a controller that dies anywhere inside it
+// repeats it from the start, and the store's primitives make the repeat harmless.
+func (c *Controller) step(ctx context.Context, log *slog.Logger, mv shardmap.Move) error {
+	start := c.now()
+	observe := func(phase shardmap.Phase, err error) error {
+		if err == nil {
+			c.m.phaseSeconds.WithLabelValues(string(phase)).Observe(c.now().Sub(start).Seconds())
+		}
+		return err
+	}
+	switch mv.Phase {
+	case shardmap.PhaseRequested:
+		// The target's tenant row exists, importing and fenced for clients, before any API
+		// node mirrors to it.
+		if err := c.cfg.Store.PrepareTarget(ctx, mv.Tenant, mv.From, mv.To); err != nil {
+			return fmt.Errorf("prepare target: %w", err)
+		}
+		log.Info("target prepared; dual write")
+		return observe(mv.Phase, c.apply(ctx, shardmap.SetMovePhase{ID: mv.ID, Phase: shardmap.PhaseDualWrite}))
+	case shardmap.PhaseDualWrite:
+		// API nodes learn of the move from their map copies; the backfill starts once they
+		// have had time to (a write committed before a node mirrors is caught by verify).
+		if c.cfg.PropagationDelay > 0 {
+			if err := c.waitUntil(ctx, mv.UpdatedAt.Add(c.cfg.PropagationDelay)); err != nil {
+				return err
+			}
+		}
+		log.Info("backfill")
+		return observe(mv.Phase, c.apply(ctx, shardmap.SetMovePhase{ID: mv.ID, Phase: shardmap.PhaseBackfill}))
+	case shardmap.PhaseBackfill:
+		return observe(mv.Phase, c.backfill(ctx, log, mv))
+	case shardmap.PhaseVerify:
+		return c.verifyAndCutover(ctx, log, mv)
+	case shardmap.PhaseCutover:
+		// The Cutover command is applied: the tenant is pinned to the target with its new
+		// epoch. Record the pause if this process measured it (a restarted one did not).
+		if at, ok := c.fenced(mv.ID); ok && mv.PauseMS == 0 {
+			pause := c.now().Sub(at)
+			ms := max(pause.Milliseconds(), 1)
+			if err := c.apply(ctx, shardmap.MoveProgress{ID: mv.ID, PauseMS: &ms}); err != nil {
+				return err
+			}
+			c.m.pause.Observe(pause.Seconds())
+		} else if !ok {
+			log.Warn("cutover pause unknown: the fence was set by an earlier controller; pause_ms stays 0")
+		}
+		log.Info("cut over; cleanup after the grace period", "grace", c.cfg.Grace)
+		return c.apply(ctx, shardmap.SetMovePhase{ID: mv.ID, Phase: shardmap.PhaseCleanup})
+	case shardmap.PhaseCleanup:
+		// Requests routed on the old map have drained from the source by now; the epoch check
+		// refuses any that have not.
+		if err := c.waitUntil(ctx, mv.UpdatedAt.Add(c.cfg.Grace)); err != nil {
+			return err
+		}
+		if err := c.cfg.Store.DropTenant(ctx, mv.Tenant, mv.From); err != nil {
+			return fmt.Errorf("drop tenant on source: %w", err)
+		}
+		if err := c.apply(ctx, shardmap.SetMovePhase{ID: mv.ID, Phase: shardmap.PhaseDone}); err != nil {
+			return err
+		}
+		c.markSettled(mv.ID)
+		log.Info("move done", "rows_copied", mv.RowsCopied, "repairs", mv.Repairs, "pause_ms", mv.PauseMS,
+			"duration", c.now().Sub(mv.CreatedAt).String())
+		return observe(mv.Phase, nil)
+	}
+	return fmt.Errorf("moves: phase %q has no step", mv.Phase)
+}
+
+// backfill counts the source's rows, copies them in key order with progress recorded after
+// every batch, and moves on to verify. A restarted backfill starts again from the first key:
+// the map keeps no cursor, and the version-guarded copy makes the repeat harmless.
+func (c *Controller) backfill(ctx context.Context, log *slog.Logger, mv shardmap.Move) error {
+	total, err := c.cfg.Store.CountRows(ctx, mv.Tenant, mv.From)
+	if err != nil {
+		return fmt.Errorf("count rows: %w", err)
+	}
+	var zero int64
+	if err := c.apply(ctx, shardmap.MoveProgress{ID: mv.ID, RowsTotal: &total, RowsCopied: &zero}); err != nil {
+		return err
+	}
+	log.Info("backfill started", "rows_total", total)
+	began := c.now()
+	var after Key
+	var copied int64
+	for {
+		if err := c.stillIn(mv.ID, shardmap.PhaseBackfill); err != nil {
+			return err
+		}
+		next, n, err := c.cfg.Store.CopyBatch(ctx, mv.Tenant, mv.From, mv.To, after, c.cfg.BatchSize)
+		if err != nil {
+			return fmt.Errorf("copy batch after %v: %w", after, err)
+		}
+		if n == 0 {
+			break
+		}
+		after = next
+		copied += int64(n)
+		c.m.rowsCopied.Add(float64(n))
+		p := shardmap.MoveProgress{ID: mv.ID, RowsCopied: &copied}
+		if copied > total {
+			// Writes during the backfill added rows: keep done <= total for the progress bar.
+			total = copied
+			p.RowsTotal = &total
+		}
+		if err := c.apply(ctx, p); err != nil {
+			return err
+		}
+		if err := c.throttle(ctx, began, copied); err != nil {
+			return err
+		}
+	}
+	elapsed := c.now().Sub(began)
+	log.Info("backfill finished; verify", "rows_copied", copied, "seconds", elapsed.Seconds(), "rows_per_second", rate(copied, elapsed))
+	return c.apply(ctx, shardmap.SetMovePhase{ID: mv.ID, Phase: shardmap.PhaseVerify})
+}
+
+func rate(n int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Seconds()
+}
+
+// throttle sleeps until copying rows since began keeps to RowsPerSecond.
+func (c *Controller) throttle(ctx context.Context, began time.Time, rows int64) error {
+	if c.cfg.RowsPerSecond <= 0 {
+		return nil
+	}
+	want := time.Duration(float64(rows) / c.cfg.RowsPerSecond * float64(time.Second))
+	return c.sleep(ctx, want-c.now().Sub(began))
+}
+
+// verifyAndCutover repeats verify passes (repairing what each finds) until one finds at most
+// VerifyThreshold differences, then cuts over: fence the source, verify until clean under the
+// fence, finish the target, and apply the Cutover command. The map shows verify until that
+// command, so a controller that dies anywhere in here repeats all of it: Fence, the passes and
+// FinishTarget are idempotent, and the passes are short because the source is fenced.
+func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv shardmap.Move) error {
+	start := c.now()
+	for pass := 1; ; pass++ {
+		diffs, err := c.verifyPass(ctx, mv, true)
+		if err != nil {
+			return err
+		}
+		log.Info("verify pass", "pass", pass, "differences", diffs)
+		if diffs <= c.cfg.VerifyThreshold {
+			break
+		}
+	}
+	c.m.phaseSeconds.WithLabelValues(string(shardmap.PhaseVerify)).Observe(c.now().Sub(start).Seconds())
+
+	start = c.now()
+	seq, err := c.cfg.Store.Fence(ctx, mv.Tenant, mv.From)
+	if err != nil {
+		return fmt.Errorf("fence source: %w", err)
+	}
+	c.noteFence(mv.ID, start)
+	log.Info("source fenced", "change_seq", seq)
+	if err := c.finishUnderFence(ctx, mv, seq); err != nil {
+		if ctx.Err() == nil && !errors.Is(err, errMapMovedOn) {
+			// Lift the fence before retrying or failing, so held writes go back to the source
+			// instead of timing out; the retry fences again. (A cancel is settled by settle.)
+			if uerr := c.cfg.Store.Unfence(ctx, mv.Tenant, mv.From); uerr != nil {
+				log.Warn("unfencing the source after a failed cutover failed", "err", uerr)
+			} else {
+				c.clearFence(mv.ID)
+			}
+		}
+		return err
+	}
+	if err := c.apply(ctx, shardmap.Cutover{ID: mv.ID}); err != nil {
+		// Not unfenced: the command's outcome may be unknown, and a source unfenced after the
+		// pin moved would take writes from nodes on the old epoch.
+		return err
+	}
+	c.m.phaseSeconds.WithLabelValues(string(shardmap.PhaseCutover)).Observe(c.now().Sub(start).Seconds())
+	log.Info("cutover applied", "pause", c.now().Sub(start).String())
+	return nil
+}
+
+// finishUnderFence runs the final verify passes under the fence and finishes the target with
+// the epoch the Cutover command will give the tenant.
+func (c *Controller) finishUnderFence(ctx context.Context, mv shardmap.Move, seq int64) error {
+	clean := false
+	for pass := 1; pass <= c.cfg.FinalVerifyPasses; pass++ {
+		diffs, err := c.verifyPass(ctx, mv, true)
+		if err != nil {
+			return err
+		}
+		if diffs == 0 {
+			clean = true
+			break
+		}
+		c.log.Info("final verify pass repaired differences", "move_id", mv.ID, "pass", pass, "differences", diffs)
+	}
+	if !clean {
+		return fmt.Errorf("%w: differences remain after %d passes under the fence", ErrNotConverging, c.cfg.FinalVerifyPasses)
+	}
+	route, err := c.cfg.Map.Map().Lookup(mv.Tenant)
+	if err != nil {
+		return fmt.Errorf("lookup %s: %w", mv.Tenant, err)
+	}
+	epoch := route.Epoch + 1 // what the Cutover command will give the tenant
+	if err := c.cfg.Store.FinishTarget(ctx, mv.Tenant, mv.From, mv.To, epoch, seq); err != nil {
+		return fmt.Errorf("finish target: %w", err)
+	}
+	return nil
+}
+
+// verifyPass compares every key of the tenant on both shards once, repairing differences
+// batch by batch when repair is set, and returns how many it found. Repairs are recorded in the
+// map after every batch that made some.
+func (c *Controller) verifyPass(ctx context.Context, mv shardmap.Move, repair bool) (int, error) {
+	var after Key
+	found := 0
+	for {
+		if err := c.stillIn(mv.ID, shardmap.PhaseVerify); err != nil {
+			return found, err
+		}
+		next, diffs, checked, err := c.cfg.Store.VerifyBatch(ctx, mv.Tenant, mv.From, mv.To, after, c.cfg.BatchSize)
+		if err != nil {
+			return found, fmt.Errorf("verify batch after %v: %w", after, err)
+		}
+		if checked == 0 {
+			return found, nil
+		}
+		after = next
+		found += len(diffs)
+		if !repair || len(diffs) == 0 {
+			continue
+		}
+		n, err := c.cfg.Store.Repair(ctx, mv.Tenant, mv.From, mv.To, diffs)
+		if err != nil {
+			return found, fmt.Errorf("repair: %w", err)
+		}
+		if n == 0 {
+			continue
+		}
+		c.m.repairs.Add(float64(n))
+		cur, ok := c.cfg.Map.Map().Move(mv.ID)
+		if !ok {
+			return found, errMapMovedOn
+		}
+		total := cur.Repairs + int64(n)
+		if err := c.apply(ctx, shardmap.MoveProgress{ID: mv.ID, Repairs: &total}); err != nil {
+			return found, err
+		}
+	}
+}
+
+// settle cleans up after a cancelled or failed move, once per process (and again after a
+// restart: every step is idempotent). It touches nothing when the tenant no longer lives on the
+// move's source or a newer move of the tenant exists, since the target may then hold live data.
+func (c *Controller) settle(ctx context.Context, log *slog.Logger, mv shardmap.Move) error {
+	m := c.cfg.Map.Map()
+	route, err := m.Lookup(mv.Tenant)
+	if err != nil {
+		return err
+	}
+	newer := false
+	for _, o := range m.Moves() {
+		if o.Tenant == mv.Tenant && o.ID != mv.ID && o.CreatedAt.After(mv.CreatedAt) {
+			newer = true
+		}
+	}
+	if route.Shard != mv.From || newer {
+		c.markSettled(mv.ID)
+		return nil
+	}
+	// The source stays authoritative: lift a fence this or an earlier controller set.
+	if err := c.cfg.Store.Unfence(ctx, mv.Tenant, mv.From); err != nil {
+		return fmt.Errorf("unfence source: %w", err)
+	}
+	if err := c.cfg.Store.DropTenant(ctx, mv.Tenant, mv.To); err != nil {
+		return fmt.Errorf("drop tenant on target: %w", err)
+	}
+	c.markSettled(mv.ID)
+	log.Info("source authoritative, target dropped", "error", mv.Error)
+	return nil
+}
+
+func (c *Controller) noteFence(id string, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.fenceAt[id]; !ok {
+		// A repeated cutover step keeps the first fence: the pause began then.
+		c.fenceAt[id] = at
+	}
+}
+
+func (c *Controller) clearFence(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.fenceAt, id)
+}
+
+func (c *Controller) fenced(id string) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.fenceAt[id]
+	return at, ok
+}
+
+// Verify compares a tenant's rows on shards from and to once, without repairing, and returns
+// the differing keys found (at most limit of them are kept; all are counted) and the keys
+// compared. It is `rebalancer verify`, usable on any tenant at any time.
+func Verify(ctx context.Context, st Store, tenant, from, to string, batch, limit int) (diffs int, sample []Key, checked int64, err error) {
+	if batch <= 0 {
+		batch = 1000
+	}
+	var after Key
+	for {
+		next, d, n, err := st.VerifyBatch(ctx, tenant, from, to, after, batch)
+		if err != nil {
+			return diffs, sample, checked, fmt.Errorf("verify batch after %v: %w", after, err)
+		}
+		if n == 0 {
+			return diffs, sample, checked, nil
+		}
+		after = next
+		checked += int64(n)
+		diffs += len(d)
+		for _, k := range d {
+			if len(sample) < limit {
+				sample = append(sample, k)
+			}
+		}
+	}
+}
