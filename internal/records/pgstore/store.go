@@ -61,8 +61,11 @@ type Config struct {
 	Tracker         *replication.Tracker
 	StandbyInterval time.Duration
 	StandbyFailures int
-	Logger          *slog.Logger // nil = slog.Default()
-	Now             func() time.Time
+	// MirrorTimeout bounds a write's mirror to a move's target shard (Store.Write), which runs
+	// after the write has committed and before the client gets its answer; 0 = 2s.
+	MirrorTimeout time.Duration
+	Logger        *slog.Logger // nil = slog.Default()
+	Now           func() time.Time
 }
 
 // Store runs the node's reads and writes on its shards. It is safe for concurrent use.
@@ -87,6 +90,9 @@ func New(cfg Config) (*Store, error) {
 	}
 	if cfg.Tracker == nil {
 		cfg.Tracker = replication.NewTracker(replication.TrackerConfig{Interval: cfg.StandbyInterval, Failures: cfg.StandbyFailures})
+	}
+	if cfg.MirrorTimeout == 0 {
+		cfg.MirrorTimeout = 2 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
