@@ -50,8 +50,10 @@ func newMoveEnv(t testing.TB) *moveEnv {
 	for id, dsn := range dsns {
 		e.admin[id] = testenv.NewPool(t, dsn)
 	}
-	_, e.src = openStore(t, region, e.maps, shards.Config{MaxConns: 8})
-	_, e.dst = openStore(t, homeRegion, e.maps, shards.Config{MaxConns: 8})
+	// A move's batches run longer than a request's statements: the controller's connections
+	// need more than the 1 s statement timeout the API node's have.
+	_, e.src = openStore(t, region, e.maps, shards.Config{MaxConns: 8, StatementTimeout: 30 * time.Second})
+	_, e.dst = openStore(t, homeRegion, e.maps, shards.Config{MaxConns: 8, StatementTimeout: 30 * time.Second})
 	return e
 }
 
