@@ -35,9 +35,9 @@ func (s *Store) Write(ctx context.Context, t records.Target, op records.WriteOp)
 	if err != nil {
 		return records.WriteResult{}, classify(err)
 	}
-	defer conn.Release()
 	res, ch, err := s.writeTx(ctx, conn.Conn(), t, op)
 	if err != nil {
+		conn.Release()
 		return records.WriteResult{}, classify(err)
 	}
 	// Read after COMMIT returned: at or past the commit record, on the same server. For a
@@ -45,6 +45,7 @@ func (s *Store) Write(ctx context.Context, t records.Target, op records.WriteOp)
 	if lsn, err := replication.CurrentLSN(ctx, conn); err == nil {
 		res.Token = replication.Token{Shard: sh.ID, LSN: lsn}.Encode()
 	}
+	conn.Release() // before the mirror's round trip to another shard
 	if t.MirrorTo != "" && !res.Replayed {
 		// The write has committed: whatever becomes of the mirror, the client gets its answer.
 		res.Mirror = s.mirror(ctx, t, ch)
