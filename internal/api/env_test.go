@@ -30,7 +30,8 @@ const region = "us-east"
 var testSecret = []byte("test-secret")
 
 // staticMap is a fake of our own ShardMap interface, and of the store's pgstore.Map: fixed
-// shards, pinned tenants, everything else on the first shard.
+// shards, pinned tenants, everything else on the first shard; write epoch 1 unless epochs says
+// otherwise; moving tenants' mirror targets in mirror.
 type staticMap struct {
 	mu      sync.Mutex
 	version uint64
@@ -38,6 +39,8 @@ type staticMap struct {
 	pins    map[string]string
 	def     string
 	age     time.Duration
+	epochs  map[string]uint64
+	mirror  map[string]string
 }
 
 var (
@@ -55,7 +58,11 @@ func (m *staticMap) Lookup(tenant string) (Route, error) {
 	if p, ok := m.pins[tenant]; ok {
 		id = p
 	}
-	return Route{Shard: id, HomeRegion: m.shards[id].HomeRegion, Epoch: 1, MapVersion: m.version}, nil
+	epoch := uint64(1)
+	if ep, ok := m.epochs[tenant]; ok {
+		epoch = ep
+	}
+	return Route{Shard: id, HomeRegion: m.shards[id].HomeRegion, Epoch: epoch, MapVersion: m.version, MirrorTo: m.mirror[tenant]}, nil
 }
 
 func (m *staticMap) ShardInfo(id string) (shards.Info, bool) {

@@ -22,6 +22,8 @@ type metrics struct {
 	readFallbacks prometheus.Counter
 	// streams is the number of open /v1/changes streams.
 	streams prometheus.Gauge
+	// mirrors counts writes mirrored to a move's target shard, by records.MirrorResult.
+	mirrors *prometheus.CounterVec
 }
 
 func newMetrics(extra ...prometheus.Collector) *metrics {
@@ -41,8 +43,10 @@ func newMetrics(extra ...prometheus.Collector) *metrics {
 			Help: "Standby reads retried on the primary (standby behind its token, failed or missing the tenant)."}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_api_change_streams",
 			Help: "Open /v1/changes streams."}),
+		mirrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_api_mirror_writes_total",
+			Help: "Writes of a moving tenant mirrored to the move's target shard, by result (ok, failed, skipped: no tenant row there)."}, []string{"result"}),
 	}
-	m.reg.MustRegister(m.requests, m.errors, m.duration, m.idemHits, m.reads, m.readFallbacks, m.streams,
+	m.reg.MustRegister(m.requests, m.errors, m.duration, m.idemHits, m.reads, m.readFallbacks, m.streams, m.mirrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(extra...)
 	return m

@@ -25,6 +25,7 @@ import (
 // Header names.
 const (
 	hdrShardmapVersion  = "X-Shardmap-Version"
+	hdrTenantEpoch      = "X-Tenant-Epoch"
 	hdrConsistency      = "Consistency-Token"
 	hdrReadSource       = "X-Read-Source"
 	hdrIdempotencyKey   = "Idempotency-Key"
@@ -90,6 +91,11 @@ func (s *Server) failWith(c *gin.Context, err error) {
 	case errors.Is(err, records.ErrNotHome):
 		c.Header(hdrShardmapVersion, strconv.FormatUint(s.maps.Version(), 10))
 		problem.MisdirectedRequest.Write(c, "shard is homed in another region")
+	case errors.Is(err, records.ErrStaleEpoch):
+		// The tenant moved since the write was routed (its row here has a newer write epoch):
+		// the router refreshes its map and sends the write to the tenant's new home.
+		c.Header(hdrShardmapVersion, strconv.FormatUint(s.maps.Version(), 10))
+		problem.MisdirectedRequest.Write(c, "the tenant's write epoch is newer than the one the request was routed on")
 	case errors.As(err, &ve):
 		// The database's message may quote SQL or internal names: log it, answer a fixed detail
 		// naming which input of the request it was.
@@ -118,10 +124,27 @@ func (s *Server) failWith(c *gin.Context, err error) {
 // resolve finds the tenant's shard. Writes must be for a shard homed in this region; a router
 // whose map is older than ours and sent a write here gets 421 with our map version. A router
 // whose map is newer makes us wait (bounded) for that version first.
+//
+// A write is also refused with 421 when it was routed on an older write epoch of the tenant
+// (X-Tenant-Epoch, sent by the router) than our map has: a move's cutover happened since. The
+// write carries the header's epoch to the store, which refuses it (ErrStaleEpoch, 421 too) if
+// the tenant's row on the shard has a newer one. Without the header (a client that reached
+// the node directly) the write carries our map's epoch: the node is then the one routing it.
+// During a move (dual_write, backfill, verify) a write also carries the move's target shard,
+// which the store mirrors it to.
 func (s *Server) resolve(c *gin.Context, write bool) (records.Target, bool) {
 	cl, _ := auth.FromContext(c)
 	t := records.Target{Tenant: cl.Tenant}
 	c.Set("tenant", t.Tenant)
+	var epoch uint64 // 0 = no X-Tenant-Epoch (epochs start at 1, so "0" says the same)
+	if he := c.GetHeader(hdrTenantEpoch); he != "" {
+		v, err := strconv.ParseUint(he, 10, 64)
+		if err != nil {
+			problem.InvalidHeader.Write(c, "X-Tenant-Epoch must be an unsigned integer")
+			return t, false
+		}
+		epoch = v
+	}
 	if hv := c.GetHeader(hdrShardmapVersion); hv != "" {
 		v, err := strconv.ParseUint(hv, 10, 64)
 		if err != nil {
@@ -149,6 +172,19 @@ func (s *Server) resolve(c *gin.Context, write bool) (records.Target, bool) {
 		c.Header(hdrShardmapVersion, strconv.FormatUint(rt.MapVersion, 10))
 		problem.MisdirectedRequest.Write(c, fmt.Sprintf("tenant's home region is %s, not %s", rt.HomeRegion, s.cfg.Region))
 		return t, false
+	}
+	if write {
+		if epoch > 0 && rt.Epoch > epoch {
+			c.Header(hdrShardmapVersion, strconv.FormatUint(rt.MapVersion, 10))
+			problem.MisdirectedRequest.Write(c, fmt.Sprintf("tenant's write epoch is %d, the request was routed on %d", rt.Epoch, epoch))
+			return t, false
+		}
+		if epoch > 0 {
+			// Not older than ours (checked above); newer only when the router's map has
+			// seen a cutover ours has not yet.
+			t.Epoch = epoch
+		}
+		t.MirrorTo = rt.MirrorTo
 	}
 	if _, ok := s.maps.ShardHome(rt.Shard); !ok {
 		retryAfter(c, 1, "shard "+rt.Shard+" not in map")
@@ -187,6 +223,9 @@ func (s *Server) served(c *gin.Context, ro records.ReadOptions, info records.Rea
 // marker, then the (possibly stored) status, headers and body.
 func (s *Server) write(c *gin.Context, t records.Target, op records.WriteOp) {
 	res, err := s.store.Write(c.Request.Context(), t, op)
+	if res.Mirror != "" {
+		s.metrics.mirrors.WithLabelValues(string(res.Mirror)).Inc()
+	}
 	if err != nil {
 		s.failWith(c, err)
 		return

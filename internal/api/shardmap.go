@@ -11,8 +11,11 @@ import (
 type Route struct {
 	Shard      string
 	HomeRegion string
-	Epoch      uint64
+	Epoch      uint64 // the tenant's write epoch (1 until its first move's cutover)
 	MapVersion uint64 // version of the map snapshot that answered
+	// MirrorTo is the target shard of the tenant's move while the move is in dual_write,
+	// backfill or verify ("" otherwise): writes are mirrored there (records.Target.MirrorTo).
+	MirrorTo string
 }
 
 // ShardMap is what the node needs from the shard map (a shardmap.Client adapted by

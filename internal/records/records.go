@@ -42,6 +42,17 @@ var (
 	// ErrConflict: a concurrent write conflicted (serialization failure, deadlock, lock not
 	// available); the request may be retried.
 	ErrConflict = errors.New("records: conflicting concurrent write")
+	// ErrStaleEpoch: the write was routed on an older write epoch than the tenant's row on the
+	// shard has (tenants.write_epoch > Target.Epoch): a move's cutover happened since the route
+	// was decided. Nothing was written; the request belongs elsewhere (421).
+	ErrStaleEpoch = errors.New("records: write routed on an older write epoch")
+	// ErrTenantExists: a move's PrepareTarget or FinishTarget found a row for the tenant on the
+	// target shard that is not the importing copy the move made (the shard already holds the
+	// tenant, or the copy was activated with another epoch); drop it first.
+	ErrTenantExists = errors.New("records: tenant already has a row on the shard that this move did not prepare")
+	// ErrTenantLive: DropTenant refused to delete the tenant's active, unfenced copy on a shard
+	// (the one clients write to); fence it first.
+	ErrTenantLive = errors.New("records: tenant's copy on the shard is live (active and unfenced)")
 	// ErrDatabase: the database refused a statement for a reason that is not the request's
 	// fault (a bug or a schema mismatch); the original *pgconn.PgError is wrapped.
 	ErrDatabase = errors.New("records: database error")
@@ -64,8 +75,43 @@ func (e *ValueError) Unwrap() error { return e.Err }
 type Target struct {
 	Tenant string
 	Shard  string // shard id; the store resolves it through its own map view
-	Epoch  uint64 // the tenant's write epoch in the routing map (for the moves issue's check)
+	// Epoch is the tenant's write epoch the request was routed on (X-Tenant-Epoch, else the
+	// node's map). A write is refused with ErrStaleEpoch when the tenant's row on the shard has
+	// a greater write_epoch; 0 = no check.
+	Epoch uint64
+	// MirrorTo is the target shard of the tenant's move while it is in dual_write, backfill or
+	// verify ("" = none): a write committed on Shard is then applied to MirrorTo's primary too
+	// (a version-guarded upsert; see pgstore.Store.Write).
+	MirrorTo string
 }
+
+// Key is a record's primary key within a tenant. Keys order by (Collection, ID) in byte order
+// (the "C" collation of the records table), the order of a move's batches.
+type Key struct {
+	Collection string
+	ID         string
+}
+
+// Less reports whether k sorts before o.
+func (k Key) Less(o Key) bool {
+	return k.Collection < o.Collection || (k.Collection == o.Collection && k.ID < o.ID)
+}
+
+// MirrorResult is what became of a write's mirror to a move's target shard.
+type MirrorResult string
+
+// The mirror results; the empty MirrorResult means there was no mirror to make.
+const (
+	// MirrorOK: the change was applied to the target (or the target already had a newer
+	// version of the record).
+	MirrorOK MirrorResult = "ok"
+	// MirrorFailed: the target could not be written (unreachable, an error, a timeout); the
+	// move's verify finds and repairs the difference.
+	MirrorFailed MirrorResult = "failed"
+	// MirrorSkipped: the target shard has no row for the tenant (not prepared yet, or the move
+	// was cancelled and the copy dropped), so there was nothing to mirror into.
+	MirrorSkipped MirrorResult = "skipped"
+)
 
 // Record is one record as stored.
 type Record struct {
@@ -202,7 +248,7 @@ func (k ChangeKind) String() string {
 }
 
 // Change is what a write did: Created (also a Put of a new or deleted id), Updated or Deleted.
-// For Deleted, Record has only ID, Collection and the tombstone's Version.
+// For Deleted, Record has ID, Collection, the tombstone's Version and timestamps, no Data.
 type Change struct {
 	Kind   ChangeKind
 	Record Record
@@ -224,6 +270,9 @@ type WriteResult struct {
 	// Token is the Consistency-Token of the write ("" when the WAL position could not be read
 	// after the commit).
 	Token string
+	// Mirror is what became of the mirror of the write to Target.MirrorTo ("" = none made:
+	// no MirrorTo, or a replay). A failed mirror never fails the write, which has committed.
+	Mirror MirrorResult
 }
 
 // ChangeEvent is one row of a tenant's outbox: the /v1/changes event with id Seq.

@@ -32,14 +32,47 @@ var (
 	_ pgstore.Map  = Adapter{}
 )
 
-// Lookup resolves tenant on the current snapshot.
+// Lookup resolves tenant on the current snapshot. While the tenant's move is in dual_write,
+// backfill or verify, the route's MirrorTo is the move's target shard.
 func (a Adapter) Lookup(tenant string) (api.Route, error) {
 	m := a.Src.Map()
 	r, err := m.Lookup(tenant)
 	if err != nil {
 		return api.Route{}, err
 	}
-	return api.Route{Shard: r.Shard, HomeRegion: r.HomeRegion, Epoch: r.Epoch, MapVersion: m.Version()}, nil
+	rt := api.Route{Shard: r.Shard, HomeRegion: r.HomeRegion, Epoch: r.Epoch, MapVersion: m.Version()}
+	if r.Moving { // only then: finding the move costs more than the lookup
+		if mv, ok := activeMove(m, tenant); ok && mirrored(mv.Phase) && mv.From == r.Shard && mv.To != r.Shard {
+			rt.MirrorTo = mv.To
+		}
+	}
+	return rt, nil
+}
+
+// mirrored reports whether a move in phase p mirrors the tenant's writes to its target: from
+// dual_write until the cutover fences the source (requested has no target row yet; from the
+// cutover on the target is the tenant's home).
+func mirrored(p shardmap.Phase) bool {
+	return p == shardmap.PhaseDualWrite || p == shardmap.PhaseBackfill || p == shardmap.PhaseVerify
+}
+
+// activeMover is Map.ActiveMove (the tenant's non-terminal move), which the shard map is
+// gaining; until it has it, activeMove looks through Map.Moves.
+type activeMover interface {
+	ActiveMove(tenant string) (shardmap.Move, bool)
+}
+
+// activeMove returns tenant's non-terminal move in m.
+func activeMove(m *shardmap.Map, tenant string) (shardmap.Move, bool) {
+	if am, ok := any(m).(activeMover); ok {
+		return am.ActiveMove(tenant)
+	}
+	for _, mv := range m.Moves() {
+		if mv.Tenant == tenant && !mv.Phase.Terminal() {
+			return mv, true
+		}
+	}
+	return shardmap.Move{}, false
 }
 
 func convert(s shardmap.Shard) shards.Info {

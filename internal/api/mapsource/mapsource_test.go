@@ -51,3 +51,34 @@ func TestAdapter(t *testing.T) {
 		t.Fatalf("shard ids %v", ids)
 	}
 }
+
+// TestAdapterMirrorTo: a tenant's route names its move's target while the move is in
+// dual_write, backfill or verify, and nothing before (requested), from the cutover on, or after
+// the move ended.
+func TestAdapterMirrorTo(t *testing.T) {
+	slots := `"` + strings.Repeat(`s1","`, 3) + `s1"`
+	m, err := shardmap.DecodeMap([]byte(`{"version":9,"slot_count":4,"regions":["us-east","eu-west"],
+		"shards":[{"id":"s1","home_region":"us-east","database":"d1","endpoints":{"us-east":"h:1"},"state":"active"},
+		          {"id":"s2","home_region":"eu-west","database":"d2","endpoints":{"eu-west":"h:2"},"state":"active"}],
+		"slots":[` + slots + `],"pins":{"cut":"s2"},"epochs":{"cut":2},"nodes":{},
+		"moves":[{"id":"m1","tenant":"dual","from_shard":"s1","to_shard":"s2","phase":"dual_write"},
+		         {"id":"m2","tenant":"fill","from_shard":"s1","to_shard":"s2","phase":"backfill"},
+		         {"id":"m3","tenant":"check","from_shard":"s1","to_shard":"s2","phase":"verify"},
+		         {"id":"m4","tenant":"asked","from_shard":"s1","to_shard":"s2","phase":"requested"},
+		         {"id":"m5","tenant":"cut","from_shard":"s1","to_shard":"s2","phase":"cutover"},
+		         {"id":"m6","tenant":"gone","from_shard":"s1","to_shard":"s2","phase":"done"},
+		         {"id":"m7","tenant":"check","from_shard":"s1","to_shard":"s2","phase":"cancelled"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := Adapter{Src: fixed{m}}
+	for tenant, want := range map[string]string{"dual": "s2", "fill": "s2", "check": "s2", "asked": "", "cut": "", "gone": "", "other": ""} {
+		r, err := a.Lookup(tenant)
+		if err != nil || r.MirrorTo != want {
+			t.Errorf("%s: %+v %v, want MirrorTo %q", tenant, r, err, want)
+		}
+	}
+	if r, _ := a.Lookup("cut"); r.Shard != "s2" || r.Epoch != 2 {
+		t.Errorf("cut: %+v", r)
+	}
+}

@@ -7,12 +7,14 @@
 // the source the read-source decision picks, and reports the WAL position its data is at least
 // as new as (ReadInfo.LSN). Every write notifies NotifyChannel for the shard's outbox relay;
 // Changes and ChangeSeq read the outbox for the event consumer and /v1/changes. It also owns
-// the internal tenant rows and the expired Idempotency-Key cleanup job.
+// the internal tenant rows and the expired Idempotency-Key cleanup job, and a tenant move's
+// steps in Postgres (moves.go: the dual-write mirror, copy, verify, repair, fence, finish, drop).
 //
 // Its vocabulary (targets, records, options, results, sentinel errors) is package
 // internal/records, so the HTTP layer never imports pgx. The store must never speak HTTP, never
-// run a statement outside its tenant's scope (except the worker role's cleanup) and never write
-// to a shard homed in another region. Tests run it against real Postgres clusters (and a real
+// run a statement outside its tenant's scope (except the worker role's cleanup) and never take
+// a client's write on a shard homed in another region (a move's mirror and steps do write the
+// other shard's primary, wherever it is homed: that is the move). Tests run it against real Postgres clusters (and a real
 // streaming standby) from internal/testenv with migrations applied; only the shard map is a fake
 // of Map.
 package pgstore
@@ -61,8 +63,11 @@ type Config struct {
 	Tracker         *replication.Tracker
 	StandbyInterval time.Duration
 	StandbyFailures int
-	Logger          *slog.Logger // nil = slog.Default()
-	Now             func() time.Time
+	// MirrorTimeout bounds a write's mirror to a move's target shard (Store.Write), which runs
+	// after the write has committed and before the client gets its answer; 0 = 2s.
+	MirrorTimeout time.Duration
+	Logger        *slog.Logger // nil = slog.Default()
+	Now           func() time.Time
 }
 
 // Store runs the node's reads and writes on its shards. It is safe for concurrent use.
@@ -87,6 +92,9 @@ func New(cfg Config) (*Store, error) {
 	}
 	if cfg.Tracker == nil {
 		cfg.Tracker = replication.NewTracker(replication.TrackerConfig{Interval: cfg.StandbyInterval, Failures: cfg.StandbyFailures})
+	}
+	if cfg.MirrorTimeout == 0 {
+		cfg.MirrorTimeout = 2 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -16,11 +16,13 @@ import (
 	"github.com/meridian-dev/meridian/replication"
 )
 
-// Write runs op in one transaction on the shard's primary: lock the tenant row (fence check +
-// change seq), claim the Idempotency-Key (or answer its stored response), make the change,
+// Write runs op in one transaction on the shard's primary: lock the tenant row (fence and
+// write epoch check + change seq), claim the Idempotency-Key (or answer its stored response), make the change,
 // render the response, append the outbox event and notify NotifyChannel, store the response
 // with the key, commit. Then
-// it reads the WAL insert position for the Consistency-Token.
+// it reads the WAL insert position for the Consistency-Token, and, when t.MirrorTo names a
+// move's target shard, applies the committed change there too (Store.mirror; its outcome is
+// WriteResult.Mirror and never fails the write).
 func (s *Store) Write(ctx context.Context, t records.Target, op records.WriteOp) (records.WriteResult, error) {
 	sh, pool, err := s.primary(ctx, t.Shard)
 	if err != nil {
@@ -33,15 +35,20 @@ func (s *Store) Write(ctx context.Context, t records.Target, op records.WriteOp)
 	if err != nil {
 		return records.WriteResult{}, classify(err)
 	}
-	defer conn.Release()
-	res, err := s.writeTx(ctx, conn.Conn(), t, op)
+	res, ch, err := s.writeTx(ctx, conn.Conn(), t, op)
 	if err != nil {
+		conn.Release()
 		return records.WriteResult{}, classify(err)
 	}
 	// Read after COMMIT returned: at or past the commit record, on the same server. For a
 	// replay it is past the original commit, which was visible to our transaction.
 	if lsn, err := replication.CurrentLSN(ctx, conn); err == nil {
 		res.Token = replication.Token{Shard: sh.ID, LSN: lsn}.Encode()
+	}
+	conn.Release() // before the mirror's round trip to another shard
+	if t.MirrorTo != "" && !res.Replayed {
+		// The write has committed: whatever becomes of the mirror, the client gets its answer.
+		res.Mirror = s.mirror(ctx, t, ch)
 	}
 	return res, nil
 }
@@ -53,47 +60,55 @@ const NotifyChannel = "meridian_outbox"
 // notifySQL wakes the shard's relay; see NotifyChannel.
 const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', $1)`
 
-// writeTx is Write's transaction.
-func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, op records.WriteOp) (records.WriteResult, error) {
+// writeTx is Write's transaction. It returns the change it committed (zero for a replay).
+func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, op records.WriteOp) (records.WriteResult, records.Change, error) {
 	var res records.WriteResult
+	var none records.Change
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{})
 	if err != nil {
-		return res, err
+		return res, none, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	if _, err := tx.Exec(ctx, setTenantSQL, t.Tenant); err != nil {
-		return res, err
+		return res, none, err
 	}
 	// The row lock taken here serialises the tenant's writes until commit, so change_seq is
-	// gap-free in commit order, and the fence read is current (DESIGN.md §5.4).
-	var seq int64
+	// gap-free in commit order, and the fence and epoch read are current (DESIGN.md §5.4): a
+	// move's Fence, and FinishTarget's epoch, wait for this transaction or are seen by it.
+	var seq, epoch int64
 	var fenced bool
-	err = tx.QueryRow(ctx, `UPDATE tenants SET change_seq = change_seq + 1 WHERE tenant_id = $1 RETURNING change_seq, write_fenced`, t.Tenant).Scan(&seq, &fenced)
+	err = tx.QueryRow(ctx, `UPDATE tenants SET change_seq = change_seq + 1 WHERE tenant_id = $1 RETURNING change_seq, write_fenced, write_epoch`,
+		t.Tenant).Scan(&seq, &fenced, &epoch)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return res, records.ErrTenantNotFound
+		return res, none, records.ErrTenantNotFound
 	} else if err != nil {
-		return res, err
+		return res, none, err
+	}
+	// The epoch first: a request routed before a cutover is re-routed at once (421), while a
+	// fenced tenant's writes are held by the router until the new epoch is visible (503).
+	if t.Epoch > 0 && uint64(epoch) > t.Epoch {
+		return res, none, fmt.Errorf("%w: the tenant's write epoch on %s is %d, the request's %d", records.ErrStaleEpoch, t.Shard, epoch, t.Epoch)
 	}
 	if fenced {
-		return res, records.ErrTenantFenced
+		return res, none, records.ErrTenantFenced
 	}
 	if op.Key != "" {
 		stored, err := s.claimKey(ctx, tx, t, op)
 		if err != nil {
-			return res, err
+			return res, none, err
 		}
 		if stored != nil {
 			// Rollback: the replay changes nothing.
-			return records.WriteResult{Response: *stored, Replayed: true}, nil
+			return records.WriteResult{Response: *stored, Replayed: true}, none, nil
 		}
 	}
 	ch, err := change(ctx, tx, t.Tenant, op)
 	if err != nil {
-		return res, err
+		return res, none, err
 	}
 	resp, err := op.Render(ch)
 	if err != nil {
-		return res, err
+		return res, none, err
 	}
 	// The outbox row and the relay's wake-up, in one round trip. Postgres delivers the
 	// notification at commit and drops it on rollback, so a relay never wakes for a row it
@@ -103,19 +118,19 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 		VALUES ($1, $2, $3, $4, $5, $6, pg_current_wal_insert_lsn())`, t.Tenant, seq, ch.Record.Collection, ch.Record.ID, ch.Kind.String(), ch.Record.Version)
 	b.Queue(notifySQL, t.Shard)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return res, err
+		return res, none, err
 	}
 	if op.Key != "" {
 		hdrs, _ := json.Marshal(resp.Headers)
 		if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET status = $3, headers = $4, body = $5 WHERE tenant_id = $1 AND key = $2`,
 			t.Tenant, op.Key, resp.Status, hdrs, resp.Body); err != nil {
-			return res, err
+			return res, none, err
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return res, err
+		return res, none, err
 	}
-	return records.WriteResult{Response: resp}, nil
+	return records.WriteResult{Response: resp}, ch, nil
 }
 
 // claimKey inserts the Idempotency-Key row, or, when a committed row exists, returns its stored
@@ -231,11 +246,13 @@ func change(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (
 			return records.Change{}, err
 		}
 		// Tombstone: the row stays with version+1 so versions never go back (see docs/api.md).
-		if _, err := tx.Exec(ctx, `UPDATE records SET deleted = true, data = '{}', version = version + 1, updated_at = now()
-			WHERE tenant_id = $1 AND collection = $2 AND id = $3`, tenant, coll, id); err != nil {
+		// Its timestamps are what a move's mirror copies.
+		r := records.Record{ID: id, Collection: coll, Version: version + 1}
+		if err := tx.QueryRow(ctx, `UPDATE records SET deleted = true, data = '{}', version = version + 1, updated_at = now()
+			WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING created_at, updated_at`, tenant, coll, id).Scan(&r.CreatedAt, &r.UpdatedAt); err != nil {
 			return records.Change{}, err
 		}
-		return records.Change{Kind: records.Deleted, Record: records.Record{ID: id, Collection: coll, Version: version + 1}}, nil
+		return records.Change{Kind: records.Deleted, Record: r}, nil
 	}
 	return records.Change{}, fmt.Errorf("pgstore: unknown write op %d", op.Op)
 }
