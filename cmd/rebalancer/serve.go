@@ -112,14 +112,8 @@ func runServe(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 // and pgstore's move primitives (moves-store) are merged; serve then exits saying so.
 var errNotIntegrated = errors.New("not integrated yet")
 
-// newMovesStore adapts pgstore's move primitives (internal/records/pgstore/moves.go) to
-// moves.Store. The integrator completes it once pgstore has them: a small type embedding
-// *pgstore.Store whose methods convert moves.Key <-> records.Key
-// (records.Key{Collection: k.Collection, ID: k.ID}) and call PrepareTarget, CountRows,
-// CopyBatch, VerifyBatch, Repair, Fence, Unfence, FinishTarget and DropTenant.
-func newMovesStore(*pgstore.Store) (moves.Store, error) {
-	return nil, fmt.Errorf("moves store: pgstore's move primitives are %w (cmd/rebalancer/serve.go newMovesStore)", errNotIntegrated)
-}
+// newMovesStore is pgstore's move primitives (internal/records/pgstore/moves.go) as moves.Store.
+func newMovesStore(s *pgstore.Store) (moves.Store, error) { return s, nil }
 
 // newMapLease adapts the map's lease commands to moves.Lease. The integrator completes it once
 // shardmap has them: Acquire applies shardmap.AcquireLease{Name, Holder, TTL} with

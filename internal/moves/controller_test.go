@@ -121,16 +121,16 @@ func TestMovePhaseSequence(t *testing.T) {
 		if method == "VerifyBatch" {
 			once.Do(func() {
 				for i := 0; i < 5; i++ {
-					k := Key{"items", fmt.Sprintf("r%05d", i)}
+					k := Key{Collection: "items", ID: fmt.Sprintf("r%05d", i)}
 					if err := st.clientWrite("use-1", "acme", k, "v2", false); err != nil {
 						t.Error(err)
 					}
 					want[k] = frow{version: 2, data: "v2"}
 				}
-				if err := st.clientWrite("use-1", "acme", Key{"items", "r00010"}, "", true); err != nil {
+				if err := st.clientWrite("use-1", "acme", Key{Collection: "items", ID: "r00010"}, "", true); err != nil {
 					t.Error(err)
 				}
-				want[Key{"items", "r00010"}] = frow{version: 2, deleted: true}
+				want[Key{Collection: "items", ID: "r00010"}] = frow{version: 2, deleted: true}
 			})
 		}
 		return nil
@@ -325,7 +325,7 @@ func TestFailureUnfencesSource(t *testing.T) {
 	if tr, _ := st.tenantRow("use-1", "acme"); tr.fenced {
 		t.Error("source still fenced after the failure")
 	}
-	if err := st.clientWrite("use-1", "acme", Key{"items", "new"}, "x", false); err != nil {
+	if err := st.clientWrite("use-1", "acme", Key{Collection: "items", ID: "new"}, "x", false); err != nil {
 		t.Errorf("client write on the source after the failure: %v", err)
 	}
 	if n := st.count("FinishTarget"); n != 3 {
@@ -487,7 +487,7 @@ func TestVerifyStandalone(t *testing.T) {
 	st := newFakeStore()
 	st.seed("use-1", "acme", 30)
 	st.seed("euw-1", "acme", 28)
-	if err := st.clientWrite("euw-1", "acme", Key{"items", "r00003"}, "x", false); err != nil {
+	if err := st.clientWrite("euw-1", "acme", Key{Collection: "items", ID: "r00003"}, "x", false); err != nil {
 		t.Fatal(err)
 	}
 	diffs, sample, checked, err := Verify(context.Background(), st, "acme", "use-1", "euw-1", 7, 2)

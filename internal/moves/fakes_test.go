@@ -147,7 +147,7 @@ func (f *fakeStore) seed(shard, tenant string, n int) {
 	defer f.mu.Unlock()
 	f.tenant(shard, tenant, true)
 	for i := 0; i < n; i++ {
-		f.set(shard, tenant, Key{"items", fmt.Sprintf("r%05d", i)}, frow{version: 1, data: "v1"})
+		f.set(shard, tenant, Key{Collection: "items", ID: fmt.Sprintf("r%05d", i)}, frow{version: 1, data: "v1"})
 	}
 	f.tenants[shard][tenant].changeSeq = int64(n)
 }

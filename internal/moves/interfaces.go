@@ -2,17 +2,16 @@ package moves
 
 import (
 	"context"
+	"github.com/meridian-dev/meridian/internal/records"
 	"time"
 
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
-// Key is a record's primary key within a tenant, ordered by (Collection, ID) in "C" collation.
-// It mirrors records.Key of the records store; the zero Key sorts before every record.
-type Key struct {
-	Collection string
-	ID         string
-}
+// Key is a record's primary key within a tenant, ordered by (Collection, ID) in "C" collation:
+// the records store's key, so *pgstore.Store is a Store as it is. The zero Key sorts before
+// every record.
+type Key = records.Key
 
 // MapClient is what the controller needs of the shard map: *shardmap.Client satisfies it.
 type MapClient interface {
