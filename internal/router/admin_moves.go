@@ -98,9 +98,9 @@ func (s *Server) view(c *gin.Context) (*shardmap.Map, bool) {
 
 // createMove starts a tenant move (DESIGN.md §4a, §8). Checks, in order: the body (400), the
 // target shard exists (400 unknown-shard), the tenant exists on its shard (404), then the
-// conflicts (409): the tenant is already there, the target is draining, the tenant was created
-// with a region and the target is homed elsewhere (region-pinned), the tenant has an unfinished
-// move (tenant-moving). The map repeats the rules it owns when it applies the command, so a race
+// conflicts (409): the tenant is already there or the target is draining (conflict), the tenant
+// was created with a region and the target is homed elsewhere (region-pinned), the tenant has
+// an unfinished move (tenant-moving). The map repeats the rules it owns when it applies the command, so a race
 // with another request ends in the same 409.
 func (s *Server) createMove(c *gin.Context) {
 	body, ok := s.readBody(c)
@@ -137,6 +137,14 @@ func (s *Server) createMove(c *gin.Context) {
 		s.adminUpstreamFailure(c, err)
 		return
 	}
+	if route.Shard == to {
+		s.kindProblem(c, problem.Conflict, "tenant "+tenant+" is already on shard "+to)
+		return
+	}
+	if target.State != shardmap.ShardActive {
+		s.kindProblem(c, problem.Conflict, "shard "+to+" is draining and takes no tenants")
+		return
+	}
 	if region, pinned := v.TenantRegion(tenant); pinned && target.HomeRegion != region {
 		s.kindProblem(c, problem.RegionPinned, fmt.Sprintf(
 			"tenant %s was created in region %s; shard %s is homed in %s", tenant, region, to, target.HomeRegion))
@@ -151,6 +159,7 @@ func (s *Server) createMove(c *gin.Context) {
 		s.moveMapError(c, err, tenant, to)
 		return
 	}
+	s.log(c).Info("move requested", "move_id", mv.ID, "from_shard", mv.From, "to_shard", mv.To)
 	c.Header("Location", "/admin/v1/moves/"+url.PathEscape(mv.ID))
 	c.JSON(http.StatusAccepted, MoveAccepted{ID: mv.ID, Phase: mv.Phase})
 }
@@ -240,6 +249,7 @@ func (s *Server) cancelMove(c *gin.Context) {
 		c.Header("Retry-After", "1")
 		s.kindProblem(c, problem.ServiceUnavailable, "the shard map did not record the cancel; retry")
 	default:
+		s.log(c).Info("move cancelled", "move_id", mv.ID)
 		c.JSON(http.StatusAccepted, mv)
 	}
 }
