@@ -15,6 +15,7 @@ import (
 
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/shardmap"
+	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
 // newMapRig is a rig whose router embeds a real one-node shard map (Raft on 127.0.0.1, data in
@@ -377,6 +378,30 @@ func FuzzDecodeMoveRequest(f *testing.F) {
 		tenant, to, err := DecodeMoveRequest(b)
 		if err == nil && (tenant == "" || to == "") {
 			t.Fatalf("accepted %q: %q %q", b, tenant, to)
+		}
+	})
+}
+
+// FuzzTenantCursor: any cursor either is refused or yields a valid tenant id, and a cursor the
+// router made decodes to what it was made from, for its own shard filter only.
+func FuzzTenantCursor(f *testing.F) {
+	s := &Server{cfg: Config{ClusterToken: "cluster-secret"}}
+	f.Add(s.encodeTenantCursor("acme", ""), "", "acme")
+	f.Add(s.encodeTenantCursor("globex", "eu-west-1"), "eu-west-1", "globex")
+	f.Add("abc.def", "", "acme")
+	f.Fuzz(func(t *testing.T, cur, shard, last string) {
+		if got, err := s.decodeTenantCursor(cur, shard); err == nil && !ids.ValidTenant(got) {
+			t.Fatalf("cursor %q gave bad id %q", cur, got)
+		}
+		if !ids.ValidTenant(last) || strings.Contains(shard, "|") {
+			return
+		}
+		enc := s.encodeTenantCursor(last, shard)
+		if got, err := s.decodeTenantCursor(enc, shard); err != nil || got != last {
+			t.Fatalf("round trip of %q/%q: %q %v", last, shard, got, err)
+		}
+		if _, err := s.decodeTenantCursor(enc, shard+"x"); err == nil {
+			t.Fatalf("cursor for %q accepted for another filter", shard)
 		}
 	})
 }
