@@ -15,6 +15,8 @@ targets=(
   "./internal/api FuzzReadPref"
   "./internal/auth FuzzVerify"
   "./internal/router FuzzDecodeCreateTenant"
+  "./internal/router FuzzDecodeMoveRequest"
+  "./internal/router FuzzTenantCursor"
   "./internal/router FuzzRouterRequest"
   "./replication FuzzDecodeToken"
 )

@@ -27,6 +27,9 @@ const (
 	CmdCutover      CommandType = 9
 	CmdAddRegion    CommandType = 10
 	CmdSetLimits    CommandType = 11
+	CmdAcquireLease CommandType = 12
+	CmdReleaseLease CommandType = 13
+	CmdPruneMoves   CommandType = 14
 	CmdRegisterNode CommandType = IgnoreIfUnknown | 1
 )
 
@@ -114,6 +117,31 @@ type SetTenantLimits struct {
 	Reset  []string     `json:"reset,omitempty"`
 }
 
+// AcquireLease grants the lease Name to Holder until the entry's time plus TTL. It is granted
+// when nobody holds the lease, when the holder's lease has expired (the entry's time is after
+// its expiry), or when Holder already holds it (a renewal: the expiry becomes the entry's time
+// plus TTL); otherwise it fails with ErrLeaseHeld. The entry's time is the proposer's clock
+// (Apply reads none), so a lease is only as exclusive as the proposers' clocks agree: a holder
+// renews well within TTL and stops acting as holder before its own clock reaches the expiry.
+type AcquireLease struct {
+	Name   string        `json:"name"`
+	Holder string        `json:"holder"`
+	TTL    time.Duration `json:"ttl"`
+}
+
+// ReleaseLease gives up Holder's lease Name at once. Releasing a lease nobody holds is a
+// no-op (so a retried release succeeds); another holder's lease is ErrLeaseHeld.
+type ReleaseLease struct {
+	Name   string `json:"name"`
+	Holder string `json:"holder"`
+}
+
+// PruneMoves removes the terminal moves (done, cancelled, failed) last updated before Before.
+// Non-terminal moves are never pruned.
+type PruneMoves struct {
+	Before time.Time `json:"before"`
+}
+
 // RegisterNode records the HTTP base URL of a map node, so followers can forward to the
 // leader. It is issued by the join protocol, not by operators.
 type RegisterNode struct {
@@ -133,6 +161,9 @@ func (MoveProgress) Type() CommandType    { return CmdMoveProgress }
 func (Cutover) Type() CommandType         { return CmdCutover }
 func (RegisterNode) Type() CommandType    { return CmdRegisterNode }
 func (SetTenantLimits) Type() CommandType { return CmdSetLimits }
+func (AcquireLease) Type() CommandType    { return CmdAcquireLease }
+func (ReleaseLease) Type() CommandType    { return CmdReleaseLease }
+func (PruneMoves) Type() CommandType      { return CmdPruneMoves }
 
 // MoveIDForIndex is the id given to a RequestMove without an id, applied at a Raft index.
 func MoveIDForIndex(index uint64) string { return fmt.Sprintf("mv-%d", index) }
@@ -219,6 +250,12 @@ func newCommand(t CommandType) any {
 		return &RegisterNode{}
 	case CmdSetLimits:
 		return &SetTenantLimits{}
+	case CmdAcquireLease:
+		return &AcquireLease{}
+	case CmdReleaseLease:
+		return &ReleaseLease{}
+	case CmdPruneMoves:
+		return &PruneMoves{}
 	}
 	return nil
 }
@@ -248,6 +285,12 @@ func deref(p any) Command {
 	case *RegisterNode:
 		return *c
 	case *SetTenantLimits:
+		return *c
+	case *AcquireLease:
+		return *c
+	case *ReleaseLease:
+		return *c
+	case *PruneMoves:
 		return *c
 	}
 	panic(fmt.Sprintf("shardmap: deref %T", p))

@@ -1,5 +1,6 @@
 // Package shardmap owns Meridian's shard map: the model (regions, shards, the slot table,
-// tenant pins, per-tenant write epochs, per-tenant limit overrides and tenant moves), the typed commands that change it, the
+// tenant pins, the region of every tenant created with one, per-tenant write epochs, per-tenant
+// limit overrides, tenant moves and named leases), the typed commands that change it, the
 // deterministic Raft FSM that applies them, snapshots, the watch API every map node serves, and
 // the watching Client that API nodes, the rebalancer and the CLI use to keep a read-only copy.
 //
@@ -66,6 +67,8 @@ var (
 	ErrBadPhaseTransition = errors.New("shardmap: bad move phase transition")
 	// ErrBadLimits means a tenant limit override is out of bounds or names an unknown field.
 	ErrBadLimits = errors.New("shardmap: bad tenant limits")
+	// ErrLeaseHeld means a lease is held by another holder and has not expired.
+	ErrLeaseHeld = errors.New("shardmap: lease held by another holder")
 )
 
 // errorCodes gives every sentinel a stable wire code, so typed errors survive forwarding over
@@ -98,6 +101,7 @@ var errorCodes = []struct {
 	{"move_exists", ErrMoveExists},
 	{"bad_phase_transition", ErrBadPhaseTransition},
 	{"bad_limits", ErrBadLimits},
+	{"lease_held", ErrLeaseHeld},
 }
 
 func codeOf(err error) string {

@@ -163,6 +163,12 @@ func (s *state) applyCmd(cmd Command, index uint64, at time.Time) error {
 		return nil
 	case SetTenantLimits:
 		return s.setTenantLimits(c)
+	case AcquireLease:
+		return s.acquireLease(c, at)
+	case ReleaseLease:
+		return s.releaseLease(c)
+	case PruneMoves:
+		return s.pruneMoves(c)
 	case RegisterNode:
 		if c.ID == "" || c.HTTPAddr == "" {
 			return fmt.Errorf("%w: register node needs id and http_addr", ErrBadCommand)
@@ -314,6 +320,9 @@ func (s *state) createTenant(c CreateTenant) error {
 		return fmt.Errorf("%w: %s", ErrNoShardInRegion, c.Region)
 	}
 	s.pins[c.Tenant] = best
+	// The region is kept apart from the pin: a move's cutover pins too, and the residency
+	// rule (a tenant created with a region stays in it) must outlive any number of moves.
+	s.homes[c.Tenant] = c.Region
 	return nil
 }
 

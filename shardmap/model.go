@@ -94,6 +94,8 @@ type state struct {
 	moves     map[string]Move
 	nodes     map[string]string       // raft server id -> HTTP base URL of that node's Handler
 	limits    map[string]TenantLimits // tenant -> limit overrides, only while one is set
+	homes     map[string]string       // tenant -> region it was created in (CreateTenant with a region)
+	leases    map[string]Lease        // lease name -> holder and expiry
 }
 
 func newState() *state {
@@ -104,6 +106,8 @@ func newState() *state {
 		moves:  map[string]Move{},
 		nodes:  map[string]string{},
 		limits: map[string]TenantLimits{},
+		homes:  map[string]string{},
+		leases: map[string]Lease{},
 	}
 }
 
@@ -119,6 +123,8 @@ func (s *state) clone() *state {
 		moves:     maps.Clone(s.moves),
 		nodes:     maps.Clone(s.nodes),
 		limits:    maps.Clone(s.limits),
+		homes:     maps.Clone(s.homes),
+		leases:    maps.Clone(s.leases),
 	}
 }
 
@@ -136,6 +142,10 @@ type wireState struct {
 	Nodes     map[string]string `json:"nodes"`
 	// Limits is omitted while empty, so maps without overrides encode as they always did.
 	Limits map[string]TenantLimits `json:"tenant_limits,omitempty"`
+	// Homes and Leases are omitted while empty for the same reason; a snapshot written before
+	// they existed has neither key and loads with none.
+	Homes  map[string]string `json:"tenant_regions,omitempty"`
+	Leases map[string]Lease  `json:"leases,omitempty"`
 }
 
 func (s *state) wire() wireState {
@@ -150,6 +160,8 @@ func (s *state) wire() wireState {
 		Moves:     make([]Move, 0, len(s.moves)),
 		Nodes:     s.nodes,
 		Limits:    s.limits,
+		Homes:     s.homes,
+		Leases:    s.leases,
 	}
 	for _, id := range slices.Sorted(maps.Keys(s.shards)) {
 		w.Shards = append(w.Shards, s.shards[id])
@@ -224,6 +236,11 @@ func decodeState(b []byte) (*state, error) {
 		return nil, fmt.Errorf("shardmap: decode state: %w", err)
 	}
 	maps.Copy(s.limits, w.Limits)
+	if err := checkHomesAndLeases(s.regions, w.Homes, w.Leases); err != nil {
+		return nil, fmt.Errorf("shardmap: decode state: %w", err)
+	}
+	maps.Copy(s.homes, w.Homes)
+	maps.Copy(s.leases, w.Leases)
 	if len(s.shards) >= ids.MaxSlotCount {
 		return nil, fmt.Errorf("shardmap: decode state: too many shards")
 	}
@@ -246,6 +263,7 @@ type Map struct {
 	slots   []uint16
 	tenants map[string]tenantEntry
 	shardIx map[string]int
+	active  map[string]string // tenant -> id of its non-terminal move
 
 	encOnce sync.Once
 	enc     []byte
@@ -291,11 +309,13 @@ func buildMap(s *state) *Map {
 		e.epoch = ep
 		m.tenants[t] = e
 	}
+	m.active = map[string]string{}
 	for _, mv := range s.moves {
 		if !mv.Phase.Terminal() {
 			e := entry(mv.Tenant)
 			e.moving = true
 			m.tenants[mv.Tenant] = e
+			m.active[mv.Tenant] = mv.ID
 		}
 	}
 	return m

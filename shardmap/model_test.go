@@ -282,7 +282,9 @@ func TestEntryRoundTripAndUnknownTypes(t *testing.T) {
 	cmds := []Command{testTopology(), AddRegion{Region: "x"}, AddShard{Shard: Shard{ID: "a", HomeRegion: "x", Database: "d"}}, DrainShard{Shard: "a"},
 		AssignSlots{Slots: []int{1, 2}, Shard: "a"}, CreateTenant{Tenant: "acme", Region: "x"}, RequestMove{Tenant: "acme", To: "a"},
 		SetMovePhase{ID: "m", Phase: PhaseFailed, Error: "e"}, MoveProgress{ID: "m", PauseMS: ptr(int64(3))}, Cutover{ID: "m"}, RegisterNode{ID: "n", HTTPAddr: "http://x"},
-		SetTenantLimits{Tenant: "acme", Set: TenantLimits{RPS: 2.5, Concurrency: 3}, Reset: []string{LimitBurst}}}
+		SetTenantLimits{Tenant: "acme", Set: TenantLimits{RPS: 2.5, Concurrency: 3}, Reset: []string{LimitBurst}},
+		AcquireLease{Name: "rebalancer", Holder: "ctl-1", TTL: 10 * time.Second}, ReleaseLease{Name: "rebalancer", Holder: "ctl-1"},
+		PruneMoves{Before: t0.Add(-time.Hour)}}
 	for _, c := range cmds {
 		b, err := encodeEntry(c, t0)
 		if err != nil {

@@ -22,6 +22,8 @@ var (
 	propShards  = []string{"us-east-1", "us-west-1", "eu-west-1", "eu-west-2", "us-east-2", "eu-west-3", "nope"}
 	propRegions = []string{"us-east", "us-west", "eu-west", "mars", ""}
 	propPhases  = allPhases
+	propLeases  = []string{"rebalancer", "other", ""}
+	propHolders = []string{"ctl-a", "ctl-b", ""}
 )
 
 func (g *cmdGen) pick(xs []string) string { return xs[g.r.IntN(len(xs))] }
@@ -30,7 +32,7 @@ func (g *cmdGen) next(step int) Command {
 	if step == 0 {
 		return testTopology()
 	}
-	switch g.r.IntN(13) {
+	switch g.r.IntN(16) {
 	case 0:
 		if g.r.IntN(4) == 0 {
 			return testTopology()
@@ -56,6 +58,14 @@ func (g *cmdGen) next(step int) Command {
 		reset := [][]string{nil, nil, {LimitRPS}, {LimitBurst, LimitConcurrency}, {"nope"}}[g.r.IntN(5)]
 		return SetTenantLimits{Tenant: g.pick(propTenants), Reset: reset,
 			Set: TenantLimits{RPS: rps, Burst: g.r.IntN(4) - 1, Concurrency: g.r.IntN(3)}}
+	case 13:
+		return AcquireLease{Name: g.pick(propLeases), Holder: g.pick(propHolders),
+			TTL: []time.Duration{time.Second, 5 * time.Second, 0, 2 * MaxLeaseTTL}[g.r.IntN(4)]}
+	case 14:
+		if g.r.IntN(2) == 0 {
+			return ReleaseLease{Name: g.pick(propLeases), Holder: g.pick(propHolders)}
+		}
+		return PruneMoves{Before: []time.Time{{}, t0, t0.Add(time.Duration(g.r.IntN(400)) * time.Second)}[g.r.IntN(3)]}
 	default:
 		return MoveProgress{ID: g.moveID(), RowsCopied: ptr(int64(g.r.IntN(100) - 5))}
 	}
@@ -99,11 +109,26 @@ func checkInvariants(t testing.TB, m *Map) {
 	}
 	active := map[string]int{}
 	for _, mv := range m.Moves() {
+		got, ok := m.ActiveMove(mv.Tenant)
 		if !mv.Phase.Terminal() {
 			active[mv.Tenant]++
 			if active[mv.Tenant] > 1 {
 				t.Fatalf("tenant %s has two active moves", mv.Tenant)
 			}
+			if !ok || got.ID != mv.ID {
+				t.Fatalf("ActiveMove(%s) = %+v %v, want %s", mv.Tenant, got, ok, mv.ID)
+			}
+		}
+	}
+	for _, mv := range m.Moves() {
+		if _, ok := m.ActiveMove(mv.Tenant); ok != (active[mv.Tenant] == 1) {
+			t.Fatalf("ActiveMove(%s) reports %v with %d active moves", mv.Tenant, ok, active[mv.Tenant])
+		}
+	}
+	// A tenant created with a region is pinned (a move may pin it elsewhere later).
+	for tn := range m.TenantRegions() {
+		if r, err := m.Lookup(tn); err != nil || !r.Pinned {
+			t.Fatalf("tenant %s has a creation region but is not pinned: %+v %v", tn, r, err)
 		}
 	}
 }

@@ -96,6 +96,12 @@ var (
 	// Conflict (generic 409) is a request that conflicts with the current state (a tenant that
 	// already exists).
 	Conflict = Kind{"conflict", "Conflict", http.StatusConflict}
+	// TenantMoving is a tenant move requested while the tenant has a move that is not finished.
+	TenantMoving = Kind{"tenant-moving", "Tenant is moving", http.StatusConflict}
+	// RegionPinned is a tenant move to a shard outside the region the tenant was created in.
+	RegionPinned = Kind{"region-pinned", "Tenant pinned to its region", http.StatusConflict}
+	// MoveNotCancellable is a cancel of a move past its last cancellable phase (verify).
+	MoveNotCancellable = Kind{"move-not-cancellable", "Move cannot be cancelled", http.StatusConflict}
 	// PreconditionFailed (generic 412) is an If-Match or If-None-Match that does not hold.
 	PreconditionFailed = Kind{"precondition-failed", "Precondition Failed", http.StatusPreconditionFailed}
 	// ContentTooLarge (generic 413) is a body, or a record's data after a PATCH, over the limit.
@@ -141,7 +147,8 @@ var kinds = []struct {
 	{InvalidLastEventID, false}, {ValueRejected, false}, {UnknownShard, false}, {UnknownRegion, false},
 	{Unauthorized, true}, {Forbidden, true},
 	{NotFound, true}, {TenantNotFound, false}, {RecordNotFound, false}, {MoveNotFound, false},
-	{MethodNotAllowed, true}, {RequestTimeout, true}, {Conflict, true}, {PreconditionFailed, true},
+	{MethodNotAllowed, true}, {RequestTimeout, true}, {Conflict, true},
+	{TenantMoving, false}, {RegionPinned, false}, {MoveNotCancellable, false}, {PreconditionFailed, true},
 	{ContentTooLarge, true}, {UnsupportedMediaType, true}, {MisdirectedRequest, true},
 	{IdempotencyKeyReused, true}, {RateLimited, true}, {ConcurrencyLimited, false},
 	{ClientClosedRequest, true},

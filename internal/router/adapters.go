@@ -138,6 +138,47 @@ func (n NodeMap) SetTenantLimits(ctx context.Context, tenant string, patch Limit
 	return l, nil
 }
 
+// View is the node's local copy.
+func (n NodeMap) View() *shardmap.Map { return n.Node.Map() }
+
+// RequestMove applies shardmap.RequestMove (the move's id is the map's, from the Raft index)
+// and waits for the local copy to include it.
+func (n NodeMap) RequestMove(ctx context.Context, tenant, to string) (shardmap.Move, error) {
+	idx, err := n.Node.Apply(ctx, shardmap.RequestMove{Tenant: tenant, To: to})
+	if err != nil {
+		return shardmap.Move{}, err
+	}
+	if err := n.WaitVersion(ctx, idx); err != nil {
+		return shardmap.Move{}, err
+	}
+	id := shardmap.MoveIDForIndex(idx)
+	mv, ok := n.Node.Map().Move(id)
+	if !ok {
+		// Only a PruneMoves between the apply and this read could remove it, and a move that
+		// was just requested is not terminal, so it is never pruned.
+		return shardmap.Move{}, fmt.Errorf("%w: %s not in the local copy", shardmap.ErrUnknownMove, id)
+	}
+	return mv, nil
+}
+
+// CancelMove applies shardmap.SetMovePhase to cancelled and waits for the local copy.
+func (n NodeMap) CancelMove(ctx context.Context, id string) (shardmap.Move, error) {
+	idx, err := n.Node.Apply(ctx, shardmap.SetMovePhase{ID: id, Phase: shardmap.PhaseCancelled})
+	if err != nil {
+		return shardmap.Move{}, err
+	}
+	if err := n.WaitVersion(ctx, idx); err != nil {
+		return shardmap.Move{}, err
+	}
+	mv, ok := n.Node.Map().Move(id)
+	if !ok {
+		// Only a prune of moves updated before now could remove it, and PruneMoves is sent
+		// with the retention period (days) behind the clock.
+		return shardmap.Move{}, fmt.Errorf("%w: %s not in the local copy", shardmap.ErrUnknownMove, id)
+	}
+	return mv, nil
+}
+
 // JWTAuth is the Authenticator of internal/auth (the API node's rules).
 type JWTAuth struct{ Verifier *auth.Verifier }
 

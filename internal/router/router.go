@@ -85,6 +85,8 @@ type ShardMap interface {
 	// local copy has it, and returns the tenant's overrides from then on. ErrBadLimits and
 	// ErrBadTenantID are reported as such.
 	SetTenantLimits(ctx context.Context, tenant string, patch LimitsPatch) (TenantLimits, error)
+	// MoveMap serves the move routes and the tenants list (admin_moves.go).
+	MoveMap
 }
 
 // TenantLimits are a tenant's overrides of the router's defaults (a copy of

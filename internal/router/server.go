@@ -75,6 +75,11 @@ func New(cfg Config) (*Server, error) {
 	admin.PATCH("/tenants/:id", s.patchTenant)
 	getHead(admin, "/shardmap", s.getShardmap)
 	getHead(admin, "/regions", s.getRegions)
+	getHead(admin, "/tenants", s.listTenants)
+	admin.POST("/moves", s.createMove)
+	getHead(admin, "/moves", s.listMoves)
+	getHead(admin, "/moves/:id", s.getMove)
+	admin.POST("/moves/:id/cancel", s.cancelMove)
 	e.Any("/v1/*path", s.proxy)
 	e.NoRoute(func(c *gin.Context) {
 		s.problem(c, http.StatusNotFound, "Not Found", "no such route")
