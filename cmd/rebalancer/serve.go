@@ -108,22 +108,33 @@ func runServe(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	return errors.Join(err, parts.Stop(context.Background()))
 }
 
-// errNotIntegrated is what the three adapters below return until the map lease (moves-map)
-// and pgstore's move primitives (moves-store) are merged; serve then exits saying so.
-var errNotIntegrated = errors.New("not integrated yet")
-
 // newMovesStore is pgstore's move primitives (internal/records/pgstore/moves.go) as moves.Store.
 func newMovesStore(s *pgstore.Store) (moves.Store, error) { return s, nil }
 
-// newMapLease adapts the map's lease commands to moves.Lease. The integrator completes it once
-// shardmap has them: Acquire applies shardmap.AcquireLease{Name, Holder, TTL} with
-// client.Apply and wraps shardmap.ErrLeaseHeld as moves.ErrLeaseHeld; Release applies
-// shardmap.ReleaseLease{Name, Holder}.
-func newMapLease(*shardmap.Client) (moves.Lease, error) {
-	return nil, fmt.Errorf("map lease: shardmap's AcquireLease is %w (cmd/rebalancer/serve.go newMapLease)", errNotIntegrated)
+// newMapLease is the map's lease commands as moves.Lease.
+func newMapLease(c *shardmap.Client) (moves.Lease, error) { return mapLease{c}, nil }
+
+type mapLease struct{ c *shardmap.Client }
+
+func (l mapLease) Acquire(ctx context.Context, name, holder string, ttl time.Duration) error {
+	_, err := l.c.Apply(ctx, shardmap.AcquireLease{Name: name, Holder: holder, TTL: ttl})
+	if errors.Is(err, shardmap.ErrLeaseHeld) {
+		return fmt.Errorf("%w: %w", moves.ErrLeaseHeld, err)
+	}
+	return err
 }
 
-// newPruner adapts the map's PruneMoves command to moves.Pruner; nil until it exists (the
-// controller then prunes nothing and finished moves stay in the map). The integrator returns
-// a func type applying shardmap.PruneMoves{Before: before}.
-func newPruner(*shardmap.Client) moves.Pruner { return nil }
+func (l mapLease) Release(ctx context.Context, name, holder string) error {
+	_, err := l.c.Apply(ctx, shardmap.ReleaseLease{Name: name, Holder: holder})
+	return err
+}
+
+// newPruner is the map's PruneMoves command as moves.Pruner.
+func newPruner(c *shardmap.Client) moves.Pruner { return mapPruner{c} }
+
+type mapPruner struct{ c *shardmap.Client }
+
+func (p mapPruner) PruneMoves(ctx context.Context, before time.Time) error {
+	_, err := p.c.Apply(ctx, shardmap.PruneMoves{Before: before})
+	return err
+}

@@ -66,6 +66,9 @@ type Cluster struct {
 	standby  map[string]map[string]*localsrv.Postgres // region -> source region -> standby
 	redis    map[string]*localsrv.Redis
 	nats     map[string]*child
+	// rebalancer is the move controller and rebalancerURL its /metrics and /healthz.
+	rebalancer    *child
+	rebalancerURL string
 	routers  map[string][]*child
 	apis     map[string][]*child
 	proxies  *latency.Manager // nil without latency mode

@@ -38,7 +38,8 @@ type ProcessInfo struct {
 	// Name is unique: a node id ("us-east-router-1", "us-east-api-1"), "postgres-<region>",
 	// "standby-<region>-of-<source>", "redis-<region>" or "nats-<region>".
 	Name string `json:"name"`
-	// Kind is one of KindRouter, KindAPI, KindPrimary, KindStandby, KindRedis, KindNATS.
+	// Kind is one of KindRouter, KindAPI, KindPrimary, KindStandby, KindRedis, KindNATS,
+	// KindRebalancer.
 	Kind   string `json:"kind"`
 	Region string `json:"region"`
 	// Source is, for a standby, the region whose primary it replicates.
@@ -111,6 +112,10 @@ func (c *Cluster) Processes() []ProcessInfo {
 			out = append(out, ProcessInfo{Name: "redis-" + r, Kind: KindRedis, Region: r, Pid: rd.Pid(),
 				Running: rd.Pid() != 0})
 		}
+		if ch := c.rebalancer; ch != nil && r == c.regions()[0] {
+			out = append(out, ProcessInfo{Name: ch.name, Kind: KindRebalancer, Region: r, Pid: ch.pid(), Running: ch.running(),
+				URL: c.rebalancerURL})
+		}
 		if ch := c.nats[r]; ch != nil {
 			out = append(out, ProcessInfo{Name: ch.name, Kind: KindNATS, Region: r, Pid: ch.pid(), Running: ch.running(),
 				URL: fmt.Sprintf("nats://%s:%d", host, c.ports(r).NATSClient)})
@@ -155,6 +160,9 @@ func (c *Cluster) childNamed(name string) *child {
 			return ch
 		}
 	}
+	if c.rebalancer != nil && c.rebalancer.name == name {
+		return c.rebalancer
+	}
 	return nil
 }
 
@@ -172,7 +180,7 @@ func (c *Cluster) Kill(name string) error {
 		return nil
 	}
 	switch p.Kind {
-	case KindRouter, KindAPI, KindNATS:
+	case KindRouter, KindAPI, KindNATS, KindRebalancer:
 		c.childNamed(name).kill()
 	case KindPrimary, KindStandby:
 		pg := c.primaryOf(p.Region)
@@ -208,7 +216,7 @@ func (c *Cluster) Restart(ctx context.Context, name string) error {
 		return fmt.Errorf("%w: %s", ErrRunning, name)
 	}
 	switch p.Kind {
-	case KindRouter, KindAPI:
+	case KindRouter, KindAPI, KindRebalancer:
 		return c.childNamed(name).run()
 	case KindNATS:
 		if err := c.childNamed(name).run(); err != nil {

@@ -54,7 +54,7 @@ func buildBinaries(t *testing.T) string {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	args = append(args, "./cmd/router", "./cmd/api", "./cmd/sim")
+	args = append(args, "./cmd/router", "./cmd/api", "./cmd/sim", "./cmd/rebalancer")
 	cmd := exec.Command("go", args...)
 	cmd.Dir = repoRoot(t)
 	if out, err := cmd.CombinedOutput(); err != nil {

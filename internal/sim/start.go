@@ -57,6 +57,9 @@ func (c *Cluster) start(ctx context.Context) error {
 	if err := p.step("api nodes", func() error { return c.startAPIs(ctx) }); err != nil {
 		return err
 	}
+	if err := p.step("rebalancer (move controller)", func() error { return c.startRebalancer(ctx) }); err != nil {
+		return err
+	}
 	if err := p.step("every node ready", func() error { return c.waitReady(ctx) }); err != nil {
 		return err
 	}

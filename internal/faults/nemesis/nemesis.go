@@ -144,7 +144,7 @@ var healOrder = map[string]int{Partition: 0, PauseReplay: 1, KillPrimary: 2, Kil
 // Redis and NATS, then routers and API nodes (they need the others). Every kind of process
 // the launcher runs has its place (TestHealOrderIsComplete).
 var healAllOrder = map[string]int{sim.KindPrimary: 0, sim.KindStandby: 1, sim.KindRedis: 2, sim.KindNATS: 3,
-	sim.KindRouter: 4, sim.KindAPI: 5}
+	sim.KindRouter: 4, sim.KindAPI: 5, sim.KindRebalancer: 6}
 
 // sleepUntil waits until the run's clock reads t; false if ctx ended first.
 func (n *Nemesis) sleepUntil(ctx context.Context, t time.Duration) bool {

@@ -176,7 +176,7 @@ func TestHealOrderIsComplete(t *testing.T) {
 			t.Errorf("fault kind %s has no place in healOrder", k)
 		}
 	}
-	for _, k := range []string{sim.KindRouter, sim.KindAPI, sim.KindPrimary, sim.KindStandby, sim.KindRedis, sim.KindNATS} {
+	for _, k := range []string{sim.KindRouter, sim.KindAPI, sim.KindPrimary, sim.KindStandby, sim.KindRedis, sim.KindNATS, sim.KindRebalancer} {
 		if _, ok := healAllOrder[k]; !ok {
 			t.Errorf("process kind %s has no place in healAllOrder", k)
 		}

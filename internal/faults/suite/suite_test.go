@@ -52,7 +52,7 @@ func startCluster(t *testing.T, ctx context.Context) *sim.Cluster {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	cmd := exec.Command("go", append(args, "./cmd/router", "./cmd/api", "./cmd/sim")...)
+	cmd := exec.Command("go", append(args, "./cmd/router", "./cmd/api", "./cmd/sim", "./cmd/rebalancer")...)
 	cmd.Dir = repoRoot()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
