@@ -61,6 +61,11 @@ type Config struct {
 	Log func(string)
 	// ReadyTimeout bounds the wait for a restarted router or API node to be ready [60s].
 	ReadyTimeout time.Duration
+	// Tenants are the workload's tenants, the ones move faults move (target "tenant-<i>" is
+	// the i-th). Without them a move fault fails to inject.
+	Tenants []string
+	// MoveTimeout bounds the wait for a move to end at the end of Run and in HealAll [3m].
+	MoveTimeout time.Duration
 }
 
 // Nemesis carries out a schedule.
@@ -72,14 +77,20 @@ type Nemesis struct {
 	mu       sync.Mutex
 	log      []string
 	injected int
-	// active are the faults injected and not healed yet, by fault (with the leader resolved).
+	// active are the faults injected and not healed yet, by fault (with the leader resolved;
+	// a move's target is its tenant).
 	active []Fault
+	// moves are the moves requested, in order.
+	moves []MoveRecord
 }
 
 // New returns a nemesis for cfg.
 func New(cfg Config) *Nemesis {
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = 60 * time.Second
+	}
+	if cfg.MoveTimeout <= 0 {
+		cfg.MoveTimeout = 3 * time.Minute
 	}
 	return &Nemesis{cfg: cfg, client: &http.Client{Timeout: 5 * time.Second}}
 }
@@ -109,10 +120,11 @@ func (n *Nemesis) logf(format string, a ...any) {
 }
 
 // Run carries out steps: at each step's time it injects its faults, holds them, and heals
-// them (in healOrder) before the next step; a step whose time a slow heal overran by more
-// than half its hold is skipped and logged. It returns when the schedule is done or ctx
-// ends; either way what it injected is healed (with a fresh context if ctx ended) — HealAll
-// afterwards makes sure.
+// them (in healOrder) before the next step — except a move still running, which stays active
+// into the next steps until it ends (see moves.go); a step whose time a slow heal overran by
+// more than half its hold is skipped and logged. It returns when the schedule is done or ctx
+// ends; either way what it injected is healed (with a fresh context if ctx ended), every move
+// waited for — HealAll afterwards makes sure.
 func (n *Nemesis) Run(ctx context.Context, steps []Step) {
 	for _, s := range steps {
 		if !n.sleepUntil(ctx, s.At) {
@@ -128,17 +140,19 @@ func (n *Nemesis) Run(ctx context.Context, steps []Step) {
 			n.inject(ctx, f)
 		}
 		n.sleepUntil(ctx, s.At+s.Hold)
-		n.healActive(context.WithoutCancel(ctx))
+		n.healActive(context.WithoutCancel(ctx), false)
 	}
-	n.healActive(context.WithoutCancel(ctx))
+	n.healActive(context.WithoutCancel(ctx), true)
 }
 
 // healOrder is the order faults are healed in: links and replay first, then the databases,
 // Redis and NATS before the nodes that need them (an API node is not ready while its
-// region's primary is down, and its relay and consumer need NATS). Every kind of AllKinds
-// has its place (TestHealOrderIsComplete).
+// region's primary is down, and its relay and consumer need NATS), the move controller with
+// the API nodes (it needs the databases and the map), and moves last: a move ends only once
+// its controller, databases and map are back. Every kind of AllKinds has its place
+// (TestHealOrderIsComplete).
 var healOrder = map[string]int{Partition: 0, PauseReplay: 1, KillPrimary: 2, KillStandby: 3, KillRedis: 4,
-	KillNATS: 5, KillRouter: 6, KillLeader: 6, KillAPI: 7, KillRelay: 7}
+	KillNATS: 5, KillRouter: 6, KillLeader: 6, KillAPI: 7, KillRelay: 7, KillRebalancer: 7, Move: 8}
 
 // healAllOrder is the order HealAll restarts processes in, by sim kind: Postgres first, then
 // Redis and NATS, then routers and API nodes (they need the others). Every kind of process
@@ -177,8 +191,13 @@ func (n *Nemesis) inject(ctx context.Context, f Fault) {
 		}
 	}
 	switch f.Kind {
-	case KillRouter, KillLeader, KillAPI, KillStandby, KillPrimary, KillRedis, KillNATS, KillRelay:
+	case KillRouter, KillLeader, KillAPI, KillStandby, KillPrimary, KillRedis, KillNATS, KillRelay, KillRebalancer:
 		err = n.cfg.Launcher.Kill(ctx, f.Target)
+	case Move:
+		target := f.Target
+		if f.Target, err = n.moveTenant(ctx, target); err != nil {
+			f.Target = target
+		}
 	case Partition:
 		err = n.cfg.Launcher.Partition(ctx, f.Target)
 	case PauseReplay:
@@ -197,8 +216,10 @@ func (n *Nemesis) inject(ctx context.Context, f Fault) {
 	n.logf("inject %s %s", f.Kind, f.Target)
 }
 
-// healActive heals the active faults in healOrder; one that fails to heal stays active.
-func (n *Nemesis) healActive(ctx context.Context) {
+// healActive heals the active faults in healOrder; one that fails to heal stays active. A
+// move is healed once it has ended: with final, healActive waits for that; without, a move
+// still running stays active (into the next step) and is not a failed heal.
+func (n *Nemesis) healActive(ctx context.Context, final bool) {
 	n.mu.Lock()
 	active := slices.Clone(n.active)
 	n.mu.Unlock()
@@ -206,6 +227,18 @@ func (n *Nemesis) healActive(ctx context.Context) {
 	var left []Fault
 	for _, f := range active {
 		start := n.cfg.Now()
+		if f.Kind == Move && !final {
+			over, err := n.moveOver(ctx, f.Target, false)
+			if err != nil {
+				n.logf("move of %s: phase not known now (%v); carried into the next step", f.Target, err)
+			}
+			if !over {
+				left = append(left, f)
+				continue
+			}
+			n.logf("heal %s %s", f.Kind, f.Target)
+			continue
+		}
 		if err := n.heal(ctx, f); err != nil {
 			n.logf("heal %s %s FAILED: %v", f.Kind, f.Target, err)
 			left = append(left, f)
@@ -224,6 +257,9 @@ func (n *Nemesis) heal(ctx context.Context, f Fault) error {
 		return n.cfg.Launcher.Heal(ctx, f.Target)
 	case PauseReplay:
 		return n.replay(ctx, f.Target, false)
+	case Move:
+		_, err := n.moveOver(ctx, f.Target, true)
+		return err
 	default:
 		return n.restart(ctx, f.Target)
 	}
@@ -238,6 +274,9 @@ func (n *Nemesis) restart(ctx context.Context, name string) error {
 	p, err := n.process(ctx, name)
 	if err != nil {
 		return err
+	}
+	if p.Kind == sim.KindRebalancer && p.URL != "" {
+		return n.waitHealthz(ctx, p)
 	}
 	if !serves(p) {
 		return nil // the launcher's Restart returned once it accepts connections
@@ -266,18 +305,23 @@ func (n *Nemesis) process(ctx context.Context, name string) (sim.ProcessInfo, er
 
 // waitReady polls url/readyz until it answers 200, within ReadyTimeout.
 func (n *Nemesis) waitReady(ctx context.Context, url string) error {
+	return n.waitPath(ctx, url, "/readyz")
+}
+
+// waitPath polls url+path until it answers 200, within ReadyTimeout.
+func (n *Nemesis) waitPath(ctx context.Context, url, path string) error {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ReadyTimeout)
 	defer cancel()
 	var last error
 	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/readyz", nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+path, nil)
 		resp, err := n.client.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
-			err = fmt.Errorf("readyz: %s", resp.Status)
+			err = fmt.Errorf("%s: %s", path, resp.Status)
 		}
 		last = err
 		select {
@@ -403,10 +447,11 @@ func (n *Nemesis) relayActive(ctx context.Context, url string) bool {
 }
 
 // HealAll leaves the cluster whole: it heals what is still active, restarts every process not
-// running, heals every region, resumes replay on every standby, and waits until every router
-// and API node is ready. It returns what it could not do.
+// running, heals every region, resumes replay on every standby, waits until every router
+// and API node is ready, and then until every move it requested has ended. It returns what
+// it could not do.
 func (n *Nemesis) HealAll(ctx context.Context) error {
-	n.healActive(ctx)
+	n.healActive(ctx, false)
 	var errs []error
 	ps, err := n.cfg.Launcher.Processes(ctx)
 	if err != nil {
@@ -441,8 +486,22 @@ func (n *Nemesis) HealAll(ctx context.Context) error {
 			}
 		}
 	}
+	// Moves last: they end only with their controller, databases and map back.
+	n.healActive(ctx, true)
+	n.mu.Lock()
+	for _, f := range n.active {
+		errs = append(errs, fmt.Errorf("still active: %s", f))
+	}
+	moves := slices.Clone(n.moves)
+	n.mu.Unlock()
+	for _, m := range moves {
+		if !terminal(m.Phase) {
+			errs = append(errs, fmt.Errorf("move %s of %s has not ended (phase %s)", m.ID, m.Tenant, m.Phase))
+		}
+	}
 	if len(errs) == 0 {
-		n.logf("heal-all: every process runs, no region is cut off, every standby replays")
+		n.logf("heal-all: every process runs, no region is cut off, every standby replays, every move ended (%d of %d done)",
+			movesDone(moves), len(moves))
 	}
 	return errors.Join(errs...)
 }

@@ -2,14 +2,16 @@
 // SIGKILL and restart of a router (the shard-map Raft leader included), an API node, the API
 // node that runs a home region's outbox relay, a standby or primary Postgres, Redis and a
 // NATS JetStream server; a region partitioned and healed through the
-// launcher's latency proxies; a standby's WAL replay paused and resumed. Plan derives a
+// launcher's latency proxies; a standby's WAL replay paused and resumed; a move of one of the
+// workload's tenants to another shard of its region, requested through a router's admin API
+// and driven by the move controller, which is SIGKILLed and restarted too. Plan derives a
 // schedule of steps — each fault alone first, then random combinations — from a seed alone
 // (the same seed and cluster shape give the same schedule); Nemesis carries it out through a
 // Launcher, heals every step before the next, and HealAll leaves the cluster whole before the
 // final reads. Every injection and heal is logged with its time on the run's clock.
 //
 // It owns the faults only. It must never make workload requests or judge a history, and it
-// touches nothing but the processes and proxies the launcher started. Tests should run it
+// touches nothing but the processes and proxies the launcher started and the admin API's moves. Tests should run it
 // against a real cluster (internal/sim) and check the cluster recovers.
 package nemesis
 
@@ -54,11 +56,18 @@ const (
 	Partition = "partition"
 	// PauseReplay pauses a standby's WAL replay (pg_wal_replay_pause) until healed.
 	PauseReplay = "pause-replay"
+	// Move asks for a move of one of the workload's tenants (Target "tenant-<i>"; the log
+	// names the tenant, the move and its shards) to another active shard of its region, and
+	// is healed once the move has ended — possibly steps later (see moves.go).
+	Move = "move"
+	// KillRebalancer SIGKILLs the move controller (`rebalancer serve`, Target: its name),
+	// restarted when healed: moves in flight must resume from the phase the map records.
+	KillRebalancer = "kill-rebalancer"
 )
 
 // AllKinds lists every kind of fault, in a fixed order.
 var AllKinds = []string{KillRouter, KillLeader, KillAPI, KillStandby, KillPrimary, KillRedis, KillNATS, KillRelay,
-	Partition, PauseReplay}
+	Partition, PauseReplay, Move, KillRebalancer}
 
 // Fault is one fault of a step: its kind and target (a process name, a region, or "leader").
 type Fault struct {
@@ -100,6 +109,9 @@ type PlanConfig struct {
 	// Homes are the regions whose relays kill-relay may target: where the workload's tenants
 	// are homed (nil: every region).
 	Homes []string
+	// Tenants is how many tenants the workload has: move faults target "tenant-0" ..
+	// "tenant-<Tenants-1>" (0: no moves in the schedule).
+	Tenants int
 }
 
 // Plan derives a schedule from cfg.Seed and the cluster's processes and regions alone: first
@@ -162,7 +174,7 @@ func Plan(cfg PlanConfig, procs []sim.ProcessInfo, regions []string) []Step {
 		if at+hold > cfg.Duration-cfg.Tail {
 			break
 		}
-		if fs := targets(rng, ks, procs, regions, homes); len(fs) > 0 {
+		if fs := targets(rng, ks, procs, regions, homes, cfg.Tenants); len(fs) > 0 {
 			steps = append(steps, Step{At: at, Hold: hold, Faults: fs})
 		}
 		at += hold + between(cfg.MinQuiet, cfg.MaxQuiet)
@@ -173,7 +185,10 @@ func Plan(cfg PlanConfig, procs []sim.ProcessInfo, regions []string) []Step {
 // targets picks a target for each kind of ks, dropping a kind that has no target left. A
 // kill-relay takes every API node of its region (it resolves to one of them only when
 // injected), so no other fault of its step hits one.
-func targets(rng *rand.Rand, ks []string, procs []sim.ProcessInfo, regions, homes []string) []Fault {
+//
+// Two moves of one step take two different tenants; each is resolved when injected (to the
+// next tenant not moving when its own still is).
+func targets(rng *rand.Rand, ks []string, procs []sim.ProcessInfo, regions, homes []string, tenants int) []Fault {
 	used := map[string]bool{}
 	var out []Fault
 	partitioned, routerDown := false, false
@@ -217,7 +232,20 @@ func targets(rng *rand.Rand, ks []string, procs []sim.ProcessInfo, regions, home
 			}
 		case Partition:
 			if !partitioned {
-				cands = regions
+				// Not a region a kill-relay of the step took (its target is the region).
+				for _, r := range regions {
+					if !used[r] {
+						cands = append(cands, r)
+					}
+				}
+			}
+		case KillRebalancer:
+			cands = of(sim.KindRebalancer)
+		case Move:
+			for i := range tenants {
+				if t := fmt.Sprintf("tenant-%d", i); !used[t] {
+					cands = append(cands, t)
+				}
 			}
 		}
 		if len(cands) == 0 {

@@ -13,6 +13,7 @@ import (
 func procs() []sim.ProcessInfo {
 	var ps []sim.ProcessInfo
 	regions := []string{"eu-west", "us-east", "us-west"}
+	ps = append(ps, sim.ProcessInfo{Name: "rebalancer", Kind: sim.KindRebalancer, Region: "eu-west"})
 	for _, r := range regions {
 		ps = append(ps,
 			sim.ProcessInfo{Name: r + "-router-1", Kind: sim.KindRouter, Region: r},
@@ -48,7 +49,7 @@ func TestPlanIsDerivedFromTheSeed(t *testing.T) {
 
 func TestPlanShape(t *testing.T) {
 	for seed := int64(1); seed <= 50; seed++ {
-		cfg := PlanConfig{Seed: seed, Duration: 3 * time.Minute, MaxCombined: 3}
+		cfg := PlanConfig{Seed: seed, Duration: 3 * time.Minute, MaxCombined: 3, Tenants: 6}
 		steps := Plan(cfg, procs(), []string{"eu-west", "us-east", "us-west"})
 		// Every kind alone first.
 		if len(steps) < len(AllKinds) {
@@ -181,14 +182,71 @@ func TestHealOrderIsComplete(t *testing.T) {
 			t.Errorf("process kind %s has no place in healAllOrder", k)
 		}
 	}
-	for _, late := range []string{KillAPI, KillRelay, KillRouter, KillLeader} {
+	for _, late := range []string{KillAPI, KillRelay, KillRouter, KillLeader, KillRebalancer, Move} {
 		for _, early := range []string{KillPrimary, KillStandby, KillRedis, KillNATS, Partition} {
 			if healOrder[late] <= healOrder[early] {
 				t.Errorf("%s is healed before %s", late, early)
 			}
 		}
 	}
+	// A move ends only once everything else is back, its controller included.
+	for _, k := range AllKinds {
+		if k != Move && healOrder[k] >= healOrder[Move] {
+			t.Errorf("%s is healed with or after the moves are waited for", k)
+		}
+	}
 	if healAllOrder[sim.KindAPI] <= healAllOrder[sim.KindNATS] || healAllOrder[sim.KindNATS] <= healAllOrder[sim.KindPrimary] {
 		t.Errorf("HealAll order %v: NATS must come after Postgres and before API nodes", healAllOrder)
+	}
+}
+
+// TestPlanMoves: move faults target the workload's tenants by index, never one tenant twice
+// in a step; kill-rebalancer targets the controller; both are alone in every schedule and
+// combined with other faults in some; without tenants (or a controller) they are left out.
+func TestPlanMoves(t *testing.T) {
+	regions := []string{"eu-west", "us-east", "us-west"}
+	kinds := []string{Move, KillRebalancer, KillAPI, Partition}
+	combinedMove, combinedKill := false, false
+	for seed := int64(1); seed <= 30; seed++ {
+		steps := Plan(PlanConfig{Seed: seed, Kinds: kinds, Duration: 2 * time.Minute, MaxCombined: 3, Tenants: 6}, procs(), regions)
+		alone := map[string]bool{}
+		for _, s := range steps {
+			for _, f := range s.Faults {
+				switch f.Kind {
+				case Move:
+					if !slices.Contains([]string{"tenant-0", "tenant-1", "tenant-2", "tenant-3", "tenant-4", "tenant-5"}, f.Target) {
+						t.Fatalf("seed %d: %v moves no workload tenant", seed, s)
+					}
+					combinedMove = combinedMove || len(s.Faults) > 1
+				case KillRebalancer:
+					if f.Target != "rebalancer" {
+						t.Fatalf("seed %d: %v kills no controller", seed, s)
+					}
+					combinedKill = combinedKill || len(s.Faults) > 1
+				}
+				if len(s.Faults) == 1 {
+					alone[f.Kind] = true
+				}
+			}
+		}
+		if !alone[Move] || !alone[KillRebalancer] {
+			t.Fatalf("seed %d: move and kill-rebalancer are not each alone once: %v", seed, steps)
+		}
+	}
+	if !combinedMove || !combinedKill {
+		t.Errorf("30 seeds never combined a move (%v) or a controller kill (%v) with another fault", combinedMove, combinedKill)
+	}
+	var noCtl []sim.ProcessInfo
+	for _, p := range procs() {
+		if p.Kind != sim.KindRebalancer {
+			noCtl = append(noCtl, p)
+		}
+	}
+	for _, s := range Plan(PlanConfig{Seed: 3, Kinds: []string{Move, KillRebalancer, KillAPI}, Duration: time.Minute}, noCtl, regions) {
+		for _, f := range s.Faults {
+			if f.Kind != KillAPI {
+				t.Fatalf("no tenants and no controller, yet %v", s)
+			}
+		}
 	}
 }

@@ -66,6 +66,9 @@ type Result struct {
 	// Plan is the schedule that was run; FaultLog what the nemesis did, line by line.
 	Plan     []nemesis.Step
 	FaultLog []string
+	// Moves are the tenant moves the nemesis requested and how each ended (not set by
+	// Replay: the fault log has them).
+	Moves []nemesis.MoveRecord
 }
 
 // OK reports whether every checker accepted the history.
@@ -102,6 +105,12 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	}
 	pc := opts.Plan
 	pc.Seed, pc.Kinds, pc.Duration = opts.Seed, kinds, opts.Duration
+	// Moves target the workload's tenants by index (their ids are made at Setup).
+	tpr := opts.Workload.TenantsPerRegion
+	if tpr <= 0 {
+		tpr = workload.DefaultTenantsPerRegion
+	}
+	pc.Tenants = tpr * len(regions)
 	plan := nemesis.Plan(pc, procs, regions)
 	header := history.Header{Seed: opts.Seed}
 	for _, s := range plan {
@@ -150,8 +159,12 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	for i := range shifted {
 		shifted[i].At += base
 	}
+	var tenants []string
+	for _, t := range w.Tenants() {
+		tenants = append(tenants, t.ID)
+	}
 	nem := nemesis.New(nemesis.Config{Launcher: opts.Launcher, Cluster: opts.Cluster, Now: wc.Clock.Now,
-		Log: func(s string) { logf("  %s", s) }})
+		Log: func(s string) { logf("  %s", s) }, Tenants: tenants})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -198,12 +211,14 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 		return Result{}, fmt.Errorf("suite: history file: %w", err)
 	}
 	if err := errors.Join(healErr, finalErr); err != nil {
-		return Result{Plan: plan, FaultLog: faultLog, History: h}, fmt.Errorf("suite: %w", err)
+		return Result{Plan: plan, FaultLog: faultLog, History: h, Moves: nem.Moves()}, fmt.Errorf("suite: %w", err)
 	}
 	if err := h.Validate(); err != nil {
 		return Result{}, fmt.Errorf("suite: the workload recorded an invalid history: %w", err)
 	}
-	return Judge(h, opts.Check, plan, faultLog), nil
+	res := Judge(h, opts.Check, plan, faultLog)
+	res.Moves = nem.Moves()
+	return res, nil
 }
 
 // Judge runs every checker over h and summarises it; faultLog names the faults for the table
@@ -217,21 +232,39 @@ func Judge(h history.History, cfg check.Config, plan []nemesis.Step, faultLog []
 		Plan: plan, FaultLog: faultLog}
 }
 
-var injectRE = regexp.MustCompile(`\binject (\S+) (\S+)$`)
+var (
+	injectRE  = regexp.MustCompile(`\binject (\S+) (\S+)$`)
+	moveEndRE = regexp.MustCompile(`\bmove \S+ of \S+: (done|failed|cancelled) after `)
+)
 
 // FaultCounts turns a nemesis log into "kind ×n" per kind injected (failed injections
-// excluded), in AllKinds' order, for the summary table.
+// excluded), in AllKinds' order, for the summary table; moves also say how many ended done,
+// failed and cancelled ("move ×5 (4 done, 1 failed)").
 func FaultCounts(log []string) []string {
 	n := map[string]int{}
+	ends := map[string]int{}
 	for _, l := range log {
 		if m := injectRE.FindStringSubmatch(l); m != nil {
 			n[m[1]]++
+		}
+		if m := moveEndRE.FindStringSubmatch(l); m != nil {
+			ends[m[1]]++
 		}
 	}
 	var out []string
 	for _, k := range nemesis.AllKinds {
 		if n[k] > 0 {
-			out = append(out, fmt.Sprintf("%s ×%d", k, n[k]))
+			s := fmt.Sprintf("%s ×%d", k, n[k])
+			if k == nemesis.Move {
+				var parts []string
+				for _, e := range []string{"done", "failed", "cancelled"} {
+					if ends[e] > 0 || e == "done" {
+						parts = append(parts, fmt.Sprintf("%d %s", ends[e], e))
+					}
+				}
+				s += " (" + strings.Join(parts, ", ") + ")"
+			}
+			out = append(out, s)
 		}
 	}
 	return out

@@ -122,6 +122,38 @@ func TestFaultsEvents(t *testing.T) {
 	})
 }
 
+// TestFaultsMoves is the CI run of issue 14's faults: 60 s with seed 1 while the nemesis moves
+// the workload's tenants between the two shards of their region (each move requested through
+// a router's admin API, driven by the move controller, and left running into the next steps
+// until it ends), SIGKILLs and restarts the controller, kills an API node and partitions a
+// region, alone and combined, so moves run through controller and API node kills, partitions
+// and each other. Besides everything TestFaultsShort asks (every checker accepts the history:
+// registers linearizable, sets complete, no stale token, plain or cached read, complete change
+// streams), at least two moves must have ended done and every move must have ended.
+func TestFaultsMoves(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole three-region topology and runs it for 60 s; run without -short")
+	}
+	kinds := []string{nemesis.Move, nemesis.KillRebalancer, nemesis.KillAPI, nemesis.Partition}
+	runFaults(t, 1, kinds, shortHolds, 60*time.Second, func(t *testing.T, res Result) {
+		done := 0
+		for _, m := range res.Moves {
+			t.Logf("move %s of %s %s→%s: %s, requested %.1fs, ended %.1fs, pause %d ms, %d rows, %d repairs %s",
+				m.ID, m.Tenant, m.From, m.To, m.Phase, m.Requested.Seconds(), m.Ended.Seconds(), m.PauseMS, m.Rows, m.Repairs, m.Error)
+			switch m.Phase {
+			case "done":
+				done++
+			case "failed", "cancelled":
+			default:
+				t.Errorf("move %s of %s has not ended: %s", m.ID, m.Tenant, m.Phase)
+			}
+		}
+		if done < 2 {
+			t.Errorf("%d of %d moves ended done, want at least 2", done, len(res.Moves))
+		}
+	})
+}
+
 // shortHolds are shorter holds and pauses than the command's, so 45 s also combine faults.
 var shortHolds = nemesis.PlanConfig{MinHold: 2 * time.Second, MaxHold: 5 * time.Second, MinQuiet: time.Second, MaxQuiet: 3 * time.Second}
 
