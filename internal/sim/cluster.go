@@ -61,20 +61,20 @@ type Cluster struct {
 	clusterToken string
 	adminToken   string
 
-	mu       sync.Mutex
-	primary  map[string]*localsrv.Postgres
-	standby  map[string]map[string]*localsrv.Postgres // region -> source region -> standby
-	redis    map[string]*localsrv.Redis
-	nats     map[string]*child
+	mu      sync.Mutex
+	primary map[string]*localsrv.Postgres
+	standby map[string]map[string]*localsrv.Postgres // region -> source region -> standby
+	redis   map[string]*localsrv.Redis
+	nats    map[string]*child
 	// rebalancer is the move controller and rebalancerURL its /metrics and /healthz.
 	rebalancer    *child
 	rebalancerURL string
-	routers  map[string][]*child
-	apis     map[string][]*child
-	proxies  *latency.Manager // nil without latency mode
-	stops    []func()         // in start order; Down runs them backwards
-	downOnce sync.Once
-	control  string
+	routers       map[string][]*child
+	apis          map[string][]*child
+	proxies       *latency.Manager // nil without latency mode
+	stops         []func()         // in start order; Down runs them backwards
+	downOnce      sync.Once
+	control       string
 }
 
 // Up starts the whole topology and returns once every part is ready. On any failure (or when
