@@ -515,3 +515,56 @@ func TestProvenStaleness(t *testing.T) {
 		}
 	})
 }
+
+// TestKeepWarm: a shard not asked about for longer than the staleness bound (its reads all
+// answered by a cache) is still proven fresh at its next read, because the tracker goes on
+// sampling its primary in the background for KeepWarm. Without that (or once KeepWarm ran out)
+// the read goes to the primary as too stale, though the standby is current: the sample it
+// starts crosses a round trip (here 100 ms, as to another region) and lands after the read's
+// own standby check, so the read sees only the old samples.
+func TestKeepWarm(t *testing.T) {
+	pr := newPair(t)
+	ctx := t.Context()
+	const (
+		iv    = 50 * time.Millisecond
+		rtt   = 100 * time.Millisecond
+		bound = time.Second
+		idle  = 3 * bound
+	)
+	m := latency.New()
+	t.Cleanup(func() { _ = m.Close() })
+	primAddr, err := m.Add("primary", "127.0.0.1:0", pr.primary.Addr(), rtt, "primary")
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := testenv.NewPool(t, fmt.Sprintf("postgres://%s@%s/postgres?sslmode=disable", localsrv.Superuser, primAddr))
+	policy := replication.Policy{MaxStaleness: bound, ReplayWait: -1}
+	pr.waitReplayed(t, pr.write(t))
+	for _, tc := range []struct {
+		name     string
+		keepWarm time.Duration
+		src      replication.Source
+		why      replication.Reason
+	}{
+		{"default", 0, replication.SourceReplica, replication.ReasonFresh},
+		{"ran out", 4 * iv, replication.SourcePrimary, replication.ReasonTooStale},
+		{"off", -1, replication.SourcePrimary, replication.ReasonTooStale},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := replication.NewTracker(replication.TrackerConfig{Interval: iv, KeepWarm: tc.keepWarm})
+			choose := func() replication.Decision {
+				return policy.Choose(ctx, tr, "s1", replication.ReadRequest{}, pr.standbyPool, remote)
+			}
+			testenv.WaitFor(t, waitLong, func() error {
+				if d := choose(); d.Reason != replication.ReasonFresh {
+					return fmt.Errorf("default read: %+v, want replica/fresh", d)
+				}
+				return nil
+			})
+			time.Sleep(idle) // no read asks the tracker: a cache answers them all
+			if d := choose(); d.Source != tc.src || d.Reason != tc.why {
+				t.Fatalf("first read after %v without one: %+v, want %v/%s", idle, d, tc.src, tc.why)
+			}
+		})
+	}
+}

@@ -10,6 +10,9 @@ import (
 const (
 	DefaultTrackerInterval = 250 * time.Millisecond
 	DefaultTrackerFailures = 3
+	// DefaultKeepWarm is well past a cached entry's life (internal/cache: 60 s), during which
+	// a region may read a shard only from its cache and never ask the tracker.
+	DefaultKeepWarm = 5 * time.Minute
 )
 
 // replayPoll is how often WaitReplayed polls the standby.
@@ -26,6 +29,11 @@ type TrackerConfig struct {
 	// Failures is how many consecutive failed checks or reads make a standby unhealthy
 	// (0 = 3).
 	Failures int
+	// KeepWarm is how long after a shard's last Status the tracker goes on sampling its
+	// primary and checking its standby by itself, once per Interval in the background, so that
+	// the first read after a spell without reads (a cache answering them, say) finds the
+	// standby proven fresh instead of too stale (0 = DefaultKeepWarm; negative = not at all).
+	KeepWarm time.Duration
 	// Now is the clock (nil = time.Now).
 	Now func() time.Time
 }
@@ -42,7 +50,9 @@ type TrackerConfig struct {
 // read just before the query) and keeps the recent samples; the standby is fresh as of the
 // newest sample it has replayed. A read never waits for a sample, so the primary's distance adds
 // nothing to its latency; while the primary cannot be reached no sample is added and the
-// standby's staleness grows.
+// standby's staleness grows. For KeepWarm after a shard's last Status the tracker goes on
+// sampling its primary and checking its standby by itself, once per Interval, so a read after a
+// spell without reads (answered by a cache) is not sent to the primary for old samples alone.
 //
 // Each shard's state is about one standby and one primary querier, compared with ==: passing a
 // different standby (a new pool for the shard) starts the shard afresh, a different primary
@@ -51,6 +61,7 @@ type TrackerConfig struct {
 type Tracker struct {
 	interval time.Duration
 	failures int
+	keepWarm int // intervals a shard is kept warm after its last Status; 0 = not at all
 	now      func() time.Time
 
 	mu sync.Mutex
@@ -72,6 +83,9 @@ type standbyState struct {
 	samples  []Sample  // oldest first, at most maxSamples
 	sampled  time.Time // when the last sample was started
 	sampling bool      // a sample is under way
+
+	warm    int  // intervals the keeper still runs (reset by every Status)
+	keeping bool // a keeper (Tracker.keep) runs for q
 }
 
 // NewTracker returns a Tracker that tracks no standby yet.
@@ -85,7 +99,14 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Tracker{interval: cfg.Interval, failures: cfg.Failures, now: cfg.Now, shards: map[string]*standbyState{}}
+	if cfg.KeepWarm == 0 {
+		cfg.KeepWarm = DefaultKeepWarm
+	}
+	keepWarm := 0
+	if cfg.KeepWarm > 0 {
+		keepWarm = int((cfg.KeepWarm + cfg.Interval - 1) / cfg.Interval)
+	}
+	return &Tracker{interval: cfg.Interval, failures: cfg.Failures, keepWarm: keepWarm, now: cfg.Now, shards: map[string]*standbyState{}}
 }
 
 // state returns shard's state about q, reset first if it was about another querier.
@@ -101,6 +122,7 @@ func (t *Tracker) state(shard string, q Querier) *standbyState {
 	if s.q != q {
 		s.q, s.st, s.checked, s.ok, s.failures, s.refreshing = q, StandbyStatus{}, time.Time{}, time.Time{}, 0, false
 		s.primary, s.samples, s.sampled, s.sampling = nil, nil, time.Time{}, false
+		s.warm, s.keeping = 0, false // a keeper of the old querier stops at its next tick
 	}
 	s.mu.Unlock()
 	return s
@@ -131,7 +153,15 @@ func (t *Tracker) Status(ctx context.Context, shard string, q, primary Querier) 
 		s.sampling, s.sampled = true, now
 	}
 	failing := s.failures >= t.failures
+	keep := false
+	if s.q == q && t.keepWarm > 0 {
+		s.warm = t.keepWarm
+		keep, s.keeping = !s.keeping, true
+	}
 	s.mu.Unlock()
+	if keep {
+		go t.keep(context.WithoutCancel(ctx), q, s)
+	}
 	switch {
 	case first:
 		// Cold start: nothing can prove the standby fresh yet, so the read would go to the
@@ -151,6 +181,47 @@ func (t *Tracker) Status(ctx context.Context, shard string, q, primary Querier) 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return t.statusLocked(s), t.healthyLocked(s)
+}
+
+// keep keeps s's standby q warm while s.warm lasts: once per interval it samples the primary
+// and checks the standby when they are due, as Status would. Without it, a shard whose reads
+// a cache answers for longer than the staleness bound has only old samples when the next read
+// reaches the store, which then goes to the primary (too stale) although the standby is
+// current, paying a cross-region round trip, often on a cold connection.
+func (t *Tracker) keep(ctx context.Context, q Querier, s *standbyState) {
+	tk := time.NewTicker(t.interval)
+	defer tk.Stop()
+	for range tk.C {
+		s.mu.Lock()
+		if s.q != q {
+			s.mu.Unlock()
+			return // the shard moved to another standby; its own keeper starts with its Status
+		}
+		if s.warm <= 0 {
+			s.keeping = false
+			s.mu.Unlock()
+			return
+		}
+		s.warm--
+		now := t.now()
+		primary := s.primary
+		sample := primary != nil && !s.sampling && now.Sub(s.sampled) >= t.interval
+		if sample {
+			s.sampling, s.sampled = true, now
+		}
+		refresh := !s.refreshing && now.Sub(s.checked) >= t.interval
+		if refresh {
+			s.refreshing = true
+		}
+		s.mu.Unlock()
+		// The sample first: a caught-up standby checked after it covers it at once.
+		if sample {
+			t.sample(ctx, q, primary, s)
+		}
+		if refresh {
+			t.check(ctx, q, s)
+		}
+	}
 }
 
 // statusLocked returns s's status with its staleness as of now; s.mu must be held.
