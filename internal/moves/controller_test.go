@@ -454,7 +454,7 @@ func TestBackfillThrottle(t *testing.T) {
 	st := newFakeStore()
 	st.seed("use-1", "acme", 5000)
 	id := requestMove(t, client, "acme", "euw-1")
-	mv, _ := client.Map().Move(id)
+	var mv shardmap.Move
 	cfg := testConfig(t, client, st, newFakeLease(), "c1")
 	cfg.RowsPerSecond = 1000
 	cfg.PropagationDelay = -1
