@@ -196,12 +196,12 @@ func (c *Cache) redisOK() {
 // reads older than the newest one are not stored afterwards. An error leaves the cache off
 // (every read bypasses) until an epoch bump succeeds, which the next Applier call or a read
 // retries.
-func (c *Cache) Invalidate(ctx context.Context, tenant, collection, id string, lsn uint64) error {
-	c.guard.invalidate(tenant, lsn) // before Redis: fills in flight must see it
+func (c *Cache) Invalidate(ctx context.Context, tenant, shard, collection, id string, lsn uint64) error {
+	c.guard.invalidate(tenant, shard, lsn) // before Redis: fills in flight must see it
 	c.invalidations.Inc()
 	err := c.apply(ctx, "invalidate", func(ctx context.Context) error {
 		return invalidateScript.Run(ctx, c.rdb, []string{epochKey, stateKey(tenant)},
-			tenantPrefix(tenant), collection, id, lsnHex(lsn), stateTTL.Milliseconds()).Err()
+			tenantPrefix(tenant), collection, id, lsnHex(lsn), stateTTL.Milliseconds(), shard).Err()
 	})
 	if err != nil {
 		return fmt.Errorf("cache: invalidate %s/%s/%s: %w", tenant, collection, id, err)
@@ -358,11 +358,11 @@ func (c *Cache) eligible(t records.Target, ro records.ReadOptions) (minLSN uint6
 	return uint64(tok.LSN), true
 }
 
-func (c *Cache) lookup(ctx context.Context, kind string, tenant, coll, suffix string) (lookup, error) {
+func (c *Cache) lookup(ctx context.Context, kind string, tenant, shard, coll, suffix string) (lookup, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	vals, err := lookupScript.Run(ctx, c.rdb, []string{epochKey, stateKey(tenant)},
-		tenantPrefix(tenant), keyKind(kind), coll, suffix, stateTTL.Milliseconds()).Slice()
+		tenantPrefix(tenant), keyKind(kind), coll, suffix, stateTTL.Milliseconds(), shard).Slice()
 	if err != nil {
 		return lookup{}, err
 	}
@@ -404,9 +404,14 @@ func cached[T any](ctx context.Context, c *Cache, kind string, t records.Target,
 		c.requests.WithLabelValues(kind, "bypass").Inc()
 		return inner(ctx)
 	}
+	// A newer write epoch than this node has seen for the tenant is a move's cutover: drop
+	// the tenant's entries and open the after-reset window (guard.epochSeen).
+	if c.guard.epochSeen(t.Tenant, t.Epoch) {
+		_ = c.ResetTenant(ctx, t.Tenant) // a failure leaves the cache off (apply)
+	}
 	// The snapshot precedes the lookup, which precedes the inner read.
-	snap := c.guard.snapshot(t.Tenant, c.now())
-	lk, err := c.lookup(ctx, kind, t.Tenant, coll, suffix)
+	snap := c.guard.snapshot(t.Tenant, t.Shard, c.now())
+	lk, err := c.lookup(ctx, kind, t.Tenant, t.Shard, coll, suffix)
 	if err != nil {
 		c.redisErr("lookup", err)
 		c.requests.WithLabelValues(kind, "bypass").Inc()

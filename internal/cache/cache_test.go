@@ -398,7 +398,7 @@ func TestInvalidate(t *testing.T) {
 	e.wantCalls(t, 5)
 
 	e.fake.set("books", "x", 2)
-	if err := e.c.Invalidate(bg, "acme", "books", "x", 2); err != nil {
+	if err := e.c.Invalidate(bg, "acme", "s1", "books", "x", 2); err != nil {
 		t.Fatal(err)
 	}
 	if rec, info := e.get(t, tgt, records.ReadOptions{}, "books", "x"); rec.Version != 2 || info.Source != records.SourcePrimary {
@@ -503,7 +503,7 @@ func TestFillGuardInvalidateInFlight(t *testing.T) {
 			}()
 			<-started // the read has taken version 1 and not answered yet
 			e.fake.set("books", "a", 2)
-			if err := e.c.Invalidate(bg, "acme", "books", "a", 2); err != nil {
+			if err := e.c.Invalidate(bg, "acme", "s1", "books", "a", 2); err != nil {
 				t.Fatal(err)
 			}
 			e.fake.unblock()
@@ -538,7 +538,7 @@ func TestFillGuardInvalidateInFlight(t *testing.T) {
 func TestFillGuardLSN(t *testing.T) {
 	e := newEnv(t)
 	e.fake.set("books", "x", 1)
-	if err := e.c.Invalidate(bg, "acme", "books", "x", 200); err != nil {
+	if err := e.c.Invalidate(bg, "acme", "s1", "books", "x", 200); err != nil {
 		t.Fatal(err)
 	}
 	steps := []struct {
@@ -712,7 +712,7 @@ func TestRedisDown(t *testing.T) {
 	if got := testutil.ToFloat64(e.c.errs.WithLabelValues("lookup")); got < 1 {
 		t.Fatalf("lookup errors = %v", got)
 	}
-	if err := e.c.Invalidate(bg, "acme", "books", "x", 3); err == nil {
+	if err := e.c.Invalidate(bg, "acme", "s1", "books", "x", 3); err == nil {
 		t.Fatal("Invalidate with Redis down: no error")
 	}
 	if got := testutil.ToFloat64(e.c.requests.WithLabelValues(kindRecord, "bypass")); got != 3 {
@@ -732,7 +732,7 @@ func TestApplierFailureTurnsCacheOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.fake.set("books", "x", 2)
-	if err := e.c.Invalidate(bg, "acme", "books", "x", 2); err == nil {
+	if err := e.c.Invalidate(bg, "acme", "s1", "books", "x", 2); err == nil {
 		t.Fatal("Invalidate against a paused Redis: no error")
 	}
 	// Reads bypass (one repair attempt per second of the cache's clock), during the pause and
@@ -818,12 +818,12 @@ func TestNoStaleReadAfterInvalidate(t *testing.T) {
 			n.fake.set("books", "a", v)
 		}
 		// Every node applies the event, in its own time: node 2 lags by one event.
-		if err := e1.c.Invalidate(bg, "acme", "books", "a", uint64(v)); err != nil {
+		if err := e1.c.Invalidate(bg, "acme", "s1", "books", "a", uint64(v)); err != nil {
 			t.Fatal(err)
 		}
 		applied[0].Store(v)
 		if v > 2 {
-			if err := e2.c.Invalidate(bg, "acme", "books", "a", uint64(v-1)); err != nil {
+			if err := e2.c.Invalidate(bg, "acme", "s1", "books", "a", uint64(v-1)); err != nil {
 				t.Fatal(err)
 			}
 			applied[1].Store(v - 1)
@@ -841,4 +841,47 @@ func TestNoStaleReadAfterInvalidate(t *testing.T) {
 	}
 	t.Logf("record hits %v, skipped as invalidated %v+%v, redis-invalidated %v+%v", hits,
 		e1.skipped(skipInvalidated), e2.skipped(skipInvalidated), e1.skipped(skipRedisRace), e2.skipped(skipRedisRace))
+}
+
+// TestMovedTenant: after a move, the source shard's event LSNs neither block nor admit fills
+// from the target (LSNs of two databases say nothing of each other), and the first read with
+// the tenant's new write epoch drops its entries and opens the after-reset window, so no
+// standby read of the target is stored before that standby has had StandbyLag to replay the
+// cutover.
+func TestMovedTenant(t *testing.T) {
+	e := newEnv(t)
+	src := records.Target{Tenant: "acme", Shard: "s1", Epoch: 1}
+	dst := records.Target{Tenant: "acme", Shard: "s2", Epoch: 2}
+	e.fake.set("books", "x", 1)
+	e.fake.setSource(records.SourceReplica, 1000)
+	e.get(t, src, records.ReadOptions{}, "books", "x")
+	if _, info := e.get(t, src, records.ReadOptions{}, "books", "x"); info.Source != records.SourceCache {
+		t.Fatalf("before the move: %+v", info)
+	}
+	// The source's WAL is far ahead of the target's.
+	if err := e.c.Invalidate(bg, "acme", "s1", "books", "x", 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	// Cutover: reads now carry epoch 2 and shard s2, whose standby is at LSN 10.
+	e.fake.set("books", "x", 2)
+	e.fake.setSource(records.SourceReplica, 10)
+	if rec, info := e.get(t, dst, records.ReadOptions{}, "books", "x"); info.Source == records.SourceCache || rec.Version != 2 {
+		t.Fatalf("first read after the move: v%d from %s", rec.Version, info.Source)
+	}
+	if e.skipped(skipAfterReset) != 1 {
+		t.Fatalf("after-reset skips = %v, want 1 (the epoch bump opens the window)", e.skipped(skipAfterReset))
+	}
+	e.clk.advance(DefaultMaxStaleness)
+	e.get(t, dst, records.ReadOptions{}, "books", "x")
+	if _, info := e.get(t, dst, records.ReadOptions{}, "books", "x"); info.Source != records.SourceCache {
+		t.Fatalf("after the window: %+v (lsn-behind skips %v: the source's LSN must not count)", info, e.skipped(skipLSNBehind))
+	}
+	// An event of the target's own shard does count.
+	if err := e.c.Invalidate(bg, "acme", "s2", "books", "x", 20); err != nil {
+		t.Fatal(err)
+	}
+	e.get(t, dst, records.ReadOptions{}, "books", "x")
+	if e.skipped(skipLSNBehind) != 1 {
+		t.Fatalf("a standby read behind the target's own newest event was stored (lsn-behind skips %v)", e.skipped(skipLSNBehind))
+	}
 }

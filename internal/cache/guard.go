@@ -23,9 +23,13 @@ type guard struct {
 }
 
 type tenantState struct {
-	events  uint64    // Invalidate and ResetTenant calls applied
-	newest  uint64    // the newest LSN an Invalidate carried
+	events uint64 // Invalidate and ResetTenant calls applied
+	// newest is, per shard, the newest LSN an Invalidate of the tenant carried. LSNs of two
+	// databases say nothing of each other, so after a move the source's never blocks (or
+	// admits) a fill from the target.
+	newest  map[string]uint64
 	resetAt time.Time // when the last ResetTenant was applied
+	epoch   uint64    // the newest write epoch a read of the tenant carried (0 = none yet)
 }
 
 // snapshot is what a read remembers of the guard before it asks the inner reader.
@@ -37,14 +41,15 @@ type snapshot struct {
 
 func newGuard() *guard { return &guard{tenants: map[string]*tenantState{}} }
 
-// snapshot reads the guard for tenant without creating state for it (reads must not grow the
-// map; a tenant without state has seen no event, and its first event changes events from 0).
-func (g *guard) snapshot(tenant string, now time.Time) snapshot {
+// snapshot reads the guard for tenant on shard without creating state for it (reads must not
+// grow the map; a tenant without state has seen no event, and its first event changes events
+// from 0).
+func (g *guard) snapshot(tenant, shard string, now time.Time) snapshot {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s := snapshot{resets: g.resets, resetAt: g.resetAt, at: now}
 	if ts := g.tenants[tenant]; ts != nil {
-		s.events, s.newest = ts.events, ts.newest
+		s.events, s.newest = ts.events, ts.newest[shard]
 		if ts.resetAt.After(s.resetAt) {
 			s.resetAt = ts.resetAt
 		}
@@ -72,12 +77,43 @@ func (g *guard) state(tenant string) *tenantState {
 	return ts
 }
 
-func (g *guard) invalidate(tenant string, lsn uint64) {
+func (g *guard) invalidate(tenant, shard string, lsn uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	ts := g.state(tenant)
 	ts.events++
-	ts.newest = max(ts.newest, lsn)
+	if ts.newest == nil {
+		ts.newest = map[string]uint64{}
+	}
+	ts.newest[shard] = max(ts.newest[shard], lsn)
+}
+
+// epochSeen records the write epoch a read of tenant carried. It reports true when the epoch
+// is newer than one seen before (the tenant moved: the caller resets it), and also for the
+// first read of a tenant that has moved at some time (epoch > 1) in this process, whose
+// earlier history this node does not know: the reset opens the after-reset window, so no
+// standby read of the new shard is stored before that standby has had StandbyLag to replay the
+// cutover (a standby read there could otherwise predate writes the target got at cutover,
+// with no event left to invalidate it).
+func (g *guard) epochSeen(tenant string, epoch uint64) (reset bool) {
+	if epoch == 0 {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ts := g.tenants[tenant]
+	switch {
+	case ts == nil:
+		if epoch <= 1 {
+			return false // never moved: nothing to do, and reads must not grow the map
+		}
+		ts = g.state(tenant)
+		reset = true
+	case epoch > ts.epoch:
+		reset = ts.epoch != 0 || epoch > 1
+	}
+	ts.epoch = max(ts.epoch, epoch)
+	return reset
 }
 
 func (g *guard) resetTenant(tenant string, now time.Time) {

@@ -15,7 +15,7 @@ import (
 // own. The entry keys embed the generations they were read under:
 //
 //	m:E                                      region epoch (string)
-//	m:{<tenant>}:s                           tenant state (hash): g, ic, nl, lg:<coll>
+//	m:{<tenant>}:s                           tenant state (hash): g, ic, nl:<shard>, lg:<coll>
 //	m:{<tenant>}:<E>:<g>:r:<coll>:<id>       a record
 //	m:{<tenant>}:<E>:<g>:l:<coll>:<lg>:<q>   a list page (q: hash of the ListQuery)
 //
@@ -89,11 +89,11 @@ end
 
 // lookupScript reads the generations and the entry in one round trip.
 // KEYS: epoch, tenant state. ARGV: tenant prefix, key kind (r|l), collection, id or query
-// hash, state TTL ms. Returns {entry key, E, g, ic, nl, value or nil}.
+// hash, state TTL ms, shard. Returns {entry key, E, g, ic, nl (of the shard), value or nil}.
 var lookupScript = redis.NewScript(luaNow + `
 local e = epoch(true)
 local g = generation(ARGV[5])
-local h = redis.call('HMGET', KEYS[2], 'ic', 'nl', 'lg:' .. ARGV[3])
+local h = redis.call('HMGET', KEYS[2], 'ic', 'nl:' .. ARGV[6], 'lg:' .. ARGV[3])
 local key
 if ARGV[2] == 'r' then
   key = ARGV[1] .. e .. ':' .. g .. ':r:' .. ARGV[3] .. ':' .. ARGV[4]
@@ -116,17 +116,17 @@ redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
 return 1
 `)
 
-// invalidateScript counts the invalidation, raises the tenant's newest event LSN, bumps the
-// collection's list generation and deletes the record's entry under the current generations.
-// KEYS: epoch, tenant state. ARGV: tenant prefix, collection, id, LSN (16 hex digits), state
-// TTL ms.
+// invalidateScript counts the invalidation, raises the tenant's newest event LSN of the
+// event's shard, bumps the collection's list generation and deletes the record's entry under
+// the current generations. KEYS: epoch, tenant state. ARGV: tenant prefix, collection, id, LSN
+// (16 hex digits), state TTL ms, shard.
 var invalidateScript = redis.NewScript(luaNow + `
 local e = epoch(false)
 local g = generation(ARGV[5])
 redis.call('HINCRBY', KEYS[2], 'ic', 1)
 redis.call('HINCRBY', KEYS[2], 'lg:' .. ARGV[2], 1)
-local nl = redis.call('HGET', KEYS[2], 'nl')
-if not nl or nl < ARGV[4] then redis.call('HSET', KEYS[2], 'nl', ARGV[4]) end
+local nl = redis.call('HGET', KEYS[2], 'nl:' .. ARGV[6])
+if not nl or nl < ARGV[4] then redis.call('HSET', KEYS[2], 'nl:' .. ARGV[6], ARGV[4]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 if e then redis.call('DEL', ARGV[1] .. e .. ':' .. g .. ':r:' .. ARGV[2] .. ':' .. ARGV[3]) end
 return 1

@@ -33,7 +33,7 @@ var (
 type Applier interface {
 	// Invalidate drops what is cached for one record of tenant (and the lists of its
 	// collection); lsn is at or past the change's commit.
-	Invalidate(ctx context.Context, tenant, collection, id string, lsn uint64) error
+	Invalidate(ctx context.Context, tenant, shard, collection, id string, lsn uint64) error
 	// ResetTenant drops everything cached for tenant.
 	ResetTenant(ctx context.Context, tenant string) error
 	// ResetAll drops everything cached in the region.
@@ -398,7 +398,7 @@ func (c *Consumer) invalidate(ctx context.Context, e Event) {
 	if c.cfg.Apply == nil || c.broken {
 		return
 	}
-	if err := c.cfg.Apply.Invalidate(ctx, e.Tenant, e.Collection, e.ID, e.LSN); err != nil {
+	if err := c.cfg.Apply.Invalidate(ctx, e.Tenant, e.Shard, e.Collection, e.ID, e.LSN); err != nil {
 		c.applyFailed(ctx, "invalidate", err)
 	}
 }

@@ -133,7 +133,7 @@ func (a *recApplier) do(call string) error {
 
 var _ Applier = (*recApplier)(nil)
 
-func (a *recApplier) Invalidate(ctx context.Context, tenant, collection, id string, lsn uint64) error {
+func (a *recApplier) Invalidate(ctx context.Context, tenant, shard, collection, id string, lsn uint64) error {
 	a.mu.Lock()
 	gate := a.gate
 	a.mu.Unlock()
