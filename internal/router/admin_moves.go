@@ -193,41 +193,39 @@ func (s *Server) movePathID(c *gin.Context) (string, bool) {
 	return id, true
 }
 
-func (s *Server) getMove(c *gin.Context) {
+// pathMove is the move the path names, or false once the answer (400, 503 or 404) is written.
+func (s *Server) pathMove(c *gin.Context) (shardmap.Move, bool) {
 	id, ok := s.movePathID(c)
 	if !ok {
-		return
+		return shardmap.Move{}, false
 	}
 	v, ok := s.view(c)
 	if !ok {
-		return
+		return shardmap.Move{}, false
 	}
 	mv, ok := v.Move(id)
 	if !ok {
 		s.kindProblem(c, problem.MoveNotFound, "no move "+id)
-		return
+		return shardmap.Move{}, false
 	}
 	c.Set(ctxTenant, mv.Tenant)
-	c.JSON(http.StatusOK, mv)
+	return mv, true
+}
+
+func (s *Server) getMove(c *gin.Context) {
+	if mv, ok := s.pathMove(c); ok {
+		c.JSON(http.StatusOK, mv)
+	}
 }
 
 // cancelMove cancels a move before its cutover (202 with the move); a move already cancelled
 // answers 202 again (a retried cancel), one at or past cutover, done or failed answers 409.
 func (s *Server) cancelMove(c *gin.Context) {
-	id, ok := s.movePathID(c)
+	mv, ok := s.pathMove(c)
 	if !ok {
 		return
 	}
-	v, ok := s.view(c)
-	if !ok {
-		return
-	}
-	mv, ok := v.Move(id)
-	if !ok {
-		s.kindProblem(c, problem.MoveNotFound, "no move "+id)
-		return
-	}
-	c.Set(ctxTenant, mv.Tenant)
+	id := mv.ID
 	switch {
 	case mv.Phase == shardmap.PhaseCancelled:
 		c.JSON(http.StatusAccepted, mv)
