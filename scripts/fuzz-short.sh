@@ -13,6 +13,7 @@ targets=(
   "./internal/api FuzzListQuery"
   "./internal/api FuzzCursor"
   "./internal/api FuzzReadPref"
+  "./internal/api FuzzLastEventID"
   "./internal/auth FuzzVerify"
   "./internal/router FuzzDecodeCreateTenant"
   "./internal/router FuzzDecodeMoveRequest"

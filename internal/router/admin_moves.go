@@ -440,6 +440,10 @@ func (s *Server) decodeTenantCursor(cur, shard string) (string, error) {
 	if err1 != nil || err2 != nil || !hmac.Equal(mac, s.tenantCursorMAC(string(payload))) {
 		return "", bad
 	}
+	// The decoder skips newlines: accept only the spelling we wrote.
+	if enc.EncodeToString(payload) != p || enc.EncodeToString(mac) != m {
+		return "", bad
+	}
 	rest, ok := strings.CutPrefix(string(payload), tenantCursorPrefix)
 	if !ok {
 		return "", bad
