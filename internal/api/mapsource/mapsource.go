@@ -42,7 +42,7 @@ func (a Adapter) Lookup(tenant string) (api.Route, error) {
 	}
 	rt := api.Route{Shard: r.Shard, HomeRegion: r.HomeRegion, Epoch: r.Epoch, MapVersion: m.Version()}
 	if r.Moving { // only then: finding the move costs more than the lookup
-		if mv, ok := activeMove(m, tenant); ok && mirrored(mv.Phase) && mv.From == r.Shard && mv.To != r.Shard {
+		if mv, ok := m.ActiveMove(tenant); ok && mirrored(mv.Phase) && mv.From == r.Shard && mv.To != r.Shard {
 			rt.MirrorTo = mv.To
 		}
 	}
@@ -54,25 +54,6 @@ func (a Adapter) Lookup(tenant string) (api.Route, error) {
 // cutover on the target is the tenant's home).
 func mirrored(p shardmap.Phase) bool {
 	return p == shardmap.PhaseDualWrite || p == shardmap.PhaseBackfill || p == shardmap.PhaseVerify
-}
-
-// activeMover is Map.ActiveMove (the tenant's non-terminal move), which the shard map is
-// gaining; until it has it, activeMove looks through Map.Moves.
-type activeMover interface {
-	ActiveMove(tenant string) (shardmap.Move, bool)
-}
-
-// activeMove returns tenant's non-terminal move in m.
-func activeMove(m *shardmap.Map, tenant string) (shardmap.Move, bool) {
-	if am, ok := any(m).(activeMover); ok {
-		return am.ActiveMove(tenant)
-	}
-	for _, mv := range m.Moves() {
-		if mv.Tenant == tenant && !mv.Phase.Terminal() {
-			return mv, true
-		}
-	}
-	return shardmap.Move{}, false
 }
 
 func convert(s shardmap.Shard) shards.Info {
