@@ -526,7 +526,10 @@ func TestKeepWarm(t *testing.T) {
 	pr := newPair(t)
 	ctx := t.Context()
 	const (
-		iv    = 50 * time.Millisecond
+		// Not shorter: a standby is unhealthy after 4 intervals without a good status, and
+		// under -race on a loaded 2-core machine one status check through the 100 ms proxy
+		// took over 200 ms (the default case then read "unhealthy", not the fresh it tests).
+		iv    = 150 * time.Millisecond
 		rtt   = 100 * time.Millisecond
 		bound = time.Second
 		idle  = 3 * bound
