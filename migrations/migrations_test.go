@@ -131,6 +131,7 @@ var knownMigrations = []string{
 	"00003_rls_and_grants.sql",
 	"00004_worker_role.sql",
 	"00005_outbox_prune.sql",
+	"00006_idempotency_seq.sql",
 }
 
 // TestLatestCoversAllMigrations checks the migration files on disk against knownMigrations,

@@ -38,6 +38,10 @@ type Config struct {
 	// FinalVerifyPasses bounds the verify passes under the fence (each repairs what it finds;
 	// one must find nothing) before the move fails; 0 = 3.
 	FinalVerifyPasses int
+	// MaxFinalDelta is the most writes of the tenant that may be left to compare when the
+	// source is fenced (the delta passes before the fence run until no more are pending, and
+	// PrecopyTarget is repeated until it trails by no more); 0 = 200. The pause grows with it.
+	MaxFinalDelta int64
 	// PropagationDelay is how long after dual_write is recorded the backfill starts, so every
 	// API node's map shows the move and mirrors writes; 0 = 2 s, < 0 = no wait.
 	PropagationDelay time.Duration
@@ -103,6 +107,9 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.FinalVerifyPasses <= 0 {
 		cfg.FinalVerifyPasses = 3
+	}
+	if cfg.MaxFinalDelta <= 0 {
+		cfg.MaxFinalDelta = 200
 	}
 	def(&cfg.PropagationDelay, 2*time.Second)
 	def(&cfg.Grace, 10*time.Second)

@@ -180,8 +180,10 @@ func TestKillAndRestartInEachPhase(t *testing.T) {
 		{store: "CopyBatch", n: 2},
 		{cmd: "verify"},
 		{store: "VerifyBatch", n: 2},
+		{store: "PrecopyTarget", n: 1},
 		{store: "Fence", n: 1},
-		{store: "VerifyBatch", n: 6}, // the final verify, under the fence
+		{store: "ChangedKeys", n: 1}, // the final delta verify, under the fence
+		{store: "VerifyKeys", n: 1},
 		{store: "FinishTarget", n: 1},
 		{cmd: "cutover"},
 		{cmd: "cleanup"},

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/meridian-dev/meridian/internal/records"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -116,6 +117,7 @@ type fakeStore struct {
 	mu      sync.Mutex
 	rows    map[string]map[string]map[Key]frow // shard -> tenant -> key -> row
 	tenants map[string]map[string]*ftenant     // shard -> tenant -> tenant row
+	outbox  map[string]map[string]map[int64]Key // shard -> tenant -> change seq -> key written
 	calls   map[string]int
 	// hook runs after a call's effect, under no lock; an error it returns replaces the
 	// result (a crash after the database committed).
@@ -138,7 +140,8 @@ type ftenant struct {
 }
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{rows: map[string]map[string]map[Key]frow{}, tenants: map[string]map[string]*ftenant{}, calls: map[string]int{}}
+	return &fakeStore{rows: map[string]map[string]map[Key]frow{}, tenants: map[string]map[string]*ftenant{},
+		outbox: map[string]map[string]map[int64]Key{}, calls: map[string]int{}}
 }
 
 // seed gives tenant n live rows on shard with an active tenant row.
@@ -147,9 +150,33 @@ func (f *fakeStore) seed(shard, tenant string, n int) {
 	defer f.mu.Unlock()
 	f.tenant(shard, tenant, true)
 	for i := 0; i < n; i++ {
-		f.set(shard, tenant, Key{Collection: "items", ID: fmt.Sprintf("r%05d", i)}, frow{version: 1, data: "v1"})
+		k := Key{Collection: "items", ID: fmt.Sprintf("r%05d", i)}
+		f.set(shard, tenant, k, frow{version: 1, data: "v1"})
+		f.logChange(shard, tenant, int64(i+1), k)
 	}
 	f.tenants[shard][tenant].changeSeq = int64(n)
+}
+
+// logChange records the outbox row of the write with seq.
+func (f *fakeStore) logChange(shard, tenant string, seq int64, k Key) {
+	if f.outbox[shard] == nil {
+		f.outbox[shard] = map[string]map[int64]Key{}
+	}
+	if f.outbox[shard][tenant] == nil {
+		f.outbox[shard][tenant] = map[int64]Key{}
+	}
+	f.outbox[shard][tenant][seq] = k
+}
+
+// prune deletes the outbox rows of tenant on shard with seq <= upto (retention).
+func (f *fakeStore) prune(shard, tenant string, upto int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for seq := range f.outbox[shard][tenant] {
+		if seq <= upto {
+			delete(f.outbox[shard][tenant], seq)
+		}
+	}
 }
 
 func (f *fakeStore) tenant(shard, tenant string, create bool) *ftenant {
@@ -186,6 +213,7 @@ func (f *fakeStore) clientWrite(shard, tenant string, k Key, data string, delete
 	old := f.rows[shard][tenant][k]
 	tr.changeSeq++
 	f.set(shard, tenant, k, frow{version: old.version + 1, deleted: deleted, data: data})
+	f.logChange(shard, tenant, tr.changeSeq, k)
 	return nil
 }
 
@@ -424,6 +452,83 @@ func (f *fakeStore) DropTenant(ctx context.Context, tenant, shard string) error 
 	delete(f.tenants[shard], tenant)
 	f.mu.Unlock()
 	return f.after("DropTenant:"+shard, n)
+}
+
+func (f *fakeStore) CommittedSeq(ctx context.Context, tenant, shard string) (int64, error) {
+	n, err := f.call("CommittedSeq")
+	if err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	tr := f.tenant(shard, tenant, false)
+	var seq int64
+	if tr != nil {
+		seq = tr.changeSeq
+	}
+	f.mu.Unlock()
+	if tr == nil {
+		return 0, errors.New("no tenant")
+	}
+	return seq, f.after("CommittedSeq", n)
+}
+
+func (f *fakeStore) ChangedKeys(ctx context.Context, tenant, shard string, after, upto int64) ([]Key, error) {
+	n, err := f.call("ChangedKeys")
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	seen := map[Key]bool{}
+	for seq := after + 1; seq <= upto; seq++ {
+		k, ok := f.outbox[shard][tenant][seq]
+		if !ok {
+			f.mu.Unlock()
+			return nil, fmt.Errorf("%w: seq %d", records.ErrChangesPruned, seq)
+		}
+		seen[k] = true
+	}
+	f.mu.Unlock()
+	set := map[Key]frow{}
+	for k := range seen {
+		set[k] = frow{}
+	}
+	keys := f.keysAfter(Key{}, set)
+	return keys, f.after("ChangedKeys", n)
+}
+
+func (f *fakeStore) VerifyKeys(ctx context.Context, tenant, from, to string, keys []Key) ([]Key, error) {
+	n, err := f.call("VerifyKeys")
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	var diffs []Key
+	for _, k := range keys {
+		s, sok := f.rows[from][tenant][k]
+		d, dok := f.rows[to][tenant][k]
+		if sok != dok || s != d {
+			diffs = append(diffs, k)
+		}
+	}
+	f.mu.Unlock()
+	return diffs, f.after("VerifyKeys", n)
+}
+
+func (f *fakeStore) PrecopyTarget(ctx context.Context, tenant, from, to string) (int64, error) {
+	n, err := f.call("PrecopyTarget")
+	if err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	src, dst := f.tenant(from, tenant, false), f.tenant(to, tenant, false)
+	if src == nil || dst == nil {
+		f.mu.Unlock()
+		return 0, errors.New("no tenant")
+	}
+	mark := src.changeSeq
+	dst.changeSeq = max(dst.changeSeq, mark)
+	f.mu.Unlock()
+	return mark, f.after("PrecopyTarget", n)
 }
 
 var _ Store = (*fakeStore)(nil)

@@ -56,6 +56,20 @@ type Store interface {
 	FinishTarget(ctx context.Context, tenant, from, to string, epoch uint64, changeSeq int64) error
 	// DropTenant deletes the tenant's rows (and its tenant row) on shard.
 	DropTenant(ctx context.Context, tenant, shard string) error
+
+	// The delta verify (docs/moves.md, "The cutover"):
+
+	// CommittedSeq is the tenant's committed change sequence on shard's primary.
+	CommittedSeq(ctx context.Context, tenant, shard string) (int64, error)
+	// ChangedKeys returns the distinct keys the tenant's writes with change sequence in
+	// (after, upto] wrote on shard, in key order; an error wrapping records.ErrChangesPruned
+	// when the shard no longer holds every one of those changes.
+	ChangedKeys(ctx context.Context, tenant, shard string, after, upto int64) ([]Key, error)
+	// VerifyKeys compares keys on both sides and returns the differing ones.
+	VerifyKeys(ctx context.Context, tenant, from, to string, keys []Key) ([]Key, error)
+	// PrecopyTarget copies the tenant's outbox and Idempotency-Key rows up to the source's
+	// change sequence (returned) to the importing target, so FinishTarget copies only newer ones.
+	PrecopyTarget(ctx context.Context, tenant, from, to string) (mark int64, err error)
 }
 
 // Lease is the map lease that makes one controller the active one.

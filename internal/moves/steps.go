@@ -79,22 +79,26 @@ func (c *Controller) step(ctx context.Context, log *slog.Logger, mv shardmap.Mov
 	return fmt.Errorf("moves: phase %q has no step", mv.Phase)
 }
 
-// verifyAndCutover repeats verify passes (repairing what each finds) until one finds at most
-// VerifyThreshold differences, then cuts over: fence the source, verify until clean under the
-// fence, finish the target, and apply the Cutover command. The map shows verify until that
-// command, so a controller that dies anywhere in here repeats all of it: Fence, the passes and
-// FinishTarget are idempotent, and the passes are short because the source is fenced.
+// verifyAndCutover runs a full verify pass (repairing what it finds), then delta passes over
+// the keys written since (catchUp) until the target is caught up, then cuts over: fence the
+// source, compare the keys written since the last pass until clean, finish the target, and
+// apply the Cutover command. The map shows verify until that command, so a controller that
+// dies anywhere in here repeats all of it: Fence, the passes, PrecopyTarget and FinishTarget
+// are idempotent.
 func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv shardmap.Move) error {
 	start := c.now()
-	for pass := 1; ; pass++ {
-		diffs, err := c.verifyPass(ctx, mv, true)
-		if err != nil {
-			return err
-		}
-		log.Info("verify pass", "pass", pass, "differences", diffs)
-		if diffs <= c.cfg.VerifyThreshold {
-			break
-		}
+	// The mark before the pass: the pass covers every write up to it (delta.go).
+	mark, err := c.cfg.Store.CommittedSeq(ctx, mv.Tenant, mv.From)
+	if err != nil {
+		return fmt.Errorf("read the source's change sequence: %w", err)
+	}
+	diffs, err := c.verifyPass(ctx, mv, true)
+	if err != nil {
+		return err
+	}
+	log.Info("verify pass", "pass", 1, "kind", "full", "differences", diffs, "mark", mark)
+	if mark, err = c.catchUp(ctx, log, mv, mark, diffs); err != nil {
+		return err
 	}
 	c.m.phaseSeconds.WithLabelValues(string(shardmap.PhaseVerify)).Observe(c.now().Sub(start).Seconds())
 
@@ -104,8 +108,7 @@ func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv 
 		return fmt.Errorf("fence source: %w", err)
 	}
 	c.noteFence(mv.ID, start)
-	log.Info("source fenced", "change_seq", seq)
-	if err := c.finishUnderFence(ctx, mv, seq); err != nil {
+	if err := c.finishUnderFence(ctx, mv, mark, seq); err != nil {
 		if ctx.Err() == nil && !errors.Is(err, errMapMovedOn) {
 			// Lift the fence before retrying or failing, so held writes go back to the source
 			// instead of timing out; the retry fences again. (A cancel is settled by settle.)
@@ -122,28 +125,17 @@ func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv 
 		// pin moved would take writes from nodes on the old epoch.
 		return err
 	}
-	c.m.phaseSeconds.WithLabelValues(string(shardmap.PhaseCutover)).Observe(c.now().Sub(start).Seconds())
-	log.Info("cutover applied", "pause", c.now().Sub(start).String())
+	pause := c.now().Sub(start)
+	c.m.phaseSeconds.WithLabelValues(string(shardmap.PhaseCutover)).Observe(pause.Seconds())
+	log.Info("cutover applied", "change_seq", seq, "delta", seq-mark, "pause", pause.String())
 	return nil
 }
 
-// finishUnderFence runs the final verify passes under the fence and finishes the target with
+// finishUnderFence runs the final delta verify under the fence and finishes the target with
 // the epoch the Cutover command will give the tenant.
-func (c *Controller) finishUnderFence(ctx context.Context, mv shardmap.Move, seq int64) error {
-	clean := false
-	for pass := 1; pass <= c.cfg.FinalVerifyPasses; pass++ {
-		diffs, err := c.verifyPass(ctx, mv, true)
-		if err != nil {
-			return err
-		}
-		if diffs == 0 {
-			clean = true
-			break
-		}
-		c.log.Info("final verify pass repaired differences", "move_id", mv.ID, "pass", pass, "differences", diffs)
-	}
-	if !clean {
-		return fmt.Errorf("%w: differences remain after %d passes under the fence", ErrNotConverging, c.cfg.FinalVerifyPasses)
+func (c *Controller) finishUnderFence(ctx context.Context, mv shardmap.Move, mark, seq int64) error {
+	if err := c.finalDelta(ctx, mv, mark, seq); err != nil {
+		return err
 	}
 	route, err := c.cfg.Map.Map().Lookup(mv.Tenant)
 	if err != nil {

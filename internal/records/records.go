@@ -53,6 +53,9 @@ var (
 	// ErrTenantLive: DropTenant refused to delete the tenant's active, unfenced copy on a shard
 	// (the one clients write to); fence it first.
 	ErrTenantLive = errors.New("records: tenant's copy on the shard is live (active and unfenced)")
+	// ErrChangesPruned: a move's ChangedKeys found the outbox no longer holds every change of
+	// the range asked for (pruned after its retention); the caller compares every key instead.
+	ErrChangesPruned = errors.New("records: the outbox no longer holds every change of the range")
 	// ErrDatabase: the database refused a statement for a reason that is not the request's
 	// fault (a bug or a schema mismatch); the original *pgconn.PgError is wrapped.
 	ErrDatabase = errors.New("records: database error")

@@ -527,8 +527,8 @@ func (s *Store) FinishTarget(ctx context.Context, tenant, from, to string, epoch
 	}
 	err = inTx(ctx, dst, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		var status string
-		var cur int64
-		err := tx.QueryRow(ctx, `SELECT status, write_epoch FROM tenants WHERE tenant_id = $1 FOR UPDATE`, tenant).Scan(&status, &cur)
+		var cur, mark int64
+		err := tx.QueryRow(ctx, `SELECT status, write_epoch, change_seq FROM tenants WHERE tenant_id = $1 FOR UPDATE`, tenant).Scan(&status, &cur, &mark)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			return fmt.Errorf("%w on %s", records.ErrTenantNotFound, to)
@@ -555,7 +555,9 @@ func (s *Store) FinishTarget(ctx context.Context, tenant, from, to string, epoch
 		if err := copyOutbox(ctx, src, tx, tenant, changeSeq); err != nil {
 			return err
 		}
-		if err := copyIdemKeys(ctx, src, tx, tenant, s.cfg.Now()); err != nil {
+		// An importing copy's change_seq is the mark of the last PrecopyTarget (0 if none): it
+		// holds every key of the writes up to it.
+		if err := copyIdemKeys(ctx, src, tx, tenant, s.cfg.Now(), mark, 0); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `UPDATE tenants SET status = $2, write_fenced = false, write_epoch = $3, change_seq = $4, updated_at = now()
@@ -620,32 +622,44 @@ func copyOutbox(ctx context.Context, src *pgxpool.Pool, tx pgx.Tx, tenant string
 }
 
 // copyIdemKeys copies tenant's Idempotency-Key rows unexpired at now from src into tx (scoped
-// to tenant); a key the target already has is kept.
-func copyIdemKeys(ctx context.Context, src *pgxpool.Pool, tx pgx.Tx, tenant string, now time.Time) error {
-	after := ""
+// to tenant). With after > 0 it copies only the rows of writes with change_seq above after (the
+// mark of an earlier PrecopyTarget); with after == 0, every row, those without a seq (stored
+// before migration 00006) included, up to upto when upto > 0. A key the target already has is
+// replaced when the source's row differs (an expired key claimed again since).
+func copyIdemKeys(ctx context.Context, src *pgxpool.Pool, tx pgx.Tx, tenant string, now time.Time, after, upto int64) error {
+	afterKey, afterSeq := "", after
 	for {
 		var keys []string
 		var hashes, bodies [][]byte
 		var statuses []int32
 		var headers []string
 		var created, expires []time.Time
+		var seqs []*int64
 		_, err := readOn(ctx, src, tenant, 0, func(b *pgx.Batch) {
-			b.Queue(`SELECT key, request_hash, status, headers::text, body, created_at, expires_at FROM idempotency_keys
-				WHERE tenant_id = $1 AND key > $2 AND expires_at > $3 ORDER BY key LIMIT $4`, tenant, after, now, finishPage).
-				Query(func(rows pgx.Rows) error {
-					for rows.Next() {
-						var k, h string
-						var hash, body []byte
-						var st int32
-						var c, e time.Time
-						if err := rows.Scan(&k, &hash, &st, &h, &body, &c, &e); err != nil {
-							return err
-						}
-						keys, hashes, statuses, headers, bodies, created, expires = append(keys, k), append(hashes, hash),
-							append(statuses, st), append(headers, h), append(bodies, body), append(created, c), append(expires, e)
+			const cols = `key, request_hash, status, headers::text, body, created_at, expires_at, seq`
+			var q *pgx.QueuedQuery
+			if after > 0 { // a delta: the (tenant_id, seq) index, in seq order
+				q = b.Queue(`SELECT `+cols+` FROM idempotency_keys WHERE tenant_id = $1 AND seq > $2 AND expires_at > $3
+					ORDER BY seq LIMIT $4`, tenant, afterSeq, now, finishPage)
+			} else {
+				q = b.Queue(`SELECT `+cols+` FROM idempotency_keys WHERE tenant_id = $1 AND key > $2 AND expires_at > $3
+					AND ($5 = 0 OR seq IS NULL OR seq <= $5) ORDER BY key LIMIT $4`, tenant, afterKey, now, finishPage, upto)
+			}
+			q.Query(func(rows pgx.Rows) error {
+				for rows.Next() {
+					var k, h string
+					var hash, body []byte
+					var st int32
+					var c, e time.Time
+					var seq *int64
+					if err := rows.Scan(&k, &hash, &st, &h, &body, &c, &e, &seq); err != nil {
+						return err
 					}
-					return rows.Err()
-				})
+					keys, hashes, statuses, headers, bodies, created, expires, seqs = append(keys, k), append(hashes, hash),
+						append(statuses, st), append(headers, h), append(bodies, body), append(created, c), append(expires, e), append(seqs, seq)
+				}
+				return rows.Err()
+			})
 		})
 		if err != nil {
 			return fmt.Errorf("read idempotency keys: %w", err)
@@ -653,17 +667,24 @@ func copyIdemKeys(ctx context.Context, src *pgxpool.Pool, tx pgx.Tx, tenant stri
 		if len(keys) == 0 {
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, headers, body, created_at, expires_at)
-			SELECT $1, u.key, u.request_hash, u.status, u.headers::jsonb, u.body, u.created_at, u.expires_at
-			FROM unnest($2::text[], $3::bytea[], $4::int4[], $5::text[], $6::bytea[], $7::timestamptz[], $8::timestamptz[])
-				AS u(key, request_hash, status, headers, body, created_at, expires_at)
-			ON CONFLICT (tenant_id, key) DO NOTHING`, tenant, keys, hashes, statuses, headers, bodies, created, expires); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, headers, body, created_at, expires_at, seq)
+			SELECT $1, u.key, u.request_hash, u.status, u.headers::jsonb, u.body, u.created_at, u.expires_at, u.seq
+			FROM unnest($2::text[], $3::bytea[], $4::int4[], $5::text[], $6::bytea[], $7::timestamptz[], $8::timestamptz[], $9::int8[])
+				AS u(key, request_hash, status, headers, body, created_at, expires_at, seq)
+			ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, status = EXCLUDED.status,
+				headers = EXCLUDED.headers, body = EXCLUDED.body, created_at = EXCLUDED.created_at,
+				expires_at = EXCLUDED.expires_at, seq = EXCLUDED.seq
+			WHERE idempotency_keys.seq IS DISTINCT FROM EXCLUDED.seq OR idempotency_keys.created_at <> EXCLUDED.created_at`,
+			tenant, keys, hashes, statuses, headers, bodies, created, expires, seqs); err != nil {
 			return err
 		}
 		if len(keys) < finishPage {
 			return nil
 		}
-		after = keys[len(keys)-1]
+		afterKey = keys[len(keys)-1]
+		if last := seqs[len(seqs)-1]; last != nil {
+			afterSeq = *last
+		}
 	}
 }
 

@@ -93,7 +93,7 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 		return res, none, records.ErrTenantFenced
 	}
 	if op.Key != "" {
-		stored, err := s.claimKey(ctx, tx, t, op)
+		stored, err := s.claimKey(ctx, tx, t, op, seq)
 		if err != nil {
 			return res, none, err
 		}
@@ -136,11 +136,11 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 // claimKey inserts the Idempotency-Key row, or, when a committed row exists, returns its stored
 // response (same request) or records.ErrKeyReused (different request). A concurrent first
 // request holds the tenant row lock, so by the time we get here it has committed or rolled back.
-func (s *Store) claimKey(ctx context.Context, tx pgx.Tx, t records.Target, op records.WriteOp) (*records.Response, error) {
+func (s *Store) claimKey(ctx context.Context, tx pgx.Tx, t records.Target, op records.WriteOp, seq int64) (*records.Response, error) {
 	tenant := t.Tenant
 	now := s.cfg.Now()
-	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, created_at, expires_at)
-		VALUES ($1, $2, $3, 102, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING`, tenant, op.Key, op.RequestHash, now, now.Add(s.cfg.IdemTTL))
+	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, created_at, expires_at, seq)
+		VALUES ($1, $2, $3, 102, $4, $5, $6) ON CONFLICT (tenant_id, key) DO NOTHING`, tenant, op.Key, op.RequestHash, now, now.Add(s.cfg.IdemTTL), seq)
 	if err != nil {
 		return nil, err
 	}
@@ -158,8 +158,8 @@ func (s *Store) claimKey(ctx context.Context, tx pgx.Tx, t records.Target, op re
 	}
 	if !expires.After(now) {
 		// Expired but not yet cleaned up: the key is free again.
-		_, err := tx.Exec(ctx, `UPDATE idempotency_keys SET request_hash = $3, status = 102, headers = '{}', body = '', created_at = $4, expires_at = $5
-			WHERE tenant_id = $1 AND key = $2`, tenant, op.Key, op.RequestHash, now, now.Add(s.cfg.IdemTTL))
+		_, err := tx.Exec(ctx, `UPDATE idempotency_keys SET request_hash = $3, status = 102, headers = '{}', body = '', created_at = $4, expires_at = $5, seq = $6
+			WHERE tenant_id = $1 AND key = $2`, tenant, op.Key, op.RequestHash, now, now.Add(s.cfg.IdemTTL), seq)
 		return nil, err
 	}
 	if !bytes.Equal(hash, op.RequestHash) {

@@ -1,0 +1,145 @@
+package moves
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/meridian-dev/meridian/internal/records"
+	"github.com/meridian-dev/meridian/shardmap"
+)
+
+// The delta verify keeps the cutover's pause independent of the tenant's size.
+//
+// A verify pass that begins when the source's committed change sequence is M leaves every key
+// whose last write has a sequence <= M equal on both sides: the pass reads such a key after
+// that write committed and repairs any difference, a later mirror of an older write is
+// version-guarded, and a repair touches only the keys it was given. So the next pass need only
+// compare the keys written in (M, now], which the source's outbox lists (ChangedKeys). Under
+// the fence the delta is the writes since the last pass, a handful when the passes before the
+// fence kept up, and the final verify costs a few round trips instead of a scan of the tenant.
+
+// catchUp runs after a full verify pass that began at mark: delta passes, and PrecopyTarget,
+// until the last pass found at most VerifyThreshold differences (the lag pre-check), at most
+// MaxFinalDelta writes are pending, and the target holds the outbox and Idempotency-Key rows of
+// all but at most MaxFinalDelta writes. It returns the mark the next delta starts from.
+func (c *Controller) catchUp(ctx context.Context, log *slog.Logger, mv shardmap.Move, mark int64, diffs int) (int64, error) {
+	var copied int64 = -1
+	for pass := 2; ; pass++ {
+		if err := c.stillIn(mv.ID, shardmap.PhaseVerify); err != nil {
+			return mark, err
+		}
+		upto, err := c.cfg.Store.CommittedSeq(ctx, mv.Tenant, mv.From)
+		if err != nil {
+			return mark, fmt.Errorf("read the source's change sequence: %w", err)
+		}
+		if copied < 0 || upto-copied > c.cfg.MaxFinalDelta {
+			if copied, err = c.cfg.Store.PrecopyTarget(ctx, mv.Tenant, mv.From, mv.To); err != nil {
+				return mark, fmt.Errorf("precopy outbox and idempotency keys: %w", err)
+			}
+			log.Info("outbox and idempotency keys copied ahead of the fence", "change_seq", copied)
+			continue // the copy took time: read the sequence again
+		}
+		if diffs <= c.cfg.VerifyThreshold && upto-mark <= c.cfg.MaxFinalDelta {
+			return mark, nil
+		}
+		checked, d, err := c.deltaPass(ctx, mv, mark, upto)
+		if errors.Is(err, records.ErrChangesPruned) {
+			log.Warn("the source's outbox no longer holds the delta; a full pass instead", "after", mark, "upto", upto)
+			if d, err = c.verifyPass(ctx, mv, true); err != nil {
+				return mark, err
+			}
+			mark, diffs = upto, d
+			continue
+		}
+		if err != nil {
+			return mark, err
+		}
+		log.Info("verify pass", "pass", pass, "kind", "delta", "after", mark, "upto", upto, "keys", checked, "differences", d)
+		mark, diffs = upto, d
+	}
+}
+
+// deltaPass compares the keys written in (after, upto] on the source, repairing differences,
+// and returns how many keys it compared and how many differed.
+func (c *Controller) deltaPass(ctx context.Context, mv shardmap.Move, after, upto int64) (checked, diffs int, err error) {
+	keys, err := c.cfg.Store.ChangedKeys(ctx, mv.Tenant, mv.From, after, upto)
+	if err != nil {
+		return 0, 0, fmt.Errorf("changed keys in (%d, %d]: %w", after, upto, err)
+	}
+	d, err := c.cfg.Store.VerifyKeys(ctx, mv.Tenant, mv.From, mv.To, keys)
+	if err != nil {
+		return len(keys), 0, fmt.Errorf("verify keys: %w", err)
+	}
+	if err := c.repair(ctx, mv, d); err != nil {
+		return len(keys), len(d), err
+	}
+	return len(keys), len(d), nil
+}
+
+// finalDelta runs under the fence at change sequence seq: the delta since mark, then the
+// repaired keys again, until a comparison finds nothing (at most FinalVerifyPasses of them).
+// Nothing writes the source now, so a repair cannot race with a write and one round normally
+// suffices; the second comparison confirms it.
+func (c *Controller) finalDelta(ctx context.Context, mv shardmap.Move, mark, seq int64) error {
+	keys, err := c.cfg.Store.ChangedKeys(ctx, mv.Tenant, mv.From, mark, seq)
+	if errors.Is(err, records.ErrChangesPruned) {
+		return c.finalFull(ctx, mv)
+	}
+	if err != nil {
+		return fmt.Errorf("changed keys in (%d, %d]: %w", mark, seq, err)
+	}
+	for pass := 1; pass <= c.cfg.FinalVerifyPasses; pass++ {
+		diffs, err := c.cfg.Store.VerifyKeys(ctx, mv.Tenant, mv.From, mv.To, keys)
+		if err != nil {
+			return fmt.Errorf("verify keys: %w", err)
+		}
+		if len(diffs) == 0 {
+			return nil
+		}
+		c.log.Info("final verify pass repaired differences", "move_id", mv.ID, "pass", pass, "kind", "delta", "differences", len(diffs))
+		if err := c.repair(ctx, mv, diffs); err != nil {
+			return err
+		}
+		keys = diffs
+	}
+	return fmt.Errorf("%w: differences remain after %d passes under the fence", ErrNotConverging, c.cfg.FinalVerifyPasses)
+}
+
+// finalFull is the final verify as full passes, for when the outbox cannot give the delta.
+func (c *Controller) finalFull(ctx context.Context, mv shardmap.Move) error {
+	for pass := 1; pass <= c.cfg.FinalVerifyPasses; pass++ {
+		diffs, err := c.verifyPass(ctx, mv, true)
+		if err != nil {
+			return err
+		}
+		if diffs == 0 {
+			return nil
+		}
+		c.log.Info("final verify pass repaired differences", "move_id", mv.ID, "pass", pass, "kind", "full", "differences", diffs)
+	}
+	return fmt.Errorf("%w: differences remain after %d passes under the fence", ErrNotConverging, c.cfg.FinalVerifyPasses)
+}
+
+// repair makes the target's rows of keys equal to the source's and records the rows it
+// changed in the map.
+func (c *Controller) repair(ctx context.Context, mv shardmap.Move, keys []Key) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	n, err := c.cfg.Store.Repair(ctx, mv.Tenant, mv.From, mv.To, keys)
+	if err != nil {
+		return fmt.Errorf("repair: %w", err)
+	}
+	if n == 0 {
+		return nil
+	}
+	c.m.repairs.Add(float64(n))
+	cur, ok := c.cfg.Map.Map().Move(mv.ID)
+	if !ok {
+		return errMapMovedOn
+	}
+	total := cur.Repairs + int64(n)
+	return c.apply(ctx, shardmap.MoveProgress{ID: mv.ID, Repairs: &total})
+}

@@ -1,0 +1,207 @@
+package pgstore
+
+// The delta of a move's verify (docs/moves.md, "The cutover"): instead of comparing every key of
+// the tenant again, compare only the keys written since the last pass began. A write's outbox
+// row names its key and carries its change_seq, and change_seq is allocated under the tenant
+// row lock and commits in order, so the keys written in (after, upto] are exactly the keys of
+// the outbox rows with seq in that range, once change_seq has reached upto.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/meridian-dev/meridian/internal/records"
+)
+
+// deltaPage is how many keys VerifyKeys compares per round trip.
+const deltaPage = 5000
+
+// CommittedSeq returns tenant's committed change_seq on shard's primary: every write with a lower
+// or equal seq has committed. records.ErrTenantNotFound when the shard has no row for it.
+func (s *Store) CommittedSeq(ctx context.Context, tenant, shard string) (int64, error) {
+	_, pool, err := s.primary(ctx, shard)
+	if err != nil {
+		return 0, err
+	}
+	var seq int64
+	_, err = readOn(ctx, pool, tenant, 0, func(b *pgx.Batch) {
+		b.Queue(`SELECT change_seq FROM tenants WHERE tenant_id = $1`, tenant).QueryRow(func(r pgx.Row) error {
+			err := r.Scan(&seq)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return records.ErrTenantNotFound
+			}
+			return err
+		})
+	})
+	return seq, classify(err)
+}
+
+// ChangedKeys returns the distinct keys of tenant's writes with change_seq in (after, upto] on
+// shard's primary, in key order. upto must not be above the tenant's committed change_seq (read
+// it with CommittedSeq first). It wraps records.ErrChangesPruned when the outbox no longer holds
+// every seq of the range (rows pruned after their retention), since then some key may be
+// missing from the answer.
+func (s *Store) ChangedKeys(ctx context.Context, tenant, shard string, after, upto int64) ([]records.Key, error) {
+	if after < 0 || upto < after {
+		return nil, fmt.Errorf("pgstore: ChangedKeys: range (%d, %d]", after, upto)
+	}
+	if upto == after {
+		return nil, nil
+	}
+	_, pool, err := s.primary(ctx, shard)
+	if err != nil {
+		return nil, err
+	}
+	var n int64
+	var keys []records.Key
+	_, err = readOn(ctx, pool, tenant, 0, func(b *pgx.Batch) {
+		b.Queue(`SELECT count(*) FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= $3`, tenant, after, upto).
+			QueryRow(func(r pgx.Row) error { return r.Scan(&n) })
+		b.Queue(`SELECT DISTINCT collection, record_id FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= $3
+			ORDER BY collection, record_id`, tenant, after, upto).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var k records.Key
+				if err := rows.Scan(&k.Collection, &k.ID); err != nil {
+					return err
+				}
+				keys = append(keys, k)
+			}
+			return rows.Err()
+		})
+	})
+	if err != nil {
+		return nil, classify(err)
+	}
+	if n != upto-after {
+		return nil, fmt.Errorf("%w: %d of the %d changes in (%d, %d] of %s on %s", records.ErrChangesPruned, n, upto-after, after, upto, tenant, shard)
+	}
+	return keys, nil
+}
+
+// keyDigestsSQL reads the digests of the given keys ($2, $3) of tenant $1, in key order.
+const keyDigestsSQL = `SELECT collection, id, version, deleted, md5(data::text) FROM records
+	WHERE tenant_id = $1 AND (collection, id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+	ORDER BY collection, id`
+
+// keyDigests reads the digests of keys of tenant on pool, by key.
+func keyDigests(ctx context.Context, pool *pgxpool.Pool, tenant string, keys []records.Key) (map[records.Key]digest, error) {
+	colls, ids := keyArrays(keys)
+	out := make(map[records.Key]digest, len(keys))
+	_, err := readOn(ctx, pool, tenant, 0, func(b *pgx.Batch) {
+		b.Queue(keyDigestsSQL, tenant, colls, ids).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var d digest
+				if err := rows.Scan(&d.key.Collection, &d.key.ID, &d.version, &d.deleted, &d.md5); err != nil {
+					return err
+				}
+				out[d.key] = d
+			}
+			return rows.Err()
+		})
+	})
+	return out, err
+}
+
+// VerifyKeys compares the given keys of tenant on shards from and to, like VerifyBatch but for
+// a list of keys (a delta pass), and returns those that differ (missing on to, extra on to, or
+// different), in the order given.
+func (s *Store) VerifyKeys(ctx context.Context, tenant, from, to string, keys []records.Key) ([]records.Key, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	_, src, err := s.primary(ctx, from)
+	if err != nil {
+		return nil, err
+	}
+	_, dst, err := s.primary(ctx, to)
+	if err != nil {
+		return nil, err
+	}
+	var diffs []records.Key
+	for page := range chunks(keys, deltaPage) {
+		var a, b map[records.Key]digest
+		var errA, errB error
+		var wg sync.WaitGroup
+		wg.Go(func() { a, errA = keyDigests(ctx, src, tenant, page) })
+		b, errB = keyDigests(ctx, dst, tenant, page)
+		wg.Wait()
+		if errA != nil {
+			return nil, classify(fmt.Errorf("read %s: %w", from, errA))
+		}
+		if errB != nil {
+			return nil, classify(fmt.Errorf("read %s: %w", to, errB))
+		}
+		for _, k := range page {
+			da, okA := a[k]
+			db, okB := b[k]
+			if okA != okB || (okA && (da.version != db.version || da.deleted != db.deleted || da.md5 != db.md5)) {
+				diffs = append(diffs, k)
+			}
+		}
+	}
+	return diffs, nil
+}
+
+// chunks yields s in slices of at most n.
+func chunks[T any](s []T, n int) func(func([]T) bool) {
+	return func(yield func([]T) bool) {
+		for len(s) > 0 {
+			m := min(n, len(s))
+			if !yield(s[:m]) {
+				return
+			}
+			s = s[m:]
+		}
+	}
+}
+
+// PrecopyTarget copies, before a move's fence, what FinishTarget would otherwise copy under it:
+// tenant's outbox rows and unexpired Idempotency-Key rows on shard from up to the source's
+// current change_seq (the mark it returns), into the importing copy on shard to, in one
+// transaction that also records the mark as the copy's change_seq. FinishTarget then copies
+// only the rows after the mark, so the pause does not grow with the tenant's write history.
+// Idempotent; calling it again copies what is new and raises the mark. The target's row must be
+// importing (records.ErrTenantExists otherwise; records.ErrTenantNotFound without one).
+func (s *Store) PrecopyTarget(ctx context.Context, tenant, from, to string) (int64, error) {
+	mark, err := s.CommittedSeq(ctx, tenant, from)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", from, err)
+	}
+	_, src, err := s.primary(ctx, from)
+	if err != nil {
+		return 0, err
+	}
+	_, dst, err := s.primary(ctx, to)
+	if err != nil {
+		return 0, err
+	}
+	err = inTx(ctx, dst, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		var status string
+		err := tx.QueryRow(ctx, `SELECT status FROM tenants WHERE tenant_id = $1 FOR UPDATE`, tenant).Scan(&status)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("%w on %s", records.ErrTenantNotFound, to)
+		case err != nil:
+			return err
+		case status != StatusImporting:
+			return fmt.Errorf("%w: %s on %s has status %s", records.ErrTenantExists, tenant, to, status)
+		}
+		if err := copyOutbox(ctx, src, tx, tenant, mark); err != nil {
+			return err
+		}
+		if err := copyIdemKeys(ctx, src, tx, tenant, s.cfg.Now(), 0, mark); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE tenants SET change_seq = GREATEST(change_seq, $2) WHERE tenant_id = $1`, tenant, mark)
+		return err
+	})
+	if err != nil {
+		return 0, classify(err)
+	}
+	return mark, nil
+}
