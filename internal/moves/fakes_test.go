@@ -115,8 +115,8 @@ func (h *hookedMap) phases() []string {
 // fences that refuse client writes, tombstones.
 type fakeStore struct {
 	mu      sync.Mutex
-	rows    map[string]map[string]map[Key]frow // shard -> tenant -> key -> row
-	tenants map[string]map[string]*ftenant     // shard -> tenant -> tenant row
+	rows    map[string]map[string]map[Key]frow  // shard -> tenant -> key -> row
+	tenants map[string]map[string]*ftenant      // shard -> tenant -> tenant row
 	outbox  map[string]map[string]map[int64]Key // shard -> tenant -> change seq -> key written
 	calls   map[string]int
 	// hook runs after a call's effect, under no lock; an error it returns replaces the

@@ -35,10 +35,10 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	put("a", `{"n":1}`, "k1") // seq 1
-	put("b", `{"n":2}`, "k2") // seq 2
-	put("a", `{"n":3}`, "k3") // seq 3
-	put("c", `{"n":4}`, "")   // seq 4
+	put("a", `{"n":1}`, "k1")                                                                                      // seq 1
+	put("b", `{"n":2}`, "k2")                                                                                      // seq 2
+	put("a", `{"n":3}`, "k3")                                                                                      // seq 3
+	put("c", `{"n":4}`, "")                                                                                        // seq 4
 	if _, err := write(t, e.src, src, records.WriteOp{Op: records.Delete, Collection: "c", ID: "b"}); err != nil { // seq 5
 		t.Fatal(err)
 	}
