@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -130,11 +131,15 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer, env f
 	cm.register(fs)
 	dsns := fs.String("dsn", env("MERIDIAN_PLAN_DSNS"), "shard=DSN,... of each shard's primary, as a role that sees every tenant's rows (MERIDIAN_PLAN_DSNS; default: the cluster file's development DSNs)")
 	maxMoves := fs.Int("max-moves", 10, "most moves to propose; 0 = no limit")
+	window := fs.Duration("rate-window", time.Hour, "write rates are the tenants' writes (outbox rows) over this last window")
 	if _, err := parseArgs(fs, args, 0, 0); err != nil {
 		return err
 	}
 	if *maxMoves < 0 {
 		return usageErr("--max-moves must be >= 0")
+	}
+	if *window < time.Second {
+		return usageErr("--rate-window must be at least 1s")
 	}
 	c, err := cm.client(env)
 	if err != nil {
@@ -179,9 +184,14 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer, env f
 	}
 	var tenants []moves.PlanTenant
 	for _, s := range sm.Shards {
-		rows, err := tenantRows(ctx, byShard[s.ID], cm.timeout)
+		rows, writes, err := tenantLoad(ctx, byShard[s.ID], *window, cm.timeout)
 		if err != nil {
 			return fmt.Errorf("shard %s: %w", s.ID, err)
+		}
+		for t := range writes {
+			if _, ok := rows[t]; !ok {
+				rows[t] = 0 // writes, but no live record now
+			}
 		}
 		for t, n := range rows {
 			// A tenant placed by region may only live in that region. Where the map does not
@@ -190,67 +200,81 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer, env f
 			if region == "" && sm.Pins[t] != "" {
 				region = home[sm.Pins[t]]
 			}
-			tenants = append(tenants, moves.PlanTenant{Tenant: t, Shard: s.ID, Rows: n, Region: region, Moving: moving[t]})
+			tenants = append(tenants, moves.PlanTenant{Tenant: t, Shard: s.ID, Rows: n, Writes: writes[t], Region: region, Moving: moving[t]})
 		}
 	}
 	load := map[string]int64{}
+	wload := map[string]float64{}
 	for _, t := range tenants {
 		load[t.Shard] += t.Rows
+		wload[t.Shard] += t.Writes
 	}
 	if len(tenants) == 0 {
 		fmt.Fprintln(stderr, "rebalancer plan: no records visible on any shard; a role under row-level security sees none (use the owner or a role that bypasses it)")
 	}
 	props := moves.Plan(pshards, tenants, *maxMoves)
-	after := map[string]int64{}
-	for k, v := range load {
-		after[k] = v
-	}
+	after := maps.Clone(load)
+	wafter := maps.Clone(wload)
 	for _, p := range props {
 		after[p.From] -= p.Rows
 		after[p.To] += p.Rows
+		wafter[p.From] -= p.Writes
+		wafter[p.To] += p.Writes
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SHARD\tREGION\tSTATE\tROWS NOW\tROWS AFTER")
+	fmt.Fprintln(tw, "SHARD\tREGION\tSTATE\tROWS NOW\tROWS AFTER\tWRITES/S NOW\tWRITES/S AFTER")
 	sort.Slice(sm.Shards, func(i, j int) bool { return sm.Shards[i].ID < sm.Shards[j].ID })
 	for _, s := range sm.Shards {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\n", s.ID, s.HomeRegion, s.State, load[s.ID], after[s.ID])
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.2f\t%.2f\n", s.ID, s.HomeRegion, s.State, load[s.ID], after[s.ID], wload[s.ID], max(wafter[s.ID], 0))
 	}
 	tw.Flush()
 	if len(props) == 0 {
 		fmt.Fprintln(stdout, "\nno moves proposed: the shards are as even as moving whole tenants makes them")
 		return nil
 	}
-	fmt.Fprintf(stdout, "\n%d moves proposed (request rates are not considered: only rows):\n", len(props))
+	fmt.Fprintf(stdout, "\n%d moves proposed (rows and write rates over the last %s; reads are not counted):\n", len(props), *window)
 	for _, p := range props {
-		fmt.Fprintf(stdout, "  rebalancer move %s --to %s    # %d rows from %s\n", p.Tenant, p.To, p.Rows, p.From)
+		fmt.Fprintf(stdout, "  rebalancer move %s --to %s    # %d rows, %.2f writes/s from %s\n", p.Tenant, p.To, p.Rows, p.Writes, p.From)
 	}
 	return nil
 }
 
-// tenantRows counts each tenant's live records on one shard's primary.
-func tenantRows(ctx context.Context, dsn string, timeout time.Duration) (map[string]int64, error) {
+// tenantLoad counts each tenant's live records on one shard's primary, and its writes per
+// second over the last window (its outbox rows created since: one per committed write).
+func tenantLoad(ctx context.Context, dsn string, window, timeout time.Duration) (rows map[string]int64, writes map[string]float64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, `SELECT tenant_id, count(*) FROM records WHERE NOT deleted GROUP BY tenant_id`)
-	if err != nil {
-		return nil, err
+	rows = map[string]int64{}
+	if err := scanCounts(ctx, conn, func(t string, n int64) { rows[t] = n },
+		`SELECT tenant_id, count(*) FROM records WHERE NOT deleted GROUP BY tenant_id`); err != nil {
+		return nil, nil, err
 	}
-	out := map[string]int64{}
-	for rows.Next() {
+	writes = map[string]float64{}
+	if err := scanCounts(ctx, conn, func(t string, n int64) { writes[t] = float64(n) / window.Seconds() },
+		`SELECT tenant_id, count(*) FROM outbox WHERE created_at > now() - $1::interval GROUP BY tenant_id`, window.String()); err != nil {
+		return nil, nil, err
+	}
+	return rows, writes, nil
+}
+
+// scanCounts runs a (tenant, count) query and hands each row to add.
+func scanCounts(ctx context.Context, conn *pgx.Conn, add func(string, int64), sql string, args ...any) error {
+	rs, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		return err
+	}
+	for rs.Next() {
 		var t string
 		var n int64
-		if err := rows.Scan(&t, &n); err != nil {
-			return nil, err
+		if err := rs.Scan(&t, &n); err != nil {
+			return err
 		}
-		out[t] = n
+		add(t, n)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return rs.Err()
 }

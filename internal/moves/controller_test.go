@@ -533,3 +533,24 @@ func TestPlan(t *testing.T) {
 		t.Errorf("maxMoves 1 gave %d proposals", len(one))
 	}
 }
+
+// TestPlanWriteRates: shards even by rows but not by writes get a move that evens out both: the
+// write-heavy tenant keeps its shard to itself and the big quiet one moves.
+func TestPlanWriteRates(t *testing.T) {
+	shards := []PlanShard{{"use-1", "us-east", true}, {"use-2", "us-east", true}}
+	tenants := []PlanTenant{
+		{Tenant: "quiet", Shard: "use-1", Rows: 1000},
+		{Tenant: "hot", Shard: "use-1", Rows: 10, Writes: 100},
+		{Tenant: "other", Shard: "use-2", Rows: 1000},
+	}
+	got := Plan(shards, tenants, 0)
+	if len(got) != 1 || got[0].Tenant != "quiet" || got[0].To != "use-2" {
+		t.Errorf("plan = %+v, want quiet moved to use-2", got)
+	}
+	for i := range tenants {
+		tenants[i].Writes = 0
+	}
+	if got := Plan(shards, tenants, 0); len(got) != 0 {
+		t.Errorf("plan by rows only = %+v, want none (1010 vs 1000 rows: no whole-tenant move helps)", got)
+	}
+}
