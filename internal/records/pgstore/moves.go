@@ -528,7 +528,9 @@ func (s *Store) FinishTarget(ctx context.Context, tenant, from, to string, epoch
 	err = inTx(ctx, dst, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		var status string
 		var cur, mark int64
-		err := tx.QueryRow(ctx, `SELECT status, write_epoch, change_seq FROM tenants WHERE tenant_id = $1 FOR UPDATE`, tenant).Scan(&status, &cur, &mark)
+		// NO KEY UPDATE, not UPDATE: a mirror write's foreign-key check takes KEY SHARE on this
+		// row, and must not wait for us (TestMoveStepsDoNotBlockMirror).
+		err := tx.QueryRow(ctx, `SELECT status, write_epoch, change_seq FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE`, tenant).Scan(&status, &cur, &mark)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			return fmt.Errorf("%w on %s", records.ErrTenantNotFound, to)

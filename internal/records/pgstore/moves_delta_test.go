@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/meridian-dev/meridian/internal/records"
 )
@@ -165,4 +166,46 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 	if _, err := e.src.ChangedKeys(ctx, "acme", "s1", 5, 7); !errors.Is(err, records.ErrChangesPruned) {
 		t.Fatalf("ChangedKeys over a pruned row: %v, want ErrChangesPruned", err)
 	}
+}
+
+// TestMoveStepsDoNotBlockMirror: PrecopyTarget (which can run for seconds) and FinishTarget
+// lock the target's tenant row, and a mirror write's foreign-key check takes KEY SHARE on it.
+// With a KEY SHARE held by another transaction, as a mirror in flight holds it, both steps must
+// go through instead of waiting (they took FOR UPDATE once, and every mirror during a precopy
+// failed on its statement timeout).
+func TestMoveStepsDoNotBlockMirror(t *testing.T) {
+	e := newMoveEnv(t)
+	ctx := context.Background()
+	if _, err := e.src.CreateTenant(ctx, "acme", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.src.PrepareTarget(ctx, "acme", "s1", "s2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := write(t, e.src, records.Target{Tenant: "acme", Shard: "s1", Epoch: 1, MirrorTo: "s2"},
+		records.WriteOp{Op: records.Put, Collection: "c", ID: "a", Data: []byte(`{}`), Key: "k", RequestHash: []byte("h")}); err != nil {
+		t.Fatal(err)
+	}
+	mirror, err := e.admin["s2"].Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mirror.Rollback(ctx)
+	if _, err := mirror.Exec(ctx, `SELECT 1 FROM tenants WHERE tenant_id = 'acme' FOR KEY SHARE`); err != nil {
+		t.Fatal(err)
+	}
+	step := func(name string, f func(context.Context) error) {
+		t.Helper()
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := f(sctx); err != nil {
+			t.Errorf("%s while a mirror holds KEY SHARE on the target's tenant row: %v", name, err)
+		}
+	}
+	step("PrecopyTarget", func(ctx context.Context) error { _, err := e.src.PrecopyTarget(ctx, "acme", "s1", "s2"); return err })
+	seq, err := e.src.Fence(ctx, "acme", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	step("FinishTarget", func(ctx context.Context) error { return e.src.FinishTarget(ctx, "acme", "s1", "s2", 2, seq) })
 }
