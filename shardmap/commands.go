@@ -99,6 +99,8 @@ type MoveProgress struct {
 	RowsTotal  *int64 `json:"rows_total,omitempty"`
 	Repairs    *int64 `json:"repairs,omitempty"`
 	PauseMS    *int64 `json:"pause_ms,omitempty"`
+	// FirstWriteMS: see Move.FirstWriteMS.
+	FirstWriteMS *int64 `json:"first_write_ms,omitempty"`
 }
 
 // Cutover pins the move's tenant to the target shard and bumps its write epoch, in one

@@ -127,7 +127,7 @@ func (s *state) applyCmd(cmd Command, index uint64, at time.Time) error {
 		if mv.Phase.Terminal() {
 			return fmt.Errorf("%w: progress on %s move", ErrBadPhaseTransition, mv.Phase)
 		}
-		for _, p := range []*int64{c.RowsCopied, c.RowsTotal, c.Repairs, c.PauseMS} {
+		for _, p := range []*int64{c.RowsCopied, c.RowsTotal, c.Repairs, c.PauseMS, c.FirstWriteMS} {
 			if p != nil && *p < 0 {
 				return fmt.Errorf("%w: negative progress counter", ErrBadCommand)
 			}
@@ -141,6 +141,7 @@ func (s *state) applyCmd(cmd Command, index uint64, at time.Time) error {
 		set(&mv.RowsTotal, c.RowsTotal)
 		set(&mv.Repairs, c.Repairs)
 		set(&mv.PauseMS, c.PauseMS)
+		set(&mv.FirstWriteMS, c.FirstWriteMS)
 		mv.UpdatedAt = at
 		s.moves[mv.ID] = mv
 		return nil

@@ -57,18 +57,22 @@ func (s Shard) clone() Shard {
 
 // Move is a tenant move and its progress, as recorded in the map.
 type Move struct {
-	ID         string    `json:"id"`
-	Tenant     string    `json:"tenant"`
-	From       string    `json:"from_shard"`
-	To         string    `json:"to_shard"`
-	Phase      Phase     `json:"phase"`
-	RowsCopied int64     `json:"rows_copied"`
-	RowsTotal  int64     `json:"rows_total"`
-	Repairs    int64     `json:"repairs"`
-	PauseMS    int64     `json:"pause_ms"`
-	Error      string    `json:"error"`
-	CreatedAt  time.Time `json:"created_at"`
-	UpdatedAt  time.Time `json:"updated_at"`
+	ID         string `json:"id"`
+	Tenant     string `json:"tenant"`
+	From       string `json:"from_shard"`
+	To         string `json:"to_shard"`
+	Phase      Phase  `json:"phase"`
+	RowsCopied int64  `json:"rows_copied"`
+	RowsTotal  int64  `json:"rows_total"`
+	Repairs    int64  `json:"repairs"`
+	PauseMS    int64  `json:"pause_ms"`
+	// FirstWriteMS is the pause as a client sees it: from the fence to the first write the
+	// target accepted (both by the databases' clocks), 0 until known or if no write came
+	// before the cleanup (then absent in JSON, so older snapshots re-encode byte for byte).
+	FirstWriteMS int64     `json:"first_write_ms,omitempty"`
+	Error        string    `json:"error"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
 }
 
 // Route is the answer of Map.Lookup: where a tenant lives and under which map version.

@@ -238,6 +238,7 @@ func TestCommandGuards(t *testing.T) {
 		{"cutover unknown move", base, Cutover{ID: "nope"}, ErrUnknownMove},
 		{"progress unknown move", base, MoveProgress{ID: "nope"}, ErrUnknownMove},
 		{"progress negative", moving, MoveProgress{ID: "m1", RowsCopied: ptr(int64(-1))}, ErrBadCommand},
+		{"first write negative", moving, MoveProgress{ID: "m1", FirstWriteMS: ptr(int64(-1))}, ErrBadCommand},
 		{"progress on finished move", walkTo(t, PhaseDone), MoveProgress{ID: "m1", RowsCopied: ptr(int64(1))}, ErrBadPhaseTransition},
 		{"register without addr", newState(), RegisterNode{ID: "n1"}, ErrBadCommand},
 	}
@@ -268,12 +269,12 @@ func TestMoveProgressAndDefaultID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s3, err := tryApply(s2, MoveProgress{ID: id, Repairs: ptr(int64(2))}, 4)
+	s3, err := tryApply(s2, MoveProgress{ID: id, Repairs: ptr(int64(2)), PauseMS: ptr(int64(7)), FirstWriteMS: ptr(int64(9))}, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mv = s3.moves[id]
-	if mv.RowsCopied != 5 || mv.RowsTotal != 10 || mv.Repairs != 2 || !mv.UpdatedAt.Equal(t0.Add(4*time.Second)) || !mv.CreatedAt.Equal(t0.Add(time.Second)) {
+	if mv.RowsCopied != 5 || mv.RowsTotal != 10 || mv.Repairs != 2 || mv.PauseMS != 7 || mv.FirstWriteMS != 9 || !mv.UpdatedAt.Equal(t0.Add(4*time.Second)) || !mv.CreatedAt.Equal(t0.Add(time.Second)) {
 		t.Fatalf("progress %+v", mv)
 	}
 }

@@ -51,6 +51,7 @@ type moveView struct {
 	RowsTotal  int64     `json:"rows_total"`
 	Repairs    int64     `json:"repairs"`
 	PauseMS    int64     `json:"pause_ms"`
+	FirstWrite int64     `json:"first_write_ms"`
 	Error      string    `json:"error"`
 	CreatedAt  time.Time `json:"created_at"`
 	UpdatedAt  time.Time `json:"updated_at"`

@@ -245,7 +245,12 @@ func printFigures(w io.Writer, mv moveView, observedRate float64) {
 		fmt.Fprintf(w, "  rate      unknown\n")
 	}
 	fmt.Fprintf(w, "  repairs   %d\n", mv.Repairs)
-	fmt.Fprintf(w, "  pause_ms  %d\n", mv.PauseMS)
+	fmt.Fprintf(w, "  pause_ms  %d (fence to the cutover applied, the controller's clock)\n", mv.PauseMS)
+	if mv.FirstWrite > 0 {
+		fmt.Fprintf(w, "  first write on the target %d ms after the fence (the databases' clocks)\n", mv.FirstWrite)
+	} else if mv.Phase == "done" {
+		fmt.Fprintf(w, "  first write on the target: none before the cleanup\n")
+	}
 	if dur > 0 {
 		fmt.Fprintf(w, "  duration  %s\n", dur.Round(time.Millisecond))
 	} else {

@@ -135,9 +135,13 @@ func TestMovePhaseSequence(t *testing.T) {
 		}
 		return nil
 	}
+	st.firstWrite = 42 * time.Millisecond
 	id := requestMove(t, client, "acme", "euw-1")
 	start(t, testConfig(t, m, st, newFakeLease(), "c1"))
 	mv := waitPhase(t, m, id, shardmap.PhaseDone)
+	if mv.FirstWriteMS != 42 {
+		t.Errorf("first_write_ms = %d, want the store's 42", mv.FirstWriteMS)
+	}
 
 	if got, want := strings.Join(m.phases(), ","), "dual_write,backfill,verify,cutover,cleanup,done"; got != want {
 		t.Errorf("phases = %s, want %s", got, want)

@@ -119,6 +119,8 @@ type fakeStore struct {
 	tenants map[string]map[string]*ftenant      // shard -> tenant -> tenant row
 	outbox  map[string]map[string]map[int64]Key // shard -> tenant -> change seq -> key written
 	calls   map[string]int
+	// firstWrite is what FirstWrite answers (0 = not known).
+	firstWrite time.Duration
 	// hook runs after a call's effect, under no lock; an error it returns replaces the
 	// result (a crash after the database committed).
 	hook func(method string, n int) error
@@ -529,6 +531,17 @@ func (f *fakeStore) PrecopyTarget(ctx context.Context, tenant, from, to string) 
 	dst.changeSeq = max(dst.changeSeq, mark)
 	f.mu.Unlock()
 	return mark, f.after("PrecopyTarget", n)
+}
+
+func (f *fakeStore) FirstWrite(ctx context.Context, tenant, from, to string) (time.Duration, bool, error) {
+	n, err := f.call("FirstWrite")
+	if err != nil {
+		return 0, false, err
+	}
+	f.mu.Lock()
+	d, ok := f.firstWrite, f.firstWrite > 0
+	f.mu.Unlock()
+	return d, ok, f.after("FirstWrite", n)
 }
 
 var _ Store = (*fakeStore)(nil)

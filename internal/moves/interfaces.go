@@ -70,6 +70,9 @@ type Store interface {
 	// PrecopyTarget copies the tenant's outbox and Idempotency-Key rows up to the source's
 	// change sequence (returned) to the importing target, so FinishTarget copies only newer ones.
 	PrecopyTarget(ctx context.Context, tenant, from, to string) (mark int64, err error)
+	// FirstWrite is the time from the source's fence to the first client write on the target
+	// (ok false while either is unknown).
+	FirstWrite(ctx context.Context, tenant, from, to string) (pause time.Duration, ok bool, err error)
 }
 
 // Lease is the map lease that makes one controller the active one.

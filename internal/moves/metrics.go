@@ -13,6 +13,7 @@ type metrics struct {
 	repairs      prometheus.Counter
 	active       prometheus.Gauge
 	pause        prometheus.Histogram
+	firstWrite   prometheus.Histogram
 	stepErrors   *prometheus.CounterVec
 	leaseHeld    prometheus.Gauge
 }
@@ -31,13 +32,16 @@ func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
 		pause: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meridian_moves_cutover_pause_seconds",
 			Help:    "Fence set on the source to the Cutover command applied and visible to the controller.",
 			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}}),
+		firstWrite: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meridian_moves_first_write_seconds",
+			Help:    "Fence set on the source to the first client write accepted on the target (the databases' clocks).",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}}),
 		stepErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_moves_step_errors_total",
 			Help: "Failed move steps (each is retried; before cutover a move fails after the attempt limit)."}, []string{"phase"}),
 		leaseHeld: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_moves_lease_held",
 			Help: "1 while this controller holds the rebalancer lease and drives moves."}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.phaseSeconds, m.rowsCopied, m.repairs, m.active, m.pause, m.stepErrors, m.leaseHeld} {
+		for _, c := range []prometheus.Collector{m.phaseSeconds, m.rowsCopied, m.repairs, m.active, m.pause, m.firstWrite, m.stepErrors, m.leaseHeld} {
 			if err := reg.Register(c); err != nil {
 				log.Warn("moves metrics not registered", "err", err)
 			}

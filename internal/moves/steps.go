@@ -65,6 +65,7 @@ func (c *Controller) step(ctx context.Context, log *slog.Logger, mv shardmap.Mov
 		if err := c.waitUntil(ctx, mv.UpdatedAt.Add(c.cfg.Grace)); err != nil {
 			return err
 		}
+		c.recordFirstWrite(ctx, log, mv)
 		if err := c.cfg.Store.DropTenant(ctx, mv.Tenant, mv.From); err != nil {
 			return fmt.Errorf("drop tenant on source: %w", err)
 		}
@@ -226,4 +227,29 @@ func Verify(ctx context.Context, st Store, tenant, from, to string, batch, limit
 			}
 		}
 	}
+}
+
+// recordFirstWrite records the pause as clients saw it (fence -> first write accepted on the
+// target) while the fenced source still exists to say when the fence was set. A failure only
+// leaves the figure unknown.
+func (c *Controller) recordFirstWrite(ctx context.Context, log *slog.Logger, mv shardmap.Move) {
+	if mv.FirstWriteMS > 0 {
+		return
+	}
+	pause, ok, err := c.cfg.Store.FirstWrite(ctx, mv.Tenant, mv.From, mv.To)
+	switch {
+	case err != nil:
+		log.Warn("first write after the cutover unknown", "err", err)
+		return
+	case !ok:
+		log.Info("no client write on the target yet: first_write_ms stays unknown")
+		return
+	}
+	ms := max(pause.Milliseconds(), 1)
+	if err := c.apply(ctx, shardmap.MoveProgress{ID: mv.ID, FirstWriteMS: &ms}); err != nil {
+		log.Warn("recording first_write_ms failed", "err", err)
+		return
+	}
+	c.m.firstWrite.Observe(pause.Seconds())
+	log.Info("first write on the target", "after_fence", pause.String())
 }

@@ -489,7 +489,9 @@ func (s *Store) setFence(ctx context.Context, tenant, shard string, fenced bool)
 	}
 	var seq int64
 	err = inTx(ctx, pool, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `UPDATE tenants SET write_fenced = $2, updated_at = now() WHERE tenant_id = $1 RETURNING change_seq`,
+		// updated_at changes only with the flag: it is when the fence was set (FirstWrite).
+		err := tx.QueryRow(ctx, `UPDATE tenants SET write_fenced = $2,
+			updated_at = CASE WHEN write_fenced = $2 THEN updated_at ELSE now() END WHERE tenant_id = $1 RETURNING change_seq`,
 			tenant, fenced).Scan(&seq)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return records.ErrTenantNotFound

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -207,4 +208,46 @@ func (s *Store) PrecopyTarget(ctx context.Context, tenant, from, to string) (int
 		return 0, classify(err)
 	}
 	return mark, nil
+}
+
+// FirstWrite measures a finished cutover's pause as clients saw it: from when the fence was set
+// on shard from (its tenant row's updated_at, which only the fence's change moves) to the first
+// write a client made on shard to (its earliest outbox row with a WAL position: rows the move
+// copied have none), both by the databases' clocks. ok is false when either is not known: the
+// source is not fenced (or gone) or no client has written to the target yet.
+func (s *Store) FirstWrite(ctx context.Context, tenant, from, to string) (pause time.Duration, ok bool, err error) {
+	_, src, err := s.primary(ctx, from)
+	if err != nil {
+		return 0, false, err
+	}
+	_, dst, err := s.primary(ctx, to)
+	if err != nil {
+		return 0, false, err
+	}
+	var fenced bool
+	var fencedAt time.Time
+	_, err = readOn(ctx, src, tenant, 0, func(b *pgx.Batch) {
+		b.Queue(`SELECT write_fenced, updated_at FROM tenants WHERE tenant_id = $1`, tenant).QueryRow(func(r pgx.Row) error {
+			return r.Scan(&fenced, &fencedAt)
+		})
+	})
+	if errors.Is(err, records.ErrTenantNotFound) || (err == nil && !fenced) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, classify(fmt.Errorf("read %s: %w", from, err))
+	}
+	var first *time.Time
+	_, err = readOn(ctx, dst, tenant, 0, func(b *pgx.Batch) {
+		b.Queue(`SELECT min(created_at) FROM outbox WHERE tenant_id = $1 AND lsn IS NOT NULL`, tenant).QueryRow(func(r pgx.Row) error {
+			return r.Scan(&first)
+		})
+	})
+	if err != nil {
+		return 0, false, classify(fmt.Errorf("read %s: %w", to, err))
+	}
+	if first == nil {
+		return 0, false, nil
+	}
+	return max(first.Sub(fencedAt), 0), true, nil
 }

@@ -161,6 +161,27 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 		t.Fatalf("retry of k1 on the target: %+v %v, want the stored answer", replay, err)
 	}
 
+	// The pause as clients see it: unknown until a client writes the target, then the time
+	// from the fence to that write, which a repeated Fence does not move.
+	if _, ok, err := e.src.FirstWrite(ctx, "acme", "s1", "s2"); ok || err != nil {
+		t.Fatalf("FirstWrite before any client write on the target: ok %v, %v", ok, err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if _, err := write(t, e.dst, records.Target{Tenant: "acme", Shard: "s2", Epoch: 2},
+		records.WriteOp{Op: records.Put, Collection: "c", ID: "after", Data: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	pause, ok, err := e.src.FirstWrite(ctx, "acme", "s1", "s2")
+	if !ok || err != nil || pause < 20*time.Millisecond || pause > time.Minute {
+		t.Fatalf("FirstWrite = %v, %v, %v; want >= 20ms (slept after the fence)", pause, ok, err)
+	}
+	if _, err := e.src.Fence(ctx, "acme", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if again, _, _ := e.src.FirstWrite(ctx, "acme", "s1", "s2"); again != pause {
+		t.Fatalf("FirstWrite after a repeated Fence = %v, want %v (the fence's time must not move)", again, pause)
+	}
+
 	// A pruned range is refused, not answered short.
 	e.exec(t, "s1", `DELETE FROM outbox WHERE tenant_id = 'acme' AND seq = 6`)
 	if _, err := e.src.ChangedKeys(ctx, "acme", "s1", 5, 7); !errors.Is(err, records.ErrChangesPruned) {
