@@ -57,11 +57,19 @@ const (
 // the API node's problem documents are a few hundred bytes.
 const maxProblemPeek = 4 << 10
 
-// heldWrite is one write's place in its tenant's queue: its ticket, taken when its first fenced
+// heldWrite is one write's place in its record's queue: its ticket, taken when its first fenced
 // answer arrived and kept until its resend is answered (or it gives up), so that writes of one
-// tenant are resent in the order they were held, each only after the one before has its answer.
+// record are resent in the order they were held, each only after the one before has its answer.
+//
+// The queue is the record's, not the tenant's: held writes were all in flight at once, so no
+// order among them is owed to anyone (any order is linearizable), and the order that can matter
+// — two writes of one record — is kept. One queue per tenant resent a cutover's few hundred held
+// writes one round trip at a time, seconds in all, past the hold time (found by `bench
+// -scenario moves`). A create (POST) names no record yet and queues behind nothing.
 type heldWrite struct {
 	tenant string
+	// key is the queue: the tenant and the record's path; "" = none (a create).
+	key string
 	// turn is closed when the write is first in its tenant's queue.
 	turn chan struct{}
 	// first is when the write was first held; HoldPolicy.Time counts from it.
@@ -78,8 +86,8 @@ type holds struct {
 	mu sync.Mutex // guards the fields below
 	// held is the number of writes waiting in a hold now (bounded by pol.Max).
 	held int
-	// queues are each tenant's writes with a ticket, in the order their fenced answers came;
-	// a tenant has an entry only while it has one.
+	// queues are each record's writes with a ticket (by heldWrite.key), in the order their
+	// fenced answers came; a record has an entry only while it has one.
 	queues map[string][]*heldWrite
 	// changed is closed and replaced whenever the watcher sees a newer map.
 	changed chan struct{}
@@ -132,12 +140,16 @@ func (h *holds) hold(ctx context.Context, w *heldWrite, sent Route) holdResult {
 	if w.first.IsZero() {
 		w.first = time.Now()
 		w.turn = make(chan struct{})
-		q := h.queues[w.tenant]
-		if len(q) == 0 {
+		if w.key == "" {
 			close(w.turn)
+		} else {
+			q := h.queues[w.key]
+			if len(q) == 0 {
+				close(w.turn)
+			}
+			h.queues[w.key] = append(q, w)
+			w.queued = true
 		}
-		h.queues[w.tenant] = append(q, w)
-		w.queued = true
 	}
 	h.held++
 	if h.held == 1 {
@@ -204,7 +216,7 @@ func movedOn(sent, now Route) bool {
 	return now.Epoch > sent.Epoch || sent.Moving && !now.Moving
 }
 
-// leave takes w out of its tenant's queue (if it is in it) and gives the next write its turn.
+// leave takes w out of its record's queue (if it is in it) and gives the next write its turn.
 func (h *holds) leave(w *heldWrite) {
 	if w == nil {
 		return
@@ -215,7 +227,7 @@ func (h *holds) leave(w *heldWrite) {
 		return
 	}
 	w.queued = false
-	q := h.queues[w.tenant]
+	q := h.queues[w.key]
 	for i, x := range q {
 		if x != w {
 			continue
@@ -227,9 +239,9 @@ func (h *holds) leave(w *heldWrite) {
 		break
 	}
 	if len(q) == 0 {
-		delete(h.queues, w.tenant)
+		delete(h.queues, w.key)
 	} else {
-		h.queues[w.tenant] = q
+		h.queues[w.key] = q
 	}
 }
 
@@ -281,3 +293,13 @@ type peekedBody struct {
 }
 
 func (b peekedBody) Close() error { return b.c.Close() }
+
+// newHeldWrite is the ticket of a write of tenant: queued behind the held writes of the same
+// record, or behind none for a create.
+func newHeldWrite(tenant string, r *http.Request) *heldWrite {
+	w := &heldWrite{tenant: tenant}
+	if r.Method != http.MethodPost {
+		w.key = tenant + " " + r.URL.Path
+	}
+	return w
+}

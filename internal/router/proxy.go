@@ -327,7 +327,7 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 			drain(resp)
 			up.Done(nil)
 			if held == nil {
-				held = &heldWrite{tenant: tenant}
+				held = newHeldWrite(tenant, r)
 			}
 			start := time.Now()
 			res := s.hold.hold(r.Context(), held, route)
