@@ -1105,8 +1105,18 @@ func runMoves(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	writeMoves(&md, o, rep)
 	invalid := rep.load.unexpected > 0 || moveErr != nil || rep.missed > 0
 	if invalid {
-		// Shown, never recorded as a result.
-		io.WriteString(stdout, md.String())
+		// Shown, never recorded as a result: the section goes to stdout only, the raw figures
+		// (which say why the run is invalid) to -json.
+		if _, err := io.WriteString(stdout, md.String()); err != nil {
+			return err
+		}
+		if o.jsonOut != "" {
+			jo := *o
+			jo.out = ""
+			if err := emit(&jo, "", movesJSON(rep), stdout, stderr); err != nil {
+				return err
+			}
+		}
 		fmt.Fprintf(stderr, "\nbench: THIS RUN MEASURES NOTHING: %s\n", invalidReason(rep, moveErr))
 		if extra.Dir != "" {
 			fmt.Fprintf(stderr, "bench: the cluster's logs are under %s\n", extra.Dir)
