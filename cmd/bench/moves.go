@@ -680,7 +680,8 @@ func (l *movesLoad) write(ctx context.Context, base, kind, id, key string, pool 
 	if err != nil {
 		st = 0
 	}
-	l.record(sample{kind: kind, router: base, sent: sent, latency: lat, status: st, problem: problemOf(kind, st, a.body)})
+	problem := problemOf(kind, st, a.body)
+	l.record(sample{kind: kind, router: base, sent: sent, latency: lat, status: st, problem: problem})
 	switch {
 	case kind == kindCreate && st == http.StatusCreated:
 		if rid, err := parseRecordID(a.body); err == nil {
@@ -688,9 +689,19 @@ func (l *movesLoad) write(ctx context.Context, base, kind, id, key string, pool 
 		}
 	case kind == kindUpdate:
 		pool.put(id) // live whatever the answer: nothing deleted it
-	case kind == kindDelete && !expected(kind, st):
-		pool.put(id) // not known to be deleted; a later delete will tell
+	case kind == kindDelete && unapplied(st, problem):
+		pool.put(id)
 	}
+	// A delete without a definite answer (no answer in time, 504, another 5xx) may have
+	// committed: its record is never used again, so a later 404 is always a finding.
+}
+
+// unapplied says whether a failed write's answer proves it changed nothing: refused by a rate
+// limit or load shedding before the store, or by the fence (read first in the write's
+// transaction).
+func unapplied(status int, problem string) bool {
+	return status == http.StatusTooManyRequests ||
+		status == http.StatusServiceUnavailable && (problem == "tenant-fenced" || problem == "overloaded")
 }
 
 func (l *movesLoad) read(ctx context.Context, base string, k int) {

@@ -377,6 +377,21 @@ func TestMoveFigures(t *testing.T) {
 	}
 }
 
+func TestUnapplied(t *testing.T) {
+	for _, tc := range []struct {
+		st      int
+		problem string
+		want    bool
+	}{
+		{429, "rate-limited", true}, {503, "tenant-fenced", true}, {503, "overloaded", true},
+		{503, "service-unavailable", false}, {504, "gateway-timeout", false}, {0, "", false}, {500, "", false},
+	} {
+		if got := unapplied(tc.st, tc.problem); got != tc.want {
+			t.Errorf("%d %s: %v", tc.st, tc.problem, got)
+		}
+	}
+}
+
 func TestExpectedStatus(t *testing.T) {
 	for _, tc := range []struct {
 		kind string
