@@ -30,6 +30,10 @@
 //	invalidation    for every ordered region pair, a cached read in one region, a write in the
 //	                tenant's home region, and the time until the reader region answers the new
 //	                version (and never the old one again) (invalidation.go)
+//	moves           a tenant of -records records moved back and forth -moves times between two
+//	                shards in different regions while writes (-rate) and reads (-read-rate) run
+//	                through every router: cutover pauses, backfill and verify rows/s, held
+//	                writes, write latency near cutovers and every answer counted (moves.go)
 //
 // Both tenants of hostile and slow-body are homed in -home (default: the region after -region),
 // so the victim's reads are served by the local standby (X-Read-Source: replica) that a
@@ -57,6 +61,7 @@
 //	go run ./cmd/bench -scenario slow-body -rate 200 -c 32 -d 18s
 //	go run ./cmd/bench -scenario cache -c 16 -d 30s -round 5s -out docs/BENCHMARKS.md
 //	go run ./cmd/bench -scenario invalidation -pair-rounds 50 -out docs/BENCHMARKS.md
+//	go run ./cmd/bench -scenario moves -moves 20 -out docs/BENCHMARKS.md
 //
 // Bench never prints or records tokens or secrets.
 package main
@@ -117,6 +122,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCache(ctx, o, stdout, stderr)
 	case scenarioInvalidation:
 		return runInvalidation(ctx, o, stdout, stderr)
+	case scenarioMoves:
+		return runMoves(ctx, o, stdout, stderr)
 	}
 	plan, err := o.plan()
 	if err != nil {
@@ -253,6 +260,8 @@ type options struct {
 	routerPID     int
 	// cache and invalidation (cache.go, invalidation.go)
 	cacheFlags
+	// moves (moves.go)
+	movesFlags
 }
 
 var _ flag.Value = (*targetFlags)(nil)
@@ -305,10 +314,12 @@ const (
 	scenarioCache = "cache"
 	// scenarioInvalidation measures how soon a write is visible in every region (issue 13).
 	scenarioInvalidation = "invalidation"
+	// scenarioMoves moves a tenant back and forth under load (issue 14).
+	scenarioMoves = "moves"
 )
 
 // scenarioNames lists the scenarios for messages.
-const scenarioNames = "get, post, compare-router, compare-home, hostile, slow-body, cache or invalidation"
+const scenarioNames = "get, post, compare-router, compare-home, hostile, slow-body, cache, invalidation or moves"
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{args: args, set: map[string]bool{}}
@@ -345,6 +356,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.bodyTimeout, "body-timeout", 5*time.Second, "hostile, slow-body: the router's -body-timeout, to judge when it closed a slow body (default: the router's default)")
 	fs.IntVar(&o.routerPID, "router-pid", 0, "slow-body: the router's process id for its memory (default: the process listening on the router's address, from /proc)")
 	o.cacheFlags.register(fs)
+	o.movesFlags.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
@@ -362,15 +374,21 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	})
 	switch o.scenario {
 	case scenarioGet, scenarioPost, scenarioCompare, scenarioCompareHome, scenarioHostile, scenarioSlowBody,
-		scenarioCache, scenarioInvalidation:
+		scenarioCache, scenarioInvalidation, scenarioMoves:
 	default:
 		return nil, fmt.Errorf("%w: -scenario %q: want %s", errUsage, o.scenario, scenarioNames)
 	}
 	if err := o.checkAbuseFlags(); err != nil {
 		return nil, err
 	}
-	if err := o.checkCacheFlags(); err != nil {
+	// -records and -seed-workers are shared by cache and moves: moves checks its own flags.
+	if err := o.checkMovesFlags(); err != nil {
 		return nil, err
+	}
+	if o.scenario != scenarioMoves {
+		if err := o.checkCacheFlags(); err != nil {
+			return nil, err
+		}
 	}
 	if o.cfg.Concurrency < 1 || o.cfg.Duration < 0 || o.cfg.Requests < 0 || (o.cfg.Duration == 0 && o.cfg.Requests == 0) {
 		return nil, fmt.Errorf("%w: -c must be ≥ 1 and -d or -n positive", errUsage)

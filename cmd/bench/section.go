@@ -99,6 +99,7 @@ var scenarioTitles = map[string]string{
 	scenarioCompareHome: "GET through one router: tenant homed locally vs in another region",
 	scenarioHostile:     "A tenant's GET through one router, alone vs beside a hostile tenant",
 	scenarioSlowBody:    "A tenant's GET through one router, alone vs beside slow-body connections",
+	scenarioMoves:       "Tenant moves under load",
 }
 
 // writeSection writes the Markdown section for docs/BENCHMARKS.md.
