@@ -249,12 +249,43 @@ type proxyRun struct {
 // cpuPerRequest is role i's CPU time per successful request of target in run, in µs (false when
 // the role's process is unknown or the target answered nothing).
 func (r proxyRun) cpuPerRequest(target string, i int, roles []procRole) (float64, bool) {
+	if i < 0 || i >= len(roles) {
+		return 0, false
+	}
 	u := r.usage[target]
 	ok := r.ok(target)
 	if u == nil || ok == 0 || len(roles[i].pids) == 0 {
 		return 0, false
 	}
 	return ticksToMicros(u.ticks[i]) / float64(ok), true
+}
+
+// netCPUPerRequest is role i's CPU per successful request of target less the role's background:
+// what it used per second of wall time in the rounds of the other targets (where it served
+// none of the load: Raft, gossip, health checks), times the target's rounds' wall time. It is
+// how much a proxy's CPU rises per request it forwards (false when unknown).
+func (r proxyRun) netCPUPerRequest(target string, i int, roles []procRole) (float64, bool) {
+	if i < 0 || i >= len(roles) {
+		return 0, false
+	}
+	u := r.usage[target]
+	ok := r.ok(target)
+	if u == nil || ok == 0 || len(roles[i].pids) == 0 {
+		return 0, false
+	}
+	var bgTicks int64
+	var bgWall time.Duration
+	for name, o := range r.usage {
+		if name != target {
+			bgTicks += o.ticks[i]
+			bgWall += o.wall
+		}
+	}
+	if bgWall <= 0 {
+		return 0, false
+	}
+	bg := ticksToMicros(bgTicks) / bgWall.Seconds() * u.wall.Seconds()
+	return max(ticksToMicros(u.ticks[i])-bg, 0) / float64(ok), true
 }
 
 func (r proxyRun) ok(target string) int64 {
@@ -381,16 +412,20 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 		"closed loop, side-by-side rounds of %s (%s per target per run, %s warm-up).\n",
 		p.targets[2].base, p.targets[0].tenant.id, o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
 	fmt.Fprintf(w, "- CPU µs/request: the process's utime+stime from /proc/<pid>/stat over the target's rounds, "+
-		"divided by the target's 2xx answers (10 ms ticks). A round with any answer other than a 2xx is void.\n\n")
+		"divided by the target's 2xx answers (10 ms ticks). \"net\": less the process's background, its CPU per "+
+		"second in the other targets' rounds (where it forwards nothing: Raft, gossip, health checks) times "+
+		"the rounds' wall time. A round with any answer other than a 2xx is void.\n\n")
 	fmt.Fprintf(w, "| conns | target | req/s | × direct | p50 ms | p99 ms | answers | void rounds |")
 	for _, r := range roles {
 		fmt.Fprintf(w, " %s µs/req |", r.name)
 	}
+	fmt.Fprintf(w, " proxy's net µs/req |")
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "|---:|---|---:|---:|---:|---:|---|---:|")
 	for range roles {
 		fmt.Fprintf(w, "---:|")
 	}
+	fmt.Fprintf(w, "---:|")
 	fmt.Fprintln(w)
 	for _, run := range runs {
 		base := run.rep.Targets[0].Throughput
@@ -408,6 +443,11 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 					fmt.Fprintf(w, " — |")
 				}
 			}
+			if v, ok := run.netCPUPerRequest(t.Name, roleIndex(roles, t.Name), roles); ok {
+				fmt.Fprintf(w, " %.0f |", v)
+			} else {
+				fmt.Fprintf(w, " — |")
+			}
 			fmt.Fprintln(w)
 		}
 	}
@@ -419,7 +459,13 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 		rt, nt := throughput(run.rep, "router"), throughput(run.rep, nginxName)
 		fmt.Fprintf(w, "- %d connections: ", run.conns)
 		if rok && nok && nc > 0 {
-			fmt.Fprintf(w, "router CPU per request %.2f× nginx's (%.0f vs %.0f µs); ", rc/nc, rc, nc)
+			fmt.Fprintf(w, "router CPU per request %.2f× nginx's (%.0f vs %.0f µs", rc/nc, rc, nc)
+			rn, rnok := run.netCPUPerRequest("router", ri, roles)
+			nn, nnok := run.netCPUPerRequest(nginxName, ni, roles)
+			if rnok && nnok && nn > 0 {
+				fmt.Fprintf(w, "; net of background %.2f×, %.0f vs %.0f µs", rn/nn, rn, nn)
+			}
+			fmt.Fprintf(w, "); ")
 		}
 		if nt > 0 {
 			fmt.Fprintf(w, "router throughput %.3f× nginx's", rt/nt)
@@ -458,6 +504,7 @@ func proxyJSON(runs []proxyRun, roles []procRole) any {
 	type cpu struct {
 		Target           string             `json:"target"`
 		MicrosPerRequest map[string]float64 `json:"cpu_us_per_request"`
+		NetMicros        *float64           `json:"proxy_net_cpu_us_per_request,omitempty"`
 		Rounds           int                `json:"rounds"`
 		Void             int                `json:"void_rounds"`
 	}
@@ -474,6 +521,11 @@ func proxyJSON(runs []proxyRun, roles []procRole) any {
 			for i, role := range roles {
 				if v, ok := r.cpuPerRequest(t.Name, i, roles); ok {
 					c.MicrosPerRequest[role.name] = v
+				}
+			}
+			if i := roleIndex(roles, t.Name); i >= 0 {
+				if v, ok := r.netCPUPerRequest(t.Name, i, roles); ok {
+					c.NetMicros = &v
 				}
 			}
 			x.CPU = append(x.CPU, c)

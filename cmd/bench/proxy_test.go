@@ -126,8 +126,8 @@ func TestProxyCPUPerRequest(t *testing.T) {
 			{Name: nginxName, OK: 500, Throughput: 250},
 		}},
 		usage: map[string]*phaseUsage{
-			"direct":  {ticks: []int64{10, 0, 0}},
-			nginxName: {ticks: []int64{12, 3, 0}},
+			"direct":  {wall: 2 * time.Second, ticks: []int64{10, 2, 0}},
+			nginxName: {wall: 2 * time.Second, ticks: []int64{12, 3, 0}},
 		},
 	}
 	// 10 ticks = 100 ms over 1000 answers = 100 µs each.
@@ -136,6 +136,11 @@ func TestProxyCPUPerRequest(t *testing.T) {
 	}
 	if v, ok := run.cpuPerRequest(nginxName, 1, roles); !ok || v != 60 {
 		t.Errorf("nginx = %v %v, want 60", v, ok)
+	}
+	// nginx's background: 2 ticks in direct's 2 s, so 20 ms of its 30 ms in its own 2 s rounds;
+	// the 10 ms left over 500 answers = 20 µs each.
+	if v, ok := run.netCPUPerRequest(nginxName, 1, roles); !ok || v != 20 {
+		t.Errorf("nginx net = %v %v, want 20", v, ok)
 	}
 	if _, ok := run.cpuPerRequest(nginxName, 2, roles); ok {
 		t.Error("a role without a process reports CPU")
