@@ -27,6 +27,10 @@
 //	                with the cache allowed and with Cache-Control: no-cache, side by side in
 //	                rounds, beside pgbench running the same read as SQL on the standby that
 //	                serves it; hit ratio, answers and CPU per request of every process (cache.go)
+//	proxy           the GET direct to an API node, through nginx (one worker, keep-alive
+//	                upstream, started by bench) and through the router, side by side in rounds,
+//	                at each of -conns connection counts; status codes per round (a round with a
+//	                non-2xx answer is void) and each process's CPU per request from /proc (proxy.go)
 //	invalidation    for every ordered region pair, a cached read in one region, a write in the
 //	                tenant's home region, and the time until the reader region answers the new
 //	                version (and never the old one again) (invalidation.go)
@@ -62,6 +66,7 @@
 //	go run ./cmd/bench -scenario cache -c 16 -d 30s -round 5s -out docs/BENCHMARKS.md
 //	go run ./cmd/bench -scenario invalidation -pair-rounds 50 -out docs/BENCHMARKS.md
 //	go run ./cmd/bench -scenario moves -moves 20 -out docs/BENCHMARKS.md
+//	go run ./cmd/bench -scenario proxy -conns 16,32 -d 12s -round 2s -out docs/BENCHMARKS.md
 //
 // Bench never prints or records tokens or secrets.
 package main
@@ -124,6 +129,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runInvalidation(ctx, o, stdout, stderr)
 	case scenarioMoves:
 		return runMoves(ctx, o, stdout, stderr)
+	case scenarioProxy:
+		return runProxy(ctx, o, stdout, stderr)
 	}
 	plan, err := o.plan()
 	if err != nil {
@@ -262,6 +269,8 @@ type options struct {
 	cacheFlags
 	// moves (moves.go)
 	movesFlags
+	// proxy (proxy.go)
+	proxyFlags
 }
 
 var _ flag.Value = (*targetFlags)(nil)
@@ -316,10 +325,13 @@ const (
 	scenarioInvalidation = "invalidation"
 	// scenarioMoves moves a tenant back and forth under load (issue 14).
 	scenarioMoves = "moves"
+	// scenarioProxy compares the GET direct, through nginx and through the router, with each
+	// process's CPU per request (issue 16).
+	scenarioProxy = "proxy"
 )
 
 // scenarioNames lists the scenarios for messages.
-const scenarioNames = "get, post, compare-router, compare-home, hostile, slow-body, cache, invalidation or moves"
+const scenarioNames = "get, post, compare-router, compare-home, hostile, slow-body, cache, invalidation, moves or proxy"
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{args: args, set: map[string]bool{}}
@@ -357,6 +369,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.routerPID, "router-pid", 0, "slow-body: the router's process id for its memory (default: the process listening on the router's address, from /proc)")
 	o.cacheFlags.register(fs)
 	o.movesFlags.register(fs)
+	o.proxyFlags.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
@@ -374,7 +387,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	})
 	switch o.scenario {
 	case scenarioGet, scenarioPost, scenarioCompare, scenarioCompareHome, scenarioHostile, scenarioSlowBody,
-		scenarioCache, scenarioInvalidation, scenarioMoves:
+		scenarioCache, scenarioInvalidation, scenarioMoves, scenarioProxy:
 	default:
 		return nil, fmt.Errorf("%w: -scenario %q: want %s", errUsage, o.scenario, scenarioNames)
 	}
@@ -411,8 +424,17 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.clusterFromFlag && len(o.targets) > 0 {
 		return nil, fmt.Errorf("%w: give -cluster or -target, not both", errUsage)
 	}
-	if o.scenario == scenarioCompare && len(o.targets) > 0 && len(o.targets) != 2 {
-		return nil, fmt.Errorf("%w: compare-router takes exactly two -target flags: direct API node first, router second", errUsage)
+	if (o.scenario == scenarioCompare || o.scenario == scenarioProxy) && len(o.targets) > 0 && len(o.targets) != 2 {
+		return nil, fmt.Errorf("%w: %s takes exactly two -target flags: direct API node first, router second", errUsage, o.scenario)
+	}
+	if o.scenario != scenarioProxy {
+		for _, f := range []string{"conns", "nginx", "nginx-listen", "nginx-access-log"} {
+			if o.set[f] {
+				return nil, fmt.Errorf("%w: -%s is for -scenario proxy", errUsage, f)
+			}
+		}
+	} else if o.set["c"] {
+		return nil, fmt.Errorf("%w: -scenario proxy takes -conns (a list), not -c", errUsage)
 	}
 	o.cfg.SideBySide = !o.sequential
 	return o, nil

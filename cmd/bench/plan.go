@@ -174,7 +174,7 @@ func (o *options) plan() (*plan, error) {
 			return tenantSpec{id: "bench-" + home, home: home}
 		}
 		switch o.scenario {
-		case scenarioCompare:
+		case scenarioCompare, scenarioProxy:
 			if len(reg.API) == 0 || !validBase(reg.API[0]) {
 				return nil, fmt.Errorf("region %s has no API node URL in %s", region, o.cluster)
 			}

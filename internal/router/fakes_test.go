@@ -317,7 +317,7 @@ type echo struct {
 	Version string `json:"shardmap_version"`
 }
 
-func newAPINode(t *testing.T, region string) *apiNode {
+func newAPINode(t testing.TB, region string) *apiNode {
 	a := &apiNode{region: region, tenants: map[string]string{}}
 	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -382,7 +382,7 @@ type rig struct {
 	nodes map[string]*apiNode
 }
 
-func newRig(t *testing.T, mod func(*Config)) *rig {
+func newRig(t testing.TB, mod func(*Config)) *rig {
 	t.Helper()
 	rg := &rig{
 		m: &fakeMap{version: 5, contact: time.Now().Add(time.Hour), leader: "127.0.0.1:1",

@@ -47,8 +47,7 @@ const (
 	ctxRequestID = "meridian.request_id"
 	ctxTenant    = "meridian.tenant"
 	ctxClass     = "meridian.class"
-	ctxUpstream  = "meridian.upstream_time"
-	ctxMapVer    = "meridian.map_version"
+	ctxUpstream  = "meridian.upstream_time" // *upstreamTime, set by observe
 	ctxBodyRead  = "meridian.body_read"
 )
 
@@ -205,7 +204,7 @@ func (s *Server) rateLimit(c *gin.Context, p Principal, class string) bool {
 	}
 	if err != nil {
 		// A limiter that cannot decide must not take the front door down: let the request in.
-		s.m.rateLimit.WithLabelValues("error", backend).Inc()
+		s.m.rateLimitC.get([2]string{"error", backend}).Inc()
 		s.log(c).Warn("rate limiter failed; request allowed", "err", err)
 		return true
 	}
@@ -216,10 +215,10 @@ func (s *Server) rateLimit(c *gin.Context, p Principal, class string) bool {
 		h.Set("RateLimit-Reset", strconv.Itoa(ceilSeconds(res.Reset)))
 	}
 	if res.Allowed {
-		s.m.rateLimit.WithLabelValues("allow", backend).Inc()
+		s.m.rateLimitC.get([2]string{"allow", backend}).Inc()
 		return true
 	}
-	s.m.rateLimit.WithLabelValues("deny", backend).Inc()
+	s.m.rateLimitC.get([2]string{"deny", backend}).Inc()
 	h.Set("Retry-After", strconv.Itoa(max(ceilSeconds(res.RetryAfter), 1)))
 	s.problem(c, http.StatusTooManyRequests, "Too Many Requests",
 		"rate limit exceeded for "+class+" requests")
@@ -290,7 +289,6 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 	retryCtx, cancel := context.WithDeadline(r.Context(), deadline)
 	defer cancel()
 	for {
-		c.Set(ctxMapVer, route.Version)
 		resp, up, fail := s.attempt(c, d.Region, body, route, traceparent, tries.Avoid(), deadline)
 		if fail != nil {
 			if !fail.unsendable && tries.Again(retryCtx, fail.failure) {
@@ -479,10 +477,10 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 		resp.Body.Close()
 		err = errDeadline
 	}
-	s.m.upstreamDur.WithLabelValues(region).Observe(elapsed.Seconds())
+	s.m.upstreamDurC.get(region).Observe(elapsed.Seconds())
 	if err != nil {
 		cancel(nil)
-		s.m.upstream.WithLabelValues(region, "error").Inc()
+		s.m.upstreamC.get(classCode{region, -1}).Inc()
 		e := &upstreamError{failure: upstream.Failure{Node: up.ID(), Sent: upstream.MayHaveReached(err)}, url: up.URL(), err: err}
 		switch {
 		case r.Context().Err() != nil:
@@ -499,7 +497,7 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 		return nil, nil, e
 	}
 	resp.Body = cancelOnClose{resp.Body, cancel}
-	s.m.upstream.WithLabelValues(region, strconv.Itoa(resp.StatusCode)).Inc()
+	s.m.upstreamC.get(classCode{region, resp.StatusCode}).Inc()
 	return resp, up, nil
 }
 
@@ -515,10 +513,22 @@ func (b cancelOnClose) Close() error {
 	return err
 }
 
+// upstreamTime adds up a request's time spent waiting on others (API nodes, a cutover hold).
+// observe stores one per request, so adding to it allocates nothing (a time.Duration stored
+// with c.Set is boxed on every call).
+type upstreamTime struct {
+	d   time.Duration
+	set bool
+}
+
 func addUpstreamTime(c *gin.Context, d time.Duration) {
-	prev, _ := c.Get(ctxUpstream)
-	p, _ := prev.(time.Duration)
-	c.Set(ctxUpstream, p+d)
+	v, _ := c.Get(ctxUpstream)
+	if ut, ok := v.(*upstreamTime); ok {
+		ut.d += d
+		ut.set = true
+		return
+	}
+	c.Set(ctxUpstream, &upstreamTime{d: d, set: true}) // a handler chain without observe (tests)
 }
 
 func isTimeout(err error) bool {
@@ -587,7 +597,7 @@ func (s *Server) copyResponse(c *gin.Context, resp *http.Response, up Upstream, 
 		if k == "Ratelimit-Limit" || k == "Ratelimit-Remaining" || k == "Ratelimit-Reset" {
 			continue // the router's limits are the ones that apply at the front door
 		}
-		h[k] = append([]string(nil), vv...)
+		h[k] = vv // resp is this request's alone and its header is not used again: no copy
 	}
 	removeHop(h)
 	h.Set(HeaderRequestID, c.GetString(ctxRequestID))
@@ -625,9 +635,12 @@ func drain(resp *http.Response) {
 	resp.Body.Close()
 }
 
+// copyHeader copies src's entries into dst, sharing their value slices: the router replaces
+// or deletes entries of the upstream request's header (Set, Del), never the values in place,
+// so the client's header is not changed through dst.
 func copyHeader(dst, src http.Header) {
 	for k, vv := range src {
-		dst[k] = append([]string(nil), vv...)
+		dst[k] = vv
 	}
 }
 

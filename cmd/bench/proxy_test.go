@@ -1,0 +1,174 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meridian-dev/meridian/internal/loadgen"
+)
+
+func TestConnList(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want string
+		ok   bool
+	}{
+		{"16,32", "16,32", true},
+		{" 8 , 64", "8,64", true},
+		{"16", "16", true},
+		{"0", "", false},
+		{"16,", "", false},
+		{"x", "", false},
+	} {
+		var l connList
+		err := l.Set(c.in)
+		if (err == nil) != c.ok {
+			t.Fatalf("Set(%q): err %v, want ok %v", c.in, err, c.ok)
+		}
+		if c.ok && l.String() != c.want {
+			t.Fatalf("Set(%q) = %s, want %s", c.in, l.String(), c.want)
+		}
+	}
+}
+
+func TestNginxConf(t *testing.T) {
+	conf := nginxConf("/tmp/x", "127.0.0.1:20990", "127.0.0.1:20030", 32, false)
+	for _, want := range []string{
+		"worker_processes 1;",
+		"pid /tmp/x/nginx.pid;",
+		"server 127.0.0.1:20030;",
+		"keepalive 32;",
+		"listen 127.0.0.1:20990;",
+		"proxy_http_version 1.1;",
+		`proxy_set_header Connection "";`, // else nginx closes every upstream connection
+		"access_log off;",
+	} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("conf lacks %q:\n%s", want, conf)
+		}
+	}
+	if c := nginxConf("/tmp/x", "a:1", "b:2", 1, true); !strings.Contains(c, "access_log /tmp/x/access.log combined buffer=64k flush=100ms;") {
+		t.Errorf("access log not configured:\n%s", c)
+	}
+}
+
+func TestFindNginxNamesThePackage(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	if _, err := findNginx("/opt/nginx"); err != nil {
+		t.Fatalf("an explicit binary is taken as given: %v", err)
+	}
+	if _, err := findNginx(""); err != nil && !strings.Contains(err.Error(), `"nginx"`) {
+		t.Fatalf("error %q does not name the Debian package", err)
+	}
+}
+
+// statusRT answers every request with the status in its URL's path ("/200", "/503") or fails.
+type statusRT struct{}
+
+func (statusRT) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == "/fail" {
+		return nil, errors.New("connection refused")
+	}
+	code := 200
+	if r.URL.Path == "/503" {
+		code = 503
+	}
+	return &http.Response{StatusCode: code, Body: io.NopCloser(strings.NewReader("")), Request: r}, nil
+}
+
+func TestRoundStatusVoidsRoundsWithAFailure(t *testing.T) {
+	rs := newRoundStatus(statusRT{})
+	send := func(path string) {
+		req, _ := http.NewRequest("GET", "http://x"+path, nil)
+		if resp, err := rs.RoundTrip(req); err == nil {
+			resp.Body.Close()
+		}
+	}
+	rs.next("") // warm-up: not counted
+	send("/503")
+	rs.next("direct")
+	send("/200")
+	send("/200")
+	rs.next("router")
+	send("/200")
+	send("/503")
+	rs.next("direct")
+	send("/fail")
+	rs.next("router")
+	rs.next("") // a round without answers is not counted
+	if rs.rounds["direct"] != 2 || rs.void["direct"] != 1 {
+		t.Errorf("direct: %d rounds, %d void; want 2, 1", rs.rounds["direct"], rs.void["direct"])
+	}
+	if rs.rounds["router"] != 1 || rs.void["router"] != 1 {
+		t.Errorf("router: %d rounds, %d void; want 1, 1", rs.rounds["router"], rs.void["router"])
+	}
+	if got := rs.statuses["router"]["503"]; got != 1 {
+		t.Errorf("router 503s = %d, want 1", got)
+	}
+	if got := rs.statuses["direct"][loadgen.TransportError]; got != 1 {
+		t.Errorf("direct transport errors = %d, want 1", got)
+	}
+	if _, ok := rs.statuses[""]; ok {
+		t.Error("warm-up answers were counted")
+	}
+}
+
+func TestProxyCPUPerRequest(t *testing.T) {
+	roles := []procRole{{name: "API node", pids: []int{1}}, {name: "nginx", pids: []int{2}}, {name: "router"}}
+	run := proxyRun{
+		conns: 16,
+		rep: &loadgen.Report{Targets: []loadgen.TargetResult{
+			{Name: "direct", OK: 1000, Throughput: 500},
+			{Name: nginxName, OK: 500, Throughput: 250},
+		}},
+		usage: map[string]*phaseUsage{
+			"direct":  {wall: 2 * time.Second, ticks: []int64{10, 2, 0}},
+			nginxName: {wall: 2 * time.Second, ticks: []int64{12, 3, 0}},
+		},
+	}
+	// 10 ticks = 100 ms over 1000 answers = 100 µs each.
+	if v, ok := run.cpuPerRequest("direct", 0, roles); !ok || v != 100 {
+		t.Errorf("direct API node = %v %v, want 100", v, ok)
+	}
+	if v, ok := run.cpuPerRequest(nginxName, 1, roles); !ok || v != 60 {
+		t.Errorf("nginx = %v %v, want 60", v, ok)
+	}
+	// nginx's background: 2 ticks in direct's 2 s, so 20 ms of its 30 ms in its own 2 s rounds;
+	// the 10 ms left over 500 answers = 20 µs each.
+	if v, ok := run.netCPUPerRequest(nginxName, 1, roles); !ok || v != 20 {
+		t.Errorf("nginx net = %v %v, want 20", v, ok)
+	}
+	if _, ok := run.cpuPerRequest(nginxName, 2, roles); ok {
+		t.Error("a role without a process reports CPU")
+	}
+	if _, ok := run.cpuPerRequest("router", 0, roles); ok {
+		t.Error("a target that was not measured reports CPU")
+	}
+	var md strings.Builder
+	o := &options{args: []string{"-scenario", "proxy"}}
+	o.cfg.Round, o.cfg.Duration, o.cfg.Warmup = 2*time.Second, 10*time.Second, time.Second
+	p := &plan{targets: []benchTarget{{name: "direct", base: "http://a"}, {name: nginxName, base: "http://b"}, {name: "router", base: "http://c"}}}
+	writeProxySection(&md, o, p, roles, []proxyRun{run}, machine{nproc: 2, cpu: "test"})
+	for _, want := range []string{"go run ./cmd/bench -scenario proxy", "| 16 | nginx | 250 | 0.500 |", " 60 |", "2 CPUs (nproc), test"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("section lacks %q:\n%s", want, md.String())
+		}
+	}
+}
+
+func TestProxyFlags(t *testing.T) {
+	if _, err := parseFlags([]string{"-scenario", "get", "-conns", "8"}, io.Discard); !errors.Is(err, errUsage) {
+		t.Errorf("-conns outside proxy: %v, want a usage error", err)
+	}
+	if _, err := parseFlags([]string{"-scenario", "proxy", "-c", "8"}, io.Discard); !errors.Is(err, errUsage) {
+		t.Errorf("-c with proxy: %v, want a usage error", err)
+	}
+	o, err := parseFlags([]string{"-scenario", "proxy"}, io.Discard)
+	if err != nil || o.conns.String() != "16,32" {
+		t.Fatalf("defaults: %v, conns %s", err, o.conns.String())
+	}
+}
