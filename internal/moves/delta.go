@@ -35,13 +35,18 @@ func (c *Controller) catchUp(ctx context.Context, log *slog.Logger, mv shardmap.
 			return mark, fmt.Errorf("read the source's change sequence: %w", err)
 		}
 		if copied < 0 || upto-copied > c.cfg.MaxFinalDelta {
+			// Not `continue` after it: writes during the copy must not keep the delta passes
+			// from running (a livelock found by `bench -scenario moves`).
 			if copied, err = c.cfg.Store.PrecopyTarget(ctx, mv.Tenant, mv.From, mv.To); err != nil {
 				return mark, fmt.Errorf("precopy outbox and idempotency keys: %w", err)
 			}
 			log.Info("outbox and idempotency keys copied ahead of the fence", "change_seq", copied)
-			continue // the copy took time: read the sequence again
+			// The copy took time: judge what is pending by the sequence now.
+			if upto, err = c.cfg.Store.CommittedSeq(ctx, mv.Tenant, mv.From); err != nil {
+				return mark, fmt.Errorf("read the source's change sequence: %w", err)
+			}
 		}
-		if diffs <= c.cfg.VerifyThreshold && upto-mark <= c.cfg.MaxFinalDelta {
+		if diffs <= c.cfg.VerifyThreshold && upto-mark <= c.cfg.MaxFinalDelta && upto-copied <= c.cfg.MaxFinalDelta {
 			return mark, nil
 		}
 		checked, d, err := c.deltaPass(ctx, mv, mark, upto)

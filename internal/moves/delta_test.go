@@ -158,3 +158,47 @@ func TestDeltaVerifyWaitsForPendingWrites(t *testing.T) {
 		t.Errorf("%d writes not copied ahead at the fence, want 0..MaxFinalDelta (10)", atFence)
 	}
 }
+
+// TestDeltaVerifyProgressesWhileWritesOutpaceTheCopy: each copy ahead of the fence sees more than
+// MaxFinalDelta new writes (a busy tenant, a slow copy). The controller must still run a delta
+// pass between two copies — it once re-ran the copy forever and never compared a key — and
+// cut over once the writes calm down.
+func TestDeltaVerifyProgressesWhileWritesOutpaceTheCopy(t *testing.T) {
+	client := newTestMap(t)
+	st := newFakeStore()
+	st.seed("use-1", "acme", seedRows)
+	want := st.snapshot("use-1", "acme")
+	var mu sync.Mutex
+	var calls []string
+	st.hook = func(method string, n int) error {
+		mu.Lock()
+		calls = append(calls, method)
+		mu.Unlock()
+		if method == "PrecopyTarget" && n <= 5 {
+			for i := range 30 {
+				unmirrored(t, st, want, fmt.Sprintf("r%05d", (n*30+i)%seedRows), fmt.Sprintf("busy-%d-%d", n, i), false)
+			}
+		}
+		return nil
+	}
+	cfg := testConfig(t, client, st, newFakeLease(), "c1")
+	cfg.MaxFinalDelta = 10
+	id := requestMove(t, client, "acme", "euw-1")
+	start(t, cfg)
+	waitPhase(t, client, id, shardmap.PhaseDone)
+	checkMoved(t, client, st, want)
+	mu.Lock()
+	defer mu.Unlock()
+	last := ""
+	for _, c := range calls {
+		if c == "PrecopyTarget" && last == "PrecopyTarget" {
+			t.Fatalf("two copies ahead of the fence with no delta pass between them: %v", calls)
+		}
+		if c == "PrecopyTarget" || c == "ChangedKeys" {
+			last = c
+		}
+	}
+	if st.count("PrecopyTarget") < 6 {
+		t.Errorf("PrecopyTarget called %d times, want one more after the 5 busy ones", st.count("PrecopyTarget"))
+	}
+}

@@ -166,7 +166,7 @@ func chunks[T any](s []T, n int) func(func([]T) bool) {
 // current change_seq (the mark it returns), into the importing copy on shard to, in one
 // transaction that also records the mark as the copy's change_seq. FinishTarget then copies
 // only the rows after the mark, so the pause does not grow with the tenant's write history.
-// Idempotent; calling it again copies what is new and raises the mark. The target's row must be
+// Idempotent; calling it again copies only what is new since the last mark and raises it. The target's row must be
 // importing (records.ErrTenantExists otherwise; records.ErrTenantNotFound without one).
 func (s *Store) PrecopyTarget(ctx context.Context, tenant, from, to string) (int64, error) {
 	mark, err := s.CommittedSeq(ctx, tenant, from)
@@ -183,10 +183,11 @@ func (s *Store) PrecopyTarget(ctx context.Context, tenant, from, to string) (int
 	}
 	err = inTx(ctx, dst, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		var status string
+		var prev int64 // the last precopy's mark: the keys up to it are on the target
 		// NO KEY UPDATE, not UPDATE: the copy can take seconds, and a mirror write's foreign-key
 		// check takes KEY SHARE on this row; FOR UPDATE made every mirror wait until its
 		// statement timeout (found moving 200,000 rows under load: TestMoveStepsDoNotBlockMirror).
-		err := tx.QueryRow(ctx, `SELECT status FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE`, tenant).Scan(&status)
+		err := tx.QueryRow(ctx, `SELECT status, change_seq FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE`, tenant).Scan(&status, &prev)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			return fmt.Errorf("%w on %s", records.ErrTenantNotFound, to)
@@ -198,7 +199,10 @@ func (s *Store) PrecopyTarget(ctx context.Context, tenant, from, to string) (int
 		if err := copyOutbox(ctx, src, tx, tenant, mark); err != nil {
 			return err
 		}
-		if err := copyIdemKeys(ctx, src, tx, tenant, s.cfg.Now(), 0, mark); err != nil {
+		// The first precopy copies every live key (those without a seq too); a later one only
+		// the keys of the writes since the one before (re-reading them all each time made a
+		// precopy of a busy tenant take seconds, and the controller's catch-up never caught up).
+		if err := copyIdemKeys(ctx, src, tx, tenant, s.cfg.Now(), prev, mark); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `UPDATE tenants SET change_seq = GREATEST(change_seq, $2) WHERE tenant_id = $1`, tenant, mark)

@@ -95,8 +95,15 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 	if n := e.scalar(t, "s2", `SELECT change_seq FROM tenants WHERE tenant_id = 'acme' AND status = 'importing' AND write_fenced`); n != 5 {
 		t.Fatalf("the importing copy's mark = %d, want 5", n)
 	}
+	// A later precopy copies only the keys of writes after the last mark: a key row below it
+	// that appears now (as none can) is not read again.
+	e.exec(t, "s1", `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, expires_at, seq)
+		VALUES ('acme', 'below-first-mark', '', 200, now() + interval '1 hour', 3)`)
 	if again, err := e.src.PrecopyTarget(ctx, "acme", "s1", "s2"); err != nil || again != 5 {
 		t.Fatalf("PrecopyTarget again = %d, %v", again, err)
+	}
+	if n := e.scalar(t, "s2", `SELECT count(*) FROM idempotency_keys WHERE key = 'below-first-mark'`); n != 0 {
+		t.Fatal("a second precopy read every key again (copied one below the first mark)")
 	}
 
 	// After the precopy: a new key, and k1 expired and claimed again by another request (its
