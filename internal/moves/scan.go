@@ -203,10 +203,9 @@ func (c *Controller) throttle(ctx context.Context, began time.Time, rows int64) 
 	return c.sleep(ctx, want-c.now().Sub(began))
 }
 
-// verifyPass compares every key of the tenant on both shards once, over parallel key-range
-// streams, repairing each range's differences when repair is set, and returns how many it
+// verifyRanges is verifyPass over parallel key-range streams (not used: measured slower), repairing each range's differences when repair is set, and returns how many it
 // found. Repairs are recorded in the map after every range that made some.
-func (c *Controller) verifyPass(ctx context.Context, mv shardmap.Move, repair bool) (int, error) {
+func (c *Controller) verifyRanges(ctx context.Context, mv shardmap.Move, repair bool) (int, error) {
 	batch := c.cfg.BatchSize
 	splits, err := c.cfg.Store.SplitKeys(ctx, mv.Tenant, mv.From, batch)
 	if err != nil {
@@ -245,6 +244,47 @@ func (c *Controller) verifyPass(ctx context.Context, mv shardmap.Move, repair bo
 	}
 	err = scanRanges(ctx, c.scanStreams(), rangesOf(splits), verifyRange)
 	return int(found.Load()), err
+}
+
+// verifyPass compares every key of the tenant on both shards once, repairing differences
+// batch by batch when repair is set, and returns how many it found. Repairs are recorded in the
+// map after every batch that made some.
+//
+// It stays one stream of VerifyBatch round trips: the parallel range version (SplitKeys +
+// VerifyRange over ScanStreams streams, see verifyRanges) measured slower side by side on the
+// loaded 2-core machine (docs/BENCHMARKS.md, "Tenant moves: backfill and verify (issue 14)").
+func (c *Controller) verifyPass(ctx context.Context, mv shardmap.Move, repair bool) (int, error) {
+	var after Key
+	found := 0
+	var repairMu sync.Mutex
+	for {
+		if err := c.stillIn(mv.ID, shardmap.PhaseVerify); err != nil {
+			return found, err
+		}
+		next, diffs, checked, err := c.cfg.Store.VerifyBatch(ctx, mv.Tenant, mv.From, mv.To, after, c.cfg.BatchSize)
+		if err != nil {
+			return found, fmt.Errorf("verify batch after %v: %w", after, err)
+		}
+		if checked == 0 {
+			return found, nil
+		}
+		after = next
+		found += len(diffs)
+		if !repair || len(diffs) == 0 {
+			continue
+		}
+		n, err := c.cfg.Store.Repair(ctx, mv.Tenant, mv.From, mv.To, diffs)
+		if err != nil {
+			return found, fmt.Errorf("repair: %w", err)
+		}
+		if n == 0 {
+			continue
+		}
+		c.m.repairs.Add(float64(n))
+		if err := c.recordRepairs(ctx, &repairMu, mv.ID, n); err != nil {
+			return found, err
+		}
+	}
 }
 
 // recordRepairs adds n to the move's repair count in the map, one stream at a time.

@@ -208,7 +208,7 @@ func BenchmarkMoveScan(b *testing.B) {
 			for b.Loop() {
 				for i, run := range []func() (int, error){
 					func() (int, error) { return legacyVerifyPass(ctx, c, mv, true) },
-					func() (int, error) { return c.verifyPass(ctx, mv, true) },
+					func() (int, error) { return c.verifyRanges(ctx, mv, true) },
 				} {
 					var want int64
 					if damaged {
