@@ -13,11 +13,12 @@ import (
 )
 
 // The two scans of a move over all of a tenant's keys: the backfill and a full verify pass.
-// Each cuts the source's keys into ranges of about BatchSize keys (Store.SplitKeys) and runs
-// ScanStreams streams over them at once, each taking the next range when it is done with one:
-// one stream of round trips leaves both databases idle most of the time, several keep them
-// busy (docs/moves.md, "Throughput"). The ranges cover every key, the target's extra keys
-// included, exactly once.
+// The backfill cuts the source's keys into ranges of about BatchSize keys (Store.SplitKeys) and
+// runs ScanStreams streams over them at once, each taking the next range when it is done with
+// one: one stream of round trips leaves both databases idle much of the time (docs/moves.md,
+// "Throughput"). The ranges cover every key, the target's extra keys included, exactly once.
+// The full verify pass is still one stream (verifyRanges, its parallel version, measured
+// slower).
 
 // defaultScanStreams is ScanStreams's default.
 const defaultScanStreams = 4
