@@ -291,6 +291,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (se
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", env.Duration("MERIDIAN_SHUTDOWN_GRACE", 5*time.Second), "time to finish the metrics server's requests on shutdown (MERIDIAN_SHUTDOWN_GRACE)")
 	fs.IntVar(&c.ctl.BatchSize, "batch-size", env.Int("MERIDIAN_MOVE_BATCH_SIZE", 1000), "rows per copy and verify batch (MERIDIAN_MOVE_BATCH_SIZE)")
 	fs.Float64Var(&c.ctl.RowsPerSecond, "rows-per-second", env.Float64("MERIDIAN_MOVE_ROWS_PER_SECOND", 0), "backfill rate cap per move; 0 = unlimited (MERIDIAN_MOVE_ROWS_PER_SECOND)")
+	fs.IntVar(&c.ctl.ScanStreams, "scan-streams", env.Int("MERIDIAN_MOVE_SCAN_STREAMS", 4), "key ranges a backfill or full verify pass works on at once, per move; each holds up to one connection per shard (MERIDIAN_MOVE_SCAN_STREAMS)")
 	fs.IntVar(&c.ctl.VerifyThreshold, "verify-threshold", env.Int("MERIDIAN_MOVE_VERIFY_THRESHOLD", 10), "most differences a verify pass may find before the cutover; -1 = none (MERIDIAN_MOVE_VERIFY_THRESHOLD)")
 	fs.IntVar(&c.ctl.FinalVerifyPasses, "final-verify-passes", env.Int("MERIDIAN_MOVE_FINAL_VERIFY_PASSES", 3), "verify passes under the fence before the move fails (MERIDIAN_MOVE_FINAL_VERIFY_PASSES)")
 	fs.Int64Var(&c.ctl.MaxFinalDelta, "max-final-delta", int64(env.Int("MERIDIAN_MOVE_MAX_FINAL_DELTA", 200)), "most writes left to compare when the source is fenced; the pause grows with it (MERIDIAN_MOVE_MAX_FINAL_DELTA)")

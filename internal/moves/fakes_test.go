@@ -25,7 +25,7 @@ const testToken = "test-cluster-token"
 // newTestMap starts a real single-node shard map (Raft on 127.0.0.1, data in t.TempDir) with
 // regions us-east and eu-west, shards use-1 and euw-1, and tenant acme pinned to use-1, and
 // returns a watching client of it.
-func newTestMap(t *testing.T) *shardmap.Client {
+func newTestMap(t testing.TB) *shardmap.Client {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -59,7 +59,7 @@ func newTestMap(t *testing.T) *shardmap.Client {
 	return c
 }
 
-func mustApply(t *testing.T, ctx context.Context, c *shardmap.Client, cmd shardmap.Command) uint64 {
+func mustApply(t testing.TB, ctx context.Context, c *shardmap.Client, cmd shardmap.Command) uint64 {
 	t.Helper()
 	idx, err := c.Apply(ctx, cmd)
 	if err != nil {
@@ -373,6 +373,81 @@ func (f *fakeStore) VerifyBatch(ctx context.Context, tenant, from, to string, af
 	}
 	f.mu.Unlock()
 	return next, diffs, len(ks), f.after("VerifyBatch", n)
+}
+
+// SplitKeys returns every every-th key of tenant on shard.
+func (f *fakeStore) SplitKeys(ctx context.Context, tenant, shard string, every int) ([]Key, error) {
+	n, err := f.call("SplitKeys")
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	ks := f.keysAfter(Key{}, f.rows[shard][tenant])
+	f.mu.Unlock()
+	var out []Key
+	for i := every - 1; i < len(ks); i += every {
+		out = append(out, ks[i])
+	}
+	return out, f.after("SplitKeys", n)
+}
+
+// inRange is whether k is in (after, upto] (a zero upto: no bound).
+func inRange(k, after, upto Key) bool {
+	return less(after, k) && (upto == Key{} || !less(upto, k))
+}
+
+// CopyRange is CopyBatch bounded by upto; it is counted (and hooked) as a CopyBatch, the
+// scan's batch, so tests that stop a backfill at its nth batch need not know which it uses.
+func (f *fakeStore) CopyRange(ctx context.Context, tenant, from, to string, after, upto Key, limit int) (Key, int, error) {
+	n, err := f.call("CopyBatch")
+	if err != nil {
+		return after, 0, err
+	}
+	f.mu.Lock()
+	if f.tenant(to, tenant, false) == nil {
+		f.mu.Unlock()
+		return after, 0, errors.New("target not prepared")
+	}
+	var ks []Key
+	for _, k := range f.keysAfter(after, f.rows[from][tenant]) {
+		if inRange(k, after, upto) && len(ks) < limit {
+			ks = append(ks, k)
+		}
+	}
+	next := after
+	for _, k := range ks {
+		src := f.rows[from][tenant][k]
+		if dst, ok := f.rows[to][tenant][k]; !ok || dst.version < src.version {
+			f.set(to, tenant, k, src)
+		}
+		next = k
+	}
+	f.mu.Unlock()
+	return next, len(ks), f.after("CopyBatch", n)
+}
+
+// VerifyRange compares the keys in (after, upto]; counted (and hooked) as a VerifyBatch.
+func (f *fakeStore) VerifyRange(ctx context.Context, tenant, from, to string, after, upto Key, limit int) ([]Key, int, error) {
+	n, err := f.call("VerifyBatch")
+	if err != nil {
+		return nil, 0, err
+	}
+	f.mu.Lock()
+	var diffs []Key
+	checked := 0
+	for _, k := range f.keysAfter(after, f.rows[from][tenant], f.rows[to][tenant]) {
+		if !inRange(k, after, upto) {
+			continue
+		}
+		checked++
+		s, sok := f.rows[from][tenant][k]
+		d, dok := f.rows[to][tenant][k]
+		if sok != dok || s != d {
+			diffs = append(diffs, k)
+		}
+	}
+	f.mu.Unlock()
+	return diffs, checked, f.after("VerifyBatch", n)
 }
 
 func (f *fakeStore) Repair(ctx context.Context, tenant, from, to string, keys []Key) (int, error) {

@@ -34,6 +34,8 @@ var _ MapClient = (*shardmap.Client)(nil)
 // A scan (CopyBatch, VerifyBatch) starts after the zero Key and continues after the returned
 // next key; a batch that returns 0 rows (copied or checked) ends it.
 type Store interface {
+	// Scanner's range methods run the backfill and full verify passes as parallel streams.
+	Scanner
 	// PrepareTarget creates the tenant's row on shard to: status importing, fenced for clients.
 	PrepareTarget(ctx context.Context, tenant, from, to string) error
 	// CountRows counts the tenant's rows (tombstones included) on shard.
@@ -87,4 +89,21 @@ type Lease interface {
 // Pruner removes terminal moves last updated before a time (the map's PruneMoves command).
 type Pruner interface {
 	PruneMoves(ctx context.Context, before time.Time) error
+}
+
+// Scanner is the part of Store the two full scans of a move (backfill, full verify pass) use to
+// run as parallel key-range streams. SplitKeys's keys cut the key space into ranges
+// (zero, k1], (k1, k2], …, (kn, ∞) that cover every key exactly once; CopyRange and VerifyRange
+// keep CopyBatch's and VerifyBatch's contracts (version guard, tombstones, both sides compared
+// over the same keys) within one range. A zero upto is no upper bound.
+type Scanner interface {
+	// SplitKeys returns the key of every every-th row of tenant on shard (tombstones
+	// included), ascending.
+	SplitKeys(ctx context.Context, tenant, shard string, every int) ([]Key, error)
+	// CopyRange copies up to limit rows in (after, upto], version-guarded; copied < limit means
+	// the range is done.
+	CopyRange(ctx context.Context, tenant, from, to string, after, upto Key, limit int) (next Key, copied int, err error)
+	// VerifyRange compares every key in (after, upto] on both sides and returns the differing
+	// ones and how many distinct keys it compared.
+	VerifyRange(ctx context.Context, tenant, from, to string, after, upto Key, limit int) (diffs []Key, checked int, err error)
 }

@@ -2,18 +2,87 @@ package moves
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
 // The two scans of a move over all of a tenant's keys: the backfill and a full verify pass.
+// The backfill cuts the source's keys into ranges of about BatchSize keys (Store.SplitKeys) and
+// runs ScanStreams streams over them at once, each taking the next range when it is done with
+// one: one stream of round trips leaves both databases idle much of the time (docs/moves.md,
+// "Throughput"). The ranges cover every key, the target's extra keys included, exactly once.
+// The full verify pass is still one stream (verifyRanges, its parallel version, measured
+// slower).
 
-// backfill counts the source's rows, copies them in key order with progress recorded after
-// every batch, and moves on to verify. A restarted backfill starts again from the first key:
-// the map keeps no cursor, and the version-guarded copy makes the repeat harmless.
+// defaultScanStreams is ScanStreams's default.
+const defaultScanStreams = 4
+
+// scanStreams is how many ranges a scan works on at once.
+func (c *Controller) scanStreams() int {
+	if c.cfg.ScanStreams > 0 {
+		return c.cfg.ScanStreams
+	}
+	return defaultScanStreams
+}
+
+// keyRange is the keys in (after, upto]; a zero upto is no upper bound.
+type keyRange struct{ after, upto Key }
+
+// rangesOf turns SplitKeys's keys into the ranges they bound, in key order.
+func rangesOf(splits []Key) []keyRange {
+	out := make([]keyRange, 0, len(splits)+1)
+	var prev Key
+	for _, k := range splits {
+		out = append(out, keyRange{after: prev, upto: k})
+		prev = k
+	}
+	return append(out, keyRange{after: prev})
+}
+
+// scanRanges runs work over rs on up to streams goroutines, each taking the next range in
+// order when it finishes one. The first error cancels the others' context and is returned
+// once every stream has stopped.
+func scanRanges(ctx context.Context, streams int, rs []keyRange, work func(context.Context, keyRange) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	todo := make(chan keyRange)
+	var wg sync.WaitGroup
+	for range min(streams, len(rs)) {
+		wg.Go(func() {
+			for r := range todo {
+				if err := work(ctx, r); err != nil {
+					cancel(err) // the first cause wins
+					return
+				}
+			}
+		})
+	}
+feed:
+	for _, r := range rs {
+		select {
+		case todo <- r:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(todo)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// errScanDone is the cause a finished scan's context is cancelled with.
+var errScanDone = errors.New("moves: scan done")
+
+// backfill counts the source's rows, copies them over parallel key-range streams with progress
+// recorded in the map as batches finish, and moves on to verify. A restarted backfill starts
+// again from the first key: the map keeps no cursor, and the version-guarded copy makes the
+// repeat harmless.
 func (c *Controller) backfill(ctx context.Context, log *slog.Logger, mv shardmap.Move) error {
 	total, err := c.cfg.Store.CountRows(ctx, mv.Tenant, mv.From)
 	if err != nil {
@@ -23,39 +92,99 @@ func (c *Controller) backfill(ctx context.Context, log *slog.Logger, mv shardmap
 	if err := c.apply(ctx, shardmap.MoveProgress{ID: mv.ID, RowsTotal: &total, RowsCopied: &zero}); err != nil {
 		return err
 	}
-	log.Info("backfill started", "rows_total", total)
+	log.Info("backfill started", "rows_total", total, "streams", c.scanStreams())
 	began := c.now()
-	var after Key
-	var copied int64
-	for {
-		if err := c.stillIn(mv.ID, shardmap.PhaseBackfill); err != nil {
-			return err
+	batch := c.cfg.BatchSize
+	splits, err := c.cfg.Store.SplitKeys(ctx, mv.Tenant, mv.From, batch)
+	if err != nil {
+		return fmt.Errorf("split keys: %w", err)
+	}
+
+	var copied atomic.Int64
+	progress := make(chan struct{}, 1)
+	// throttleMu makes the streams wait for the rate cap one at a time, each for the rows all
+	// of them have copied: the cap holds across streams (overshooting by at most a batch per
+	// stream), and a stream never sleeps for rows another already slept for.
+	var throttleMu sync.Mutex
+	copyRange := func(ctx context.Context, r keyRange) error {
+		after := r.after
+		for {
+			if err := c.stillIn(mv.ID, shardmap.PhaseBackfill); err != nil {
+				return err
+			}
+			next, n, err := c.cfg.Store.CopyRange(ctx, mv.Tenant, mv.From, mv.To, after, r.upto, batch)
+			if err != nil {
+				return fmt.Errorf("copy batch after %v: %w", after, err)
+			}
+			if n > 0 {
+				done := copied.Add(int64(n))
+				c.m.rowsCopied.Add(float64(n))
+				select {
+				case progress <- struct{}{}:
+				default: // the recorder has a wake-up pending and will read the latest count
+				}
+				throttleMu.Lock()
+				err := c.throttle(ctx, began, done)
+				throttleMu.Unlock()
+				if err != nil {
+					return err
+				}
+			}
+			if n < batch || next == r.upto {
+				return nil
+			}
+			after = next
 		}
-		next, n, err := c.cfg.Store.CopyBatch(ctx, mv.Tenant, mv.From, mv.To, after, c.cfg.BatchSize)
-		if err != nil {
-			return fmt.Errorf("copy batch after %v: %w", after, err)
+	}
+
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	scanned := make(chan error, 1)
+	go func() {
+		err := scanRanges(sctx, c.scanStreams(), rangesOf(splits), copyRange)
+		cancel(errScanDone)
+		scanned <- err
+	}()
+	// Progress is recorded here, one map command at a time, each with the count when it was
+	// sent: the streams never wait for the map.
+	var recorded int64
+	record := func() error {
+		n := copied.Load()
+		if n == recorded {
+			return nil
 		}
-		if n == 0 {
-			break
-		}
-		after = next
-		copied += int64(n)
-		c.m.rowsCopied.Add(float64(n))
-		p := shardmap.MoveProgress{ID: mv.ID, RowsCopied: &copied}
-		if copied > total {
+		p := shardmap.MoveProgress{ID: mv.ID, RowsCopied: &n}
+		if n > total {
 			// Writes during the backfill added rows: keep done <= total for the progress bar.
-			total = copied
+			total = n
 			p.RowsTotal = &total
 		}
 		if err := c.apply(ctx, p); err != nil {
 			return err
 		}
-		if err := c.throttle(ctx, began, copied); err != nil {
-			return err
+		recorded = n
+		return nil
+	}
+	for sctx.Err() == nil {
+		select {
+		case <-progress:
+			if err := record(); err != nil {
+				cancel(err)
+			}
+		case <-sctx.Done():
 		}
 	}
+	if err := <-scanned; err != nil && !errors.Is(err, errScanDone) {
+		return err
+	}
+	if err := context.Cause(sctx); !errors.Is(err, errScanDone) {
+		return err // the recorder's error, or ctx's
+	}
+	if err := record(); err != nil {
+		return err
+	}
 	elapsed := c.now().Sub(began)
-	log.Info("backfill finished; verify", "rows_copied", copied, "seconds", elapsed.Seconds(), "rows_per_second", rate(copied, elapsed))
+	log.Info("backfill finished; verify", "rows_copied", recorded, "seconds", elapsed.Seconds(), "rows_per_second", rate(recorded, elapsed))
 	return c.apply(ctx, shardmap.SetMovePhase{ID: mv.ID, Phase: shardmap.PhaseVerify})
 }
 
@@ -75,12 +204,60 @@ func (c *Controller) throttle(ctx context.Context, began time.Time, rows int64) 
 	return c.sleep(ctx, want-c.now().Sub(began))
 }
 
+// verifyRanges is verifyPass over parallel key-range streams (not used: measured slower), repairing each range's differences when repair is set, and returns how many it
+// found. Repairs are recorded in the map after every range that made some.
+func (c *Controller) verifyRanges(ctx context.Context, mv shardmap.Move, repair bool) (int, error) {
+	batch := c.cfg.BatchSize
+	splits, err := c.cfg.Store.SplitKeys(ctx, mv.Tenant, mv.From, batch)
+	if err != nil {
+		return 0, fmt.Errorf("split keys: %w", err)
+	}
+	var found atomic.Int64
+	var repairMu sync.Mutex // one read-modify-write of the map's repair count at a time
+	verifyRange := func(ctx context.Context, r keyRange) error {
+		if err := c.stillIn(mv.ID, shardmap.PhaseVerify); err != nil {
+			return err
+		}
+		diffs, _, err := c.cfg.Store.VerifyRange(ctx, mv.Tenant, mv.From, mv.To, r.after, r.upto, batch)
+		if err != nil {
+			return fmt.Errorf("verify range (%v, %v]: %w", r.after, r.upto, err)
+		}
+		found.Add(int64(len(diffs)))
+		if !repair {
+			return nil
+		}
+		for len(diffs) > 0 {
+			part := diffs[:min(len(diffs), batch)]
+			diffs = diffs[len(part):]
+			n, err := c.cfg.Store.Repair(ctx, mv.Tenant, mv.From, mv.To, part)
+			if err != nil {
+				return fmt.Errorf("repair: %w", err)
+			}
+			if n == 0 {
+				continue
+			}
+			c.m.repairs.Add(float64(n))
+			if err := c.recordRepairs(ctx, &repairMu, mv.ID, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	err = scanRanges(ctx, c.scanStreams(), rangesOf(splits), verifyRange)
+	return int(found.Load()), err
+}
+
 // verifyPass compares every key of the tenant on both shards once, repairing differences
 // batch by batch when repair is set, and returns how many it found. Repairs are recorded in the
 // map after every batch that made some.
+//
+// It stays one stream of VerifyBatch round trips: the parallel range version (SplitKeys +
+// VerifyRange over ScanStreams streams, see verifyRanges) measured slower side by side on the
+// loaded 2-core machine (docs/BENCHMARKS.md, "Tenant moves: backfill and verify (issue 14)").
 func (c *Controller) verifyPass(ctx context.Context, mv shardmap.Move, repair bool) (int, error) {
 	var after Key
 	found := 0
+	var repairMu sync.Mutex
 	for {
 		if err := c.stillIn(mv.ID, shardmap.PhaseVerify); err != nil {
 			return found, err
@@ -105,13 +282,20 @@ func (c *Controller) verifyPass(ctx context.Context, mv shardmap.Move, repair bo
 			continue
 		}
 		c.m.repairs.Add(float64(n))
-		cur, ok := c.cfg.Map.Map().Move(mv.ID)
-		if !ok {
-			return found, errMapMovedOn
-		}
-		total := cur.Repairs + int64(n)
-		if err := c.apply(ctx, shardmap.MoveProgress{ID: mv.ID, Repairs: &total}); err != nil {
+		if err := c.recordRepairs(ctx, &repairMu, mv.ID, n); err != nil {
 			return found, err
 		}
 	}
+}
+
+// recordRepairs adds n to the move's repair count in the map, one stream at a time.
+func (c *Controller) recordRepairs(ctx context.Context, mu *sync.Mutex, id string, n int) error {
+	mu.Lock()
+	defer mu.Unlock()
+	cur, ok := c.cfg.Map.Map().Move(id)
+	if !ok {
+		return errMapMovedOn
+	}
+	total := cur.Repairs + int64(n)
+	return c.apply(ctx, shardmap.MoveProgress{ID: id, Repairs: &total})
 }
