@@ -290,7 +290,14 @@ type move struct {
 // requestMove asks router (an admin route) to move tenant to shard and answers the move id.
 func (e *env) requestMove(t *testing.T, ctx context.Context, router, tenant, shard string) string {
 	t.Helper()
-	r := e.do(ctx, http.MethodPost, router+"/admin/v1/moves", e.f.AdminToken, fmt.Sprintf(`{"tenant":%q,"to_shard":%q}`, tenant, shard))
+	body := fmt.Sprintf(`{"tenant":%q,"to_shard":%q}`, tenant, shard)
+	r := e.do(ctx, http.MethodPost, router+"/admin/v1/moves", e.f.AdminToken, body)
+	// A 503 ("no API node of the tenant's home region could answer; retry") requested
+	// nothing: retried, as its detail asks, for up to 20 s.
+	for i := 0; i < 20 && r.status == http.StatusServiceUnavailable; i++ {
+		time.Sleep(time.Second)
+		r = e.do(ctx, http.MethodPost, router+"/admin/v1/moves", e.f.AdminToken, body)
+	}
 	var m move
 	if r.status != http.StatusAccepted || json.Unmarshal(r.body, &m) != nil || m.ID == "" {
 		t.Fatalf("POST /admin/v1/moves %s → %s: %v", tenant, shard, r)
@@ -321,8 +328,11 @@ func (w *moveWatch) phase() string {
 	return w.last.Phase
 }
 
-func (e *env) watchMove(ctx context.Context, w *moveWatch, router, id string, every time.Duration, onPhase func(string)) (move, error) {
-	deadline := time.Now().Add(4 * time.Minute)
+func (e *env) watchMove(ctx context.Context, w *moveWatch, router, id string, every, limit time.Duration, onPhase func(string)) (move, error) {
+	if limit <= 0 {
+		limit = 4 * time.Minute
+	}
+	deadline := time.Now().Add(limit)
 	for {
 		m, err := e.getMove(ctx, router, id)
 		if err == nil {
@@ -342,7 +352,7 @@ func (e *env) watchMove(ctx context.Context, w *moveWatch, router, id string, ev
 			}
 		}
 		if time.Now().After(deadline) {
-			return m, fmt.Errorf("move %s not finished after 4 minutes (last %+v, err %v)", id, m, err)
+			return m, fmt.Errorf("move %s not finished after %v (last %+v, err %v)", id, limit, m, err)
 		}
 		select {
 		case <-ctx.Done():

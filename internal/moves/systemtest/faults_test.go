@@ -397,9 +397,10 @@ func (s *sealCheck) check(t *testing.T) {
 // TestMoveCancelled cancels a move under load during its backfill and during its verify and
 // checks that the source stays authoritative and the target clean: the move ends cancelled,
 // the target shard has no row of the tenant (tenant row, records, outbox, keys) once the
-// controller settled it, the source is active and unfenced at epoch 1 with every acknowledged
-// write, the map has the tenant on the source, not moving, and writes and reads continued
-// through every router without a client error (TestMoveUnderLoad's checks, for the source).
+// controller settled it, the source is active and unfenced at its write epoch of before the
+// move with every acknowledged write, the map has the tenant on the source at epoch 1, not
+// moving, and writes and reads continued through every router without a client error
+// (TestMoveUnderLoad's checks, for the source).
 func TestMoveCancelled(t *testing.T) {
 	e := cluster(t)
 	t.Parallel()
@@ -412,6 +413,7 @@ func TestMoveCancelled(t *testing.T) {
 			watch := &moveWatch{}
 			w, ti, to, third := faultTenant(t, ctx, e, tenant, watch)
 			toShard := to + "-1"
+			before := e.rowsOn(t, ctx, ti.Shard, tenant) // the source's tenant row, which the cancel must leave as it was
 			var moveID string
 			cancelled := false
 			m := runMove(t, ctx, e, w, ti, to, third, watch, moveOpts{writeRate: 30, every: 5 * time.Millisecond,
@@ -449,7 +451,7 @@ func TestMoveCancelled(t *testing.T) {
 				t.Errorf("move %s ended %s (error %q), want cancelled", m.ID, m.Phase, m.Error)
 			}
 			w.checkErrors(t)
-			w.checkServed(t, ctx, served{region: ti.HomeRegion, shard: ti.Shard, epoch: 1, clean: toShard})
+			w.checkServed(t, ctx, served{region: ti.HomeRegion, shard: ti.Shard, epoch: 1, rowEpoch: before.Epoch, clean: toShard})
 		}
 	})
 }

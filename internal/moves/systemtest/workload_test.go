@@ -470,7 +470,7 @@ func (w *workload) checkFinal(t *testing.T, ctx context.Context, m move, to, thi
 	case m.PauseMS <= 0:
 		t.Errorf("move %s: pause_ms %d, want > 0", m.ID, m.PauseMS)
 	}
-	w.checkServed(t, ctx, served{region: to, shard: m.ToShard, epoch: 2, clean: m.FromShard})
+	w.checkServed(t, ctx, served{region: to, shard: m.ToShard, epoch: 2, rowEpoch: 2, clean: m.FromShard})
 }
 
 // checkErrors fails the test on any client error of the workload and logs its figures.
@@ -496,7 +496,8 @@ func (w *workload) checkErrors(t *testing.T) {
 // write epoch epoch, and no row of the tenant left on shard clean.
 type served struct {
 	region, shard string
-	epoch         uint64
+	epoch         uint64 // in the map
+	rowEpoch      int64  // the shard's tenant row's write_epoch
 	clean         string
 }
 
@@ -590,8 +591,8 @@ func (w *workload) checkServed(t *testing.T, ctx context.Context, want served) {
 		t.Errorf("shard %s still has rows of %s: %+v", want.clean, w.tenant, src)
 	}
 	dst := e.rowsOn(t, ctx, want.shard, w.tenant)
-	if dst.Tenants != 1 || dst.Status != "active" || dst.Fenced || dst.Epoch != int64(want.epoch) || dst.LiveRecords != int64(live) {
-		t.Errorf("shard %s: %+v, want the tenant active, unfenced, epoch %d, %d live records", want.shard, dst, want.epoch, live)
+	if dst.Tenants != 1 || dst.Status != "active" || dst.Fenced || dst.Epoch != want.rowEpoch || dst.LiveRecords != int64(live) {
+		t.Errorf("shard %s: %+v, want the tenant active, unfenced, write epoch %d, %d live records", want.shard, dst, want.rowEpoch, live)
 	}
 	if dst.MaxOutboxSeq != dst.ChangeSeq {
 		t.Errorf("shard %s: outbox ends at seq %d, change_seq %d", want.shard, dst.MaxOutboxSeq, dst.ChangeSeq)
