@@ -199,6 +199,35 @@ func TestMoveSourceAPIKilled(t *testing.T) {
 	}
 	sealed.check(t)
 	w.checkFinal(t, ctx, m, to, third)
+	e.waitRegionServes(t, ctx, ti.HomeRegion)
+}
+
+// waitRegionServes waits (up to a minute) until a write of a tenant homed in region succeeds
+// through every region's router: after an API node's restart, the next tests need every
+// router to see it healthy again.
+func (e *env) waitRegionServes(t *testing.T, ctx context.Context, region string) {
+	t.Helper()
+	tenant := "probe-" + region
+	r := e.do(ctx, http.MethodPost, e.router(region)+"/admin/v1/tenants", e.f.AdminToken, fmt.Sprintf(`{"id":%q,"region":%q}`, tenant, region))
+	if r.status != http.StatusCreated && r.status != http.StatusConflict {
+		t.Errorf("create %s: %v", tenant, r)
+		return
+	}
+	tok := e.token(t, tenant)
+	t0 := time.Now()
+	for _, via := range e.regions {
+		err := waitFor(ctx, time.Minute, func() error {
+			r := e.do(ctx, http.MethodPut, e.router(via)+"/v1/collections/probe/records/p", tok, `{"data":{"x":1}}`)
+			if r.status != http.StatusOK && r.status != http.StatusCreated {
+				return fmt.Errorf("write of %s (homed in %s) through %s: %v", tenant, region, via, r)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("a minute after the restart of %s's API node: %v", region, err)
+		}
+	}
+	t.Logf("every router writes to %s again %v after the checks", region, time.Since(t0).Round(time.Millisecond))
 }
 
 // sealCheck watches a move's source for the fence and, once the Cutover command is applied
