@@ -182,7 +182,7 @@ func (s *Store) mirror(ctx context.Context, t records.Target, ch records.Change)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.MirrorTimeout)
 	defer cancel()
 	r := rowOf(ch)
-	_, err := s.upsertRows(ctx, t.Tenant, t.MirrorTo, []row{r}, upsertNewerSQL)
+	err := s.mirrors.send(ctx, s, t.Tenant, t.MirrorTo, r)
 	switch {
 	case err == nil:
 		return records.MirrorOK

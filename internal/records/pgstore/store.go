@@ -80,6 +80,9 @@ type Store struct {
 	keyMu sync.Mutex
 	// keyTenants (shard -> tenants) is guarded by keyMu: tenants with stored keys, for cleanup.
 	keyTenants map[string]map[string]struct{}
+
+	// mirrors are the group-commit queues of the dual write, one per target shard (mirror.go).
+	mirrors mirrorQueues
 }
 
 // New builds a Store.
