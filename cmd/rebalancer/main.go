@@ -294,7 +294,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (se
 	fs.IntVar(&c.ctl.ScanStreams, "scan-streams", env.Int("MERIDIAN_MOVE_SCAN_STREAMS", 4), "key ranges a backfill or full verify pass works on at once, per move; each holds up to one connection per shard (MERIDIAN_MOVE_SCAN_STREAMS)")
 	fs.IntVar(&c.ctl.VerifyThreshold, "verify-threshold", env.Int("MERIDIAN_MOVE_VERIFY_THRESHOLD", 10), "most differences a verify pass may find before the cutover; -1 = none (MERIDIAN_MOVE_VERIFY_THRESHOLD)")
 	fs.IntVar(&c.ctl.FinalVerifyPasses, "final-verify-passes", env.Int("MERIDIAN_MOVE_FINAL_VERIFY_PASSES", 3), "verify passes under the fence before the move fails (MERIDIAN_MOVE_FINAL_VERIFY_PASSES)")
-	fs.Int64Var(&c.ctl.MaxFinalDelta, "max-final-delta", int64(env.Int("MERIDIAN_MOVE_MAX_FINAL_DELTA", 200)), "most writes left to compare when the source is fenced; the pause grows with it (MERIDIAN_MOVE_MAX_FINAL_DELTA)")
+	fs.Int64Var(&c.ctl.MaxFinalDelta, "max-final-delta", int64(env.Int("MERIDIAN_MOVE_MAX_FINAL_DELTA", 50)), "most writes left to compare when the source is fenced; the pause grows with it (MERIDIAN_MOVE_MAX_FINAL_DELTA)")
 	fs.DurationVar(&c.ctl.PropagationDelay, "propagation-delay", env.Duration("MERIDIAN_MOVE_PROPAGATION_DELAY", 2*time.Second), "wait after dual_write before the backfill; <0 = none (MERIDIAN_MOVE_PROPAGATION_DELAY)")
 	fs.DurationVar(&c.ctl.Grace, "grace", env.Duration("MERIDIAN_MOVE_GRACE", 10*time.Second), "wait after the cutover before the source's rows are dropped (MERIDIAN_MOVE_GRACE)")
 	fs.DurationVar(&c.ctl.Retention, "retention", env.Duration("MERIDIAN_MOVE_RETENTION", 7*24*time.Hour), "finished moves are pruned from the map after this long (MERIDIAN_MOVE_RETENTION)")

@@ -44,7 +44,7 @@ type Config struct {
 	FinalVerifyPasses int
 	// MaxFinalDelta is the most writes of the tenant that may be left to compare when the
 	// source is fenced (the delta passes before the fence run until no more are pending, and
-	// PrecopyTarget is repeated until it trails by no more); 0 = 200. The pause grows with it.
+	// PrecopyTarget is repeated until it trails by no more); 0 = 50. The pause grows with it.
 	MaxFinalDelta int64
 	// PropagationDelay is how long after dual_write is recorded the backfill starts, so every
 	// API node's map shows the move and mirrors writes; 0 = 2 s, < 0 = no wait.
@@ -113,7 +113,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.FinalVerifyPasses = 3
 	}
 	if cfg.MaxFinalDelta <= 0 {
-		cfg.MaxFinalDelta = 200
+		cfg.MaxFinalDelta = 50
 	}
 	def(&cfg.PropagationDelay, 2*time.Second)
 	def(&cfg.Grace, 10*time.Second)
