@@ -10,6 +10,8 @@
 // use), each running its own moves at once; then the parallel tests (TestMoveUnderLoad,
 // TestMoveIdempotencyAcrossCutover, TestMoveCancelled), which need both undisturbed.
 //
+// MERIDIAN_MOVETEST_WRITE_RATE and MERIDIAN_MOVETEST_MIN_WRITE_RATE set TestMoveUnderLoad's offered and
+// required write rates (default 50 and 25; the run: 300 and 200).
 // MERIDIAN_MOVETEST_RECORDS sets TestMoveUnderLoad's tenant size (default 3000; the issue's
 // figure is 200000: run that with -run 'TestMoveUnderLoad$' and a large
 // MERIDIAN_MOVETEST_ROWS_PER_SECOND), MERIDIAN_MOVETEST_ROWS_PER_SECOND the controller's backfill

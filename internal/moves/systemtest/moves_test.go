@@ -104,23 +104,25 @@ func TestMoveUnderLoad(t *testing.T) {
 	watch := &moveWatch{}
 	w := newWorkload(e, t, tenant, ti.HomeRegion, loadWritersPerRegion, watch.phase)
 	w.seed(t, ctx, ti.Shard, loadRecords)
-	m := runMove(t, ctx, e, w, ti, to, third, watch, moveOpts{writeRate: loadWriteRate, every: 50 * time.Millisecond,
+	m := runMove(t, ctx, e, w, ti, to, third, watch, moveOpts{writeRate: float64(loadWriteRate), every: 50 * time.Millisecond,
 		limit: 2*time.Minute + time.Duration(loadRecords)*time.Millisecond})
 	defer e.dumpLogs(t, m.ID)
 	w.checkFinal(t, ctx, m, to, third)
-	if w.moveRate < minWriteRate {
+	if w.moveRate < float64(minWriteRate) {
 		t.Errorf("%.0f acknowledged writes/s during the move, want at least %d", w.moveRate, minWriteRate)
 	}
 }
 
 // The load of TestMoveUnderLoad: writers (each owns its records, one write at a time) in every
 // region, paced to loadWriteRate in all; the move must see at least minWriteRate acknowledged
-// writes per second, the cutover pause included. (The figure is 200 writes/s; at that
-// rate the move does not converge here: see the commit that raises these.)
-const (
-	loadWritersPerRegion = 4
-	loadWriteRate        = 50
-	minWriteRate         = 25
+// writes per second, the cutover pause included. CI runs 50 offered, 25 required, to keep the
+// package within its share of CI; the figure is run by hand with
+// MERIDIAN_MOVETEST_WRITE_RATE=300 MERIDIAN_MOVETEST_MIN_WRITE_RATE=200 (one write at a time per
+// writer and cross-region round trips keep the acknowledged rate below the offered one).
+var (
+	loadWriteRate        = envInt("MERIDIAN_MOVETEST_WRITE_RATE", 50)
+	minWriteRate         = envInt("MERIDIAN_MOVETEST_MIN_WRITE_RATE", 25)
+	loadWritersPerRegion = max(4, loadWriteRate/8)
 )
 
 // idemAck is one acknowledged create with an Idempotency-Key.
