@@ -109,6 +109,7 @@ func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv 
 		return fmt.Errorf("fence source: %w", err)
 	}
 	c.noteFence(mv.ID, start)
+	fenced := c.now()
 	if err := c.finishUnderFence(ctx, mv, mark, seq); err != nil {
 		if ctx.Err() == nil && !errors.Is(err, errMapMovedOn) {
 			// Lift the fence before retrying or failing, so held writes go back to the source
@@ -121,6 +122,7 @@ func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv 
 		}
 		return err
 	}
+	finished := c.now()
 	if err := c.apply(ctx, shardmap.Cutover{ID: mv.ID}); err != nil {
 		// Not unfenced: the command's outcome may be unknown, and a source unfenced after the
 		// pin moved would take writes from nodes on the old epoch.
@@ -128,7 +130,10 @@ func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv 
 	}
 	pause := c.now().Sub(start)
 	c.m.phaseSeconds.WithLabelValues(string(shardmap.PhaseCutover)).Observe(pause.Seconds())
-	log.Info("cutover applied", "change_seq", seq, "delta", seq-mark, "pause", pause.String())
+	// Where the pause went: the fence's transaction, the final delta and FinishTarget, the
+	// Cutover command (Raft) until the controller's own map copy shows it.
+	log.Info("cutover applied", "change_seq", seq, "delta", seq-mark, "pause", pause.String(),
+		"fence", fenced.Sub(start).String(), "verify_finish", finished.Sub(fenced).String(), "map", c.now().Sub(finished).String())
 	return nil
 }
 
