@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 
 	"github.com/meridian-dev/meridian/internal/records"
 	"github.com/meridian-dev/meridian/shardmap"
@@ -21,11 +22,18 @@ import (
 // fence kept up, and the final verify costs a few round trips instead of a scan of the tenant.
 
 // catchUp runs after a full verify pass that began at mark: delta passes, and PrecopyTarget,
-// until the last pass found at most VerifyThreshold differences (the lag pre-check), at most
-// MaxFinalDelta writes are pending, and the target holds the outbox and Idempotency-Key rows of
-// all but at most MaxFinalDelta writes. It returns the mark the next delta starts from.
+// until the last pass found at most VerifyThreshold differences (the lag pre-check) with at most
+// MaxFinalDelta writes pending. Where the passes cannot get the pending writes that low — each
+// pass takes round trips to a distant target while the tenant keeps writing, so the pending
+// count settles where the write rate times a pass's time puts it — it cuts over once that count
+// has stopped shrinking for stallPasses passes, if it is at most stallFactor × MaxFinalDelta
+// (the pause is then that many keys' worth longer; beyond that it keeps trying and logs each
+// pass, the "verify never converges" case of docs/moves.md). PrecopyTarget runs first and again
+// whenever it trails by more than copyFactor × MaxFinalDelta writes. It returns the mark the
+// next delta starts from.
 func (c *Controller) catchUp(ctx context.Context, log *slog.Logger, mv shardmap.Move, mark int64, diffs int) (int64, error) {
 	var copied int64 = -1
+	best, stalls := int64(math.MaxInt64), 0
 	for pass := 2; ; pass++ {
 		if err := c.stillIn(mv.ID, shardmap.PhaseVerify); err != nil {
 			return mark, err
@@ -34,7 +42,7 @@ func (c *Controller) catchUp(ctx context.Context, log *slog.Logger, mv shardmap.
 		if err != nil {
 			return mark, fmt.Errorf("read the source's change sequence: %w", err)
 		}
-		if copied < 0 || upto-copied > c.cfg.MaxFinalDelta {
+		if copied < 0 || upto-copied > copyFactor*c.cfg.MaxFinalDelta {
 			// Not `continue` after it: writes during the copy must not keep the delta passes
 			// from running (a livelock found by `bench -scenario moves`).
 			if copied, err = c.cfg.Store.PrecopyTarget(ctx, mv.Tenant, mv.From, mv.To); err != nil {
@@ -46,8 +54,17 @@ func (c *Controller) catchUp(ctx context.Context, log *slog.Logger, mv shardmap.
 				return mark, fmt.Errorf("read the source's change sequence: %w", err)
 			}
 		}
-		if diffs <= c.cfg.VerifyThreshold && upto-mark <= c.cfg.MaxFinalDelta && upto-copied <= c.cfg.MaxFinalDelta {
+		pending := upto - mark
+		if diffs <= c.cfg.VerifyThreshold && pending <= c.cfg.MaxFinalDelta {
 			return mark, nil
+		}
+		if pending <= stallFactor*c.cfg.MaxFinalDelta {
+			if pending < best {
+				best, stalls = pending, 0
+			} else if stalls++; stalls >= stallPasses {
+				log.Info("pending writes no longer shrink; cutting over with them", "pending", pending, "max_final_delta", c.cfg.MaxFinalDelta)
+				return mark, nil
+			}
 		}
 		checked, d, err := c.deltaPass(ctx, mv, mark, upto)
 		if errors.Is(err, records.ErrChangesPruned) {
@@ -65,6 +82,13 @@ func (c *Controller) catchUp(ctx context.Context, log *slog.Logger, mv shardmap.
 		mark, diffs = upto, d
 	}
 }
+
+// The catch-up's bounds, in multiples of MaxFinalDelta (see catchUp).
+const (
+	copyFactor  = 4
+	stallFactor = 20
+	stallPasses = 3
+)
 
 // deltaPass compares the keys written in (after, upto] on the source, repairing differences,
 // and returns how many keys it compared and how many differed.
