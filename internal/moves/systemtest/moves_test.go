@@ -105,7 +105,7 @@ func TestMoveUnderLoad(t *testing.T) {
 	w := newWorkload(e, t, tenant, ti.HomeRegion, loadWritersPerRegion, watch.phase)
 	w.seed(t, ctx, ti.Shard, loadRecords)
 	m := runMove(t, ctx, e, w, ti, to, third, watch, moveOpts{writeRate: float64(loadWriteRate), every: 50 * time.Millisecond,
-		limit: 2*time.Minute + time.Duration(loadRecords)*time.Millisecond})
+		limit: 2*time.Minute + 4*time.Duration(loadRecords)*time.Millisecond})
 	defer e.dumpLogs(t, m.ID)
 	w.checkFinal(t, ctx, m, to, third)
 	if w.moveRate < float64(minWriteRate) {
