@@ -355,49 +355,8 @@ func (s *Store) VerifyBatch(ctx context.Context, tenant, from, to string, after 
 	if errB != nil {
 		return after, nil, 0, classify(fmt.Errorf("read %s: %w", to, errB))
 	}
-	// The range's end: the last key of each full side (beyond it that side was not read).
-	var hi *records.Key
-	for _, side := range [][]digest{a, b} {
-		if len(side) == limit {
-			if k := side[limit-1].key; hi == nil || k.Less(*hi) {
-				hi = &k
-			}
-		}
-	}
-	in := func(k records.Key) bool { return hi == nil || !hi.Less(k) }
-	next = after
-	i, j := 0, 0
-	for {
-		var da, db *digest
-		if i < len(a) && in(a[i].key) {
-			da = &a[i]
-		}
-		if j < len(b) && in(b[j].key) {
-			db = &b[j]
-		}
-		var k records.Key
-		switch {
-		case da == nil && db == nil:
-			return next, diffs, checked, nil
-		case db == nil || (da != nil && da.key.Less(db.key)):
-			k = da.key // missing on the target
-			diffs = append(diffs, k)
-			i++
-		case da == nil || db.key.Less(da.key):
-			k = db.key // on the target only
-			diffs = append(diffs, k)
-			j++
-		default:
-			k = da.key
-			if da.version != db.version || da.deleted != db.deleted || da.md5 != db.md5 {
-				diffs = append(diffs, k)
-			}
-			i++
-			j++
-		}
-		checked++
-		next = k
-	}
+	next, diffs, checked = mergeDigests(a, b, after, limit)
+	return next, diffs, checked, nil
 }
 
 // Repair makes tenant's rows on shard to match shard from's for keys (VerifyBatch's diffs): the
