@@ -446,17 +446,23 @@ func (s *Store) setFence(ctx context.Context, tenant, shard string, fenced bool)
 	if err != nil {
 		return 0, err
 	}
+	// One round trip: the batch is one implicit transaction, committed when Close returns (an
+	// explicit BEGIN ... COMMIT cost four, each a cross-region round trip from a controller
+	// in another region, under the fence).
 	var seq int64
-	err = inTx(ctx, pool, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		// updated_at changes only with the flag: it is when the fence was set (FirstWrite).
-		err := tx.QueryRow(ctx, `UPDATE tenants SET write_fenced = $2,
-			updated_at = CASE WHEN write_fenced = $2 THEN updated_at ELSE now() END WHERE tenant_id = $1 RETURNING change_seq`,
-			tenant, fenced).Scan(&seq)
+	b := &pgx.Batch{}
+	b.Queue(setTenantSQL, tenant)
+	// updated_at changes only with the flag: it is when the fence was set (FirstWrite).
+	b.Queue(`UPDATE tenants SET write_fenced = $2,
+		updated_at = CASE WHEN write_fenced = $2 THEN updated_at ELSE now() END WHERE tenant_id = $1 RETURNING change_seq`,
+		tenant, fenced).QueryRow(func(r pgx.Row) error {
+		err := r.Scan(&seq)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return records.ErrTenantNotFound
 		}
 		return err
 	})
+	err = pool.SendBatch(ctx, b).Close()
 	return seq, classify(err)
 }
 
