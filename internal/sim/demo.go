@@ -140,9 +140,12 @@ func demoCache(ctx context.Context, f *ClusterFile, client *http.Client, tenant,
 		return err
 	}
 	// Read until the reader region's cache answers (the first reads fill it; the standby must
-	// have replayed the write and the relay's heartbeats must have reached the region).
+	// have replayed the write and the relay's heartbeats must have reached the region, and a
+	// cache serves only while they arrive within -cache-max-lag, 1 s). 45 s: on a machine
+	// running other clusters beside it (CI runs three at once) heartbeats came later than that
+	// for the whole of an earlier 15 s wait.
 	var seq []string
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(45 * time.Second)
 	for {
 		st, h, _, err := call(ctx, client, http.MethodGet, url(reader), tok, "", "")
 		if err != nil {
