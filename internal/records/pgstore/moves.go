@@ -268,31 +268,7 @@ var (
 // whether or not the guard let them replace a target row); copied < limit means the pass is
 // over. records.ErrTenantNotFound when either shard has no row for the tenant.
 func (s *Store) CopyBatch(ctx context.Context, tenant, from, to string, after records.Key, limit int) (next records.Key, copied int, err error) {
-	if limit < 1 {
-		return after, 0, fmt.Errorf("pgstore: CopyBatch: limit %d", limit)
-	}
-	_, src, err := s.primary(ctx, from)
-	if err != nil {
-		return after, 0, err
-	}
-	var rows []row
-	_, err = readOn(ctx, src, tenant, 0, func(b *pgx.Batch) {
-		b.Queue(copyRangeSQL, tenant, after.Collection, after.ID, limit).Query(func(r pgx.Rows) error {
-			var err error
-			rows, err = scanRows(r)
-			return err
-		})
-	})
-	if err != nil {
-		return after, 0, classify(fmt.Errorf("read %s: %w", from, err))
-	}
-	if len(rows) == 0 {
-		return after, 0, nil
-	}
-	if _, err := s.upsertRows(ctx, tenant, to, rows, upsertNewerSQL); err != nil {
-		return after, 0, classify(fmt.Errorf("write %s: %w", to, err))
-	}
-	return rows[len(rows)-1].key, len(rows), nil
+	return s.CopyRange(ctx, tenant, from, to, after, records.Key{}, limit) // the zero upto: no bound
 }
 
 // digest is what VerifyBatch compares of a row.
