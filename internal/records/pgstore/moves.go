@@ -468,6 +468,9 @@ func (s *Store) FinishTarget(ctx context.Context, tenant, from, to string, epoch
 	if err != nil {
 		return err
 	}
+	if done, err := finishFast(ctx, src, dst, tenant, epoch, changeSeq, s.cfg.Now()); err != nil || done {
+		return classify(err)
+	}
 	err = inTx(ctx, dst, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		var status string
 		var cur, mark int64
@@ -515,6 +518,58 @@ func (s *Store) FinishTarget(ctx context.Context, tenant, from, to string, epoch
 	return classify(err)
 }
 
+// finishFast is FinishTarget in three round trips (it runs under the fence, and each trip is
+// cross-region for a controller far from the tenant): a read of the target's importing row and
+// its newest outbox seq, one read on the source of the fenced row, the outbox rows the target
+// lacks and the Idempotency-Key rows newer than the target's mark, and one statement on the
+// target that activates the row only if it is still importing at that mark and copies the rows
+// only if it did. It reports done = false, with no error and nothing written, whenever it cannot
+// tell (a full page to copy, the row not importing, the source not fenced at changeSeq, the row
+// changed meanwhile): FinishTarget's transaction then decides, and names any error.
+func finishFast(ctx context.Context, src, dst *pgxpool.Pool, tenant string, epoch uint64, changeSeq int64, now time.Time) (done bool, err error) {
+	var status string
+	var mark, last int64
+	if _, err := readOn(ctx, dst, tenant, 0, func(b *pgx.Batch) {
+		b.Queue(`SELECT status, change_seq, (SELECT COALESCE(max(seq), 0) FROM outbox WHERE tenant_id = $1)
+			FROM tenants WHERE tenant_id = $1`, tenant).QueryRow(func(r pgx.Row) error {
+			return r.Scan(&status, &mark, &last)
+		})
+	}); err != nil || status != StatusImporting || mark == 0 {
+		// mark 0: no PrecopyTarget ran, so every Idempotency-Key row is to copy (by key):
+		// the transaction's paged copy does that.
+		return false, nil
+	}
+	var fenced bool
+	var srcSeq int64
+	var ob outboxRows
+	var ik idemRows
+	if _, err := readOn(ctx, src, tenant, 0, func(b *pgx.Batch) {
+		b.Queue(`SELECT write_fenced, change_seq FROM tenants WHERE tenant_id = $1`, tenant).QueryRow(func(r pgx.Row) error {
+			return r.Scan(&fenced, &srcSeq)
+		})
+		b.Queue(outboxPageSQL, tenant, last, changeSeq, finishPage).Query(ob.scan)
+		b.Queue(idemDeltaSQL, tenant, mark, now, finishPage).Query(ik.scan)
+	}); err != nil || !fenced || srcSeq != changeSeq || len(ob.seqs) == finishPage || len(ik.keys) == finishPage {
+		return false, nil
+	}
+	var activated int
+	b := &pgx.Batch{} // one implicit transaction
+	b.Queue(setTenantSQL, tenant)
+	b.Queue(`WITH u AS (
+			UPDATE tenants SET status = $2, write_fenced = false, write_epoch = $3, change_seq = $4, updated_at = now()
+			WHERE tenant_id = $1 AND status = $5 AND change_seq = $6 RETURNING 1),
+		o AS (`+outboxInsertSQL(7)+` WHERE EXISTS (SELECT FROM u) ON CONFLICT (tenant_id, seq) DO NOTHING),
+		i AS (`+idemInsertSQL(14)+` WHERE EXISTS (SELECT FROM u) `+idemConflictSQL+`)
+		SELECT count(*) FROM u`,
+		append(append([]any{tenant, StatusActive, int64(epoch), changeSeq, StatusImporting, mark}, ob.args()...), ik.args()...)...).QueryRow(func(r pgx.Row) error {
+		return r.Scan(&activated)
+	})
+	if err := dst.SendBatch(ctx, b).Close(); err != nil {
+		return false, err
+	}
+	return activated == 1, nil
+}
+
 // errDone ends FinishTarget's transaction early: the work was done before.
 var errDone = errors.New("pgstore: already done")
 
@@ -526,45 +581,122 @@ func copyOutbox(ctx context.Context, src *pgxpool.Pool, tx pgx.Tx, tenant string
 		return err
 	}
 	for last < upto {
-		var seqs, versions []int64
-		var colls, ids, ops []string
-		var created, sent []time.Time
+		var ob outboxRows
 		_, err := readOn(ctx, src, tenant, 0, func(b *pgx.Batch) {
-			b.Queue(`SELECT seq, collection, record_id, op, version, created_at, COALESCE(sent_at, now())
-				FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4`, tenant, last, upto, finishPage).
-				Query(func(rows pgx.Rows) error {
-					for rows.Next() {
-						var seq, v int64
-						var c, id, op string
-						var at, st time.Time
-						if err := rows.Scan(&seq, &c, &id, &op, &v, &at, &st); err != nil {
-							return err
-						}
-						seqs, colls, ids, ops, versions, created, sent = append(seqs, seq), append(colls, c), append(ids, id),
-							append(ops, op), append(versions, v), append(created, at), append(sent, st)
-					}
-					return rows.Err()
-				})
+			b.Queue(outboxPageSQL, tenant, last, upto, finishPage).Query(ob.scan)
 		})
 		if err != nil {
 			return fmt.Errorf("read outbox: %w", err)
 		}
-		if len(seqs) == 0 {
+		if len(ob.seqs) == 0 {
 			// The source pruned or never had the rest (a sequence allocated by a write that
 			// rolled back is reused, so there are no holes below the fence's change_seq).
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO outbox (tenant_id, seq, collection, record_id, op, version, lsn, created_at, sent_at)
-			SELECT $1, u.seq, u.collection, u.record_id, u.op, u.version, NULL, u.created_at, u.sent_at
-			FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::timestamptz[], $8::timestamptz[])
-				AS u(seq, collection, record_id, op, version, created_at, sent_at)
-			ON CONFLICT (tenant_id, seq) DO NOTHING`, tenant, seqs, colls, ids, ops, versions, created, sent); err != nil {
+		if _, err := tx.Exec(ctx, outboxInsertSQL(2)+` ON CONFLICT (tenant_id, seq) DO NOTHING`,
+			append([]any{tenant}, ob.args()...)...); err != nil {
 			return err
 		}
-		last = seqs[len(seqs)-1]
+		last = ob.seqs[len(ob.seqs)-1]
 	}
 	return nil
 }
+
+// outboxPageSQL reads a page of tenant ($1) outbox rows with seq in ($2, $3], at most $4, in
+// outboxRows.scan's order; an unsent row's sent_at is now (the copy is marked sent).
+const outboxPageSQL = `SELECT seq, collection, record_id, op, version, created_at, COALESCE(sent_at, now())
+	FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4`
+
+// outboxRows are outbox rows read by outboxPageSQL, column by column.
+type outboxRows struct {
+	seqs, versions  []int64
+	colls, ids, ops []string
+	created, sent   []time.Time
+}
+
+func (o *outboxRows) scan(rows pgx.Rows) error {
+	for rows.Next() {
+		var seq, v int64
+		var c, id, op string
+		var at, st time.Time
+		if err := rows.Scan(&seq, &c, &id, &op, &v, &at, &st); err != nil {
+			return err
+		}
+		o.seqs, o.colls, o.ids, o.ops = append(o.seqs, seq), append(o.colls, c), append(o.ids, id), append(o.ops, op)
+		o.versions, o.created, o.sent = append(o.versions, v), append(o.created, at), append(o.sent, st)
+	}
+	return rows.Err()
+}
+
+// args are o's columns in outboxInsertSQL's parameter order.
+func (o *outboxRows) args() []any {
+	return []any{o.seqs, o.colls, o.ids, o.ops, o.versions, o.created, o.sent}
+}
+
+// outboxInsertSQL inserts outbox rows of tenant $1 from the seven arrays of outboxRows.args,
+// numbered from $n (no ON CONFLICT clause: the caller adds it, after any WHERE). lsn is empty:
+// a source WAL position means nothing on the target.
+func outboxInsertSQL(n int) string {
+	return fmt.Sprintf(`INSERT INTO outbox (tenant_id, seq, collection, record_id, op, version, lsn, created_at, sent_at)
+	SELECT $1, u.seq, u.collection, u.record_id, u.op, u.version, NULL, u.created_at, u.sent_at
+	FROM unnest($%d::int8[], $%d::text[], $%d::text[], $%d::text[], $%d::int8[], $%d::timestamptz[], $%d::timestamptz[])
+		AS u(seq, collection, record_id, op, version, created_at, sent_at)`, n, n+1, n+2, n+3, n+4, n+5, n+6)
+}
+
+// idemCols are the Idempotency-Key columns idemRows.scan reads, in its order.
+const idemCols = `key, request_hash, status, headers::text, body, created_at, expires_at, seq`
+
+// idemDeltaSQL reads tenant's ($1) unexpired (at $3) Idempotency-Key rows of writes with seq
+// above $2, in seq order, at most $4.
+const idemDeltaSQL = `SELECT ` + idemCols + ` FROM idempotency_keys WHERE tenant_id = $1 AND seq > $2 AND expires_at > $3
+	ORDER BY seq LIMIT $4`
+
+// idemRows are Idempotency-Key rows, column by column.
+type idemRows struct {
+	keys             []string
+	hashes, bodies   [][]byte
+	statuses         []int32
+	headers          []string
+	created, expires []time.Time
+	seqs             []*int64
+}
+
+func (k *idemRows) scan(rows pgx.Rows) error {
+	for rows.Next() {
+		var key, h string
+		var hash, body []byte
+		var st int32
+		var c, e time.Time
+		var seq *int64
+		if err := rows.Scan(&key, &hash, &st, &h, &body, &c, &e, &seq); err != nil {
+			return err
+		}
+		k.keys, k.hashes, k.statuses, k.headers = append(k.keys, key), append(k.hashes, hash), append(k.statuses, st), append(k.headers, h)
+		k.bodies, k.created, k.expires, k.seqs = append(k.bodies, body), append(k.created, c), append(k.expires, e), append(k.seqs, seq)
+	}
+	return rows.Err()
+}
+
+// args are k's columns in idemInsertSQL's parameter order.
+func (k *idemRows) args() []any {
+	return []any{k.keys, k.hashes, k.statuses, k.headers, k.bodies, k.created, k.expires, k.seqs}
+}
+
+// idemInsertSQL inserts Idempotency-Key rows of tenant $1 from the eight arrays of
+// idemRows.args, numbered from $n; the caller appends idemConflictSQL after any WHERE.
+func idemInsertSQL(n int) string {
+	return fmt.Sprintf(`INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, headers, body, created_at, expires_at, seq)
+	SELECT $1, u.key, u.request_hash, u.status, u.headers::jsonb, u.body, u.created_at, u.expires_at, u.seq
+	FROM unnest($%d::text[], $%d::bytea[], $%d::int4[], $%d::text[], $%d::bytea[], $%d::timestamptz[], $%d::timestamptz[], $%d::int8[])
+		AS u(key, request_hash, status, headers, body, created_at, expires_at, seq)`, n, n+1, n+2, n+3, n+4, n+5, n+6, n+7)
+}
+
+// idemConflictSQL replaces a key the target already has when the source's row differs (an
+// expired key claimed again since).
+const idemConflictSQL = `ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, status = EXCLUDED.status,
+	headers = EXCLUDED.headers, body = EXCLUDED.body, created_at = EXCLUDED.created_at,
+	expires_at = EXCLUDED.expires_at, seq = EXCLUDED.seq
+	WHERE idempotency_keys.seq IS DISTINCT FROM EXCLUDED.seq OR idempotency_keys.created_at <> EXCLUDED.created_at`
 
 // copyIdemKeys copies tenant's Idempotency-Key rows unexpired at now from src into tx (scoped
 // to tenant). With after > 0 it copies only the rows of writes with change_seq above after (the
@@ -574,60 +706,29 @@ func copyOutbox(ctx context.Context, src *pgxpool.Pool, tx pgx.Tx, tenant string
 func copyIdemKeys(ctx context.Context, src *pgxpool.Pool, tx pgx.Tx, tenant string, now time.Time, after, upto int64) error {
 	afterKey, afterSeq := "", after
 	for {
-		var keys []string
-		var hashes, bodies [][]byte
-		var statuses []int32
-		var headers []string
-		var created, expires []time.Time
-		var seqs []*int64
+		var ik idemRows
 		_, err := readOn(ctx, src, tenant, 0, func(b *pgx.Batch) {
-			const cols = `key, request_hash, status, headers::text, body, created_at, expires_at, seq`
-			var q *pgx.QueuedQuery
 			if after > 0 { // a delta: the (tenant_id, seq) index, in seq order
-				q = b.Queue(`SELECT `+cols+` FROM idempotency_keys WHERE tenant_id = $1 AND seq > $2 AND expires_at > $3
-					ORDER BY seq LIMIT $4`, tenant, afterSeq, now, finishPage)
+				b.Queue(idemDeltaSQL, tenant, afterSeq, now, finishPage).Query(ik.scan)
 			} else {
-				q = b.Queue(`SELECT `+cols+` FROM idempotency_keys WHERE tenant_id = $1 AND key > $2 AND expires_at > $3
-					AND ($5 = 0 OR seq IS NULL OR seq <= $5) ORDER BY key LIMIT $4`, tenant, afterKey, now, finishPage, upto)
+				b.Queue(`SELECT `+idemCols+` FROM idempotency_keys WHERE tenant_id = $1 AND key > $2 AND expires_at > $3
+					AND ($5 = 0 OR seq IS NULL OR seq <= $5) ORDER BY key LIMIT $4`, tenant, afterKey, now, finishPage, upto).Query(ik.scan)
 			}
-			q.Query(func(rows pgx.Rows) error {
-				for rows.Next() {
-					var k, h string
-					var hash, body []byte
-					var st int32
-					var c, e time.Time
-					var seq *int64
-					if err := rows.Scan(&k, &hash, &st, &h, &body, &c, &e, &seq); err != nil {
-						return err
-					}
-					keys, hashes, statuses, headers, bodies, created, expires, seqs = append(keys, k), append(hashes, hash),
-						append(statuses, st), append(headers, h), append(bodies, body), append(created, c), append(expires, e), append(seqs, seq)
-				}
-				return rows.Err()
-			})
 		})
 		if err != nil {
 			return fmt.Errorf("read idempotency keys: %w", err)
 		}
-		if len(keys) == 0 {
+		if len(ik.keys) == 0 {
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, headers, body, created_at, expires_at, seq)
-			SELECT $1, u.key, u.request_hash, u.status, u.headers::jsonb, u.body, u.created_at, u.expires_at, u.seq
-			FROM unnest($2::text[], $3::bytea[], $4::int4[], $5::text[], $6::bytea[], $7::timestamptz[], $8::timestamptz[], $9::int8[])
-				AS u(key, request_hash, status, headers, body, created_at, expires_at, seq)
-			ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, status = EXCLUDED.status,
-				headers = EXCLUDED.headers, body = EXCLUDED.body, created_at = EXCLUDED.created_at,
-				expires_at = EXCLUDED.expires_at, seq = EXCLUDED.seq
-			WHERE idempotency_keys.seq IS DISTINCT FROM EXCLUDED.seq OR idempotency_keys.created_at <> EXCLUDED.created_at`,
-			tenant, keys, hashes, statuses, headers, bodies, created, expires, seqs); err != nil {
+		if _, err := tx.Exec(ctx, idemInsertSQL(2)+` `+idemConflictSQL, append([]any{tenant}, ik.args()...)...); err != nil {
 			return err
 		}
-		if len(keys) < finishPage {
+		if len(ik.keys) < finishPage {
 			return nil
 		}
-		afterKey = keys[len(keys)-1]
-		if last := seqs[len(seqs)-1]; last != nil {
+		afterKey = ik.keys[len(ik.keys)-1]
+		if last := ik.seqs[len(ik.seqs)-1]; last != nil {
 			afterSeq = *last
 		}
 	}

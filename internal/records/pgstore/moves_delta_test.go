@@ -139,8 +139,25 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 	}
 	e.sameRows(t, "acme")
 
+	// FinishTarget's three-round-trip path (finishFast) does the work here (a precopy ran);
+	// it refuses, writing nothing, a change_seq the source is not fenced at.
+	_, srcPool, _ := e.src.primary(ctx, "s1")
+	_, dstPool, _ := e.src.primary(ctx, "s2")
+	if done, err := finishFast(ctx, srcPool, dstPool, "acme", 2, fence-1, time.Now()); done || err != nil {
+		t.Fatalf("finishFast at a change_seq the source is not fenced at: done %v, %v", done, err)
+	}
+	if n := e.scalar(t, "s2", `SELECT count(*) FROM outbox WHERE tenant_id = 'acme'`); n != 5 {
+		t.Fatalf("outbox rows on the target after a refused finishFast: %d, want 5 (the precopy's)", n)
+	}
+	if done, err := finishFast(ctx, srcPool, dstPool, "acme", 2, fence, time.Now()); !done || err != nil {
+		t.Fatalf("finishFast after a precopy: done %v, %v; want done", done, err)
+	}
+	// FinishTarget again (a restarted controller) finds it done.
 	if err := e.src.FinishTarget(ctx, "acme", "s1", "s2", 2, fence); err != nil {
 		t.Fatal(err)
+	}
+	if n := e.scalar(t, "s2", `SELECT count(*) FROM tenants WHERE tenant_id = 'acme' AND status = 'active' AND NOT write_fenced AND write_epoch = 2 AND change_seq = 7`); n != 1 {
+		t.Fatal("the target is not active, unfenced, at epoch 2 and change_seq 7 after finishFast")
 	}
 	if n := e.scalar(t, "s2", `SELECT count(*) FROM outbox WHERE tenant_id = 'acme'`); n != 7 {
 		t.Fatalf("outbox rows on the target: %d, want 7", n)
