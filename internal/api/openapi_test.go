@@ -10,6 +10,8 @@ import (
 	"time"
 
 	apidoc "github.com/meridian-dev/meridian/api"
+	"github.com/meridian-dev/meridian/internal/shards"
+	"github.com/meridian-dev/meridian/migrations"
 )
 
 type oaDoc struct {
@@ -163,7 +165,9 @@ func TestOpenAPIConformance(t *testing.T) {
 		t.Fatal(err)
 	}
 	feed := &storeFeed{}
-	e := newEnv(t, func(nc *nodeConfig) { nc.API.Changes = feed })
+	workers := shards.New(shards.Config{User: migrations.WorkerRole})
+	t.Cleanup(workers.Close)
+	e := newEnv(t, func(nc *nodeConfig) { nc.API.Changes = feed; nc.Store.Workers = workers })
 	feed.store.Store(e.store)
 	e.srv.openapi = apidoc.OpenAPI
 	e.createTenant("acme", "s1")
@@ -210,6 +214,9 @@ func TestOpenAPIConformance(t *testing.T) {
 		{"GET", "/internal/v1/tenants/newco?shard=s2", ct, "", nil},
 		{"GET", "/internal/v1/tenants/ghost", ct, "", nil},
 		{"GET", "/internal/v1/tenants/newco", "", "", nil},
+		{"GET", "/internal/v1/tenants?shard=s2&limit=5", ct, "", nil},
+		{"GET", "/internal/v1/tenants?shard=nope", ct, "", nil},
+		{"GET", "/internal/v1/tenants?shard=s2", "", "", nil},
 		{"GET", "/healthz", "", "", nil},
 		{"GET", "/readyz", "", "", nil},
 		{"GET", "/metrics", "", "", nil},

@@ -138,6 +138,7 @@ func (s *Server) routes() *gin.Engine {
 	})
 	internal := r.Group("/internal/v1", auth.ClusterToken(s.cfg.ClusterToken))
 	internal.POST("/tenants", s.createTenant)
+	getHead(internal, "/tenants", s.listTenants)
 	getHead(internal, "/tenants/:id", s.getTenant)
 
 	v1 := r.Group("/v1", auth.Middleware(s.verifier))

@@ -47,6 +47,9 @@ type Records interface {
 type Tenants interface {
 	CreateTenant(ctx context.Context, tenant, shard string) (created bool, err error)
 	Tenant(ctx context.Context, tenant, shard string) (records.TenantRow, error)
+	// ListTenants lists the tenants with a row on shard after an id, in id order
+	// (records.ErrNoWorkerRole when the store has no cross-tenant connections).
+	ListTenants(ctx context.Context, shard, after string, limit int) ([]records.TenantStatus, error)
 	// Ping checks that the shard's primary answers.
 	Ping(ctx context.Context, shard string) error
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/meridian-dev/meridian/internal/problem"
+	"github.com/meridian-dev/meridian/internal/records"
 	"github.com/meridian-dev/meridian/shardmap/ids"
 )
 
@@ -110,3 +112,68 @@ func (s *Server) getTenant(c *gin.Context) {
 	}
 	c.JSON(http.StatusOK, TenantRow(row))
 }
+
+// TenantListItem is one row of GET /internal/v1/tenants.
+type TenantListItem struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
+}
+
+// TenantList is the answer of GET /internal/v1/tenants.
+type TenantList struct {
+	Items []TenantListItem `json:"items"`
+}
+
+// listTenants answers the tenants with a row on a shard (the required `shard` parameter) whose
+// id sorts after `after`, in id order, at most `limit` (1..1000, default 100), read from the
+// shard's primary as the worker role (the router's admin list merges the shards' answers).
+// Without the worker role's connections (-worker-db-user) it answers 501 not-configured.
+func (s *Server) listTenants(c *gin.Context) {
+	q, err := parseQuery(c.Request.URL.RawQuery)
+	if err != nil {
+		s.failWith(c, err)
+		return
+	}
+	for k, v := range q {
+		if (k != "shard" && k != "after" && k != "limit") || len(v) != 1 {
+			problem.InvalidQuery.Write(c, "the parameters are shard (required), after and limit, each at most once")
+			return
+		}
+	}
+	shard, after := q.Get("shard"), q.Get("after")
+	if _, ok := s.maps.ShardHome(shard); !ok {
+		problem.UnknownShard.Write(c, "unknown shard "+strconv.Quote(shard))
+		return
+	}
+	if after != "" && !ids.ValidTenant(after) {
+		problem.InvalidQuery.Write(c, "after must be a tenant id ("+ids.TenantPattern+")")
+		return
+	}
+	limit := 100
+	if q.Has("limit") {
+		n, err := strconv.Atoi(q.Get("limit"))
+		if err != nil || n < 1 || n > pgstoreMaxTenantsPage {
+			problem.InvalidQuery.Write(c, "limit must be an integer in [1, "+strconv.Itoa(pgstoreMaxTenantsPage)+"]")
+			return
+		}
+		limit = n
+	}
+	c.Set("shard", shard)
+	rows, err := s.store.ListTenants(c.Request.Context(), shard, after, limit)
+	if errors.Is(err, records.ErrNoWorkerRole) {
+		problem.Write(c, http.StatusNotImplemented, "Not Implemented", "this API node has no worker-role connections (-worker-db-user) to list tenants with")
+		return
+	}
+	if err != nil {
+		s.failWith(c, err)
+		return
+	}
+	ans := TenantList{Items: make([]TenantListItem, 0, len(rows))}
+	for _, r := range rows {
+		ans.Items = append(ans.Items, TenantListItem(r))
+	}
+	c.JSON(http.StatusOK, ans)
+}
+
+// pgstoreMaxTenantsPage is pgstore.MaxTenantsPage (the api package does not import the store).
+const pgstoreMaxTenantsPage = 1000

@@ -59,6 +59,9 @@ var (
 	// ErrDatabase: the database refused a statement for a reason that is not the request's
 	// fault (a bug or a schema mismatch); the original *pgconn.PgError is wrapped.
 	ErrDatabase = errors.New("records: database error")
+	// ErrNoWorkerRole: the operation reads across tenants, which needs the worker role's
+	// connections (pgstore.Config.Workers), and the store has none.
+	ErrNoWorkerRole = errors.New("records: no cross-tenant (worker role) connections configured")
 )
 
 // ValueError is a value the database rejected (SQLSTATE classes 22 data exception and 54
@@ -287,6 +290,12 @@ type ChangeEvent struct {
 	Op         string // create, update or delete
 	Version    int64
 	At         time.Time
+}
+
+// TenantStatus is a tenant's id and status on one shard, as a cross-tenant listing sees it.
+type TenantStatus struct {
+	ID     string
+	Status string
 }
 
 // TenantRow is a tenant's row on one shard.

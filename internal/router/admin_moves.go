@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/gin-gonic/gin"
 
@@ -333,18 +335,32 @@ type TenantListItem struct {
 	Moving     bool   `json:"moving"`
 }
 
-// TenantsAnswer is the body of GET /admin/v1/tenants. PinnedOnly says the list holds the
-// tenants the map pins (created with a region, or moved) and not the slot-placed ones, which
-// only their shards record (docs/router.md, "Admin API").
+// TenantsAnswer is the body of GET /admin/v1/tenants. PinnedOnly says the list holds only the
+// tenants the map pins (created with a region, or moved): the answer when an API node cannot
+// list its shard's tenant rows (it has no worker-role connections), since slot-placed tenants
+// are recorded only on their shards (docs/router.md, "Admin API").
 type TenantsAnswer struct {
 	Items      []TenantListItem `json:"items"`
 	NextCursor *string          `json:"next_cursor"`
 	PinnedOnly bool             `json:"pinned_only"`
 }
 
-// listTenants answers the map's pinned tenants by id, optionally of one shard, paginated like
-// /v1 lists: ?limit= (1..200, default 50) and the opaque ?cursor= of the previous page, which
-// is signed with the cluster token (any router takes it; an altered one is 400 invalid-cursor).
+// shardTenants is one shard's answer to GET /internal/v1/tenants.
+type shardTenants struct {
+	ids         []string
+	full        bool // the shard had more than the page: ids past its last one are unknown
+	unsupported bool // the API node has no worker role (501)
+	err         error
+}
+
+// listTenants answers the tenants by id, optionally of one shard, paginated like /v1 lists:
+// ?limit= (1..200, default 50) and the opaque ?cursor= of the previous page, which is signed
+// with the cluster token (any router takes it; an altered one is 400 invalid-cursor). The ids
+// are the shards' tenant rows (GET /internal/v1/tenants on an API node of each shard's home
+// region, all shards at once) and the map's pins; each is placed by the map, so a moving
+// tenant's importing copy or a moved tenant's source awaiting cleanup does not list it twice
+// or on the wrong shard. Each shard is asked for limit+1 ids after the cursor: ids up to the
+// smallest last id of a shard that had more are known completely, and the page ends there.
 func (s *Server) listTenants(c *gin.Context) {
 	q, ok := s.query(c, "shard", "cursor", "limit")
 	if !ok {
@@ -380,35 +396,106 @@ func (s *Server) listTenants(c *gin.Context) {
 		s.kindProblem(c, problem.UnknownShard, "no shard "+shard+" in the shard map")
 		return
 	}
-	pins := v.Pins()
-	tenants := make([]string, 0, len(pins))
-	for t, sh := range pins {
-		if (shard == "" || sh == shard) && t > after {
+	var ask []shardmap.Shard
+	for _, sh := range v.Shards() {
+		if shard == "" || sh.ID == shard {
+			ask = append(ask, sh)
+		}
+	}
+	answers := s.shardTenantPages(c.Request.Context(), ask, after, limit+1)
+	pinnedOnly, cutoff := false, ""
+	seen := map[string]bool{}
+	for _, a := range answers {
+		switch {
+		case a.unsupported:
+			pinnedOnly = true
+		case a.err != nil:
+			s.adminUpstreamFailure(c, a.err)
+			return
+		}
+		if a.full && (cutoff == "" || a.ids[len(a.ids)-1] < cutoff) {
+			cutoff = a.ids[len(a.ids)-1]
+		}
+		for _, id := range a.ids {
+			seen[id] = true
+		}
+	}
+	if pinnedOnly { // the shards' rows are not all known: list what the map knows
+		seen, cutoff = map[string]bool{}, ""
+	}
+	for t := range v.Pins() {
+		seen[t] = true
+	}
+	var tenants []string
+	for t := range seen {
+		if t > after && (cutoff == "" || t <= cutoff) {
 			tenants = append(tenants, t)
 		}
 	}
 	slices.Sort(tenants)
-	ans := TenantsAnswer{Items: []TenantListItem{}, PinnedOnly: true}
-	if len(tenants) > limit {
-		tenants = tenants[:limit]
-		next := s.encodeTenantCursor(tenants[len(tenants)-1], shard)
-		ans.NextCursor = &next
-		u := *c.Request.URL
-		nq := u.Query()
-		nq.Set("cursor", next)
-		u.RawQuery = nq.Encode()
-		c.Header("Link", "<"+u.RequestURI()+`>; rel="next"`)
-	}
+	ans := TenantsAnswer{Items: []TenantListItem{}, PinnedOnly: pinnedOnly}
+	next := cutoff
 	for _, t := range tenants {
+		if len(ans.Items) == limit {
+			next = ans.Items[limit-1].ID
+			break
+		}
 		r, err := v.Lookup(t)
-		if err != nil {
-			continue // a pin of an id the map itself refuses cannot be looked up; never listed
+		if err != nil || (shard != "" && r.Shard != shard) {
+			continue // placed elsewhere by the map (a copy awaiting cleanup), or an id it refuses
 		}
 		region, _ := v.TenantRegion(t)
 		ans.Items = append(ans.Items, TenantListItem{ID: t, Shard: r.Shard, HomeRegion: r.HomeRegion,
 			Pinned: r.Pinned, Region: region, Epoch: r.Epoch, Moving: r.Moving})
 	}
+	if next != "" {
+		cur := s.encodeTenantCursor(next, shard)
+		ans.NextCursor = &cur
+		u := *c.Request.URL
+		nq := u.Query()
+		nq.Set("cursor", cur)
+		u.RawQuery = nq.Encode()
+		c.Header("Link", "<"+u.RequestURI()+`>; rel="next"`)
+	}
 	c.JSON(http.StatusOK, ans)
+}
+
+// shardTenantPages asks an API node of every shard's home region, at once, for up to n tenant
+// ids after after on that shard.
+func (s *Server) shardTenantPages(ctx context.Context, shards []shardmap.Shard, after string, n int) []shardTenants {
+	out := make([]shardTenants, len(shards))
+	var wg sync.WaitGroup
+	for i, sh := range shards {
+		wg.Go(func() {
+			path := "/internal/v1/tenants?shard=" + url.QueryEscape(sh.ID) + "&limit=" + strconv.Itoa(n)
+			if after != "" {
+				path += "&after=" + url.QueryEscape(after)
+			}
+			status, body, err := s.internalCall(ctx, sh.HomeRegion, http.MethodGet, path, nil)
+			var ans struct {
+				Items []struct {
+					ID string `json:"id"`
+				} `json:"items"`
+			}
+			switch {
+			case err != nil:
+				out[i].err = err
+			case status == http.StatusNotImplemented:
+				out[i].unsupported = true
+			case status != http.StatusOK:
+				out[i].err = fmt.Errorf("API node answered %d to the tenant list of %s: %s", status, sh.ID, truncate(body, 200))
+			case json.Unmarshal(body, &ans) != nil:
+				out[i].err = fmt.Errorf("API node answered an unreadable tenant list of %s: %s", sh.ID, truncate(body, 200))
+			default:
+				for _, it := range ans.Items {
+					out[i].ids = append(out[i].ids, it.ID)
+				}
+				out[i].full = len(out[i].ids) >= n
+			}
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // A tenants-list cursor is base64url("t1|<shard filter>|<last id>") + "." + base64url(the first

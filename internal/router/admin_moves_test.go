@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -271,72 +272,91 @@ func TestAdminMoves(t *testing.T) {
 
 func TestAdminTenantsList(t *testing.T) {
 	rg, node := newMapRig(t)
-	names := []string{"alpha", "bravo", "charlie", "delta", "echo"}
-	for _, id := range names {
+	pinned := []string{"alpha", "bravo", "charlie", "delta", "echo"}
+	for _, id := range pinned {
 		resp, b := rg.do(t, "POST", "/admin/v1/tenants", tokAdmin, `{"id":"`+id+`","region":"eu-west"}`)
 		wantStatus(t, resp, b, 201)
 	}
-	// A slot-placed tenant is not listed: the map does not know it (pinned_only).
+	// A slot-placed tenant: only its shard's rows know it (the map has no entry for it).
 	slotco := slotTenant(t, node.Map(), "slotco", "us-east-1")
 	resp, b := rg.do(t, "POST", "/admin/v1/tenants", tokAdmin, `{"id":"`+slotco+`"}`)
 	wantStatus(t, resp, b, 201)
 	pins := node.Map().Pins()
+	// alpha also has a row on us-east-1 (a copy awaiting cleanup): listed once, on its pin.
+	rg.nodes["us-east"].mu.Lock()
+	rg.nodes["us-east"].extraRows = map[string][]string{"us-east-1": {"alpha"}}
+	rg.nodes["us-east"].mu.Unlock()
+	names := slices.Sorted(slices.Values(append(slices.Clone(pinned), slotco)))
 
-	get := func(query string) (TenantsAnswer, *http.Response) {
+	get := func(query string, pinnedOnly bool) (TenantsAnswer, *http.Response) {
 		t.Helper()
 		resp, b := rg.do(t, "GET", "/admin/v1/tenants"+query, tokAdmin, "")
 		wantStatus(t, resp, b, 200)
 		var ans TenantsAnswer
-		if err := json.Unmarshal(b, &ans); err != nil || ans.Items == nil || !ans.PinnedOnly {
-			t.Fatalf("answer %s", b)
+		if err := json.Unmarshal(b, &ans); err != nil || ans.Items == nil || ans.PinnedOnly != pinnedOnly {
+			t.Fatalf("answer %s, want pinned_only %v", b, pinnedOnly)
 		}
 		return ans, resp
 	}
-	ans, resp := get("")
-	if len(ans.Items) != 5 || ans.NextCursor != nil || resp.Header.Get("Link") != "" {
+	ans, resp := get("", false)
+	if len(ans.Items) != len(names) || ans.NextCursor != nil || resp.Header.Get("Link") != "" {
 		t.Fatalf("all: %+v", ans)
 	}
 	for i, it := range ans.Items {
-		if it.ID != names[i] || it.Shard != pins[it.ID] || it.HomeRegion != "eu-west" || !it.Pinned ||
-			it.Region != "eu-west" || it.Epoch != 1 || it.Moving {
+		if it.ID != names[i] {
+			t.Fatalf("item %d: %+v, want %s", i, it, names[i])
+		}
+		if it.ID == slotco {
+			if it.Shard != "us-east-1" || it.HomeRegion != "us-east" || it.Pinned || it.Region != "" || it.Epoch != 1 || it.Moving {
+				t.Fatalf("slot-placed item: %+v", it)
+			}
+			continue
+		}
+		if it.Shard != pins[it.ID] || it.HomeRegion != "eu-west" || !it.Pinned || it.Region != "eu-west" || it.Epoch != 1 || it.Moving {
 			t.Fatalf("item %d: %+v", i, it)
 		}
 	}
 
-	// Pages of 2 through the cursor, with the Link header.
-	var seen []string
-	query := "?limit=2"
-	for range 5 {
-		ans, resp := get(query)
-		for _, it := range ans.Items {
-			seen = append(seen, it.ID)
+	// Pages of 1 and 2 through the cursor, with the Link header: every tenant once, in order.
+	for _, limit := range []string{"1", "2"} {
+		var seen []string
+		query := "?limit=" + limit
+		for range 2 * len(names) {
+			ans, resp := get(query, false)
+			for _, it := range ans.Items {
+				seen = append(seen, it.ID)
+			}
+			if ans.NextCursor == nil {
+				break
+			}
+			link := resp.Header.Get("Link")
+			if !strings.HasSuffix(link, `>; rel="next"`) || !strings.Contains(link, url.QueryEscape(*ans.NextCursor)) {
+				t.Fatalf("Link %q for cursor %q", link, *ans.NextCursor)
+			}
+			query = "?limit=" + limit + "&cursor=" + url.QueryEscape(*ans.NextCursor)
 		}
-		if ans.NextCursor == nil {
-			break
+		if !slices.Equal(seen, names) {
+			t.Fatalf("pages of %s gave %v, want %v", limit, seen, names)
 		}
-		link := resp.Header.Get("Link")
-		if !strings.HasSuffix(link, `>; rel="next"`) || !strings.Contains(link, url.QueryEscape(*ans.NextCursor)) {
-			t.Fatalf("Link %q for cursor %q", link, *ans.NextCursor)
-		}
-		query = "?limit=2&cursor=" + url.QueryEscape(*ans.NextCursor)
-	}
-	if strings.Join(seen, ",") != strings.Join(names, ",") {
-		t.Fatalf("pages gave %v", seen)
 	}
 
-	// The shard filter, and a cursor bound to it.
+	// The shard filter, and a cursor bound to it; the extra row of alpha on us-east-1 is not
+	// alpha's placement.
+	if ans, _ := get("?shard=us-east-1", false); len(ans.Items) != 1 || ans.Items[0].ID != slotco {
+		t.Fatalf("shard us-east-1: %+v, want only %s", ans.Items, slotco)
+	}
 	shard := pins["alpha"]
 	var want []string
-	for _, id := range names {
+	for _, id := range pinned {
 		if pins[id] == shard {
 			want = append(want, id)
 		}
 	}
-	ans, _ = get("?shard=" + shard)
+	ans, _ = get("?shard="+shard, false)
 	if len(ans.Items) != len(want) {
 		t.Fatalf("shard %s: %+v, want %v", shard, ans.Items, want)
 	}
-	first, _ := get("?limit=1")
+	first, _ := get("?limit=1", false)
 	for _, q := range []string{
 		"?shard=" + shard + "&cursor=" + url.QueryEscape(*first.NextCursor), // made for another filter
 		"?cursor=" + url.QueryEscape(*first.NextCursor+"x"),                 // altered
@@ -353,6 +373,20 @@ func TestAdminTenantsList(t *testing.T) {
 	wantKind(t, resp, b, 400, "unknown-shard")
 	resp, b = rg.do(t, "GET", "/admin/v1/tenants", tokAcme, "")
 	wantKind(t, resp, b, 403, "forbidden")
+
+	// An API node that cannot list its shards (no worker role): the map's pins, said so.
+	rg.nodes["us-east"].mu.Lock()
+	rg.nodes["us-east"].listStatus = http.StatusNotImplemented
+	rg.nodes["us-east"].mu.Unlock()
+	if ans, _ := get("", true); len(ans.Items) != len(pinned) || slices.ContainsFunc(ans.Items, func(it TenantListItem) bool { return it.ID == slotco }) {
+		t.Fatalf("pinned-only list: %+v", ans.Items)
+	}
+	// One that fails: 503, not a short list.
+	rg.nodes["us-east"].mu.Lock()
+	rg.nodes["us-east"].listStatus = http.StatusInternalServerError
+	rg.nodes["us-east"].mu.Unlock()
+	resp, b = rg.do(t, "GET", "/admin/v1/tenants", tokAdmin, "")
+	wantKind(t, resp, b, 503, "service-unavailable")
 }
 
 // TestAdminMovesWithoutMap: a router whose map has no local copy answers 503, never panics.

@@ -308,6 +308,11 @@ type apiNode struct {
 	handle func(w http.ResponseWriter, r *http.Request) bool
 	// tenants are recorded by POST /internal/v1/tenants.
 	tenants map[string]string
+	// extraRows are more tenant rows GET /internal/v1/tenants lists, by shard (a moving
+	// tenant's importing copy, a moved tenant's source awaiting cleanup).
+	extraRows map[string][]string
+	// listStatus, when set, is GET /internal/v1/tenants' answer (501: no worker role).
+	listStatus int
 }
 
 type echo struct {
@@ -348,6 +353,10 @@ func (a *apiNode) internal(w http.ResponseWriter, r *http.Request, body []byte) 
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if r.Method == http.MethodGet && r.URL.Path == "/internal/v1/tenants" {
+		a.listRows(w, r)
+		return
+	}
 	if r.Method == http.MethodPost {
 		var req struct{ ID, Shard string }
 		_ = json.Unmarshal(body, &req)
@@ -365,6 +374,41 @@ func (a *apiNode) internal(w http.ResponseWriter, r *http.Request, body []byte) 
 		return
 	}
 	w.WriteHeader(http.StatusNotFound)
+}
+
+// listRows answers GET /internal/v1/tenants like an API node (called with a.mu held).
+func (a *apiNode) listRows(w http.ResponseWriter, r *http.Request) {
+	if a.listStatus != 0 {
+		w.WriteHeader(a.listStatus)
+		return
+	}
+	q := r.URL.Query()
+	shard, after := q.Get("shard"), q.Get("after")
+	limit, err := strconv.Atoi(q.Get("limit"))
+	if err != nil || limit < 1 {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	rows := slices.Clone(a.extraRows[shard])
+	for id, sh := range a.tenants {
+		if sh == shard {
+			rows = append(rows, id)
+		}
+	}
+	slices.Sort(rows)
+	type item struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+	}
+	ans := struct {
+		Items []item `json:"items"`
+	}{Items: []item{}}
+	for _, id := range slices.Compact(rows) {
+		if id > after && len(ans.Items) < limit {
+			ans.Items = append(ans.Items, item{id, "active"})
+		}
+	}
+	_ = json.NewEncoder(w).Encode(ans)
 }
 
 func (a *apiNode) lastRequest() (*http.Request, []byte) {

@@ -56,3 +56,39 @@ func (s *Store) Tenant(ctx context.Context, tenant, shard string) (records.Tenan
 	}
 	return row, nil
 }
+
+// MaxTenantsPage is the most tenants ListTenants answers at once.
+const MaxTenantsPage = 1000
+
+// ListTenants lists the tenants with a row on shard whose id sorts after after, in id order, at
+// most limit (1..MaxTenantsPage), with each row's status. Row-level security shows meridian_app
+// one tenant at a time, so it reads as the worker role (Config.Workers; migration 00004 lets it
+// read tenant_id and status of every row) on the shard's primary, and answers
+// records.ErrNoWorkerRole without one. A shard holds a moving tenant's importing copy and a
+// moved tenant's fenced source until cleanup: the caller decides placement from the map.
+func (s *Store) ListTenants(ctx context.Context, shard, after string, limit int) ([]records.TenantStatus, error) {
+	if limit < 1 || limit > MaxTenantsPage {
+		return nil, fmt.Errorf("pgstore: ListTenants: limit %d not in [1, %d]", limit, MaxTenantsPage)
+	}
+	sh, err := s.shard(shard)
+	if err != nil {
+		return nil, err
+	}
+	if s.cfg.Workers == nil {
+		return nil, records.ErrNoWorkerRole
+	}
+	pool, err := s.cfg.Workers.Primary(ctx, sh)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := pool.Query(ctx, `SELECT tenant_id, status FROM tenants WHERE tenant_id > $1 ORDER BY tenant_id LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, classify(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (records.TenantStatus, error) {
+		var t records.TenantStatus
+		err := r.Scan(&t.ID, &t.Status)
+		return t, err
+	})
+	return out, classify(err)
+}
