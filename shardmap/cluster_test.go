@@ -429,3 +429,29 @@ func TestNonVoterBeyondThree(t *testing.T) {
 	}
 	c.waitConverged(idx)
 }
+
+// TestFollowersLearnCommitAtOnce: a follower's copy has a committed entry without waiting for
+// the leader's commit timeout (here 10 s, so only the entry that follows every apply can tell
+// the follower in time): a cutover's held writes on every router wait for exactly this.
+func TestFollowersLearnCommitAtOnce(t *testing.T) {
+	c := newTestCluster(t, 3, func(rc *raft.Config) { rc.CommitTimeout = 10 * time.Second })
+	l := c.leader()
+	ctx := ctxT(t, 10*time.Second)
+	if _, err := l.node.Apply(ctx, testTopology()); err != nil {
+		t.Fatal(err)
+	}
+	for i, tenant := range []string{"acme", "globex", "initech"} {
+		idx, err := l.node.Apply(ctx, CreateTenant{Tenant: tenant, Region: "eu-west"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testenv.WaitFor(t, 2*time.Second, func() error {
+			for _, tn := range c.nodes {
+				if v := tn.node.Map().Version(); v < idx {
+					return fmt.Errorf("apply %d: %s has version %d, want %d (the commit timeout is 10 s)", i, tn.id, v, idx)
+				}
+			}
+			return nil
+		})
+	}
+}

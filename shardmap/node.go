@@ -361,6 +361,12 @@ func (n *Node) applyLocal(ctx context.Context, entry []byte) (uint64, error) {
 			return 0, fmt.Errorf("shardmap: apply: %w", err)
 		}
 	}
+	// Followers learn that an entry committed from the leader's next AppendEntries, which
+	// comes with the next entry or after raft.Config.CommitTimeout (50–100 ms by default) when
+	// no entry follows. A map change must reach every router at once (a cutover's held writes
+	// wait for it), so a no-op entry follows at once: the barrier carries the commit index, and
+	// nobody waits for the barrier itself.
+	n.raft.Barrier(0)
 	if res, ok := f.Response().(applyResult); ok && res.err != nil {
 		return 0, res.err
 	}
