@@ -516,6 +516,9 @@ func (w *workload) checkServed(t *testing.T, ctx context.Context, want served) {
 		t.Errorf("map entry of %s: %+v, want shard %s, home %s, epoch %d, not moving", w.tenant, ti, want.shard, to, want.epoch)
 	}
 
+	// The admin tenants list: under its shard, not under the cleaned one, never pins only.
+	e.checkListed(t, ctx, w.tenant, want.shard, want.clean)
+
 	// Every record's final state, strongly read through the new home's router.
 	byID := map[string]*record{}
 	live := 0
@@ -845,4 +848,44 @@ func (e *env) tenantShard(ctx context.Context, id string) string {
 		return ""
 	}
 	return ti.Shard
+}
+
+// checkListed checks GET /admin/v1/tenants?shard= on both shards: tenant listed once under
+// shard (with it as its placement) and not under other, every shard's rows merged (not the
+// map's pins alone).
+func (e *env) checkListed(t *testing.T, ctx context.Context, tenant, shard, other string) {
+	t.Helper()
+	for _, sh := range []string{shard, other} {
+		if sh == "" {
+			continue
+		}
+		n := 0
+		next := e.router(e.regions[0]) + "/admin/v1/tenants?limit=200&shard=" + sh
+		for next != "" {
+			r := e.do(ctx, http.MethodGet, next, e.f.AdminToken, "")
+			var page struct {
+				Items      []tenantInfo `json:"items"`
+				PinnedOnly bool         `json:"pinned_only"`
+			}
+			if r.status != http.StatusOK || json.Unmarshal(r.body, &page) != nil {
+				t.Errorf("tenants list of %s: %v", sh, r)
+				return
+			}
+			if page.PinnedOnly {
+				t.Errorf("tenants list of %s: pinned_only (an API node could not list its shard's rows)", sh)
+			}
+			for _, it := range page.Items {
+				if it.ID == tenant {
+					n++
+					if it.Shard != shard {
+						t.Errorf("tenants list of %s places %s on %s, want %s", sh, tenant, it.Shard, shard)
+					}
+				}
+			}
+			next = nextLink(r.header.Get("Link"), e.router(e.regions[0]))
+		}
+		if want := map[bool]int{true: 1, false: 0}[sh == shard]; n != want {
+			t.Errorf("tenants list of %s names %s %d times, want %d", sh, tenant, n, want)
+		}
+	}
 }
