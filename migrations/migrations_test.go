@@ -132,6 +132,7 @@ var knownMigrations = []string{
 	"00004_worker_role.sql",
 	"00005_outbox_prune.sql",
 	"00006_idempotency_seq.sql",
+	"00007_schema_version.sql",
 }
 
 // TestLatestCoversAllMigrations checks the migration files on disk against knownMigrations,
@@ -1080,5 +1081,26 @@ func TestQueriesUseIndexes(t *testing.T) {
 				t.Errorf("want a %v on %v; plan:\n%s", tt.nodes, tt.indexes, raw)
 			}
 		})
+	}
+}
+
+// TestSchemaVersionFunction: meridian_app reads the schema version through
+// meridian_schema_version() (a move compares two shards' versions) although it cannot read
+// goose's table; the worker role and roles without a grant cannot call it.
+func TestSchemaVersionFunction(t *testing.T) {
+	pg := testenv.Postgres(t)
+	ctx := testCtx(t)
+	dsn := migrated(t, pg, "shard1")
+	app := connectAs(t, dsn, migrations.AppRole)
+	var v int64
+	if err := app.QueryRow(ctx, `SELECT meridian_schema_version()`).Scan(&v); err != nil || v != migrations.Latest() {
+		t.Fatalf("meridian_schema_version() as %s = %d, %v; want %d", migrations.AppRole, v, err, migrations.Latest())
+	}
+	if _, err := app.Exec(ctx, `SELECT count(*) FROM goose_db_version`); err == nil {
+		t.Fatalf("%s reads goose_db_version directly", migrations.AppRole)
+	}
+	worker := connectAs(t, dsn, migrations.WorkerRole)
+	if err := worker.QueryRow(ctx, `SELECT meridian_schema_version()`).Scan(&v); err == nil {
+		t.Fatalf("%s may call meridian_schema_version()", migrations.WorkerRole)
 	}
 }

@@ -395,7 +395,7 @@ func (c *Controller) drive(ctx context.Context, id string) {
 		attempts++
 		c.m.stepErrors.WithLabelValues(string(mv.Phase)).Inc()
 		log.Warn("move step failed", "err", err, "attempt", attempts)
-		if beforeCutover(mv.Phase) && (attempts >= c.cfg.MaxAttempts || errors.Is(err, ErrNotConverging)) {
+		if beforeCutover(mv.Phase) && (attempts >= c.cfg.MaxAttempts || errors.Is(err, ErrNotConverging) || errors.Is(err, ErrSchemaMismatch)) {
 			c.fail(ctx, log, mv, err)
 			attempts = 0
 			continue

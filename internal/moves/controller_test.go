@@ -342,6 +342,33 @@ func TestFailureUnfencesSource(t *testing.T) {
 	}
 }
 
+// TestSchemaMismatchFailsAtOnce: a move between databases at different schema versions fails
+// before the target is prepared (no retries), naming both versions; the source stays as it was.
+func TestSchemaMismatchFailsAtOnce(t *testing.T) {
+	client := newTestMap(t)
+	st := newFakeStore()
+	st.seed("use-1", "acme", 10)
+	st.schema = map[string]int64{"use-1": 7, "euw-1": 6}
+	id := requestMove(t, client, "acme", "euw-1")
+	start(t, testConfig(t, client, st, newFakeLease(), "c1"))
+	mv := waitPhase(t, client, id, shardmap.PhaseFailed)
+	if !strings.Contains(mv.Error, "use-1 is at version 7, euw-1 at 6") {
+		t.Errorf("error = %q, want both versions named", mv.Error)
+	}
+	if n := st.count("PrepareTarget"); n != 0 {
+		t.Errorf("PrepareTarget called %d times on a schema mismatch", n)
+	}
+	if n := st.count("SchemaVersion"); n != 2 {
+		t.Errorf("SchemaVersion called %d times, want 2 (one check, no retry)", n)
+	}
+	if tr, _ := st.tenantRow("use-1", "acme"); tr.fenced || tr.status != "active" {
+		t.Errorf("source row after the failure: %+v", tr)
+	}
+	if r, _ := client.Map().Lookup("acme"); r.Shard != "use-1" || r.Epoch != 1 {
+		t.Errorf("route %s epoch %d, want use-1 epoch 1", r.Shard, r.Epoch)
+	}
+}
+
 func TestLeaseOneDriverAndTakeover(t *testing.T) {
 	client := newTestMap(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -23,6 +23,10 @@ var (
 	// ErrNotConverging is recorded as a move's error when the final verify under the fence
 	// still finds differences after Config.FinalVerifyPasses passes.
 	ErrNotConverging = errors.New("moves: final verify did not converge")
+	// ErrSchemaMismatch is recorded as a move's error when the source's and the target's
+	// databases are at different schema versions (DESIGN.md §8): the move fails at once,
+	// before the target is touched.
+	ErrSchemaMismatch = errors.New("moves: source and target schema versions differ")
 	// ErrBadConfig is returned by New for a config without its required parts.
 	ErrBadConfig = errors.New("moves: bad config")
 )

@@ -121,6 +121,8 @@ type fakeStore struct {
 	calls   map[string]int
 	// firstWrite is what FirstWrite answers (0 = not known).
 	firstWrite time.Duration
+	// schema is each shard's schema version (absent: 7).
+	schema map[string]int64
 	// hook runs after a call's effect, under no lock; an error it returns replaces the
 	// result (a crash after the database committed).
 	hook func(method string, n int) error
@@ -298,6 +300,20 @@ func (f *fakeStore) keysAfter(after Key, sets ...map[Key]frow) []Key {
 		return 0
 	})
 	return ks
+}
+
+func (f *fakeStore) SchemaVersion(ctx context.Context, shard string) (int64, error) {
+	n, err := f.call("SchemaVersion")
+	if err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	v, ok := f.schema[shard]
+	f.mu.Unlock()
+	if !ok {
+		v = 7
+	}
+	return v, f.after("SchemaVersion", n)
 }
 
 func (f *fakeStore) PrepareTarget(ctx context.Context, tenant, from, to string) error {

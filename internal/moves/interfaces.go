@@ -38,6 +38,9 @@ type Store interface {
 	Scanner
 	// PrepareTarget creates the tenant's row on shard to: status importing, fenced for clients.
 	PrepareTarget(ctx context.Context, tenant, from, to string) error
+	// SchemaVersion is the schema version (the highest migration applied) of shard's database,
+	// read on its primary.
+	SchemaVersion(ctx context.Context, shard string) (int64, error)
 	// CountRows counts the tenant's rows (tombstones included) on shard.
 	CountRows(ctx context.Context, tenant, shard string) (int64, error)
 	// CopyBatch copies up to limit rows after key after, version-guarded.

@@ -23,6 +23,9 @@ func (c *Controller) step(ctx context.Context, log *slog.Logger, mv shardmap.Mov
 	}
 	switch mv.Phase {
 	case shardmap.PhaseRequested:
+		if err := c.checkSchemas(ctx, mv); err != nil {
+			return err
+		}
 		// The target's tenant row exists, importing and fenced for clients, before any API
 		// node mirrors to it.
 		if err := c.cfg.Store.PrepareTarget(ctx, mv.Tenant, mv.From, mv.To); err != nil {
@@ -257,4 +260,24 @@ func (c *Controller) recordFirstWrite(ctx context.Context, log *slog.Logger, mv 
 	}
 	c.m.firstWrite.Observe(pause.Seconds())
 	log.Info("first write on the target", "after_fence", pause.String())
+}
+
+// checkSchemas refuses a move between databases at different schema versions (DESIGN.md §8):
+// the copy, verify and mirror statements assume the same columns on both sides. It fails the
+// move at once (ErrSchemaMismatch), before the target is prepared; the operator migrates the
+// shard that is behind and requests the move again.
+func (c *Controller) checkSchemas(ctx context.Context, mv shardmap.Move) error {
+	from, err := c.cfg.Store.SchemaVersion(ctx, mv.From)
+	if err != nil {
+		return fmt.Errorf("schema version of %s: %w", mv.From, err)
+	}
+	to, err := c.cfg.Store.SchemaVersion(ctx, mv.To)
+	if err != nil {
+		return fmt.Errorf("schema version of %s: %w", mv.To, err)
+	}
+	if from != to {
+		return fmt.Errorf("%w: %s is at version %d, %s at %d; migrate both to the same version and request the move again",
+			ErrSchemaMismatch, mv.From, from, mv.To, to)
+	}
+	return nil
 }

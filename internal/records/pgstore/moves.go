@@ -197,6 +197,21 @@ func (s *Store) mirror(ctx context.Context, t records.Target, ch records.Change)
 	}
 }
 
+// SchemaVersion is the schema version (the highest migration applied) of shard's database,
+// read on its primary through meridian_schema_version() (migration 00007: meridian_app cannot
+// read goose's table).
+func (s *Store) SchemaVersion(ctx context.Context, shard string) (int64, error) {
+	_, pool, err := s.primary(ctx, shard)
+	if err != nil {
+		return 0, err
+	}
+	var v int64
+	if err := pool.QueryRow(ctx, `SELECT meridian_schema_version()`).Scan(&v); err != nil {
+		return 0, classify(err)
+	}
+	return v, nil
+}
+
 // PrepareTarget creates tenant's row on shard to (a move from shard from): status importing
 // and write_fenced, so no client write lands there before the cutover while the mirror, the
 // backfill and the repair fill it. The tenant must exist on from (records.ErrTenantNotFound).

@@ -580,3 +580,22 @@ func TestMoveThroughput(t *testing.T) {
 			limit, n, c.Round(time.Millisecond), n/c.Seconds(), n, v.Round(time.Millisecond), n/v.Seconds())
 	}
 }
+
+// TestSchemaVersion: the store reads each shard's schema version as meridian_app (the move
+// controller compares them), and sees a shard that is behind.
+func TestSchemaVersion(t *testing.T) {
+	e := newMoveEnv(t)
+	ctx := context.Background()
+	for _, sh := range []string{"s1", "s2"} {
+		if v, err := e.src.SchemaVersion(ctx, sh); err != nil || v != migrations.Latest() {
+			t.Fatalf("SchemaVersion(%s) = %d, %v; want %d", sh, v, err, migrations.Latest())
+		}
+	}
+	// A shard one migration behind (as the superuser, goose's own bookkeeping).
+	if _, err := e.admin["s2"].Exec(ctx, `DELETE FROM goose_db_version WHERE version_id = $1`, migrations.Latest()); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := e.src.SchemaVersion(ctx, "s2"); err != nil || v != migrations.Latest()-1 {
+		t.Fatalf("SchemaVersion(s2) after removing the last version = %d, %v; want %d", v, err, migrations.Latest()-1)
+	}
+}
