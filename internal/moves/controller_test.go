@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -163,6 +164,14 @@ func TestMovePhaseSequence(t *testing.T) {
 	}
 	if tr, _ := st.tenantRow("euw-1", "acme"); tr.changeSeq != seedRows+6 {
 		t.Errorf("target change_seq = %d, want the source's %d", tr.changeSeq, seedRows+6)
+	}
+	// The cutover finished the target from the precopy's mark (FinishTargetFrom: fewer round
+	// trips under the fence; the fake refuses a mark that is not the importing copy's).
+	st.mu.Lock()
+	marks := slices.Clone(st.finishMarks)
+	st.mu.Unlock()
+	if len(marks) != 1 || marks[0] != seedRows+6 {
+		t.Errorf("FinishTargetFrom marks = %v, want [%d] (the precopy's mark)", marks, seedRows+6)
 	}
 }
 

@@ -30,53 +30,56 @@ import (
 // (the pause is then that many keys' worth longer; beyond that it keeps trying and logs each
 // pass, the "verify never converges" case of docs/moves.md). PrecopyTarget runs first and again
 // whenever it trails by more than copyFactor × MaxFinalDelta writes. It returns the mark the
-// next delta starts from.
-func (c *Controller) catchUp(ctx context.Context, log *slog.Logger, mv shardmap.Move, mark int64, diffs int) (int64, error) {
-	var copied int64 = -1
+// next delta starts from, and the mark of the last PrecopyTarget (the importing copy's
+// change_seq, for FinishTargetFrom).
+func (c *Controller) catchUp(ctx context.Context, log *slog.Logger, mv shardmap.Move, mark int64, diffs int) (next, copied int64, err error) {
+	copied = -1
 	best, stalls := int64(math.MaxInt64), 0
 	for pass := 2; ; pass++ {
 		if err := c.stillIn(mv.ID, shardmap.PhaseVerify); err != nil {
-			return mark, err
+			return mark, copied, err
 		}
-		upto, err := c.cfg.Store.CommittedSeq(ctx, mv.Tenant, mv.From)
+		var upto int64
+		upto, err = c.cfg.Store.CommittedSeq(ctx, mv.Tenant, mv.From)
 		if err != nil {
-			return mark, fmt.Errorf("read the source's change sequence: %w", err)
+			return mark, copied, fmt.Errorf("read the source's change sequence: %w", err)
 		}
 		if copied < 0 || upto-copied > copyFactor*c.cfg.MaxFinalDelta {
 			// Not `continue` after it: writes during the copy must not keep the delta passes
 			// from running (a livelock found by `bench -scenario moves`).
 			if copied, err = c.cfg.Store.PrecopyTarget(ctx, mv.Tenant, mv.From, mv.To); err != nil {
-				return mark, fmt.Errorf("precopy outbox and idempotency keys: %w", err)
+				return mark, copied, fmt.Errorf("precopy outbox and idempotency keys: %w", err)
 			}
 			log.Info("outbox and idempotency keys copied ahead of the fence", "change_seq", copied)
 			// The copy took time: judge what is pending by the sequence now.
 			if upto, err = c.cfg.Store.CommittedSeq(ctx, mv.Tenant, mv.From); err != nil {
-				return mark, fmt.Errorf("read the source's change sequence: %w", err)
+				return mark, copied, fmt.Errorf("read the source's change sequence: %w", err)
 			}
 		}
 		pending := upto - mark
 		if diffs <= c.cfg.VerifyThreshold && pending <= c.cfg.MaxFinalDelta {
-			return mark, nil
+			return mark, copied, nil
 		}
 		if pending <= stallFactor*c.cfg.MaxFinalDelta {
 			if pending < best {
 				best, stalls = pending, 0
 			} else if stalls++; stalls >= stallPasses {
 				log.Info("pending writes no longer shrink; cutting over with them", "pending", pending, "max_final_delta", c.cfg.MaxFinalDelta)
-				return mark, nil
+				return mark, copied, nil
 			}
 		}
-		checked, d, err := c.deltaPass(ctx, mv, mark, upto)
+		var checked, d int
+		checked, d, err = c.deltaPass(ctx, mv, mark, upto)
 		if errors.Is(err, records.ErrChangesPruned) {
 			log.Warn("the source's outbox no longer holds the delta; a full pass instead", "after", mark, "upto", upto)
 			if d, err = c.verifyPass(ctx, mv, true); err != nil {
-				return mark, err
+				return mark, copied, err
 			}
 			mark, diffs = upto, d
 			continue
 		}
 		if err != nil {
-			return mark, err
+			return mark, copied, err
 		}
 		log.Info("verify pass", "pass", pass, "kind", "delta", "after", mark, "upto", upto, "keys", checked, "differences", d)
 		mark, diffs = upto, d
@@ -107,18 +110,11 @@ func (c *Controller) deltaPass(ctx context.Context, mv shardmap.Move, after, upt
 	return len(keys), len(d), nil
 }
 
-// finalDelta runs under the fence at change sequence seq: the delta since mark, then the
-// repaired keys again, until a comparison finds nothing (at most FinalVerifyPasses of them).
-// Nothing writes the source now, so a repair cannot race with a write and one round normally
-// suffices; the second comparison confirms it.
-func (c *Controller) finalDelta(ctx context.Context, mv shardmap.Move, mark, seq int64) error {
-	keys, err := c.cfg.Store.ChangedKeys(ctx, mv.Tenant, mv.From, mark, seq)
-	if errors.Is(err, records.ErrChangesPruned) {
-		return c.finalFull(ctx, mv)
-	}
-	if err != nil {
-		return fmt.Errorf("changed keys in (%d, %d]: %w", mark, seq, err)
-	}
+// finalDelta runs under the fence: keys are the ones the writes since the last pass wrote
+// (FenceDelta). It compares them, then the repaired keys again, until a comparison finds
+// nothing (at most FinalVerifyPasses of them). Nothing writes the source now, so a repair
+// cannot race with a write and one round normally suffices; the second comparison confirms it.
+func (c *Controller) finalDelta(ctx context.Context, mv shardmap.Move, keys []Key) error {
 	for pass := 1; pass <= c.cfg.FinalVerifyPasses; pass++ {
 		diffs, err := c.cfg.Store.VerifyKeys(ctx, mv.Tenant, mv.From, mv.To, keys)
 		if err != nil {

@@ -123,6 +123,8 @@ type fakeStore struct {
 	firstWrite time.Duration
 	// schema is each shard's schema version (absent: 7).
 	schema map[string]int64
+	// finishMarks are the marks FinishTargetFrom was given, in call order.
+	finishMarks []int64
 	// hook runs after a call's effect, under no lock; an error it returns replaces the
 	// result (a crash after the database committed).
 	hook func(method string, n int) error
@@ -504,6 +506,35 @@ func (f *fakeStore) Fence(ctx context.Context, tenant, shard string) (int64, err
 	seq := tr.changeSeq
 	f.mu.Unlock()
 	return seq, f.after("Fence", n)
+}
+
+// FenceDelta is Fence then ChangedKeys (each counted and hooked under its own name).
+func (f *fakeStore) FenceDelta(ctx context.Context, tenant, shard string, after int64) (int64, []Key, error) {
+	seq, err := f.Fence(ctx, tenant, shard)
+	if err != nil {
+		return 0, nil, err
+	}
+	keys, err := f.ChangedKeys(ctx, tenant, shard, after, seq)
+	return seq, keys, err
+}
+
+// FinishTargetFrom records the mark and is FinishTarget; a mark that is not the importing
+// copy's change_seq is an error (the real store falls back to FinishTarget instead, which the
+// pgstore tests cover; here it would hide a controller passing the wrong mark).
+func (f *fakeStore) FinishTargetFrom(ctx context.Context, tenant, from, to string, epoch uint64, changeSeq, mark int64) error {
+	f.mu.Lock()
+	f.finishMarks = append(f.finishMarks, mark)
+	tr := f.tenant(to, tenant, false)
+	var cur int64
+	importing := tr != nil && tr.status == "importing"
+	if tr != nil {
+		cur = tr.changeSeq
+	}
+	f.mu.Unlock()
+	if importing && cur != mark {
+		return fmt.Errorf("FinishTargetFrom: mark %d, but the importing copy's change_seq is %d", mark, cur)
+	}
+	return f.FinishTarget(ctx, tenant, from, to, epoch, changeSeq)
 }
 
 func (f *fakeStore) Unfence(ctx context.Context, tenant, shard string) error {

@@ -54,11 +54,17 @@ type Store interface {
 	// Fence stops client writes of the tenant on shard (in a transaction) and returns the
 	// tenant's change sequence there; a fenced tenant answers the same sequence again.
 	Fence(ctx context.Context, tenant, shard string) (changeSeq int64, err error)
+	// FenceDelta is Fence and then ChangedKeys(after, the fenced change sequence) in one round
+	// trip; on an error wrapping records.ErrChangesPruned the fence is set and changeSeq valid.
+	FenceDelta(ctx context.Context, tenant, shard string, after int64) (changeSeq int64, keys []Key, err error)
 	// Unfence lets client writes of the tenant on shard through again.
 	Unfence(ctx context.Context, tenant, shard string) error
 	// FinishTarget makes the target row active with write epoch epoch and change sequence
 	// changeSeq, and copies the tenant's idempotency keys and outbox rows.
 	FinishTarget(ctx context.Context, tenant, from, to string, epoch uint64, changeSeq int64) error
+	// FinishTargetFrom is FinishTarget for a caller that knows the mark its PrecopyTarget
+	// returned (fewer round trips); the store falls back to FinishTarget when the mark is stale.
+	FinishTargetFrom(ctx context.Context, tenant, from, to string, epoch uint64, changeSeq, mark int64) error
 	// DropTenant deletes the tenant's rows (and its tenant row) on shard.
 	DropTenant(ctx context.Context, tenant, shard string) error
 

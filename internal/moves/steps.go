@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/meridian-dev/meridian/internal/records"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -101,19 +102,22 @@ func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv 
 		return err
 	}
 	log.Info("verify pass", "pass", 1, "kind", "full", "differences", diffs, "mark", mark)
-	if mark, err = c.catchUp(ctx, log, mv, mark, diffs); err != nil {
+	mark, copied, err := c.catchUp(ctx, log, mv, mark, diffs)
+	if err != nil {
 		return err
 	}
 	c.m.phaseSeconds.WithLabelValues(string(shardmap.PhaseVerify)).Observe(c.now().Sub(start).Seconds())
 
 	start = c.now()
-	seq, err := c.cfg.Store.Fence(ctx, mv.Tenant, mv.From)
-	if err != nil {
+	// The fence and the keys written since the last pass, in one round trip.
+	seq, keys, err := c.cfg.Store.FenceDelta(ctx, mv.Tenant, mv.From, mark)
+	pruned := errors.Is(err, records.ErrChangesPruned)
+	if err != nil && !pruned {
 		return fmt.Errorf("fence source: %w", err)
 	}
 	c.noteFence(mv.ID, start)
 	fenced := c.now()
-	if err := c.finishUnderFence(ctx, mv, mark, seq); err != nil {
+	if err := c.finishUnderFence(ctx, mv, keys, pruned, seq, copied); err != nil {
 		if ctx.Err() == nil && !errors.Is(err, errMapMovedOn) {
 			// Lift the fence before retrying or failing, so held writes go back to the source
 			// instead of timing out; the retry fences again. (A cancel is settled by settle.)
@@ -140,10 +144,16 @@ func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv 
 	return nil
 }
 
-// finishUnderFence runs the final delta verify under the fence and finishes the target with
-// the epoch the Cutover command will give the tenant.
-func (c *Controller) finishUnderFence(ctx context.Context, mv shardmap.Move, mark, seq int64) error {
-	if err := c.finalDelta(ctx, mv, mark, seq); err != nil {
+// finishUnderFence runs the final verify under the fence at change sequence seq — the delta
+// over keys, or full passes when the source's outbox no longer held it (pruned) — and finishes
+// the target with the epoch the Cutover command will give the tenant; copied is the mark of
+// this process's last PrecopyTarget (-1: none).
+func (c *Controller) finishUnderFence(ctx context.Context, mv shardmap.Move, keys []Key, pruned bool, seq, copied int64) error {
+	verify := func() error { return c.finalDelta(ctx, mv, keys) }
+	if pruned {
+		verify = func() error { return c.finalFull(ctx, mv) }
+	}
+	if err := verify(); err != nil {
 		return err
 	}
 	route, err := c.cfg.Map.Map().Lookup(mv.Tenant)
@@ -151,7 +161,11 @@ func (c *Controller) finishUnderFence(ctx context.Context, mv shardmap.Move, mar
 		return fmt.Errorf("lookup %s: %w", mv.Tenant, err)
 	}
 	epoch := route.Epoch + 1 // what the Cutover command will give the tenant
-	if err := c.cfg.Store.FinishTarget(ctx, mv.Tenant, mv.From, mv.To, epoch, seq); err != nil {
+	finish := func() error { return c.cfg.Store.FinishTarget(ctx, mv.Tenant, mv.From, mv.To, epoch, seq) }
+	if copied >= 0 {
+		finish = func() error { return c.cfg.Store.FinishTargetFrom(ctx, mv.Tenant, mv.From, mv.To, epoch, seq, copied) }
+	}
+	if err := finish(); err != nil {
 		return fmt.Errorf("finish target: %w", err)
 	}
 	return nil

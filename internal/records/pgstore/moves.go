@@ -422,17 +422,56 @@ func (s *Store) Repair(ctx context.Context, tenant, from, to string, keys []reco
 // transaction and fails with records.ErrTenantFenced. It returns the tenant's final change_seq.
 // Idempotent. records.ErrTenantNotFound when the shard has no row for the tenant.
 func (s *Store) Fence(ctx context.Context, tenant, shard string) (changeSeq int64, err error) {
-	return s.setFence(ctx, tenant, shard, true)
+	return s.setFence(ctx, tenant, shard, true, nil)
+}
+
+// FenceDelta is Fence and then ChangedKeys(after, the fenced change_seq) in the same round
+// trip: the keys the tenant's writes since after wrote, in key order. The fence holds even when
+// the keys cannot be told (an error wrapping records.ErrChangesPruned, with changeSeq).
+func (s *Store) FenceDelta(ctx context.Context, tenant, shard string, after int64) (changeSeq int64, keys []records.Key, err error) {
+	if after < 0 {
+		return 0, nil, fmt.Errorf("pgstore: FenceDelta: after %d", after)
+	}
+	var n int64
+	seq, err := s.setFence(ctx, tenant, shard, true, func(b *pgx.Batch) {
+		// The fence's UPDATE waited for every write holding the tenant row, and each statement
+		// of the batch reads a new snapshot: every change up to the fenced change_seq is seen.
+		const upto = `(SELECT change_seq FROM tenants WHERE tenant_id = $1)`
+		b.Queue(`SELECT count(*) FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= `+upto, tenant, after).
+			QueryRow(func(r pgx.Row) error { return r.Scan(&n) })
+		b.Queue(`SELECT DISTINCT collection, record_id FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= `+upto+`
+			ORDER BY collection, record_id`, tenant, after).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var k records.Key
+				if err := rows.Scan(&k.Collection, &k.ID); err != nil {
+					return err
+				}
+				keys = append(keys, k)
+			}
+			return rows.Err()
+		})
+	})
+	switch {
+	case err != nil:
+		return 0, nil, err
+	case seq < after:
+		return seq, nil, fmt.Errorf("pgstore: FenceDelta: change_seq %d of %s on %s is below %d", seq, tenant, shard, after)
+	case n != seq-after:
+		return seq, nil, fmt.Errorf("%w: %d of the %d changes in (%d, %d] of %s on %s", records.ErrChangesPruned, n, seq-after, after, seq, tenant, shard)
+	}
+	return seq, keys, nil
 }
 
 // Unfence lets tenant's client writes on shard proceed again (a failed move's source).
 // Idempotent. records.ErrTenantNotFound when the shard has no row for the tenant.
 func (s *Store) Unfence(ctx context.Context, tenant, shard string) error {
-	_, err := s.setFence(ctx, tenant, shard, false)
+	_, err := s.setFence(ctx, tenant, shard, false, nil)
 	return err
 }
 
-func (s *Store) setFence(ctx context.Context, tenant, shard string, fenced bool) (int64, error) {
+// setFence sets or clears the fence in one round trip; more queues statements that run after
+// it in the same implicit transaction.
+func (s *Store) setFence(ctx context.Context, tenant, shard string, fenced bool, more func(*pgx.Batch)) (int64, error) {
 	_, pool, err := s.primary(ctx, shard)
 	if err != nil {
 		return 0, err
@@ -453,6 +492,9 @@ func (s *Store) setFence(ctx context.Context, tenant, shard string, fenced bool)
 		}
 		return err
 	})
+	if more != nil {
+		more(b)
+	}
 	err = pool.SendBatch(ctx, b).Close()
 	return seq, classify(err)
 }
@@ -554,6 +596,13 @@ func finishFast(ctx context.Context, src, dst *pgxpool.Pool, tenant string, epoc
 		// the transaction's paged copy does that.
 		return false, nil
 	}
+	return finishKnown(ctx, src, dst, tenant, epoch, changeSeq, mark, last, now)
+}
+
+// finishKnown is finishFast after its first read: mark is the importing copy's change_seq
+// (the last PrecopyTarget's), last the target's newest outbox seq. The target's row is
+// activated only if it is still importing at mark.
+func finishKnown(ctx context.Context, src, dst *pgxpool.Pool, tenant string, epoch uint64, changeSeq, mark, last int64, now time.Time) (done bool, err error) {
 	var fenced bool
 	var srcSeq int64
 	var ob outboxRows
@@ -583,6 +632,32 @@ func finishFast(ctx context.Context, src, dst *pgxpool.Pool, tenant string, epoc
 		return false, err
 	}
 	return activated == 1, nil
+}
+
+// FinishTargetFrom is FinishTarget for a controller that knows the mark its PrecopyTarget
+// returned (the importing copy's change_seq): it skips finishFast's read of the target, so it
+// takes two round trips (one on each side), and falls back to FinishTarget whenever the mark
+// is not the target's any more or anything else is unusual.
+func (s *Store) FinishTargetFrom(ctx context.Context, tenant, from, to string, epoch uint64, changeSeq, mark int64) error {
+	if epoch < 1 || changeSeq < 0 || from == to {
+		return fmt.Errorf("pgstore: FinishTargetFrom: epoch %d, change_seq %d, %s -> %s", epoch, changeSeq, from, to)
+	}
+	if mark > 0 && mark <= changeSeq {
+		_, src, err := s.primary(ctx, from)
+		if err != nil {
+			return err
+		}
+		_, dst, err := s.primary(ctx, to)
+		if err != nil {
+			return err
+		}
+		// The target holds the outbox rows up to the mark (PrecopyTarget copied them).
+		done, err := finishKnown(ctx, src, dst, tenant, epoch, changeSeq, mark, mark, s.cfg.Now())
+		if err != nil || done {
+			return classify(err)
+		}
+	}
+	return s.FinishTarget(ctx, tenant, from, to, epoch, changeSeq)
 }
 
 // errDone ends FinishTarget's transaction early: the work was done before.

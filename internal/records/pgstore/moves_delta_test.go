@@ -124,6 +124,10 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 	if err != nil || !slices.Equal(changed, []records.Key{key("d"), key("e")}) {
 		t.Fatalf("ChangedKeys under the fence = %v, %v; want d, e", changed, err)
 	}
+	// FenceDelta: the same fence (idempotent) and the same keys, in one round trip.
+	if seq, keys, err := e.src.FenceDelta(ctx, "acme", "s1", mark); err != nil || seq != fence || !slices.Equal(keys, changed) {
+		t.Fatalf("FenceDelta = %d, %v, %v; want %d, %v", seq, keys, err, fence, changed)
+	}
 	if diffs, err := e.src.VerifyKeys(ctx, "acme", "s1", "s2", changed); err != nil || len(diffs) != 0 {
 		t.Fatalf("VerifyKeys after the copy = %v, %v; want none", diffs, err)
 	}
@@ -149,10 +153,21 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 	if n := e.scalar(t, "s2", `SELECT count(*) FROM outbox WHERE tenant_id = 'acme'`); n != 5 {
 		t.Fatalf("outbox rows on the target after a refused finishFast: %d, want 5 (the precopy's)", n)
 	}
-	if done, err := finishFast(ctx, srcPool, dstPool, "acme", 2, fence, time.Now()); !done || err != nil {
-		t.Fatalf("finishFast after a precopy: done %v, %v; want done", done, err)
+	// Knowing the precopy's mark (FinishTargetFrom's path) skips the read of the target; a mark
+	// that is not the importing copy's changes nothing.
+	if done, err := finishKnown(ctx, srcPool, dstPool, "acme", 2, fence, mark+1, mark+1, time.Now()); done || err != nil {
+		t.Fatalf("finishKnown with a stale mark: done %v, %v", done, err)
 	}
-	// FinishTarget again (a restarted controller) finds it done.
+	if n := e.scalar(t, "s2", `SELECT count(*) FROM outbox WHERE tenant_id = 'acme'`); n != 5 {
+		t.Fatalf("outbox rows on the target after a stale mark: %d, want 5 (the precopy's)", n)
+	}
+	if done, err := finishKnown(ctx, srcPool, dstPool, "acme", 2, fence, mark, mark, time.Now()); !done || err != nil {
+		t.Fatalf("finishKnown at the precopy's mark: done %v, %v; want done", done, err)
+	}
+	// Again (a restarted controller), either way: done, nothing changes.
+	if err := e.src.FinishTargetFrom(ctx, "acme", "s1", "s2", 2, fence, mark); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.src.FinishTarget(ctx, "acme", "s1", "s2", 2, fence); err != nil {
 		t.Fatal(err)
 	}
@@ -210,6 +225,9 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 	e.exec(t, "s1", `DELETE FROM outbox WHERE tenant_id = 'acme' AND seq = 6`)
 	if _, err := e.src.ChangedKeys(ctx, "acme", "s1", 5, 7); !errors.Is(err, records.ErrChangesPruned) {
 		t.Fatalf("ChangedKeys over a pruned row: %v, want ErrChangesPruned", err)
+	}
+	if seq, _, err := e.src.FenceDelta(ctx, "acme", "s1", 5); !errors.Is(err, records.ErrChangesPruned) || seq < 7 {
+		t.Fatalf("FenceDelta over a pruned row: %d, %v; want ErrChangesPruned with the fenced seq", seq, err)
 	}
 }
 
