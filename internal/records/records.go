@@ -10,6 +10,7 @@
 package records
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"time"
@@ -99,8 +100,11 @@ type Key struct {
 }
 
 // Less reports whether k sorts before o.
-func (k Key) Less(o Key) bool {
-	return k.Collection < o.Collection || (k.Collection == o.Collection && k.ID < o.ID)
+func (k Key) Less(o Key) bool { return k.Compare(o) < 0 }
+
+// Compare orders keys as the records primary key does (collation "C": by bytes), -1, 0 or +1.
+func (k Key) Compare(o Key) int {
+	return cmp.Or(cmp.Compare(k.Collection, o.Collection), cmp.Compare(k.ID, o.ID))
 }
 
 // MirrorResult is what became of a write's mirror to a move's target shard.

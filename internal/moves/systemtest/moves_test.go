@@ -96,7 +96,10 @@ func runMove(t *testing.T, ctx context.Context, e *env, w *workload, ti tenantIn
 func TestMoveUnderLoad(t *testing.T) {
 	e := cluster(t)
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	// The move's watch limit grows with the tenant; so must the test's deadline, which also
+	// covers the seeding (4m22s for 200,000 records on a loaded machine).
+	limit := 2*time.Minute + 4*time.Duration(loadRecords)*time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute+2*limit)
 	defer cancel()
 	const tenant = "mvload"
 	defer e.dumpLogs(t, tenant)
@@ -105,7 +108,7 @@ func TestMoveUnderLoad(t *testing.T) {
 	w := newWorkload(e, t, tenant, ti.HomeRegion, loadWritersPerRegion, watch.phase)
 	w.seed(t, ctx, ti.Shard, loadRecords)
 	m := runMove(t, ctx, e, w, ti, to, third, watch, moveOpts{writeRate: float64(loadWriteRate), every: 50 * time.Millisecond,
-		limit: 2*time.Minute + 4*time.Duration(loadRecords)*time.Millisecond})
+		limit: limit})
 	defer e.dumpLogs(t, m.ID)
 	w.checkFinal(t, ctx, m, to, third)
 	if w.moveRate < float64(minWriteRate) {
