@@ -114,22 +114,26 @@ func (c *Controller) deltaPass(ctx context.Context, mv shardmap.Move, after, upt
 // (FenceDelta). It compares them, then the repaired keys again, until a comparison finds
 // nothing (at most FinalVerifyPasses of them). Nothing writes the source now, so a repair
 // cannot race with a write and one round normally suffices; the second comparison confirms it.
-func (c *Controller) finalDelta(ctx context.Context, mv shardmap.Move, keys []Key) error {
+// The rows it repairs are returned, not recorded in the map: a Raft command under the fence
+// would lengthen the pause; the caller records them after the cutover.
+func (c *Controller) finalDelta(ctx context.Context, mv shardmap.Move, keys []Key) (repaired int, err error) {
 	for pass := 1; pass <= c.cfg.FinalVerifyPasses; pass++ {
 		diffs, err := c.cfg.Store.VerifyKeys(ctx, mv.Tenant, mv.From, mv.To, keys)
 		if err != nil {
-			return fmt.Errorf("verify keys: %w", err)
+			return repaired, fmt.Errorf("verify keys: %w", err)
 		}
 		if len(diffs) == 0 {
-			return nil
+			return repaired, nil
 		}
 		c.log.Info("final verify pass repaired differences", "move_id", mv.ID, "pass", pass, "kind", "delta", "differences", len(diffs))
-		if err := c.repair(ctx, mv, diffs); err != nil {
-			return err
+		n, err := c.repairRows(ctx, mv, diffs)
+		repaired += n
+		if err != nil {
+			return repaired, err
 		}
 		keys = diffs
 	}
-	return fmt.Errorf("%w: differences remain after %d passes under the fence", ErrNotConverging, c.cfg.FinalVerifyPasses)
+	return repaired, fmt.Errorf("%w: differences remain after %d passes under the fence", ErrNotConverging, c.cfg.FinalVerifyPasses)
 }
 
 // finalFull is the final verify as full passes, for when the outbox cannot give the delta.
@@ -150,17 +154,29 @@ func (c *Controller) finalFull(ctx context.Context, mv shardmap.Move) error {
 // repair makes the target's rows of keys equal to the source's and records the rows it
 // changed in the map.
 func (c *Controller) repair(ctx context.Context, mv shardmap.Move, keys []Key) error {
+	n, err := c.repairRows(ctx, mv, keys)
+	if err != nil || n == 0 {
+		return err
+	}
+	return c.addRepairs(ctx, mv, n)
+}
+
+// repairRows makes the target's rows of keys equal to the source's and counts them in the
+// metric; it does not touch the map.
+func (c *Controller) repairRows(ctx context.Context, mv shardmap.Move, keys []Key) (int, error) {
 	if len(keys) == 0 {
-		return nil
+		return 0, nil
 	}
 	n, err := c.cfg.Store.Repair(ctx, mv.Tenant, mv.From, mv.To, keys)
 	if err != nil {
-		return fmt.Errorf("repair: %w", err)
-	}
-	if n == 0 {
-		return nil
+		return 0, fmt.Errorf("repair: %w", err)
 	}
 	c.m.repairs.Add(float64(n))
+	return n, nil
+}
+
+// addRepairs adds n repaired rows to the move's count in the map.
+func (c *Controller) addRepairs(ctx context.Context, mv shardmap.Move, n int) error {
 	cur, ok := c.cfg.Map.Map().Move(mv.ID)
 	if !ok {
 		return errMapMovedOn

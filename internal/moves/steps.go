@@ -117,7 +117,8 @@ func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv 
 	}
 	c.noteFence(mv.ID, start)
 	fenced := c.now()
-	if err := c.finishUnderFence(ctx, mv, keys, pruned, seq, copied); err != nil {
+	repaired, err := c.finishUnderFence(ctx, mv, keys, pruned, seq, copied)
+	if err != nil {
 		if ctx.Err() == nil && !errors.Is(err, errMapMovedOn) {
 			// Lift the fence before retrying or failing, so held writes go back to the source
 			// instead of timing out; the retry fences again. (A cancel is settled by settle.)
@@ -139,8 +140,15 @@ func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv 
 	c.m.phaseSeconds.WithLabelValues(string(shardmap.PhaseCutover)).Observe(pause.Seconds())
 	// Where the pause went: the fence's transaction, the final delta and FinishTarget, the
 	// Cutover command (Raft) until the controller's own map copy shows it.
-	log.Info("cutover applied", "change_seq", seq, "delta", seq-mark, "pause", pause.String(),
+	log.Info("cutover applied", "change_seq", seq, "delta", seq-mark, "repaired", repaired, "pause", pause.String(),
 		"fence", fenced.Sub(start).String(), "verify_finish", finished.Sub(fenced).String(), "map", c.now().Sub(finished).String())
+	if repaired > 0 {
+		// A figure, not state: a controller that dies before this line loses these rows from
+		// the count (the repairs themselves are done).
+		if err := c.addRepairs(ctx, mv, repaired); err != nil && !errors.Is(err, errMapMovedOn) {
+			log.Warn("recording the final delta's repairs failed", "repaired", repaired, "err", err)
+		}
+	}
 	return nil
 }
 
@@ -148,17 +156,18 @@ func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv 
 // over keys, or full passes when the source's outbox no longer held it (pruned) — and finishes
 // the target with the epoch the Cutover command will give the tenant; copied is the mark of
 // this process's last PrecopyTarget (-1: none).
-func (c *Controller) finishUnderFence(ctx context.Context, mv shardmap.Move, keys []Key, pruned bool, seq, copied int64) error {
-	verify := func() error { return c.finalDelta(ctx, mv, keys) }
+// It returns the rows the final delta repaired, which the caller records after the cutover.
+func (c *Controller) finishUnderFence(ctx context.Context, mv shardmap.Move, keys []Key, pruned bool, seq, copied int64) (repaired int, err error) {
 	if pruned {
-		verify = func() error { return c.finalFull(ctx, mv) }
-	}
-	if err := verify(); err != nil {
-		return err
+		if err := c.finalFull(ctx, mv); err != nil {
+			return 0, err
+		}
+	} else if repaired, err = c.finalDelta(ctx, mv, keys); err != nil {
+		return repaired, err
 	}
 	route, err := c.cfg.Map.Map().Lookup(mv.Tenant)
 	if err != nil {
-		return fmt.Errorf("lookup %s: %w", mv.Tenant, err)
+		return repaired, fmt.Errorf("lookup %s: %w", mv.Tenant, err)
 	}
 	epoch := route.Epoch + 1 // what the Cutover command will give the tenant
 	finish := func() error { return c.cfg.Store.FinishTarget(ctx, mv.Tenant, mv.From, mv.To, epoch, seq) }
@@ -166,9 +175,9 @@ func (c *Controller) finishUnderFence(ctx context.Context, mv shardmap.Move, key
 		finish = func() error { return c.cfg.Store.FinishTargetFrom(ctx, mv.Tenant, mv.From, mv.To, epoch, seq, copied) }
 	}
 	if err := finish(); err != nil {
-		return fmt.Errorf("finish target: %w", err)
+		return repaired, fmt.Errorf("finish target: %w", err)
 	}
-	return nil
+	return repaired, nil
 }
 
 // settle cleans up after a cancelled or failed move, once per process (and again after a

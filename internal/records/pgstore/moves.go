@@ -824,10 +824,13 @@ func copyIdemKeys(ctx context.Context, src *pgxpool.Pool, tx pgx.Tx, tenant stri
 	}
 }
 
-// DropTenant deletes tenant's row on shard and, by cascade, its records, outbox and
-// Idempotency-Key rows there: a finished move's source (fenced) or a cancelled move's target
-// (importing). It refuses the tenant's live copy, active and unfenced, with
-// records.ErrTenantLive: fence that first. Idempotent: no row is success.
+// DropTenant deletes tenant's rows on shard: a finished move's source (fenced) or a cancelled
+// move's target (importing). The records, outbox and Idempotency-Key rows go in batches of
+// dropBatch, each statement its own transaction that deletes only while the tenant's row is not
+// live (one statement over a tenant of 200,000 rows outlasted the statement timeout, again and
+// again, on a loaded machine), then the tenant's row, whose cascade takes whatever is left. It
+// refuses the tenant's live copy, active and unfenced, with records.ErrTenantLive: fence that
+// first. Idempotent: no row is success.
 func (s *Store) DropTenant(ctx context.Context, tenant, shard string) error {
 	_, pool, err := s.primary(ctx, shard)
 	if err != nil {
@@ -835,16 +838,44 @@ func (s *Store) DropTenant(ctx context.Context, tenant, shard string) error {
 	}
 	var status string
 	var fenced bool
+	check := func(err error) (done bool, _ error) {
+		switch {
+		case errors.Is(err, records.ErrTenantNotFound):
+			return true, nil
+		case err != nil:
+			return true, classify(err)
+		case status == StatusActive && !fenced:
+			return true, fmt.Errorf("%w: %s on %s", records.ErrTenantLive, tenant, shard)
+		}
+		return false, nil
+	}
+	for _, t := range []struct{ table, key string }{{"records", "collection, id"}, {"outbox", "seq"}, {"idempotency_keys", "key"}} {
+		for {
+			var n int64
+			err := scopedBatch(ctx, pool, tenant, &status, &fenced, func(b *pgx.Batch) {
+				b.Queue(`DELETE FROM `+t.table+` WHERE tenant_id = $1 AND (`+t.key+`) IN (
+						SELECT `+t.key+` FROM `+t.table+` WHERE tenant_id = $1 ORDER BY `+t.key+` LIMIT $2)
+					AND EXISTS (SELECT FROM tenants WHERE tenant_id = $1 AND (write_fenced OR status <> $3))`,
+					tenant, dropBatch, StatusActive).Exec(func(tag pgconn.CommandTag) error {
+					n = tag.RowsAffected()
+					return nil
+				})
+			})
+			if done, err := check(err); done {
+				return err
+			}
+			if n < int64(dropBatch) {
+				break
+			}
+		}
+	}
 	err = scopedBatch(ctx, pool, tenant, &status, &fenced, func(b *pgx.Batch) {
 		b.Queue(`DELETE FROM tenants WHERE tenant_id = $1 AND (write_fenced OR status <> $2)`, tenant, StatusActive)
 	})
-	switch {
-	case errors.Is(err, records.ErrTenantNotFound):
-		return nil
-	case err != nil:
-		return classify(err)
-	case status == StatusActive && !fenced:
-		return fmt.Errorf("%w: %s on %s", records.ErrTenantLive, tenant, shard)
-	}
-	return nil
+	_, err = check(err)
+	return err
 }
+
+// dropBatch is how many rows of one table DropTenant deletes per statement (a variable so a
+// test can make a small tenant take several).
+var dropBatch = 5000

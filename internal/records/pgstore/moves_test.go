@@ -528,6 +528,12 @@ func TestFenceFinishDrop(t *testing.T) {
 	if err := e.src.DropTenant(ctx, "acme", "s2"); !errors.Is(err, records.ErrTenantLive) {
 		t.Fatalf("drop of the live copy: %v", err)
 	}
+	// In batches of one row (the tenant has more of each kind), twice (idempotent).
+	defer func(n int) { dropBatch = n }(dropBatch)
+	dropBatch = 1
+	if n := e.scalar(t, "s1", `SELECT least((SELECT count(*) FROM records), (SELECT count(*) FROM outbox), (SELECT count(*) FROM idempotency_keys))`); n < 2 {
+		t.Fatalf("the source has %d rows of some kind; the batched drop needs more than a batch of each", n)
+	}
 	for range 2 {
 		if err := e.src.DropTenant(ctx, "acme", "s1"); err != nil {
 			t.Fatal(err)
