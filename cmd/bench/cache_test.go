@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -305,14 +306,21 @@ func TestParseFlagsCache(t *testing.T) {
 		{"-scenario", "cache", "-sequential"},
 		{"-scenario", "invalidation", "-poll", "0s"},
 		{"-scenario", "invalidation", "-token", "x"},
+		{"-scenario", "cache", "-via", "nginx"},
+		{"-scenario", "cache", "-via", "router,router"},
+		{"-scenario", "cache", "-via", ""},
+		{"-scenario", "invalidation", "-via", "direct"},
 	} {
 		if _, err := parseFlags(args, &bytes.Buffer{}); err == nil {
 			t.Errorf("%v accepted", args)
 		}
 	}
 	o, err := parseFlags([]string{"-scenario", "cache", "-records", "500", "-zipf-s", "1.3"}, &bytes.Buffer{})
-	if err != nil || o.records != 500 || o.zipfS != 1.3 || o.pairRounds != 50 {
+	if err != nil || o.records != 500 || o.zipfS != 1.3 || o.pairRounds != 50 || o.via != "router,direct" {
 		t.Errorf("%+v %v", o, err)
+	}
+	if via, err := parseVia("direct, router"); err != nil || !slices.Equal(via, []string{"direct", "router"}) {
+		t.Errorf("parseVia: %v %v", via, err)
 	}
 }
 
@@ -504,9 +512,12 @@ func TestRunCache(t *testing.T) {
 	md := stdout.String()
 	t.Log(md)
 	for _, want := range []string{
-		"## Cached vs uncached GET of Zipf-distributed records through one router, beside pgbench (",
+		"## Cached vs uncached GET of Zipf-distributed records through one router and direct to its API node, beside pgbench (",
 		"-scenario cache -records 300",
 		"| no-cache | ", "| cached | ", "| cached / no-cache | ",
+		"| direct no-cache | ", "| direct cached | ", "| direct cached / direct no-cache | ", "| direct cached / cached | ",
+		"- throughput `cached` / `no-cache` (through the router): **",
+		"- throughput `direct cached` / `direct no-cache` (direct to the API node): **",
 		"tenant `bench-cache-us-west`", "homed in us-west",
 		"| variant | answers by status | X-Read-Source of the 200s | hit ratio (answers) |",
 		"| phase | requests | router us-east | API node(s) us-east | Postgres (us-east's standby of us-west) | Redis us-east |",
