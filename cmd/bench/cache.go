@@ -723,14 +723,15 @@ type pgbenchRun struct {
 }
 
 // pgbenchScript is the API node's uncached read of one record (internal/records/pgstore
-// read.go): the read-only tenant scope, the tenant check and the SELECT by primary key, in one
-// pipeline with one Sync, as one implicit transaction.
+// read.go): the read-only tenant scope, the tenant check, the replay (or WAL) position and the
+// SELECT by primary key, in one pipeline with one Sync, as one implicit transaction.
 func pgbenchScript(tenant string, n int, s float64) string {
 	q := "'" + strings.ReplaceAll(tenant, "'", "''") + "'" // tenant ids are [a-z0-9-] anyway
 	return fmt.Sprintf(`\set k random_zipfian(1, %d, %s)
 \startpipeline
 SELECT set_config('transaction_read_only', 'on', true), set_config('meridian.tenant', %s, true);
 SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = %s);
+SELECT COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text;
 SELECT id, version, data, created_at, updated_at FROM records WHERE tenant_id = %s AND collection = '%s' AND id = 'zipf-' || :k AND NOT deleted;
 \endpipeline
 `, n, strconv.FormatFloat(s, 'f', -1, 64), q, q, q, zipfCollection)
@@ -1320,6 +1321,7 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 		fmt.Fprintf(w, "\n`%s` is pgbench %s (`-M prepared -c %d -j %d -T %d`, one run of %d s before every `%s` round, %d runs) "+
 			"on `%s` — the Postgres that serves %s's uncached reads of the tenant — as `%s`, each transaction the API node's read "+
 			"as one pipeline: `set_config('transaction_read_only', …), set_config('meridian.tenant', …)`, the tenant check, "+
+			"the replay position (`COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())`) "+
 			"and `SELECT id, version, data, created_at, updated_at FROM records WHERE tenant_id = … AND collection = … AND id = 'zipf-' || :k AND NOT deleted`. "+
 			"Its req/s is transactions per second without connection time, its latencies from pgbench's per-transaction log; "+
 			"it is in the table for scale and left out of the ratios.\n",

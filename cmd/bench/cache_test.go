@@ -283,7 +283,8 @@ tps = 4290.115364 (without initial connection time)
 	}
 	script := pgbenchScript("bench-cache-us-west", 10_000, 1.1)
 	for _, want := range []string{`\set k random_zipfian(1, 10000, 1.1)`, `\startpipeline`, `\endpipeline`,
-		"set_config('meridian.tenant', 'bench-cache-us-west', true)", "id = 'zipf-' || :k AND NOT deleted", "collection = 'zipf'"} {
+		"set_config('meridian.tenant', 'bench-cache-us-west', true)", "id = 'zipf-' || :k AND NOT deleted", "collection = 'zipf'",
+		"SELECT COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text;"} {
 		if !strings.Contains(script, want) {
 			t.Errorf("script lacks %q:\n%s", want, script)
 		}
