@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/internal/loadgen"
 )
 
 func TestZipfSamplerBounds(t *testing.T) {
@@ -569,4 +570,28 @@ func regexpFind(s, re string) string {
 		return ""
 	}
 	return m[1]
+}
+
+// TestCPUPerRequest: the "all of them" column and the saturated-CPU ratio add every process's
+// CPU time per request (bench's own in the HTTP phases, pgbench's in its own), and say nothing
+// when a process was not found.
+func TestCPUPerRequest(t *testing.T) {
+	m := &phaseMeter{roles: []procRole{{name: "router", pids: []int{1}}, {name: "API node", pids: []int{2}}},
+		usage: map[string]*phaseUsage{
+			uncachedPhase: {ticks: []int64{20, 30}, self: 10}, // 600 ms over 1000 requests
+			cachedPhase:   {ticks: []int64{10, 10}, self: 10}, // 300 ms over 1000 requests
+			pgbenchPhase:  {ticks: []int64{0, 0}},
+		}}
+	c := cacheReport{meter: m, pg: &pgbenchRun{cpu: 50 * time.Millisecond},
+		rep: &loadgen.Report{Targets: []loadgen.TargetResult{{Name: uncachedPhase, Requests: 1000, Throughput: 100},
+			{Name: cachedPhase, Requests: 1000, Throughput: 150}, {Name: pgbenchPhase, Requests: 500}}}}
+	for ph, want := range map[string]float64{uncachedPhase: 600, cachedPhase: 300, pgbenchPhase: 100} {
+		if got, ok := c.cpuPerRequest(ph); !ok || math.Abs(got-want) > 1e-9 {
+			t.Errorf("%s: %v %v, want %v", ph, got, ok, want)
+		}
+	}
+	m.roles[1].pids = nil
+	if _, ok := c.cpuPerRequest(cachedPhase); ok {
+		t.Error("a total without the API node's CPU")
+	}
 }
