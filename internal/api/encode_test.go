@@ -81,3 +81,14 @@ func FuzzAppendRecordJSON(f *testing.F) {
 		}
 	})
 }
+
+func TestAcceptsGzip(t *testing.T) {
+	for ae, want := range map[string]bool{
+		"gzip": true, "deflate, gzip": true, "br, GZIP;q=0.5": true, "*": true, " gzip ; q=1": true,
+		"": false, "identity": false, "gzip;q=0": false, "deflate, gzip; q=0.000": false, "br,deflate": false, ",,": false,
+	} {
+		if got := acceptsGzip(ae); got != want {
+			t.Errorf("acceptsGzip(%q) = %v, want %v", ae, got, want)
+		}
+	}
+}

@@ -12,7 +12,9 @@ var gzipPool = sync.Pool{New: func() any { w, _ := gzip.NewWriterLevel(nil, gzip
 
 // acceptsGzip reports whether an Accept-Encoding value allows gzip (q=0 refuses it).
 func acceptsGzip(ae string) bool {
-	for _, part := range strings.Split(ae, ",") {
+	for rest := ae; rest != ""; {
+		var part string
+		part, rest, _ = strings.Cut(rest, ",") // no strings.Split: it allocates on every request
 		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
 		if strings.EqualFold(strings.TrimSpace(name), "gzip") || strings.TrimSpace(name) == "*" {
 			p := strings.ReplaceAll(params, " ", "")
