@@ -77,5 +77,5 @@ func plainTime(t time.Time) bool {
 // needsHTMLEscape reports whether compact JSON holds a character encoding/json's HTML escaping
 // changes: <, >, &, U+2028 or U+2029.
 func needsHTMLEscape(b []byte) bool {
-	return bytes.IndexAny(b, "<>&\u2028\u2029") >= 0
+	return bytes.ContainsAny(b, "<>&\u2028\u2029")
 }
