@@ -14,6 +14,7 @@ targets=(
   "./internal/api FuzzCursor"
   "./internal/api FuzzReadPref"
   "./internal/api FuzzLastEventID"
+  "./internal/api FuzzAppendRecordJSON"
   "./internal/auth FuzzVerify"
   "./internal/router FuzzDecodeCreateTenant"
   "./internal/router FuzzDecodeMoveRequest"

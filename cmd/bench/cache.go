@@ -31,9 +31,11 @@ import (
 // The cache scenario (issue 13): a tenant with -records records; GETs of ids drawn from a Zipf
 // distribution through one router, with the cache allowed (target "cached") and with
 // Cache-Control: no-cache (target "no-cache", which the API node serves as an uncached read),
-// alternated in rounds; before each pair of rounds pgbench runs the same read as SQL (the API
-// node's three statements in one pipeline, as meridian_app with the tenant setting) against the
-// Postgres that serves the uncached reads, for as long as one round and with as many clients.
+// and the same two straight to the region's first API node ("direct cached", "direct
+// no-cache"; -via picks the paths), alternated in rounds; before each round of the first
+// uncached target pgbench runs the same read as SQL (the API node's three statements in one
+// pipeline, as meridian_app with the tenant setting) against the Postgres that serves the
+// uncached reads, for as long as one round and with as many clients.
 // bench counts every answer's status and the X-Read-Source of the 200s, reads
 // meridian_cache_requests_total from the region's API nodes between rounds, and takes the CPU
 // time of the router, API nodes, that Postgres and the region's Redis from /proc between
@@ -44,7 +46,35 @@ const (
 	uncachedPhase = "no-cache"
 	cachedPhase   = "cached"
 	pgbenchPhase  = "pgbench-sql"
+	// directPrefix names the same targets sent straight to the API node.
+	directPrefix = "direct "
 )
+
+// Paths of -via: through the region's router, or straight to its first API node.
+const (
+	viaRouter = "router"
+	viaDirect = "direct"
+)
+
+// cachePair is one path's uncached and cached targets.
+type cachePair struct {
+	via, base        string
+	uncached, cached string
+}
+
+// cachePairs are the targets of the paths in via, in that order.
+func cachePairs(via []string, router, api string) []cachePair {
+	var out []cachePair
+	for _, v := range via {
+		switch v {
+		case viaRouter:
+			out = append(out, cachePair{via: v, base: router, uncached: uncachedPhase, cached: cachedPhase})
+		case viaDirect:
+			out = append(out, cachePair{via: v, base: api, uncached: directPrefix + uncachedPhase, cached: directPrefix + cachedPhase})
+		}
+	}
+	return out
+}
 
 // zipfCollection holds the cache scenario's records, zipfID(1) … zipfID(N).
 const zipfCollection = "zipf"
@@ -66,6 +96,7 @@ type cacheFlags struct {
 	zipfS       float64
 	seedWorkers int
 	pgbench     string
+	via         string
 	// invalidation
 	pairRounds     int
 	poll           time.Duration
@@ -80,6 +111,7 @@ func (c *cacheFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.zipfS, "zipf-s", 1.1, "cache: Zipf exponent s: record k of -records is read with probability ∝ k^-s (math/rand/v2 Zipf with v=1; pgbench random_zipfian)")
 	fs.IntVar(&c.seedWorkers, "seed-workers", 32, "cache: concurrent PUTs creating the records (through the router, to the home region)")
 	fs.StringVar(&c.pgbench, "pgbench", "", "cache: pgbench binary (default: PATH, then /usr/lib/postgresql/*/bin); off: no pgbench rounds")
+	fs.StringVar(&c.via, "via", viaRouter+","+viaDirect, "cache: paths to measure, comma-separated: router (through the region's router), direct (straight to its first API node)")
 	fs.IntVar(&c.pairRounds, "pair-rounds", 50, "invalidation: measured writes per ordered region pair")
 	fs.DurationVar(&c.poll, "poll", 3*time.Millisecond, "invalidation: interval of the reader region's GETs while waiting for the new version")
 	fs.DurationVar(&c.recheck, "recheck", 200*time.Millisecond, "invalidation: how long to keep reading after the new version was seen, counting older answers (violations)")
@@ -92,7 +124,7 @@ func (c *cacheFlags) register(fs *flag.FlagSet) {
 // scenario is given them.
 func (o *options) checkCacheFlags() error {
 	for name, scen := range map[string]string{"records": scenarioCache, "zipf-s": scenarioCache, "seed-workers": scenarioCache,
-		"pgbench": scenarioCache, "pair-rounds": scenarioInvalidation, "poll": scenarioInvalidation,
+		"pgbench": scenarioCache, "via": scenarioCache, "pair-rounds": scenarioInvalidation, "poll": scenarioInvalidation,
 		"recheck": scenarioInvalidation, "visible-timeout": scenarioInvalidation, "cache-wait": scenarioInvalidation,
 		"topology": scenarioInvalidation} {
 		if o.set[name] && o.scenario != scen {
@@ -123,7 +155,23 @@ func (o *options) checkCacheFlags() error {
 	case c.recheck < 0 || c.visibleTimeout <= 0 || c.cacheWait < 0:
 		return fmt.Errorf("%w: -recheck and -cache-wait must be ≥ 0, -visible-timeout positive", errUsage)
 	}
+	if _, err := parseVia(c.via); err != nil {
+		return err
+	}
 	return nil
+}
+
+// parseVia reads -via: router, direct or both, each at most once.
+func parseVia(v string) ([]string, error) {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		p = strings.TrimSpace(p)
+		if (p != viaRouter && p != viaDirect) || slices.Contains(out, p) {
+			return nil, fmt.Errorf("%w: -via %q: want %s, %s or both, comma-separated", errUsage, v, viaRouter, viaDirect)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // clusterState is the part of .meridian/cluster.json (internal/sim.ClusterFile) that the cache
@@ -376,9 +424,9 @@ func scrapeCache(ctx context.Context, client *http.Client, urls []string) (map[s
 		if err != nil {
 			continue
 		}
-		// Ask for the exposition uncompressed: the API node's /metrics, asked for gzip, is
-		// compressed twice (promhttp's and the API's own middleware) under one
-		// Content-Encoding, so the body Go's transport inflates is still gzip.
+		// Ask for the exposition uncompressed: an API node before 451ebdf compressed /metrics
+		// twice when asked for gzip (promhttp's and the API's own middleware) under one
+		// Content-Encoding, so the body Go's transport inflated was still gzip.
 		req.Header.Set("Accept-Encoding", "identity")
 		resp, err := client.Do(req)
 		if err != nil {
@@ -675,14 +723,15 @@ type pgbenchRun struct {
 }
 
 // pgbenchScript is the API node's uncached read of one record (internal/records/pgstore
-// read.go): the read-only tenant scope, the tenant check and the SELECT by primary key, in one
-// pipeline with one Sync, as one implicit transaction.
+// read.go): the read-only tenant scope, the tenant check, the replay (or WAL) position and the
+// SELECT by primary key, in one pipeline with one Sync, as one implicit transaction.
 func pgbenchScript(tenant string, n int, s float64) string {
 	q := "'" + strings.ReplaceAll(tenant, "'", "''") + "'" // tenant ids are [a-z0-9-] anyway
 	return fmt.Sprintf(`\set k random_zipfian(1, %d, %s)
 \startpipeline
 SELECT set_config('transaction_read_only', 'on', true), set_config('meridian.tenant', %s, true);
 SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = %s);
+SELECT COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text;
 SELECT id, version, data, created_at, updated_at FROM records WHERE tenant_id = %s AND collection = '%s' AND id = 'zipf-' || :k AND NOT deleted;
 \endpipeline
 `, n, strconv.FormatFloat(s, 'f', -1, 64), q, q, q, zipfCollection)
@@ -1022,11 +1071,20 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if o.title == "" {
-		o.title = "Cached vs uncached GET of Zipf-distributed records through one router, beside pgbench"
+	via, _ := parseVia(o.via) // checked by parseFlags
+	api := ""
+	if len(reg.API) > 0 {
+		api = strings.TrimRight(reg.API[0], "/")
 	}
-	fmt.Fprintf(stderr, "bench: cache, %d records, Zipf s=%v, %d workers, %s per variant, rounds of %s, router %s (region %s), tenant %s homed in %s\n",
-		o.records, o.zipfS, o.cfg.Concurrency, o.cfg.Duration, o.cfg.Round, router, region, tenant.id, home)
+	if slices.Contains(via, viaDirect) && !validBase(api) {
+		return fmt.Errorf("region %s has no API node URL in %s (needed by -via %s)", region, o.cluster, viaDirect)
+	}
+	pairs := cachePairs(via, router, api)
+	if o.title == "" {
+		o.title = "Cached vs uncached GET of Zipf-distributed records " + viaTitle(via) + ", beside pgbench"
+	}
+	fmt.Fprintf(stderr, "bench: cache, %d records, Zipf s=%v, %d workers, %s per variant, rounds of %s, router %s, API node %s (region %s), via %s, tenant %s homed in %s\n",
+		o.records, o.zipfS, o.cfg.Concurrency, o.cfg.Duration, o.cfg.Round, router, api, region, strings.Join(via, ","), tenant.id, home)
 
 	// Setup: the tenant, its limits, its records.
 	client := &http.Client{Timeout: 10 * time.Second, Transport: loadgen.NewTransport(o.seedWorkers)}
@@ -1081,30 +1139,35 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			threads: max(1, min(o.cfg.Concurrency, runtime.NumCPU()))}
 	}
 
-	// The two variants, through the same router.
+	// The two variants on every path.
 	counter := newReadCounter(loadgen.NewTransport(o.cfg.Concurrency))
 	o.cfg.Client = &http.Client{Transport: counter, Timeout: o.cfg.Timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
 	auth := []string{"Bearer " + token}
 	accept := []string{"application/json"}
-	coll := router + "/v1/collections/" + zipfCollection + "/records/"
 	var targets []loadgen.Target
-	for i, name := range []string{uncachedPhase, cachedPhase} {
-		// One sampler per worker: loadgen calls New for a worker from that worker's goroutine
-		// only, and its rounds (and warm-up) one after another.
-		samplers := make([]*zipfSampler, o.cfg.Concurrency)
-		for w := range samplers {
-			samplers[w] = newZipfSampler(zipfSeed+uint64(i), uint64(w), o.zipfS, o.records)
-		}
-		targets = append(targets, loadgen.Target{Name: name, New: func(w int, seq uint64) loadgen.Request {
-			h := http.Header{"Authorization": auth, "Accept": accept,
-				"X-Request-Id": {"bench-" + runID + "-" + name + "-" + strconv.FormatUint(seq, 10)}}
-			if name == uncachedPhase {
-				h["Cache-Control"] = []string{"no-cache"}
+	for _, pr := range pairs {
+		coll := pr.base + "/v1/collections/" + zipfCollection + "/records/"
+		for i, name := range []string{pr.uncached, pr.cached} {
+			uncached := i == 0
+			// One sampler per worker: loadgen calls New for a worker from that worker's
+			// goroutine only, and its rounds (and warm-up) one after another. Every path draws
+			// the same ids (the seed depends on the variant only).
+			samplers := make([]*zipfSampler, o.cfg.Concurrency)
+			for w := range samplers {
+				samplers[w] = newZipfSampler(zipfSeed+uint64(i), uint64(w), o.zipfS, o.records)
 			}
-			return loadgen.Request{Method: http.MethodGet, URL: coll + zipfID(samplers[w].next()), Header: h}
-		}})
+			reqID := "bench-" + runID + "-" + strings.ReplaceAll(name, " ", "-") + "-"
+			targets = append(targets, loadgen.Target{Name: name, New: func(w int, seq uint64) loadgen.Request {
+				h := http.Header{"Authorization": auth, "Accept": accept,
+					"X-Request-Id": {reqID + strconv.FormatUint(seq, 10)}}
+				if uncached {
+					h["Cache-Control"] = []string{"no-cache"}
+				}
+				return loadgen.Request{Method: http.MethodGet, URL: coll + zipfID(samplers[w].next()), Header: h}
+			}})
+		}
 	}
 
 	meter := newPhaseMeter(findRoles(router, reg.API, pgPort, reg.Redis), reg.API)
@@ -1115,7 +1178,7 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 	pgSecs := max(1, int(math.Round(o.cfg.Round.Seconds())))
 	o.cfg.BeforeRound = func(ctx context.Context, target string, warmup bool) error {
-		if !warmup && target == uncachedPhase && pg != nil {
+		if !warmup && target == pairs[0].uncached && pg != nil {
 			meter.mark(ctx, pgbenchPhase)
 			counter.setPhase("")
 			pg.round(ctx, pgSecs)
@@ -1141,14 +1204,67 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if pg != nil && pg.tx+pg.failed > 0 {
 		rep.Targets = append(rep.Targets, pg.result())
 	}
+	rep.Ratios = pairRatios(rep.Targets, pairs)
 
-	p := &plan{scenario: scenarioCache, region: region, setupBase: setupBase,
-		targets: []benchTarget{{name: uncachedPhase, base: router, tenant: tenant}, {name: cachedPhase, base: router, tenant: tenant}}}
+	p := &plan{scenario: scenarioCache, region: region, setupBase: setupBase}
+	for _, pr := range pairs {
+		p.targets = append(p.targets, benchTarget{name: pr.uncached, base: pr.base, tenant: tenant},
+			benchTarget{name: pr.cached, base: pr.base, tenant: tenant})
+	}
 	var md strings.Builder
 	writeSection(&md, o, p, rep, machineInfo(ctx))
 	writeCacheReport(&md, cacheReport{o: o, region: region, home: home, shard: shard, tenant: tenant.id, seeded: seeded,
-		rep: rep, counter: counter, meter: meter, pg: pg, pgNote: pgNote, pgSecs: pgSecs})
+		rep: rep, counter: counter, meter: meter, pg: pg, pgNote: pgNote, pgSecs: pgSecs, pairs: pairs})
 	return emit(o, md.String(), rep, stdout, stderr)
+}
+
+// viaTitle is the part of the default heading that names the paths.
+func viaTitle(via []string) string {
+	switch {
+	case len(via) == 2:
+		return "through one router and direct to its API node"
+	case via[0] == viaDirect:
+		return "direct to one API node"
+	}
+	return "through one router"
+}
+
+// pairRatios compares each path's cached target with its uncached one, and each path's targets
+// with the first path's (direct against the router: what the hop costs).
+func pairRatios(ts []loadgen.TargetResult, pairs []cachePair) []loadgen.Ratio {
+	get := func(name string) (loadgen.TargetResult, bool) {
+		i := slices.IndexFunc(ts, func(t loadgen.TargetResult) bool { return t.Name == name })
+		if i < 0 {
+			return loadgen.TargetResult{}, false
+		}
+		return ts[i], true
+	}
+	ratio := func(target, baseline string) (loadgen.Ratio, bool) {
+		b, ok1 := get(target)
+		a, ok2 := get(baseline)
+		if !ok1 || !ok2 {
+			return loadgen.Ratio{}, false
+		}
+		r := loadgen.Ratio{Target: b.Name, Baseline: a.Name, P50Delta: b.P50 - a.P50, P99Delta: b.P99 - a.P99}
+		if a.Throughput > 0 {
+			r.Throughput = b.Throughput / a.Throughput
+		}
+		return r, true
+	}
+	var out []loadgen.Ratio
+	for _, pr := range pairs {
+		if r, ok := ratio(pr.cached, pr.uncached); ok {
+			out = append(out, r)
+		}
+	}
+	for _, pr := range pairs[min(1, len(pairs)):] {
+		for _, x := range [][2]string{{pr.uncached, pairs[0].uncached}, {pr.cached, pairs[0].cached}} {
+			if r, ok := ratio(x[0], x[1]); ok {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
 }
 
 // cacheReport is what writeCacheReport writes from.
@@ -1162,6 +1278,16 @@ type cacheReport struct {
 	pg                          *pgbenchRun
 	pgNote                      string
 	pgSecs                      int
+	pairs                       []cachePair
+}
+
+// phases are the measured targets in report order: every path's uncached then cached.
+func (c cacheReport) phases() []string {
+	var out []string
+	for _, pr := range c.pairs {
+		out = append(out, pr.uncached, pr.cached)
+	}
+	return out
 }
 
 func (c cacheReport) target(name string) (loadgen.TargetResult, bool) {
@@ -1181,18 +1307,25 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 		"by %d concurrent `PUT … If-None-Match: *` through the router). Each request reads record k drawn from a Zipf "+
 		"distribution, P(k) ∝ k^−%v for k = 1…%d (math/rand/v2 `NewZipf(r, %v, 1, %d)` + 1, one fixed-seed generator per worker; "+
 		"pgbench `random_zipfian(1, %d, %v)`). `%s` sends `Cache-Control: no-cache` (served as an uncached read), `%s` "+
-		"the same GET without it; the warm-up of `%s` is what fills the cache, and misses in measured rounds count. "+
+		"the same GET without it; the warm-ups are what fill the cache, and misses in measured rounds count. "+
 		"The tenant's limits were raised to the largest overrides (`PATCH /admin/v1/tenants/%s`).\n",
 		zipfID(1), zipfID(o.records), c.tenant, zipfCollection, c.home, c.shard, c.seeded.created, c.seeded.existed, c.seeded.took.Seconds(),
-		o.seedWorkers, o.zipfS, o.records, o.zipfS, o.records-1, o.records, o.zipfS, uncachedPhase, cachedPhase, cachedPhase, c.tenant)
+		o.seedWorkers, o.zipfS, o.records, o.zipfS, o.records-1, o.records, o.zipfS, uncachedPhase, cachedPhase, c.tenant)
+	for _, pr := range c.pairs {
+		if pr.via == viaDirect {
+			fmt.Fprintf(w, "\n`%s` and `%s` are the same two GETs sent straight to the region's API node (%s), without the router: "+
+				"the same token, no router headers (the node resolves the tenant from its own map).\n", pr.uncached, pr.cached, pr.base)
+		}
+	}
 	if c.pg != nil {
 		fmt.Fprintf(w, "\n`%s` is pgbench %s (`-M prepared -c %d -j %d -T %d`, one run of %d s before every `%s` round, %d runs) "+
 			"on `%s` — the Postgres that serves %s's uncached reads of the tenant — as `%s`, each transaction the API node's read "+
 			"as one pipeline: `set_config('transaction_read_only', …), set_config('meridian.tenant', …)`, the tenant check, "+
+			"the replay position (`COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())`) "+
 			"and `SELECT id, version, data, created_at, updated_at FROM records WHERE tenant_id = … AND collection = … AND id = 'zipf-' || :k AND NOT deleted`. "+
 			"Its req/s is transactions per second without connection time, its latencies from pgbench's per-transaction log; "+
 			"it is in the table for scale and left out of the ratios.\n",
-			pgbenchPhase, pgVersionOf(c.pg.bin), c.pg.clients, c.pg.threads, c.pgSecs, c.pgSecs, uncachedPhase, c.pg.rounds,
+			pgbenchPhase, pgVersionOf(c.pg.bin), c.pg.clients, c.pg.threads, c.pgSecs, c.pgSecs, c.pairs[0].uncached, c.pg.rounds,
 			redactDSN(c.pg.dsn), c.region, appRole)
 		if c.pg.err != nil {
 			fmt.Fprintf(w, "\npgbench failed and was not run again: %v\n", c.pg.err)
@@ -1206,17 +1339,12 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 		"from the region's API nodes, `" + cacheMetric + "` read between rounds (hit / (hit + miss + bypass)).\n\n")
 	w.WriteString("| variant | answers by status | X-Read-Source of the 200s | hit ratio (answers) | " + cacheMetric + " Δ | hit ratio (metrics) |\n")
 	w.WriteString("|---|---|---|---:|---|---:|\n")
-	var cachedShare float64
-	var cachedOK bool
-	for _, ph := range []string{uncachedPhase, cachedPhase} {
+	for _, ph := range c.phases() {
 		rc := c.counter.get(ph)
 		hits, total, share, ok := hitShare(rc.source200)
 		hr := "–"
 		if ok {
 			hr = fmt.Sprintf("%s (%d / %d)", pct(share), hits, total)
-		}
-		if ph == cachedPhase {
-			cachedShare, cachedOK = share, ok
 		}
 		mcell, mratio := "not exported", "–"
 		if u := c.meter.usage[ph]; u != nil && u.cacheSeen {
@@ -1241,12 +1369,12 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 	for _, r := range c.meter.roles {
 		fmt.Fprintf(w, " %s |", roleLabel(r, c))
 	}
-	w.WriteString(" load generator (bench) | pgbench |\n|---|---:|")
+	w.WriteString(" load generator (bench) | pgbench | all of them |\n|---|---:|")
 	for range c.meter.roles {
 		w.WriteString("---:|")
 	}
-	w.WriteString("---:|---:|\n")
-	phases := []string{uncachedPhase, cachedPhase}
+	w.WriteString("---:|---:|---:|\n")
+	phases := c.phases()
 	if c.pg != nil && c.pg.tx > 0 {
 		phases = append(phases, pgbenchPhase)
 	}
@@ -1260,9 +1388,11 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 			}
 			return fmt.Sprintf("%.0f", float64(ticks)*1e6/clockTicks/float64(t.Requests))
 		}
+		known := u != nil
 		for i, r := range c.meter.roles {
 			if u == nil || len(r.pids) == 0 {
 				w.WriteString(" ? |")
+				known = false
 				continue
 			}
 			fmt.Fprintf(w, " %s |", perReq(u.ticks[i]))
@@ -1276,39 +1406,63 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 			fmt.Fprintf(w, " %s |", perReq(u.self))
 		}
 		if ph == pgbenchPhase && t.Requests > 0 {
-			fmt.Fprintf(w, " %.0f |\n", float64(c.pg.cpu.Microseconds())/float64(t.Requests))
+			fmt.Fprintf(w, " %.0f |", float64(c.pg.cpu.Microseconds())/float64(t.Requests))
 		} else {
-			w.WriteString(" – |\n")
+			w.WriteString(" – |")
+		}
+		if us, ok := c.cpuPerRequest(ph); ok && known {
+			fmt.Fprintf(w, " %.0f |\n", us)
+		} else {
+			w.WriteString(" ? |\n")
 		}
 	}
 
 	// Targets of issue 13.
-	unc, ok1 := c.target(uncachedPhase)
-	cac, ok2 := c.target(cachedPhase)
 	w.WriteString("\nIssue 13's targets in this run:\n\n")
-	if ok1 && ok2 && unc.Throughput > 0 {
-		x := cac.Throughput / unc.Throughput
-		fmt.Fprintf(w, "- throughput `%s` / `%s`: **%.2f×** (target ≥ 3×: %s); p50 %.3f vs %.3f ms, p99 %.3f vs %.3f ms\n",
-			cachedPhase, uncachedPhase, x, metOrNot(x >= 3), ms(cac.P50), ms(unc.P50), ms(cac.P99), ms(unc.P99))
+	for _, pr := range c.pairs {
+		unc, ok1 := c.target(pr.uncached)
+		cac, ok2 := c.target(pr.cached)
+		if ok1 && ok2 && unc.Throughput > 0 {
+			x := cac.Throughput / unc.Throughput
+			fmt.Fprintf(w, "- throughput `%s` / `%s` (%s): **%.2f×** (target ≥ 3×: %s); p50 %.3f vs %.3f ms, p99 %.3f vs %.3f ms",
+				pr.cached, pr.uncached, viaLabel(pr.via), x, metOrNot(x >= 3), ms(cac.P50), ms(unc.P50), ms(cac.P99), ms(unc.P99))
+			uu, ok1 := c.cpuPerRequest(pr.uncached)
+			cu, ok2 := c.cpuPerRequest(pr.cached)
+			if ok1 && ok2 && cu > 0 {
+				// With every CPU busy, throughput is the CPUs over the CPU time per request.
+				fmt.Fprintf(w, "; CPU of all the processes per request %.0f vs %.0f µs, so %.2f× on saturated CPUs", cu, uu, uu/cu)
+			}
+			w.WriteString("\n")
+		}
 	}
-	if cachedOK {
-		fmt.Fprintf(w, "- hit ratio of `%s` over %d records, Zipf s=%v: **%s** (target ≥ 80 %%: %s)\n",
-			cachedPhase, o.records, o.zipfS, pct(cachedShare), metOrNot(cachedShare >= 0.8))
+	for _, pr := range c.pairs {
+		if _, total, share, ok := hitShare(c.counter.get(pr.cached).source200); ok && total > 0 {
+			fmt.Fprintf(w, "- hit ratio of `%s` over %d records, Zipf s=%v: **%s** (target ≥ 80 %%: %s)\n",
+				pr.cached, o.records, o.zipfS, pct(share), metOrNot(share >= 0.8))
+		}
 	}
-	if pt, ok := c.target(pgbenchPhase); ok && ok2 && pt.Throughput > 0 {
-		fmt.Fprintf(w, "- for scale: pgbench ran the same read as SQL at %.0f tx/s; `%s` served %.2f× that, `%s` %.2f×\n",
-			pt.Throughput, cachedPhase, cac.Throughput/pt.Throughput, uncachedPhase, unc.Throughput/pt.Throughput)
+	if pt, ok := c.target(pgbenchPhase); ok && pt.Throughput > 0 {
+		for _, pr := range c.pairs {
+			unc, ok1 := c.target(pr.uncached)
+			cac, ok2 := c.target(pr.cached)
+			if ok1 && ok2 {
+				fmt.Fprintf(w, "- for scale: pgbench ran the same read as SQL at %.0f tx/s; `%s` served %.2f× that, `%s` %.2f×\n",
+					pt.Throughput, pr.cached, cac.Throughput/pt.Throughput, pr.uncached, unc.Throughput/pt.Throughput)
+			}
+		}
 	}
 	// Notes that void the comparison.
-	if rc := c.counter.get(uncachedPhase); rc.source200["cache"] > 0 {
-		fmt.Fprintf(w, "\nNote: %d `%s` answers came from the cache: the API node does not honour `Cache-Control: no-cache`, "+
-			"so `%s` is not an uncached baseline and the ratio above means nothing.\n", rc.source200["cache"], uncachedPhase, uncachedPhase)
+	for _, pr := range c.pairs {
+		if rc := c.counter.get(pr.uncached); rc.source200["cache"] > 0 {
+			fmt.Fprintf(w, "\nNote: %d `%s` answers came from the cache: the API node does not honour `Cache-Control: no-cache`, "+
+				"so `%s` is not an uncached baseline and the ratio above means nothing.\n", rc.source200["cache"], pr.uncached, pr.uncached)
+		}
+		if rc := c.counter.get(pr.cached); rc.source200["cache"] == 0 {
+			fmt.Fprintf(w, "\nNote: no `%s` answer came from the cache (no `X-Read-Source: cache`): the API node has no read cache "+
+				"(or it is off), so both variants measured uncached reads.\n", pr.cached)
+		}
 	}
-	if rc := c.counter.get(cachedPhase); rc.source200["cache"] == 0 {
-		fmt.Fprintf(w, "\nNote: no `%s` answer came from the cache (no `X-Read-Source: cache`): the API node has no read cache "+
-			"(or it is off), so both variants measured uncached reads.\n", cachedPhase)
-	}
-	for _, ph := range []string{uncachedPhase, cachedPhase} {
+	for _, ph := range c.phases() {
 		rc := c.counter.get(ph)
 		var bad int64
 		for st, n := range rc.status {
@@ -1321,6 +1475,39 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 				bad, ph, countCell(rc.status))
 		}
 	}
+}
+
+// cpuPerRequest is the CPU time per request of a phase summed over every measured process
+// (and bench itself; pgbench in its phase), in µs; ok is false when a process is unknown or
+// the phase answered nothing.
+func (c cacheReport) cpuPerRequest(ph string) (float64, bool) {
+	t, _ := c.target(ph)
+	u := c.meter.usage[ph]
+	if u == nil || t.Requests == 0 {
+		return 0, false
+	}
+	var ticks int64
+	for i, r := range c.meter.roles {
+		if len(r.pids) == 0 {
+			return 0, false
+		}
+		ticks += u.ticks[i]
+	}
+	us := float64(ticks) * 1e6 / clockTicks
+	if ph == pgbenchPhase {
+		us += float64(c.pg.cpu.Microseconds())
+	} else {
+		us += float64(u.self) * 1e6 / clockTicks
+	}
+	return us / float64(t.Requests), true
+}
+
+// viaLabel says which path a pair of targets took.
+func viaLabel(via string) string {
+	if via == viaDirect {
+		return "direct to the API node"
+	}
+	return "through the router"
 }
 
 // roleLabel is a process column's heading: the role and what it is in this run.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/internal/loadgen"
 )
 
 func TestZipfSamplerBounds(t *testing.T) {
@@ -282,7 +284,8 @@ tps = 4290.115364 (without initial connection time)
 	}
 	script := pgbenchScript("bench-cache-us-west", 10_000, 1.1)
 	for _, want := range []string{`\set k random_zipfian(1, 10000, 1.1)`, `\startpipeline`, `\endpipeline`,
-		"set_config('meridian.tenant', 'bench-cache-us-west', true)", "id = 'zipf-' || :k AND NOT deleted", "collection = 'zipf'"} {
+		"set_config('meridian.tenant', 'bench-cache-us-west', true)", "id = 'zipf-' || :k AND NOT deleted", "collection = 'zipf'",
+		"SELECT COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text;"} {
 		if !strings.Contains(script, want) {
 			t.Errorf("script lacks %q:\n%s", want, script)
 		}
@@ -305,14 +308,21 @@ func TestParseFlagsCache(t *testing.T) {
 		{"-scenario", "cache", "-sequential"},
 		{"-scenario", "invalidation", "-poll", "0s"},
 		{"-scenario", "invalidation", "-token", "x"},
+		{"-scenario", "cache", "-via", "nginx"},
+		{"-scenario", "cache", "-via", "router,router"},
+		{"-scenario", "cache", "-via", ""},
+		{"-scenario", "invalidation", "-via", "direct"},
 	} {
 		if _, err := parseFlags(args, &bytes.Buffer{}); err == nil {
 			t.Errorf("%v accepted", args)
 		}
 	}
 	o, err := parseFlags([]string{"-scenario", "cache", "-records", "500", "-zipf-s", "1.3"}, &bytes.Buffer{})
-	if err != nil || o.records != 500 || o.zipfS != 1.3 || o.pairRounds != 50 {
+	if err != nil || o.records != 500 || o.zipfS != 1.3 || o.pairRounds != 50 || o.via != "router,direct" {
 		t.Errorf("%+v %v", o, err)
+	}
+	if via, err := parseVia("direct, router"); err != nil || !slices.Equal(via, []string{"direct", "router"}) {
+		t.Errorf("parseVia: %v %v", via, err)
 	}
 }
 
@@ -504,9 +514,12 @@ func TestRunCache(t *testing.T) {
 	md := stdout.String()
 	t.Log(md)
 	for _, want := range []string{
-		"## Cached vs uncached GET of Zipf-distributed records through one router, beside pgbench (",
+		"## Cached vs uncached GET of Zipf-distributed records through one router and direct to its API node, beside pgbench (",
 		"-scenario cache -records 300",
 		"| no-cache | ", "| cached | ", "| cached / no-cache | ",
+		"| direct no-cache | ", "| direct cached | ", "| direct cached / direct no-cache | ", "| direct cached / cached | ",
+		"- throughput `cached` / `no-cache` (through the router): **",
+		"- throughput `direct cached` / `direct no-cache` (direct to the API node): **",
 		"tenant `bench-cache-us-west`", "homed in us-west",
 		"| variant | answers by status | X-Read-Source of the 200s | hit ratio (answers) |",
 		"| phase | requests | router us-east | API node(s) us-east | Postgres (us-east's standby of us-west) | Redis us-east |",
@@ -557,4 +570,28 @@ func regexpFind(s, re string) string {
 		return ""
 	}
 	return m[1]
+}
+
+// TestCPUPerRequest: the "all of them" column and the saturated-CPU ratio add every process's
+// CPU time per request (bench's own in the HTTP phases, pgbench's in its own), and say nothing
+// when a process was not found.
+func TestCPUPerRequest(t *testing.T) {
+	m := &phaseMeter{roles: []procRole{{name: "router", pids: []int{1}}, {name: "API node", pids: []int{2}}},
+		usage: map[string]*phaseUsage{
+			uncachedPhase: {ticks: []int64{20, 30}, self: 10}, // 600 ms over 1000 requests
+			cachedPhase:   {ticks: []int64{10, 10}, self: 10}, // 300 ms over 1000 requests
+			pgbenchPhase:  {ticks: []int64{0, 0}},
+		}}
+	c := cacheReport{meter: m, pg: &pgbenchRun{cpu: 50 * time.Millisecond},
+		rep: &loadgen.Report{Targets: []loadgen.TargetResult{{Name: uncachedPhase, Requests: 1000, Throughput: 100},
+			{Name: cachedPhase, Requests: 1000, Throughput: 150}, {Name: pgbenchPhase, Requests: 500}}}}
+	for ph, want := range map[string]float64{uncachedPhase: 600, cachedPhase: 300, pgbenchPhase: 100} {
+		if got, ok := c.cpuPerRequest(ph); !ok || math.Abs(got-want) > 1e-9 {
+			t.Errorf("%s: %v %v, want %v", ph, got, ok, want)
+		}
+	}
+	m.roles[1].pids = nil
+	if _, ok := c.cpuPerRequest(cachedPhase); ok {
+		t.Error("a total without the API node's CPU")
+	}
 }

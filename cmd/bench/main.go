@@ -23,10 +23,11 @@
 //	                POST's headers and then a body too slowly (without a token, and with the
 //	                other tenant's valid token); the router's memory from /proc before, during
 //	                and after each wave, and when the router closed every connection
-//	cache           GETs of -records records drawn from a Zipf distribution through one router,
-//	                with the cache allowed and with Cache-Control: no-cache, side by side in
-//	                rounds, beside pgbench running the same read as SQL on the standby that
-//	                serves it; hit ratio, answers and CPU per request of every process (cache.go)
+//	cache           GETs of -records records drawn from a Zipf distribution through one router
+//	                and straight to its region's API node (-via), with the cache allowed and with
+//	                Cache-Control: no-cache, side by side in rounds, beside pgbench running the
+//	                same read as SQL on the standby that serves it; hit ratio, answers and CPU
+//	                per request of every process and of all of them (cache.go)
 //	proxy           the GET direct to an API node, through nginx (one worker, keep-alive
 //	                upstream, started by bench) and through the router, side by side in rounds,
 //	                at each of -conns connection counts; status codes per round (a round with a

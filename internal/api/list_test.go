@@ -166,7 +166,8 @@ func TestListFeatures(t *testing.T) {
 	decodeList(t, r)
 	// /metrics is compressed once, by promhttp (the middleware used to gzip it a second time).
 	r = e.do("GET", "/metrics", "", "", map[string]string{"Accept-Encoding": "gzip"})
-	if r.Header.Get("Content-Encoding") != "gzip" {
+	// …and says Vary: Accept-Encoding once (promhttp's own; the middleware added a second).
+	if r.Header.Get("Content-Encoding") != "gzip" || strings.Count(strings.Join(r.Header.Values("Vary"), ","), "Accept-Encoding") != 1 {
 		t.Fatalf("metrics: %v", r.Header)
 	}
 	zr, err := gzip.NewReader(strings.NewReader(r.Body))

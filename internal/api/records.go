@@ -499,7 +499,12 @@ func (s *Server) getRecord(c *gin.Context) {
 		c.Writer.WriteHeaderNow()
 		return
 	}
-	c.JSON(http.StatusOK, record(r))
+	body, ok := appendRecordJSON(make([]byte, 0, 192+len(r.Data)), r)
+	if !ok {
+		c.JSON(http.StatusOK, record(r))
+		return
+	}
+	c.Data(http.StatusOK, jsonContentType, body)
 }
 
 func (s *Server) putRecord(c *gin.Context) {

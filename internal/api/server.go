@@ -197,16 +197,21 @@ func (s *Server) observe(c *gin.Context) {
 		route = "unmatched"
 	}
 	status := c.Writer.Status()
-	s.metrics.observe(route, c.Request.Method, status, time.Since(start))
+	took := time.Since(start)
+	s.metrics.observe(route, c.Request.Method, status, took)
 	lvl := slog.LevelInfo
 	if status >= 500 {
 		lvl = slog.LevelError
 	}
-	if s.log.Enabled(c.Request.Context(), lvl) {
-		s.log.LogAttrs(c.Request.Context(), lvl, "request", slog.String("request_id", c.GetString(problem.ContextKey)),
+	if ctx := c.Request.Context(); s.log.Enabled(ctx, lvl) {
+		// A Record made here (pc 0) rather than LogAttrs: the logger would walk the stack for
+		// a source location no handler of ours prints, on every request.
+		r := slog.NewRecord(time.Now(), lvl, "request", 0)
+		r.AddAttrs(slog.String("request_id", c.GetString(problem.ContextKey)),
 			slog.String("method", c.Request.Method), slog.String("route", route), slog.Int("status", status),
 			slog.String("tenant", c.GetString("tenant")), slog.String("shard", c.GetString("shard")),
-			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
+			slog.Float64("duration_ms", float64(took.Microseconds())/1000))
+		_ = s.log.Handler().Handle(ctx, r)
 	}
 }
 

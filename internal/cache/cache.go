@@ -18,7 +18,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -322,13 +321,6 @@ func (w *wrapped) GetMany(ctx context.Context, t records.Target, ro records.Read
 	return w.inner.GetMany(ctx, t, ro, coll, ids, fields)
 }
 
-// entry is a cached value as stored in Redis (JSON).
-type entry[T any] struct {
-	Shard string `json:"s"`
-	LSN   uint64 `json:"l"`
-	Value T      `json:"v"`
-}
-
 // lookup is what lookupScript found.
 type lookup struct {
 	key, epoch, gen, ic string
@@ -419,12 +411,12 @@ func cached[T any](ctx context.Context, c *Cache, kind string, t records.Target,
 	}
 	c.redisOK()
 	if lk.value != nil {
-		var e entry[T]
-		if err := json.Unmarshal(lk.value, &e); err != nil {
+		shard, lsn, v, err := decodeEntry[T](lk.value)
+		if err != nil {
 			c.errs.WithLabelValues("decode").Inc()
-		} else if e.Shard == t.Shard && e.LSN >= minLSN {
+		} else if shard == t.Shard && lsn >= minLSN {
 			c.requests.WithLabelValues(kind, "hit").Inc()
-			return e.Value, records.ReadInfo{Source: records.SourceCache, Reason: "cache", LSN: e.LSN}, nil
+			return v, records.ReadInfo{Source: records.SourceCache, Reason: "cache", LSN: lsn}, nil
 		}
 	}
 	c.requests.WithLabelValues(kind, "miss").Inc()
@@ -485,7 +477,7 @@ func (c *Cache) fill(ctx context.Context, t records.Target, snap snapshot, lk lo
 	if info.Source != records.SourceReplica {
 		lsn = 0
 	}
-	b, jerr := json.Marshal(entry[any]{Shard: t.Shard, LSN: lsn, Value: v})
+	b, jerr := encodeEntry(t.Shard, lsn, v)
 	if jerr != nil {
 		c.errs.WithLabelValues("encode").Inc()
 		return
