@@ -116,8 +116,7 @@ func eventParts(ctx context.Context, cfg config, log *slog.Logger, parts *daemon
 	var applier events.Applier
 	var served api.Store = store
 	if cfg.redisAddr != "" {
-		rdb := redis.NewClient(&redis.Options{Addr: cfg.redisAddr, DialTimeout: time.Second, ReadTimeout: 200 * time.Millisecond,
-			WriteTimeout: 200 * time.Millisecond, MaxRetries: -1})
+		rdb := redis.NewClient(cache.RedisOptions(cfg.redisAddr))
 		parts.Add("redis", func(context.Context) error { return rdb.Close() })
 		c, err := cache.New(cache.Config{Redis: rdb, TTL: cfg.cacheTTL, MaxStaleness: cfg.cacheMaxLag, StandbyLag: cfg.maxStaleness, Logger: log, Registerer: reg,
 			Fresh: func(shard string) (time.Time, bool) { return consumer.Fresh(shard) }})

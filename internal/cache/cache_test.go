@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -884,4 +885,39 @@ func TestMovedTenant(t *testing.T) {
 	if e.skipped(skipLSNBehind) != 1 {
 		t.Fatalf("a standby read behind the target's own newest event was stored (lsn-behind skips %v)", e.skipped(skipLSNBehind))
 	}
+}
+
+// TestStalledRedisBoundedByTimeout: with the cache's client options (RedisOptions), a Redis
+// that stops answering costs a read Config.Timeout, not the socket's read timeout (raised to
+// 10 s here so the difference cannot be mistaken): the read goes to the store.
+func TestStalledRedisBoundedByTimeout(t *testing.T) {
+	srv := testenv.Redis(t)
+	opts := RedisOptions(srv.Addr())
+	opts.ReadTimeout, opts.WriteTimeout = 10*time.Second, 10*time.Second
+	rc := redis.NewClient(opts)
+	t.Cleanup(func() { _ = rc.Close() })
+	clk := &clock{now: time.Now(), asOf: time.Now(), ok: true}
+	c, err := New(Config{Redis: rc, Fresh: clk.Fresh, Now: clk.Now, Timeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := newFake()
+	r := c.Wrap(fake)
+	if _, _, err := r.Get(bg, tgt, records.ReadOptions{}, "c", "a"); err != nil && !errors.Is(err, records.ErrRecordNotFound) {
+		t.Fatal(err) // warm: the connection is open
+	}
+	if err := syscall.Kill(srv.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(srv.Pid(), syscall.SIGCONT) })
+	start := time.Now()
+	_, _, err = r.Get(bg, tgt, records.ReadOptions{}, "c", "a")
+	took := time.Since(start)
+	if err != nil && !errors.Is(err, records.ErrRecordNotFound) {
+		t.Fatalf("read with Redis stalled: %v, want the store's answer", err)
+	}
+	if took > 3*time.Second {
+		t.Fatalf("read with Redis stalled took %v: the 100 ms timeout did not bound the call (socket timeout 10 s)", took)
+	}
+	t.Logf("read with Redis stalled answered by the store in %v", took)
 }

@@ -5,11 +5,22 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"strconv"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/meridian-dev/meridian/internal/records"
 )
+
+// RedisOptions are the options of a region's Redis client for the cache (cmd/api uses them).
+// ContextTimeoutEnabled makes go-redis honour a call's context deadline on the socket: the
+// cache bounds every call by Config.Timeout (50 ms) through its context, and without the flag
+// a stalled Redis held each read for the 200 ms ReadTimeout instead. No retries: a failed call
+// is a bypass, not a wait.
+func RedisOptions(addr string) *redis.Options {
+	return &redis.Options{Addr: addr, DialTimeout: time.Second, ReadTimeout: 200 * time.Millisecond,
+		WriteTimeout: 200 * time.Millisecond, MaxRetries: -1, ContextTimeoutEnabled: true}
+}
 
 // Keys. Every key of a tenant carries the hash tag {tenant}; the region epoch is one key of its
 // own. The entry keys embed the generations they were read under:
