@@ -13,12 +13,12 @@ import (
 )
 
 // The two scans of a move over all of a tenant's keys: the backfill and a full verify pass.
-// The backfill cuts the source's keys into ranges of about BatchSize keys (Store.SplitKeys) and
-// runs ScanStreams streams over them at once, each taking the next range when it is done with
-// one: one stream of round trips leaves both databases idle much of the time (docs/moves.md,
-// "Throughput"). The ranges cover every key, the target's extra keys included, exactly once.
-// The full verify pass is still one stream (verifyRanges, its parallel version, measured
-// slower).
+// Both cut the source's keys into ranges (Store.SplitKeys: about BatchSize keys a backfill
+// range, VerifyRangeRows a verify range) and run ScanStreams streams over them at once, each
+// taking the next range when it is done with one: one stream of round trips leaves both
+// databases idle much of the time (docs/moves.md, "Throughput"). The ranges cover every key,
+// the target's extra keys included, exactly once. A backfill range is copied in CopyRange
+// batches; a verify range is one CompareRange, each side read as one stream.
 
 // defaultScanStreams is ScanStreams's default.
 const defaultScanStreams = 4

@@ -2,11 +2,13 @@ package pgstore
 
 // The range primitives of a move's two scans (backfill and a full verify pass), for a
 // controller that runs several key-range streams at once (docs/moves.md, "Throughput").
-// SplitKeys cuts a tenant's keys into ranges; CopyRange and VerifyRange are CopyBatch and
-// VerifyBatch bounded above, with the same guards: a copy never regresses a version nor
-// brings back a deleted record, tombstones travel, and a verified range is compared on both
-// sides over the same keys. VerifyRange first compares one digest of the whole range per side
-// and reads row digests only when they differ, so a clean range costs two one-row answers.
+// SplitKeys cuts a tenant's keys into ranges; CopyRange is CopyBatch bounded above and
+// CompareRange is VerifyBatch over a whole range, with the same guards: a copy never regresses
+// a version nor brings back a deleted record, tombstones travel, and a compared range is read
+// on both sides over the same keys. CompareRange reads each side's row digests with one
+// streamed query and merges the two streams as they arrive: no LIMIT pages, no per-range
+// digest (a range digest saved bytes, not the server's work of reading every row, and a range
+// with one difference was read twice).
 
 import (
 	"context"
@@ -115,12 +117,19 @@ func streamSQL(cols string, bounded bool) string {
 	ORDER BY collection, id`
 }
 
-// digestCols are what a verify compares of a row (scanDigest's order): VerifyBatch's digest.
-const digestCols = `collection, id, version, deleted, md5(data::text)`
+// hashCols are what CompareRange reads of a row: the key, version, deleted flag and a 64-bit
+// hash of data's binary form (jsonb_hash_extended, the hash of jsonb equality, the equality
+// Repair's guard uses). It costs the server about a fifth of md5(data::text), which must first
+// print the jsonb as text (docs/BENCHMARKS.md, "Tenant moves: backfill and verify (issue 14)").
+// Unlike md5 its value depends on the server's architecture and Postgres version, so two rows
+// that differ only by hash are compared again by md5 (VerifyKeys) before they count: a pair
+// of shards that disagree on hashes makes a pass slower, never wrong, and never makes it find
+// differences Repair cannot remove.
+const hashCols = `collection, id, version, deleted, jsonb_hash_extended(data, 0)`
 
 var (
-	digestStreamSQL        = streamSQL(digestCols, false)
-	digestStreamBoundedSQL = streamSQL(digestCols, true)
+	digestStreamSQL        = streamSQL(hashCols, false)
+	digestStreamBoundedSQL = streamSQL(hashCols, true)
 )
 
 // streamArgs are streamSQL's statement and arguments for the range (after, upto] (the zero
@@ -154,7 +163,7 @@ func streamDigests(ctx context.Context, pool *pgxpool.Pool, tenant string, after
 			}
 			for rows.Next() {
 				var d digest
-				if err := rows.Scan(&d.key.Collection, &d.key.ID, &d.version, &d.deleted, &d.md5); err != nil {
+				if err := rows.Scan(&d.key.Collection, &d.key.ID, &d.version, &d.deleted, &d.hash); err != nil {
 					return err
 				}
 				if chunk = append(chunk, d); len(chunk) == digestChunk {
@@ -197,8 +206,9 @@ func (c *digestCursor) peek() *digest {
 func (c *digestCursor) pop() { c.chunk = c.chunk[1:] }
 
 // CompareRange compares tenant's rows on shards from and to over the keys in (after, upto]
-// (the zero upto: every key after after) by (collection, id, version, deleted, md5 of data),
-// as VerifyBatch does, and returns the keys that differ (missing on to, extra on to, or
+// (the zero upto: every key after after) by (collection, id, version, deleted, a hash of data;
+// rows that differ by the hash alone are compared again by md5 of data, as VerifyBatch
+// compares them: hashCols), and returns the keys that differ (missing on to, extra on to, or
 // different), in key order, and how many distinct keys it compared. Each side is read with
 // one streamed query (no LIMIT, no keyset round trips) and the two streams are merged as they
 // arrive, so its memory is a few chunks of digests a side plus the differing keys whatever
@@ -237,6 +247,7 @@ func (s *Store) CompareRange(ctx context.Context, tenant, from, to string, after
 		}
 	})
 	a, b := &digestCursor{in: chA}, &digestCursor{in: chB}
+	var suspects []records.Key // same version and deleted flag, other hash
 	for {
 		da, db := a.peek(), b.peek()
 		if da == nil && db == nil {
@@ -250,8 +261,11 @@ func (s *Store) CompareRange(ctx context.Context, tenant, from, to string, after
 			diffs = append(diffs, db.key) // on the target only
 			b.pop()
 		default:
-			if da.version != db.version || da.deleted != db.deleted || da.md5 != db.md5 {
+			switch {
+			case da.version != db.version || da.deleted != db.deleted:
 				diffs = append(diffs, da.key)
+			case da.hash != db.hash:
+				suspects = append(suspects, da.key)
 			}
 			a.pop()
 			b.pop()
@@ -262,7 +276,27 @@ func (s *Store) CompareRange(ctx context.Context, tenant, from, to string, after
 	if first != nil {
 		return nil, 0, first
 	}
-	return diffs, checked, nil
+	if len(suspects) == 0 {
+		return diffs, checked, nil
+	}
+	confirmed, err := s.VerifyKeys(ctx, tenant, from, to, suspects)
+	if err != nil {
+		return nil, 0, err
+	}
+	return mergeKeys(diffs, confirmed), checked, nil
+}
+
+// mergeKeys merges two lists of distinct keys, each in key order, into one in key order.
+func mergeKeys(a, b []records.Key) []records.Key {
+	out := make([]records.Key, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		if a[0].Less(b[0]) {
+			out, a = append(out, a[0]), a[1:]
+		} else {
+			out, b = append(out, b[0]), b[1:]
+		}
+	}
+	return append(append(out, a...), b...)
 }
 
 // mergeDigests compares one page of digests of both sides read after after, limit a side (as
