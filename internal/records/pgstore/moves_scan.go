@@ -119,8 +119,9 @@ func streamSQL(cols string, bounded bool) string {
 
 // hashCols are what CompareRange reads of a row: the key, version, deleted flag and a 64-bit
 // hash of data's binary form (jsonb_hash_extended, the hash of jsonb equality, the equality
-// Repair's guard uses). It costs the server about a fifth of md5(data::text), which must first
-// print the jsonb as text (docs/BENCHMARKS.md, "Tenant moves: backfill and verify (issue 14)").
+// Repair's guard uses). It adds about a fifth of what md5(data::text) adds to reading a
+// row, md5 having to print the jsonb as text first (docs/BENCHMARKS.md, "Tenant moves:
+// backfill and verify (issue 14)").
 // Unlike md5 its value depends on the server's architecture and Postgres version, so two rows
 // that differ only by hash are compared again by md5 (VerifyKeys) before they count: a pair
 // of shards that disagree on hashes makes a pass slower, never wrong, and never makes it find
