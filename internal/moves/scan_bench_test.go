@@ -26,7 +26,7 @@ import (
 // controller's own backfill and verifyPass, side by side with the loops they replaced
 // (legacyBackfill, legacyVerifyPass: one stream of CopyBatch/VerifyBatch round trips).
 //
-//	go test -run '^$' -bench BenchmarkMoveScan -benchtime 3x ./internal/moves/
+//	go test -run '^$' -bench 'BenchmarkMoveScan$' -benchtime 2x -timeout 40m ./internal/moves/
 //
 // MERIDIAN_BENCH_MOVE_ROWS sets the tenant's size (default 200,000 records of ~200 bytes of
 // JSON, 1 in 50 a tombstone).
