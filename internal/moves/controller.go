@@ -31,9 +31,12 @@ type Config struct {
 	// BatchSize is the rows per CopyBatch and VerifyBatch; 0 = 1000.
 	BatchSize int
 	// ScanStreams is how many key ranges the backfill and a full verify pass work on at once
-	// (each range about BatchSize keys); 0 = 4. Each stream holds up to one connection to each
-	// shard of the move.
+	// (a backfill range is about BatchSize keys, a verify range VerifyRangeRows); 0 = 4. Each
+	// stream holds up to one connection to each shard of the move.
 	ScanStreams int
+	// VerifyRangeRows is about how many keys a full verify pass compares in one streamed
+	// CompareRange; 0 = 10 × BatchSize.
+	VerifyRangeRows int
 	// RowsPerSecond caps a move's backfill rate; 0 = unlimited. Verify passes are not capped.
 	RowsPerSecond float64
 	// VerifyThreshold is the most differences a verify pass may find for the move to cut over

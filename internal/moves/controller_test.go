@@ -20,7 +20,9 @@ const (
 )
 
 func testConfig(t *testing.T, m MapClient, st Store, l Lease, holder string) Config {
-	return Config{Map: m, Store: st, Lease: l, Holder: holder, BatchSize: batch,
+	// VerifyRangeRows = batch: a full verify pass is several CompareRange calls, as the tests
+	// that stop a controller at its nth verify call expect.
+	return Config{Map: m, Store: st, Lease: l, Holder: holder, BatchSize: batch, VerifyRangeRows: batch,
 		PropagationDelay: 20 * time.Millisecond, Grace: 20 * time.Millisecond,
 		LeaseTTL: 400 * time.Millisecond, RenewEvery: 100 * time.Millisecond, PollInterval: 50 * time.Millisecond,
 		RetryBackoff: 10 * time.Millisecond, MaxAttempts: 3, Logger: quietLog(t)}

@@ -444,8 +444,8 @@ func (f *fakeStore) CopyRange(ctx context.Context, tenant, from, to string, afte
 	return next, len(ks), f.after("CopyBatch", n)
 }
 
-// VerifyRange compares the keys in (after, upto]; counted (and hooked) as a VerifyBatch.
-func (f *fakeStore) VerifyRange(ctx context.Context, tenant, from, to string, after, upto Key, limit int) ([]Key, int, error) {
+// CompareRange compares the keys in (after, upto]; counted (and hooked) as a VerifyBatch.
+func (f *fakeStore) CompareRange(ctx context.Context, tenant, from, to string, after, upto Key) ([]Key, int, error) {
 	n, err := f.call("VerifyBatch")
 	if err != nil {
 		return nil, 0, err

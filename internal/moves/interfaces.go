@@ -102,9 +102,9 @@ type Pruner interface {
 
 // Scanner is the part of Store the two full scans of a move (backfill, full verify pass) use to
 // run as parallel key-range streams. SplitKeys's keys cut the key space into ranges
-// (zero, k1], (k1, k2], …, (kn, ∞) that cover every key exactly once; CopyRange and VerifyRange
-// keep CopyBatch's and VerifyBatch's contracts (version guard, tombstones, both sides compared
-// over the same keys) within one range. A zero upto is no upper bound.
+// (zero, k1], (k1, k2], …, (kn, ∞) that cover every key exactly once; CopyRange and
+// CompareRange keep CopyBatch's and VerifyBatch's contracts (version guard, tombstones, both
+// sides compared over the same keys) within one range. A zero upto is no upper bound.
 type Scanner interface {
 	// SplitKeys returns the key of every every-th row of tenant on shard (tombstones
 	// included), ascending.
@@ -112,7 +112,8 @@ type Scanner interface {
 	// CopyRange copies up to limit rows in (after, upto], version-guarded; copied < limit means
 	// the range is done.
 	CopyRange(ctx context.Context, tenant, from, to string, after, upto Key, limit int) (next Key, copied int, err error)
-	// VerifyRange compares every key in (after, upto] on both sides and returns the differing
-	// ones and how many distinct keys it compared.
-	VerifyRange(ctx context.Context, tenant, from, to string, after, upto Key, limit int) (diffs []Key, checked int, err error)
+	// CompareRange compares every key in (after, upto] on both sides, each side read as one
+	// stream, and returns the differing ones in key order and how many distinct keys it
+	// compared.
+	CompareRange(ctx context.Context, tenant, from, to string, after, upto Key) (diffs []Key, checked int, err error)
 }

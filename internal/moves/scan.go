@@ -13,12 +13,12 @@ import (
 )
 
 // The two scans of a move over all of a tenant's keys: the backfill and a full verify pass.
-// The backfill cuts the source's keys into ranges of about BatchSize keys (Store.SplitKeys) and
-// runs ScanStreams streams over them at once, each taking the next range when it is done with
-// one: one stream of round trips leaves both databases idle much of the time (docs/moves.md,
-// "Throughput"). The ranges cover every key, the target's extra keys included, exactly once.
-// The full verify pass is still one stream (verifyRanges, its parallel version, measured
-// slower).
+// Both cut the source's keys into ranges (Store.SplitKeys: about BatchSize keys a backfill
+// range, VerifyRangeRows a verify range) and run ScanStreams streams over them at once, each
+// taking the next range when it is done with one: one stream of round trips leaves both
+// databases idle much of the time (docs/moves.md, "Throughput"). The ranges cover every key,
+// the target's extra keys included, exactly once. A backfill range is copied in CopyRange
+// batches; a verify range is one CompareRange, each side read as one stream.
 
 // defaultScanStreams is ScanStreams's default.
 const defaultScanStreams = 4
@@ -29,6 +29,20 @@ func (c *Controller) scanStreams() int {
 		return c.cfg.ScanStreams
 	}
 	return defaultScanStreams
+}
+
+// defaultVerifyRangeBatches is VerifyRangeRows's default in batches: each range is one
+// streamed CompareRange, so larger ranges mean fewer queries to plan and fewer round trips;
+// 10 (10,000 keys at the default BatchSize) still leaves 20 ranges for 4 streams in a
+// 200,000-row tenant (docs/BENCHMARKS.md, "Tenant moves: backfill and verify (issue 14)").
+const defaultVerifyRangeBatches = 10
+
+// verifyRangeRows is how many keys a full verify pass's range holds (SplitKeys's every).
+func (c *Controller) verifyRangeRows() int {
+	if c.cfg.VerifyRangeRows > 0 {
+		return c.cfg.VerifyRangeRows
+	}
+	return defaultVerifyRangeBatches * c.cfg.BatchSize
 }
 
 // keyRange is the keys in (after, upto]; a zero upto is no upper bound.
@@ -204,23 +218,26 @@ func (c *Controller) throttle(ctx context.Context, began time.Time, rows int64) 
 	return c.sleep(ctx, want-c.now().Sub(began))
 }
 
-// verifyRanges is verifyPass over parallel key-range streams (not used: measured slower), repairing each range's differences when repair is set, and returns how many it
-// found. Repairs are recorded in the map after every range that made some.
-func (c *Controller) verifyRanges(ctx context.Context, mv shardmap.Move, repair bool) (int, error) {
+// verifyPass compares every key of the tenant on both shards once, over ScanStreams parallel
+// key ranges of about verifyRangeRows keys each (SplitKeys on the source; the ranges cover the
+// target's extra keys too), each range one streamed CompareRange. When repair is set each
+// range's differences are repaired (BatchSize keys a Repair) and recorded in the map as they
+// are made. It returns how many differences it found.
+func (c *Controller) verifyPass(ctx context.Context, mv shardmap.Move, repair bool) (int, error) {
 	batch := c.cfg.BatchSize
-	splits, err := c.cfg.Store.SplitKeys(ctx, mv.Tenant, mv.From, batch)
+	splits, err := c.cfg.Store.SplitKeys(ctx, mv.Tenant, mv.From, c.verifyRangeRows())
 	if err != nil {
 		return 0, fmt.Errorf("split keys: %w", err)
 	}
 	var found atomic.Int64
 	var repairMu sync.Mutex // one read-modify-write of the map's repair count at a time
-	verifyRange := func(ctx context.Context, r keyRange) error {
+	compare := func(ctx context.Context, r keyRange) error {
 		if err := c.stillIn(mv.ID, shardmap.PhaseVerify); err != nil {
 			return err
 		}
-		diffs, _, err := c.cfg.Store.VerifyRange(ctx, mv.Tenant, mv.From, mv.To, r.after, r.upto, batch)
+		diffs, _, err := c.cfg.Store.CompareRange(ctx, mv.Tenant, mv.From, mv.To, r.after, r.upto)
 		if err != nil {
-			return fmt.Errorf("verify range (%v, %v]: %w", r.after, r.upto, err)
+			return fmt.Errorf("compare range (%v, %v]: %w", r.after, r.upto, err)
 		}
 		found.Add(int64(len(diffs)))
 		if !repair {
@@ -243,49 +260,8 @@ func (c *Controller) verifyRanges(ctx context.Context, mv shardmap.Move, repair 
 		}
 		return nil
 	}
-	err = scanRanges(ctx, c.scanStreams(), rangesOf(splits), verifyRange)
+	err = scanRanges(ctx, c.scanStreams(), rangesOf(splits), compare)
 	return int(found.Load()), err
-}
-
-// verifyPass compares every key of the tenant on both shards once, repairing differences
-// batch by batch when repair is set, and returns how many it found. Repairs are recorded in the
-// map after every batch that made some.
-//
-// It stays one stream of VerifyBatch round trips: the parallel range version (SplitKeys +
-// VerifyRange over ScanStreams streams, see verifyRanges) measured slower side by side on the
-// loaded 2-core machine (docs/BENCHMARKS.md, "Tenant moves: backfill and verify (issue 14)").
-func (c *Controller) verifyPass(ctx context.Context, mv shardmap.Move, repair bool) (int, error) {
-	var after Key
-	found := 0
-	var repairMu sync.Mutex
-	for {
-		if err := c.stillIn(mv.ID, shardmap.PhaseVerify); err != nil {
-			return found, err
-		}
-		next, diffs, checked, err := c.cfg.Store.VerifyBatch(ctx, mv.Tenant, mv.From, mv.To, after, c.cfg.BatchSize)
-		if err != nil {
-			return found, fmt.Errorf("verify batch after %v: %w", after, err)
-		}
-		if checked == 0 {
-			return found, nil
-		}
-		after = next
-		found += len(diffs)
-		if !repair || len(diffs) == 0 {
-			continue
-		}
-		n, err := c.cfg.Store.Repair(ctx, mv.Tenant, mv.From, mv.To, diffs)
-		if err != nil {
-			return found, fmt.Errorf("repair: %w", err)
-		}
-		if n == 0 {
-			continue
-		}
-		c.m.repairs.Add(float64(n))
-		if err := c.recordRepairs(ctx, &repairMu, mv.ID, n); err != nil {
-			return found, err
-		}
-	}
 }
 
 // recordRepairs adds n to the move's repair count in the map, one stream at a time.

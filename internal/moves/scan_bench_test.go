@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/meridian-dev/meridian/internal/localsrv"
 	"github.com/meridian-dev/meridian/internal/records/pgstore"
 	"github.com/meridian-dev/meridian/internal/shards"
 	"github.com/meridian-dev/meridian/internal/testenv"
@@ -25,7 +26,7 @@ import (
 // controller's own backfill and verifyPass, side by side with the loops they replaced
 // (legacyBackfill, legacyVerifyPass: one stream of CopyBatch/VerifyBatch round trips).
 //
-//	go test -run '^$' -bench BenchmarkMoveScan -benchtime 3x ./internal/moves/
+//	go test -run '^$' -bench 'BenchmarkMoveScan$' -benchtime 2x -timeout 40m ./internal/moves/
 //
 // MERIDIAN_BENCH_MOVE_ROWS sets the tenant's size (default 200,000 records of ~200 bytes of
 // JSON, 1 in 50 a tombstone).
@@ -48,17 +49,19 @@ type scanEnv struct {
 	rows  int64
 	store *pgstore.Store
 	admin map[string]*pgxpool.Pool // shard -> superuser pool
+	pgs   map[string]*localsrv.Postgres
 	m     *shardmap.Client
 }
 
 func newScanEnv(b *testing.B, rows int) *scanEnv {
 	b.Helper()
 	ctx := context.Background()
-	e := &scanEnv{rows: int64(rows), admin: map[string]*pgxpool.Pool{}}
+	e := &scanEnv{rows: int64(rows), admin: map[string]*pgxpool.Pool{}, pgs: map[string]*localsrv.Postgres{}}
 	maps := pgShards{}
 	dsns := map[string]string{}
 	for _, sh := range []struct{ id, home string }{{"use-1", "us-east"}, {"euw-1", "eu-west"}} {
 		pg := testenv.Postgres(b)
+		e.pgs[sh.id] = pg
 		db := "shard_" + sh.id[:3]
 		if err := pg.CreateDatabase(ctx, db); err != nil {
 			b.Fatal(err)
@@ -163,15 +166,22 @@ func BenchmarkMoveScan(b *testing.B) {
 	// Each iteration runs the old loop and the new one back to back, timing each: the machine is
 	// shared and its load swings over minutes, so the two figures of one sub-benchmark saw
 	// the same load window (the ratio is the figure to read).
-	report := func(b *testing.B, before, after time.Duration) {
+	report := func(b *testing.B, before, after *scanCost) {
 		n := float64(e.rows) * float64(b.N)
-		b.ReportMetric(n/before.Seconds(), "before-rows/s")
-		b.ReportMetric(n/after.Seconds(), "after-rows/s")
-		b.ReportMetric(before.Seconds()/after.Seconds(), "speedup")
+		b.ReportMetric(n/before.wall.Seconds(), "before-rows/s")
+		b.ReportMetric(n/after.wall.Seconds(), "after-rows/s")
+		b.ReportMetric(before.wall.Seconds()/after.wall.Seconds(), "speedup")
+		// CPU seconds per 1000 rows: both clusters' Postgres processes, and this process (the
+		// controller, the map's Raft node and the benchmark itself).
+		b.ReportMetric(1000*before.pg/n, "before-pg-cpu-s/krow")
+		b.ReportMetric(1000*after.pg/n, "after-pg-cpu-s/krow")
+		b.ReportMetric(1000*before.gocpu/n, "before-go-cpu-s/krow")
+		b.ReportMetric(1000*after.gocpu/n, "after-go-cpu-s/krow")
+		b.Logf("load average at the end: %s", loadAvg())
 	}
 	b.Run("backfill", func(b *testing.B) {
 		c := e.controller(b, 0)
-		var before, after time.Duration
+		var before, after scanCost
 		for b.Loop() {
 			for i, run := range []func(shardmap.Move) error{
 				func(mv shardmap.Move) error { return legacyBackfill(ctx, c, mv) },
@@ -180,18 +190,18 @@ func BenchmarkMoveScan(b *testing.B) {
 				e.exec(b, "euw-1", `TRUNCATE records`)
 				mv := e.newMove(b, last, shardmap.PhaseBackfill)
 				last = mv.ID
-				t0 := time.Now()
+				cost := &after
+				if i == 0 {
+					cost = &before
+				}
+				stop := e.measure(cost)
 				if err := run(mv); err != nil {
 					b.Fatal(err)
 				}
-				if i == 0 {
-					before += time.Since(t0)
-				} else {
-					after += time.Since(t0)
-				}
+				stop()
 			}
 		}
-		report(b, before, after)
+		report(b, &before, &after)
 	})
 	e.exec(b, "euw-1", `ANALYZE records`)
 
@@ -204,33 +214,51 @@ func BenchmarkMoveScan(b *testing.B) {
 			c := e.controller(b, 0)
 			mv := e.newMove(b, last, shardmap.PhaseVerify)
 			last = mv.ID
-			var before, after time.Duration
+			var before, after scanCost
 			for b.Loop() {
 				for i, run := range []func() (int, error){
 					func() (int, error) { return legacyVerifyPass(ctx, c, mv, true) },
-					func() (int, error) { return c.verifyRanges(ctx, mv, true) },
+					func() (int, error) { return c.verifyPass(ctx, mv, true) },
 				} {
 					var want int64
 					if damaged {
 						want = e.damage(b)
 					}
-					t0 := time.Now()
+					cost := &after
+					if i == 0 {
+						cost = &before
+					}
+					stop := e.measure(cost)
 					n, err := run()
 					if err != nil {
 						b.Fatal(err)
 					}
-					if i == 0 {
-						before += time.Since(t0)
-					} else {
-						after += time.Since(t0)
-					}
+					stop()
 					if int64(n) != want {
 						b.Fatalf("verify found %d differences, want %d", n, want)
 					}
 				}
 			}
-			report(b, before, after)
+			report(b, &before, &after)
 		})
+	}
+}
+
+// scanCost adds up the runs of one loop: wall time, the CPU seconds of both clusters'
+// Postgres processes (/proc), and this process's.
+type scanCost struct {
+	wall      time.Duration
+	pg, gocpu float64
+}
+
+// measure starts timing a run; the function it returns adds the run to c.
+func (e *scanEnv) measure(c *scanCost) (stop func()) {
+	pg := func() float64 { return clusterCPU(e.pgs["use-1"].Pid()) + clusterCPU(e.pgs["euw-1"].Pid()) }
+	pg0, go0, t0 := pg(), selfCPU(), time.Now()
+	return func() {
+		c.wall += time.Since(t0)
+		c.pg += pg() - pg0
+		c.gocpu += selfCPU() - go0
 	}
 }
 

@@ -163,14 +163,14 @@ func TestVerifyPassStreams(t *testing.T) {
 	st.set("euw-1", "acme", Key{Collection: "zzz", ID: "extra"}, frow{version: 1, data: "v1"})
 	st.set("euw-1", "acme", Key{Collection: "items", ID: "r01234"}, frow{version: 1, deleted: true})
 	st.mu.Unlock()
-	found, err := c.verifyRanges(context.Background(), mv, true)
+	found, err := c.verifyPass(context.Background(), mv, true)
 	if err != nil || found != 6 {
 		t.Fatalf("verify pass: %d differences, %v; want 6", found, err)
 	}
 	if got, _ := client.Map().Move(mv.ID); got.Repairs != 6 {
 		t.Errorf("repairs recorded %d, want 6", got.Repairs)
 	}
-	if found, err := c.verifyRanges(context.Background(), mv, false); err != nil || found != 0 {
+	if found, err := c.verifyPass(context.Background(), mv, false); err != nil || found != 0 {
 		t.Fatalf("second pass: %d, %v", found, err)
 	}
 	boom := errors.New("source unreachable")
@@ -180,7 +180,7 @@ func TestVerifyPassStreams(t *testing.T) {
 		}
 		return nil
 	}
-	if _, err := c.verifyRanges(context.Background(), mv, false); !errors.Is(err, boom) {
+	if _, err := c.verifyPass(context.Background(), mv, false); !errors.Is(err, boom) {
 		t.Fatalf("verify pass: %v, want the store's error", err)
 	}
 }

@@ -292,6 +292,7 @@ type digest struct {
 	version int64
 	deleted bool
 	md5     string
+	hash    int64 // CompareRange's jsonb_hash_extended of data instead of md5
 }
 
 // digests reads the next limit digests of tenant after the key after on pool.

@@ -2,11 +2,13 @@ package pgstore
 
 // The range primitives of a move's two scans (backfill and a full verify pass), for a
 // controller that runs several key-range streams at once (docs/moves.md, "Throughput").
-// SplitKeys cuts a tenant's keys into ranges; CopyRange and VerifyRange are CopyBatch and
-// VerifyBatch bounded above, with the same guards: a copy never regresses a version nor
-// brings back a deleted record, tombstones travel, and a verified range is compared on both
-// sides over the same keys. VerifyRange first compares one digest of the whole range per side
-// and reads row digests only when they differ, so a clean range costs two one-row answers.
+// SplitKeys cuts a tenant's keys into ranges; CopyRange is CopyBatch bounded above and
+// CompareRange is VerifyBatch over a whole range, with the same guards: a copy never regresses
+// a version nor brings back a deleted record, tombstones travel, and a compared range is read
+// on both sides over the same keys. CompareRange reads each side's row digests with one
+// streamed query and merges the two streams as they arrive: no LIMIT pages, no per-range
+// digest (a range digest saved bytes, not the server's work of reading every row, and a range
+// with one difference was read twice).
 
 import (
 	"context"
@@ -61,10 +63,7 @@ func boundedSQL(cols string) string {
 	AND (collection, id) <= ($4, $5) ORDER BY collection, id LIMIT $6`
 }
 
-var (
-	copyBoundedSQL   = boundedSQL(rowCols)
-	verifyBoundedSQL = boundedSQL(`collection, id, version, deleted, md5(data::text)`)
-)
+var copyBoundedSQL = boundedSQL(rowCols)
 
 // rangeArgs are the arguments of a range read after after, up to upto (the zero Key: no upper
 // bound, rangeSQL) of limit rows, and the statement to use.
@@ -107,97 +106,115 @@ func (s *Store) CopyRange(ctx context.Context, tenant, from, to string, after, u
 	return rows[len(rows)-1].key, len(rows), nil
 }
 
-// rowHashSQL is one row's part of a range digest: a 64-bit hash of its key, version, deleted
-// flag and data, computed on jsonb's binary form (no text conversion, no md5: the cost of a
-// clean range is one index scan). Keys cannot hold '/' (the records table's CHECKs), so the
-// key's text is unambiguous. The data is hashed by jsonb equality, the equality Repair's guard
-// uses. Hash values depend on the server's architecture and Postgres version; where two
-// shards disagree on them every range looks different and is compared row by row (by
-// md5(data::text), as VerifyBatch does), which is slower, never wrong.
-const rowHashSQL = `(hashtextextended(collection || '/' || id, 0) # jsonb_hash_extended(data, version * 2 + deleted::int))`
-
-// rangeDigestSQL digests tenant $1's rows after ($2, $3) (up to ($4, $5) when bounded): their
-// count and the sum of their row hashes (order-free, so no sort). Two statements, not a flag:
-// a bound the planner cannot see would leave the index scan running to the tenant's last key.
-func rangeDigestSQL(bounded bool) string {
+// streamSQL reads cols of every row of tenant $1 after the key ($2, $3) in key order (up to
+// ($4, $5) inclusive when bounded), with no LIMIT: one index range scan a range, streamed.
+func streamSQL(cols string, bounded bool) string {
 	bound := ``
 	if bounded {
 		bound = ` AND (collection, id) <= ($4, $5)`
 	}
-	return `SELECT count(*), COALESCE(sum(` + rowHashSQL + `), 0)::text
-	FROM records WHERE tenant_id = $1 AND (collection, id) > ($2, $3)` + bound
+	return `SELECT ` + cols + ` FROM records WHERE tenant_id = $1 AND (collection, id) > ($2, $3)` + bound + `
+	ORDER BY collection, id`
 }
+
+// hashCols are what CompareRange reads of a row: the key, version, deleted flag and a 64-bit
+// hash of data's binary form (jsonb_hash_extended, the hash of jsonb equality, the equality
+// Repair's guard uses). It adds about a fifth of what md5(data::text) adds to reading a
+// row, md5 having to print the jsonb as text first (docs/BENCHMARKS.md, "Tenant moves:
+// backfill and verify (issue 14)").
+// Unlike md5 its value depends on the server's architecture and Postgres version, so two rows
+// that differ only by hash are compared again by md5 (VerifyKeys) before they count: a pair
+// of shards that disagree on hashes makes a pass slower, never wrong, and never makes it find
+// differences Repair cannot remove.
+const hashCols = `collection, id, version, deleted, jsonb_hash_extended(data, 0)`
 
 var (
-	digestAfterSQL   = rangeDigestSQL(false)
-	digestBoundedSQL = rangeDigestSQL(true)
+	digestStreamSQL        = streamSQL(hashCols, false)
+	digestStreamBoundedSQL = streamSQL(hashCols, true)
 )
 
-// rangeDigest is a range's count and digest on one side.
-type rangeDigest struct {
-	n   int
-	sum string
-}
-
-func digestRange(ctx context.Context, pool *pgxpool.Pool, tenant string, after, upto records.Key) (rangeDigest, error) {
-	stmt, args := digestBoundedSQL, []any{tenant, after.Collection, after.ID, upto.Collection, upto.ID}
+// streamArgs are streamSQL's statement and arguments for the range (after, upto] (the zero
+// upto: no bound).
+func streamArgs(tenant string, after, upto records.Key, unbounded, bounded string) (string, []any) {
 	if upto == (records.Key{}) {
-		stmt, args = digestAfterSQL, args[:3]
+		return unbounded, []any{tenant, after.Collection, after.ID}
 	}
-	var d rangeDigest
-	_, err := readOn(ctx, pool, tenant, 0, func(b *pgx.Batch) {
-		b.Queue(stmt, args...).QueryRow(func(r pgx.Row) error { return r.Scan(&d.n, &d.sum) })
-	})
-	return d, err
+	return bounded, []any{tenant, after.Collection, after.ID, upto.Collection, upto.ID}
 }
 
-// boundedDigests reads the next limit digests of tenant in (after, upto] on pool.
-func boundedDigests(ctx context.Context, pool *pgxpool.Pool, tenant string, after, upto records.Key, limit int) ([]digest, error) {
-	stmt, args := rangeArgs(tenant, after, upto, limit, verifyRangeSQL, verifyBoundedSQL)
-	var out []digest
+// digestChunk is how many digests a side's reader hands the merge at a time.
+const digestChunk = 512
+
+// streamDigests reads the digests of tenant's rows in (after, upto] on pool in key order and
+// sends them to out in chunks; it closes out when it returns.
+func streamDigests(ctx context.Context, pool *pgxpool.Pool, tenant string, after, upto records.Key, out chan<- []digest) error {
+	defer close(out)
+	stmt, args := streamArgs(tenant, after, upto, digestStreamSQL, digestStreamBoundedSQL)
 	_, err := readOn(ctx, pool, tenant, 0, func(b *pgx.Batch) {
 		b.Queue(stmt, args...).Query(func(rows pgx.Rows) error {
-			out = make([]digest, 0, limit)
+			chunk := make([]digest, 0, digestChunk)
+			send := func() error {
+				select {
+				case out <- chunk:
+					chunk = make([]digest, 0, digestChunk)
+					return nil
+				case <-ctx.Done():
+					return context.Cause(ctx)
+				}
+			}
 			for rows.Next() {
 				var d digest
-				if err := rows.Scan(&d.key.Collection, &d.key.ID, &d.version, &d.deleted, &d.md5); err != nil {
+				if err := rows.Scan(&d.key.Collection, &d.key.ID, &d.version, &d.deleted, &d.hash); err != nil {
 					return err
 				}
-				out = append(out, d)
+				if chunk = append(chunk, d); len(chunk) == digestChunk {
+					if err := send(); err != nil {
+						return err
+					}
+				}
 			}
-			return rows.Err()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			if len(chunk) > 0 {
+				return send()
+			}
+			return nil
 		})
 	})
-	return out, err
+	return err
 }
 
-// both runs f on the source and target pools at once and returns the first error, named.
-func both[T any](from, to string, f func(side int) (T, error)) (a, b T, err error) {
-	var errA, errB error
-	var wg sync.WaitGroup
-	wg.Go(func() { a, errA = f(0) })
-	b, errB = f(1)
-	wg.Wait()
-	if errA != nil {
-		return a, b, classify(fmt.Errorf("read %s: %w", from, errA))
-	}
-	if errB != nil {
-		return a, b, classify(fmt.Errorf("read %s: %w", to, errB))
-	}
-	return a, b, nil
+// digestCursor walks one side's stream of digest chunks.
+type digestCursor struct {
+	in    <-chan []digest
+	chunk []digest
+	done  bool
 }
 
-// VerifyRange compares tenant's rows on shards from and to over the keys in (after, upto] (the
-// zero upto: every key after after), like VerifyBatch, and returns the keys that differ, in key
-// order, and how many distinct keys it compared. It first compares the range's count and
-// digest on both sides (one row each); only when they differ does it read and merge the rows'
-// digests, limit at a time. Meant for ranges of about limit keys (SplitKeys's); a larger one
-// costs more round trips when it differs, never more memory than limit digests a side plus
-// its differing keys.
-func (s *Store) VerifyRange(ctx context.Context, tenant, from, to string, after, upto records.Key, limit int) (diffs []records.Key, checked int, err error) {
-	if limit < 1 {
-		return nil, 0, fmt.Errorf("pgstore: VerifyRange: limit %d", limit)
+// peek is the side's next digest, nil at the end of its stream.
+func (c *digestCursor) peek() *digest {
+	for len(c.chunk) == 0 && !c.done {
+		ch, ok := <-c.in
+		c.chunk, c.done = ch, !ok
 	}
+	if len(c.chunk) == 0 {
+		return nil
+	}
+	return &c.chunk[0]
+}
+
+func (c *digestCursor) pop() { c.chunk = c.chunk[1:] }
+
+// CompareRange compares tenant's rows on shards from and to over the keys in (after, upto]
+// (the zero upto: every key after after) by (collection, id, version, deleted, a hash of data;
+// rows that differ by the hash alone are compared again by md5 of data, as VerifyBatch
+// compares them: hashCols), and returns the keys that differ (missing on to, extra on to, or
+// different), in key order, and how many distinct keys it compared. Each side is read with
+// one streamed query (no LIMIT, no keyset round trips) and the two streams are merged as they
+// arrive, so its memory is a few chunks of digests a side plus the differing keys whatever
+// the range's size; ranges are meant to come from SplitKeys.
+func (s *Store) CompareRange(ctx context.Context, tenant, from, to string, after, upto records.Key) (diffs []records.Key, checked int, err error) {
 	_, src, err := s.primary(ctx, from)
 	if err != nil {
 		return nil, 0, err
@@ -206,29 +223,81 @@ func (s *Store) VerifyRange(ctx context.Context, tenant, from, to string, after,
 	if err != nil {
 		return nil, 0, err
 	}
-	pools := [2]*pgxpool.Pool{src, dst}
-	da, db, err := both(from, to, func(side int) (rangeDigest, error) { return digestRange(ctx, pools[side], tenant, after, upto) })
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	chA, chB := make(chan []digest, 4), make(chan []digest, 4)
+	// The first side to fail stops the other; its error is the one returned (the other's is
+	// then only the cancellation).
+	var first error
+	var once sync.Once
+	fail := func(shard string, err error) {
+		once.Do(func() {
+			first = classify(fmt.Errorf("read %s: %w", shard, err))
+			cancel(first)
+		})
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := streamDigests(ctx, src, tenant, after, upto, chA); err != nil {
+			fail(from, err)
+		}
+	})
+	wg.Go(func() {
+		if err := streamDigests(ctx, dst, tenant, after, upto, chB); err != nil {
+			fail(to, err)
+		}
+	})
+	a, b := &digestCursor{in: chA}, &digestCursor{in: chB}
+	var suspects []records.Key // same version and deleted flag, other hash
+	for {
+		da, db := a.peek(), b.peek()
+		if da == nil && db == nil {
+			break // both streams closed: ended or failed (then the other was cancelled)
+		}
+		switch {
+		case db == nil || (da != nil && da.key.Less(db.key)):
+			diffs = append(diffs, da.key) // missing on the target
+			a.pop()
+		case da == nil || db.key.Less(da.key):
+			diffs = append(diffs, db.key) // on the target only
+			b.pop()
+		default:
+			switch {
+			case da.version != db.version || da.deleted != db.deleted:
+				diffs = append(diffs, da.key)
+			case da.hash != db.hash:
+				suspects = append(suspects, da.key)
+			}
+			a.pop()
+			b.pop()
+		}
+		checked++
+	}
+	wg.Wait()
+	if first != nil {
+		return nil, 0, first
+	}
+	if len(suspects) == 0 {
+		return diffs, checked, nil
+	}
+	confirmed, err := s.VerifyKeys(ctx, tenant, from, to, suspects)
 	if err != nil {
 		return nil, 0, err
 	}
-	if da == db {
-		return nil, da.n, nil
-	}
-	// The range differs: merge its rows' digests page by page, as VerifyBatch does.
-	for {
-		a, b, err := both(from, to, func(side int) ([]digest, error) {
-			return boundedDigests(ctx, pools[side], tenant, after, upto, limit)
-		})
-		if err != nil {
-			return diffs, checked, err
+	return mergeKeys(diffs, confirmed), checked, nil
+}
+
+// mergeKeys merges two lists of distinct keys, each in key order, into one in key order.
+func mergeKeys(a, b []records.Key) []records.Key {
+	out := make([]records.Key, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		if a[0].Less(b[0]) {
+			out, a = append(out, a[0]), a[1:]
+		} else {
+			out, b = append(out, b[0]), b[1:]
 		}
-		next, d, n := mergeDigests(a, b, after, limit)
-		diffs, checked = append(diffs, d...), checked+n
-		if n == 0 {
-			return diffs, checked, nil
-		}
-		after = next
 	}
+	return append(append(out, a...), b...)
 }
 
 // mergeDigests compares one page of digests of both sides read after after, limit a side (as

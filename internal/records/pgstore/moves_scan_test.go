@@ -51,21 +51,46 @@ func copyRanges(t testing.TB, s *Store, tenant string, rs [][2]records.Key, limi
 	return total
 }
 
-// verifyRanges runs VerifyRange over every range and returns the diffs (in key order) and keys
-// checked.
-func verifyRanges(t testing.TB, s *Store, tenant string, rs [][2]records.Key, limit int) ([]records.Key, int) {
+// compareRanges runs CompareRange over every range at once and returns the diffs (in key
+// order) and keys checked.
+func compareRanges(t testing.TB, s *Store, tenant string, rs [][2]records.Key) ([]records.Key, int) {
 	t.Helper()
+	parts := make([][]records.Key, len(rs))
+	counts := make([]int, len(rs))
+	var wg sync.WaitGroup
+	for i, r := range rs {
+		wg.Go(func() {
+			d, n, err := s.CompareRange(context.Background(), tenant, "s1", "s2", r[0], r[1])
+			if err != nil {
+				t.Error(err)
+			}
+			parts[i], counts[i] = d, n
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
 	var diffs []records.Key
 	total := 0
-	for _, r := range rs {
-		d, n, err := s.VerifyRange(context.Background(), tenant, "s1", "s2", r[0], r[1], limit)
-		if err != nil {
-			t.Fatal(err)
+	for i := range rs {
+		if !slices.IsSortedFunc(parts[i], cmpKey) {
+			t.Fatalf("range %v: diffs out of key order: %v", rs[i], parts[i])
 		}
-		diffs = append(diffs, d...)
-		total += n
+		diffs = append(diffs, parts[i]...)
+		total += counts[i]
 	}
 	return diffs, total
+}
+
+func cmpKey(a, b records.Key) int {
+	switch {
+	case a.Less(b):
+		return -1
+	case b.Less(a):
+		return 1
+	}
+	return 0
 }
 
 // TestSplitKeys: the ranges SplitKeys's keys bound hold every key of the tenant exactly once
@@ -120,8 +145,9 @@ func TestSplitKeys(t *testing.T) {
 // TestCopyRangeParallel: ranges copied all at once, while a client writes the tenant through
 // the mirror (updates, deletes, creates, re-creations over tombstones), leave the target equal
 // to the source, tombstones included: no copy regressed a mirrored version or resurrected a
-// deleted record. Then VerifyRange finds exactly the injected differences, for range sizes
-// and limits around the batch's, and nothing once they are repaired.
+// deleted record. Then CompareRange finds exactly the injected differences, for range sizes
+// from a few keys (ranges with keys on one side only) to one range of the whole tenant, and
+// nothing once they are repaired.
 func TestCopyRangeParallel(t *testing.T) {
 	e := newMoveEnv(t)
 	ctx := context.Background()
@@ -177,7 +203,7 @@ func TestCopyRangeParallel(t *testing.T) {
 	}
 	e.sameRows(t, "acme")
 	total := int(e.scalar(t, "s1", `SELECT count(*) FROM records WHERE tenant_id = 'acme'`))
-	if diffs, checked := verifyRanges(t, e.src, "acme", scanRanges(ks), 100); len(diffs) != 0 || checked != total {
+	if diffs, checked := compareRanges(t, e.src, "acme", scanRanges(ks)); len(diffs) != 0 || checked != total {
 		t.Fatalf("clean copy: %d diffs, %d of %d keys checked", len(diffs), checked, total)
 	}
 
@@ -201,35 +227,34 @@ func TestCopyRangeParallel(t *testing.T) {
 	k := key(3333)
 	e.exec(t, "s2", `UPDATE records SET deleted = NOT deleted WHERE tenant_id = 'acme' AND collection = $1 AND id = $2`, k.Collection, k.ID)
 	want = append(want, k)
-	slices.SortFunc(want, func(a, b records.Key) int {
-		if a.Less(b) {
-			return -1
-		}
-		return 1
-	})
-	for _, c := range []struct{ every, limit int }{{500, 100}, {500, 1000}, {7, 3}, {100000, 1000}} {
-		ks, err := e.src.SplitKeys(ctx, "acme", "s1", c.every)
+	slices.SortFunc(want, cmpKey)
+	for _, every := range []int{500, 1000, 7, 100000} {
+		ks, err := e.src.SplitKeys(ctx, "acme", "s1", every)
 		if err != nil {
 			t.Fatal(err)
 		}
-		diffs, checked := verifyRanges(t, e.src, "acme", scanRanges(ks), c.limit)
-		slices.SortFunc(diffs, func(a, b records.Key) int {
-			if a.Less(b) {
-				return -1
-			}
-			return 1
-		})
+		diffs, checked := compareRanges(t, e.src, "acme", scanRanges(ks))
 		if !slices.Equal(diffs, want) {
-			t.Fatalf("every %d, limit %d: diffs\n%v\nwant\n%v", c.every, c.limit, diffs, want)
+			t.Fatalf("every %d: diffs\n%v\nwant\n%v", every, diffs, want)
 		}
 		if checked != total+3 {
-			t.Fatalf("every %d, limit %d: checked %d keys, want %d", c.every, c.limit, checked, total+3)
+			t.Fatalf("every %d: checked %d keys, want %d", every, checked, total+3)
 		}
+	}
+	// One range, unbounded, holds everything; a range past every key holds nothing.
+	if diffs, checked := compareRanges(t, e.src, "acme", [][2]records.Key{{}}); !slices.Equal(diffs, want) || checked != total+3 {
+		t.Fatalf("one range: %d keys checked, diffs %v", checked, diffs)
+	}
+	if diffs, checked := compareRanges(t, e.src, "acme", [][2]records.Key{{{Collection: "zzz"}, {}}}); len(diffs) != 0 || checked != 0 {
+		t.Fatalf("past the last key: %d keys checked, diffs %v", checked, diffs)
+	}
+	if _, _, err := e.src.CompareRange(ctx, "nobody", "s1", "s2", records.Key{}, records.Key{}); !errors.Is(err, records.ErrTenantNotFound) {
+		t.Fatalf("CompareRange of an unknown tenant: %v", err)
 	}
 	if n, err := e.src.Repair(ctx, "acme", "s1", "s2", want); err != nil || n != len(want) {
 		t.Fatalf("repair: %d %v, want %d", n, err, len(want))
 	}
-	if diffs, _ := verifyRanges(t, e.src, "acme", scanRanges(ks), 100); len(diffs) != 0 {
+	if diffs, _ := compareRanges(t, e.src, "acme", scanRanges(ks)); len(diffs) != 0 {
 		t.Fatalf("after repair: %v", diffs)
 	}
 	e.sameRows(t, "acme")
