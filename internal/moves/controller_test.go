@@ -353,6 +353,76 @@ func TestFailureUnfencesSource(t *testing.T) {
 	}
 }
 
+// TestCutoverCommandLostAfterFinish: an attempt finished the target (active at the new epoch)
+// and its Cutover command failed (a lapsed lease, a dead controller); the next attempt applies
+// only the command, with the source still fenced and the target finished once — it used to
+// refuse the active target in PrecopyTarget and fail the move, leaving the target live.
+func TestCutoverCommandLostAfterFinish(t *testing.T) {
+	client := newTestMap(t)
+	var failed sync.Once
+	m := &hookedMap{MapClient: client, before: func(cmd shardmap.Command) error {
+		var err error
+		if _, ok := cmd.(shardmap.Cutover); ok {
+			failed.Do(func() { err = errors.New("lease lapsed: the command did not reach the map") })
+		}
+		return err
+	}}
+	st := newFakeStore()
+	st.seed("use-1", "acme", 50)
+	want := st.snapshot("use-1", "acme")
+	id := requestMove(t, client, "acme", "euw-1")
+	start(t, testConfig(t, m, st, newFakeLease(), "c1"))
+	mv := waitPhase(t, m, id, shardmap.PhaseDone)
+	if mv.Error != "" {
+		t.Errorf("move error %q", mv.Error)
+	}
+	checkMoved(t, m, st, want)
+	for method, n := range map[string]int{"FinishTarget": 1, "Fence": 1, "Unfence": 0} {
+		if got := st.count(method); got != n {
+			t.Errorf("%s called %d times, want %d", method, got, n)
+		}
+	}
+	if got := st.count("ResumeTarget"); got != 2 {
+		t.Errorf("ResumeTarget called %d times, want 2 (one per attempt)", got)
+	}
+}
+
+// TestFinishedTargetTheSourceMovedOnFrom: FinishTarget committed but answered an error (so
+// the attempt lifted the fence, and the source took writes); the next attempt turns the
+// finished target back into an importing copy and moves the tenant with those writes.
+func TestFinishedTargetTheSourceMovedOnFrom(t *testing.T) {
+	client := newTestMap(t)
+	st := newFakeStore()
+	st.seed("use-1", "acme", 50)
+	want := st.snapshot("use-1", "acme")
+	var once sync.Once
+	st.hook = func(method string, n int) error {
+		var err error
+		if method == "FinishTarget" {
+			once.Do(func() {
+				// The database committed; the answer was lost. After the attempt unfences the
+				// source, a client writes it (before the next attempt begins).
+				err = errors.New("connection reset after commit")
+			})
+		}
+		if method == "Unfence" && n == 1 {
+			k := Key{Collection: "items", ID: "after-unfence"}
+			if werr := st.clientWrite("use-1", "acme", k, "late", false); werr != nil {
+				t.Error(werr)
+			}
+			want[k] = frow{version: 1, data: "late"}
+		}
+		return err
+	}
+	id := requestMove(t, client, "acme", "euw-1")
+	start(t, testConfig(t, client, st, newFakeLease(), "c1"))
+	waitPhase(t, client, id, shardmap.PhaseDone)
+	checkMoved(t, client, st, want)
+	if got := st.count("FinishTarget"); got != 2 {
+		t.Errorf("FinishTarget called %d times, want 2", got)
+	}
+}
+
 // TestSchemaMismatchFailsAtOnce: a move between databases at different schema versions fails
 // before the target is prepared (no retries), naming both versions; the source stays as it was.
 func TestSchemaMismatchFailsAtOnce(t *testing.T) {

@@ -81,10 +81,20 @@ type hookedMap struct {
 	MapClient
 	mu    sync.Mutex
 	after func(shardmap.Command)
+	// before, when it returns an error, fails the command without applying it.
+	before func(shardmap.Command) error
 	log   []string // applied phase changes, in order
 }
 
 func (h *hookedMap) Apply(ctx context.Context, cmd shardmap.Command) (uint64, error) {
+	h.mu.Lock()
+	b := h.before
+	h.mu.Unlock()
+	if b != nil {
+		if err := b(cmd); err != nil {
+			return 0, err
+		}
+	}
 	idx, err := h.MapClient.Apply(ctx, cmd)
 	if err != nil {
 		return idx, err
@@ -516,6 +526,34 @@ func (f *fakeStore) FenceDelta(ctx context.Context, tenant, shard string, after 
 	}
 	keys, err := f.ChangedKeys(ctx, tenant, shard, after, seq)
 	return seq, keys, err
+}
+
+func (f *fakeStore) ResumeTarget(ctx context.Context, tenant, from, to string, epoch uint64) (records.TargetState, error) {
+	n, err := f.call("ResumeTarget")
+	if err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	state, err := records.TargetImporting, error(nil)
+	src, dst := f.tenant(from, tenant, false), f.tenant(to, tenant, false)
+	switch {
+	case src == nil || dst == nil:
+		err = errors.New("no tenant")
+	case dst.status == "importing":
+	case dst.epoch != epoch:
+		err = fmt.Errorf("%w: active at epoch %d", records.ErrTenantExists, dst.epoch)
+	case src.fenced && src.changeSeq == dst.changeSeq:
+		state = records.TargetFinished
+	case src.fenced && dst.changeSeq > src.changeSeq:
+		state = records.TargetAhead
+	default:
+		dst.status, dst.fenced = "importing", true
+	}
+	f.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	return state, f.after("ResumeTarget", n)
 }
 
 // FinishTargetFrom records the mark and is FinishTarget; a mark that is not the importing

@@ -62,6 +62,11 @@ type Store interface {
 	// FinishTarget makes the target row active with write epoch epoch and change sequence
 	// changeSeq, and copies the tenant's idempotency keys and outbox rows.
 	FinishTarget(ctx context.Context, tenant, from, to string, epoch uint64, changeSeq int64) error
+	// ResumeTarget says what an earlier cutover attempt left on the target (the map still
+	// before the Cutover command): records.TargetFinished when only the Cutover is missing,
+	// records.TargetAhead when the Cutover committed, else records.TargetImporting (a finished
+	// target the source moved on from is turned back into an importing copy).
+	ResumeTarget(ctx context.Context, tenant, from, to string, epoch uint64) (records.TargetState, error)
 	// FinishTargetFrom is FinishTarget for a caller that knows the mark its PrecopyTarget
 	// returned (fewer round trips); the store falls back to FinishTarget when the mark is stale.
 	FinishTargetFrom(ctx context.Context, tenant, from, to string, epoch uint64, changeSeq, mark int64) error

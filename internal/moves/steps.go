@@ -91,6 +91,21 @@ func (c *Controller) step(ctx context.Context, log *slog.Logger, mv shardmap.Mov
 // dies anywhere in here repeats all of it: Fence, the passes, PrecopyTarget and FinishTarget
 // are idempotent.
 func (c *Controller) verifyAndCutover(ctx context.Context, log *slog.Logger, mv shardmap.Move) error {
+	// An earlier attempt may have finished the target and not applied the Cutover (its lease
+	// lapsed, it died, the command failed): then only the command is missing.
+	route, err := c.cfg.Map.Map().Lookup(mv.Tenant)
+	if err != nil {
+		return fmt.Errorf("lookup %s: %w", mv.Tenant, err)
+	}
+	switch state, err := c.cfg.Store.ResumeTarget(ctx, mv.Tenant, mv.From, mv.To, route.Epoch+1); {
+	case err != nil:
+		return fmt.Errorf("resume target: %w", err)
+	case state == records.TargetAhead:
+		return errMapMovedOn // the Cutover committed; our map copy is behind
+	case state == records.TargetFinished:
+		log.Info("the target was finished by an earlier attempt; applying the cutover")
+		return c.apply(ctx, shardmap.Cutover{ID: mv.ID})
+	}
 	start := c.now()
 	// The mark before the pass: the pass covers every write up to it (delta.go).
 	mark, err := c.cfg.Store.CommittedSeq(ctx, mv.Tenant, mv.From)

@@ -296,6 +296,21 @@ type ChangeEvent struct {
 	At         time.Time
 }
 
+// TargetState is what an earlier cutover attempt left on a move's target (ResumeTarget).
+type TargetState int
+
+const (
+	// TargetImporting: the target is an importing copy (no attempt finished it, or a finished
+	// copy the source has moved on from was turned back into one): go through the cutover.
+	TargetImporting TargetState = iota
+	// TargetFinished: an attempt finished the target at the new epoch and the source is still
+	// fenced at the same change_seq: only the Cutover command is missing.
+	TargetFinished
+	// TargetAhead: the target is active at the new epoch and has writes past the fenced
+	// source, so the Cutover committed: the caller's map copy is behind.
+	TargetAhead
+)
+
 // TenantStatus is a tenant's id and status on one shard, as a cross-tenant listing sees it.
 type TenantStatus struct {
 	ID     string

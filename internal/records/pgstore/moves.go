@@ -635,6 +635,66 @@ func finishKnown(ctx context.Context, src, dst *pgxpool.Pool, tenant string, epo
 	return activated == 1, nil
 }
 
+// ResumeTarget tells a controller that starts (or repeats) a move's cutover, while the map still
+// shows the move before its Cutover command, what an earlier attempt left on the target. An
+// attempt that finished the target (FinishTarget: active at epoch, the source's change_seq) and
+// then lost its lease, died, or failed to apply the Cutover leaves it active while the map
+// still routes to the source; PrecopyTarget then refused it forever and the move could neither
+// finish nor be cleaned up (found by `bench -scenario moves`). So: an importing target is
+// records.TargetImporting; one active at epoch with the source fenced at its change_seq is
+// records.TargetFinished (apply the Cutover); one active at epoch whose change_seq passed the
+// fenced source's is records.TargetAhead (the Cutover committed); one active at epoch while the
+// source was unfenced since (it took writes the target lacks) or fenced at a later change_seq
+// is turned back into an importing copy (its change_seq stays the precopy mark: the outbox and
+// key rows up to it are there) and answered TargetImporting. Active at another epoch:
+// records.ErrTenantExists.
+func (s *Store) ResumeTarget(ctx context.Context, tenant, from, to string, epoch uint64) (records.TargetState, error) {
+	_, src, err := s.primary(ctx, from)
+	if err != nil {
+		return 0, err
+	}
+	_, dst, err := s.primary(ctx, to)
+	if err != nil {
+		return 0, err
+	}
+	state := records.TargetImporting
+	err = inTx(ctx, dst, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		var status string
+		var cur, seq int64
+		err := tx.QueryRow(ctx, `SELECT status, write_epoch, change_seq FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE`, tenant).Scan(&status, &cur, &seq)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("%w on %s", records.ErrTenantNotFound, to)
+		case err != nil:
+			return err
+		case status == StatusImporting:
+			return nil
+		case cur != int64(epoch):
+			return fmt.Errorf("%w: %s on %s has status %s and write epoch %d", records.ErrTenantExists, tenant, to, status, cur)
+		}
+		var fenced bool
+		var srcSeq int64
+		if _, err := readOn(ctx, src, tenant, 0, func(b *pgx.Batch) {
+			b.Queue(`SELECT write_fenced, change_seq FROM tenants WHERE tenant_id = $1`, tenant).QueryRow(func(r pgx.Row) error {
+				return r.Scan(&fenced, &srcSeq)
+			})
+		}); err != nil {
+			return fmt.Errorf("read %s: %w", from, err)
+		}
+		switch {
+		case fenced && srcSeq == seq:
+			state = records.TargetFinished
+			return nil
+		case fenced && seq > srcSeq:
+			state = records.TargetAhead
+			return nil
+		}
+		_, err = tx.Exec(ctx, `UPDATE tenants SET status = $2, write_fenced = true, updated_at = now() WHERE tenant_id = $1`, tenant, StatusImporting)
+		return err
+	})
+	return state, classify(err)
+}
+
 // FinishTargetFrom is FinishTarget for a controller that knows the mark its PrecopyTarget
 // returned (the importing copy's change_seq): it skips finishFast's read of the target, so it
 // takes two round trips (one on each side), and falls back to FinishTarget whenever the mark

@@ -153,6 +153,9 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 	if n := e.scalar(t, "s2", `SELECT count(*) FROM outbox WHERE tenant_id = 'acme'`); n != 5 {
 		t.Fatalf("outbox rows on the target after a refused finishFast: %d, want 5 (the precopy's)", n)
 	}
+	if st, err := e.src.ResumeTarget(ctx, "acme", "s1", "s2", 2); err != nil || st != records.TargetImporting {
+		t.Fatalf("ResumeTarget before any finish: %v, %v; want importing", st, err)
+	}
 	// Knowing the precopy's mark (FinishTargetFrom's path) skips the read of the target; a mark
 	// that is not the importing copy's changes nothing.
 	if done, err := finishKnown(ctx, srcPool, dstPool, "acme", 2, fence, mark+1, mark+1, time.Now()); done || err != nil {
@@ -163,6 +166,13 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 	}
 	if done, err := finishKnown(ctx, srcPool, dstPool, "acme", 2, fence, mark, mark, time.Now()); !done || err != nil {
 		t.Fatalf("finishKnown at the precopy's mark: done %v, %v; want done", done, err)
+	}
+	// The Cutover command is what is missing now: the source is fenced at the target's seq.
+	if st, err := e.src.ResumeTarget(ctx, "acme", "s1", "s2", 2); err != nil || st != records.TargetFinished {
+		t.Fatalf("ResumeTarget after the finish: %v, %v; want finished", st, err)
+	}
+	if _, err := e.src.ResumeTarget(ctx, "acme", "s1", "s2", 3); !errors.Is(err, records.ErrTenantExists) {
+		t.Fatalf("ResumeTarget at another epoch: %v, want ErrTenantExists", err)
 	}
 	// Again (a restarted controller), either way: done, nothing changes.
 	if err := e.src.FinishTargetFrom(ctx, "acme", "s1", "s2", 2, fence, mark); err != nil {
@@ -210,6 +220,10 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 		records.WriteOp{Op: records.Put, Collection: "c", ID: "after", Data: []byte(`{}`)}); err != nil {
 		t.Fatal(err)
 	}
+	// A client wrote the target: the Cutover committed (a controller's map copy may lag).
+	if st, err := e.src.ResumeTarget(ctx, "acme", "s1", "s2", 2); err != nil || st != records.TargetAhead {
+		t.Fatalf("ResumeTarget after a client write on the target: %v, %v; want ahead", st, err)
+	}
 	pause, ok, err := e.src.FirstWrite(ctx, "acme", "s1", "s2")
 	if !ok || err != nil || pause < 20*time.Millisecond || pause > time.Minute {
 		t.Fatalf("FirstWrite = %v, %v, %v; want >= 20ms (slept after the fence)", pause, ok, err)
@@ -228,6 +242,19 @@ func TestDeltaVerifyAndPrecopy(t *testing.T) {
 	}
 	if seq, _, err := e.src.FenceDelta(ctx, "acme", "s1", 5); !errors.Is(err, records.ErrChangesPruned) || seq < 7 {
 		t.Fatalf("FenceDelta over a pruned row: %d, %v; want ErrChangesPruned with the fenced seq", seq, err)
+	}
+
+	// A finished target whose source was unfenced since (the attempt that finished it lifted
+	// the fence after an error) is turned back into an importing copy at its mark.
+	if err := e.src.Unfence(ctx, "acme", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, "s2", `UPDATE tenants SET change_seq = 7 WHERE tenant_id = 'acme'`) // as finished, before the client write
+	if st, err := e.src.ResumeTarget(ctx, "acme", "s1", "s2", 2); err != nil || st != records.TargetImporting {
+		t.Fatalf("ResumeTarget with the source unfenced: %v, %v; want importing", st, err)
+	}
+	if n := e.scalar(t, "s2", `SELECT count(*) FROM tenants WHERE tenant_id = 'acme' AND status = 'importing' AND write_fenced AND change_seq = 7`); n != 1 {
+		t.Fatal("the finished target was not turned back into a fenced importing copy at its mark")
 	}
 }
 
