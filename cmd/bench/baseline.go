@@ -39,7 +39,8 @@ var echoBody = []byte(`{"id":"01a208d0-b397-72eb-9637-c413048a3435","collection"
 // the router it shows what any Go HTTP hop costs on the machine, so the router's own work can be
 // told apart from the hop's. stop ends it.
 func startStdlibProxy(ctx context.Context, upstream string) (base string, stop func(), err error) {
-	return startChild(ctx, stdlibProxyArg, upstream)
+	base, _, stop, err = startChild(ctx, stdlibProxyArg, upstream)
+	return base, stop, err
 }
 
 // startEcho starts this executable again as a bare net/http server in its own process that
@@ -48,15 +49,17 @@ func startStdlibProxy(ctx context.Context, upstream string) (base string, stop f
 // and nothing else: the least that putting any process on a request's path costs on the
 // machine, which is what a proxy adds at minimum. stop ends it.
 func startEcho(ctx context.Context) (base string, stop func(), err error) {
-	return startChild(ctx, echoArg, "")
+	base, _, stop, err = startChild(ctx, echoArg, "")
+	return base, stop, err
 }
 
 // startChild starts this executable with arg (and upstream, if any), reads the base URL it
-// prints first, and returns it with a stop function; the child exits when its stdin closes.
-func startChild(ctx context.Context, arg, upstream string) (base string, stop func(), err error) {
+// prints first, and returns it with the child's pid and a stop function; the child exits when
+// its stdin closes.
+func startChild(ctx context.Context, arg, upstream string) (base string, pid int, stop func(), err error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	args := []string{arg}
 	if upstream != "" {
@@ -66,14 +69,14 @@ func startChild(ctx context.Context, arg, upstream string) (base string, stop fu
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe() // the child exits when this closes (also when we die)
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	stop = func() {
 		_ = stdin.Close()
@@ -96,16 +99,16 @@ func startChild(ctx context.Context, arg, upstream string) (base string, stop fu
 	case base = <-line:
 	case <-time.After(10 * time.Second):
 		stop()
-		return "", nil, fmt.Errorf("%s did not start within 10s", arg)
+		return "", 0, nil, fmt.Errorf("%s did not start within 10s", arg)
 	case <-ctx.Done():
 		stop()
-		return "", nil, ctx.Err()
+		return "", 0, nil, ctx.Err()
 	}
 	if !validBase(base) {
 		stop()
-		return "", nil, fmt.Errorf("%s: unexpected first line %q", arg, base)
+		return "", 0, nil, fmt.Errorf("%s: unexpected first line %q", arg, base)
 	}
-	return base, stop, nil
+	return base, cmd.Process.Pid, stop, nil
 }
 
 // serveStdlibProxy is the child side: listen on a loopback port, print the base URL, forward to

@@ -593,6 +593,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if len(os.Args) == 3 && os.Args[1] == fastProxyArg {
+		if err := serveFastProxy(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) == 2 && os.Args[1] == echoArg {
 		if err := serveEcho(); err != nil {
 			fmt.Fprintln(os.Stderr, err)

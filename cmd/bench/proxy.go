@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +36,8 @@ type proxyFlags struct {
 	nginxBin    string
 	nginxListen string
 	nginxLog    bool
+	// fastProxy adds the bare fasthttp proxy (fastproxy.go) as a target.
+	fastProxy bool
 }
 
 func (p *proxyFlags) register(fs *flag.FlagSet) {
@@ -42,6 +45,7 @@ func (p *proxyFlags) register(fs *flag.FlagSet) {
 	fs.Var(&p.conns, "conns", "proxy: connection counts, one side-by-side run each (comma-separated)")
 	fs.StringVar(&p.nginxBin, "nginx", "", "proxy: the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
 	fs.StringVar(&p.nginxListen, "nginx-listen", "127.0.0.1:20990", "proxy: address nginx listens on (keep it in your own port range)")
+	fs.BoolVar(&p.fastProxy, "baseline-fasthttp", false, "proxy: also measure a bare fasthttp reverse proxy (own process, keep-alive upstream) in front of the direct API node: a Go proxy's floor on a lean server")
 	fs.BoolVar(&p.nginxLog, "nginx-access-log", false, "proxy: nginx writes an access log line per request (buffered 64 KiB, flushed every 100 ms, like the router's log); default off")
 }
 
@@ -327,6 +331,17 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	nt := direct
 	nt.name, nt.base = nginxName, "http://"+o.nginxListen
 	plan.targets = []benchTarget{direct, nt, router}
+	fastPID := 0
+	if o.fastProxy {
+		base, pid, stopFast, err := startFastProxy(ctx, upstream)
+		if err != nil {
+			return fmt.Errorf("-baseline-fasthttp: %w", err)
+		}
+		defer stopFast()
+		ft := direct
+		ft.name, ft.base, fastPID = fastProxyName, base, pid
+		plan.targets = []benchTarget{direct, nt, ft, router}
+	}
 	fmt.Fprintf(stderr, "bench: proxy, connections %s, %s per target per run, targets direct=%s nginx=%s router=%s (tenant %s)\n",
 		o.conns.String(), o.cfg.Duration, direct.base, nt.base, router.base, direct.tenant.id)
 
@@ -338,6 +353,9 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		{name: "API node", pids: pidIf(findListener(upstream))},
 		{name: "nginx", pids: []int{nginxPID}}, // its worker is its child
 		{name: "router", pids: pidIf(findListener(hostPort(router.base)))},
+	}
+	if fastPID != 0 {
+		roles = append(roles[:2], procRole{name: fastProxyName, pids: []int{fastPID}}, roles[2])
 	}
 	for _, r := range roles {
 		if len(r.pids) == 0 {
@@ -408,9 +426,13 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 	} else {
 		fmt.Fprintf(w, ", no access log")
 	}
-	fmt.Fprintf(w, "), router = %s; tenant `%s`; one GET of one record; load generator on the same machine, "+
+	fmt.Fprintf(w, ")")
+	if i := slices.IndexFunc(p.targets, func(t benchTarget) bool { return t.name == fastProxyName }); i >= 0 {
+		fmt.Fprintf(w, ", %s = %s (bench's bare fasthttp reverse proxy to direct, own process)", fastProxyName, p.targets[i].base)
+	}
+	fmt.Fprintf(w, ", router = %s; tenant `%s`; one GET of one record; load generator on the same machine, "+
 		"closed loop, side-by-side rounds of %s (%s per target per run, %s warm-up).\n",
-		p.targets[2].base, p.targets[0].tenant.id, o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
+		p.targets[len(p.targets)-1].base, p.targets[0].tenant.id, o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
 	fmt.Fprintf(w, "- CPU µs/request: the process's utime+stime from /proc/<pid>/stat over the target's rounds, "+
 		"divided by the target's 2xx answers (10 ms ticks). \"net\": less the process's background, its CPU per "+
 		"second in the other targets' rounds (where it forwards nothing: Raft, gossip, health checks) times "+
@@ -469,6 +491,12 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 		}
 		if nt > 0 {
 			fmt.Fprintf(w, "router throughput %.3f× nginx's", rt/nt)
+		}
+		if fi := roleIndex(roles, fastProxyName); fi >= 0 && nok && nc > 0 {
+			if fc, ok := run.cpuPerRequest(fastProxyName, fi, roles); ok {
+				fmt.Fprintf(w, "; bare fasthttp proxy CPU per request %.2f× nginx's (%.0f µs), throughput %.3f× nginx's",
+					fc/nc, fc, throughput(run.rep, fastProxyName)/max(nt, 1e-9))
+			}
 		}
 		voids := 0
 		for _, v := range run.void {

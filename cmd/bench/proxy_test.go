@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -167,8 +171,72 @@ func TestProxyFlags(t *testing.T) {
 	if _, err := parseFlags([]string{"-scenario", "proxy", "-c", "8"}, io.Discard); !errors.Is(err, errUsage) {
 		t.Errorf("-c with proxy: %v, want a usage error", err)
 	}
+	if _, err := parseFlags([]string{"-scenario", "get", "-baseline-fasthttp"}, io.Discard); !errors.Is(err, errUsage) {
+		t.Errorf("-baseline-fasthttp outside proxy: %v, want a usage error", err)
+	}
 	o, err := parseFlags([]string{"-scenario", "proxy"}, io.Discard)
-	if err != nil || o.conns.String() != "16,32" {
+	if err != nil || o.conns.String() != "16,32" || o.fastProxy {
 		t.Fatalf("defaults: %v, conns %s", err, o.conns.String())
+	}
+}
+
+// TestFastProxyForwards: the bare fasthttp proxy of -baseline-fasthttp forwards a request as a
+// proxy must (method, path and query, body, status and answer; hop-by-hop headers dropped, the
+// peer appended to X-Forwarded-For), keeps its upstream connection alive, answers 502 when
+// the upstream is gone, and exits when bench closes its stdin.
+func TestFastProxyForwards(t *testing.T) {
+	var conns atomic.Int64
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Seen", r.Method+" "+r.URL.RequestURI()+" "+string(b)+" xff="+r.Header.Get("X-Forwarded-For")+
+			" te="+r.Header.Get("Te")+" keep="+r.Header.Get("Keep-Alive"))
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, "answer")
+	}))
+	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	up.Start()
+	base, pid, stop, err := startFastProxy(context.Background(), up.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if pid <= 0 {
+		t.Errorf("pid %d", pid)
+	}
+	for i := 0; i < 3; i++ {
+		req, _ := http.NewRequest("POST", base+"/v1/x?a=1", strings.NewReader("body"))
+		req.Header.Set("X-Forwarded-For", "10.0.0.1")
+		req.Header.Set("Te", "trailers")
+		req.Header.Set("Keep-Alive", "timeout=5")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		want := "POST /v1/x?a=1 body xff=10.0.0.1, 127.0.0.1 te= keep="
+		if resp.StatusCode != http.StatusCreated || string(b) != "answer" || resp.Header.Get("X-Seen") != want {
+			t.Fatalf("got %d %q seen %q, want 201 \"answer\" seen %q", resp.StatusCode, b, resp.Header.Get("X-Seen"), want)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("upstream saw %d connections for 3 requests, want 1 (keep-alive)", n)
+	}
+	up.Close()
+	resp, err := http.Get(base + "/v1/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("upstream gone: status %d, want 502", resp.StatusCode)
+	}
+	stop()
+	if _, err := http.Get(base + "/v1/x"); err == nil {
+		t.Errorf("the proxy still answers after stop")
 	}
 }

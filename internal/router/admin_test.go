@@ -112,8 +112,15 @@ func FuzzParseTraceparent(f *testing.F) {
 			t.Fatalf("accepted %q as %q %q", s, tid, fl)
 		}
 		next := NextTraceparent(s)
-		if _, _, ok := ParseTraceparent(next); !ok {
+		ntid, nfl, nok := ParseTraceparent(next)
+		if !nok || len(next) != 55 || next[:3] != "00-" {
 			t.Fatalf("NextTraceparent(%q) = %q is invalid", s, next)
+		}
+		if ok && (ntid != tid || nfl != fl) {
+			t.Fatalf("NextTraceparent(%q) = %q: want trace %s flags %s continued", s, next, tid, fl)
+		}
+		if !ok && nfl != "01" {
+			t.Fatalf("NextTraceparent(%q) = %q: a new trace is sampled", s, next)
 		}
 		if got := RequestID(s); got == "" || len(got) > 128 {
 			t.Fatalf("RequestID(%q) = %q", s, got)

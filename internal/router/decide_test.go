@@ -2,6 +2,7 @@ package router
 
 import (
 	"encoding/json"
+	"net/textproto"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -61,5 +62,20 @@ func TestIsIdempotent(t *testing.T) {
 		if got := IsIdempotent(tc.method, tc.key); got != tc.want {
 			t.Errorf("IsIdempotent(%s, %v) = %v, want %v", tc.method, tc.key, got, tc.want)
 		}
+	}
+}
+
+// TestHeaderNamesCanonical: the hot path sets and reads these names by map index (setCanon,
+// headerValue), which is only right for names in canonical form.
+func TestHeaderNamesCanonical(t *testing.T) {
+	for _, k := range []string{HeaderRequestID, HeaderShardmapVersion, HeaderServedRegion,
+		HeaderIdempotencyKey, HeaderRequestTimeout, HeaderTenantEpoch, canonTraceparent,
+		canonRateLimitLimit, canonRateLimitRemaining, canonRateLimitReset} {
+		if c := textproto.CanonicalMIMEHeaderKey(k); c != k {
+			t.Errorf("%q is not canonical (%q)", k, c)
+		}
+	}
+	if textproto.CanonicalMIMEHeaderKey(HeaderTraceparent) != canonTraceparent {
+		t.Errorf("canonTraceparent is not HeaderTraceparent's canonical form")
 	}
 }

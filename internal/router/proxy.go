@@ -36,6 +36,15 @@ const (
 	HeaderTenantEpoch = "X-Tenant-Epoch"
 )
 
+// Canonical forms of header names the hot path reads or sets by map index: http.Header's Get
+// and Set allocate a canonical copy of a name that is not canonical already, on every call.
+const (
+	canonTraceparent        = "Traceparent"     // HeaderTraceparent
+	canonRateLimitLimit     = "Ratelimit-Limit" // RateLimit-Limit
+	canonRateLimitRemaining = "Ratelimit-Remaining"
+	canonRateLimitReset     = "Ratelimit-Reset"
+)
+
 // hopHeaders are connection-scoped headers that must not be forwarded (RFC 9110 §7.6.1).
 var hopHeaders = []string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
@@ -196,7 +205,7 @@ func (s *Server) rateLimit(c *gin.Context, p Principal, class string) bool {
 		return true
 	}
 	res, err := s.cfg.Limiter.Check(c.Request.Context(), LimitRequest{
-		Tenant: p.Tenant, Subject: p.Subject, IP: c.ClientIP(), Class: class,
+		Tenant: p.Tenant, Subject: p.Subject, IP: clientIP(c), Class: class,
 	})
 	backend := "redis"
 	if res.Local {
@@ -210,9 +219,9 @@ func (s *Server) rateLimit(c *gin.Context, p Principal, class string) bool {
 	}
 	h := c.Writer.Header()
 	if res.Limit > 0 { // 0: no limit applied to this request, so there is nothing to report
-		h.Set("RateLimit-Limit", strconv.Itoa(res.Limit))
-		h.Set("RateLimit-Remaining", strconv.Itoa(max(res.Remaining, 0)))
-		h.Set("RateLimit-Reset", strconv.Itoa(ceilSeconds(res.Reset)))
+		h[canonRateLimitLimit] = []string{strconv.Itoa(res.Limit)}
+		h[canonRateLimitRemaining] = []string{strconv.Itoa(max(res.Remaining, 0))}
+		h[canonRateLimitReset] = []string{strconv.Itoa(ceilSeconds(res.Reset))}
 	}
 	if res.Allowed {
 		s.m.rateLimitC.get([2]string{"allow", backend}).Inc()
@@ -277,21 +286,35 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 		}
 		return true
 	}
-	traceparent := NextTraceparent(r.Header.Get(HeaderTraceparent))
+	traceparent := NextTraceparent(headerValue(r.Header, canonTraceparent))
 	retried421 := false
 	// held is the write's ticket in its tenant's hold queue once it has been fenced: it keeps
 	// its place until its resend is answered, so the tenant's held writes go out in order.
 	var held *heldWrite
 	defer func() { s.hold.leave(held) }()
 	// One retry budget for the whole request: the 421 retry and a hold below do not renew it.
-	// Backoffs end with the deadline too.
+	// Backoffs end with the deadline too. The context that ends at the deadline is made only
+	// when a backoff or a wait for the map needs it (most requests need neither, and each costs
+	// a context and a timer), and made anew once a hold moved the deadline.
 	tries := s.cfg.Retry.Start(d.Idempotent)
-	retryCtx, cancel := context.WithDeadline(r.Context(), deadline)
-	defer cancel()
+	var retryCtx context.Context
+	var cancels []context.CancelFunc
+	defer func() {
+		for _, cancel := range cancels {
+			cancel()
+		}
+	}()
+	deadlineCtx := func() context.Context {
+		if retryCtx == nil {
+			ctx, cancel := context.WithDeadline(r.Context(), deadline)
+			retryCtx, cancels = ctx, append(cancels, cancel)
+		}
+		return retryCtx
+	}
 	for {
 		resp, up, fail := s.attempt(c, d.Region, body, route, traceparent, tries.Avoid(), deadline)
 		if fail != nil {
-			if !fail.unsendable && tries.Again(retryCtx, fail.failure) {
+			if !fail.unsendable && tries.Again(deadlineCtx(), fail.failure) {
 				s.m.retries.Inc()
 				continue
 			}
@@ -306,7 +329,7 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 			drain(resp)
 			up.Done(nil)
 			s.m.misdirected.Inc()
-			ctx, cancel := context.WithTimeout(retryCtx, s.cfg.MapWait)
+			ctx, cancel := context.WithTimeout(deadlineCtx(), s.cfg.MapWait)
 			if want == 0 {
 				want = route.Version + 1
 			}
@@ -347,9 +370,7 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 			heldFor := time.Since(start)
 			deadline = deadline.Add(heldFor)
 			addUpstreamTime(c, heldFor)
-			ctx, cancel := context.WithDeadline(r.Context(), deadline)
-			defer cancel() // a write is held a few times at most: each costs one deferred call
-			retryCtx = ctx
+			retryCtx = nil // the deadline moved: deadlineCtx makes one that ends at the new one
 			if !reroute() {
 				return
 			}
@@ -440,10 +461,10 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 	// The router holds the whole body: a 100-continue was the client's with this router (net/http
 	// answered it when the body was read) and has no meaning on the hop, which cannot speak it.
 	req.Header.Del("Expect")
-	req.Header.Set(HeaderRequestID, c.GetString(ctxRequestID))
-	req.Header.Set(HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
+	setCanon(req.Header, HeaderRequestID, c.GetString(ctxRequestID))
+	setCanon(req.Header, HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
 	if route.Epoch > 0 {
-		req.Header.Set(HeaderTenantEpoch, strconv.FormatUint(route.Epoch, 10))
+		setCanon(req.Header, HeaderTenantEpoch, strconv.FormatUint(route.Epoch, 10))
 	} else {
 		req.Header.Del(HeaderTenantEpoch) // no epoch known: the node checks none
 	}
@@ -456,14 +477,14 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 		// read as a bound on the stream. A client's own value is not passed on either.
 		req.Header.Del(HeaderRequestTimeout)
 	} else {
-		req.Header.Set(HeaderRequestTimeout, strconv.FormatInt(timeLeft(left).Milliseconds(), 10))
+		setCanon(req.Header, HeaderRequestTimeout, strconv.FormatInt(timeLeft(left).Milliseconds(), 10))
 	}
-	req.Header.Set(HeaderTraceparent, traceparent)
-	if ip := c.ClientIP(); ip != "" {
+	req.Header[canonTraceparent] = []string{traceparent}
+	if ip := clientIP(c); ip != "" {
 		if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
 			ip = prior + ", " + ip
 		}
-		req.Header.Set("X-Forwarded-For", ip)
+		req.Header["X-Forwarded-For"] = []string{ip}
 	}
 	req.ContentLength = int64(len(body))
 	req.Host = r.Host
@@ -515,10 +536,41 @@ func (b cancelOnClose) Close() error {
 
 // upstreamTime adds up a request's time spent waiting on others (API nodes, a cutover hold).
 // observe stores one per request, so adding to it allocates nothing (a time.Duration stored
-// with c.Set is boxed on every call).
+// with c.Set is boxed on every call). It also keeps the request's client IP once known.
 type upstreamTime struct {
 	d   time.Duration
 	set bool
+
+	ip      string
+	ipKnown bool
+}
+
+// clientIP is gin's ClientIP of the request (the TCP peer's, or the trusted proxies' view),
+// worked out once per request: the rate limit and every attempt's X-Forwarded-For need it,
+// and each call parses the address and formats the IP anew.
+func clientIP(c *gin.Context) string {
+	v, _ := c.Get(ctxUpstream)
+	ut, ok := v.(*upstreamTime)
+	if !ok {
+		return c.ClientIP() // a handler chain without observe (tests)
+	}
+	if !ut.ipKnown {
+		ut.ip, ut.ipKnown = c.ClientIP(), true
+	}
+	return ut.ip
+}
+
+// setCanon is h.Set(key, v) for a key already in canonical form (the Header* constants but
+// HeaderTraceparent are, and the canon* ones: TestHeaderNamesCanonical), without Set's check
+// and copy of the name.
+func setCanon(h http.Header, key, v string) { h[key] = []string{v} }
+
+// headerValue is h.Get(key) for a key already in canonical form (no canonical copy made).
+func headerValue(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 func addUpstreamTime(c *gin.Context, d time.Duration) {
@@ -600,8 +652,8 @@ func (s *Server) copyResponse(c *gin.Context, resp *http.Response, up Upstream, 
 		h[k] = vv // resp is this request's alone and its header is not used again: no copy
 	}
 	removeHop(h)
-	h.Set(HeaderRequestID, c.GetString(ctxRequestID))
-	h.Set(HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
+	setCanon(h, HeaderRequestID, c.GetString(ctxRequestID))
+	setCanon(h, HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
 	c.Status(resp.StatusCode)
 	c.Writer.WriteHeaderNow()
 	if stream {

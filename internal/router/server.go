@@ -108,7 +108,7 @@ func (s *Server) observe(c *gin.Context) {
 	start := time.Now()
 	rid := RequestID(c.GetHeader(HeaderRequestID))
 	c.Set(ctxRequestID, rid)
-	c.Header(HeaderRequestID, rid)
+	setCanon(c.Writer.Header(), HeaderRequestID, rid)
 	ut := &upstreamTime{}
 	c.Set(ctxUpstream, ut)
 	c.Next()

@@ -46,22 +46,42 @@ func isLowerHex(s string) bool {
 // new span id for the router's hop, or a new sampled trace when the header is absent or invalid.
 func NextTraceparent(incoming string) string {
 	tid, fl, ok := ParseTraceparent(incoming)
+	// One read of randomness for a new trace id (16 bytes) and the span id (8), formatted in
+	// place: "00-" + 32 hex + "-" + 16 hex + "-" + 2 = 55 bytes, one allocation.
+	var rnd [24]byte
+	b := rnd[16:]
 	if !ok {
-		tid, fl = randHex(16), "01"
+		b = rnd[:]
 	}
-	return "00-" + tid + "-" + randHex(8) + "-" + fl
-}
-
-func randHex(n int) string {
-	b := make([]byte, n)
 	for {
 		_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
-		for _, x := range b {
-			if x != 0 {
-				return hex.EncodeToString(b)
-			}
+		if nonZero(rnd[16:]) && (ok || nonZero(rnd[:16])) {
+			break
 		}
 	}
+	var out [55]byte
+	copy(out[:], "00-")
+	if ok {
+		copy(out[3:35], tid)
+	} else {
+		hex.Encode(out[3:35], rnd[:16])
+		fl = "01"
+	}
+	out[35] = '-'
+	hex.Encode(out[36:52], rnd[16:])
+	out[52] = '-'
+	copy(out[53:], fl)
+	return string(out[:])
+}
+
+// nonZero reports whether b has a byte other than zero (an all-zero trace or span id is invalid).
+func nonZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // RequestID returns the client's X-Request-Id when it is a sane token (1–128 visible ASCII

@@ -18,6 +18,10 @@ import (
 // connection itself: net/http.Transport hands each request to a writer goroutine and each
 // response back from a reader goroutine of its connection: two goroutine switches per hop.
 //
+// A request is written as Request.Write writes it; the router's (a plain host, a body of known
+// length or none) by writeRequest, which leaves out the sorting of the header names and the
+// formatting machinery, everything else by Request.Write itself.
+//
 // It does only what the router needs: http:// URLs, no proxy, no TLS, no HTTP/2, no transparent
 // compression (the client's Accept-Encoding and the encoded body pass through), no redirects,
 // no 100-continue (a request with an Expect header gets ErrUnsendable: a proxy that holds the
@@ -160,7 +164,7 @@ func (t *HopTransport) exchange(pc *hopConn, req *http.Request) (resp *http.Resp
 	}
 	before := pc.counter.n
 	// A write that fails got no answer either: a replayable request may go again.
-	if err := req.Write(pc.bw); err != nil {
+	if err := writeRequest(pc.bw, req); err != nil {
 		stop()
 		var op *net.OpError
 		if !errors.As(err, &op) && ctx.Err() == nil {
