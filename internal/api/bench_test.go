@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http/httptest"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -209,20 +208,13 @@ func BenchmarkGetHandler(b *testing.B) {
 				b.Fatalf("GET: %d %v %s", w.Code, w.Header(), w.Body)
 			}
 			b.ReportAllocs()
-			before := cpuTime()
+			before := testenv.ProcessCPU()
 			for b.Loop() {
 				if w := get(); w.Code != 200 {
 					b.Fatalf("GET: %d %s", w.Code, w.Body)
 				}
 			}
-			b.ReportMetric(float64((cpuTime()-before).Microseconds())/float64(b.N), "cpu-µs/op")
+			b.ReportMetric(float64((testenv.ProcessCPU()-before).Microseconds())/float64(b.N), "cpu-µs/op")
 		})
 	}
-}
-
-// cpuTime is this process's user and system CPU time.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -83,7 +83,7 @@ type hookedMap struct {
 	after func(shardmap.Command)
 	// before, when it returns an error, fails the command without applying it.
 	before func(shardmap.Command) error
-	log   []string // applied phase changes, in order
+	log    []string // applied phase changes, in order
 }
 
 func (h *hookedMap) Apply(ctx context.Context, cmd shardmap.Command) (uint64, error) {

@@ -8,9 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 // cannedRT answers every hop at once from memory, so BenchmarkProxyGET measures the router's
@@ -36,7 +36,7 @@ func BenchmarkProxyGET(b *testing.B) {
 	})
 	h := rg.srv.Handler()
 	b.ReportAllocs()
-	before := cpuTime()
+	before := testenv.ProcessCPU()
 	for b.Loop() {
 		req := httptest.NewRequest("GET", "/v1/collections/c/records/x", nil)
 		req.Header.Set("Authorization", "Bearer "+tokAcme)
@@ -50,12 +50,5 @@ func BenchmarkProxyGET(b *testing.B) {
 	}
 	// The process's CPU time per request: on a shared machine ns/op is wall time and counts
 	// the neighbours' load; this counts only this process's (GC included).
-	b.ReportMetric(float64((cpuTime()-before).Microseconds())/float64(b.N), "cpu-µs/op")
-}
-
-// cpuTime is the process's user+system time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64((testenv.ProcessCPU()-before).Microseconds())/float64(b.N), "cpu-µs/op")
 }

@@ -437,20 +437,7 @@ func (s *Store) FenceDelta(ctx context.Context, tenant, shard string, after int6
 	seq, err := s.setFence(ctx, tenant, shard, true, func(b *pgx.Batch) {
 		// The fence's UPDATE waited for every write holding the tenant row, and each statement
 		// of the batch reads a new snapshot: every change up to the fenced change_seq is seen.
-		const upto = `(SELECT change_seq FROM tenants WHERE tenant_id = $1)`
-		b.Queue(`SELECT count(*) FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= `+upto, tenant, after).
-			QueryRow(func(r pgx.Row) error { return r.Scan(&n) })
-		b.Queue(`SELECT DISTINCT collection, record_id FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= `+upto+`
-			ORDER BY collection, record_id`, tenant, after).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var k records.Key
-				if err := rows.Scan(&k.Collection, &k.ID); err != nil {
-					return err
-				}
-				keys = append(keys, k)
-			}
-			return rows.Err()
-		})
+		queueChangedKeys(b, `(SELECT change_seq FROM tenants WHERE tenant_id = $1)`, &n, &keys, tenant, after)
 	})
 	switch {
 	case err != nil:
@@ -547,11 +534,7 @@ func (s *Store) FinishTarget(ctx context.Context, tenant, from, to string, epoch
 		}
 		var srcFenced bool
 		var srcSeq int64
-		if _, err := readOn(ctx, src, tenant, 0, func(b *pgx.Batch) {
-			b.Queue(`SELECT write_fenced, change_seq FROM tenants WHERE tenant_id = $1`, tenant).QueryRow(func(r pgx.Row) error {
-				return r.Scan(&srcFenced, &srcSeq)
-			})
-		}); err != nil {
+		if _, err := readOn(ctx, src, tenant, 0, func(b *pgx.Batch) { queueFenceRead(b, tenant, &srcFenced, &srcSeq) }); err != nil {
 			return fmt.Errorf("read %s: %w", from, err)
 		}
 		if !srcFenced || srcSeq != changeSeq {
@@ -609,9 +592,7 @@ func finishKnown(ctx context.Context, src, dst *pgxpool.Pool, tenant string, epo
 	var ob outboxRows
 	var ik idemRows
 	if _, err := readOn(ctx, src, tenant, 0, func(b *pgx.Batch) {
-		b.Queue(`SELECT write_fenced, change_seq FROM tenants WHERE tenant_id = $1`, tenant).QueryRow(func(r pgx.Row) error {
-			return r.Scan(&fenced, &srcSeq)
-		})
+		queueFenceRead(b, tenant, &fenced, &srcSeq)
 		b.Queue(outboxPageSQL, tenant, last, changeSeq, finishPage).Query(ob.scan)
 		b.Queue(idemDeltaSQL, tenant, mark, now, finishPage).Query(ik.scan)
 	}); err != nil || !fenced || srcSeq != changeSeq || len(ob.seqs) == finishPage || len(ik.keys) == finishPage {
@@ -674,11 +655,7 @@ func (s *Store) ResumeTarget(ctx context.Context, tenant, from, to string, epoch
 		}
 		var fenced bool
 		var srcSeq int64
-		if _, err := readOn(ctx, src, tenant, 0, func(b *pgx.Batch) {
-			b.Queue(`SELECT write_fenced, change_seq FROM tenants WHERE tenant_id = $1`, tenant).QueryRow(func(r pgx.Row) error {
-				return r.Scan(&fenced, &srcSeq)
-			})
-		}); err != nil {
+		if _, err := readOn(ctx, src, tenant, 0, func(b *pgx.Batch) { queueFenceRead(b, tenant, &fenced, &srcSeq) }); err != nil {
 			return fmt.Errorf("read %s: %w", from, err)
 		}
 		switch {
@@ -719,6 +696,13 @@ func (s *Store) FinishTargetFrom(ctx context.Context, tenant, from, to string, e
 		}
 	}
 	return s.FinishTarget(ctx, tenant, from, to, epoch, changeSeq)
+}
+
+// queueFenceRead queues the read of tenant's fence and change_seq (on a move's source).
+func queueFenceRead(b *pgx.Batch, tenant string, fenced *bool, seq *int64) {
+	b.Queue(`SELECT write_fenced, change_seq FROM tenants WHERE tenant_id = $1`, tenant).QueryRow(func(r pgx.Row) error {
+		return r.Scan(fenced, seq)
+	})
 }
 
 // errDone ends FinishTarget's transaction early: the work was done before.

@@ -61,19 +61,7 @@ func (s *Store) ChangedKeys(ctx context.Context, tenant, shard string, after, up
 	var n int64
 	var keys []records.Key
 	_, err = readOn(ctx, pool, tenant, 0, func(b *pgx.Batch) {
-		b.Queue(`SELECT count(*) FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= $3`, tenant, after, upto).
-			QueryRow(func(r pgx.Row) error { return r.Scan(&n) })
-		b.Queue(`SELECT DISTINCT collection, record_id FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= $3
-			ORDER BY collection, record_id`, tenant, after, upto).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var k records.Key
-				if err := rows.Scan(&k.Collection, &k.ID); err != nil {
-					return err
-				}
-				keys = append(keys, k)
-			}
-			return rows.Err()
-		})
+		queueChangedKeys(b, "$3", &n, &keys, tenant, after, upto)
 	})
 	if err != nil {
 		return nil, classify(err)
@@ -82,6 +70,25 @@ func (s *Store) ChangedKeys(ctx context.Context, tenant, shard string, after, up
 		return nil, fmt.Errorf("%w: %d of the %d changes in (%d, %d] of %s on %s", records.ErrChangesPruned, n, upto-after, after, upto, tenant, shard)
 	}
 	return keys, nil
+}
+
+// queueChangedKeys queues the count of tenant's ($1) outbox rows with seq in ($2, upto] into n
+// and their distinct keys, in key order, into keys; upto is an SQL expression ("$3", or a
+// subquery) and args its parameters after tenant and after.
+func queueChangedKeys(b *pgx.Batch, upto string, n *int64, keys *[]records.Key, args ...any) {
+	b.Queue(`SELECT count(*) FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= `+upto, args...).
+		QueryRow(func(r pgx.Row) error { return r.Scan(n) })
+	b.Queue(`SELECT DISTINCT collection, record_id FROM outbox WHERE tenant_id = $1 AND seq > $2 AND seq <= `+upto+`
+		ORDER BY collection, record_id`, args...).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var k records.Key
+			if err := rows.Scan(&k.Collection, &k.ID); err != nil {
+				return err
+			}
+			*keys = append(*keys, k)
+		}
+		return rows.Err()
+	})
 }
 
 // keyDigestsSQL reads the digests of the given keys ($2, $3) of tenant $1, in key order.
