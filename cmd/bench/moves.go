@@ -150,18 +150,21 @@ func parseMoveShards(s string) (string, string, error) {
 
 // moveView is a move as the admin API answers it (GET /admin/v1/moves/{id}; shardmap.Move).
 type moveView struct {
-	ID         string    `json:"id"`
-	Tenant     string    `json:"tenant"`
-	From       string    `json:"from_shard"`
-	To         string    `json:"to_shard"`
-	Phase      string    `json:"phase"`
-	RowsCopied int64     `json:"rows_copied"`
-	RowsTotal  int64     `json:"rows_total"`
-	Repairs    int64     `json:"repairs"`
-	PauseMS    int64     `json:"pause_ms"`
-	Error      string    `json:"error"`
-	CreatedAt  time.Time `json:"created_at"`
-	UpdatedAt  time.Time `json:"updated_at"`
+	ID         string `json:"id"`
+	Tenant     string `json:"tenant"`
+	From       string `json:"from_shard"`
+	To         string `json:"to_shard"`
+	Phase      string `json:"phase"`
+	RowsCopied int64  `json:"rows_copied"`
+	RowsTotal  int64  `json:"rows_total"`
+	Repairs    int64  `json:"repairs"`
+	PauseMS    int64  `json:"pause_ms"`
+	// FirstWriteMS is the pause as DESIGN.md §8 defines it (fence → first client write on the
+	// target), absent until the controller's cleanup step records it.
+	FirstWriteMS int64     `json:"first_write_ms,omitempty"`
+	Error        string    `json:"error"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
 }
 
 func (m moveView) terminal() bool {
@@ -1420,7 +1423,7 @@ func writeMoves(w *strings.Builder, o *options, rep movesReport) {
 		"before and after each move.\n\n", o.movePoll)
 
 	n := len(rep.runs)
-	var pauses, totals []time.Duration
+	var pauses, firstWrites, totals []time.Duration
 	var bf, vf, fr []float64
 	verifyBound := false
 	all := holdDelta{Buckets: map[float64]float64{}, Results: map[string]float64{}}
@@ -1430,6 +1433,9 @@ func writeMoves(w *strings.Builder, o *options, rep movesReport) {
 		if r.Final.Phase == "done" {
 			done++
 			pauses = append(pauses, time.Duration(r.Final.PauseMS)*time.Millisecond)
+			if r.Final.FirstWriteMS > 0 {
+				firstWrites = append(firstWrites, time.Duration(r.Final.FirstWriteMS)*time.Millisecond)
+			}
 			totals = append(totals, f.total)
 		}
 		if f.backfillRate > 0 {
@@ -1456,6 +1462,7 @@ func writeMoves(w *strings.Builder, o *options, rep movesReport) {
 			unit(nearestRank(s, 99)), unit(s[len(s)-1]), unit(s[0]))
 	}
 	pr("cutover pause (`pause_ms`: fence → `Cutover` applied), ms", pauses, func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) })
+	pr("write pause (`first_write_ms`: fence → first client write on the target), ms", firstWrites, func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) })
 	pr("move duration (request → `done`, incl. the 2 s propagation wait and 10 s grace), s", totals,
 		func(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 1, 64) })
 	prf := func(name string, xs []float64) {

@@ -189,13 +189,13 @@ meridian_moves_step_errors_total{phase="backfill"} 1
 
 func TestParseMove(t *testing.T) {
 	mv, err := parseMove([]byte(`{"id":"mv-7","tenant":"acme","from_shard":"us-east-1","to_shard":"eu-west-1","phase":"done",
-		"rows_copied":20000,"rows_total":20100,"repairs":3,"pause_ms":412,"error":"","created_at":"2026-11-30T06:00:00Z",
+		"rows_copied":20000,"rows_total":20100,"repairs":3,"pause_ms":412,"first_write_ms":57,"error":"","created_at":"2026-11-30T06:00:00Z",
 		"updated_at":"2026-11-30T06:00:21.5Z"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if mv.ID != "mv-7" || mv.From != "us-east-1" || mv.To != "eu-west-1" || !mv.terminal() || mv.RowsCopied != 20000 ||
-		mv.RowsTotal != 20100 || mv.Repairs != 3 || mv.PauseMS != 412 || mv.UpdatedAt.Sub(mv.CreatedAt) != 21500*time.Millisecond {
+		mv.RowsTotal != 20100 || mv.Repairs != 3 || mv.PauseMS != 412 || mv.FirstWriteMS != 57 || mv.UpdatedAt.Sub(mv.CreatedAt) != 21500*time.Millisecond {
 		t.Errorf("move = %+v", mv)
 	}
 	for _, bad := range []string{`{`, `{"id":"mv-1"}`, `{"phase":"done"}`, `[]`, `{"id":"x","phase":"done","pause_ms":"1"}`} {
