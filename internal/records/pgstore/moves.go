@@ -197,6 +197,28 @@ func (s *Store) mirror(ctx context.Context, t records.Target, ch records.Change)
 	}
 }
 
+// primaries are the primary pools of a move's source and target shards.
+func (s *Store) primaries(ctx context.Context, from, to string) (src, dst *pgxpool.Pool, err error) {
+	if _, src, err = s.primary(ctx, from); err != nil {
+		return nil, nil, err
+	}
+	if _, dst, err = s.primary(ctx, to); err != nil {
+		return nil, nil, err
+	}
+	return src, dst, nil
+}
+
+// lockTarget reads a move target's tenant row in tx, locked FOR NO KEY UPDATE (not UPDATE: a
+// mirror write's foreign-key check takes KEY SHARE on this row and must not wait for us,
+// TestMoveStepsDoNotBlockMirror); records.ErrTenantNotFound without one.
+func lockTarget(ctx context.Context, tx pgx.Tx, tenant, to string) (status string, epoch, seq int64, err error) {
+	err = tx.QueryRow(ctx, `SELECT status, write_epoch, change_seq FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE`, tenant).Scan(&status, &epoch, &seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = fmt.Errorf("%w on %s", records.ErrTenantNotFound, to)
+	}
+	return status, epoch, seq, err
+}
+
 // SchemaVersion is the schema version (the highest migration applied) of shard's database,
 // read on its primary through meridian_schema_version() (migration 00007: meridian_app cannot
 // read goose's table).
@@ -326,11 +348,7 @@ func (s *Store) VerifyBatch(ctx context.Context, tenant, from, to string, after 
 	if limit < 1 {
 		return after, nil, 0, fmt.Errorf("pgstore: VerifyBatch: limit %d", limit)
 	}
-	_, src, err := s.primary(ctx, from)
-	if err != nil {
-		return after, nil, 0, err
-	}
-	_, dst, err := s.primary(ctx, to)
+	src, dst, err := s.primaries(ctx, from, to)
 	if err != nil {
 		return after, nil, 0, err
 	}
@@ -363,11 +381,7 @@ func (s *Store) Repair(ctx context.Context, tenant, from, to string, keys []reco
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	_, src, err := s.primary(ctx, from)
-	if err != nil {
-		return 0, err
-	}
-	_, dst, err := s.primary(ctx, to)
+	src, dst, err := s.primaries(ctx, from, to)
 	if err != nil {
 		return 0, err
 	}
@@ -505,11 +519,7 @@ func (s *Store) FinishTarget(ctx context.Context, tenant, from, to string, epoch
 	if epoch < 1 || changeSeq < 0 || from == to {
 		return fmt.Errorf("pgstore: FinishTarget: epoch %d, change_seq %d, %s -> %s", epoch, changeSeq, from, to)
 	}
-	_, src, err := s.primary(ctx, from)
-	if err != nil {
-		return err
-	}
-	_, dst, err := s.primary(ctx, to)
+	src, dst, err := s.primaries(ctx, from, to)
 	if err != nil {
 		return err
 	}
@@ -517,14 +527,8 @@ func (s *Store) FinishTarget(ctx context.Context, tenant, from, to string, epoch
 		return classify(err)
 	}
 	err = inTx(ctx, dst, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		var status string
-		var cur, mark int64
-		// NO KEY UPDATE, not UPDATE: a mirror write's foreign-key check takes KEY SHARE on this
-		// row, and must not wait for us (TestMoveStepsDoNotBlockMirror).
-		err := tx.QueryRow(ctx, `SELECT status, write_epoch, change_seq FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE`, tenant).Scan(&status, &cur, &mark)
+		status, cur, mark, err := lockTarget(ctx, tx, tenant, to)
 		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return fmt.Errorf("%w on %s", records.ErrTenantNotFound, to)
 		case err != nil:
 			return err
 		case status == StatusActive && cur == int64(epoch):
@@ -630,22 +634,14 @@ func finishKnown(ctx context.Context, src, dst *pgxpool.Pool, tenant string, epo
 // key rows up to it are there) and answered TargetImporting. Active at another epoch:
 // records.ErrTenantExists.
 func (s *Store) ResumeTarget(ctx context.Context, tenant, from, to string, epoch uint64) (records.TargetState, error) {
-	_, src, err := s.primary(ctx, from)
-	if err != nil {
-		return 0, err
-	}
-	_, dst, err := s.primary(ctx, to)
+	src, dst, err := s.primaries(ctx, from, to)
 	if err != nil {
 		return 0, err
 	}
 	state := records.TargetImporting
 	err = inTx(ctx, dst, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		var status string
-		var cur, seq int64
-		err := tx.QueryRow(ctx, `SELECT status, write_epoch, change_seq FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE`, tenant).Scan(&status, &cur, &seq)
+		status, cur, seq, err := lockTarget(ctx, tx, tenant, to)
 		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return fmt.Errorf("%w on %s", records.ErrTenantNotFound, to)
 		case err != nil:
 			return err
 		case status == StatusImporting:
@@ -681,11 +677,7 @@ func (s *Store) FinishTargetFrom(ctx context.Context, tenant, from, to string, e
 		return fmt.Errorf("pgstore: FinishTargetFrom: epoch %d, change_seq %d, %s -> %s", epoch, changeSeq, from, to)
 	}
 	if mark > 0 && mark <= changeSeq {
-		_, src, err := s.primary(ctx, from)
-		if err != nil {
-			return err
-		}
-		_, dst, err := s.primary(ctx, to)
+		src, dst, err := s.primaries(ctx, from, to)
 		if err != nil {
 			return err
 		}

@@ -122,11 +122,7 @@ func (s *Store) VerifyKeys(ctx context.Context, tenant, from, to string, keys []
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	_, src, err := s.primary(ctx, from)
-	if err != nil {
-		return nil, err
-	}
-	_, dst, err := s.primary(ctx, to)
+	src, dst, err := s.primaries(ctx, from, to)
 	if err != nil {
 		return nil, err
 	}
@@ -180,24 +176,16 @@ func (s *Store) PrecopyTarget(ctx context.Context, tenant, from, to string) (int
 	if err != nil {
 		return 0, fmt.Errorf("read %s: %w", from, err)
 	}
-	_, src, err := s.primary(ctx, from)
-	if err != nil {
-		return 0, err
-	}
-	_, dst, err := s.primary(ctx, to)
+	src, dst, err := s.primaries(ctx, from, to)
 	if err != nil {
 		return 0, err
 	}
 	err = inTx(ctx, dst, tenant, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		var status string
-		var prev int64 // the last precopy's mark: the keys up to it are on the target
-		// NO KEY UPDATE, not UPDATE: the copy can take seconds, and a mirror write's foreign-key
-		// check takes KEY SHARE on this row; FOR UPDATE made every mirror wait until its
-		// statement timeout (found moving 200,000 rows under load: TestMoveStepsDoNotBlockMirror).
-		err := tx.QueryRow(ctx, `SELECT status, change_seq FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE`, tenant).Scan(&status, &prev)
+		// prev is the last precopy's mark: the keys up to it are on the target. The copy can
+		// take seconds while the row is locked (FOR NO KEY UPDATE: FOR UPDATE made every mirror
+		// wait until its statement timeout, moving 200,000 rows under load).
+		status, _, prev, err := lockTarget(ctx, tx, tenant, to)
 		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return fmt.Errorf("%w on %s", records.ErrTenantNotFound, to)
 		case err != nil:
 			return err
 		case status != StatusImporting:
@@ -227,11 +215,7 @@ func (s *Store) PrecopyTarget(ctx context.Context, tenant, from, to string) (int
 // copied have none), both by the databases' clocks. ok is false when either is not known: the
 // source is not fenced (or gone) or no client has written to the target yet.
 func (s *Store) FirstWrite(ctx context.Context, tenant, from, to string) (pause time.Duration, ok bool, err error) {
-	_, src, err := s.primary(ctx, from)
-	if err != nil {
-		return 0, false, err
-	}
-	_, dst, err := s.primary(ctx, to)
+	src, dst, err := s.primaries(ctx, from, to)
 	if err != nil {
 		return 0, false, err
 	}

@@ -215,11 +215,7 @@ func (c *digestCursor) pop() { c.chunk = c.chunk[1:] }
 // arrive, so its memory is a few chunks of digests a side plus the differing keys whatever
 // the range's size; ranges are meant to come from SplitKeys.
 func (s *Store) CompareRange(ctx context.Context, tenant, from, to string, after, upto records.Key) (diffs []records.Key, checked int, err error) {
-	_, src, err := s.primary(ctx, from)
-	if err != nil {
-		return nil, 0, err
-	}
-	_, dst, err := s.primary(ctx, to)
+	src, dst, err := s.primaries(ctx, from, to)
 	if err != nil {
 		return nil, 0, err
 	}
