@@ -16,10 +16,11 @@ import (
 	"github.com/meridian-dev/meridian/replication"
 )
 
-// Write runs op in one transaction on the shard's primary: lock the tenant row (fence and
-// write epoch check + change seq), claim the Idempotency-Key (or answer its stored response), make the change,
-// render the response, append the outbox event and notify NotifyChannel, store the response
-// with the key, commit. Then
+// Write runs op in one transaction on the shard's primary: check the tenant row (fence and
+// write epoch), claim the Idempotency-Key (or answer its stored response), make the change,
+// render the response, then lock the tenant row (fence and epoch checked again + change seq),
+// append the outbox event and notify NotifyChannel, store the response with the key, commit
+// (writeTx). Then
 // it reads the WAL insert position for the Consistency-Token, and, when t.MirrorTo names a
 // move's target shard, applies the committed change there too (Store.mirror; its outcome is
 // WriteResult.Mirror and never fails the write).
@@ -61,6 +62,15 @@ const NotifyChannel = "meridian_outbox"
 const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', $1)`
 
 // writeTx is Write's transaction. It returns the change it committed (zero for a replay).
+//
+// One tenant's writes serialise on its tenant row from the `UPDATE tenants … change_seq` to
+// COMMIT (so change_seq is gap-free in commit order, and a move's fence and epoch are read
+// current), so that lock is taken last: the tenant check, the Idempotency-Key claim and the
+// record change run first, without it, and only one round trip and the COMMIT run under it
+// (BenchmarkTenantWrites: a tenant's write rate is one over that time). Every writer takes
+// its locks in the same order — the key's row, the record's row, the tenant row — so two
+// writers never wait for each other in a cycle; a move's fence (which takes only the tenant
+// row) is seen by every write that commits after it.
 func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, op records.WriteOp) (records.WriteResult, records.Change, error) {
 	var res records.WriteResult
 	var none records.Change
@@ -69,31 +79,22 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 		return res, none, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, setTenantSQL, t.Tenant); err != nil {
+	// The tenant's scope and a first look at its row, in one round trip and without a lock:
+	// an unknown, fenced or re-homed tenant is answered before anything is written.
+	var st tenantState
+	b := &pgx.Batch{}
+	b.Queue(setTenantSQL, t.Tenant)
+	b.Queue(`SELECT change_seq, write_fenced, write_epoch FROM tenants WHERE tenant_id = $1`, t.Tenant).QueryRow(st.scan)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return res, none, err
 	}
-	// The row lock taken here serialises the tenant's writes until commit, so change_seq is
-	// gap-free in commit order, and the fence and epoch read are current (DESIGN.md §5.4): a
-	// move's Fence, and FinishTarget's epoch, wait for this transaction or are seen by it.
-	var seq, epoch int64
-	var fenced bool
-	err = tx.QueryRow(ctx, `UPDATE tenants SET change_seq = change_seq + 1 WHERE tenant_id = $1 RETURNING change_seq, write_fenced, write_epoch`,
-		t.Tenant).Scan(&seq, &fenced, &epoch)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return res, none, records.ErrTenantNotFound
-	} else if err != nil {
+	if err := st.admit(t); err != nil {
 		return res, none, err
-	}
-	// The epoch first: a request routed before a cutover is re-routed at once (421), while a
-	// fenced tenant's writes are held by the router until the new epoch is visible (503).
-	if t.Epoch > 0 && uint64(epoch) > t.Epoch {
-		return res, none, fmt.Errorf("%w: the tenant's write epoch on %s is %d, the request's %d", records.ErrStaleEpoch, t.Shard, epoch, t.Epoch)
-	}
-	if fenced {
-		return res, none, records.ErrTenantFenced
 	}
 	if op.Key != "" {
-		stored, err := s.claimKey(ctx, tx, t, op, seq)
+		// A concurrent first request with this key holds its row (uncommitted) until it
+		// commits or rolls back; the claim waits for it.
+		stored, err := s.claimKey(ctx, tx, t, op)
 		if err != nil {
 			return res, none, err
 		}
@@ -110,22 +111,32 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 	if err != nil {
 		return res, none, err
 	}
-	// The outbox row and the relay's wake-up, in one round trip. Postgres delivers the
-	// notification at commit and drops it on rollback, so a relay never wakes for a row it
-	// cannot see yet.
-	b := &pgx.Batch{}
+	// Under the tenant row lock, one round trip: the change seq, the fence and the epoch read
+	// again (a fence or a cutover may have come since the first look), the outbox row numbered
+	// by the seq, the relay's wake-up, and the stored response with the seq. Postgres delivers
+	// the notification at commit and drops it on rollback, so a relay never wakes for a row it
+	// cannot see yet; a fenced or re-homed tenant rolls all of it back.
+	b = &pgx.Batch{}
+	b.Queue(`UPDATE tenants SET change_seq = change_seq + 1 WHERE tenant_id = $1 RETURNING change_seq, write_fenced, write_epoch`,
+		t.Tenant).QueryRow(st.scan)
 	b.Queue(`INSERT INTO outbox (tenant_id, seq, collection, record_id, op, version, lsn)
-		VALUES ($1, $2, $3, $4, $5, $6, pg_current_wal_insert_lsn())`, t.Tenant, seq, ch.Record.Collection, ch.Record.ID, ch.Kind.String(), ch.Record.Version)
+		SELECT $1, change_seq, $2, $3, $4, $5, pg_current_wal_insert_lsn() FROM tenants WHERE tenant_id = $1`,
+		t.Tenant, ch.Record.Collection, ch.Record.ID, ch.Kind.String(), ch.Record.Version)
 	b.Queue(notifySQL, t.Shard)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return res, none, err
-	}
 	if op.Key != "" {
 		hdrs, _ := json.Marshal(resp.Headers)
-		if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET status = $3, headers = $4, body = $5 WHERE tenant_id = $1 AND key = $2`,
-			t.Tenant, op.Key, resp.Status, hdrs, resp.Body); err != nil {
-			return res, none, err
-		}
+		b.Queue(`UPDATE idempotency_keys SET status = $3, headers = $4, body = $5,
+			seq = (SELECT change_seq FROM tenants WHERE tenant_id = $1) WHERE tenant_id = $1 AND key = $2`,
+			t.Tenant, op.Key, resp.Status, hdrs, resp.Body)
+	}
+	// A refusal first: a later statement's error in a batch the fence made moot is not the
+	// write's answer.
+	err = tx.SendBatch(ctx, b).Close()
+	if aerr := st.admit(t); aerr != nil {
+		return res, none, aerr
+	}
+	if err != nil {
+		return res, none, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return res, none, err
@@ -133,14 +144,45 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 	return records.WriteResult{Response: resp}, ch, nil
 }
 
-// claimKey inserts the Idempotency-Key row, or, when a committed row exists, returns its stored
-// response (same request) or records.ErrKeyReused (different request). A concurrent first
-// request holds the tenant row lock, so by the time we get here it has committed or rolled back.
-func (s *Store) claimKey(ctx context.Context, tx pgx.Tx, t records.Target, op records.WriteOp, seq int64) (*records.Response, error) {
+// tenantState is what a write reads of its tenant row.
+type tenantState struct {
+	seq, epoch int64
+	fenced     bool
+}
+
+// scan reads a tenantState from a row of (change_seq, write_fenced, write_epoch); no row is
+// records.ErrTenantNotFound.
+func (st *tenantState) scan(r pgx.Row) error {
+	err := r.Scan(&st.seq, &st.fenced, &st.epoch)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return records.ErrTenantNotFound
+	}
+	return err
+}
+
+// admit refuses a write to a tenant in state st: the epoch first, so a request routed before a
+// cutover is re-routed at once (421), while a fenced tenant's writes are held by the router
+// until the new epoch is visible (503).
+func (st *tenantState) admit(t records.Target) error {
+	if t.Epoch > 0 && uint64(st.epoch) > t.Epoch {
+		return fmt.Errorf("%w: the tenant's write epoch on %s is %d, the request's %d", records.ErrStaleEpoch, t.Shard, st.epoch, t.Epoch)
+	}
+	if st.fenced {
+		return records.ErrTenantFenced
+	}
+	return nil
+}
+
+// claimKey inserts the Idempotency-Key row (seq NULL until the write's last round trip sets
+// it, under the tenant row lock), or, when a committed row exists, returns its stored response
+// (same request) or records.ErrKeyReused (different request). The insert waits for a
+// concurrent first request's uncommitted row, so by the time it returns that request has
+// committed or rolled back.
+func (s *Store) claimKey(ctx context.Context, tx pgx.Tx, t records.Target, op records.WriteOp) (*records.Response, error) {
 	tenant := t.Tenant
 	now := s.cfg.Now()
-	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, created_at, expires_at, seq)
-		VALUES ($1, $2, $3, 102, $4, $5, $6) ON CONFLICT (tenant_id, key) DO NOTHING`, tenant, op.Key, op.RequestHash, now, now.Add(s.cfg.IdemTTL), seq)
+	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, created_at, expires_at)
+		VALUES ($1, $2, $3, 102, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING`, tenant, op.Key, op.RequestHash, now, now.Add(s.cfg.IdemTTL))
 	if err != nil {
 		return nil, err
 	}
@@ -158,8 +200,8 @@ func (s *Store) claimKey(ctx context.Context, tx pgx.Tx, t records.Target, op re
 	}
 	if !expires.After(now) {
 		// Expired but not yet cleaned up: the key is free again.
-		_, err := tx.Exec(ctx, `UPDATE idempotency_keys SET request_hash = $3, status = 102, headers = '{}', body = '', created_at = $4, expires_at = $5, seq = $6
-			WHERE tenant_id = $1 AND key = $2`, tenant, op.Key, op.RequestHash, now, now.Add(s.cfg.IdemTTL), seq)
+		_, err := tx.Exec(ctx, `UPDATE idempotency_keys SET request_hash = $3, status = 102, headers = '{}', body = '', created_at = $4, expires_at = $5, seq = NULL
+			WHERE tenant_id = $1 AND key = $2`, tenant, op.Key, op.RequestHash, now, now.Add(s.cfg.IdemTTL))
 		return nil, err
 	}
 	if !bytes.Equal(hash, op.RequestHash) {
@@ -189,36 +231,16 @@ func change(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (
 		return records.Change{Kind: records.Created, Record: r}, nil
 
 	case records.Put:
-		var version int64
-		var deleted bool
-		err := tx.QueryRow(ctx, `SELECT version, deleted FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
-			tenant, coll, id).Scan(&version, &deleted)
-		exists := err == nil && !deleted
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return records.Change{}, err
+		// Two Puts may create the same id at once (a write holds the tenant row only at its
+		// end): the second's insert finds the first's row, waits for it, inserts nothing, and
+		// the Put starts over on the row the first committed.
+		for range 3 {
+			ch, err := putChange(ctx, tx, tenant, op)
+			if !errors.Is(err, errRaced) {
+				return ch, err
+			}
 		}
-		if err := preconditions(op, exists, version); err != nil {
-			return records.Change{}, err
-		}
-		var r records.Record
-		kind := records.Updated
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			kind = records.Created
-			r, err = scanRecord(tx.QueryRow(ctx, `INSERT INTO records (tenant_id, collection, id, version, data) VALUES ($1, $2, $3, 1, $4)
-				RETURNING `+recordCols, tenant, coll, id, []byte(op.Data)), coll)
-		case deleted:
-			// Re-creating over a tombstone continues the version sequence.
-			kind = records.Created
-			r, err = scanRecord(tx.QueryRow(ctx, `UPDATE records SET data = $4, version = version + 1, deleted = false, created_at = now(), updated_at = now()
-				WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING `+recordCols, tenant, coll, id, []byte(op.Data)), coll)
-		default:
-			r, err = scanRecord(tx.QueryRow(ctx, updateDataSQL, tenant, coll, id, []byte(op.Data)), coll)
-		}
-		if err != nil {
-			return records.Change{}, err
-		}
-		return records.Change{Kind: kind, Record: r}, nil
+		return records.Change{}, fmt.Errorf("pgstore: put %s/%s: the record was created concurrently three times", coll, id)
 
 	case records.Patch:
 		_, cur, err := lockLiveRecord(ctx, tx, tenant, coll, id, op)
@@ -255,6 +277,48 @@ func change(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (
 		return records.Change{Kind: records.Deleted, Record: r}, nil
 	}
 	return records.Change{}, fmt.Errorf("pgstore: unknown write op %d", op.Op)
+}
+
+// errRaced is putChange's answer when another transaction created the record first.
+var errRaced = errors.New("pgstore: the record was created concurrently")
+
+// putChange makes a Put's change: update a live record, re-create over a tombstone, or create.
+// errRaced when a concurrent write created the record after the look (nothing was written).
+func putChange(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (records.Change, error) {
+	coll, id := op.Collection, op.ID
+	var version int64
+	var deleted bool
+	err := tx.QueryRow(ctx, `SELECT version, deleted FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
+		tenant, coll, id).Scan(&version, &deleted)
+	exists := err == nil && !deleted
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return records.Change{}, err
+	}
+	if err := preconditions(op, exists, version); err != nil {
+		return records.Change{}, err
+	}
+	var r records.Record
+	kind := records.Updated
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		kind = records.Created
+		r, err = scanRecord(tx.QueryRow(ctx, `INSERT INTO records (tenant_id, collection, id, version, data) VALUES ($1, $2, $3, 1, $4)
+			ON CONFLICT DO NOTHING RETURNING `+recordCols, tenant, coll, id, []byte(op.Data)), coll)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return records.Change{}, errRaced
+		}
+	case deleted:
+		// Re-creating over a tombstone continues the version sequence.
+		kind = records.Created
+		r, err = scanRecord(tx.QueryRow(ctx, `UPDATE records SET data = $4, version = version + 1, deleted = false, created_at = now(), updated_at = now()
+			WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING `+recordCols, tenant, coll, id, []byte(op.Data)), coll)
+	default:
+		r, err = scanRecord(tx.QueryRow(ctx, updateDataSQL, tenant, coll, id, []byte(op.Data)), coll)
+	}
+	if err != nil {
+		return records.Change{}, err
+	}
+	return records.Change{Kind: kind, Record: r}, nil
 }
 
 // lockLiveRecord locks a live (not deleted) record for update and checks op's preconditions
