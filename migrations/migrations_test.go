@@ -133,6 +133,7 @@ var knownMigrations = []string{
 	"00005_outbox_prune.sql",
 	"00006_idempotency_seq.sql",
 	"00007_schema_version.sql",
+	"00008_next_change_seq.sql",
 }
 
 // TestLatestCoversAllMigrations checks the migration files on disk against knownMigrations,

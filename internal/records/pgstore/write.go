@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/meridian-dev/meridian/internal/records"
 	"github.com/meridian-dev/meridian/replication"
@@ -63,29 +64,34 @@ const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', $1)`
 
 // writeTx is Write's transaction. It returns the change it committed (zero for a replay).
 //
-// One tenant's writes serialise on its tenant row from the `UPDATE tenants … change_seq` to
-// COMMIT (so change_seq is gap-free in commit order, and a move's fence and epoch are read
-// current), so that lock is taken last: the tenant check, the Idempotency-Key claim and the
-// record change run first, without it, and only one round trip and the COMMIT run under it
-// (BenchmarkTenantWrites: a tenant's write rate is one over that time). Every writer takes
-// its locks in the same order — the key's row, the record's row, the tenant row — so two
-// writers never wait for each other in a cycle; a move's fence (which takes only the tenant
-// row) is seen by every write that commits after it.
+// One tenant's writes serialise on its tenant row from the moment its change_seq is allocated
+// to COMMIT (so change_seq is gap-free in commit order, and a move's fence and epoch are read
+// current), so that lock is taken last, and its step, the outbox row, the stored answer and
+// the COMMIT go in one pipelined round trip: a tenant's write rate is one over that round trip
+// (BenchmarkTenantWrites). Before it, without the lock: BEGIN, the tenant's scope and a first
+// look at its row (one round trip), the Idempotency-Key claim and the record change. Every
+// writer takes its locks in the same order — the key's row, the record's row, the tenant row —
+// so two writers never wait for each other in a cycle; a move's fence (which takes only the
+// tenant row) is seen by every write that commits after it.
+//
+// The transaction is driven by statements on conn (BEGIN and COMMIT inside the pipelines), not
+// a pgx.Tx, which would spend a round trip on each.
 func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, op records.WriteOp) (records.WriteResult, records.Change, error) {
 	var res records.WriteResult
 	var none records.Change
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{})
-	if err != nil {
-		return res, none, err
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	// The tenant's scope and a first look at its row, in one round trip and without a lock:
-	// an unknown, fenced or re-homed tenant is answered before anything is written.
+	defer func() {
+		if conn.PgConn().TxStatus() != 'I' { // not committed (or the connection is gone)
+			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		}
+	}()
+	// The tenant's scope and a first look at its row: an unknown, fenced or re-homed tenant is
+	// answered before anything is written.
 	var st tenantState
 	b := &pgx.Batch{}
+	b.Queue("BEGIN")
 	b.Queue(setTenantSQL, t.Tenant)
 	b.Queue(`SELECT change_seq, write_fenced, write_epoch FROM tenants WHERE tenant_id = $1`, t.Tenant).QueryRow(st.scan)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return res, none, err
 	}
 	if err := st.admit(t); err != nil {
@@ -94,16 +100,16 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 	if op.Key != "" {
 		// A concurrent first request with this key holds its row (uncommitted) until it
 		// commits or rolls back; the claim waits for it.
-		stored, err := s.claimKey(ctx, tx, t, op)
+		stored, err := s.claimKey(ctx, conn, t, op)
 		if err != nil {
 			return res, none, err
 		}
 		if stored != nil {
-			// Rollback: the replay changes nothing.
+			// Rolled back: the replay changes nothing.
 			return records.WriteResult{Response: *stored, Replayed: true}, none, nil
 		}
 	}
-	ch, err := change(ctx, tx, t.Tenant, op)
+	ch, err := change(ctx, conn, t.Tenant, op)
 	if err != nil {
 		return res, none, err
 	}
@@ -111,14 +117,14 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 	if err != nil {
 		return res, none, err
 	}
-	// Under the tenant row lock, one round trip: the change seq, the fence and the epoch read
-	// again (a fence or a cutover may have come since the first look), the outbox row numbered
-	// by the seq, the relay's wake-up, and the stored response with the seq. Postgres delivers
-	// the notification at commit and drops it on rollback, so a relay never wakes for a row it
-	// cannot see yet; a fenced or re-homed tenant rolls all of it back.
+	// Under the tenant row lock, one round trip: the change seq, with the epoch and the fence
+	// checked again (a cutover or a fence may have come since the first look;
+	// meridian_next_change_seq raises, and the rest of the pipeline, COMMIT included, is
+	// skipped), the outbox row numbered by it, the relay's wake-up, the stored answer with the
+	// seq, COMMIT. Postgres delivers the notification at commit and drops it on rollback, so a
+	// relay never wakes for a row it cannot see yet.
 	b = &pgx.Batch{}
-	b.Queue(`UPDATE tenants SET change_seq = change_seq + 1 WHERE tenant_id = $1 RETURNING change_seq, write_fenced, write_epoch`,
-		t.Tenant).QueryRow(st.scan)
+	b.Queue(`SELECT meridian_next_change_seq($1, $2)`, t.Tenant, int64(t.Epoch))
 	b.Queue(`INSERT INTO outbox (tenant_id, seq, collection, record_id, op, version, lsn)
 		SELECT $1, change_seq, $2, $3, $4, $5, pg_current_wal_insert_lsn() FROM tenants WHERE tenant_id = $1`,
 		t.Tenant, ch.Record.Collection, ch.Record.ID, ch.Kind.String(), ch.Record.Version)
@@ -129,19 +135,35 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 			seq = (SELECT change_seq FROM tenants WHERE tenant_id = $1) WHERE tenant_id = $1 AND key = $2`,
 			t.Tenant, op.Key, resp.Status, hdrs, resp.Body)
 	}
-	// A refusal first: a later statement's error in a batch the fence made moot is not the
-	// write's answer.
-	err = tx.SendBatch(ctx, b).Close()
-	if aerr := st.admit(t); aerr != nil {
-		return res, none, aerr
-	}
-	if err != nil {
-		return res, none, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return res, none, err
+	b.Queue("COMMIT")
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return res, none, refusal(err, t)
 	}
 	return records.WriteResult{Response: resp}, ch, nil
+}
+
+// refusal maps meridian_next_change_seq's refusals (migration 00008) to the store's errors;
+// other errors are returned as they are.
+func refusal(err error, t records.Target) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch pe.Code {
+	case "MR404":
+		return records.ErrTenantNotFound
+	case "MR421":
+		return fmt.Errorf("%w: on %s %s", records.ErrStaleEpoch, t.Shard, pe.Message)
+	case "MR503":
+		return records.ErrTenantFenced
+	}
+	return err
+}
+
+// querier is what a write's statements run on: the connection its transaction is open on.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // tenantState is what a write reads of its tenant row.
@@ -178,7 +200,7 @@ func (st *tenantState) admit(t records.Target) error {
 // (same request) or records.ErrKeyReused (different request). The insert waits for a
 // concurrent first request's uncommitted row, so by the time it returns that request has
 // committed or rolled back.
-func (s *Store) claimKey(ctx context.Context, tx pgx.Tx, t records.Target, op records.WriteOp) (*records.Response, error) {
+func (s *Store) claimKey(ctx context.Context, tx querier, t records.Target, op records.WriteOp) (*records.Response, error) {
 	tenant := t.Tenant
 	now := s.cfg.Now()
 	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, created_at, expires_at)
@@ -215,7 +237,7 @@ const updateDataSQL = `UPDATE records SET data = $4, version = version + 1, upda
 	WHERE tenant_id = $1 AND collection = $2 AND id = $3 RETURNING ` + recordCols
 
 // change makes op's change to the records table in tx and says what it did.
-func change(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (records.Change, error) {
+func change(ctx context.Context, tx querier, tenant string, op records.WriteOp) (records.Change, error) {
 	coll, id := op.Collection, op.ID
 	switch op.Op {
 	case records.Create:
@@ -284,7 +306,7 @@ var errRaced = errors.New("pgstore: the record was created concurrently")
 
 // putChange makes a Put's change: update a live record, re-create over a tombstone, or create.
 // errRaced when a concurrent write created the record after the look (nothing was written).
-func putChange(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp) (records.Change, error) {
+func putChange(ctx context.Context, tx querier, tenant string, op records.WriteOp) (records.Change, error) {
 	coll, id := op.Collection, op.ID
 	var version int64
 	var deleted bool
@@ -324,7 +346,7 @@ func putChange(ctx context.Context, tx pgx.Tx, tenant string, op records.WriteOp
 // lockLiveRecord locks a live (not deleted) record for update and checks op's preconditions
 // against it. A missing or deleted record is records.ErrRecordNotFound, or
 // records.ErrPrecondition when If-Match was sent.
-func lockLiveRecord(ctx context.Context, tx pgx.Tx, tenant, coll, id string, op records.WriteOp) (version int64, data []byte, err error) {
+func lockLiveRecord(ctx context.Context, tx querier, tenant, coll, id string, op records.WriteOp) (version int64, data []byte, err error) {
 	var deleted bool
 	err = tx.QueryRow(ctx, `SELECT version, deleted, data FROM records WHERE tenant_id = $1 AND collection = $2 AND id = $3 FOR UPDATE`,
 		tenant, coll, id).Scan(&version, &deleted, &data)

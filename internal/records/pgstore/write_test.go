@@ -136,7 +136,9 @@ func TestFenceSeenByWriteInFlight(t *testing.T) {
 	go func() {
 		_, err := e.store.Write(ctx, target("fence-race"), records.WriteOp{Op: records.Put, Collection: "c", ID: "x", Data: []byte(`{"v":2}`),
 			Key: "in-flight", RequestHash: []byte("h"),
-			Render: func(ch records.Change) (records.Response, error) { return records.Response{Status: http.StatusOK, Body: ch.Record.Data}, nil }})
+			Render: func(ch records.Change) (records.Response, error) {
+				return records.Response{Status: http.StatusOK, Body: ch.Record.Data}, nil
+			}})
 		done <- err
 	}()
 	// Wait until the write waits on the record's row (asked outside hold's transaction, which
