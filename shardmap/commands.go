@@ -101,6 +101,9 @@ type MoveProgress struct {
 	PauseMS    *int64 `json:"pause_ms,omitempty"`
 	// FirstWriteMS: see Move.FirstWriteMS.
 	FirstWriteMS *int64 `json:"first_write_ms,omitempty"`
+	// CopiedUpTo: see Move.CopiedUpTo. Only a move in backfill takes it
+	// (ErrBadPhaseTransition otherwise).
+	CopiedUpTo *MoveKey `json:"copied_up_to,omitempty"`
 }
 
 // Cutover pins the move's tenant to the target shard and bumps its write epoch, in one

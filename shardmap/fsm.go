@@ -132,6 +132,15 @@ func (s *state) applyCmd(cmd Command, index uint64, at time.Time) error {
 				return fmt.Errorf("%w: negative progress counter", ErrBadCommand)
 			}
 		}
+		if k := c.CopiedUpTo; k != nil {
+			if mv.Phase != PhaseBackfill {
+				return fmt.Errorf("%w: backfill cursor on a move in %s", ErrBadPhaseTransition, mv.Phase)
+			}
+			if len(k.Collection) > maxMoveKeyPart || len(k.ID) > maxMoveKeyPart {
+				return fmt.Errorf("%w: backfill cursor parts must be at most %d bytes", ErrBadCommand, maxMoveKeyPart)
+			}
+			mv.CopiedUpTo = *k
+		}
 		set := func(dst *int64, src *int64) {
 			if src != nil {
 				*dst = *src

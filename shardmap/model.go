@@ -69,11 +69,32 @@ type Move struct {
 	// FirstWriteMS is the pause as a client sees it: from the fence to the first write the
 	// target accepted (both by the databases' clocks), 0 until known or if no write came
 	// before the cleanup (then absent in JSON, so older snapshots re-encode byte for byte).
-	FirstWriteMS int64     `json:"first_write_ms,omitempty"`
-	Error        string    `json:"error"`
-	CreatedAt    time.Time `json:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	FirstWriteMS int64 `json:"first_write_ms,omitempty"`
+	// CopiedUpTo is the backfill's cursor: every source key <= it has been copied by this
+	// move's backfill (the contiguous prefix of finished key ranges, not the furthest batch of
+	// any stream), so a restarted backfill copies only the keys after it. Only the backfill
+	// phase sets it; it means nothing after. The zero MoveKey (no cursor) sorts before every
+	// key and is absent in JSON (omitzero: omitempty never omits a struct), so older snapshots
+	// re-encode byte for byte. A value, not a pointer, so a Move copied out of a Map shares
+	// nothing with it.
+	CopiedUpTo MoveKey   `json:"copied_up_to,omitzero"`
+	Error      string    `json:"error"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
 }
+
+// MoveKey is a record key as a move records it: a tenant's (collection, id) primary key,
+// ordered by bytes (the records table's "C" collation). It mirrors the records store's key;
+// shardmap does not import the store.
+type MoveKey struct {
+	Collection string `json:"collection"`
+	ID         string `json:"id"`
+}
+
+// maxMoveKeyPart bounds each part of a MoveKey in a command, so a command cannot grow the map
+// unbounded. It is a size bound, not a validation of the key (record ids are at most 128
+// bytes, collection names 63): the store's keys are recorded as they are.
+const maxMoveKeyPart = 1024
 
 // Route is the answer of Map.Lookup: where a tenant lives and under which map version.
 type Route struct {

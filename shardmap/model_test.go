@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/meridian-dev/meridian/shardmap/ids"
+	"os"
 	"regexp"
 	"testing"
 	"time"
@@ -240,6 +241,9 @@ func TestCommandGuards(t *testing.T) {
 		{"progress negative", moving, MoveProgress{ID: "m1", RowsCopied: ptr(int64(-1))}, ErrBadCommand},
 		{"first write negative", moving, MoveProgress{ID: "m1", FirstWriteMS: ptr(int64(-1))}, ErrBadCommand},
 		{"progress on finished move", walkTo(t, PhaseDone), MoveProgress{ID: "m1", RowsCopied: ptr(int64(1))}, ErrBadPhaseTransition},
+		{"cursor before backfill", walkTo(t, PhaseDualWrite), MoveProgress{ID: "m1", CopiedUpTo: &MoveKey{Collection: "items", ID: "r1"}}, ErrBadPhaseTransition},
+		{"cursor in verify", walkTo(t, PhaseVerify), MoveProgress{ID: "m1", RowsCopied: ptr(int64(1)), CopiedUpTo: &MoveKey{Collection: "items", ID: "r1"}}, ErrBadPhaseTransition},
+		{"cursor too long", moving, MoveProgress{ID: "m1", CopiedUpTo: &MoveKey{Collection: "items", ID: string(bytes.Repeat([]byte("r"), maxMoveKeyPart+1))}}, ErrBadCommand},
 		{"register without addr", newState(), RegisterNode{ID: "n1"}, ErrBadCommand},
 	}
 	for _, tc := range tests {
@@ -279,10 +283,91 @@ func TestMoveProgressAndDefaultID(t *testing.T) {
 	}
 }
 
+// TestBackfillCursor: MoveProgress records the backfill's cursor (with the counters, in one
+// command), a later one replaces it, one without it leaves it alone, and the move's JSON (what
+// the admin API answers) carries it as {"collection","id"} only once it is set.
+func TestBackfillCursor(t *testing.T) {
+	s := walkTo(t, PhaseBackfill)
+	if b, _ := json.Marshal(s.moves["m1"]); bytes.Contains(b, []byte("copied_up_to")) {
+		t.Fatalf("a move without a cursor encodes it: %s", b)
+	}
+	s, err := tryApply(s, MoveProgress{ID: "m1", RowsCopied: ptr(int64(1000)), CopiedUpTo: &MoveKey{Collection: "items", ID: "r00999"}}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = tryApply(s, MoveProgress{ID: "m1", RowsCopied: ptr(int64(3000)), CopiedUpTo: &MoveKey{Collection: "items", ID: "r02999"}}, 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = tryApply(s, MoveProgress{ID: "m1", RowsCopied: ptr(int64(3500))}, 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mv, _ := buildMap(s).Move("m1")
+	if mv.CopiedUpTo != (MoveKey{Collection: "items", ID: "r02999"}) || mv.RowsCopied != 3500 {
+		t.Fatalf("move %+v", mv)
+	}
+	b, _ := json.Marshal(mv)
+	if !bytes.Contains(b, []byte(`"copied_up_to":{"collection":"items","id":"r02999"}`)) {
+		t.Fatalf("move JSON %s", b)
+	}
+	// It survives a snapshot, and stays (meaningless) after the backfill.
+	s, err = tryApply(s, SetMovePhase{ID: "m1", Phase: PhaseVerify}, 13)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := writeSnapshot(&buf, s); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readSnapshot(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(s.canonical(), got.canonical()) || got.moves["m1"].CopiedUpTo != mv.CopiedUpTo {
+		t.Fatalf("snapshot round trip differs:\n%s\n%s", s.canonical(), got.canonical())
+	}
+}
+
+// TestOlderEncodingsWithoutCursor: a snapshot and a MoveProgress entry written before
+// copied_up_to existed (testdata, made by the code of then) decode and re-encode byte for byte.
+func TestOlderEncodingsWithoutCursor(t *testing.T) {
+	old, err := os.ReadFile("testdata/snapshot-before-copied-up-to.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := readSnapshot(bytes.NewReader(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mv := s.moves["m1"]; mv.Phase != PhaseBackfill || mv.RowsCopied != 1500 || mv.CopiedUpTo != (MoveKey{}) {
+		t.Fatalf("decoded move %+v", mv)
+	}
+	var buf bytes.Buffer
+	if err := writeSnapshot(&buf, s); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf.Bytes(), old) {
+		t.Fatalf("snapshot re-encoded differently:\nwas %s\nnow %s", old, buf.Bytes())
+	}
+	entry := append([]byte{byte(CmdMoveProgress)}, `{"at":1767323045000000000,"cmd":{"id":"m1","rows_copied":1500}}`...)
+	cmd, at, err := decodeEntry(entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := cmd.(MoveProgress); !ok || p.CopiedUpTo != nil {
+		t.Fatalf("decoded %+v", p)
+	}
+	again, err := encodeEntry(cmd, at)
+	if err != nil || !bytes.Equal(again, entry) {
+		t.Fatalf("entry re-encoded as %q (%v), was %q", again, err, entry)
+	}
+}
+
 func TestEntryRoundTripAndUnknownTypes(t *testing.T) {
 	cmds := []Command{testTopology(), AddRegion{Region: "x"}, AddShard{Shard: Shard{ID: "a", HomeRegion: "x", Database: "d"}}, DrainShard{Shard: "a"},
 		AssignSlots{Slots: []int{1, 2}, Shard: "a"}, CreateTenant{Tenant: "acme", Region: "x"}, RequestMove{Tenant: "acme", To: "a"},
-		SetMovePhase{ID: "m", Phase: PhaseFailed, Error: "e"}, MoveProgress{ID: "m", PauseMS: ptr(int64(3))}, Cutover{ID: "m"}, RegisterNode{ID: "n", HTTPAddr: "http://x"},
+		SetMovePhase{ID: "m", Phase: PhaseFailed, Error: "e"}, MoveProgress{ID: "m", PauseMS: ptr(int64(3)), CopiedUpTo: &MoveKey{Collection: "c", ID: "i"}}, Cutover{ID: "m"}, RegisterNode{ID: "n", HTTPAddr: "http://x"},
 		SetTenantLimits{Tenant: "acme", Set: TenantLimits{RPS: 2.5, Concurrency: 3}, Reset: []string{LimitBurst}},
 		AcquireLease{Name: "rebalancer", Holder: "ctl-1", TTL: 10 * time.Second}, ReleaseLease{Name: "rebalancer", Holder: "ctl-1"},
 		PruneMoves{Before: t0.Add(-time.Hour)}}

@@ -42,19 +42,27 @@ func usageErr(format string, a ...any) error {
 
 // moveView is a move as the admin API answers it (GET /admin/v1/moves/{id}).
 type moveView struct {
-	ID         string    `json:"id"`
-	Tenant     string    `json:"tenant"`
-	From       string    `json:"from_shard"`
-	To         string    `json:"to_shard"`
-	Phase      string    `json:"phase"`
-	RowsCopied int64     `json:"rows_copied"`
-	RowsTotal  int64     `json:"rows_total"`
-	Repairs    int64     `json:"repairs"`
-	PauseMS    int64     `json:"pause_ms"`
-	FirstWrite int64     `json:"first_write_ms"`
+	ID         string `json:"id"`
+	Tenant     string `json:"tenant"`
+	From       string `json:"from_shard"`
+	To         string `json:"to_shard"`
+	Phase      string `json:"phase"`
+	RowsCopied int64  `json:"rows_copied"`
+	RowsTotal  int64  `json:"rows_total"`
+	Repairs    int64  `json:"repairs"`
+	PauseMS    int64  `json:"pause_ms"`
+	FirstWrite int64  `json:"first_write_ms"`
+	// CopiedUpTo is the backfill's cursor (every key <= it copied); nil until recorded.
+	CopiedUpTo *moveKey  `json:"copied_up_to,omitempty"`
 	Error      string    `json:"error"`
 	CreatedAt  time.Time `json:"created_at"`
 	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// moveKey is a record key as a move's JSON carries it.
+type moveKey struct {
+	Collection string `json:"collection"`
+	ID         string `json:"id"`
 }
 
 func (m moveView) terminal() bool {

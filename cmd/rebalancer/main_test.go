@@ -163,6 +163,14 @@ func TestStatusAndCancel(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "move mv-10: acme use-1 -> euw-1: requested") {
 		t.Errorf("status ID --once: %d\n%s", code, out)
 	}
+	f.mu.Lock()
+	f.moves["mv-10"].Phase = "backfill"
+	f.moves["mv-10"].CopiedUpTo = &moveKey{Collection: "notes", ID: "n-42"}
+	f.mu.Unlock()
+	code, out, _ = runCLI(t, env, "status", "mv-10", "--once")
+	if code != 0 || !strings.Contains(out, "cursor    notes/n-42") {
+		t.Errorf("status ID --once in backfill with a cursor: %d\n%s", code, out)
+	}
 	code, out, _ = runCLI(t, env, "cancel", "mv-10")
 	if code != 0 || !strings.Contains(out, "cancel requested") {
 		t.Errorf("cancel: %d\n%s", code, out)

@@ -232,6 +232,9 @@ func follow(ctx context.Context, c *client, id string, cm common, stdout, stderr
 func printFigures(w io.Writer, mv moveView, observedRate float64) {
 	fmt.Fprintf(w, "move %s: %s %s -> %s: %s\n", mv.ID, mv.Tenant, mv.From, mv.To, mv.Phase)
 	fmt.Fprintf(w, "  rows      %d/%d\n", mv.RowsCopied, mv.RowsTotal)
+	if mv.CopiedUpTo != nil && mv.Phase == "backfill" {
+		fmt.Fprintf(w, "  cursor    %s/%s (every key up to it copied; a restarted backfill resumes after it)\n", mv.CopiedUpTo.Collection, mv.CopiedUpTo.ID)
+	}
 	var dur time.Duration
 	if !mv.CreatedAt.IsZero() && !mv.UpdatedAt.IsZero() {
 		dur = mv.UpdatedAt.Sub(mv.CreatedAt)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -665,4 +666,144 @@ func TestPlanWriteRates(t *testing.T) {
 	if got := Plan(shards, tenants, 0); len(got) != 0 {
 		t.Errorf("plan by rows only = %+v, want none (1010 vs 1000 rows: no whole-tenant move helps)", got)
 	}
+}
+
+// TestBackfillResumesAfterCursor kills the controller mid-backfill once the map holds a cursor
+// (some ranges finished, the streams stuck in later ones), and checks the next controller
+// copies no key at or below the recorded cursor again, counts rows on from the recorded
+// rows_copied, and completes the move with a verify that leaves the target equal to the
+// source. Without the cursor the second controller starts again from the first key. A write
+// at or below the cursor that no mirror carried (a failed mirror) is left to verify, which
+// compares every key: the second case.
+func TestBackfillResumesAfterCursor(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		write       bool // a client write of r00000 after the kill, not mirrored
+		wantRepairs int64
+	}{
+		{"clean", false, 0},
+		{"a write the mirror missed", true, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			const rows, small = 2500, 100 // 25 ranges of 100 keys, one CopyRange each
+			client := newTestMap(t)
+			st := newFakeStore()
+			st.seed("use-1", "acme", rows)
+			lease := newFakeLease()
+			lease.noRel["c1"] = true // a killed process releases nothing
+			id := requestMove(t, client, "acme", "euw-1")
+
+			// c1: ranges 0..11 copy, the streams are stuck in the later ones until c1 dies,
+			// which it does once the map holds a cursor at or past r00999.
+			killed := make(chan struct{})
+			var killOnce sync.Once
+			ctx1, kill := context.WithCancel(context.Background())
+			defer kill()
+			gated := gateCopy{fakeStore: st, gate: func(after Key) error {
+				if !less(after, Key{Collection: "items", ID: "r01199"}) { // ranges 12..24
+					<-killed
+					return context.Canceled
+				}
+				return nil
+			}}
+			m1 := &hookedMap{MapClient: client, after: func(cmd shardmap.Command) {
+				if p, ok := cmd.(shardmap.MoveProgress); ok && p.CopiedUpTo != nil && p.CopiedUpTo.ID >= "r00999" {
+					killOnce.Do(func() { kill(); close(killed) })
+				}
+			}}
+			cfg1 := testConfig(t, m1, gated, lease, "c1")
+			cfg1.BatchSize, cfg1.ScanStreams = small, 4
+			c1, err := New(cfg1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- c1.Run(ctx1) }()
+			select {
+			case <-done:
+			case <-time.After(15 * time.Second):
+				t.Fatal("controller c1 was never killed")
+			}
+			// A barrier: once a later command is in the local copy, so is every command c1 sent.
+			bctx, bcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			mustApply(t, bctx, client, shardmap.AcquireLease{Name: "test-barrier", Holder: "t", TTL: time.Second})
+			bcancel()
+			mv, _ := client.Map().Move(id)
+			cursor := Key{Collection: mv.CopiedUpTo.Collection, ID: mv.CopiedUpTo.ID}
+			if mv.Phase != shardmap.PhaseBackfill || cursor.ID < "r00999" || cursor.ID >= "r02499" {
+				t.Fatalf("after the kill: %s, cursor %v, want backfill with a cursor in [r00999, r02499)", mv.Phase, cursor)
+			}
+			base := mv.RowsCopied
+			if base < 1000 {
+				t.Fatalf("rows_copied %d recorded with cursor %v", base, cursor)
+			}
+			want := st.snapshot("use-1", "acme")
+			if tc.write {
+				k := Key{Collection: "items", ID: "r00000"}
+				if err := st.clientWrite("use-1", "acme", k, "v2", false); err != nil {
+					t.Fatal(err)
+				}
+				want[k] = frow{version: 2, data: "v2"}
+			}
+
+			var copiedAgain []Key
+			var after []int64 // rows_copied of c2's progress commands
+			st.mu.Lock()
+			st.onCopy = func(ks []Key) { copiedAgain = append(copiedAgain, ks...) }
+			st.mu.Unlock()
+			var mu sync.Mutex
+			m2 := &hookedMap{MapClient: client, after: func(cmd shardmap.Command) {
+				if p, ok := cmd.(shardmap.MoveProgress); ok && p.RowsCopied != nil {
+					mu.Lock()
+					after = append(after, *p.RowsCopied)
+					mu.Unlock()
+				}
+			}}
+			cfg2 := testConfig(t, m2, st, lease, "c2")
+			cfg2.BatchSize, cfg2.ScanStreams = small, 4
+			start(t, cfg2)
+			mv = waitPhase(t, client, id, shardmap.PhaseDone)
+			checkMoved(t, client, st, want)
+
+			st.mu.Lock()
+			again := slices.Clone(copiedAgain)
+			st.mu.Unlock()
+			for _, k := range again {
+				if !cursor.Less(k) {
+					t.Fatalf("key %v <= the cursor %v copied again", k, cursor)
+				}
+			}
+			// Every key after the cursor was copied by c2, each once.
+			if n, _ := strconv.Atoi(strings.TrimPrefix(cursor.ID, "r")); len(again) != rows-n-1 {
+				t.Errorf("c2 copied %d keys, want the %d after %v", len(again), rows-n-1, cursor)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, n := range after {
+				if n < base {
+					t.Fatalf("c2 recorded rows_copied %d, below c1's %d", n, base)
+				}
+			}
+			if mv.RowsCopied != base+int64(len(again)) || mv.RowsTotal < mv.RowsCopied {
+				t.Errorf("rows %d/%d, want %d copied (c1's %d + c2's %d)", mv.RowsCopied, mv.RowsTotal, base+int64(len(again)), base, len(again))
+			}
+			if mv.Repairs != tc.wantRepairs {
+				t.Errorf("repairs %d, want %d", mv.Repairs, tc.wantRepairs)
+			}
+		})
+	}
+}
+
+// gateCopy is a Store whose CopyRange asks gate first (with the range's lower bound).
+type gateCopy struct {
+	*fakeStore
+	gate func(after Key) error
+}
+
+func (g gateCopy) CopyRange(ctx context.Context, tenant, from, to string, after, upto Key, limit int) (Key, int, error) {
+	if err := g.gate(after); err != nil {
+		return after, 0, err
+	}
+	return g.fakeStore.CopyRange(ctx, tenant, from, to, after, upto, limit)
 }

@@ -140,6 +140,8 @@ type fakeStore struct {
 	hook func(method string, n int) error
 	// before runs before a call's effect; an error it returns is the result.
 	before func(method string, n int) error
+	// onCopy, when set, gets the source keys each CopyRange read (copied or not), under mu.
+	onCopy func(keys []Key)
 }
 
 type frow struct {
@@ -441,6 +443,9 @@ func (f *fakeStore) CopyRange(ctx context.Context, tenant, from, to string, afte
 		if inRange(k, after, upto) && len(ks) < limit {
 			ks = append(ks, k)
 		}
+	}
+	if f.onCopy != nil {
+		f.onCopy(ks)
 	}
 	next := after
 	for _, k := range ks {

@@ -59,18 +59,95 @@ func rangesOf(splits []Key) []keyRange {
 	return append(out, keyRange{after: prev})
 }
 
+// rangesAfter is rs (in key order, covering every key) without the keys <= cursor: ranges
+// wholly at or below it are dropped and the one that spans it starts after it. A zero cursor
+// leaves rs as it is.
+//
+// A resumed backfill splits the whole source again and trims, rather than splitting only the
+// keys after the cursor: SplitKeys has no lower bound (giving it one would change the records
+// store's contract for a step that is one index-only scan of the tenant's keys, cheap next to
+// copying the rows), and the trimmed ranges cover (cursor, ∞) exactly once, as the untrimmed
+// ones cover everything. The new split's keys need not be the old one's: only the cursor is
+// carried over.
+func rangesAfter(rs []keyRange, cursor Key) []keyRange {
+	if cursor == (Key{}) {
+		return rs
+	}
+	out := make([]keyRange, 0, len(rs))
+	for _, r := range rs {
+		if r.upto != (Key{}) && r.upto.Compare(cursor) <= 0 {
+			continue // every key of it is <= cursor: copied before the restart
+		}
+		if r.after.Compare(cursor) < 0 {
+			r.after = cursor
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// watermark is a backfill's cursor: the upper bound of the longest prefix of its ranges that
+// have all finished, so every key <= it has been copied. Streams finish ranges out of order (a
+// slow range holds the watermark while the others go on), so the furthest batch of any stream
+// is not a cursor. The last range has no upper bound: when it finishes the cursor stays at the
+// previous bound, and the backfill is over anyway.
+type watermark struct {
+	mu     sync.Mutex
+	ranges []keyRange
+	done   []bool
+	next   int // ranges[:next] have all finished
+	cursor Key
+}
+
+// newWatermark tracks rs (in key order), whose keys are all after from (the cursor the
+// backfill started with; zero for none).
+func newWatermark(rs []keyRange, from Key) *watermark {
+	return &watermark{ranges: rs, done: make([]bool, len(rs)), cursor: from}
+}
+
+// finish records that range i has been copied and returns the cursor.
+func (w *watermark) finish(i int) Key {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done[i] = true
+	for w.next < len(w.done) && w.done[w.next] {
+		if up := w.ranges[w.next].upto; up != (Key{}) {
+			w.cursor = up
+		}
+		w.next++
+	}
+	return w.cursor
+}
+
+// get returns the cursor.
+func (w *watermark) get() Key {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cursor
+}
+
+// moveKey is k as the shard map records it.
+func moveKey(k Key) shardmap.MoveKey { return shardmap.MoveKey{Collection: k.Collection, ID: k.ID} }
+
+// keyOf is the map's k as a records key.
+func keyOf(k shardmap.MoveKey) Key { return Key{Collection: k.Collection, ID: k.ID} }
+
 // scanRanges runs work over rs on up to streams goroutines, each taking the next range in
-// order when it finishes one. The first error cancels the others' context and is returned
-// once every stream has stopped.
-func scanRanges(ctx context.Context, streams int, rs []keyRange, work func(context.Context, keyRange) error) error {
+// order when it finishes one; work gets the range's index in rs too. The first error cancels
+// the others' context and is returned once every stream has stopped.
+func scanRanges(ctx context.Context, streams int, rs []keyRange, work func(context.Context, int, keyRange) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	todo := make(chan keyRange)
+	type indexed struct {
+		i int
+		r keyRange
+	}
+	todo := make(chan indexed)
 	var wg sync.WaitGroup
 	for range min(streams, len(rs)) {
 		wg.Go(func() {
-			for r := range todo {
-				if err := work(ctx, r); err != nil {
+			for t := range todo {
+				if err := work(ctx, t.i, t.r); err != nil {
 					cancel(err) // the first cause wins
 					return
 				}
@@ -78,9 +155,9 @@ func scanRanges(ctx context.Context, streams int, rs []keyRange, work func(conte
 		})
 	}
 feed:
-	for _, r := range rs {
+	for i, r := range rs {
 		select {
-		case todo <- r:
+		case todo <- indexed{i, r}:
 		case <-ctx.Done():
 			break feed
 		}
@@ -94,25 +171,47 @@ feed:
 var errScanDone = errors.New("moves: scan done")
 
 // backfill counts the source's rows, copies them over parallel key-range streams with progress
-// recorded in the map as batches finish, and moves on to verify. A restarted backfill starts
-// again from the first key: the map keeps no cursor, and the version-guarded copy makes the
-// repeat harmless.
+// recorded in the map as batches finish, and moves on to verify. With its progress it records
+// the cursor (Move.CopiedUpTo: every key <= it copied); a backfill that starts with one (a
+// controller restarted, a lease taken over, a step retried) copies only the keys after it and
+// counts rows on from the recorded rows_copied. Safe because the dual write was on before the
+// backfill began: a key copied before the restart and written since was mirrored (or is
+// caught by verify), and the full verify pass that follows compares every key.
 func (c *Controller) backfill(ctx context.Context, log *slog.Logger, mv shardmap.Move) error {
 	total, err := c.cfg.Store.CountRows(ctx, mv.Tenant, mv.From)
 	if err != nil {
 		return fmt.Errorf("count rows: %w", err)
 	}
-	var zero int64
-	if err := c.apply(ctx, shardmap.MoveProgress{ID: mv.ID, RowsTotal: &total, RowsCopied: &zero}); err != nil {
+	from := keyOf(mv.CopiedUpTo)
+	resumed := from != (Key{})
+	// base is the rows a resumed backfill copied before: the map's count, which may include
+	// rows past the cursor (ranges that finished out of order, batches of unfinished ones);
+	// those are copied and counted again.
+	var base int64
+	start := shardmap.MoveProgress{ID: mv.ID, RowsTotal: &total}
+	if resumed {
+		base = mv.RowsCopied
+		total = max(total, base)
+	} else {
+		start.RowsCopied = &base
+	}
+	if err := c.apply(ctx, start); err != nil {
 		return err
 	}
-	log.Info("backfill started", "rows_total", total, "streams", c.scanStreams())
-	began := c.now()
 	batch := c.cfg.BatchSize
 	splits, err := c.cfg.Store.SplitKeys(ctx, mv.Tenant, mv.From, batch)
 	if err != nil {
 		return fmt.Errorf("split keys: %w", err)
 	}
+	ranges := rangesAfter(rangesOf(splits), from)
+	if resumed {
+		log.Info("backfill resumed after its cursor", "copied_up_to", from, "rows_copied", base, "rows_total", total,
+			"ranges_left", len(ranges), "ranges_skipped", len(splits)+1-len(ranges), "streams", c.scanStreams())
+	} else {
+		log.Info("backfill started", "rows_total", total, "streams", c.scanStreams())
+	}
+	began := c.now()
+	wm := newWatermark(ranges, from)
 
 	var copied atomic.Int64
 	progress := make(chan struct{}, 1)
@@ -120,6 +219,12 @@ func (c *Controller) backfill(ctx context.Context, log *slog.Logger, mv shardmap
 	// of them have copied: the cap holds across streams (overshooting by at most a batch per
 	// stream), and a stream never sleeps for rows another already slept for.
 	var throttleMu sync.Mutex
+	wake := func() {
+		select {
+		case progress <- struct{}{}:
+		default: // the recorder has a wake-up pending and will read the latest count
+		}
+	}
 	copyRange := func(ctx context.Context, r keyRange) error {
 		after := r.after
 		for {
@@ -133,10 +238,7 @@ func (c *Controller) backfill(ctx context.Context, log *slog.Logger, mv shardmap
 			if n > 0 {
 				done := copied.Add(int64(n))
 				c.m.rowsCopied.Add(float64(n))
-				select {
-				case progress <- struct{}{}:
-				default: // the recorder has a wake-up pending and will read the latest count
-				}
+				wake()
 				throttleMu.Lock()
 				err := c.throttle(ctx, began, done)
 				throttleMu.Unlock()
@@ -155,19 +257,33 @@ func (c *Controller) backfill(ctx context.Context, log *slog.Logger, mv shardmap
 	defer cancel(nil)
 	scanned := make(chan error, 1)
 	go func() {
-		err := scanRanges(sctx, c.scanStreams(), rangesOf(splits), copyRange)
+		err := scanRanges(sctx, c.scanStreams(), ranges, func(ctx context.Context, i int, r keyRange) error {
+			if err := copyRange(ctx, r); err != nil {
+				return err
+			}
+			wm.finish(i)
+			wake() // the cursor may have moved
+			return nil
+		})
 		cancel(errScanDone)
 		scanned <- err
 	}()
-	// Progress is recorded here, one map command at a time, each with the count when it was
-	// sent: the streams never wait for the map.
-	var recorded int64
+	// Progress is recorded here, one map command at a time, each with the count and the cursor
+	// when it was sent: the streams never wait for the map. The cursor is read before the
+	// count (a range's rows are counted before it finishes), so the rows a command says were
+	// copied include every row up to the cursor it carries.
+	recorded, recordedCursor := base, from
 	record := func() error {
-		n := copied.Load()
-		if n == recorded {
+		cur := wm.get()
+		n := base + copied.Load()
+		if n == recorded && cur == recordedCursor {
 			return nil
 		}
 		p := shardmap.MoveProgress{ID: mv.ID, RowsCopied: &n}
+		if cur != recordedCursor {
+			k := moveKey(cur)
+			p.CopiedUpTo = &k
+		}
 		if n > total {
 			// Writes during the backfill added rows: keep done <= total for the progress bar.
 			total = n
@@ -176,7 +292,7 @@ func (c *Controller) backfill(ctx context.Context, log *slog.Logger, mv shardmap
 		if err := c.apply(ctx, p); err != nil {
 			return err
 		}
-		recorded = n
+		recorded, recordedCursor = n, cur
 		return nil
 	}
 	for sctx.Err() == nil {
@@ -198,7 +314,7 @@ func (c *Controller) backfill(ctx context.Context, log *slog.Logger, mv shardmap
 		return err
 	}
 	elapsed := c.now().Sub(began)
-	log.Info("backfill finished; verify", "rows_copied", recorded, "seconds", elapsed.Seconds(), "rows_per_second", rate(recorded, elapsed))
+	log.Info("backfill finished; verify", "rows_copied", recorded, "seconds", elapsed.Seconds(), "rows_per_second", rate(recorded-base, elapsed))
 	return c.apply(ctx, shardmap.SetMovePhase{ID: mv.ID, Phase: shardmap.PhaseVerify})
 }
 
@@ -231,7 +347,7 @@ func (c *Controller) verifyPass(ctx context.Context, mv shardmap.Move, repair bo
 	}
 	var found atomic.Int64
 	var repairMu sync.Mutex // one read-modify-write of the map's repair count at a time
-	compare := func(ctx context.Context, r keyRange) error {
+	compare := func(ctx context.Context, _ int, r keyRange) error {
 		if err := c.stillIn(mv.ID, shardmap.PhaseVerify); err != nil {
 			return err
 		}

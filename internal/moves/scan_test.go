@@ -184,3 +184,63 @@ func TestVerifyPassStreams(t *testing.T) {
 		t.Fatalf("verify pass: %v, want the store's error", err)
 	}
 }
+
+func itemKey(id string) Key { return Key{Collection: "items", ID: id} }
+
+// TestWatermark: the cursor is the upper bound of the longest prefix of finished ranges,
+// whatever order the streams finish them in; the last range has no bound and leaves the
+// cursor where it was; a resumed backfill's watermark starts at its cursor.
+func TestWatermark(t *testing.T) {
+	rs := rangesOf([]Key{itemKey("b"), itemKey("d"), itemKey("f"), itemKey("h")}) // (0,b] (b,d] (d,f] (f,h] (h,∞)
+	w := newWatermark(rs, Key{})
+	for _, step := range []struct {
+		finish int
+		want   Key
+	}{
+		{2, Key{}},        // (d,f] done, (0,b] and (b,d] not: nothing is a prefix yet
+		{4, Key{}},        // the unbounded last range, out of order
+		{0, itemKey("b")}, // (0,b]
+		{3, itemKey("b")}, // (f,h]: (b,d] still holds it
+		{1, itemKey("h")}, // (b,d]: the prefix runs through (f,h] and the last range
+	} {
+		if got := w.finish(step.finish); got != step.want || w.get() != step.want {
+			t.Fatalf("after range %d: cursor %v (get %v), want %v", step.finish, got, w.get(), step.want)
+		}
+	}
+
+	resumed := rangesAfter(rangesOf([]Key{itemKey("b"), itemKey("d"), itemKey("f")}), itemKey("c"))
+	w = newWatermark(resumed, itemKey("c")) // (c,d] (d,f] (f,∞)
+	if got := w.finish(1); got != itemKey("c") {
+		t.Fatalf("resumed, a later range done: %v, want the starting cursor c", got)
+	}
+	if got := w.finish(0); got != itemKey("f") {
+		t.Fatalf("resumed, the first two done: %v, want f", got)
+	}
+}
+
+// TestRangesAfter: a resumed backfill's ranges cover every key after the cursor exactly once
+// and no key at or below it, for a cursor before, on, between and after the split keys.
+func TestRangesAfter(t *testing.T) {
+	splits := []Key{itemKey("b"), itemKey("d"), itemKey("f")}
+	all := []Key{itemKey("a"), itemKey("b"), itemKey("c"), itemKey("d"), itemKey("e"), itemKey("f"), itemKey("g"), {Collection: "zz", ID: "x"}}
+	for _, cursor := range []Key{{}, itemKey("a"), itemKey("b"), itemKey("c"), itemKey("f"), itemKey("g"), {Collection: "zz", ID: "z"}} {
+		rs := rangesAfter(rangesOf(splits), cursor)
+		for _, key := range all {
+			in := 0
+			for _, r := range rs {
+				if inRange(key, r.after, r.upto) {
+					in++
+				}
+			}
+			if want := map[bool]int{true: 1, false: 0}[cursor.Less(key)]; in != want {
+				t.Errorf("cursor %v: key %v in %d ranges %v, want %d", cursor, key, in, rs, want)
+			}
+		}
+	}
+	if rs := rangesAfter(rangesOf(splits), itemKey("d")); len(rs) != 2 || rs[0] != (keyRange{after: itemKey("d"), upto: itemKey("f")}) {
+		t.Errorf("cursor on a split key: %v, want (d,f] (f,∞)", rs)
+	}
+	if rs := rangesAfter(rangesOf(splits), itemKey("c")); len(rs) != 3 || rs[0] != (keyRange{after: itemKey("c"), upto: itemKey("d")}) {
+		t.Errorf("cursor inside a range: %v, want (c,d] (d,f] (f,∞)", rs)
+	}
+}

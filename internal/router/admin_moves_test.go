@@ -191,11 +191,30 @@ func TestAdminMoves(t *testing.T) {
 			}
 		}
 		ctx := t.Context()
+		var cursorAt uint64
 		for _, cmd := range []shardmap.Command{shardmap.SetMovePhase{ID: resMove, Phase: shardmap.PhaseDualWrite},
-			shardmap.SetMovePhase{ID: resMove, Phase: shardmap.PhaseBackfill}, shardmap.SetMovePhase{ID: resMove, Phase: shardmap.PhaseVerify}} {
-			if _, err := node.Apply(ctx, cmd); err != nil {
+			shardmap.SetMovePhase{ID: resMove, Phase: shardmap.PhaseBackfill},
+			shardmap.MoveProgress{ID: resMove, CopiedUpTo: &shardmap.MoveKey{Collection: "notes", ID: "n-42"}}} {
+			idx, err := node.Apply(ctx, cmd)
+			if err != nil {
 				t.Fatal(err)
 			}
+			cursorAt = idx
+		}
+		// The backfill's cursor is in the move's JSON once recorded (absent before: the GET
+		// answer of the requested move above has 12 fields).
+		if err := (NodeMap{Node: node}).WaitVersion(ctx, cursorAt); err != nil {
+			t.Fatal(err)
+		}
+		resp, b = rg.do(t, "GET", "/admin/v1/moves/"+resMove, tokAdmin, "")
+		wantStatus(t, resp, b, 200)
+		var withCursor map[string]any
+		_ = json.Unmarshal(b, &withCursor)
+		if c, _ := withCursor["copied_up_to"].(map[string]any); len(c) != 2 || c["collection"] != "notes" || c["id"] != "n-42" {
+			t.Fatalf("GET answer in backfill with a cursor %s", b)
+		}
+		if _, err := node.Apply(ctx, shardmap.SetMovePhase{ID: resMove, Phase: shardmap.PhaseVerify}); err != nil {
+			t.Fatal(err)
 		}
 		idx, err := node.Apply(ctx, shardmap.Cutover{ID: resMove})
 		if err != nil {
