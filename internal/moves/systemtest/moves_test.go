@@ -117,8 +117,9 @@ func TestMoveUnderLoad(t *testing.T) {
 }
 
 // The load of TestMoveUnderLoad: writers (each owns its records, one write at a time) in every
-// region, paced to loadWriteRate in all; the move must see at least minWriteRate acknowledged
-// writes per second, the cutover pause included. CI runs 50 offered, 25 required, to keep the
+// region, paced to loadWriteRate in all, each catching up after a slow write (workload.run);
+// the move must see at least minWriteRate acknowledged writes per second, the cutover pause
+// included. CI runs 50 offered, 25 required, to keep the
 // package within its share of CI; the figure is run by hand with
 // MERIDIAN_MOVETEST_WRITE_RATE=300 MERIDIAN_MOVETEST_MIN_WRITE_RATE=200 (one write at a time per
 // writer and cross-region round trips keep the acknowledged rate below the offered one).

@@ -234,20 +234,28 @@ func (w *workload) seed(t *testing.T, ctx context.Context, shard string, n int) 
 // (readRate reads/s each) until ctx ends; wait returns when all have stopped.
 func (w *workload) run(ctx context.Context, writeRate, readRate float64) (wait func()) {
 	var wg sync.WaitGroup
+	// Each writer keeps to a schedule (one write every `every`, the writers' starts spread over
+	// one interval) and catches up after a slow write instead of dropping the writes it missed
+	// (a ticker drops them): a cutover's held writes would otherwise take their whole pause out
+	// of the offered load — coordinated omission — and the acknowledged rate would measure the
+	// writers' patience rather than the system.
 	every := time.Duration(float64(len(w.writers)) / writeRate * float64(time.Second))
-	for _, wr := range w.writers {
+	began := time.Now()
+	for i, wr := range w.writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tick := time.NewTicker(every)
-			defer tick.Stop()
+			next := began.Add(every * time.Duration(i) / time.Duration(len(w.writers)))
 			for {
+				t := time.NewTimer(time.Until(next))
 				select {
 				case <-ctx.Done():
+					t.Stop()
 					return
-				case <-tick.C:
+				case <-t.C:
 				}
 				wr.step(context.WithoutCancel(ctx)) // a started write always finishes
+				next = next.Add(every)
 			}
 		}()
 	}
