@@ -20,6 +20,7 @@ targets=(
   "./internal/api FuzzLastEventID"
   "./internal/api FuzzAppendRecordJSON"
   "./internal/auth FuzzVerify"
+  "./internal/jsonlog FuzzLineMatchesSlog"
   "./internal/router FuzzDecodeCreateTenant"
   "./internal/router FuzzDecodeMoveRequest"
   "./internal/router FuzzTenantCursor"
