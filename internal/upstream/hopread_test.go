@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 // apiAnswer is an API node's answer to a record GET, as the hop reads it.
@@ -235,6 +237,7 @@ func BenchmarkReadResponse(b *testing.B) {
 			br := bufio.NewReaderSize(src, 16<<10)
 			body := make([]byte, 512)
 			b.ReportAllocs()
+			before := testenv.ProcessCPU()
 			for b.Loop() {
 				src.Reset(apiAnswer)
 				br.Reset(src)
@@ -246,6 +249,7 @@ func BenchmarkReadResponse(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			b.ReportMetric(float64((testenv.ProcessCPU()-before).Nanoseconds())/float64(b.N), "cpu-ns/op")
 		})
 	}
 }
