@@ -171,7 +171,7 @@ func parseHead(head []byte, req *http.Request) (*http.Response, bool) {
 			return nil, false
 		}
 		delete(h, "Transfer-Encoding")
-		resp.TransferEncoding = chunkedTE
+		resp.TransferEncoding = []string{"chunked"} // the caller's to change, as ReadResponse's is
 	}
 	bodyless := req.Method == http.MethodHead || code/100 == 1 || code == http.StatusNoContent ||
 		code == http.StatusNotModified
@@ -202,10 +202,6 @@ func asciiEqualFold(s, t string) bool {
 	}
 	return true
 }
-
-// chunkedTE is shared by the answers: nothing in the hop or the router modifies it. A fresh
-// slice would cost an allocation per chunked answer.
-var chunkedTE = []string{"chunked"}
 
 // statusText returns the status line after the version, interned for the usual ones.
 func statusText(b []byte, s string) string {
