@@ -20,10 +20,12 @@ targets=(
   "./internal/api FuzzLastEventID"
   "./internal/api FuzzAppendRecordJSON"
   "./internal/auth FuzzVerify"
+  "./internal/jsonlog FuzzLineMatchesSlog"
   "./internal/router FuzzDecodeCreateTenant"
   "./internal/router FuzzDecodeMoveRequest"
   "./internal/router FuzzTenantCursor"
   "./internal/router FuzzRouterRequest"
+  "./internal/upstream FuzzReadResponse"
   "./replication FuzzDecodeToken"
 )
 for t in "${targets[@]}"; do

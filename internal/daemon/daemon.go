@@ -1,5 +1,6 @@
 // Package daemon is the part of a long-running command's main that every Meridian server shares:
-// a JSON slog logger tagged with the component, its writes batched by internal/logbuf; a context
+// a JSON slog logger tagged with the component (internal/jsonlog's handler, slog's JSON handler
+// that also lets the router write its per-request line itself), its writes batched by internal/logbuf; a context
 // that ends on SIGINT or SIGTERM; the optional pprof listener (internal/debugsrv); then the
 // command's own run function, after which the log is flushed. cmd/router and cmd/api use it.
 //
@@ -17,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/meridian-dev/meridian/internal/debugsrv"
+	"github.com/meridian-dev/meridian/internal/jsonlog"
 	"github.com/meridian-dev/meridian/internal/logbuf"
 )
 
@@ -25,7 +27,7 @@ import (
 func Main(component, debugAddr string, run func(ctx context.Context, log *slog.Logger) error) int {
 	// A log line per request: batch the writes, and flush them before the process exits.
 	lw := logbuf.New(os.Stderr, 0, 0)
-	log := slog.New(slog.NewJSONHandler(lw, nil)).With("component", component)
+	log := slog.New(jsonlog.NewHandler(lw, nil)).With("component", component)
 	slog.SetDefault(log)
 	err := serve(debugAddr, log, run)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meridian-dev/meridian/internal/jsonlog"
 	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
@@ -32,7 +33,9 @@ func BenchmarkProxyGET(b *testing.B) {
 	rg := newRig(b, func(c *Config) {
 		c.Transport = cannedRT{}
 		c.Limiter = &fakeLimiter{limit: 1 << 40}
-		c.Logger = slog.New(slog.NewJSONHandler(io.Discard, nil)) // the request log line, formatted
+		// The request log line, formatted as cmd/router's logger does (daemon.Main's
+		// jsonlog handler with "component", then run's "region").
+		c.Logger = slog.New(jsonlog.NewHandler(io.Discard, nil)).With("component", "router").With("region", "us-east")
 	})
 	h := rg.srv.Handler()
 	b.ReportAllocs()

@@ -290,7 +290,10 @@ type Config struct {
 	ReadyStaleness time.Duration
 	// Registry receives the router's metrics; nil: a new registry (served on /metrics).
 	Registry *prometheus.Registry
-	// Logger logs requests; nil: slog.Default().
+	// Logger logs requests; nil: slog.Default(). When its handler is an internal/jsonlog
+	// Handler (cmd/router's), the request line is written by jsonlog's Line: the same JSON at
+	// the same level to the same writer, without a slog.Record; any other handler gets it
+	// through slog.
 	Logger *slog.Logger
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/meridian-dev/meridian/internal/jsonlog"
 	"github.com/meridian-dev/meridian/internal/problem"
 )
 
@@ -26,6 +27,12 @@ type Server struct {
 	lim    *limits      // per-tenant concurrency and load shedding (limits.go)
 	hold   *holds       // writes held during a tenant's cutover (hold.go)
 	client *http.Client // for the API node's internal endpoints
+
+	// reqlog writes the request log line itself when cfg.Logger's handler is a jsonlog.Handler
+	// that can (cmd/router's); nil: the line goes through slog. reqlogRegion: the line carries
+	// "region" (false when the handler's attributes already hold this region).
+	reqlog       *jsonlog.Handler
+	reqlogRegion bool
 
 	// streams ends when StopStreams is called: open change streams end.
 	streams     context.Context
@@ -46,6 +53,9 @@ func New(cfg Config) (*Server, error) {
 		cfg:    cfg,
 		m:      newMetrics(cfg.Registry, cfg.Upstreams),
 		client: &http.Client{Transport: cfg.Transport, Timeout: cfg.UpstreamTimeout},
+	}
+	if h, ok := cfg.Logger.Handler().(*jsonlog.Handler); ok && h.Lines() {
+		s.reqlog, s.reqlogRegion = h, !h.HasString("region", cfg.Region)
 	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.initLimits()
@@ -132,14 +142,34 @@ func (s *Server) observe(c *gin.Context) {
 		level = slog.LevelDebug
 	}
 	if s.cfg.Logger.Enabled(c.Request.Context(), level) {
-		// LogAttrs with the request attributes inline: Logger.With would format them into a
-		// new handler on every request.
-		s.cfg.Logger.LogAttrs(c.Request.Context(), level, "request",
-			slog.String("request_id", c.GetString(ctxRequestID)), slog.String("tenant", c.GetString(ctxTenant)),
-			slog.String("region", s.cfg.Region), slog.String("method", c.Request.Method),
-			slog.String("path", c.Request.URL.Path), slog.Int("status", status), slog.String("class", cl),
-			slog.Float64("duration_ms", float64(total.Microseconds())/1000))
+		s.logRequest(c, level, status, cl, total)
 	}
+}
+
+// logRequest writes the request's log line: "request" with request_id, tenant, region, method,
+// path, status, class and duration_ms. Through jsonlog's Line when the handler allows it (the
+// same JSON slog's handler writes, with "region" once: the handler's attributes carry it in
+// cmd/router), else through slog.
+func (s *Server) logRequest(c *gin.Context, level slog.Level, status int, cl string, total time.Duration) {
+	ms := float64(total.Microseconds()) / 1000
+	if s.reqlog != nil {
+		if l := s.reqlog.Begin(time.Now(), level, "request"); l != nil {
+			l.Str("request_id", c.GetString(ctxRequestID)).Str("tenant", c.GetString(ctxTenant))
+			if s.reqlogRegion {
+				l.Str("region", s.cfg.Region)
+			}
+			_ = l.Str("method", c.Request.Method).Str("path", c.Request.URL.Path).Int("status", int64(status)).
+				Str("class", cl).Float("duration_ms", ms).End()
+			return
+		}
+	}
+	// LogAttrs with the request attributes inline: Logger.With would format them into a new
+	// handler on every request.
+	s.cfg.Logger.LogAttrs(c.Request.Context(), level, "request",
+		slog.String("request_id", c.GetString(ctxRequestID)), slog.String("tenant", c.GetString(ctxTenant)),
+		slog.String("region", s.cfg.Region), slog.String("method", c.Request.Method),
+		slog.String("path", c.Request.URL.Path), slog.Int("status", status), slog.String("class", cl),
+		slog.Float64("duration_ms", ms))
 }
 
 // log returns the logger with the request's attributes.

@@ -27,7 +27,7 @@ type rawServer struct {
 	conns atomic.Int64
 }
 
-func newRawServer(t *testing.T, serve func(c net.Conn, br *bufio.Reader, conn int64)) *rawServer {
+func newRawServer(t testing.TB, serve func(c net.Conn, br *bufio.Reader, conn int64)) *rawServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
