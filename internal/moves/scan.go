@@ -313,6 +313,14 @@ func (c *Controller) backfill(ctx context.Context, log *slog.Logger, mv shardmap
 	if err := record(); err != nil {
 		return err
 	}
+	if recorded < total {
+		// Only after a resume: its recount took in rows written at or below the cursor since
+		// the first run (the dual write carried them; this run copies after the cursor only).
+		// The backfill is over: done is the total.
+		if err := c.apply(ctx, shardmap.MoveProgress{ID: mv.ID, RowsTotal: &recorded}); err != nil {
+			return err
+		}
+	}
 	elapsed := c.now().Sub(began)
 	log.Info("backfill finished; verify", "rows_copied", recorded, "seconds", elapsed.Seconds(), "rows_per_second", rate(recorded-base, elapsed))
 	return c.apply(ctx, shardmap.SetMovePhase{ID: mv.ID, Phase: shardmap.PhaseVerify})
