@@ -61,9 +61,15 @@ func serveGnetProxy(upstream string) error {
 		defer cancel()
 		_ = eng.Stop(ctx)
 	}()
-	// One loop per CPU (2 here), as fasthttp runs on GOMAXPROCS Ps; the listener is the main
-	// reactor's, which hands accepted connections to the loops.
-	err = gnet.Run(p, "tcp://127.0.0.1:0", gnet.WithMulticore(true), gnet.WithLockOSThread(true),
+	// One loop per CPU (2 here) unless BENCH_GNET_LOOPS says otherwise (1: one loop, as nginx
+	// runs one worker); the listener is the main reactor's, which hands connections to the loops.
+	// The loops' goroutines are not locked to their OS threads unless BENCH_GNET_LOCK is set:
+	// locked, every epoll_wait that blocks hands the P to another thread and back through futex
+	// wake-ups, which cost this proxy about twice the CPU per request here (docs/BENCHMARKS.md,
+	// "Eighth session: an event-loop spike").
+	loops, _ := strconv.Atoi(os.Getenv("BENCH_GNET_LOOPS"))
+	err = gnet.Run(p, "tcp://127.0.0.1:0", gnet.WithMulticore(true), gnet.WithNumEventLoop(loops),
+		gnet.WithLockOSThread(os.Getenv("BENCH_GNET_LOCK") != ""),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay), gnet.WithLogger(gnetLog{}))
 	if errors.Is(err, context.DeadlineExceeded) {
 		return nil
@@ -103,6 +109,8 @@ type gnetDown struct {
 	up         *gnetUp // nil: no upstream connection yet (or it closed)
 	req        []byte  // the request in flight as it goes upstream (kept for a late dial or a retry)
 	out        []byte  // the answer being written back
+	xff        []byte  // the request's X-Forwarded-For values, joined
+	fields     []field // the request head's fields (reused)
 	busy       bool    // a request is in flight
 	isHead     bool    // the request in flight is a HEAD (its answer has no body)
 	closeAfter bool    // close after this answer (Connection: close, HTTP/1.0)
@@ -115,8 +123,9 @@ type gnetDown struct {
 type gnetUp struct {
 	c      gnet.Conn // nil until the dial completes and the loop opens it
 	down   *gnetDown
-	served bool // it has answered a request
-	got    bool // bytes of the answer in flight have arrived
+	fields []field // the answer head's fields (reused)
+	served bool    // it has answered a request
+	got    bool    // bytes of the answer in flight have arrived
 	closed bool
 }
 
@@ -215,7 +224,8 @@ func (p *gnetProxy) request(d *gnetDown) gnet.Action {
 		}
 		return gnet.None
 	}
-	h, ok := parseHead(buf[:end+2])
+	h, ok := parseHead(buf[:end+2], d.fields[:0])
+	d.fields = h.fields
 	if !ok {
 		return p.fail(d, "400 Bad Request")
 	}
@@ -231,7 +241,7 @@ func (p *gnetProxy) request(d *gnetDown) gnet.Action {
 	}
 	// Request line, the headers that are not hop-by-hop, X-Forwarded-For with the peer appended.
 	r := append(d.req[:0], buf[:h.lineEnd]...)
-	var xff []byte
+	xff := d.xff[:0]
 	for _, f := range h.fields {
 		name := buf[f.name[0]:f.name[1]]
 		if bytes.EqualFold(name, hdrXFF) {
@@ -254,7 +264,7 @@ func (p *gnetProxy) request(d *gnetDown) gnet.Action {
 	r = append(r, d.ip...)
 	r = append(r, "\r\n\r\n"...)
 	r = append(r, buf[end+4:total]...)
-	d.req = r
+	d.req, d.xff = r, xff
 	d.isHead = bytes.Equal(h.first, methodHead)
 	d.closeAfter = h.close || (bytes.Equal(h.version, http10) && !h.keepAlive)
 	d.busy, d.retried = true, false
@@ -323,12 +333,13 @@ func (p *gnetProxy) answer(u *gnetUp) gnet.Action {
 			}
 			return gnet.None
 		}
-		h, ok := parseHead(buf[:end+2])
+		h, ok := parseHead(buf[:end+2], u.fields[:0])
+		u.fields = h.fields
 		if !ok || len(h.first) != 3 {
 			p.badGateway(d)
 			return gnet.Close
 		}
-		status, _ := strconv.Atoi(string(h.first))
+		status := atoi(h.first)
 		if status >= 100 && status < 200 && status != 101 { // an interim answer: skip it
 			_, _ = u.c.Discard(end + 4)
 			buf, _ = u.c.Peek(-1)
@@ -447,9 +458,11 @@ type head struct {
 // field is one header line: [start, end) offsets of the line (CRLF included), name and value.
 type field struct{ line, name, value [2]int }
 
-// parseHead parses a head whose last line ends in CRLF (the blank line excluded). The start
-// line is "A B C": for a request method, target, version; for an answer version, status, reason.
-func parseHead(b []byte) (h head, ok bool) {
+// parseHead parses a head whose last line ends in CRLF (the blank line excluded), appending its
+// fields to fields. The start line is "A B C": for a request method, target, version; for an
+// answer version, status, reason.
+func parseHead(b []byte, fields []field) (h head, ok bool) {
+	h.fields = fields
 	i := bytes.Index(b, crlf2[:2])
 	if i < 0 {
 		return h, false
@@ -495,13 +508,11 @@ func parseHead(b []byte) (h head, ok bool) {
 		name, val := b[f.name[0]:f.name[1]], b[vs:ve]
 		switch {
 		case bytes.EqualFold(name, []byte("Content-Length")):
-			n, err := strconv.Atoi(string(val))
-			if err != nil || n < 0 {
-				n = -1
-			}
-			h.length, h.hasLength = n, true
+			h.length, h.hasLength = atoi(val), true
 		case bytes.EqualFold(name, hdrTE):
-			h.chunked = bytes.Contains(bytes.ToLower(val), []byte("chunked"))
+			// The last coding is the one that frames the body ("gzip, chunked").
+			last := val[bytes.LastIndexByte(val, ',')+1:]
+			h.chunked = bytes.EqualFold(bytes.TrimSpace(last), []byte("chunked"))
 		case bytes.EqualFold(name, []byte("Connection")):
 			h.close = bytes.EqualFold(val, []byte("close"))
 			h.keepAlive = bytes.EqualFold(val, []byte("keep-alive"))
@@ -509,6 +520,21 @@ func parseHead(b []byte) (h head, ok bool) {
 		pos += e + 2
 	}
 	return h, true
+}
+
+// atoi parses a non-negative decimal of at most 18 digits, or returns -1.
+func atoi(b []byte) int {
+	if len(b) == 0 || len(b) > 18 {
+		return -1
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
 }
 
 // chunkedLen returns the length of a chunked body at the start of b, trailers included, and

@@ -337,7 +337,7 @@ func FuzzGnetParse(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"), []byte("0;x=1\r\nT: v\r\n\r\n"))
 	f.Add([]byte("X\r\n:\r\n"), []byte("zz\r\n"))
 	f.Fuzz(func(t *testing.T, hd, body []byte) {
-		if h, ok := parseHead(hd); ok {
+		if h, ok := parseHead(hd, nil); ok {
 			for _, fl := range h.fields {
 				for _, r := range [][2]int{fl.line, fl.name, fl.value} {
 					if r[0] < 0 || r[0] > r[1] || r[1] > len(hd) {
