@@ -32,7 +32,8 @@
 //	                upstream, started by bench) and through the router, side by side in rounds,
 //	                at each of -conns connection counts; status codes per round (a round with a
 //	                non-2xx answer is void) and each process's CPU per request from /proc (proxy.go);
-//	                -baseline-fasthttp adds a bare fasthttp reverse proxy (fastproxy.go)
+//	                -baseline-fasthttp adds a bare fasthttp reverse proxy (fastproxy.go),
+//	                -baseline-gnet one on gnet's event loops (gnetproxy.go)
 //	invalidation    for every ordered region pair, a cached read in one region, a write in the
 //	                tenant's home region, and the time until the reader region answers the new
 //	                version (and never the old one again) (invalidation.go)
@@ -103,6 +104,13 @@ func main() {
 	if len(os.Args) == 3 && os.Args[1] == fastProxyArg {
 		if err := serveFastProxy(os.Args[2]); err != nil {
 			fmt.Fprintln(os.Stderr, "bench: fasthttp proxy:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) == 3 && os.Args[1] == gnetProxyArg {
+		if err := serveGnetProxy(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: gnet proxy:", err)
 			os.Exit(1)
 		}
 		return
@@ -420,6 +428,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.fastProxy && o.scenario != scenarioProxy {
 		return nil, fmt.Errorf("%w: -baseline-fasthttp is for -scenario proxy", errUsage)
+	}
+	if o.gnetProxy && o.scenario != scenarioProxy {
+		return nil, fmt.Errorf("%w: -baseline-gnet is for -scenario proxy", errUsage)
 	}
 	if o.baselineEcho && o.scenario != scenarioCompare {
 		return nil, fmt.Errorf("%w: -baseline-echo is for -scenario compare-router", errUsage)

@@ -38,6 +38,8 @@ type proxyFlags struct {
 	nginxLog    bool
 	// fastProxy adds the bare fasthttp proxy (fastproxy.go) as a target.
 	fastProxy bool
+	// gnetProxy adds the bare gnet event-loop proxy (gnetproxy.go) as a target.
+	gnetProxy bool
 }
 
 func (p *proxyFlags) register(fs *flag.FlagSet) {
@@ -46,6 +48,7 @@ func (p *proxyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.nginxBin, "nginx", "", "proxy: the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
 	fs.StringVar(&p.nginxListen, "nginx-listen", "127.0.0.1:20990", "proxy: address nginx listens on (keep it in your own port range)")
 	fs.BoolVar(&p.fastProxy, "baseline-fasthttp", false, "proxy: also measure a bare fasthttp reverse proxy (own process, keep-alive upstream) in front of the direct API node: a Go proxy's floor on a lean server")
+	fs.BoolVar(&p.gnetProxy, "baseline-gnet", false, "proxy: also measure a bare reverse proxy on gnet's event loops (own process, no goroutine per connection, non-blocking keep-alive upstream) in front of the direct API node")
 	fs.BoolVar(&p.nginxLog, "nginx-access-log", false, "proxy: nginx writes an access log line per request (buffered 64 KiB, flushed every 100 ms, like the router's log); default off")
 }
 
@@ -330,18 +333,32 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	defer stopNginx()
 	nt := direct
 	nt.name, nt.base = nginxName, "http://"+o.nginxListen
-	plan.targets = []benchTarget{direct, nt, router}
-	fastPID := 0
-	if o.fastProxy {
-		base, pid, stopFast, err := startFastProxy(ctx, upstream)
-		if err != nil {
-			return fmt.Errorf("-baseline-fasthttp: %w", err)
+	plan.targets = []benchTarget{direct, nt}
+	// The bare Go proxies, each in its own process, between nginx and the router.
+	var bareRoles []procRole
+	for _, b := range []struct {
+		on    bool
+		flag  string
+		name  string
+		start func(context.Context, string) (string, int, func(), error)
+	}{
+		{o.fastProxy, "-baseline-fasthttp", fastProxyName, startFastProxy},
+		{o.gnetProxy, "-baseline-gnet", gnetProxyName, startGnetProxy},
+	} {
+		if !b.on {
+			continue
 		}
-		defer stopFast()
-		ft := direct
-		ft.name, ft.base, fastPID = fastProxyName, base, pid
-		plan.targets = []benchTarget{direct, nt, ft, router}
+		base, pid, stop, err := b.start(ctx, upstream)
+		if err != nil {
+			return fmt.Errorf("%s: %w", b.flag, err)
+		}
+		defer stop()
+		bt := direct
+		bt.name, bt.base = b.name, base
+		plan.targets = append(plan.targets, bt)
+		bareRoles = append(bareRoles, procRole{name: b.name, pids: []int{pid}})
 	}
+	plan.targets = append(plan.targets, router)
 	fmt.Fprintf(stderr, "bench: proxy, connections %s, %s per target per run, targets direct=%s nginx=%s router=%s (tenant %s)\n",
 		o.conns.String(), o.cfg.Duration, direct.base, nt.base, router.base, direct.tenant.id)
 
@@ -352,11 +369,9 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	roles := []procRole{
 		{name: "API node", pids: pidIf(findListener(upstream))},
 		{name: "nginx", pids: []int{nginxPID}}, // its worker is its child
-		{name: "router", pids: pidIf(findListener(hostPort(router.base)))},
 	}
-	if fastPID != 0 {
-		roles = append(roles[:2], procRole{name: fastProxyName, pids: []int{fastPID}}, roles[2])
-	}
+	roles = append(roles, bareRoles...)
+	roles = append(roles, procRole{name: "router", pids: pidIf(findListener(hostPort(router.base)))})
 	for _, r := range roles {
 		if len(r.pids) == 0 {
 			fmt.Fprintf(stderr, "bench: the %s's process was not found; its CPU is not reported\n", r.name)
@@ -430,6 +445,9 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 	if i := slices.IndexFunc(p.targets, func(t benchTarget) bool { return t.name == fastProxyName }); i >= 0 {
 		fmt.Fprintf(w, ", %s = %s (bench's bare fasthttp reverse proxy to direct, own process)", fastProxyName, p.targets[i].base)
 	}
+	if i := slices.IndexFunc(p.targets, func(t benchTarget) bool { return t.name == gnetProxyName }); i >= 0 {
+		fmt.Fprintf(w, ", %s = %s (bench's bare reverse proxy on gnet's event loops to direct, own process)", gnetProxyName, p.targets[i].base)
+	}
 	fmt.Fprintf(w, ", router = %s; tenant `%s`; one GET of one record; load generator on the same machine, "+
 		"closed loop, side-by-side rounds of %s (%s per target per run, %s warm-up).\n",
 		p.targets[len(p.targets)-1].base, p.targets[0].tenant.id, o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
@@ -492,10 +510,12 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 		if nt > 0 {
 			fmt.Fprintf(w, "router throughput %.3f× nginx's", rt/nt)
 		}
-		if fi := roleIndex(roles, fastProxyName); fi >= 0 && nok && nc > 0 {
-			if fc, ok := run.cpuPerRequest(fastProxyName, fi, roles); ok {
-				fmt.Fprintf(w, "; bare fasthttp proxy CPU per request %.2f× nginx's (%.0f µs), throughput %.3f× nginx's",
-					fc/nc, fc, throughput(run.rep, fastProxyName)/max(nt, 1e-9))
+		for _, b := range []struct{ name, label string }{{fastProxyName, "fasthttp"}, {gnetProxyName, "gnet"}} {
+			if fi := roleIndex(roles, b.name); fi >= 0 && nok && nc > 0 {
+				if fc, ok := run.cpuPerRequest(b.name, fi, roles); ok {
+					fmt.Fprintf(w, "; bare %s proxy CPU per request %.2f× nginx's (%.0f µs), throughput %.3f× nginx's",
+						b.label, fc/nc, fc, throughput(run.rep, b.name)/max(nt, 1e-9))
+				}
 			}
 		}
 		voids := 0

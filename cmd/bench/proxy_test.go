@@ -174,8 +174,11 @@ func TestProxyFlags(t *testing.T) {
 	if _, err := parseFlags([]string{"-scenario", "get", "-baseline-fasthttp"}, io.Discard); !errors.Is(err, errUsage) {
 		t.Errorf("-baseline-fasthttp outside proxy: %v, want a usage error", err)
 	}
+	if _, err := parseFlags([]string{"-scenario", "get", "-baseline-gnet"}, io.Discard); !errors.Is(err, errUsage) {
+		t.Errorf("-baseline-gnet outside proxy: %v, want a usage error", err)
+	}
 	o, err := parseFlags([]string{"-scenario", "proxy"}, io.Discard)
-	if err != nil || o.conns.String() != "16,32" || o.fastProxy {
+	if err != nil || o.conns.String() != "16,32" || o.fastProxy || o.gnetProxy {
 		t.Fatalf("defaults: %v, conns %s", err, o.conns.String())
 	}
 }
@@ -239,4 +242,112 @@ func TestFastProxyForwards(t *testing.T) {
 	if _, err := http.Get(base + "/v1/x"); err == nil {
 		t.Errorf("the proxy still answers after stop")
 	}
+}
+
+// TestGnetProxyForwards: the bare event-loop proxy of -baseline-gnet forwards a GET and a POST
+// as the fasthttp baseline does (method, path and query, body, status, answer with a
+// Content-Length or chunked; hop-by-hop headers dropped, the peer appended to X-Forwarded-For),
+// keeps its upstream connection alive, answers 502 when the upstream is gone, and exits when
+// bench closes its stdin.
+func TestGnetProxyForwards(t *testing.T) {
+	var conns atomic.Int64
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Seen", r.Method+" "+r.URL.RequestURI()+" "+string(b)+" xff="+r.Header.Get("X-Forwarded-For")+
+			" te="+r.Header.Get("Te")+" keep="+r.Header.Get("Keep-Alive"))
+		if r.URL.Query().Get("chunked") != "" {
+			w.WriteHeader(http.StatusOK)
+			for _, s := range []string{"ans", "wer"} {
+				_, _ = io.WriteString(w, s)
+				w.(http.Flusher).Flush() // no Content-Length: the answer goes chunked
+			}
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, "answer")
+	}))
+	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	up.Start()
+	base, pid, stop, err := startGnetProxy(context.Background(), up.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if pid <= 0 {
+		t.Errorf("pid %d", pid)
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	defer client.CloseIdleConnections()
+	cases := []struct {
+		method, query, body string
+		status              int
+		chunked             bool
+	}{
+		{"POST", "a=1", "body", http.StatusCreated, false},
+		{"GET", "a=2", "", http.StatusCreated, false},
+		{"GET", "chunked=1", "", http.StatusOK, true},
+		{"POST", "a=3", "more body", http.StatusCreated, false},
+	}
+	for _, c := range cases {
+		req, _ := http.NewRequest(c.method, base+"/v1/x?"+c.query, strings.NewReader(c.body))
+		req.Header.Set("X-Forwarded-For", "10.0.0.1")
+		req.Header.Set("Te", "trailers")
+		req.Header.Set("Keep-Alive", "timeout=5")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		want := c.method + " /v1/x?" + c.query + " " + c.body + " xff=10.0.0.1, 127.0.0.1 te= keep="
+		if resp.StatusCode != c.status || string(b) != "answer" || resp.Header.Get("X-Seen") != want {
+			t.Fatalf("%s ?%s: got %d %q seen %q, want %d \"answer\" seen %q", c.method, c.query,
+				resp.StatusCode, b, resp.Header.Get("X-Seen"), c.status, want)
+		}
+		if chunked := len(resp.TransferEncoding) > 0 && resp.TransferEncoding[0] == "chunked"; chunked != c.chunked {
+			t.Errorf("%s ?%s: chunked %v, want %v", c.method, c.query, chunked, c.chunked)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("upstream saw %d connections for %d requests on one client connection, want 1 (keep-alive)", n, len(cases))
+	}
+	up.Close()
+	resp, err := client.Get(base + "/v1/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("upstream gone: status %d, want 502", resp.StatusCode)
+	}
+	stop()
+	if _, err := http.Get(base + "/v1/x"); err == nil {
+		t.Errorf("the proxy still answers after stop")
+	}
+}
+
+// FuzzGnetParse: the gnet proxy's head and chunked-body parsers never panic and never return
+// offsets outside what they were given, whatever a client or node sends.
+func FuzzGnetParse(f *testing.F) {
+	f.Add([]byte("GET /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"), []byte("3\r\nabc\r\n0\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"), []byte("0;x=1\r\nT: v\r\n\r\n"))
+	f.Add([]byte("X\r\n:\r\n"), []byte("zz\r\n"))
+	f.Fuzz(func(t *testing.T, hd, body []byte) {
+		if h, ok := parseHead(hd, nil); ok {
+			for _, fl := range h.fields {
+				for _, r := range [][2]int{fl.line, fl.name, fl.value} {
+					if r[0] < 0 || r[0] > r[1] || r[1] > len(hd) {
+						t.Fatalf("field offsets %v outside %d bytes", r, len(hd))
+					}
+				}
+			}
+		}
+		if n, done, ok := chunkedLen(body); ok && done && (n < 0 || n > len(body)) {
+			t.Fatalf("chunked length %d of %d bytes", n, len(body))
+		}
+	})
 }
