@@ -239,6 +239,11 @@ func (w *workload) run(ctx context.Context, writeRate, readRate float64) (wait f
 	// (a ticker drops them): a cutover's held writes would otherwise take their whole pause out
 	// of the offered load — coordinated omission — and the acknowledged rate would measure the
 	// writers' patience rather than the system.
+	// The readers' ids, taken before the writers start (they append to w.all).
+	ids := make([]string, 0, len(w.all))
+	for _, r := range w.all {
+		ids = append(ids, r.id)
+	}
 	every := time.Duration(float64(len(w.writers)) / writeRate * float64(time.Second))
 	began := time.Now()
 	for i, wr := range w.writers {
@@ -258,10 +263,6 @@ func (w *workload) run(ctx context.Context, writeRate, readRate float64) (wait f
 				next = next.Add(every)
 			}
 		}()
-	}
-	ids := make([]string, 0, len(w.all))
-	for _, r := range w.all {
-		ids = append(ids, r.id)
 	}
 	for i, region := range w.e.regions {
 		wg.Add(1)
