@@ -25,7 +25,6 @@ targets=(
   "./internal/router FuzzDecodeMoveRequest"
   "./internal/router FuzzTenantCursor"
   "./internal/router FuzzRouterRequest"
-  "./internal/upstream FuzzReadResponse"
   "./replication FuzzDecodeToken"
 )
 for t in "${targets[@]}"; do

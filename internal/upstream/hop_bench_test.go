@@ -13,7 +13,7 @@ import (
 
 // BenchmarkHopGET: go test -run '^$' -bench HopGET -benchmem ./internal/upstream/
 // One record GET through HopTransport on a kept-alive loopback connection to a server that
-// answers every request with an API node's canned answer (apiAnswer in hopread_test.go): the
+// answers every request with an API node's canned answer (apiAnswer below): the
 // hop's own work — the idle-connection peek, writing the request, reading the answer — plus
 // the loopback I/O and the tiny server's reads and writes, which are the same in every
 // variant. cpu-µs/op is the process's CPU time per request (see testenv.ProcessCPU).
@@ -60,3 +60,9 @@ func BenchmarkHopGET(b *testing.B) {
 	}
 	b.ReportMetric(float64((testenv.ProcessCPU()-before).Microseconds())/float64(b.N), "cpu-µs/op")
 }
+
+// apiAnswer is an API node's answer to a record GET, as the hop reads it.
+const apiAnswer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nEtag: \"1\"\r\n" +
+	"X-Read-Source: replica\r\nX-Request-Id: bench-1\r\nX-Served-Region: us-east\r\n" +
+	"Date: Mon, 30 Nov 2026 12:00:00 GMT\r\nContent-Length: 89\r\n\r\n" +
+	`{"id":"01a208d0-b397-72eb-9637-c413048a3435","collection":"c","data":{"n":1},"version":1}`
