@@ -90,7 +90,7 @@ func (s *Store) writeTx(ctx context.Context, conn *pgx.Conn, t records.Target, o
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(setTenantSQL, t.Tenant)
-	b.Queue(`SELECT change_seq, write_fenced, write_epoch FROM tenants WHERE tenant_id = $1`, t.Tenant).QueryRow(st.scan)
+	b.Queue(`SELECT write_fenced, write_epoch FROM tenants WHERE tenant_id = $1`, t.Tenant).QueryRow(st.scan)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return res, none, err
 	}
@@ -166,16 +166,16 @@ type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// tenantState is what a write reads of its tenant row.
+// tenantState is what a write's first look reads of its tenant row.
 type tenantState struct {
-	seq, epoch int64
-	fenced     bool
+	epoch  int64
+	fenced bool
 }
 
-// scan reads a tenantState from a row of (change_seq, write_fenced, write_epoch); no row is
+// scan reads a tenantState from a row of (write_fenced, write_epoch); no row is
 // records.ErrTenantNotFound.
 func (st *tenantState) scan(r pgx.Row) error {
-	err := r.Scan(&st.seq, &st.fenced, &st.epoch)
+	err := r.Scan(&st.fenced, &st.epoch)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return records.ErrTenantNotFound
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/meridian-dev/meridian/internal/records"
 	"github.com/meridian-dev/meridian/internal/shards"
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 // A write takes its tenant row last (writeTx), so writes of one tenant are no longer
@@ -144,10 +145,15 @@ func TestFenceSeenByWriteInFlight(t *testing.T) {
 	// Wait until the write waits on the record's row (asked outside hold's transaction, which
 	// would see one snapshot of pg_stat_activity).
 	watch := e.appConn()
-	waitFor(t, func() bool {
+	testenv.WaitFor(t, 10*time.Second, func() error {
 		var n int
-		_ = watch.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'`).Scan(&n)
-		return n > 0
+		if err := watch.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'`).Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return errors.New("the write does not wait on the record's row yet")
+		}
+		return nil
 	})
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -174,15 +180,4 @@ func TestFenceSeenByWriteInFlight(t *testing.T) {
 	if err != nil || r.Version != 1 || string(r.Data) != `{"v": 1}` && string(r.Data) != `{"v":1}` {
 		t.Fatalf("record after the refused write: %+v %v, want version 1 {\"v\":1}", r, err)
 	}
-}
-
-// waitFor polls cond for up to 10 s.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatal("condition not met in 10 s")
 }
