@@ -125,6 +125,17 @@ func eventParts(ctx context.Context, cfg config, log *slog.Logger, parts *daemon
 		}
 		applier = c
 		served = cachedStore{Store: store, r: c.Wrap(store)}
+		// The routers' edge reads serve a shard's entries only while some node publishes
+		// the shard's events current (cache.PublishFresh).
+		parts.Go("cache freshness publisher", func(ctx context.Context) error {
+			return c.RunPublisher(ctx, func() []string {
+				var out []string
+				for _, s := range maps.Shards() {
+					out = append(out, s.ID)
+				}
+				return out
+			}, 0)
+		})
 	}
 	consumer = events.NewConsumer(events.ConsumerConfig{Region: cfg.region, JS: js, Replay: 2 * cfg.maxStaleness,
 		Apply: applier, Outbox: store, Logger: log, Registerer: reg})

@@ -20,8 +20,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/internal/cache"
 	"github.com/meridian-dev/meridian/internal/daemon"
 	"github.com/meridian-dev/meridian/internal/envflag"
 	"github.com/meridian-dev/meridian/internal/ratelimit"
@@ -39,6 +41,8 @@ type config struct {
 	clusterToken                                        string
 	jwtSecret, jwksFile, jwtIssuer, jwtAudience         string
 	redisAddr                                           string
+	edgeCache                                           bool
+	cacheMaxLag                                         time.Duration
 	limits                                              map[ratelimit.Rule]ratelimit.Limit
 	rateLimitLease, lease, upstreamTimeout              time.Duration
 	maxInFlight, tenantConcurrency, tenantStreams       int
@@ -100,6 +104,8 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&c.jwtIssuer, "jwt-issuer", env.String("MERIDIAN_JWT_ISSUER", ""), "required iss; empty = not checked (MERIDIAN_JWT_ISSUER)")
 	fs.StringVar(&c.jwtAudience, "jwt-audience", env.String("MERIDIAN_JWT_AUDIENCE", ""), "required aud; empty = not checked (MERIDIAN_JWT_AUDIENCE)")
 	fs.StringVar(&c.redisAddr, "redis-addr", env.String("MERIDIAN_REDIS_ADDR", ""), "Redis host:port for rate limits; empty = in-process limits (MERIDIAN_REDIS_ADDR)")
+	fs.BoolVar(&c.edgeCache, "edge-cache", env.Bool("MERIDIAN_EDGE_CACHE", true), "answer plain record GETs from the region's Redis cache (the one -redis-addr names, which the region's API nodes fill and invalidate) instead of forwarding them; no effect without -redis-addr (MERIDIAN_EDGE_CACHE)")
+	fs.DurationVar(&c.cacheMaxLag, "cache-max-lag", env.Duration("MERIDIAN_CACHE_MAX_LAG", cache.DefaultEdgeMaxStaleness), "most an edge-cached read may lag its shard's writes: a shard whose freshness, as the region's API nodes publish it, is older is not answered from the cache; as the API nodes' -cache-max-lag (MERIDIAN_CACHE_MAX_LAG)")
 	fs.Float64Var(&tenantRate, "tenant-rate", env.Float64("MERIDIAN_TENANT_RATE", 500), "requests/s per tenant (MERIDIAN_TENANT_RATE)")
 	fs.IntVar(&tenantBurst, "tenant-burst", env.Int("MERIDIAN_TENANT_BURST", 1000), "burst per tenant (MERIDIAN_TENANT_BURST)")
 	fs.Float64Var(&ipRate, "ip-rate", env.Float64("MERIDIAN_IP_RATE", 2000), "requests/s per client IP (MERIDIAN_IP_RATE)")
@@ -223,6 +229,17 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	parts.Add("rate limiter", stopLimiter)
 
+	var edge router.EdgeCache
+	if cfg.edgeCache && cfg.redisAddr != "" {
+		rdb := redis.NewClient(cache.RedisOptions(cfg.redisAddr))
+		parts.Add("edge cache redis", func(context.Context) error { return rdb.Close() })
+		e, err := cache.NewEdge(cache.EdgeConfig{Redis: rdb, MaxStaleness: cfg.cacheMaxLag, Logger: log, Registerer: reg})
+		if err != nil {
+			return err
+		}
+		edge = e
+	}
+
 	upstreams, err := router.NewUpstreams(router.UpstreamsConfig{Gossip: gossip, Static: cfg.staticAPI,
 		Regions: func() []string { return node.Map().Regions() }, MaxInFlight: cfg.maxInFlight, Registerer: reg})
 	if err != nil {
@@ -230,7 +247,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 
 	rcfg := router.Config{Region: cfg.region, Map: view, MapHandler: node.Handler(), Auth: router.JWTAuth{Verifier: verifier},
-		Limiter: router.RateLimiter{L: limiter}, Upstreams: upstreams, ClusterToken: cfg.clusterToken, Lease: cfg.lease,
+		Limiter: router.RateLimiter{L: limiter}, Upstreams: upstreams, Edge: edge, ClusterToken: cfg.clusterToken, Lease: cfg.lease,
 		UpstreamTimeout: cfg.upstreamTimeout, TrustedProxies: cfg.trustedProxies, TenantConcurrency: cfg.tenantConcurrency,
 		TenantStreams: cfg.tenantStreams, Hold: holdPolicy(cfg), Registry: reg, Logger: log}
 	if gossip != nil {

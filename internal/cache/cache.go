@@ -486,7 +486,7 @@ func (c *Cache) fill(ctx context.Context, t records.Target, snap snapshot, lk lo
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 	defer cancel()
 	stored, rerr := fillScript.Run(ctx, c.rdb, []string{epochKey, stateKey(t.Tenant), lk.key},
-		lk.epoch, lk.gen, lk.ic, b, c.ttl.Milliseconds()).Int()
+		lk.epoch, lk.gen, lk.ic, b, c.ttl.Milliseconds(), strconv.FormatUint(t.Epoch, 10)).Int()
 	if rerr != nil {
 		c.redisErr("fill", rerr)
 		skip(skipRedisError)

@@ -26,7 +26,8 @@ func RedisOptions(addr string) *redis.Options {
 // own. The entry keys embed the generations they were read under:
 //
 //	m:E                                      region epoch (string)
-//	m:{<tenant>}:s                           tenant state (hash): g, ic, nl:<shard>, lg:<coll>
+//	m:{<tenant>}:s                           tenant state (hash): g, ic, nl:<shard>, lg:<coll>, we
+//	m:F:<shard>                              a shard's published freshness (edge.go)
 //	m:{<tenant>}:<E>:<g>:r:<coll>:<id>       a record
 //	m:{<tenant>}:<E>:<g>:l:<coll>:<lg>:<q>   a list page (q: hash of the ListQuery)
 //
@@ -118,12 +119,16 @@ return {key, e, g, h[1] or '0', h[2] or '', redis.call('GET', key)}
 // count are what the lookup saw: an Invalidate (of any node) that ran between the lookup and
 // this script rejects the fill, and one that runs after it deletes the entry. The check and the
 // SET are one atomic step, so no reader can see the entry in between.
-// KEYS: epoch, tenant state, entry. ARGV: E, g, ic, value, TTL ms. Returns 1 if stored.
+// A stored fill also raises the tenant's write epoch we to the epoch it was read under (the
+// edge serves a tenant's entries only on that epoch: edge.go).
+// KEYS: epoch, tenant state, entry. ARGV: E, g, ic, value, TTL ms, write epoch. Returns 1 if
+// stored.
 var fillScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local h = redis.call('HMGET', KEYS[2], 'g', 'ic')
+local h = redis.call('HMGET', KEYS[2], 'g', 'ic', 'we')
 if h[1] ~= ARGV[2] or (h[2] or '0') ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+if not h[3] or tonumber(h[3]) < tonumber(ARGV[6]) then redis.call('HSET', KEYS[2], 'we', ARGV[6]) end
 return 1
 `)
 

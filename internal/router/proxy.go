@@ -96,14 +96,20 @@ func (s *Server) proxy(c *gin.Context) {
 	}
 	defer slots.release(p.Tenant)
 
-	// 5. Body: buffered (so retries can resend it), bounded in size here and in time by the
+	// 5. The edge (edge.go): a plain record GET whose entry the region's cache holds, servable
+	//    as the API node would serve it, is answered here.
+	if s.serveEdge(c, p.Tenant, route) {
+		return
+	}
+
+	// 6. Body: buffered (so retries can resend it), bounded in size here and in time by the
 	//    HTTP server's body timeout (internal/daemon).
 	body, ok := s.readBody(c)
 	if !ok {
 		return
 	}
 
-	// 6. Forward, within the request deadline until the response headers (a change stream's
+	// 7. Forward, within the request deadline until the response headers (a change stream's
 	//    body then lasts as long as the client and the API node keep it open).
 	s.forward(c, body, p.Tenant, route)
 }

@@ -248,6 +248,9 @@ type Config struct {
 	Limiter Limiter
 	// Upstreams picks API nodes (required).
 	Upstreams Upstreams
+	// Edge answers plain record GETs from the region's cache (edge.go, internal/cache.Edge);
+	// nil: every read is forwarded.
+	Edge EdgeCache
 	// Members lists gossip members for /admin/v1/regions; nil: upstream nodes only.
 	Members Membership
 	// ClusterToken authenticates the router to API nodes' internal endpoints.
