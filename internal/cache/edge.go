@@ -146,13 +146,13 @@ type Edge struct {
 
 // Results of an edge lookup (the result label of meridian_edge_cache_requests_total).
 const (
-	EdgeHit     = "hit"     // answered from the entry
-	EdgeMiss    = "miss"    // no entry (or the tenant has no cache state yet)
-	EdgeStale   = "stale"   // the shard's freshness is missing or older than MaxStaleness
-	EdgeEpoch   = "epoch"   // the tenant's entries were filled on another write epoch
-	EdgeShard   = "shard"   // the entry was read from another shard
-	EdgeError   = "error"   // Redis failed or timed out, or the entry did not decode
-	EdgeBypass  = "bypass"  // the request is not one the edge answers (counted by the router)
+	EdgeHit    = "hit"    // answered from the entry
+	EdgeMiss   = "miss"   // no entry (or the tenant has no cache state yet)
+	EdgeStale  = "stale"  // the shard's freshness is missing or older than MaxStaleness
+	EdgeEpoch  = "epoch"  // the tenant's entries were filled on another write epoch
+	EdgeShard  = "shard"  // the entry was read from another shard
+	EdgeError  = "error"  // Redis failed or timed out, or the entry did not decode
+	EdgeBypass = "bypass" // the request is not one the edge answers (counted by the router)
 )
 
 // NewEdge returns an Edge.
@@ -186,7 +186,7 @@ func (e *Edge) Count(result string) { e.requests.WithLabelValues(result).Inc() }
 // edgeLookupScript reads, without creating anything, a record's entry under the current
 // generations, the tenant's write epoch and the shard's freshness. KEYS: epoch, tenant state,
 // shard's fresh key. ARGV: tenant prefix, collection, id. Returns {} when the region or the
-// tenant has no generation yet, else {fresh or '', we or '', value or nil}.
+// tenant has no generation yet, else {fresh or ”, we or ”, value or nil}.
 var edgeLookupScript = redis.NewScript(`
 local e = redis.call('GET', KEYS[1])
 if not e then return {} end

@@ -100,8 +100,8 @@ func TestEdgeAnswersPlainRecordGET(t *testing.T) {
 	lookups0, bypass0 := edge.seen()
 	forwarded := []struct {
 		name, method, path, token, body string
-		hdr                              []string
-		lookup, bypass                   bool
+		hdr                             []string
+		lookup, bypass                  bool
 	}{
 		{"query string", "GET", "/v1/collections/c/records/x?fields=a", tokAcme, "", nil, false, true},
 		{"strong", "GET", "/v1/collections/c/records/x", tokAcme, "", []string{"Prefer", "consistency=strong"}, false, true},
