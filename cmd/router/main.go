@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/cache"
@@ -42,6 +41,7 @@ type config struct {
 	jwtSecret, jwksFile, jwtIssuer, jwtAudience         string
 	redisAddr                                           string
 	edgeCache                                           bool
+	edgeMemory                                          int
 	cacheMaxLag                                         time.Duration
 	limits                                              map[ratelimit.Rule]ratelimit.Limit
 	rateLimitLease, lease, upstreamTimeout              time.Duration
@@ -105,6 +105,7 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&c.jwtAudience, "jwt-audience", env.String("MERIDIAN_JWT_AUDIENCE", ""), "required aud; empty = not checked (MERIDIAN_JWT_AUDIENCE)")
 	fs.StringVar(&c.redisAddr, "redis-addr", env.String("MERIDIAN_REDIS_ADDR", ""), "Redis host:port for rate limits; empty = in-process limits (MERIDIAN_REDIS_ADDR)")
 	fs.BoolVar(&c.edgeCache, "edge-cache", env.Bool("MERIDIAN_EDGE_CACHE", true), "answer plain record GETs from the region's Redis cache (the one -redis-addr names, which the region's API nodes fill and invalidate) instead of forwarding them; no effect without -redis-addr (MERIDIAN_EDGE_CACHE)")
+	fs.IntVar(&c.edgeMemory, "edge-cache-memory", env.Int("MERIDIAN_EDGE_CACHE_MEMORY", cache.DefaultEdgeMemory), "bytes of the region's Redis keys the edge keeps in the router's memory (Redis invalidates them as they change), per Redis connection (MERIDIAN_EDGE_CACHE_MEMORY)")
 	fs.DurationVar(&c.cacheMaxLag, "cache-max-lag", env.Duration("MERIDIAN_CACHE_MAX_LAG", cache.DefaultEdgeMaxStaleness), "most an edge-cached read may lag its shard's writes: a shard whose freshness, as the region's API nodes publish it, is older is not answered from the cache; as the API nodes' -cache-max-lag (MERIDIAN_CACHE_MAX_LAG)")
 	fs.Float64Var(&tenantRate, "tenant-rate", env.Float64("MERIDIAN_TENANT_RATE", 500), "requests/s per tenant (MERIDIAN_TENANT_RATE)")
 	fs.IntVar(&tenantBurst, "tenant-burst", env.Int("MERIDIAN_TENANT_BURST", 1000), "burst per tenant (MERIDIAN_TENANT_BURST)")
@@ -231,12 +232,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	var edge router.EdgeCache
 	if cfg.edgeCache && cfg.redisAddr != "" {
-		rdb := redis.NewClient(cache.RedisOptions(cfg.redisAddr))
-		parts.Add("edge cache redis", func(context.Context) error { return rdb.Close() })
-		e, err := cache.NewEdge(cache.EdgeConfig{Redis: rdb, MaxStaleness: cfg.cacheMaxLag, Logger: log, Registerer: reg})
+		e, err := cache.NewEdge(cache.EdgeConfig{Addr: cfg.redisAddr, Memory: cfg.edgeMemory, MaxStaleness: cfg.cacheMaxLag, Logger: log, Registerer: reg})
 		if err != nil {
 			return err
 		}
+		parts.Go("edge cache", e.Run)
 		edge = e
 	}
 

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"github.com/meridian-dev/meridian/internal/records"
 )
@@ -28,7 +31,10 @@ import (
 //
 // The edge serves no read the node would not serve from the same entry: never a strong, a
 // no-cache or a token read (those are forwarded), never an entry of another shard, and only
-// while the shard's freshness is within MaxStaleness.
+// while the shard's freshness is within MaxStaleness. It reads those keys through a copy in
+// the router's memory that Redis keeps current by pushing invalidations (edgeClientOption), so
+// a hit usually costs the router no round trip; the copy learns of a change when Redis's push
+// reaches it, at most a round trip after the change (docs/cache.md, "The edge").
 
 func freshKey(shard string) string { return "m:F:" + shard }
 
@@ -116,12 +122,15 @@ func (c *Cache) RunPublisher(ctx context.Context, shards func() []string, every 
 
 // EdgeConfig configures an Edge.
 type EdgeConfig struct {
-	// Redis is the region's Redis, the one its API nodes cache in (required).
-	Redis *redis.Client
+	// Addr is the region's Redis, the one its API nodes cache in (required).
+	Addr string
+	// Memory is the most the router keeps of Redis's keys in its own memory, per connection
+	// (least recently used first out). 0: DefaultEdgeMemory (64 MiB).
+	Memory int
 	// MaxStaleness is how old a shard's published freshness may be for its entries to be
 	// served, as the nodes' Config.MaxStaleness. 0: 1 s (cmd/api's -cache-max-lag default).
 	MaxStaleness time.Duration
-	// Timeout bounds the lookup. 0: 50 ms.
+	// Timeout bounds the lookup's Redis round trips. 0: 50 ms.
 	Timeout time.Duration
 	// Now is the clock compared with the published AsOf. nil: time.Now.
 	Now func() time.Time
@@ -134,14 +143,40 @@ type EdgeConfig struct {
 // DefaultEdgeMaxStaleness is EdgeConfig.MaxStaleness's default.
 const DefaultEdgeMaxStaleness = time.Second
 
-// Edge reads record entries for a router. It never writes to Redis. Safe for concurrent use.
+// DefaultEdgeMemory is the default of EdgeClientOption's memory: the most the router keeps of
+// Redis's keys in its own memory (least recently used first out).
+const DefaultEdgeMemory = 64 << 20
+
+// edgeLocalTTL bounds how long the router keeps a key of Redis in its memory without Redis
+// saying it changed (Redis's own expiry of the key bounds it too). Redis tells of every change
+// (CLIENT TRACKING), so this only ages out keys nobody changes.
+const edgeLocalTTL = 30 * time.Second
+
+// edgeClientOption is the option of the router's client of the region's Redis for the edge:
+// client-side caching (Redis 6+'s CLIENT TRACKING over RESP3: Redis pushes an invalidation
+// for every key the client read once the key changes, on the connection the read came on, so
+// a reply can never be cached after the invalidation that followed it) in up to memory bytes
+// per connection (0: DefaultEdgeMemory), no retries.
+func edgeClientOption(addr string, memory int) rueidis.ClientOption {
+	if memory <= 0 {
+		memory = DefaultEdgeMemory
+	}
+	return rueidis.ClientOption{InitAddress: []string{addr}, CacheSizeEachConn: memory, DisableRetry: true,
+		Dialer: net.Dialer{Timeout: time.Second}, ConnWriteTimeout: 200 * time.Millisecond}
+}
+
+// Edge reads record entries for a router, through a copy of the keys it reads that Redis keeps
+// current by invalidation (edgeClientOption): an edge hit usually costs no round trip. It never
+// writes to Redis. Safe for concurrent use.
 type Edge struct {
-	rdb          *redis.Client
+	opt          rueidis.ClientOption
+	rdb          atomic.Pointer[rueidis.Client] // nil until Run has connected
 	maxStaleness time.Duration
 	timeout      time.Duration
 	now          func() time.Time
 	log          *slog.Logger
 	requests     *prometheus.CounterVec
+	roundTrips   prometheus.Counter
 }
 
 // Results of an edge lookup (the result label of meridian_edge_cache_requests_total).
@@ -157,10 +192,10 @@ const (
 
 // NewEdge returns an Edge.
 func NewEdge(cfg EdgeConfig) (*Edge, error) {
-	if cfg.Redis == nil {
+	if cfg.Addr == "" {
 		return nil, ErrNoRedis
 	}
-	e := &Edge{rdb: cfg.Redis, maxStaleness: cmp0(cfg.MaxStaleness, DefaultEdgeMaxStaleness),
+	e := &Edge{opt: edgeClientOption(cfg.Addr, cfg.Memory), maxStaleness: cmp0(cfg.MaxStaleness, DefaultEdgeMaxStaleness),
 		timeout: cmp0(cfg.Timeout, DefaultTimeout), now: cfg.Now, log: cfg.Logger}
 	if e.now == nil {
 		e.now = time.Now
@@ -172,70 +207,135 @@ func NewEdge(cfg EdgeConfig) (*Edge, error) {
 		Name: "meridian_edge_cache_requests_total",
 		Help: "Record GETs the router looked up in the region's cache, by result: hit (answered by the router), miss, stale (shard's events not proven current), epoch (filled on another write epoch), shard (read from another shard), error (Redis failed); bypass (not a plain record GET: forwarded without a lookup).",
 	}, []string{"result"})
+	e.roundTrips = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meridian_edge_cache_redis_lookups_total",
+		Help: "Edge lookups that asked Redis for something the router did not hold (the rest were answered from the router's copy of Redis's keys).",
+	})
 	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(e.requests); err != nil {
-			return nil, fmt.Errorf("cache: register edge metrics: %w", err)
+		for _, col := range []prometheus.Collector{e.requests, e.roundTrips} {
+			if err := cfg.Registerer.Register(col); err != nil {
+				return nil, fmt.Errorf("cache: register edge metrics: %w", err)
+			}
 		}
 	}
 	return e, nil
 }
 
-// Count counts a request the caller did not look up (result EdgeBypass).
-func (e *Edge) Count(result string) { e.requests.WithLabelValues(result).Inc() }
+// Run connects to Redis, trying again every second until it can (lookups answer EdgeError
+// until then: every read is forwarded), keeps the client until ctx is done, closes it and
+// returns ctx.Err(). Once connected, the client reconnects by itself, and a connection that
+// breaks takes its copy of Redis's keys with it.
+func (e *Edge) Run(ctx context.Context) error {
+	logged := false
+	for {
+		c, err := rueidis.NewClient(e.opt)
+		if err == nil {
+			e.rdb.Store(&c)
+			e.log.Info("edge cache: connected to redis", "addr", e.opt.InitAddress[0])
+			<-ctx.Done()
+			e.rdb.Store(nil)
+			c.Close()
+			return ctx.Err()
+		}
+		if !logged {
+			e.log.Warn("edge cache: redis not reachable; reads are forwarded until it is", "addr", e.opt.InitAddress[0], "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
 
-// edgeLookupScript reads, without creating anything, a record's entry under the current
-// generations, the tenant's write epoch and the shard's freshness. KEYS: epoch, tenant state,
-// shard's fresh key. ARGV: tenant prefix, collection, id. Returns {} when the region or the
-// tenant has no generation yet, else {fresh or ”, we or ”, value or nil}.
-var edgeLookupScript = redis.NewScript(`
-local e = redis.call('GET', KEYS[1])
-if not e then return {} end
-local h = redis.call('HMGET', KEYS[2], 'g', 'we')
-if not h[1] then return {} end
-local f = redis.call('GET', KEYS[3]) or ''
-return {f, h[2] or '', redis.call('GET', ARGV[1] .. e .. ':' .. h[1] .. ':r:' .. ARGV[2] .. ':' .. ARGV[3])}
-`)
+// Connected reports whether Run has connected.
+func (e *Edge) Connected() bool { return e.rdb.Load() != nil }
+
+// Count counts a request by result: EdgeHit for a hit the caller answered with, EdgeBypass
+// for one it did not look up, EdgeError for a hit it could not answer with.
+func (e *Edge) Count(result string) { e.requests.WithLabelValues(result).Inc() }
 
 // Record looks up record coll/id of tenant for a read routed to shard on write epoch epoch. It
 // returns the record and EdgeHit when the edge may answer with it, else a zero record and the
-// reason it may not. The record's Data shares the lookup's memory; it must not be modified.
+// reason it may not, which it counts. A hit is the caller's to count (Count(EdgeHit)) once it
+// has answered with it.
 func (e *Edge) Record(ctx context.Context, tenant, shard string, epoch uint64, coll, id string) (records.Record, string) {
 	r, res := e.record(ctx, tenant, shard, epoch, coll, id)
-	e.requests.WithLabelValues(res).Inc()
+	if res != EdgeHit {
+		e.requests.WithLabelValues(res).Inc()
+	}
 	return r, res
 }
 
+// record reads what lookupScript reads, each key through the client's copy: the region epoch,
+// the tenant's generation and write epoch, the shard's freshness, then the entry under those
+// generations. Each value is one Redis held at some moment no earlier than the last
+// invalidation of it the client received; a change (an entry deleted, a generation bumped)
+// reaches the copy as Redis's push does, on the connection that read it.
 func (e *Edge) record(ctx context.Context, tenant, shard string, epoch uint64, coll, id string) (records.Record, string) {
 	if epoch == 0 {
 		return records.Record{}, EdgeEpoch
 	}
+	cp := e.rdb.Load()
+	if cp == nil {
+		return records.Record{}, EdgeError
+	}
+	c := *cp
 	ctx, cancel := context.WithTimeout(ctx, e.timeout)
 	defer cancel()
-	vals, err := edgeLookupScript.Run(ctx, e.rdb, []string{epochKey, stateKey(tenant), freshKey(shard)},
-		tenantPrefix(tenant), coll, id).Slice()
-	if err != nil {
-		return records.Record{}, EdgeError
+	res := c.DoMultiCache(ctx,
+		rueidis.CT(c.B().Get().Key(epochKey).Cache(), edgeLocalTTL),
+		rueidis.CT(c.B().Hmget().Key(stateKey(tenant)).Field("g", "we").Cache(), edgeLocalTTL),
+		rueidis.CT(c.B().Get().Key(freshKey(shard)).Cache(), edgeLocalTTL))
+	asked := false
+	for _, r := range res {
+		asked = asked || !r.IsCacheHit()
 	}
-	if len(vals) == 0 {
+	defer func() {
+		if asked {
+			e.roundTrips.Inc()
+		}
+	}()
+	regionEpoch, err := res[0].ToString()
+	if rueidis.IsRedisNil(err) {
 		return records.Record{}, EdgeMiss
-	}
-	if len(vals) < 2 {
+	} else if err != nil {
 		return records.Record{}, EdgeError
 	}
-	fs, _ := vals[0].(string)
-	asOf, err := strconv.ParseInt(fs, 10, 64)
-	if err != nil || e.now().Sub(time.UnixMicro(asOf)) >= e.maxStaleness {
+	state, err := res[1].ToArray()
+	if err != nil || len(state) != 2 {
+		return records.Record{}, EdgeError
+	}
+	gen, err := state[0].ToString()
+	if rueidis.IsRedisNil(err) {
+		return records.Record{}, EdgeMiss
+	} else if err != nil {
+		return records.Record{}, EdgeError
+	}
+	fs, err := res[2].ToString()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return records.Record{}, EdgeError
+	}
+	asOf, perr := strconv.ParseInt(fs, 10, 64)
+	if err != nil || perr != nil || e.now().Sub(time.UnixMicro(asOf)) >= e.maxStaleness {
 		return records.Record{}, EdgeStale
 	}
-	if we, _ := vals[1].(string); we != strconv.FormatUint(epoch, 10) {
+	we, err := state[1].ToString()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return records.Record{}, EdgeMiss // no fill yet under this state: no entry either
+	case we != strconv.FormatUint(epoch, 10):
 		return records.Record{}, EdgeEpoch
 	}
-	if len(vals) < 3 {
+	key := tenantPrefix(tenant) + regionEpoch + ":" + gen + ":r:" + coll + ":" + id
+	er := c.DoCache(ctx, c.B().Get().Key(key).Cache(), edgeLocalTTL)
+	asked = asked || !er.IsCacheHit()
+	v, err := er.ToString()
+	if rueidis.IsRedisNil(err) {
 		return records.Record{}, EdgeMiss
-	}
-	v, ok := vals[2].(string)
-	if !ok {
-		return records.Record{}, EdgeMiss
+	} else if err != nil {
+		return records.Record{}, EdgeError
 	}
 	entryShard, _, r, err := decodeEntry[records.Record]([]byte(v))
 	switch {

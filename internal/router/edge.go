@@ -17,10 +17,11 @@ import (
 // (docs/router.md, "The edge cache").
 type EdgeCache interface {
 	// Record returns the cached record coll/id of tenant for a read routed to shard on write
-	// epoch epoch, and whether the router may answer with it (internal/cache.Edge.Record's
-	// result is "hit").
+	// epoch epoch, and whether the router may answer with it (result "hit"); it counts every
+	// other result itself.
 	Record(ctx context.Context, tenant, shard string, epoch uint64, coll, id string) (records.Record, string)
-	// Count counts a record GET answered without a lookup (result "bypass").
+	// Count counts a record GET by result: "hit" once answered from the cache, "bypass" when
+	// forwarded without a lookup, "error" when a hit could not be answered with.
 	Count(result string)
 }
 
@@ -93,6 +94,7 @@ func (s *Server) serveEdge(c *gin.Context, tenant string, route Route) bool {
 	}
 	body, ok := records.AppendJSON(make([]byte, 0, 192+len(rec.Data)), rec)
 	if !ok {
+		s.cfg.Edge.Count("error")
 		return false // the node spells it with encoding/json
 	}
 	h := c.Writer.Header()
@@ -106,5 +108,6 @@ func (s *Server) serveEdge(c *gin.Context, tenant string, route Route) bool {
 	h["Content-Length"] = []string{strconv.Itoa(len(body))}
 	c.Status(http.StatusOK)
 	_, _ = c.Writer.Write(body)
+	s.cfg.Edge.Count("hit")
 	return true
 }
