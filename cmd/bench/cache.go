@@ -37,7 +37,9 @@ import (
 // pipeline, as meridian_app with the tenant setting) against the Postgres that serves the
 // uncached reads, for as long as one round and with as many clients.
 // bench counts every answer's status and the X-Read-Source of the 200s, reads
-// meridian_cache_requests_total from the region's API nodes between rounds, and takes the CPU
+// meridian_cache_requests_total from the region's API nodes and
+// meridian_edge_cache_requests_total from the router (which answers a plain record GET itself
+// when it finds the record in the region's cache: the edge) between rounds, and takes the CPU
 // time of the router, API nodes, that Postgres and the region's Redis from /proc between
 // rounds, so each phase gets its own CPU time per request.
 
@@ -366,18 +368,26 @@ func hitShare(source200 map[string]int64) (hits, total int64, share float64, ok 
 	return hits, total, float64(hits) / float64(total), true
 }
 
-// cacheMetric is the API node's cache counter (docs/internal-contracts.md, "Cache").
-const cacheMetric = "meridian_cache_requests_total"
+// The cache counters bench reads between rounds.
+const (
+	// cacheMetric is the API node's cache counter (docs/internal-contracts.md, "Cache"):
+	// results hit, miss, bypass.
+	cacheMetric = "meridian_cache_requests_total"
+	// edgeMetric is the router's edge cache counter (docs/internal-contracts.md, "Ninth
+	// session: the edge cache"): results hit (answered by the router), miss, stale, epoch,
+	// shard, error (looked up, then forwarded) and bypass (forwarded without a lookup).
+	edgeMetric = "meridian_edge_cache_requests_total"
+)
 
-// parseCacheRequests sums meridian_cache_requests_total of a Prometheus text exposition by its
-// result label (hit, miss, bypass); found is false when the series is absent.
-func parseCacheRequests(r io.Reader) (byResult map[string]float64, found bool) {
+// parseRequests sums counter metric (cacheMetric or edgeMetric) of a Prometheus text
+// exposition by its result label; found is false when the series is absent.
+func parseRequests(r io.Reader, metric string) (byResult map[string]float64, found bool) {
 	byResult = map[string]float64{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		rest, ok := strings.CutPrefix(line, cacheMetric)
+		rest, ok := strings.CutPrefix(line, metric)
 		if !ok || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
 			continue // another metric, or the # HELP / # TYPE lines
 		}
@@ -415,10 +425,13 @@ func labelValue(labels, name string) string {
 	return ""
 }
 
-// scrapeCache reads the cache counter of every API node at urls (base URLs), summed.
-func scrapeCache(ctx context.Context, client *http.Client, urls []string) (map[string]float64, bool) {
-	sum := map[string]float64{}
-	seen := false
+// scrapeCache reads counter metric from /metrics of every process at urls (base URLs: the API
+// nodes, or the router), summed by result. answered is true when some process answered its
+// /metrics, found when some exposition had the series: a counter with labels appears only
+// once one of its series was counted, so a process that answered without it has counted
+// nothing yet (or does not have the counter at all).
+func scrapeCache(ctx context.Context, client *http.Client, urls []string, metric string) (sum map[string]float64, answered, found bool) {
+	sum = map[string]float64{}
 	for _, u := range urls {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u+"/metrics", nil)
 		if err != nil {
@@ -432,17 +445,21 @@ func scrapeCache(ctx context.Context, client *http.Client, urls []string) (map[s
 		if err != nil {
 			continue
 		}
-		m, found := parseCacheRequests(io.LimitReader(resp.Body, 16<<20))
+		m, ok := parseRequests(io.LimitReader(resp.Body, 16<<20), metric)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || !found {
+		if resp.StatusCode != http.StatusOK {
 			continue
 		}
-		seen = true
+		answered = true
+		if !ok {
+			continue
+		}
+		found = true
 		for k, v := range m {
 			sum[k] += v
 		}
 	}
-	return sum, seen
+	return sum, answered, found
 }
 
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on every Linux architecture
@@ -633,13 +650,17 @@ func findRoles(router string, apis []string, pgPort, redisAddr string) []procRol
 	return append(roles, procRole{name: "Postgres", pids: pg}, procRole{name: "Redis", pids: rd})
 }
 
-// meterSnap is one reading of the CPU times and the cache counter.
+// meterSnap is one reading of the CPU times and the cache counters.
 type meterSnap struct {
 	at      time.Time
 	ticks   []int64 // per role
 	self    int64   // bench's own
 	cache   map[string]float64
 	cacheOK bool
+	// edge is the router's edge counter; edgeOK says the router answered /metrics (without
+	// the series: nothing counted yet), edgeFound that the series was there.
+	edge              map[string]float64
+	edgeOK, edgeFound bool
 }
 
 // phaseUsage is what one phase used in all its rounds.
@@ -647,15 +668,24 @@ type phaseUsage struct {
 	wall      time.Duration
 	ticks     []int64
 	self      int64
-	cache     map[string]float64
+	cache     map[string]float64 // the API nodes' cacheMetric, by result
 	cacheSeen bool
+	edge      map[string]float64 // the router's edgeMetric, by result
+	edgeSeen  bool
 }
 
-// phaseMeter takes CPU times from /proc and the API nodes' cache counters at every phase
-// change, and adds the difference to the phase that just ended.
+// phaseMeter takes CPU times from /proc, the API nodes' cache counters and the router's edge
+// counter at every phase change, and adds the difference to the phase that just ended.
 type phaseMeter struct {
-	roles   []procRole
-	apis    []string
+	roles []procRole
+	apis  []string
+	// router is the measured router's base URL, whose edge counter is read; "": none.
+	router string
+	// edgeRead is set once the router answered a reading of its /metrics, edgeExported once a
+	// reading found the edge counter there: a router read without it answers no read itself
+	// (its edge cache is off, or it predates the edge).
+	edgeRead, edgeExported bool
+
 	client  *http.Client
 	phase   string
 	last    meterSnap
@@ -678,17 +708,21 @@ func (m *phaseMeter) take(ctx context.Context) meterSnap {
 		s.ticks = append(s.ticks, treeTicks(procs, r.pids))
 	}
 	s.self = procs[os.Getpid()].own
-	s.cache, s.cacheOK = scrapeCache(ctx, m.client, m.apis)
+	s.cache, _, s.cacheOK = scrapeCache(ctx, m.client, m.apis, cacheMetric)
+	if m.router != "" {
+		s.edge, s.edgeOK, s.edgeFound = scrapeCache(ctx, m.client, []string{m.router}, edgeMetric)
+	}
 	return s
 }
 
 // mark ends the current phase (adding what it used) and starts next ("" for none).
 func (m *phaseMeter) mark(ctx context.Context, next string) {
 	s := m.snap(ctx)
+	m.edgeRead, m.edgeExported = m.edgeRead || s.edgeOK, m.edgeExported || s.edgeFound
 	if m.started && m.phase != "" {
 		u := m.usage[m.phase]
 		if u == nil {
-			u = &phaseUsage{ticks: make([]int64, len(m.roles)), cache: map[string]float64{}}
+			u = &phaseUsage{ticks: make([]int64, len(m.roles)), cache: map[string]float64{}, edge: map[string]float64{}}
 			m.usage[m.phase] = u
 		}
 		u.wall += s.at.Sub(m.last.at)
@@ -700,6 +734,13 @@ func (m *phaseMeter) mark(ctx context.Context, next string) {
 			u.cacheSeen = true
 			for k, v := range s.cache {
 				u.cache[k] += max(0, v-m.last.cache[k])
+			}
+		}
+		if s.edgeOK && m.last.edgeOK {
+			// A result absent from the last reading had not been counted: it starts from 0.
+			u.edgeSeen = true
+			for k, v := range s.edge {
+				u.edge[k] += max(0, v-m.last.edge[k])
 			}
 		}
 	}
@@ -1171,6 +1212,7 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 
 	meter := newPhaseMeter(findRoles(router, reg.API, pgPort, reg.Redis), reg.API)
+	meter.router = router
 	for _, r := range meter.roles {
 		if len(r.pids) == 0 {
 			fmt.Fprintf(stderr, "bench: WARNING: no %s process found in /proc; its CPU time is unknown\n", r.name)
@@ -1335,10 +1377,34 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 	}
 
 	// Answers and hit ratio.
-	w.WriteString("\nAnswers (measured rounds only) and hit ratio: from the answers, the share of 200s with `X-Read-Source: cache`; " +
-		"from the region's API nodes, `" + cacheMetric + "` read between rounds (hit / (hit + miss + bypass)).\n\n")
-	w.WriteString("| variant | answers by status | X-Read-Source of the 200s | hit ratio (answers) | " + cacheMetric + " Δ | hit ratio (metrics) |\n")
-	w.WriteString("|---|---|---|---:|---|---:|\n")
+	w.WriteString("\nAnswers (measured rounds only) and hit ratio: from the answers, the share of 200s with `X-Read-Source: cache` " +
+		"(whichever process answered them); from the counters read between rounds, where two processes count the reads: " +
+		"the router answers a plain record GET itself when it finds the record in the region's cache (the edge, `" + edgeMetric +
+		"` on the router: its hits never reach an API node), and the region's API nodes count the rest (`" + cacheMetric +
+		"`: every read the router forwarded — an edge miss, stale, epoch, shard, error or bypass — and every direct one). " +
+		"Hit ratio (metrics) = (node hit + edge hit) / (node hit + miss + bypass + edge hit).")
+	if slices.ContainsFunc(c.pairs, func(pr cachePair) bool { return pr.via == viaDirect }) {
+		w.WriteString(" The direct variants never pass the router, so its edge counter does not move in them and only the nodes' count.")
+	}
+	// edgeKnownOff: the router was read and has no edge counter, so the nodes saw every read.
+	edgeKnownOff := c.meter.edgeRead && !c.meter.edgeExported
+	throughRouter := slices.ContainsFunc(c.pairs, func(pr cachePair) bool { return pr.via == viaRouter })
+	switch {
+	case !throughRouter:
+	case !c.meter.edgeRead:
+		w.WriteString(" The router's `/metrics` could not be read, so the hit ratio (metrics) of the variants through it is unknown.")
+	case edgeKnownOff:
+		w.WriteString(" The router exported no `" + edgeMetric + "` (its edge cache is off, or it predates the edge): " +
+			"it answered no read itself, and the nodes counted every one.")
+	}
+	w.WriteString("\n\n")
+	w.WriteString("| variant | answers by status | X-Read-Source of the 200s | hit ratio (answers) | " + cacheMetric + " Δ (API nodes) | " +
+		edgeMetric + " Δ (router) | hit ratio (metrics) |\n")
+	w.WriteString("|---|---|---|---:|---|---|---:|\n")
+	via := map[string]string{}
+	for _, pr := range c.pairs {
+		via[pr.uncached], via[pr.cached] = pr.via, pr.via
+	}
 	for _, ph := range c.phases() {
 		rc := c.counter.get(ph)
 		hits, total, share, ok := hitShare(rc.source200)
@@ -1346,20 +1412,22 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 		if ok {
 			hr = fmt.Sprintf("%s (%d / %d)", pct(share), hits, total)
 		}
-		mcell, mratio := "not exported", "–"
-		if u := c.meter.usage[ph]; u != nil && u.cacheSeen {
-			mc := map[string]int64{}
-			var sum float64
-			for k, v := range u.cache {
-				mc[k] = int64(math.Round(v))
-				sum += v
-			}
-			mcell = countCell(mc)
-			if sum > 0 {
-				mratio = pct(u.cache["hit"] / sum)
-			}
+		u := c.meter.usage[ph]
+		mcell, ecell, mratio := "not exported", "not exported", "–"
+		if u != nil && u.cacheSeen {
+			mcell = countCell(roundCounts(u.cache, ""))
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", ph, countCell(rc.status), countCell(rc.source200), hr, mcell, mratio)
+		switch {
+		case u == nil || edgeKnownOff:
+		case !u.edgeSeen:
+			ecell = "not read" // the router's /metrics failed around this phase
+		default:
+			ecell = countCell(roundCounts(u.edge, "edge "))
+		}
+		if r, ok := metricsHitRatio(u, via[ph] == viaRouter && !edgeKnownOff); ok {
+			mratio = pct(r)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", ph, countCell(rc.status), countCell(rc.source200), hr, mcell, ecell, mratio)
 	}
 
 	// CPU per request.
@@ -1454,8 +1522,12 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 	// Notes that void the comparison.
 	for _, pr := range c.pairs {
 		if rc := c.counter.get(pr.uncached); rc.source200["cache"] > 0 {
-			fmt.Fprintf(w, "\nNote: %d `%s` answers came from the cache: the API node does not honour `Cache-Control: no-cache`, "+
-				"so `%s` is not an uncached baseline and the ratio above means nothing.\n", rc.source200["cache"], pr.uncached, pr.uncached)
+			who := "the API node does not"
+			if pr.via == viaRouter {
+				who = "the router's edge or the API node does not"
+			}
+			fmt.Fprintf(w, "\nNote: %d `%s` answers came from the cache: %s honour `Cache-Control: no-cache`, "+
+				"so `%s` is not an uncached baseline and the ratio above means nothing.\n", rc.source200["cache"], pr.uncached, who, pr.uncached)
 		}
 		if rc := c.counter.get(pr.cached); rc.source200["cache"] == 0 {
 			fmt.Fprintf(w, "\nNote: no `%s` answer came from the cache (no `X-Read-Source: cache`): the API node has no read cache "+
@@ -1475,6 +1547,41 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 				bad, ph, countCell(rc.status))
 		}
 	}
+}
+
+// roundCounts is a counter's deltas as whole numbers, each result prefixed with prefix.
+func roundCounts(m map[string]float64, prefix string) map[string]int64 {
+	out := map[string]int64{}
+	for k, v := range m {
+		out[prefix+k] = int64(math.Round(v))
+	}
+	return out
+}
+
+// metricsHitRatio is a phase's hit ratio from the counters: (node hit + edge hit) / (node hit
+// + miss + bypass + edge hit). An edge hit is a read the router answered, which no node saw;
+// every other edge result is a read the router forwarded, which a node counted. edge says
+// whether the router's edge counts for the phase: its reads went through the router, and the
+// router is not known to lack the counter (a direct read never passes the router, so its
+// counter holds none of them); then the ratio needs the router's readings too. ok is false
+// without the readings or without reads.
+func metricsHitRatio(u *phaseUsage, edge bool) (float64, bool) {
+	if u == nil || !u.cacheSeen || (edge && !u.edgeSeen) {
+		return 0, false
+	}
+	var lookups float64
+	for _, v := range u.cache { // hit, miss, bypass
+		lookups += v
+	}
+	hits := u.cache["hit"]
+	if edge {
+		lookups += u.edge["hit"]
+		hits += u.edge["hit"]
+	}
+	if lookups <= 0 {
+		return 0, false
+	}
+	return hits / lookups, true
 }
 
 // cpuPerRequest is the CPU time per request of a phase summed over every measured process

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -139,13 +141,44 @@ meridian_cache_requests_total{kind="record",result="miss"} 8
 meridian_cache_requests_total{kind="record",result="bypass"} 2e+00
 meridian_cache_requests_total_created{kind="record",result="hit"} 1.7e9
 meridian_cache_fill_skipped_total{reason="lsn"} 3
+meridian_edge_cache_requests_total{result="hit"} 1000
 `
-	got, found := parseCacheRequests(strings.NewReader(text))
+	got, found := parseRequests(strings.NewReader(text), cacheMetric)
 	if !found || got["hit"] != 95 || got["miss"] != 8 || got["bypass"] != 2 || len(got) != 3 {
 		t.Errorf("got %v %v", got, found)
 	}
-	if _, found := parseCacheRequests(strings.NewReader("meridian_http_requests_total 3\n")); found {
+	if _, found := parseRequests(strings.NewReader("meridian_http_requests_total 3\n"), cacheMetric); found {
 		t.Error("found a series that is absent")
+	}
+}
+
+// TestParseEdgeRequests reads the router's edge counter by result, and neither counter as the
+// other (one name is not a prefix of the other, but a router and a node may expose both).
+func TestParseEdgeRequests(t *testing.T) {
+	text := `# HELP meridian_edge_cache_requests_total Record GETs the router looked up in the region's cache, by result.
+# TYPE meridian_edge_cache_requests_total counter
+meridian_edge_cache_requests_total{result="bypass"} 12
+meridian_edge_cache_requests_total{result="hit"} 4.1e+03
+meridian_edge_cache_requests_total{result="miss"} 30
+meridian_edge_cache_requests_total{result="stale"} 2
+meridian_edge_cache_requests_total{result="epoch"} 1
+meridian_edge_cache_requests_total{result="shard"} 0
+meridian_edge_cache_requests_total{result="error"} 3
+meridian_edge_cache_requests_total_created{result="hit"} 1.7e9
+meridian_cache_requests_total{kind="record",result="hit"} 7
+meridian_http_requests_total{route="edge"} 9
+`
+	got, found := parseRequests(strings.NewReader(text), edgeMetric)
+	want := map[string]float64{"bypass": 12, "hit": 4100, "miss": 30, "stale": 2, "epoch": 1, "shard": 0, "error": 3}
+	if !found || !maps.Equal(got, want) {
+		t.Errorf("edge: got %v %v, want %v", got, found, want)
+	}
+	if node, _ := parseRequests(strings.NewReader(text), cacheMetric); !maps.Equal(node, map[string]float64{"hit": 7}) {
+		t.Errorf("node counter read as %v", node)
+	}
+	// A router whose edge has counted nothing (or is off) exposes no series.
+	if _, found := parseRequests(strings.NewReader("# HELP go_goroutines x\ngo_goroutines 8\n"), edgeMetric); found {
+		t.Error("found an edge series that is absent")
 	}
 }
 
@@ -153,7 +186,8 @@ meridian_cache_fill_skipped_total{reason="lsn"} 3
 // compressed twice (as cmd/api's /metrics did) is still read, because the scrape asks for none.
 func TestScrapeCacheUncompressed(t *testing.T) {
 	const text = "meridian_cache_requests_total{kind=\"record\",result=\"hit\"} 7\n" +
-		"meridian_cache_requests_total{kind=\"record\",result=\"miss\"} 2\n"
+		"meridian_cache_requests_total{kind=\"record\",result=\"miss\"} 2\n" +
+		"meridian_edge_cache_requests_total{result=\"hit\"} 5\n"
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
 			var inner, outer bytes.Buffer
@@ -170,9 +204,102 @@ func TestScrapeCacheUncompressed(t *testing.T) {
 		w.Write([]byte(text))
 	}))
 	defer srv.Close()
-	got, ok := scrapeCache(t.Context(), srv.Client(), []string{srv.URL})
-	if !ok || got["hit"] != 7 || got["miss"] != 2 {
-		t.Fatalf("scrapeCache = %v, %v; want hit 7, miss 2", got, ok)
+	got, answered, found := scrapeCache(t.Context(), srv.Client(), []string{srv.URL}, cacheMetric)
+	if !answered || !found || got["hit"] != 7 || got["miss"] != 2 {
+		t.Fatalf("scrapeCache = %v, %v, %v; want hit 7, miss 2", got, answered, found)
+	}
+	// The router's edge counter is scraped the same way.
+	got, answered, found = scrapeCache(t.Context(), srv.Client(), []string{srv.URL}, edgeMetric)
+	if !answered || !found || got["hit"] != 5 || len(got) != 1 {
+		t.Fatalf("scrapeCache(edge) = %v, %v, %v; want hit 5", got, answered, found)
+	}
+}
+
+// TestScrapeCacheAbsent: a process that answers /metrics without the series has answered (its
+// counter has counted nothing), one that does not answer has not.
+func TestScrapeCacheAbsent(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprintln(w, "go_goroutines 8")
+	}))
+	defer srv.Close()
+	if got, answered, found := scrapeCache(t.Context(), srv.Client(), []string{srv.URL}, edgeMetric); !answered || found || len(got) != 0 {
+		t.Errorf("no series: %v %v %v", got, answered, found)
+	}
+	if _, answered, found := scrapeCache(t.Context(), srv.Client(), []string{srv.URL + "/gone"}, edgeMetric); answered || found {
+		t.Errorf("a 404 counted as answered: %v %v", answered, found)
+	}
+}
+
+// TestPhaseMeterEdge: the router's edge counter is added up per phase like the nodes' counter;
+// a result first counted during a phase counts from 0, a reading the router did not answer
+// leaves the phase without edge figures, and the counter is known to exist once a reading has it.
+func TestPhaseMeterEdge(t *testing.T) {
+	snaps := []meterSnap{
+		{cacheOK: true, cache: map[string]float64{"miss": 10}, edgeOK: true}, // the edge has counted nothing yet
+		{cacheOK: true, cache: map[string]float64{"miss": 15, "hit": 2}, edgeOK: true, edgeFound: true,
+			edge: map[string]float64{"hit": 40, "miss": 5}},
+		{cacheOK: true, cache: map[string]float64{"miss": 15, "hit": 2, "bypass": 50}, edgeOK: true, edgeFound: true,
+			edge: map[string]float64{"hit": 40, "miss": 5, "bypass": 50}},
+		{cacheOK: true, cache: map[string]float64{"miss": 16, "hit": 2, "bypass": 50}}, // the router's /metrics failed
+	}
+	i := 0
+	m := &phaseMeter{usage: map[string]*phaseUsage{}, snap: func(context.Context) meterSnap {
+		s := snaps[i]
+		i++
+		return s
+	}}
+	m.mark(t.Context(), cachedPhase)
+	if m.edgeExported || !m.edgeRead {
+		t.Errorf("after a reading without the series: exported %v, read %v", m.edgeExported, m.edgeRead)
+	}
+	m.mark(t.Context(), uncachedPhase)
+	m.mark(t.Context(), directPrefix+cachedPhase)
+	m.mark(t.Context(), "")
+	if !m.edgeExported {
+		t.Error("edge counter not noticed")
+	}
+	c := m.usage[cachedPhase]
+	if !c.edgeSeen || !maps.Equal(c.edge, map[string]float64{"hit": 40, "miss": 5}) || c.cache["miss"] != 5 || c.cache["hit"] != 2 {
+		t.Errorf("cached: %+v", c)
+	}
+	if u := m.usage[uncachedPhase]; !u.edgeSeen || u.edge["bypass"] != 50 || u.edge["hit"] != 0 || u.cache["bypass"] != 50 {
+		t.Errorf("no-cache: %+v", u)
+	}
+	if d := m.usage[directPrefix+cachedPhase]; d.edgeSeen || !d.cacheSeen || d.cache["miss"] != 1 {
+		t.Errorf("direct cached: %+v", d)
+	}
+}
+
+// TestMetricsHitRatio: edge hits count as hits the nodes never saw, the edge's other results
+// not at all (the nodes counted those reads), and only for reads through the router.
+func TestMetricsHitRatio(t *testing.T) {
+	u := &phaseUsage{cacheSeen: true, cache: map[string]float64{"hit": 10, "miss": 5, "bypass": 5},
+		edgeSeen: true, edge: map[string]float64{"hit": 80, "miss": 4, "stale": 3, "epoch": 1, "shard": 1, "error": 1, "bypass": 5}}
+	for _, tc := range []struct {
+		name string
+		u    *phaseUsage
+		edge bool
+		want float64
+		ok   bool
+	}{
+		{"through the router", u, true, 0.9, true}, // (10+80) / (10+5+5+80)
+		{"direct: nodes only", u, false, 0.5, true},
+		{"no reading of the router", &phaseUsage{cacheSeen: true, cache: u.cache, edge: u.edge}, true, 0, false},
+		{"no reading of the nodes", &phaseUsage{edgeSeen: true, cache: map[string]float64{}, edge: u.edge}, true, 0, false},
+		{"only edge hits", &phaseUsage{cacheSeen: true, cache: map[string]float64{}, edgeSeen: true, edge: map[string]float64{"hit": 7}}, true, 1, true},
+		{"nothing counted", &phaseUsage{cacheSeen: true, cache: map[string]float64{}, edgeSeen: true, edge: map[string]float64{}}, true, 0, false},
+		{"no phase", nil, true, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := metricsHitRatio(tc.u, tc.edge)
+			if ok != tc.ok || math.Abs(got-tc.want) > 1e-12 {
+				t.Errorf("got %v %v, want %v %v", got, ok, tc.want, tc.ok)
+			}
+		})
 	}
 }
 
@@ -326,11 +453,15 @@ func TestParseFlagsCache(t *testing.T) {
 	}
 }
 
-// fakeRegions is a stand-in for a cluster of routers with a read cache: records with versions
-// shared by every region, a new version visible in a reader region after lag, a per-region
-// cache that answers X-Read-Source: cache once a record was read there (unless the request says
-// Cache-Control: no-cache) and drops an entry when a newer version is visible, and the admin
-// tenant routes. Each region's node also serves /metrics with meridian_cache_requests_total.
+// fakeRegions is a stand-in for a cluster of routers and API nodes with a read cache: records
+// with versions shared by every region, a new version visible in a reader region after lag, a
+// per-region cache that answers X-Read-Source: cache once a record was read there (unless the
+// request says Cache-Control: no-cache) and drops an entry when a newer version is visible, and
+// the admin tenant routes. Each region has a router and an API node, two servers sharing that
+// state: the router answers a read itself when the region's cache has the visible version (the
+// edge), else hands it to the node's code; the node looks the cache up on every read. The node
+// serves /metrics with meridian_cache_requests_total, the router with
+// meridian_edge_cache_requests_total.
 type fakeRegions struct {
 	mu  sync.Mutex
 	lag time.Duration
@@ -342,8 +473,10 @@ type fakeRegions struct {
 	patched   map[string]bool
 	recs      map[string]*fakeRecord
 	puts      atomic.Int64
+	routers   map[string]*httptest.Server
 	nodes     map[string]*httptest.Server
-	results   map[string]map[string]int64 // region -> result -> count
+	results   map[string]map[string]int64 // region -> result -> count, of the node
+	edge      map[string]map[string]int64 // region -> result -> count, of the router's edge
 }
 
 type fakeRecord struct {
@@ -355,20 +488,24 @@ type fakeRecord struct {
 func newFakeRegions(t *testing.T, lag time.Duration, regions ...string) *fakeRegions {
 	t.Helper()
 	f := &fakeRegions{lag: lag, tenants: map[string]string{}, patched: map[string]bool{}, recs: map[string]*fakeRecord{},
-		nodes: map[string]*httptest.Server{}, results: map[string]map[string]int64{}}
+		routers: map[string]*httptest.Server{}, nodes: map[string]*httptest.Server{},
+		results: map[string]map[string]int64{}, edge: map[string]map[string]int64{}}
 	v, err := auth.NewVerifier(auth.Config{Secret: []byte(testSecret)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range regions {
-		f.results[r] = map[string]int64{}
-		f.nodes[r] = httptest.NewServer(f.handler(r, v))
+		f.results[r], f.edge[r] = map[string]int64{}, map[string]int64{}
+		f.routers[r] = httptest.NewServer(f.handler(r, v, true))
+		t.Cleanup(f.routers[r].Close)
+		f.nodes[r] = httptest.NewServer(f.handler(r, v, false))
 		t.Cleanup(f.nodes[r].Close)
 	}
 	return f
 }
 
-func (f *fakeRegions) handler(region string, v *auth.Verifier) http.Handler {
+// handler serves region's router (router true) or API node.
+func (f *fakeRegions) handler(region string, v *auth.Verifier, router bool) http.Handler {
 	mux := http.NewServeMux()
 	admin := func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Header.Get("Authorization") != "Bearer "+testAdmin {
@@ -411,6 +548,12 @@ func (f *fakeRegions) handler(region string, v *auth.Verifier) http.Handler {
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
+		if router {
+			for res, n := range f.edge[region] {
+				fmt.Fprintf(w, "%s{result=%q} %d\n", edgeMetric, res, n)
+			}
+			return
+		}
 		for res, n := range f.results[region] {
 			fmt.Fprintf(w, "%s{kind=\"record\",result=%q} %d\n", cacheMetric, res, n)
 		}
@@ -469,9 +612,24 @@ func (f *fakeRegions) handler(region string, v *auth.Verifier) http.Handler {
 		if rec.prev > 0 && (time.Since(rec.written) < f.lag || (f.flapEvery > 0 && f.reads%f.flapEvery == 0)) {
 			visible = rec.prev
 		}
+		noCache := r.Header.Get("Cache-Control") == "no-cache"
+		if router {
+			// The edge: a hit is answered here and never reaches the node.
+			switch {
+			case noCache:
+				f.edge[region]["bypass"]++
+			case rec.cached[region] == visible:
+				f.edge[region]["hit"]++
+				w.Header().Set("X-Read-Source", "cache")
+				fmt.Fprintf(w, `{"id":%q,"version":%d,"data":{}}`, r.PathValue("id"), visible)
+				return
+			default:
+				f.edge[region]["miss"]++
+			}
+		}
 		src := "replica"
 		switch {
-		case r.Header.Get("Cache-Control") == "no-cache":
+		case noCache:
 			f.results[region]["bypass"]++
 		case rec.cached[region] == visible:
 			src = "cache"
@@ -489,8 +647,8 @@ func (f *fakeRegions) handler(region string, v *auth.Verifier) http.Handler {
 func (f *fakeRegions) clusterFile(t *testing.T, latency bool) string {
 	t.Helper()
 	regions := map[string]any{}
-	for r, srv := range f.nodes {
-		regions[r] = map[string]any{"router": srv.URL, "routers": []string{srv.URL}, "api": []string{srv.URL}, "redis": "127.0.0.1:1"}
+	for r, srv := range f.routers {
+		regions[r] = map[string]any{"router": srv.URL, "routers": []string{srv.URL}, "api": []string{f.nodes[r].URL}, "redis": "127.0.0.1:1"}
 	}
 	b, _ := json.Marshal(map[string]any{"regions": regions, "dev_jwt_secret": testSecret, "admin_token": testAdmin,
 		"cluster_token": "c", "latency": latency})
@@ -543,6 +701,46 @@ func TestRunCache(t *testing.T) {
 	if !strings.Contains(md, "bypass×") || !strings.Contains(md, "hit×") {
 		t.Errorf("metric deltas missing")
 	}
+	// The router answers the cached variant's hits at the edge, which no node sees: the table
+	// shows them by name and the hit ratio (metrics) counts them.
+	for _, want := range []string{
+		"| " + cacheMetric + " Δ (API nodes) | " + edgeMetric + " Δ (router) | hit ratio (metrics) |",
+		"the router answers a plain record GET itself when it finds the record in the region's cache (the edge",
+		"the region's API nodes count the rest",
+		"The direct variants never pass the router, so its edge counter does not move in them",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	rows := map[string]cacheRow{}
+	for _, ph := range []string{uncachedPhase, cachedPhase, directPrefix + uncachedPhase, directPrefix + cachedPhase} {
+		rows[ph] = parseCacheRow(t, md, ph)
+	}
+	cached := rows[cachedPhase]
+	if cached.edge["edge hit"] == 0 || cached.edge["edge miss"] == 0 || cached.node["hit"] != 0 {
+		t.Errorf("cached: edge %v, node %v; want edge hits and misses (the fake's edge finds every entry the node would)",
+			cached.edge, cached.node)
+	}
+	for ph, r := range rows {
+		edgeHits := r.edge["edge hit"]
+		if strings.HasPrefix(ph, directPrefix) {
+			if n := r.edge["edge hit"] + r.edge["edge miss"] + r.edge["edge bypass"]; n != 0 {
+				t.Errorf("%s: the router's edge counted %d reads sent straight to the node", ph, n)
+			}
+			edgeHits = 0
+		}
+		want := 100 * float64(r.node["hit"]+edgeHits) / float64(r.node["hit"]+r.node["miss"]+r.node["bypass"]+edgeHits)
+		if math.Abs(r.ratio-want) > 0.051 {
+			t.Errorf("%s: hit ratio (metrics) %v %%, want %.2f %% from node %v and edge %v", ph, r.ratio, want, r.node, r.edge)
+		}
+	}
+	if r := rows[cachedPhase]; r.ratio < 50 {
+		t.Errorf("cached: hit ratio (metrics) %v %%, the fake caches every record read once", r.ratio)
+	}
+	if r := rows[uncachedPhase]; r.edge["edge bypass"] != r.node["bypass"] || r.edge["edge bypass"] == 0 || r.ratio != 0 {
+		t.Errorf("no-cache: edge %v, node %v, ratio %v; want every read bypassed at the edge and at the node", r.edge, r.node, r.ratio)
+	}
 	if f.puts.Load() != 300 || !f.patched["bench-cache-us-west"] {
 		t.Errorf("seeded %d records, patched %v", f.puts.Load(), f.patched)
 	}
@@ -564,12 +762,96 @@ func TestRunCache(t *testing.T) {
 	}
 }
 
+// cacheRow is a row of the cache report's answers table: the deltas of the nodes' and the
+// router's counters and the hit ratio (metrics) in percent.
+type cacheRow struct {
+	node, edge map[string]int64
+	ratio      float64
+}
+
+func parseCacheRow(t *testing.T, md, variant string) cacheRow {
+	t.Helper()
+	var cells []string
+	for _, line := range strings.Split(md, "\n") {
+		if strings.HasPrefix(line, "| "+variant+" | ") && strings.Count(line, "|") == 8 {
+			cells = strings.Split(strings.Trim(line, "| "), " | ")
+			break
+		}
+	}
+	if len(cells) != 7 {
+		t.Fatalf("no row of %q in the answers table", variant)
+	}
+	counts := func(cell string) map[string]int64 {
+		out := map[string]int64{}
+		if cell == "–" {
+			return out
+		}
+		for _, part := range strings.Split(cell, ", ") {
+			k, v, ok := strings.Cut(part, "×")
+			n, err := strconv.ParseInt(v, 10, 64)
+			if !ok || err != nil {
+				t.Fatalf("%s: cell %q", variant, cell)
+			}
+			out[k] = n
+		}
+		return out
+	}
+	ratio, err := strconv.ParseFloat(strings.TrimSuffix(cells[6], " %"), 64)
+	if err != nil {
+		t.Fatalf("%s: hit ratio (metrics) %q", variant, cells[6])
+	}
+	return cacheRow{node: counts(cells[4]), edge: counts(cells[5]), ratio: ratio}
+}
+
 func regexpFind(s, re string) string {
 	m := regexp.MustCompile(re).FindStringSubmatch(s)
 	if len(m) < 2 {
 		return ""
 	}
 	return m[1]
+}
+
+// TestCacheReportEdge: the answers table with a router whose edge counted, one without the edge
+// counter, and one whose /metrics was never read.
+func TestCacheReportEdge(t *testing.T) {
+	pairs := cachePairs([]string{viaRouter, viaDirect}, "http://router", "http://api")
+	usage := func(edgeSeen bool) map[string]*phaseUsage {
+		return map[string]*phaseUsage{
+			uncachedPhase: {cacheSeen: true, cache: map[string]float64{"bypass": 100}, edgeSeen: edgeSeen,
+				edge: map[string]float64{"bypass": 100}},
+			cachedPhase: {cacheSeen: true, cache: map[string]float64{"hit": 10, "miss": 20}, edgeSeen: edgeSeen,
+				edge: map[string]float64{"hit": 70, "miss": 15, "stale": 5}},
+			directPrefix + uncachedPhase: {cacheSeen: true, cache: map[string]float64{"bypass": 100}, edgeSeen: edgeSeen, edge: map[string]float64{}},
+			directPrefix + cachedPhase:   {cacheSeen: true, cache: map[string]float64{"hit": 90, "miss": 10}, edgeSeen: edgeSeen, edge: map[string]float64{}},
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		meter    *phaseMeter
+		cached   string // the cached row's edge cell and ratio
+		direct   string // the direct cached row's
+		sentence string
+	}{
+		{"edge on", &phaseMeter{usage: usage(true), edgeRead: true, edgeExported: true},
+			"| edge hit×70, edge miss×15, edge stale×5 | 80.0 % |", "| – | 90.0 % |", "the router answers a plain record GET itself"},
+		{"edge off", &phaseMeter{usage: usage(true), edgeRead: true},
+			"| not exported | 33.3 % |", "| not exported | 90.0 % |", "The router exported no `" + edgeMetric + "`"},
+		{"router not read", &phaseMeter{usage: usage(false)},
+			"| not read | – |", "| not read | 90.0 % |", "The router's `/metrics` could not be read"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var w strings.Builder
+			writeCacheReport(&w, cacheReport{o: &options{cacheFlags: cacheFlags{records: 10, zipfS: 1.1}}, rep: &loadgen.Report{},
+				counter: newReadCounter(nil), meter: tc.meter, pairs: pairs})
+			md := w.String()
+			for _, want := range []string{"| cached | – | – | – | hit×10, miss×20 " + tc.cached,
+				"| direct cached | – | – | – | hit×90, miss×10 " + tc.direct, tc.sentence} {
+				if !strings.Contains(md, want) {
+					t.Errorf("report lacks %q:\n%s", want, md)
+				}
+			}
+		})
+	}
 }
 
 // TestCPUPerRequest: the "all of them" column and the saturated-CPU ratio add every process's
