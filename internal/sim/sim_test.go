@@ -1,16 +1,21 @@
 package sim
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -131,6 +136,7 @@ func TestClusterUpDemoDown(t *testing.T) {
 		}
 	}
 
+	checkEdge(t, ctx, f)
 	checkPartition(t, ctx, c, f)
 	checkKillRestart(t, ctx, c, f)
 
@@ -272,4 +278,276 @@ func checkKillRestart(t *testing.T, ctx context.Context, c *Cluster, f *ClusterF
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
+}
+
+// checkEdge holds the routers' edge cache (docs/internal-contracts.md, "The edge in the real
+// topology") to what the API nodes answer: a record of a tenant homed in us-east, read through
+// eu-west's router, is answered by the router itself (its edge hit counter moves) with the same
+// body bytes, ETag, Content-Type, Vary and X-Read-Source as eu-west's API node answers it from
+// its cache; reads with Cache-Control: no-cache, Prefer: consistency=strong or the write's
+// Consistency-Token are forwarded (the bypass counter moves, the hit counter does not); after
+// an update through us-east, eu-west's router answers the new version within 10 s, then never
+// the old one again, and its edge answers the new one.
+func checkEdge(t *testing.T, ctx context.Context, f *ClusterFile) {
+	t.Helper()
+	const home, reader, tenant = "us-east", "eu-west", "demo-us-east"
+	tok, err := MintToken(f.DevJWTSecret, TokenSpec{Tenant: tenant})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 15 * time.Second}
+	const path = "/v1/collections/notes/records/edge"
+	router := f.Regions[reader].Router
+	node := f.Regions[reader].API[0]
+
+	// The data has characters encoding/json's HTML escaping rewrites and spaces compaction
+	// drops, so the edge must spell the body as the node does, not merely hold the same data.
+	put := func(v int) (etag, token string) {
+		t.Helper()
+		body := fmt.Sprintf(`{"data": {"v": %d, "note": "<edge> & \u2028 ü", "nested": {"a": [1, 2.50, true]}}}`, v)
+		st, h, b, err := call(ctx, client, http.MethodPut, f.Regions[home].Router+path, tok, body, "")
+		if err != nil {
+			t.Fatalf("edge: PUT via %s: %v", home, err)
+		}
+		if st != http.StatusOK && st != http.StatusCreated || h.Get("ETag") == "" || h.Get("Consistency-Token") == "" {
+			t.Fatalf("edge: PUT via %s: status %d, ETag %q, Consistency-Token %q: %s", home, st, h.Get("ETag"), h.Get("Consistency-Token"), b)
+		}
+		return h.Get("ETag"), h.Get("Consistency-Token")
+	}
+	// read GETs the record through eu-west's router with extra headers, scraping the router's
+	// edge counter before and after: delta is what this read added to each result.
+	read := func(hdr map[string]string) (a edgeAnswer, delta map[string]float64) {
+		t.Helper()
+		before, err := edgeCounts(ctx, client, router)
+		if err != nil {
+			t.Fatalf("edge: %v", err)
+		}
+		if a, err = getWith(ctx, client, router+path, tok, hdr); err != nil {
+			t.Fatalf("edge: GET via %s: %v", reader, err)
+		}
+		after, err := edgeCounts(ctx, client, router)
+		if err != nil {
+			t.Fatalf("edge: %v", err)
+		}
+		delta = map[string]float64{}
+		for k, v := range after {
+			if d := v - before[k]; d != 0 {
+				delta[k] = d
+			}
+		}
+		return a, delta
+	}
+	edgeHit := func(a edgeAnswer, delta map[string]float64) bool {
+		return a.status == http.StatusOK && a.header.Get("X-Read-Source") == "cache" && delta["hit"] == 1
+	}
+
+	etag1, token1 := put(1)
+	// The first reads miss at the edge and go to the node, which reads eu-west's standby
+	// (once it has replayed the write) and fills the region's cache; the edge serves the entry
+	// once the node publishes the shard's freshness. 45 s: as demoCache, for a busy machine.
+	var edge edgeAnswer
+	var seq []string
+	for deadline := time.Now().Add(45 * time.Second); ; {
+		a, delta := read(nil)
+		seq = append(seq, fmt.Sprintf("%d %s %s %v", a.status, a.header.Get("ETag"), a.header.Get("X-Read-Source"), delta))
+		if edgeHit(a, delta) && a.header.Get("ETag") == etag1 {
+			edge = a
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("edge: %s's router never answered the record from its edge cache (status ETag source counter-deltas): %s", reader, collapse(seq))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("edge: reads via %s until its router answered: %s", reader, collapse(seq))
+
+	// The same record from eu-west's API node directly, answered from the same cache entry.
+	var direct edgeAnswer
+	seq = nil
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if direct, err = getWith(ctx, client, node+path, tok, nil); err != nil {
+			t.Fatalf("edge: GET from %s's API node: %v", reader, err)
+		}
+		seq = append(seq, fmt.Sprintf("%d %s %s", direct.status, direct.header.Get("ETag"), direct.header.Get("X-Read-Source")))
+		if direct.status == http.StatusOK && direct.header.Get("X-Read-Source") == "cache" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("edge: %s's API node never answered the record from its cache: %s", reader, collapse(seq))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !bytes.Equal(edge.body, direct.body) {
+		t.Errorf("edge: body differs from the API node's\n edge: %s\n node: %s", edge.body, direct.body)
+	}
+	for _, k := range []string{"ETag", "Content-Type", "X-Read-Source", "Vary"} {
+		if e, n := edge.header.Values(k), direct.header.Values(k); !slices.Equal(e, n) || len(e) != 1 {
+			t.Errorf("edge: %s: edge answered %q, the API node %q", k, e, n)
+		}
+	}
+	for name, a := range map[string]edgeAnswer{"edge": edge, "API node": direct} {
+		if got := a.header.Values("X-Served-Region"); len(got) != 1 || got[0] != reader {
+			t.Errorf("edge: the %s's X-Served-Region is %q, want %q", name, got, reader)
+		}
+	}
+	var rec struct {
+		Data struct {
+			V    int    `json:"v"`
+			Note string `json:"note"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(edge.body, &rec); err != nil || rec.Data.V != 1 || rec.Data.Note != "<edge> & \u2028 ü" {
+		t.Errorf("edge: body %s does not hold what was written (%v)", edge.body, err)
+	}
+	if edge.header.Get("X-Request-Id") == "" {
+		t.Errorf("edge: answer without the router's X-Request-Id: %v", edge.header)
+	}
+
+	// Reads the node would not serve from the cache as a plain read never reach the edge.
+	for _, hdr := range []map[string]string{
+		{"Cache-Control": "no-cache"},
+		{"Prefer": "consistency=strong"},
+		{"Consistency-Token": token1},
+	} {
+		a, delta := read(hdr)
+		if a.status != http.StatusOK || a.header.Get("ETag") != etag1 {
+			t.Errorf("edge: GET via %s with %v: status %d, ETag %q, want 200 %s", reader, hdr, a.status, a.header.Get("ETag"), etag1)
+		}
+		if delta["hit"] != 0 || delta["bypass"] != 1 {
+			t.Errorf("edge: GET via %s with %v moved the edge counter by %v, want bypass +1 and no hit", reader, hdr, delta)
+		}
+		// A token read may still come from the node's cache (an entry covering the token);
+		// the other two may not.
+		if _, tokenRead := hdr["Consistency-Token"]; !tokenRead && a.header.Get("X-Read-Source") == "cache" {
+			t.Errorf("edge: GET via %s with %v answered from a cache", reader, hdr)
+		}
+		t.Logf("edge: GET via %s with %v: X-Read-Source %s, counter %v", reader, hdr, a.header.Get("X-Read-Source"), delta)
+	}
+
+	// An update through the home region: the reader's router answers the new version within
+	// 10 s, and from then on never the old one, and its edge answers the new one.
+	etag2, _ := put(2)
+	acked := time.Now()
+	var polls int
+	for {
+		a, err := getWith(ctx, client, router+path, tok, nil)
+		if err != nil {
+			t.Fatalf("edge: GET via %s after the update: %v", reader, err)
+		}
+		polls++
+		if a.status == http.StatusOK && a.header.Get("ETag") == etag2 {
+			t.Logf("edge: %s answered the new version %s %s after the update (%d reads; X-Read-Source: %s)",
+				reader, etag2, time.Since(acked).Round(time.Millisecond), polls, a.header.Get("X-Read-Source"))
+			break
+		}
+		if time.Since(acked) > 10*time.Second {
+			t.Errorf("edge: %s still answers %d %s 10 s after the update to %s", reader, a.status, a.header.Get("ETag"), etag2)
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var after, edgeNew int
+	for deadline := time.Now().Add(30 * time.Second); after < 50 || edgeNew == 0; after++ {
+		a, delta := read(nil)
+		if a.status != http.StatusOK || a.header.Get("ETag") != etag2 {
+			t.Errorf("edge: read %d via %s after the new version: %d %s (source %s, counter %v), want %s",
+				after+1, reader, a.status, a.header.Get("ETag"), a.header.Get("X-Read-Source"), delta, etag2)
+			return
+		}
+		if edgeHit(a, delta) {
+			edgeNew++
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("edge: %d reads via %s answered the new version, none of them from the edge", after+1, reader)
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("edge: %d further reads via %s all answered %s, %d of them from the edge", after, reader, etag2, edgeNew)
+}
+
+// collapse joins seq with ", ", writing a run of equal elements once with its count.
+func collapse(seq []string) string {
+	var out []string
+	for i := 0; i < len(seq); {
+		j := i + 1
+		for j < len(seq) && seq[j] == seq[i] {
+			j++
+		}
+		if j-i > 1 {
+			out = append(out, fmt.Sprintf("%s ×%d", seq[i], j-i))
+		} else {
+			out = append(out, seq[i])
+		}
+		i = j
+	}
+	return strings.Join(out, ", ")
+}
+
+// edgeAnswer is one answer of checkEdge's reads.
+type edgeAnswer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// getWith GETs url with a bearer token, Accept-Encoding: identity (so bodies compare byte for
+// byte, never transparently decompressed) and hdr.
+func getWith(ctx context.Context, c *http.Client, url, token string, hdr map[string]string) (edgeAnswer, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return edgeAnswer{}, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Accept-Encoding", "identity")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return edgeAnswer{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return edgeAnswer{resp.StatusCode, resp.Header, b}, err
+}
+
+// edgeCounts scrapes a router's /metrics for meridian_edge_cache_requests_total by result (a
+// result not yet counted is absent, i.e. 0).
+func edgeCounts(ctx context.Context, c *http.Client, router string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, router+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept-Encoding", "identity")
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s/metrics: %w", router, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s/metrics: status %d", router, resp.StatusCode)
+	}
+	const series = `meridian_edge_cache_requests_total{result="`
+	counts := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), series)
+		if !ok {
+			continue
+		}
+		result, value, ok := strings.Cut(rest, `"} `)
+		v, err := strconv.ParseFloat(value, 64)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("scrape %s/metrics: line %q", router, sc.Text())
+		}
+		counts[result] = v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("scrape %s/metrics: %w", router, err)
+	}
+	return counts, nil
 }
