@@ -1,13 +1,18 @@
 package suite
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
+	"maps"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -96,15 +101,35 @@ func TestFaultsShort(t *testing.T) {
 // invalidation was due, 1 s after the write's acknowledgement), and every `/v1/changes`
 // reader (2 tenants, one reader per region each, resuming with Last-Event-ID through every
 // fault) must have ended ok with every acknowledged write of its tenant, once and in order.
+// The routers must have answered cached reads themselves (their edge cache,
+// meridian_edge_cache_requests_total{result="hit"} summed over every router, scraped after the
+// run while the cluster is up): the checker judges those reads like every other cached read
+// (they say X-Read-Source: cache).
 func TestFaultsEvents(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the whole three-region topology and runs it for 60 s; run without -short")
 	}
 	kinds := []string{nemesis.KillNATS, nemesis.KillRedis, nemesis.KillRelay, nemesis.Partition}
-	runFaults(t, 1, kinds, shortHolds, 60*time.Second, func(t *testing.T, res Result) {
+	runFaults(t, 1, kinds, shortHolds, 60*time.Second, func(t *testing.T, res Result, f *sim.ClusterFile) {
 		s := res.Summary
 		if s.CachedReads == 0 {
 			t.Errorf("no read was answered by a cache (X-Read-Source: cache): the cache was never exercised")
+		}
+		var hits float64
+		for _, r := range slices.Sorted(maps.Keys(f.Regions)) {
+			for _, router := range f.Regions[r].Routers {
+				counts, err := edgeCounts(router)
+				if err != nil {
+					t.Errorf("router of %s: %v", r, err)
+					continue
+				}
+				t.Logf("edge cache of %s's router %s: %v", r, router, counts)
+				hits += counts["hit"]
+			}
+		}
+		t.Logf("cached reads in the history: %d; edge hits of the routers: %.0f", s.CachedReads, hits)
+		if hits == 0 {
+			t.Errorf("no router answered a read from its edge cache (meridian_edge_cache_requests_total{result=\"hit\"} is 0 on every router)")
 		}
 		if want := 2 * 3; s.ChangeReaders != want || s.ChangeReadersOK != want {
 			t.Errorf("change-stream readers ok / all: %d / %d, want %d / %d", s.ChangeReadersOK, s.ChangeReaders, want, want)
@@ -135,7 +160,7 @@ func TestFaultsMoves(t *testing.T) {
 		t.Skip("starts the whole three-region topology and runs it for 60 s; run without -short")
 	}
 	kinds := []string{nemesis.Move, nemesis.KillRebalancer, nemesis.KillAPI, nemesis.Partition}
-	runFaults(t, 1, kinds, shortHolds, 60*time.Second, func(t *testing.T, res Result) {
+	runFaults(t, 1, kinds, shortHolds, 60*time.Second, func(t *testing.T, res Result, _ *sim.ClusterFile) {
 		done := 0
 		for _, m := range res.Moves {
 			t.Logf("move %s of %s %s→%s: %s, requested %.1fs, ended %.1fs, pause %d ms, %d rows, %d repairs %s",
@@ -169,8 +194,9 @@ func TestFaultsPartition(t *testing.T) {
 }
 
 // runFaults runs the suite for d with seed, kinds and plan's holds on a cluster of its own
-// and checks the result, then calls more (if set) with it.
-func runFaults(t *testing.T, seed int64, kinds []string, plan nemesis.PlanConfig, d time.Duration, more func(*testing.T, Result)) {
+// and checks the result, then calls more (if set) with it and the cluster's endpoints (the
+// cluster is still up).
+func runFaults(t *testing.T, seed int64, kinds []string, plan nemesis.PlanConfig, d time.Duration, more func(*testing.T, Result, *sim.ClusterFile)) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute+d)
 	defer cancel()
 	c := startCluster(t, ctx)
@@ -251,7 +277,7 @@ func runFaults(t *testing.T, seed int64, kinds []string, plan nemesis.PlanConfig
 	}
 
 	if more != nil {
-		more(t, res)
+		more(t, res, c.Info())
 	}
 
 	// The file on disk is the same history, and judged the same.
@@ -266,4 +292,42 @@ func runFaults(t *testing.T, seed int64, kinds []string, plan nemesis.PlanConfig
 	if !slices.Equal(again.History.Header.Faults, res.History.Header.Faults) || again.History.Header.Seed != seed {
 		t.Errorf("replayed header %+v differs from the run's %+v", again.History.Header, res.History.Header)
 	}
+}
+
+// edgeCounts scrapes a router's /metrics for meridian_edge_cache_requests_total by result (a
+// result not yet counted is absent, i.e. 0).
+func edgeCounts(router string) (map[string]float64, error) {
+	req, err := http.NewRequest(http.MethodGet, router+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept-Encoding", "identity")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s/metrics: %w", router, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s/metrics: status %d", router, resp.StatusCode)
+	}
+	const series = `meridian_edge_cache_requests_total{result="`
+	counts := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), series)
+		if !ok {
+			continue
+		}
+		result, value, ok := strings.Cut(rest, `"} `)
+		v, err := strconv.ParseFloat(value, 64)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("scrape %s/metrics: line %q", router, sc.Text())
+		}
+		counts[result] = v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("scrape %s/metrics: %w", router, err)
+	}
+	return counts, nil
 }
