@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -15,12 +14,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/internal/topology"
 )
 
@@ -318,14 +317,14 @@ func checkEdge(t *testing.T, ctx context.Context, f *ClusterFile) {
 	// edge counter before and after: delta is what this read added to each result.
 	read := func(hdr map[string]string) (a edgeAnswer, delta map[string]float64) {
 		t.Helper()
-		before, err := edgeCounts(ctx, client, router)
+		before, err := testenv.EdgeCounts(ctx, client, router)
 		if err != nil {
 			t.Fatalf("edge: %v", err)
 		}
 		if a, err = getWith(ctx, client, router+path, tok, hdr); err != nil {
 			t.Fatalf("edge: GET via %s: %v", reader, err)
 		}
-		after, err := edgeCounts(ctx, client, router)
+		after, err := testenv.EdgeCounts(ctx, client, router)
 		if err != nil {
 			t.Fatalf("edge: %v", err)
 		}
@@ -512,42 +511,4 @@ func getWith(ctx context.Context, c *http.Client, url, token string, hdr map[str
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return edgeAnswer{resp.StatusCode, resp.Header, b}, err
-}
-
-// edgeCounts scrapes a router's /metrics for meridian_edge_cache_requests_total by result (a
-// result not yet counted is absent, i.e. 0).
-func edgeCounts(ctx context.Context, c *http.Client, router string) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, router+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept-Encoding", "identity")
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("scrape %s/metrics: %w", router, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("scrape %s/metrics: status %d", router, resp.StatusCode)
-	}
-	const series = `meridian_edge_cache_requests_total{result="`
-	counts := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), series)
-		if !ok {
-			continue
-		}
-		result, value, ok := strings.Cut(rest, `"} `)
-		v, err := strconv.ParseFloat(value, 64)
-		if !ok || err != nil {
-			return nil, fmt.Errorf("scrape %s/metrics: line %q", router, sc.Text())
-		}
-		counts[result] = v
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("scrape %s/metrics: %w", router, err)
-	}
-	return counts, nil
 }

@@ -23,7 +23,12 @@
 package testenv
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -187,4 +192,42 @@ func ProcessCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// EdgeCounts scrapes a router's /metrics (base URL router) for
+// meridian_edge_cache_requests_total by result; a result not yet counted is absent (0).
+func EdgeCounts(ctx context.Context, c *http.Client, router string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, router+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept-Encoding", "identity")
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s/metrics: %w", router, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s/metrics: status %d", router, resp.StatusCode)
+	}
+	const series = `meridian_edge_cache_requests_total{result="`
+	counts := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), series)
+		if !ok {
+			continue
+		}
+		result, value, ok := strings.Cut(rest, `"} `)
+		v, err := strconv.ParseFloat(value, 64)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("scrape %s/metrics: line %q", router, sc.Text())
+		}
+		counts[result] = v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("scrape %s/metrics: %w", router, err)
+	}
+	return counts, nil
 }

@@ -1,10 +1,8 @@
 package suite
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"fmt"
 	"maps"
 	"net/http"
 	"os"
@@ -12,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +19,7 @@ import (
 	"github.com/meridian-dev/meridian/internal/faults/nemesis"
 	"github.com/meridian-dev/meridian/internal/faults/workload"
 	"github.com/meridian-dev/meridian/internal/sim"
+	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/internal/topology"
 )
 
@@ -118,7 +116,7 @@ func TestFaultsEvents(t *testing.T) {
 		var hits float64
 		for _, r := range slices.Sorted(maps.Keys(f.Regions)) {
 			for _, router := range f.Regions[r].Routers {
-				counts, err := edgeCounts(router)
+				counts, err := testenv.EdgeCounts(context.Background(), &http.Client{Timeout: 10 * time.Second}, router)
 				if err != nil {
 					t.Errorf("router of %s: %v", r, err)
 					continue
@@ -292,42 +290,4 @@ func runFaults(t *testing.T, seed int64, kinds []string, plan nemesis.PlanConfig
 	if !slices.Equal(again.History.Header.Faults, res.History.Header.Faults) || again.History.Header.Seed != seed {
 		t.Errorf("replayed header %+v differs from the run's %+v", again.History.Header, res.History.Header)
 	}
-}
-
-// edgeCounts scrapes a router's /metrics for meridian_edge_cache_requests_total by result (a
-// result not yet counted is absent, i.e. 0).
-func edgeCounts(router string) (map[string]float64, error) {
-	req, err := http.NewRequest(http.MethodGet, router+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept-Encoding", "identity")
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("scrape %s/metrics: %w", router, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("scrape %s/metrics: status %d", router, resp.StatusCode)
-	}
-	const series = `meridian_edge_cache_requests_total{result="`
-	counts := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), series)
-		if !ok {
-			continue
-		}
-		result, value, ok := strings.Cut(rest, `"} `)
-		v, err := strconv.ParseFloat(value, 64)
-		if !ok || err != nil {
-			return nil, fmt.Errorf("scrape %s/metrics: line %q", router, sc.Text())
-		}
-		counts[result] = v
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("scrape %s/metrics: %w", router, err)
-	}
-	return counts, nil
 }
