@@ -607,6 +607,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if len(os.Args) == 2 && os.Args[1] == readEchoArg {
+		if err := serveReadEcho(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) == 2 && os.Args[1] == echoArg {
 		if err := serveEcho(); err != nil {
 			fmt.Fprintln(os.Stderr, err)

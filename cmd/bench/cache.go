@@ -1181,35 +1181,10 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 
 	// The two variants on every path.
-	counter := newReadCounter(loadgen.NewTransport(o.cfg.Concurrency))
-	o.cfg.Client = &http.Client{Transport: counter, Timeout: o.cfg.Timeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	counter, client := newCacheClient(o.cfg.Concurrency, o.cfg.Timeout)
+	o.cfg.Client = client
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
-	auth := []string{"Bearer " + token}
-	accept := []string{"application/json"}
-	var targets []loadgen.Target
-	for _, pr := range pairs {
-		coll := pr.base + "/v1/collections/" + zipfCollection + "/records/"
-		for i, name := range []string{pr.uncached, pr.cached} {
-			uncached := i == 0
-			// One sampler per worker: loadgen calls New for a worker from that worker's
-			// goroutine only, and its rounds (and warm-up) one after another. Every path draws
-			// the same ids (the seed depends on the variant only).
-			samplers := make([]*zipfSampler, o.cfg.Concurrency)
-			for w := range samplers {
-				samplers[w] = newZipfSampler(zipfSeed+uint64(i), uint64(w), o.zipfS, o.records)
-			}
-			reqID := "bench-" + runID + "-" + strings.ReplaceAll(name, " ", "-") + "-"
-			targets = append(targets, loadgen.Target{Name: name, New: func(w int, seq uint64) loadgen.Request {
-				h := http.Header{"Authorization": auth, "Accept": accept,
-					"X-Request-Id": {reqID + strconv.FormatUint(seq, 10)}}
-				if uncached {
-					h["Cache-Control"] = []string{"no-cache"}
-				}
-				return loadgen.Request{Method: http.MethodGet, URL: coll + zipfID(samplers[w].next()), Header: h}
-			}})
-		}
-	}
+	targets := cacheTargets(pairs, token, runID, o.cfg.Concurrency, o.records, o.zipfS)
 
 	meter := newPhaseMeter(findRoles(router, reg.API, pgPort, reg.Redis), reg.API)
 	meter.router = router
@@ -1258,6 +1233,45 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	writeCacheReport(&md, cacheReport{o: o, region: region, home: home, shard: shard, tenant: tenant.id, seeded: seeded,
 		rep: rep, counter: counter, meter: meter, pg: pg, pgNote: pgNote, pgSecs: pgSecs, pairs: pairs})
 	return emit(o, md.String(), rep, stdout, stderr)
+}
+
+// newCacheClient is the cache scenario's load-generating client: loadgen's transport for
+// concurrency workers under a readCounter, never following redirects.
+func newCacheClient(concurrency int, timeout time.Duration) (*readCounter, *http.Client) {
+	counter := newReadCounter(loadgen.NewTransport(concurrency))
+	return counter, &http.Client{Transport: counter, Timeout: timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+// cacheTargets are the cache scenario's targets: every pair's uncached then cached GET of
+// Zipf-drawn records of the collection, with token, one request id per request under runID.
+func cacheTargets(pairs []cachePair, token, runID string, concurrency, records int, zipfS float64) []loadgen.Target {
+	auth := []string{"Bearer " + token}
+	accept := []string{"application/json"}
+	var targets []loadgen.Target
+	for _, pr := range pairs {
+		coll := pr.base + "/v1/collections/" + zipfCollection + "/records/"
+		for i, name := range []string{pr.uncached, pr.cached} {
+			uncached := i == 0
+			// One sampler per worker: loadgen calls New for a worker from that worker's
+			// goroutine only, and its rounds (and warm-up) one after another. Every path draws
+			// the same ids (the seed depends on the variant only).
+			samplers := make([]*zipfSampler, concurrency)
+			for w := range samplers {
+				samplers[w] = newZipfSampler(zipfSeed+uint64(i), uint64(w), zipfS, records)
+			}
+			reqID := "bench-" + runID + "-" + strings.ReplaceAll(name, " ", "-") + "-"
+			targets = append(targets, loadgen.Target{Name: name, New: func(w int, seq uint64) loadgen.Request {
+				h := http.Header{"Authorization": auth, "Accept": accept,
+					"X-Request-Id": {reqID + strconv.FormatUint(seq, 10)}}
+				if uncached {
+					h["Cache-Control"] = []string{"no-cache"}
+				}
+				return loadgen.Request{Method: http.MethodGet, URL: coll + zipfID(samplers[w].next()), Header: h}
+			}})
+		}
+	}
+	return targets
 }
 
 // viaTitle is the part of the default heading that names the paths.
