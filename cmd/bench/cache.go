@@ -289,10 +289,17 @@ const zipfSeed = 13
 // under the phase (target) being measured; answers outside a phase (warm-up) are not counted.
 type readCounter struct {
 	base  http.RoundTripper
-	phase atomic.Pointer[string]
+	phase atomic.Pointer[readPhase] // nil: outside a phase
 
-	mu     sync.Mutex
-	counts map[string]*readCounts
+	mu     sync.Mutex // guards counts (the map; each readPhase has its own lock)
+	counts map[string]*readPhase
+}
+
+// readPhase is one phase's readCounts under its own lock, so that counting an answer takes
+// neither the counter's lock nor a map lookup by phase name.
+type readPhase struct {
+	mu sync.Mutex
+	rc readCounts
 }
 
 // readCounts is what one phase's answers were.
@@ -304,33 +311,50 @@ type readCounts struct {
 var _ http.RoundTripper = (*readCounter)(nil)
 
 func newReadCounter(base http.RoundTripper) *readCounter {
-	return &readCounter{base: base, counts: map[string]*readCounts{}}
+	return &readCounter{base: base, counts: map[string]*readPhase{}}
 }
 
-func (c *readCounter) setPhase(name string) { c.phase.Store(&name) }
+// setPhase counts the answers that come back from now on under name ("": none).
+func (c *readCounter) setPhase(name string) {
+	if name == "" {
+		c.phase.Store(nil)
+		return
+	}
+	c.mu.Lock()
+	p := c.counts[name]
+	if p == nil {
+		p = &readPhase{rc: readCounts{status: map[string]int64{}, source200: map[string]int64{}}}
+		c.counts[name] = p
+	}
+	c.mu.Unlock()
+	c.phase.Store(p)
+}
 
 func (c *readCounter) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := c.base.RoundTrip(req)
-	name := c.phase.Load()
-	if name == nil || *name == "" {
+	p := c.phase.Load()
+	if p == nil {
 		return resp, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	rc := c.counts[*name]
-	if rc == nil {
-		rc = &readCounts{status: map[string]int64{}, source200: map[string]int64{}}
-		c.counts[*name] = rc
-	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if err != nil {
-		rc.status[loadgen.TransportError]++
+		p.rc.status[loadgen.TransportError]++
 		return resp, err
 	}
-	rc.status[strconv.Itoa(resp.StatusCode)]++
+	p.rc.status[countKey(resp.StatusCode)]++
 	if resp.StatusCode == http.StatusOK {
-		rc.source200[readSource(resp.Header)]++
+		p.rc.source200[readSource(resp.Header)]++
 	}
 	return resp, err
+}
+
+// countKey is a status code as a count's key; "200" without building the string again.
+func countKey(code int) string {
+	if code == http.StatusOK {
+		return "200"
+	}
+	return strconv.Itoa(code)
 }
 
 // get returns a copy of a phase's counts (empty when it saw nothing).
@@ -338,9 +362,11 @@ func (c *readCounter) get(phase string) readCounts {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := readCounts{status: map[string]int64{}, source200: map[string]int64{}}
-	if rc := c.counts[phase]; rc != nil {
-		maps.Copy(out.status, rc.status)
-		maps.Copy(out.source200, rc.source200)
+	if p := c.counts[phase]; p != nil {
+		p.mu.Lock()
+		maps.Copy(out.status, p.rc.status)
+		maps.Copy(out.source200, p.rc.source200)
+		p.mu.Unlock()
 	}
 	return out
 }
@@ -1181,8 +1207,7 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 
 	// The two variants on every path.
-	counter, client := newCacheClient(o.cfg.Concurrency, o.cfg.Timeout)
-	o.cfg.Client = client
+	counter := useCacheClient(&o.cfg)
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
 	targets := cacheTargets(pairs, token, runID, o.cfg.Concurrency, o.records, o.zipfS)
 
@@ -1235,12 +1260,13 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	return emit(o, md.String(), rep, stdout, stderr)
 }
 
-// newCacheClient is the cache scenario's load-generating client: loadgen's transport for
-// concurrency workers under a readCounter, never following redirects.
-func newCacheClient(concurrency int, timeout time.Duration) (*readCounter, *http.Client) {
-	counter := newReadCounter(loadgen.NewTransport(concurrency))
-	return counter, &http.Client{Transport: counter, Timeout: timeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+// useCacheClient sets cfg to send the cache scenario's requests: straight through a readCounter
+// over loadgen's transport for cfg.Concurrency workers (no http.Client: loadgen applies
+// cfg.Timeout itself, and a RoundTripper never follows redirects), and returns the counter.
+func useCacheClient(cfg *loadgen.Config) *readCounter {
+	counter := newReadCounter(loadgen.NewTransport(cfg.Concurrency))
+	cfg.Client, cfg.Transport = nil, counter
+	return counter
 }
 
 // cacheTargets are the cache scenario's targets: every pair's uncached then cached GET of

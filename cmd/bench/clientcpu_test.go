@@ -56,13 +56,13 @@ func BenchmarkCacheClientCPU(b *testing.B) {
 
 	const workers = 16
 	pairs := []cachePair{{via: viaRouter, base: base, uncached: uncachedPhase, cached: cachedPhase}}
-	counter, client := newCacheClient(workers, 10*time.Second)
 	targets := cacheTargets(pairs, "bench-token", "cpu", workers, 10_000, 1.1)[1:] // the cached GET
 
+	var counter *readCounter // set below, before the first round
 	var cpu0 time.Duration
 	var srv0 int64
 	var wall0 time.Time
-	cfg := loadgen.Config{Concurrency: workers, Requests: b.N, Warmup: 300 * time.Millisecond, Client: client,
+	cfg := loadgen.Config{Concurrency: workers, Requests: b.N, Warmup: 300 * time.Millisecond,
 		BeforeRound: func(_ context.Context, target string, warmup bool) error {
 			if warmup {
 				counter.setPhase("")
@@ -73,6 +73,7 @@ func BenchmarkCacheClientCPU(b *testing.B) {
 			cpu0, srv0, wall0 = selfCPU(b), childTicks(b, pid), time.Now()
 			return nil
 		}}
+	counter = useCacheClient(&cfg)
 	b.ReportAllocs()
 	rep, err := loadgen.Run(ctx, cfg, targets)
 	if err != nil {

@@ -109,12 +109,18 @@ type Config struct {
 	SideBySide bool
 	// Round is the length of one side-by-side round; zero means DefaultRound.
 	Round time.Duration
-	// Timeout bounds each request of the client Run builds; zero means DefaultTimeout. It is
-	// not applied to a Client given by the caller.
+	// Timeout bounds each request (until its answer's last byte) sent through Transport or the
+	// transport Run builds; zero means DefaultTimeout. It is not applied to a Client given by
+	// the caller.
 	Timeout time.Duration
-	// Client sends the requests. Nil means a client over NewTransport(Concurrency) that never
-	// follows redirects.
+	// Client, when not nil, sends the requests (and Transport is ignored).
 	Client *http.Client
+	// Transport, when Client is nil, sends the requests straight through its RoundTrip: no
+	// redirect is followed, no cookie kept, and Timeout bounds each request. Nil means
+	// NewTransport(Concurrency). Going around an http.Client saves the per-request work it does
+	// for redirects and its timeout (a header copy, a context and a timer each); see
+	// BenchmarkCacheClientCPU in cmd/bench and docs/BENCHMARKS.md.
+	Transport http.RoundTripper
 	// BeforeRound, when not nil, is called before each warm-up (warmup true) and each measured
 	// round of a target, with the target's name, and its time is not measured: a caller uses it
 	// to change what else runs beside a target (cmd/bench starts or stops a background load).
@@ -152,13 +158,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout
 	}
-	if c.Client == nil {
-		c.Client = &http.Client{
-			Transport: NewTransport(c.Concurrency),
-			Timeout:   c.Timeout,
-			// 3xx counts as success; following it would measure a different request.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+	if c.Client == nil && c.Transport == nil {
+		// RoundTrip never follows a redirect: a 3xx counts as success, as it should (following
+		// it would measure a different request).
+		c.Transport = NewTransport(c.Concurrency)
 	}
 	return c, nil
 }
@@ -332,6 +335,8 @@ func closedLoop(ctx context.Context, cfg Config, s *targetState, deadline time.T
 	for w := range cfg.Concurrency {
 		wg.Go(func() {
 			st := locals[w]
+			snd := newSender(ctx, cfg)
+			defer snd.close()
 			for ctx.Err() == nil {
 				if !deadline.IsZero() && !time.Now().Before(deadline) {
 					return
@@ -340,7 +345,7 @@ func closedLoop(ctx context.Context, cfg Config, s *targetState, deadline time.T
 					return
 				}
 				r := s.target.New(w, s.seq.Add(1)-1)
-				lat, status, err := do(ctx, cfg.Client, r, time.Time{})
+				lat, status, err := snd.do(r, time.Time{})
 				if err != nil && ctx.Err() != nil {
 					return // interrupted, not a failure of the target
 				}
@@ -396,6 +401,8 @@ func openLoop(ctx context.Context, cfg Config, s *targetState, start time.Time, 
 	for w := range cfg.Concurrency {
 		wg.Go(func() {
 			st := locals[w]
+			snd := newSender(ctx, cfg)
+			defer snd.close()
 			timer := time.NewTimer(time.Hour)
 			timer.Stop()
 			defer timer.Stop()
@@ -419,7 +426,7 @@ func openLoop(ctx context.Context, cfg Config, s *targetState, start time.Time, 
 					}
 				}
 				r := s.target.New(w, s.seq.Add(1)-1)
-				lat, status, err := do(ctx, cfg.Client, r, at)
+				lat, status, err := snd.do(r, at)
 				if err != nil && ctx.Err() != nil {
 					return // interrupted, not a failure of the target
 				}
@@ -452,9 +459,37 @@ func openLoop(ctx context.Context, cfg Config, s *targetState, start time.Time, 
 	}
 }
 
+// sender sends one worker's requests, through cfg.Client or straight through cfg.Transport.
+// It is not safe for concurrent use.
+type sender struct {
+	parent  context.Context
+	client  *http.Client
+	rt      http.RoundTripper
+	timeout time.Duration
+
+	// With rt, requests run under ctx, which timer cancels when one outlasts timeout. One
+	// context and timer serve request after request (the timer is reset for each and stopped
+	// when its answer is read); only a timer that fired takes a new pair.
+	ctx    context.Context
+	cancel context.CancelFunc
+	timer  *time.Timer
+}
+
+func newSender(ctx context.Context, cfg Config) *sender {
+	return &sender{parent: ctx, client: cfg.Client, rt: cfg.Transport, timeout: cfg.Timeout}
+}
+
+// close releases the sender's context and timer.
+func (s *sender) close() {
+	if s.timer != nil {
+		s.timer.Stop()
+		s.cancel()
+	}
+}
+
 // do sends r and reads the whole answer, returning the latency to the last body byte from from,
 // or from the moment it sends the request when from is zero.
-func do(ctx context.Context, client *http.Client, r Request, from time.Time) (time.Duration, int, error) {
+func (s *sender) do(r Request, from time.Time) (time.Duration, int, error) {
 	var body io.Reader
 	if r.Body != nil {
 		body = bytes.NewReader(r.Body)
@@ -463,13 +498,31 @@ func do(ctx context.Context, client *http.Client, r Request, from time.Time) (ti
 	if method == "" {
 		method = http.MethodGet
 	}
+	ctx := s.parent
+	if s.client == nil {
+		if s.timer == nil {
+			s.ctx, s.cancel = context.WithCancel(s.parent)
+			s.timer = time.AfterFunc(s.timeout, s.cancel)
+		} else {
+			s.timer.Reset(s.timeout)
+		}
+		ctx = s.ctx
+		defer func() {
+			if !s.timer.Stop() {
+				// It fired, or is firing: this context is spent.
+				s.cancel()
+				s.timer = nil
+			}
+		}()
+	}
 	req, err := http.NewRequestWithContext(ctx, method, r.URL, body)
 	if err != nil {
 		return 0, 0, err
 	}
-	for k, vs := range r.Header {
-		// Copy: the factory may hand every worker the same map.
-		req.Header[k] = vs
+	if r.Header != nil {
+		// Shared, not copied: the factory may hand every worker the same map, and neither a
+		// RoundTripper nor http.Client changes a request's Header (a Client copies it first).
+		req.Header = r.Header
 	}
 	if h := r.Header.Get("Host"); h != "" {
 		req.Host = h
@@ -478,7 +531,12 @@ func do(ctx context.Context, client *http.Client, r Request, from time.Time) (ti
 	if start.IsZero() {
 		start = time.Now()
 	}
-	resp, err := client.Do(req)
+	var resp *http.Response
+	if s.client != nil {
+		resp, err = s.client.Do(req)
+	} else {
+		resp, err = s.rt.RoundTrip(req)
+	}
 	if err != nil {
 		return time.Since(start), 0, err
 	}

@@ -923,3 +923,37 @@ func inOrder(runs, schedule []string) bool {
 	}
 	return true
 }
+
+// TestRunTransportTimeout: through Config.Transport, Timeout ends a stalled request (counted as
+// a transport error), and the worker's next requests are sent and answered as usual, under a
+// fresh context; a 3xx is counted as success and not followed.
+func TestRunTransportTimeout(t *testing.T) {
+	var followed atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/slow":
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+		case "/moved":
+			http.Redirect(w, r, "/elsewhere", http.StatusFound)
+		case "/elsewhere":
+			followed.Add(1)
+		}
+	}))
+	defer srv.Close()
+	paths := []string{"/slow", "/fast", "/moved", "/slow", "/fast"}
+	rep, err := Run(t.Context(), Config{Concurrency: 1, Requests: len(paths), Timeout: 100 * time.Millisecond,
+		Transport: NewTransport(1)}, []Target{{Name: "t", New: func(_ int, seq uint64) Request {
+		return Request{URL: srv.URL + paths[seq]}
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := rep.Targets[0]
+	if tr.Requests != 5 || tr.OK != 3 || tr.ErrorsByStatus[TransportError] != 2 || followed.Load() != 0 {
+		t.Fatalf("requests %d, ok %d, errors %v, redirects followed %d; want 5, 3, 2 transport, 0",
+			tr.Requests, tr.OK, tr.ErrorsByStatus, followed.Load())
+	}
+}
