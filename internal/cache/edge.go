@@ -124,8 +124,8 @@ func (c *Cache) RunPublisher(ctx context.Context, shards func() []string, every 
 type EdgeConfig struct {
 	// Addr is the region's Redis, the one its API nodes cache in (required).
 	Addr string
-	// Memory is the most the router keeps of Redis's keys in its own memory, per connection
-	// (least recently used first out). 0: DefaultEdgeMemory (64 MiB).
+	// Memory is the most the router keeps of Redis's keys in its own memory (least recently
+	// used first out). 0: DefaultEdgeMemory (64 MiB).
 	Memory int
 	// MaxStaleness is how old a shard's published freshness may be for its entries to be
 	// served, as the nodes' Config.MaxStaleness. 0: 1 s (cmd/api's -cache-max-lag default).
@@ -143,8 +143,8 @@ type EdgeConfig struct {
 // DefaultEdgeMaxStaleness is EdgeConfig.MaxStaleness's default.
 const DefaultEdgeMaxStaleness = time.Second
 
-// DefaultEdgeMemory is the default of EdgeClientOption's memory: the most the router keeps of
-// Redis's keys in its own memory (least recently used first out).
+// DefaultEdgeMemory is EdgeConfig.Memory's default: the most the router keeps of Redis's keys
+// in its own memory (least recently used first out).
 const DefaultEdgeMemory = 64 << 20
 
 // edgeLocalTTL bounds how long the router keeps a key of Redis in its memory without Redis
