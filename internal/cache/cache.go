@@ -46,6 +46,7 @@ const (
 	DefaultTTL          = 60 * time.Second
 	DefaultMaxStaleness = 5 * time.Second
 	DefaultTimeout      = 50 * time.Millisecond
+	DefaultApplyTimeout = 200 * time.Millisecond
 	// stateTTL is how long a tenant's state hash (generation, list generations, newest event
 	// LSN) outlives its last event. It must exceed TTL plus the longest read by far: an entry
 	// is written under the state it was read with. A state that expires comes back at a new
@@ -74,8 +75,15 @@ type Config struct {
 	Fresh func(shard string) (asOf time.Time, ok bool)
 	// Now is the clock compared with Fresh's AsOf. nil: time.Now.
 	Now func() time.Time
-	// Timeout bounds each Redis call. 0: 50 ms.
+	// Timeout bounds each Redis call of a read (lookup, fill, the repair a read tries). 0: 50 ms.
 	Timeout time.Duration
+	// ApplyTimeout bounds each Redis call of the Applier methods and of PublishFresh, which run
+	// off any request's path: a call that times out leaves the cache dirty and costs the region
+	// a reset (every entry dropped), so on a busy machine the read's 50 ms made whole-region
+	// resets of slow invalidations (7 while 10,000 records were written in a bench's seeding).
+	// 0: the larger of Timeout and 200 ms. The client's socket timeouts cap it (RedisOptions:
+	// 200 ms).
+	ApplyTimeout time.Duration
 	// Logger nil: slog.Default().
 	Logger *slog.Logger
 	// Registerer nil: metrics are kept but not registered.
@@ -91,6 +99,7 @@ type Cache struct {
 	maxStaleness time.Duration
 	standbyLag   time.Duration
 	timeout      time.Duration
+	applyTimeout time.Duration
 	fresh        func(string) (time.Time, bool)
 	now          func() time.Time
 	log          *slog.Logger
@@ -128,10 +137,14 @@ func New(cfg Config) (*Cache, error) {
 		maxStaleness: cmp0(cfg.MaxStaleness, DefaultMaxStaleness),
 		standbyLag:   cmp0(cfg.StandbyLag, DefaultMaxStaleness),
 		timeout:      cmp0(cfg.Timeout, DefaultTimeout),
+		applyTimeout: cfg.ApplyTimeout,
 		fresh:        cfg.Fresh,
 		now:          cfg.Now,
 		log:          cfg.Logger,
 		guard:        newGuard(),
+	}
+	if c.applyTimeout <= 0 {
+		c.applyTimeout = max(c.timeout, DefaultApplyTimeout)
 	}
 	if c.now == nil {
 		c.now = time.Now
@@ -225,7 +238,7 @@ func (c *Cache) ResetTenant(ctx context.Context, tenant string) error {
 func (c *Cache) ResetAll(ctx context.Context) error {
 	c.guard.resetAll(c.now())
 	c.resets.WithLabelValues("all").Inc()
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.applyTimeout)
 	defer cancel()
 	if err := c.bumpEpoch(ctx); err != nil {
 		c.redisErr("reset-all", err)
@@ -248,7 +261,7 @@ func (c *Cache) bumpEpoch(ctx context.Context) error {
 // apply runs an Applier's Redis step: first the epoch bump a failed earlier step owes, then
 // the step. A failure marks the cache dirty.
 func (c *Cache) apply(ctx context.Context, op string, step func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.applyTimeout)
 	defer cancel()
 	if c.dirty.Load() {
 		if err := c.bumpEpoch(ctx); err != nil {

@@ -695,7 +695,7 @@ func TestSingleflightCallerGone(t *testing.T) {
 
 func TestRedisDown(t *testing.T) {
 	e := newEnv(t)
-	e.c.timeout = 100 * time.Millisecond
+	e.c.timeout, e.c.applyTimeout = 100*time.Millisecond, 100*time.Millisecond
 	for _, id := range []string{"x", "a", "b"} {
 		e.fake.set("books", id, 1)
 	}
@@ -727,7 +727,7 @@ func TestApplierFailureTurnsCacheOff(t *testing.T) {
 	e := newEnv(t)
 	e.fake.set("books", "x", 1)
 	e.get(t, tgt, records.ReadOptions{}, "books", "x")
-	e.c.timeout = 100 * time.Millisecond
+	e.c.timeout, e.c.applyTimeout = 100*time.Millisecond, 100*time.Millisecond
 	// Redis stalls every client for a while, the entry still in it.
 	if err := e.rc.Do(bg, "CLIENT", "PAUSE", "1000", "ALL").Err(); err != nil {
 		t.Fatal(err)
@@ -920,4 +920,54 @@ func TestStalledRedisBoundedByTimeout(t *testing.T) {
 		t.Fatalf("read with Redis stalled took %v: the 100 ms timeout did not bound the call (socket timeout 10 s)", took)
 	}
 	t.Logf("read with Redis stalled answered by the store in %v", took)
+}
+
+// TestApplyOutlastsReadTimeout: the Applier's Redis calls are bounded by ApplyTimeout, not by a
+// read's Timeout. With Redis stalled for 150 ms, a read gives up on Redis after its 50 ms and goes
+// to the store, while an Invalidate (the default ApplyTimeout, 200 ms) waits it out and succeeds,
+// leaving the cache usable (a timeout there would have cost the region a reset). The default is
+// the larger of Timeout and 200 ms.
+func TestApplyOutlastsReadTimeout(t *testing.T) {
+	for _, tc := range []struct{ timeout, want time.Duration }{
+		{0, DefaultApplyTimeout}, {50 * time.Millisecond, DefaultApplyTimeout}, {5 * time.Second, 5 * time.Second},
+	} {
+		c, err := New(Config{Redis: redis.NewClient(&redis.Options{}), Fresh: (&clock{}).Fresh, Timeout: tc.timeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.applyTimeout != tc.want {
+			t.Errorf("Timeout %v: apply timeout %v, want %v", tc.timeout, c.applyTimeout, tc.want)
+		}
+	}
+
+	srv := testenv.Redis(t)
+	rc := redis.NewClient(RedisOptions(srv.Addr()))
+	t.Cleanup(func() { _ = rc.Close() })
+	clk := &clock{now: time.Now(), asOf: time.Now(), ok: true}
+	c, err := New(Config{Redis: rc, Fresh: clk.Fresh, Now: clk.Now, Timeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := newFake()
+	fake.set("c", "a", 1)
+	r := c.Wrap(fake)
+	if _, _, err := r.Get(bg, tgt, records.ReadOptions{}, "c", "a"); err != nil {
+		t.Fatal(err) // warm: the connection is open
+	}
+	if err := rc.Do(bg, "CLIENT", "PAUSE", "150", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, _, err := r.Get(bg, tgt, records.ReadOptions{}, "c", "a"); err != nil {
+		t.Fatalf("read with Redis paused: %v", err)
+	}
+	if took := time.Since(start); took > 250*time.Millisecond {
+		t.Fatalf("read with Redis paused took %v: not bounded by its 50 ms", took)
+	}
+	if err := c.Invalidate(bg, "acme", "s1", "c", "a", 2); err != nil {
+		t.Fatalf("Invalidate with Redis paused 150 ms: %v", err)
+	}
+	if c.dirty.Load() {
+		t.Fatal("the cache is dirty after an Invalidate that succeeded")
+	}
 }

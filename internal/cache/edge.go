@@ -58,7 +58,7 @@ return 1
 // reached Redis): the edge then stops serving the region's entries once the published AsOf is
 // MaxStaleness old, and a best-effort delete of the keys stops it at once.
 func (c *Cache) PublishFresh(ctx context.Context, shards []string) error {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.applyTimeout)
 	defer cancel()
 	type pub struct {
 		shard string
