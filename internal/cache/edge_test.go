@@ -208,7 +208,7 @@ func TestEdgeNoStaleReadAfterInvalidate(t *testing.T) {
 				}
 				hits.Add(1)
 				if f := floor(start); rec.Version < f {
-					errs <- fmt.Errorf("edge read version %d, begun %v after Invalidate for %d returned", rec.Version, grace, f)
+					errs <- fmt.Errorf("edge read version %d, begun more than %v after Invalidate for %d returned", rec.Version, grace, f)
 					return
 				}
 			}
