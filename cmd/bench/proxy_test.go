@@ -188,20 +188,7 @@ func TestProxyFlags(t *testing.T) {
 // peer appended to X-Forwarded-For), keeps its upstream connection alive, answers 502 when
 // the upstream is gone, and exits when bench closes its stdin.
 func TestFastProxyForwards(t *testing.T) {
-	var conns atomic.Int64
-	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		w.Header().Set("X-Seen", r.Method+" "+r.URL.RequestURI()+" "+string(b)+" xff="+r.Header.Get("X-Forwarded-For")+
-			" te="+r.Header.Get("Te")+" keep="+r.Header.Get("Keep-Alive"))
-		w.WriteHeader(http.StatusCreated)
-		_, _ = io.WriteString(w, "answer")
-	}))
-	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	up.Start()
+	up, conns := seenUpstream()
 	base, pid, stop, err := startFastProxy(context.Background(), up.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -238,28 +225,7 @@ func TestFastProxyForwards(t *testing.T) {
 // keeps its upstream connection alive, answers 502 when the upstream is gone, and exits when
 // bench closes its stdin.
 func TestGnetProxyForwards(t *testing.T) {
-	var conns atomic.Int64
-	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		w.Header().Set("X-Seen", r.Method+" "+r.URL.RequestURI()+" "+string(b)+" xff="+r.Header.Get("X-Forwarded-For")+
-			" te="+r.Header.Get("Te")+" keep="+r.Header.Get("Keep-Alive"))
-		if r.URL.Query().Get("chunked") != "" {
-			w.WriteHeader(http.StatusOK)
-			for _, s := range []string{"ans", "wer"} {
-				_, _ = io.WriteString(w, s)
-				w.(http.Flusher).Flush() // no Content-Length: the answer goes chunked
-			}
-			return
-		}
-		w.WriteHeader(http.StatusCreated)
-		_, _ = io.WriteString(w, "answer")
-	}))
-	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	up.Start()
+	up, conns := seenUpstream()
 	base, pid, stop, err := startGnetProxy(context.Background(), up.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -304,6 +270,35 @@ func TestGnetProxyForwards(t *testing.T) {
 		t.Errorf("upstream saw %d connections for %d requests on one client connection, want 1 (keep-alive)", n, len(cases))
 	}
 	checkGoneThenStopped(t, client, base, up, stop)
+}
+
+// seenUpstream starts the upstream of the bare-proxy tests: it answers 201 "answer" with what it
+// received in X-Seen (method, path and query, body, X-Forwarded-For, Te, Keep-Alive), or 200
+// "answer" chunked for a query with chunked=1, and counts the connections it accepted.
+func seenUpstream() (*httptest.Server, *atomic.Int64) {
+	conns := new(atomic.Int64)
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Seen", r.Method+" "+r.URL.RequestURI()+" "+string(b)+" xff="+r.Header.Get("X-Forwarded-For")+
+			" te="+r.Header.Get("Te")+" keep="+r.Header.Get("Keep-Alive"))
+		if r.URL.Query().Get("chunked") != "" {
+			w.WriteHeader(http.StatusOK)
+			for _, s := range []string{"ans", "wer"} {
+				_, _ = io.WriteString(w, s)
+				w.(http.Flusher).Flush() // no Content-Length: the answer goes chunked
+			}
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, "answer")
+	}))
+	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	up.Start()
+	return up, conns
 }
 
 // checkGoneThenStopped: a bare proxy baseline answers 502 through client once its upstream up
