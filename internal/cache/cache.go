@@ -1,7 +1,9 @@
 // Package cache keeps record reads and list pages in the region's Redis (DESIGN.md §7): a
 // Reader wrapped by (*Cache).Wrap answers Get and List from Redis when that is provably no
 // staler than the read asked for, and the Cache, as the events consumer's Applier, drops
-// entries as change events arrive. docs/cache.md explains keys, generations and the fill guard.
+// entries as change events arrive; an Edge reads the same entries for a router, which answers
+// plain record GETs with them (edge.go). docs/cache.md explains keys, generations, the fill
+// guard and the edge.
 //
 // The cache serves an entry only when the read is not strong, the consumer has proven the
 // shard's events current (Config.Fresh within MaxStaleness) and, for a read with a
