@@ -81,18 +81,22 @@ func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(),
 
 // File is the YAML document as written. Use Parse or Load to get a validated Topology.
 type File struct {
-	Version           int          `yaml:"version"`
-	Host              string       `yaml:"host"`
-	SlotCount         int          `yaml:"slot_count"`
-	ShardsPerRegion   int          `yaml:"shards_per_region"`
-	RoutersPerRegion  int          `yaml:"routers_per_region"`
-	APINodesPerRegion int          `yaml:"api_nodes_per_region"`
-	MaxStaleness      Duration     `yaml:"max_staleness"`
-	RateLimits        RateLimits   `yaml:"rate_limits"`
-	DevJWTSecret      string       `yaml:"dev_jwt_secret"`
-	Ports             PortsSection `yaml:"ports"`
-	Regions           []RegionSpec `yaml:"regions"`
-	RTT               []RTTSpec    `yaml:"rtt"`
+	Version           int    `yaml:"version"`
+	Host              string `yaml:"host"`
+	SlotCount         int    `yaml:"slot_count"`
+	ShardsPerRegion   int    `yaml:"shards_per_region"`
+	RoutersPerRegion  int    `yaml:"routers_per_region"`
+	APINodesPerRegion int    `yaml:"api_nodes_per_region"`
+	// RouterLoopListen gives every router a second listener, served through its event-loop
+	// front (cmd/router -loop-listen), on ports.offsets.router_loop (+k per router). false (the
+	// default) = routers listen on their HTTP port only.
+	RouterLoopListen bool         `yaml:"router_loop_listen"`
+	MaxStaleness     Duration     `yaml:"max_staleness"`
+	RateLimits       RateLimits   `yaml:"rate_limits"`
+	DevJWTSecret     string       `yaml:"dev_jwt_secret"`
+	Ports            PortsSection `yaml:"ports"`
+	Regions          []RegionSpec `yaml:"regions"`
+	RTT              []RTTSpec    `yaml:"rtt"`
 }
 
 // RateLimits are the routers' development rate limits. Zero fields take the defaults
@@ -123,12 +127,16 @@ type Offsets struct {
 	NATSClient   int `yaml:"nats_client"`
 	NATSGateway  int `yaml:"nats_gateway"`
 	NATSMonitor  int `yaml:"nats_monitor"`
+	// RouterLoop is the routers' event-loop listener (+k per router), claimed only when
+	// router_loop_listen is on.
+	RouterLoop int `yaml:"router_loop"`
 }
 
 // DefaultOffsets is the port plan used when the file has no ports.offsets.
 var DefaultOffsets = Offsets{
 	RouterHTTP: 0, RouterRaft: 10, RouterGossip: 20, APIHTTP: 30, APIGossip: 40,
 	Postgres: 50, Standby: 60, Redis: 70, NATSClient: 80, NATSGateway: 81, NATSMonitor: 82,
+	RouterLoop: 90,
 }
 
 // RegionSpec is one entry of the regions list.
@@ -178,6 +186,8 @@ type Node struct {
 	HTTP   int
 	Raft   int // routers only; 0 for API nodes
 	Gossip int
+	// Loop is a router's event-loop listener; 0 for API nodes and when router_loop_listen is off.
+	Loop int
 }
 
 // RegionPorts is a region's own service ports.
@@ -185,9 +195,11 @@ type RegionPorts struct {
 	RouterHTTP   []int
 	RouterRaft   []int
 	RouterGossip []int
-	APIHTTP      []int
-	APIGossip    []int
-	Postgres     int
+	// RouterLoop is nil when router_loop_listen is off.
+	RouterLoop []int
+	APIHTTP    []int
+	APIGossip  []int
+	Postgres   int
 	// Standby maps a source region to the port of this region's standby of it.
 	Standby     map[string]int
 	Redis       int
@@ -450,6 +462,7 @@ func (o Offsets) list() []namedOffset {
 		{"api_gossip", o.APIGossip, 0}, {"postgres", o.Postgres, 1}, {"standby", o.Standby, 0},
 		{"redis", o.Redis, 1}, {"nats_client", o.NATSClient, 1},
 		{"nats_gateway", o.NATSGateway, 1}, {"nats_monitor", o.NATSMonitor, 1},
+		{"router_loop", o.RouterLoop, 0},
 	}
 }
 
@@ -471,7 +484,7 @@ func (t *Topology) checkPorts() error {
 		p := t.mustPorts(r.ID)
 		for name, ports := range map[string][]int{
 			"router_http": p.RouterHTTP, "router_raft": p.RouterRaft, "router_gossip": p.RouterGossip,
-			"api_http": p.APIHTTP, "api_gossip": p.APIGossip,
+			"router_loop": p.RouterLoop, "api_http": p.APIHTTP, "api_gossip": p.APIGossip,
 		} {
 			for k, port := range ports {
 				if err := claim(port, fmt.Sprintf("%s %s[%d]", r.ID, name, k)); err != nil {
@@ -519,6 +532,9 @@ func (t *Topology) MaxStaleness() time.Duration { return time.Duration(t.file.Ma
 
 // RateLimits returns the development rate limits, defaults applied.
 func (t *Topology) RateLimits() RateLimits { return t.file.RateLimits }
+
+// RouterLoopListen says whether every router gets an event-loop listener (Node.Loop).
+func (t *Topology) RouterLoopListen() bool { return t.file.RouterLoopListen }
 
 // DevJWTSecret is the pinned development secret, or "" when the launcher should generate one.
 func (t *Topology) DevJWTSecret() string { return t.file.DevJWTSecret }
@@ -608,6 +624,9 @@ func (t *Topology) mustPorts(region string) RegionPorts {
 		NATSGateway:  b + o.NATSGateway,
 		NATSMonitor:  b + o.NATSMonitor,
 	}
+	if t.file.RouterLoopListen {
+		p.RouterLoop = seq(o.RouterLoop, t.file.RoutersPerRegion)
+	}
 	for _, src := range t.regions {
 		if src.ID != region {
 			p.Standby[src.ID] = b + o.Standby + src.Index
@@ -627,6 +646,9 @@ func (t *Topology) Routers(region string) []Node {
 		out[k] = Node{
 			ID: fmt.Sprintf("%s-router-%d", region, k+1), Region: region, Index: k,
 			HTTP: p.RouterHTTP[k], Raft: p.RouterRaft[k], Gossip: p.RouterGossip[k],
+		}
+		if p.RouterLoop != nil {
+			out[k].Loop = p.RouterLoop[k]
 		}
 	}
 	return out
@@ -670,7 +692,8 @@ func (t *Topology) ProxyPort(from, to string, target int) (int, error) {
 // regions (from, to), one proxy per TCP service of to that other regions dial — routers'
 // HTTP and Raft, API nodes' HTTP, the Postgres primary (WAL streaming, primary reads, the
 // rebalancer) and the NATS gateway. Gossip is not proxied: memberlist also uses UDP, which
-// Toxiproxy cannot carry. The order is deterministic.
+// Toxiproxy cannot carry; nor are routers' loop listeners, which only local clients (bench)
+// dial. The order is deterministic.
 func (t *Topology) Proxies() []Proxy {
 	var out []Proxy
 	for _, from := range t.regions {

@@ -134,6 +134,58 @@ func TestProxies(t *testing.T) {
 	}
 }
 
+// TestRouterLoopListen: router_loop_listen is off by default (no loop port anywhere, the
+// repository's file included); on, every router gets port_base + router_loop + k, claimed
+// against the rest of the plan and never proxied.
+func TestRouterLoopListen(t *testing.T) {
+	for _, topo := range []*Topology{loadRepo(t), mustParse(t, base)} {
+		if topo.RouterLoopListen() {
+			t.Error("router_loop_listen on by default")
+		}
+		for _, r := range topo.Regions() {
+			if p, _ := topo.Ports(r); p.RouterLoop != nil {
+				t.Errorf("%s: RouterLoop ports %v with the setting off", r, p.RouterLoop)
+			}
+			for _, n := range topo.Routers(r) {
+				if n.Loop != 0 {
+					t.Errorf("%s: loop port %d with the setting off", n.ID, n.Loop)
+				}
+			}
+		}
+	}
+	off := mustParse(t, base+"routers_per_region: 2\n")
+	on := mustParse(t, base+"routers_per_region: 2\nrouter_loop_listen: true\n")
+	if !on.RouterLoopListen() {
+		t.Fatal("router_loop_listen: true not read")
+	}
+	p, _ := on.Ports("b")
+	if want := []int{21090, 21091}; !reflect.DeepEqual(p.RouterLoop, want) {
+		t.Errorf("Ports(b).RouterLoop = %v, want %v", p.RouterLoop, want)
+	}
+	r := on.Routers("b")
+	if len(r) != 2 || r[1] != (Node{ID: "b-router-2", Region: "b", Index: 1, HTTP: 21001, Raft: 21011, Gossip: 21021, Loop: 21091}) {
+		t.Errorf("Routers(b) = %+v", r)
+	}
+	if a := on.APINodes("a"); a[0].Loop != 0 {
+		t.Errorf("API node with a loop port: %+v", a[0])
+	}
+	if !reflect.DeepEqual(on.Proxies(), off.Proxies()) {
+		t.Error("the loop listeners changed the latency proxies")
+	}
+	if !on.File().RouterLoopListen || on.File().Ports.Offsets.RouterLoop != DefaultOffsets.RouterLoop {
+		t.Errorf("File() lost the setting: %+v", on.File())
+	}
+}
+
+func mustParse(t *testing.T, doc string) *Topology {
+	t.Helper()
+	topo, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return topo
+}
+
 // base is a minimal valid file that bad cases modify.
 const base = `
 version: 1
@@ -193,6 +245,9 @@ func TestParseErrors(t *testing.T) {
 		{"overlapping regions", strings.Replace(base, "21000", "20001", 1), "is used by both"},
 		{"offset collision", base + "ports: {offsets: {router_http: 0, router_raft: 5, router_gossip: 20, api_http: 30, api_gossip: 40, postgres: 50, standby: 60, redis: 70, nats_client: 80, nats_gateway: 81, nats_monitor: 82}}\nrouters_per_region: 6\n", "is used by both"},
 		{"offset out of span", base + "ports: {offsets: {router_http: 100}}\n", "must be in [0,100)"},
+		{"loop offset out of span", base + "ports: {offsets: {router_loop: 100}}\n", "ports.offsets.router_loop: must be in [0,100)"},
+		{"loop offset omitted from own offsets", base + "router_loop_listen: true\nports: {offsets: {router_http: 0, router_raft: 10, router_gossip: 20, api_http: 30, api_gossip: 40, postgres: 50, standby: 60, redis: 70, nats_client: 80, nats_gateway: 81, nats_monitor: 82}}\n", "port 20000 is used by both"},
+		{"loop listen not a bool", base + "router_loop_listen: sometimes\n", "cannot unmarshal"},
 		{"bad host", base + "host: '127.0.0.1:80'\n", "bare host"},
 		{"bad staleness", base + "max_staleness: soon\n", "invalid duration"},
 	}
