@@ -33,7 +33,11 @@ type RegionEndpoints struct {
 	// Router is the region's first router (the one a client of this region talks to).
 	Router  string   `json:"router"`
 	Routers []string `json:"routers"`
-	API     []string `json:"api"`
+	// RouterLoop is the first router's event-loop listener and RouterLoops every router's, in
+	// Routers' order; both absent unless the topology has router_loop_listen on.
+	RouterLoop  string   `json:"router_loop,omitempty"`
+	RouterLoops []string `json:"router_loops,omitempty"`
+	API         []string `json:"api"`
 	// Postgres has the DSNs of the region's primary (per shard homed here) and standbys.
 	Postgres PostgresEndpoints `json:"postgres"`
 	Redis    string            `json:"redis"`

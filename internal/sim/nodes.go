@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meridian-dev/meridian/internal/topology"
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
@@ -16,33 +17,13 @@ import (
 func (c *Cluster) startRouters(ctx context.Context) error {
 	host := c.topo.Host()
 	first := c.topo.Routers(c.regions()[0])[0]
-	firstURL := fmt.Sprintf("http://%s:%d", host, first.HTTP)
 	for _, r := range c.regions() {
 		for _, n := range c.topo.Routers(r) {
 			dir, err := c.regionDir(r, n.ID)
 			if err != nil {
 				return err
 			}
-			args := []string{
-				"-region", r,
-				"-id", n.ID,
-				"-listen", fmt.Sprintf("%s:%d", host, n.HTTP),
-				"-raft-addr", fmt.Sprintf("%s:%d", host, n.Raft),
-				"-gossip-addr", fmt.Sprintf("%s:%d", host, n.Gossip),
-				"-data-dir", filepath.Join(dir, "raft"),
-				"-redis-addr", fmt.Sprintf("%s:%d", host, c.ports(r).Redis),
-				"-api-nodes", c.apiNodeList(r),
-				"-tenant-rate", fmt.Sprint(c.topo.RateLimits().TenantRPS),
-				"-tenant-burst", fmt.Sprint(c.topo.RateLimits().TenantBurst),
-				"-ip-rate", fmt.Sprint(c.topo.RateLimits().IPRPS),
-				"-ip-burst", fmt.Sprint(c.topo.RateLimits().IPBurst),
-				"-debug-addr", host + ":0", // pprof; the log says where
-			}
-			if n.ID == first.ID {
-				args = append(args, "-bootstrap")
-			} else {
-				args = append(args, "-join", firstURL, "-gossip-join", fmt.Sprintf("%s:%d", host, first.Gossip))
-			}
+			args := c.routerArgs(n, first, filepath.Join(dir, "raft"))
 			env := []string{"MERIDIAN_JWT_SECRET=" + c.jwtSecret, "MERIDIAN_CLUSTER_TOKEN=" + c.clusterToken}
 			ch, err := startChild(n.ID, filepath.Join(c.opts.BinDir, "router"), args, env, filepath.Join(dir, "router.log"))
 			if err != nil {
@@ -61,6 +42,38 @@ func (c *Cluster) startRouters(ctx context.Context) error {
 	return nil
 }
 
+// routerArgs are router n's flags, its Raft data in raftDir; first is the router that
+// bootstraps the shard map, which the others join.
+func (c *Cluster) routerArgs(n, first topology.Node, raftDir string) []string {
+	host, r := c.topo.Host(), n.Region
+	args := []string{
+		"-region", r,
+		"-id", n.ID,
+		"-listen", fmt.Sprintf("%s:%d", host, n.HTTP),
+		"-raft-addr", fmt.Sprintf("%s:%d", host, n.Raft),
+		"-gossip-addr", fmt.Sprintf("%s:%d", host, n.Gossip),
+		"-data-dir", raftDir,
+		"-redis-addr", fmt.Sprintf("%s:%d", host, c.ports(r).Redis),
+		"-api-nodes", c.apiNodeList(r),
+		"-tenant-rate", fmt.Sprint(c.topo.RateLimits().TenantRPS),
+		"-tenant-burst", fmt.Sprint(c.topo.RateLimits().TenantBurst),
+		"-ip-rate", fmt.Sprint(c.topo.RateLimits().IPRPS),
+		"-ip-burst", fmt.Sprint(c.topo.RateLimits().IPBurst),
+		"-debug-addr", host + ":0", // pprof; the log says where
+	}
+	// Only with router_loop_listen: a router that predates the loop does not know the flag.
+	if n.Loop != 0 {
+		args = append(args, "-loop-listen", fmt.Sprintf("%s:%d", host, n.Loop))
+	}
+	if n.ID == first.ID {
+		args = append(args, "-bootstrap")
+	} else {
+		args = append(args, "-join", fmt.Sprintf("http://%s:%d", host, first.HTTP),
+			"-gossip-join", fmt.Sprintf("%s:%d", host, first.Gossip))
+	}
+	return args
+}
+
 // apiNodeList is the router flag value naming every region's API nodes, as
 // "region=url|url;region=url", seen from region from (through the latency proxies in latency
 // mode).
@@ -74,6 +87,18 @@ func (c *Cluster) apiNodeList(from string) string {
 		parts = append(parts, r+"="+strings.Join(urls, "|"))
 	}
 	return strings.Join(parts, ";")
+}
+
+// routerLoopURLs are the base URLs of a region's routers' loop listeners (nil when
+// router_loop_listen is off).
+func (c *Cluster) routerLoopURLs(region string) []string {
+	var out []string
+	for _, n := range c.topo.Routers(region) {
+		if n.Loop != 0 {
+			out = append(out, fmt.Sprintf("http://%s:%d", c.topo.Host(), n.Loop))
+		}
+	}
+	return out
 }
 
 // routerURLs are the HTTP base URLs of a region's routers.

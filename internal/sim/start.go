@@ -191,6 +191,13 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 			if err := waitHTTP(ctx, c.routers[r][i], fmt.Sprintf("http://%s:%d/readyz", host, n.HTTP)); err != nil {
 				return err
 			}
+			// Through the loop too: it hands /readyz to the router's net/http server, so an
+			// answer means the listener is up and its detaching works.
+			if n.Loop != 0 {
+				if err := waitHTTP(ctx, c.routers[r][i], fmt.Sprintf("http://%s:%d/readyz", host, n.Loop)); err != nil {
+					return fmt.Errorf("%s's loop listener: %w", n.ID, err)
+				}
+			}
 		}
 		for i, n := range c.topo.APINodes(r) {
 			if err := waitHTTP(ctx, c.apis[r][i], fmt.Sprintf("http://%s:%d/readyz", host, n.HTTP)); err != nil {
@@ -229,6 +236,10 @@ func (c *Cluster) Info() *ClusterFile {
 			e.Metrics = append(e.Metrics, u+"/metrics")
 		}
 		e.Router = e.Routers[0]
+		e.RouterLoops = c.routerLoopURLs(r)
+		if len(e.RouterLoops) > 0 {
+			e.RouterLoop = e.RouterLoops[0]
+		}
 		for _, n := range c.topo.APINodes(r) {
 			u := fmt.Sprintf("http://%s:%d", host, n.HTTP)
 			e.API = append(e.API, u)
