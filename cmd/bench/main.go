@@ -33,7 +33,9 @@
 //	                at each of -conns connection counts; status codes per round (a round with a
 //	                non-2xx answer is void) and each process's CPU per request from /proc (proxy.go);
 //	                -baseline-fasthttp adds a bare fasthttp reverse proxy (fastproxy.go),
-//	                -baseline-gnet one on gnet's event loops (gnetproxy.go)
+//	                -baseline-gnet one on gnet's event loops (gnetproxy.go); router-loop, the
+//	                same router's event-loop listener, is measured when the cluster file has
+//	                one (router_loop_listen in the topology) or -router-loop names it
 //	invalidation    for every ordered region pair, a cached read in one region, a write in the
 //	                tenant's home region, and the time until the reader region answers the new
 //	                version (and never the old one again) (invalidation.go)
@@ -451,13 +453,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("%w: %s takes exactly two -target flags: direct API node first, router second", errUsage, o.scenario)
 	}
 	if o.scenario != scenarioProxy {
-		for _, f := range []string{"conns", "nginx", "nginx-listen", "nginx-access-log"} {
+		for _, f := range []string{"conns", "nginx", "nginx-listen", "nginx-access-log", "router-loop"} {
 			if o.set[f] {
 				return nil, fmt.Errorf("%w: -%s is for -scenario proxy", errUsage, f)
 			}
 		}
 	} else if o.set["c"] {
 		return nil, fmt.Errorf("%w: -scenario proxy takes -conns (a list), not -c", errUsage)
+	} else if o.routerLoop != "" && !validBase(o.routerLoop) {
+		return nil, fmt.Errorf("%w: -router-loop %q is not an http(s) URL", errUsage, o.routerLoop)
 	}
 	o.cfg.SideBySide = !o.sequential
 	return o, nil

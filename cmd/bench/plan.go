@@ -16,8 +16,10 @@ import (
 // clusterFile is the part of .meridian/cluster.json (DESIGN.md §4a) that bench reads.
 type clusterFile struct {
 	Regions map[string]struct {
-		Router string   `json:"router"`
-		API    []string `json:"api"`
+		Router string `json:"router"`
+		// RouterLoop is the router's event-loop listener; "" when the cluster has none.
+		RouterLoop string   `json:"router_loop"`
+		API        []string `json:"api"`
 	} `json:"regions"`
 	DevJWTSecret string `json:"dev_jwt_secret"`
 	AdminToken   string `json:"admin_token"`
@@ -68,6 +70,8 @@ type plan struct {
 	adminToken string
 	// region is the region whose router (and API node) is measured; empty with -target flags.
 	region string
+	// routerLoop is that router's event-loop listener from the cluster file ("": none).
+	routerLoop string
 	// hostile is the other tenant of the hostile and slow-body scenarios, and hostileTokens its
 	// tokens (a valid one and three the router must refuse).
 	hostile       tenantSpec
@@ -162,6 +166,9 @@ func (o *options) plan() (*plan, error) {
 			return nil, fmt.Errorf("home region %q is not in %s (it has %s)", home, o.cluster, strings.Join(names, ", "))
 		}
 		p.region = region
+		if validBase(reg.RouterLoop) {
+			p.routerLoop = strings.TrimRight(reg.RouterLoop, "/")
+		}
 		router := strings.TrimRight(reg.Router, "/")
 		if p.setupBase == "" {
 			p.setupBase = router

@@ -1,8 +1,8 @@
 package main
 
-// The proxy scenario (issue 16): one record GET direct to an API node, through nginx and
-// through the router, side by side in alternating rounds, with each process's CPU time per
-// request read from /proc.
+// The proxy scenario (issue 16): one record GET direct to an API node, through nginx, through
+// the router and through the router's event-loop listener (router-loop, when it has one), side
+// by side in alternating rounds, with each process's CPU time per request read from /proc.
 
 import (
 	"context"
@@ -30,6 +30,13 @@ const nginxName = "nginx"
 // nginxPackage is the Debian package that provides nginx.
 const nginxPackage = "nginx"
 
+// routerLoopName is the target name of the router's event-loop listener (cmd/router
+// -loop-listen): the same router process as the router target, another front.
+const routerLoopName = "router-loop"
+
+// loopListenEnv is cmd/router's environment variable for -loop-listen.
+const loopListenEnv = "MERIDIAN_ROUTER_LOOP_LISTEN"
+
 // proxyFlags are the proxy scenario's flags.
 type proxyFlags struct {
 	conns       connList
@@ -40,6 +47,9 @@ type proxyFlags struct {
 	fastProxy bool
 	// gnetProxy adds the bare gnet event-loop proxy (gnetproxy.go) as a target.
 	gnetProxy bool
+	// routerLoop is the base URL of the router's event-loop listener, measured as router-loop.
+	// "" = the cluster file's router_loop of the region; none there either = not measured.
+	routerLoop string
 }
 
 func (p *proxyFlags) register(fs *flag.FlagSet) {
@@ -49,6 +59,7 @@ func (p *proxyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.nginxListen, "nginx-listen", "127.0.0.1:20990", "proxy: address nginx listens on (keep it in your own port range)")
 	fs.BoolVar(&p.fastProxy, "baseline-fasthttp", false, "proxy: also measure a bare fasthttp reverse proxy (own process, keep-alive upstream) in front of the direct API node: a Go proxy's floor on a lean server")
 	fs.BoolVar(&p.gnetProxy, "baseline-gnet", false, "proxy: also measure a bare reverse proxy on gnet's event loops (own process, no goroutine per connection, non-blocking keep-alive upstream) in front of the direct API node")
+	fs.StringVar(&p.routerLoop, "router-loop", "", "proxy: base URL of the router's event-loop listener (its -loop-listen), measured as the target router-loop (default: the cluster file's router_loop of -region; none: not measured)")
 	fs.BoolVar(&p.nginxLog, "nginx-access-log", false, "proxy: nginx writes an access log line per request (buffered 64 KiB, flushed every 100 ms, like the router's log); default off")
 }
 
@@ -283,7 +294,9 @@ func (r proxyRun) netCPUPerRequest(target string, i int, roles []procRole) (floa
 	var bgTicks int64
 	var bgWall time.Duration
 	for name, o := range r.usage {
-		if name != target {
+		// The rounds of every target the role's process serves are not its background: the
+		// router serves both router's and router-loop's.
+		if name != target && proxyRole(roles, name) != i {
 			bgTicks += o.ticks[i]
 			bgWall += o.wall
 		}
@@ -359,8 +372,18 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		bareRoles = append(bareRoles, procRole{name: b.name, pids: []int{pid}})
 	}
 	plan.targets = append(plan.targets, router)
-	fmt.Fprintf(stderr, "bench: proxy, connections %s, %s per target per run, targets direct=%s nginx=%s router=%s (tenant %s)\n",
-		o.conns.String(), o.cfg.Duration, direct.base, nt.base, router.base, direct.tenant.id)
+	loop, loopNote := loopTarget(o, plan, router)
+	if loop != nil {
+		plan.targets = append(plan.targets, *loop)
+	} else {
+		fmt.Fprintf(stderr, "bench: %s; measuring the other targets without it\n", loopNote)
+	}
+	var names []string
+	for _, t := range plan.targets {
+		names = append(names, t.name+"="+t.base)
+	}
+	fmt.Fprintf(stderr, "bench: proxy, connections %s, %s per target per run, targets %s (tenant %s)\n",
+		o.conns.String(), o.cfg.Duration, strings.Join(names, " "), direct.tenant.id)
 
 	targets, err := setup(ctx, plan, stderr)
 	if err != nil {
@@ -371,7 +394,18 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		{name: "nginx", pids: []int{nginxPID}}, // its worker is its child
 	}
 	roles = append(roles, bareRoles...)
-	roles = append(roles, procRole{name: "router", pids: pidIf(findListener(hostPort(router.base)))})
+	routerRole := procRole{name: "router", pids: pidIf(findListener(hostPort(router.base)))}
+	roles = append(roles, routerRole)
+	if loop != nil {
+		if role, note := loopRole(routerRole, hostPort(loop.base)); role != nil || note != "" {
+			if note != "" {
+				fmt.Fprintf(stderr, "bench: %s\n", note)
+			}
+			if role != nil {
+				roles = append(roles, *role)
+			}
+		}
+	}
 	for _, r := range roles {
 		if len(r.pids) == 0 {
 			fmt.Fprintf(stderr, "bench: the %s's process was not found; its CPU is not reported\n", r.name)
@@ -407,8 +441,103 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		runs = append(runs, proxyRun{conns: conns, rep: rep, usage: meter.usage, rounds: rs.rounds, void: rs.void, status: rs.statuses})
 	}
 	var md strings.Builder
-	writeProxySection(&md, o, plan, roles, runs, machineInfo(ctx))
+	writeProxySection(&md, o, plan, roles, runs, loopNote, machineInfo(ctx))
 	return emit(o, md.String(), proxyJSON(runs, roles), stdout, stderr)
+}
+
+// loopTarget is the router-loop target: the router's event-loop listener from -router-loop or
+// the cluster file, read as the router target reads. Without one it returns nil and says why.
+func loopTarget(o *options, p *plan, router benchTarget) (*benchTarget, string) {
+	base := o.routerLoop
+	if base == "" {
+		base = p.routerLoop
+	}
+	if base != "" {
+		t := router
+		t.name, t.base = routerLoopName, strings.TrimRight(base, "/")
+		return &t, ""
+	}
+	if len(o.targets) > 0 {
+		return nil, routerLoopName + " not measured: no -router-loop given (the router's -loop-listen address)"
+	}
+	return nil, fmt.Sprintf("%s not measured: %s has no router_loop for region %s, so its router has no event-loop "+
+		"listener (the launcher gives routers one with router_loop_listen: true in the topology file)",
+		routerLoopName, o.cluster, p.region)
+}
+
+// loopRole decides whose CPU the router-loop target's rounds are charged to. The loop listener
+// is normally the measured router's own (its -loop-listen, or MERIDIAN_ROUTER_LOOP_LISTEN in its
+// environment): then nil, and router-loop's CPU is the router role's. Served by another
+// process, router-loop gets a role of its own with that process; served by none bench can
+// find, a role without a process (CPU not reported) and a note saying so.
+func loopRole(router procRole, loopAddr string) (*procRole, string) {
+	for _, pid := range router.pids {
+		if servesLoop(procArgs(pid, "cmdline"), procArgs(pid, "environ"), loopAddr) {
+			return nil, ""
+		}
+	}
+	if pid := findLoopListener(loopAddr); pid != 0 {
+		return &procRole{name: routerLoopName, pids: []int{pid}},
+			fmt.Sprintf("%s (%s) is served by process %d, not the measured router; its CPU is that process's", routerLoopName, loopAddr, pid)
+	}
+	return &procRole{name: routerLoopName},
+		fmt.Sprintf("no process was found with -loop-listen %s (nor the router with %s=%s); %s's CPU is not reported",
+			loopAddr, loopListenEnv, loopAddr, routerLoopName)
+}
+
+// procArgs reads /proc/<pid>/<file> (cmdline or environ) as its NUL-separated strings (nil when
+// unreadable).
+func procArgs(pid int, file string) []string {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), file))
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+// findLoopListener returns the pid of the process whose command line has -loop-listen
+// hostport, or 0 when none or several do.
+func findLoopListener(hostport string) int {
+	var found []int
+	for _, p := range listProcCmds() {
+		if servesLoop(p.args, nil, hostport) {
+			found = append(found, p.pid)
+		}
+	}
+	if len(found) != 1 {
+		return 0
+	}
+	return found[0]
+}
+
+// servesLoop says whether a process with command line args and environment env serves a
+// router loop listener on hostport: -loop-listen (or --loop-listen) hostport, separate or with
+// "="; without the flag, MERIDIAN_ROUTER_LOOP_LISTEN=hostport (a flag overrides the variable).
+func servesLoop(args, env []string, hostport string) bool {
+	for i, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		name, val, eq := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name != "loop-listen" {
+			continue
+		}
+		if !eq && i+1 < len(args) {
+			val = args[i+1]
+		}
+		return val == hostport
+	}
+	return slices.Contains(env, loopListenEnv+"="+hostport)
+}
+
+// proxyRole is the index in roles of the process that forwards target's requests: the role of
+// the target's own name (nginx, the bare proxies, the router), for router-loop the router's
+// unless it has a role of its own; -1 for direct.
+func proxyRole(roles []procRole, target string) int {
+	if i := roleIndex(roles, target); i >= 0 || target != routerLoopName {
+		return i
+	}
+	return roleIndex(roles, "router")
 }
 
 func pidIf(pid int) []int {
@@ -418,8 +547,9 @@ func pidIf(pid int) []int {
 	return []int{pid}
 }
 
-// writeProxySection writes the proxy scenario's Markdown.
-func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole, runs []proxyRun, m machine) {
+// writeProxySection writes the proxy scenario's Markdown. loopNote says why router-loop was not
+// measured ("" when it was).
+func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole, runs []proxyRun, loopNote string, m machine) {
 	title := o.title
 	if title == "" {
 		title = "GET direct, through nginx and through the router, with CPU per request"
@@ -448,13 +578,22 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 	if i := slices.IndexFunc(p.targets, func(t benchTarget) bool { return t.name == gnetProxyName }); i >= 0 {
 		fmt.Fprintf(w, ", %s = %s (bench's bare reverse proxy on gnet's event loops to direct, own process)", gnetProxyName, p.targets[i].base)
 	}
-	fmt.Fprintf(w, ", router = %s; tenant `%s`; one GET of one record; load generator on the same machine, "+
+	if i := slices.IndexFunc(p.targets, func(t benchTarget) bool { return t.name == "router" }); i >= 0 {
+		fmt.Fprintf(w, ", router = %s", p.targets[i].base)
+	}
+	if i := slices.IndexFunc(p.targets, func(t benchTarget) bool { return t.name == routerLoopName }); i >= 0 {
+		fmt.Fprintf(w, ", %s = %s (the router's event-loop listener: the same process, another front)", routerLoopName, p.targets[i].base)
+	} else if loopNote != "" {
+		fmt.Fprintf(w, " (%s)", loopNote)
+	}
+	fmt.Fprintf(w, "; tenant `%s`; one GET of one record; load generator on the same machine, "+
 		"closed loop, side-by-side rounds of %s (%s per target per run, %s warm-up).\n",
-		p.targets[len(p.targets)-1].base, p.targets[0].tenant.id, o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
+		p.targets[0].tenant.id, o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
 	fmt.Fprintf(w, "- CPU µs/request: the process's utime+stime from /proc/<pid>/stat over the target's rounds, "+
 		"divided by the target's 2xx answers (10 ms ticks). \"net\": less the process's background, its CPU per "+
 		"second in the other targets' rounds (where it forwards nothing: Raft, gossip, health checks) times "+
-		"the rounds' wall time. A round with any answer other than a 2xx is void.\n\n")
+		"the rounds' wall time; the router's background leaves out both router's and router-loop's rounds, "+
+		"router-loop's CPU being the router process's in its rounds. A round with any answer other than a 2xx is void.\n\n")
 	fmt.Fprintf(w, "| conns | target | req/s | × direct | p50 ms | p99 ms | answers | void rounds |")
 	for _, r := range roles {
 		fmt.Fprintf(w, " %s µs/req |", r.name)
@@ -483,7 +622,7 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 					fmt.Fprintf(w, " — |")
 				}
 			}
-			if v, ok := run.netCPUPerRequest(t.Name, roleIndex(roles, t.Name), roles); ok {
+			if v, ok := run.netCPUPerRequest(t.Name, proxyRole(roles, t.Name), roles); ok {
 				fmt.Fprintf(w, " %.0f |", v)
 			} else {
 				fmt.Fprintf(w, " — |")
@@ -516,6 +655,28 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 					fmt.Fprintf(w, "; bare %s proxy CPU per request %.2f× nginx's (%.0f µs), throughput %.3f× nginx's",
 						b.label, fc/nc, fc, throughput(run.rep, b.name)/max(nt, 1e-9))
 				}
+			}
+		}
+		if li := proxyRole(roles, routerLoopName); li >= 0 && slices.ContainsFunc(run.rep.Targets, func(t loadgen.TargetResult) bool { return t.Name == routerLoopName }) {
+			lc, lok := run.cpuPerRequest(routerLoopName, li, roles)
+			lt := throughput(run.rep, routerLoopName)
+			fmt.Fprintf(w, "; %s", routerLoopName)
+			if lok && rok && rc > 0 {
+				fmt.Fprintf(w, " CPU per request %.2f× the router's (%.0f vs %.0f µs", lc/rc, lc, rc)
+				ln, lnok := run.netCPUPerRequest(routerLoopName, li, roles)
+				rn, rnok := run.netCPUPerRequest("router", ri, roles)
+				if lnok && rnok && rn > 0 {
+					fmt.Fprintf(w, "; net of background %.2f×, %.0f vs %.0f µs", ln/rn, ln, rn)
+				}
+				fmt.Fprintf(w, ")")
+				if nok && nc > 0 {
+					fmt.Fprintf(w, ", %.2f× nginx's", lc/nc)
+				}
+				fmt.Fprintf(w, ",")
+			}
+			fmt.Fprintf(w, " throughput %.3f× the router's", lt/max(rt, 1e-9))
+			if nt > 0 {
+				fmt.Fprintf(w, ", %.3f× nginx's", lt/nt)
 			}
 		}
 		voids := 0
@@ -571,7 +732,7 @@ func proxyJSON(runs []proxyRun, roles []procRole) any {
 					c.MicrosPerRequest[role.name] = v
 				}
 			}
-			if i := roleIndex(roles, t.Name); i >= 0 {
+			if i := proxyRole(roles, t.Name); i >= 0 {
 				if v, ok := r.netCPUPerRequest(t.Name, i, roles); ok {
 					c.NetMicros = &v
 				}

@@ -2,11 +2,18 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -156,11 +163,213 @@ func TestProxyCPUPerRequest(t *testing.T) {
 	o := &options{args: []string{"-scenario", "proxy"}}
 	o.cfg.Round, o.cfg.Duration, o.cfg.Warmup = 2*time.Second, 10*time.Second, time.Second
 	p := &plan{targets: []benchTarget{{name: "direct", base: "http://a"}, {name: nginxName, base: "http://b"}, {name: "router", base: "http://c"}}}
-	writeProxySection(&md, o, p, roles, []proxyRun{run}, machine{nproc: 2, cpu: "test"})
+	writeProxySection(&md, o, p, roles, []proxyRun{run}, "", machine{nproc: 2, cpu: "test"})
 	for _, want := range []string{"go run ./cmd/bench -scenario proxy", "| 16 | nginx | 250 | 0.500 |", " 60 |", "2 CPUs (nproc), test"} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("section lacks %q:\n%s", want, md.String())
 		}
+	}
+}
+
+// TestProxyRouterLoopCPU: router-loop's CPU is the router process's in router-loop's rounds;
+// the router's background leaves out both router's and router-loop's rounds (in either it
+// serves the load); a loop listener served by another process is charged to that process; the
+// table and the run's line compare the loop with the router and nginx.
+func TestProxyRouterLoopCPU(t *testing.T) {
+	roles := []procRole{{name: "API node", pids: []int{1}}, {name: "nginx", pids: []int{2}}, {name: "router", pids: []int{3}}}
+	run := proxyRun{
+		conns: 16,
+		rep: &loadgen.Report{Targets: []loadgen.TargetResult{
+			{Name: "direct", OK: 1000, Throughput: 500},
+			{Name: nginxName, OK: 500, Throughput: 250},
+			{Name: "router", OK: 400, Throughput: 200},
+			{Name: routerLoopName, OK: 500, Throughput: 250},
+		}},
+		usage: map[string]*phaseUsage{
+			"direct":       {wall: 2 * time.Second, ticks: []int64{10, 2, 1}},
+			nginxName:      {wall: 2 * time.Second, ticks: []int64{12, 3, 1}},
+			"router":       {wall: 2 * time.Second, ticks: []int64{14, 1, 20}},
+			routerLoopName: {wall: 2 * time.Second, ticks: []int64{14, 1, 11}},
+		},
+		rounds: map[string]int{"direct": 1, nginxName: 1, "router": 1, routerLoopName: 1},
+		status: map[string]map[string]int64{routerLoopName: {"200": 500}},
+	}
+	if i := proxyRole(roles, routerLoopName); i != 2 {
+		t.Fatalf("router-loop's role = %d, want the router's (2)", i)
+	}
+	if i := proxyRole(roles, "direct"); i != -1 {
+		t.Errorf("direct's role = %d, want none", i)
+	}
+	// 11 ticks = 110 ms over 500 answers.
+	if v, ok := run.cpuPerRequest(routerLoopName, 2, roles); !ok || v != 220 {
+		t.Errorf("router-loop = %v %v, want 220", v, ok)
+	}
+	// The router's background is its 2 ticks in direct's and nginx's 4 s: 10 ms in 2 s.
+	if v, ok := run.netCPUPerRequest("router", 2, roles); !ok || v != 475 {
+		t.Errorf("router net = %v %v, want (200-10)/400 = 475", v, ok)
+	}
+	if v, ok := run.netCPUPerRequest(routerLoopName, 2, roles); !ok || v != 200 {
+		t.Errorf("router-loop net = %v %v, want (110-10)/500 = 200", v, ok)
+	}
+	// nginx's background still counts the router's rounds and the loop's.
+	if v, ok := run.netCPUPerRequest(nginxName, 1, roles); !ok || math.Abs(v-100.0/3) > 1e-9 {
+		t.Errorf("nginx net = %v %v, want (30 - 40 ms/6 s × 2 s)/500 ≈ 33.3", v, ok)
+	}
+
+	var md strings.Builder
+	o := &options{args: []string{"-scenario", "proxy"}}
+	o.cfg.Round, o.cfg.Duration, o.cfg.Warmup = 2*time.Second, 10*time.Second, time.Second
+	p := &plan{targets: []benchTarget{{name: "direct", base: "http://a"}, {name: nginxName, base: "http://b"},
+		{name: "router", base: "http://c"}, {name: routerLoopName, base: "http://d"}}}
+	writeProxySection(&md, o, p, roles, []proxyRun{run}, "", machine{nproc: 2, cpu: "test"})
+	for _, want := range []string{
+		"router = http://c, router-loop = http://d (the router's event-loop listener",
+		"| 16 | router-loop | 250 | 0.500 |",
+		"| 200×500 | 0/1 | 280 | 20 | 220 | 200 |",
+		"router-loop CPU per request 0.44× the router's (220 vs 500 µs; net of background 0.42×, 200 vs 475 µs), 3.67× nginx's, throughput 1.250× the router's, 1.000× nginx's",
+	} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("section lacks %q:\n%s", want, md.String())
+		}
+	}
+	js, _ := json.Marshal(proxyJSON([]proxyRun{run}, roles))
+	if !strings.Contains(string(js), `"target":"router-loop","cpu_us_per_request":{"API node":280,"nginx":20,"router":220},"proxy_net_cpu_us_per_request":200`) {
+		t.Errorf("JSON lacks router-loop's figures: %s", js)
+	}
+
+	// Served by another process: router-loop has a role of its own, and the router's
+	// background counts the loop's rounds again.
+	own := append(slices.Clone(roles), procRole{name: routerLoopName, pids: []int{4}})
+	run.usage[routerLoopName].ticks = append(run.usage[routerLoopName].ticks, 30)
+	for _, u := range run.usage {
+		if len(u.ticks) < 4 {
+			u.ticks = append(u.ticks, 0)
+		}
+	}
+	if i := proxyRole(own, routerLoopName); i != 3 {
+		t.Fatalf("router-loop's own role = %d, want 3", i)
+	}
+	if v, ok := run.cpuPerRequest(routerLoopName, 3, own); !ok || v != 600 {
+		t.Errorf("router-loop on its own process = %v %v, want 600", v, ok)
+	}
+	if v, ok := run.netCPUPerRequest("router", 2, own); !ok || math.Abs(v-(200-130.0/3)/0.4) > 1e-9 {
+		t.Errorf("router net with the loop elsewhere = %v %v, want (200 - 130 ms/6 s × 2 s)/400 ≈ 392", v, ok)
+	}
+}
+
+// TestProxySectionWithoutLoop: without a loop listener the section says router-loop was not
+// measured, and why.
+func TestProxySectionWithoutLoop(t *testing.T) {
+	o := &options{args: []string{"-scenario", "proxy"}, cluster: ".meridian/cluster.json"}
+	p := &plan{region: "us-east", targets: []benchTarget{{name: "direct", base: "http://a"}, {name: "router", base: "http://c"}}}
+	loop, note := loopTarget(o, p, p.targets[1])
+	if loop != nil || !strings.Contains(note, "router_loop_listen: true") || !strings.Contains(note, ".meridian/cluster.json has no router_loop for region us-east") {
+		t.Fatalf("loopTarget without a loop listener = %v, %q", loop, note)
+	}
+	var md strings.Builder
+	run := proxyRun{conns: 16, rep: &loadgen.Report{Targets: []loadgen.TargetResult{{Name: "direct", OK: 1, Throughput: 1}}}}
+	writeProxySection(&md, o, p, nil, []proxyRun{run}, note, machine{nproc: 2, cpu: "test"})
+	if !strings.Contains(md.String(), "router = http://c ("+note+")") {
+		t.Errorf("section does not say why router-loop is missing:\n%s", md.String())
+	}
+	if strings.Contains(md.String(), "| router-loop |") {
+		t.Errorf("section has a router-loop row:\n%s", md.String())
+	}
+}
+
+// TestLoopTarget: the loop target reads what the router target reads at the cluster file's
+// router_loop, unless -router-loop names another; with -target flags only -router-loop gives one.
+func TestLoopTarget(t *testing.T) {
+	router := benchTarget{name: "router", base: "http://127.0.0.1:20000", tenant: tenantSpec{id: "bench-us-east"}, token: "tok"}
+	p := &plan{region: "us-east", routerLoop: "http://127.0.0.1:20090"}
+	loop, note := loopTarget(&options{}, p, router)
+	if loop == nil || note != "" || *loop != (benchTarget{name: routerLoopName, base: "http://127.0.0.1:20090", tenant: router.tenant, token: "tok"}) {
+		t.Errorf("from the cluster file: %+v %q", loop, note)
+	}
+	o := &options{}
+	o.routerLoop = "http://127.0.0.1:9/"
+	if loop, _ := loopTarget(o, p, router); loop == nil || loop.base != "http://127.0.0.1:9" {
+		t.Errorf("-router-loop: %+v", loop)
+	}
+	o = &options{targets: targetFlags{{"direct", "http://a:1"}, {"router", "http://b:2"}}}
+	if loop, note := loopTarget(o, &plan{}, router); loop != nil || !strings.Contains(note, "no -router-loop given") {
+		t.Errorf("-target without -router-loop: %+v %q", loop, note)
+	}
+}
+
+// TestPlanReadsRouterLoop: plan takes the measured region's router_loop from the cluster file
+// ("" when absent, as the launcher writes it with router_loop_listen off).
+func TestPlanReadsRouterLoop(t *testing.T) {
+	for _, c := range []struct{ extra, want string }{
+		{`"router_loop":"http://127.0.0.1:20090/",`, "http://127.0.0.1:20090"},
+		{``, ""},
+	} {
+		path := filepath.Join(t.TempDir(), "cluster.json")
+		b := fmt.Sprintf(`{"regions":{"us-east":{"router":"http://127.0.0.1:20000",%s"api":["http://127.0.0.1:20030"]}},
+			"dev_jwt_secret":%q,"admin_token":%q}`, c.extra, testSecret, testAdmin)
+		if err := os.WriteFile(path, []byte(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		o, err := parseFlags([]string{"-scenario", "proxy", "-cluster", path}, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := o.plan()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.routerLoop != c.want || len(p.targets) != 2 {
+			t.Errorf("cluster file with %q: routerLoop %q, %d targets; want %q, 2", c.extra, p.routerLoop, len(p.targets), c.want)
+		}
+	}
+}
+
+func TestServesLoop(t *testing.T) {
+	const addr = "127.0.0.1:20090"
+	for _, c := range []struct {
+		args, env []string
+		want      bool
+	}{
+		{[]string{"router", "-listen", "127.0.0.1:20000", "-loop-listen", addr}, nil, true},
+		{[]string{"router", "--loop-listen=" + addr}, nil, true},
+		{[]string{"router", "-loop-listen", "127.0.0.1:21090"}, nil, false},
+		{[]string{"router", "-listen", addr}, nil, false},
+		{[]string{"router"}, []string{"HOME=/", loopListenEnv + "=" + addr}, true},
+		{[]string{"router", "-loop-listen", "127.0.0.1:1"}, []string{loopListenEnv + "=" + addr}, false}, // the flag wins
+		{[]string{"router", "-loop-listen"}, nil, false},
+	} {
+		if got := servesLoop(c.args, c.env, addr); got != c.want {
+			t.Errorf("servesLoop(%q, %q) = %v, want %v", c.args, c.env, got, c.want)
+		}
+	}
+}
+
+// TestLoopRole: the loop listener of the measured router (by its environment here) is charged
+// to the router; one another process serves (by its command line) gets a role of its own; one
+// no process can be found for gets a role without a process and a note.
+func TestLoopRole(t *testing.T) {
+	start := func(env []string, args ...string) int {
+		cmd := exec.Command("sh", args...)
+		cmd.Env = env
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd.Process.Pid
+	}
+	const byEnv, byFlag, none = "127.0.0.1:29091", "127.0.0.1:29092", "127.0.0.1:29093"
+	router := procRole{name: "router", pids: []int{start([]string{loopListenEnv + "=" + byEnv}, "-c", "sleep 30; true")}}
+	// sh's own arguments: the shell runs its script with $0 and $1 $2 set, and keeps them in
+	// its command line.
+	other := start(nil, "-c", "sleep 30; true", "sh", "-loop-listen", byFlag)
+	if role, note := loopRole(router, byEnv); role != nil || note != "" {
+		t.Errorf("the router's own loop: %+v %q, want it charged to the router", role, note)
+	}
+	if role, note := loopRole(router, byFlag); role == nil || !slices.Equal(role.pids, []int{other}) || !strings.Contains(note, "not the measured router") {
+		t.Errorf("another process's loop: %+v %q, want a role with pid %d", role, note, other)
+	}
+	if role, note := loopRole(router, none); role == nil || role.name != routerLoopName || len(role.pids) != 0 || !strings.Contains(note, "not reported") {
+		t.Errorf("nobody's loop: %+v %q", role, note)
 	}
 }
 
@@ -176,6 +385,12 @@ func TestProxyFlags(t *testing.T) {
 	}
 	if _, err := parseFlags([]string{"-scenario", "get", "-baseline-gnet"}, io.Discard); !errors.Is(err, errUsage) {
 		t.Errorf("-baseline-gnet outside proxy: %v, want a usage error", err)
+	}
+	if _, err := parseFlags([]string{"-scenario", "get", "-router-loop", "http://127.0.0.1:20090"}, io.Discard); !errors.Is(err, errUsage) {
+		t.Errorf("-router-loop outside proxy: %v, want a usage error", err)
+	}
+	if _, err := parseFlags([]string{"-scenario", "proxy", "-router-loop", "127.0.0.1:20090"}, io.Discard); !errors.Is(err, errUsage) {
+		t.Errorf("-router-loop without a scheme: %v, want a usage error", err)
 	}
 	o, err := parseFlags([]string{"-scenario", "proxy"}, io.Discard)
 	if err != nil || o.conns.String() != "16,32" || o.fastProxy || o.gnetProxy {
