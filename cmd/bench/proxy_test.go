@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,12 +14,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/loadgen"
 )
 
@@ -555,4 +559,102 @@ func FuzzGnetParse(f *testing.F) {
 			t.Fatalf("chunked length %d of %d bytes", n, len(body))
 		}
 	})
+}
+
+// TestRunProxyRouterLoop runs the proxy scenario against fake nodes and a real nginx: with a
+// router_loop in the cluster file, router-loop is measured in the same rounds as the others (its
+// listener sees the GETs, its answers are counted); without one, bench says so on stderr and in
+// the section and measures direct, nginx and the router.
+func TestRunProxyRouterLoop(t *testing.T) {
+	if _, err := findNginx(""); err != nil {
+		t.Skip(err)
+	}
+	router, api := newFakeCluster(t)
+	v, err := auth.NewVerifier(auth.Config{Secret: []byte(testSecret)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop := &fakeNode{name: "loop", store: router.store}
+	loop.server = httptest.NewServer(loop.handler(t, v))
+	t.Cleanup(loop.server.Close)
+
+	for _, c := range []struct {
+		name, loopURL string
+	}{{"with a loop listener", loop.server.URL}, {"without", ""}} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "cluster.json")
+			b := fmt.Sprintf(`{"regions":{"us-east":{"router":%q,"router_loop":%q,"api":[%q]}},"dev_jwt_secret":%q,"admin_token":%q}`,
+				router.server.URL, c.loopURL, api.server.URL, testSecret, testAdmin)
+			if err := os.WriteFile(path, []byte(b), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			before := loop.gets.Load()
+			var stdout bytes.Buffer
+			var stderr lockedWriter
+			args := []string{"bench", "-scenario", "proxy", "-cluster", path, "-conns", "2", "-d", "300ms", "-round", "100ms",
+				"-warmup", "0", "-nginx-listen", freeAddr(t)}
+			if err := run(t.Context(), args, &stdout, &stderr); err != nil {
+				t.Fatalf("run: %v\n%s", err, stderr.String())
+			}
+			md := stdout.String()
+			for _, row := range []string{"| 2 | direct |", "| 2 | nginx |", "| 2 | router |"} {
+				if !strings.Contains(md, row) {
+					t.Errorf("section lacks %q:\n%s", row, md)
+				}
+			}
+			if c.loopURL == "" {
+				if strings.Contains(md, "| router-loop |") || loop.gets.Load() != before {
+					t.Errorf("router-loop measured without a loop listener:\n%s", md)
+				}
+				for _, out := range []string{stderr.String(), md} {
+					if !strings.Contains(out, "router-loop not measured: "+path+" has no router_loop for region us-east") {
+						t.Errorf("no word of the missing loop listener in:\n%s", out)
+					}
+				}
+				return
+			}
+			row := regexp.MustCompile(`\| 2 \| router-loop \| [0-9]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| 200×([0-9]+) \| 0/([0-9]+) \|`).FindStringSubmatch(md)
+			if row == nil || row[1] == "0" || row[2] == "0" {
+				t.Fatalf("no router-loop row with 200s and unvoided rounds:\n%s\n%s", md, stderr.String())
+			}
+			if n := loop.gets.Load() - before; n == 0 {
+				t.Errorf("the loop listener saw %d GETs", n)
+			}
+			if !strings.Contains(md, "router-loop = "+loop.server.URL) {
+				t.Errorf("section does not name the loop listener:\n%s", md)
+			}
+		})
+	}
+}
+
+// lockedWriter is a stderr for run that nginx's output may share. A bare bytes.Buffer may not:
+// exec copies the child's output into it with ReadFrom, which holds the buffer's state from
+// before the child started and puts it back when the child exits, dropping what bench wrote
+// meanwhile.
+type lockedWriter struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func (w *lockedWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// freeAddr is a loopback address nothing listens on now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
