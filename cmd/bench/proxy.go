@@ -397,13 +397,12 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	routerRole := procRole{name: "router", pids: pidIf(findListener(hostPort(router.base)))}
 	roles = append(roles, routerRole)
 	if loop != nil {
-		if role, note := loopRole(routerRole, hostPort(loop.base)); role != nil || note != "" {
-			if note != "" {
-				fmt.Fprintf(stderr, "bench: %s\n", note)
-			}
-			if role != nil {
-				roles = append(roles, *role)
-			}
+		role, note := loopRole(routerRole, hostPort(loop.base))
+		if note != "" {
+			fmt.Fprintf(stderr, "bench: %s\n", note)
+		}
+		if role != nil {
+			roles = append(roles, *role)
 		}
 	}
 	for _, r := range roles {
@@ -477,8 +476,12 @@ func loopRole(router procRole, loopAddr string) (*procRole, string) {
 		}
 	}
 	if pid := findLoopListener(loopAddr); pid != 0 {
+		whose := "not the measured router's"
+		if len(router.pids) == 0 {
+			whose = "the router's process was not found"
+		}
 		return &procRole{name: routerLoopName, pids: []int{pid}},
-			fmt.Sprintf("%s (%s) is served by process %d, not the measured router; its CPU is that process's", routerLoopName, loopAddr, pid)
+			fmt.Sprintf("%s (%s) is served by process %d (%s); its CPU is that process's", routerLoopName, loopAddr, pid, whose)
 	}
 	return &procRole{name: routerLoopName},
 		fmt.Sprintf("no process was found with -loop-listen %s (nor the router with %s=%s); %s's CPU is not reported",

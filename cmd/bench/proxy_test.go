@@ -369,8 +369,11 @@ func TestLoopRole(t *testing.T) {
 	if role, note := loopRole(router, byEnv); role != nil || note != "" {
 		t.Errorf("the router's own loop: %+v %q, want it charged to the router", role, note)
 	}
-	if role, note := loopRole(router, byFlag); role == nil || !slices.Equal(role.pids, []int{other}) || !strings.Contains(note, "not the measured router") {
+	if role, note := loopRole(router, byFlag); role == nil || !slices.Equal(role.pids, []int{other}) || !strings.Contains(note, "not the measured router's") {
 		t.Errorf("another process's loop: %+v %q, want a role with pid %d", role, note, other)
+	}
+	if role, note := loopRole(procRole{name: "router"}, byFlag); role == nil || !slices.Equal(role.pids, []int{other}) || !strings.Contains(note, "the router's process was not found") {
+		t.Errorf("a loop with the router unknown: %+v %q", role, note)
 	}
 	if role, note := loopRole(router, none); role == nil || role.name != routerLoopName || len(role.pids) != 0 || !strings.Contains(note, "not reported") {
 		t.Errorf("nobody's loop: %+v %q", role, note)
