@@ -7,6 +7,7 @@ set -euo pipefail
 declare -A want=(
   [postgresql]=initdb
   [redis-server]=redis-server
+  [nginx]=nginx                 # the reference proxy of bench -scenario proxy and its test
 )
 
 pgbin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
@@ -36,10 +37,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   if command -v service >/dev/null 2>&1; then
     service postgresql stop >/dev/null 2>&1 || true
     service redis-server stop >/dev/null 2>&1 || true
+    service nginx stop >/dev/null 2>&1 || true
   fi
 fi
 
 d=$(pgbin)
 echo "deps: postgres    $("${d:-/usr/bin}/postgres" --version 2>/dev/null || echo missing)"
 echo "deps: redis       $(redis-server --version 2>/dev/null | awk '{print $3}' || echo missing)"
+echo "deps: nginx       $(nginx -v 2>&1 | awk -F/ '{print $2}' || echo missing)"
 echo "deps: go          $(go version | awk '{print $3}')"

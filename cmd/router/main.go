@@ -41,6 +41,7 @@ type config struct {
 	jwtSecret, jwksFile, jwtIssuer, jwtAudience         string
 	redisAddr                                           string
 	edgeCache                                           bool
+	loopListen                                          string
 	edgeMemory                                          int
 	cacheMaxLag                                         time.Duration
 	limits                                              map[ratelimit.Rule]ratelimit.Limit
@@ -89,6 +90,7 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&c.region, "region", env.String("MERIDIAN_REGION", ""), "this router's region (MERIDIAN_REGION; required)")
 	fs.StringVar(&c.id, "id", env.String("MERIDIAN_ROUTER_ID", ""), "Raft id and gossip name, stable across restarts (MERIDIAN_ROUTER_ID; default <region>-router-<port>)")
 	fs.StringVar(&c.listen, "listen", env.String("MERIDIAN_ROUTER_LISTEN", "127.0.0.1:8080"), "HTTP listen address (MERIDIAN_ROUTER_LISTEN)")
+	fs.StringVar(&c.loopListen, "loop-listen", env.String("MERIDIAN_ROUTER_LOOP_LISTEN", ""), "also serve the router on this host:port through the event-loop front (docs/router.md, \"The event-loop front\"; empty = off) (MERIDIAN_ROUTER_LOOP_LISTEN)")
 	fs.StringVar(&c.advertiseURL, "advertise-url", env.String("MERIDIAN_ROUTER_URL", ""), "base URL other nodes reach this router at (MERIDIAN_ROUTER_URL; default http://<listen>)")
 	fs.StringVar(&c.raftAddr, "raft-addr", env.String("MERIDIAN_RAFT_ADDR", "127.0.0.1:7000"), "Raft bind address (MERIDIAN_RAFT_ADDR)")
 	fs.StringVar(&c.dataDir, "data-dir", env.String("MERIDIAN_DATA_DIR", "./data/router"), "shard-map data directory (MERIDIAN_DATA_DIR)")
@@ -264,6 +266,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		// Open change streams end at shutdown (clients resume elsewhere with Last-Event-ID)
 		// instead of holding the drain for the whole grace period.
 		hs.RegisterOnShutdown(srv.StopStreams)
+		if cfg.loopListen != "" {
+			lp, err := srv.StartLoop(router.LoopConfig{Addr: cfg.loopListen, HTTP: hs})
+			if err != nil {
+				return err
+			}
+			log.Info("event-loop front listening", "addr", lp.Addr())
+			defer func() {
+				sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+				defer cancel()
+				_ = lp.Stop(sctx)
+			}()
+		}
 		return daemon.ServeHTTP(ctx, hs, ln, cfg.shutdownGrace)
 	})
 	log.Info("router listening", "url", url, "raft", node.RaftAddr(), "id", id)

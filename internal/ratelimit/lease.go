@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -52,6 +53,15 @@ func (l *Limiter) leaseCap(b bucket) int64 {
 // fallback has been entered: the caller then decides locally. err is ctx's error when the
 // request's context ended.
 func (l *Limiter) allowLeased(ctx context.Context, bs []bucket, now int64) (res Result, backend string, done bool, err error) {
+	return l.allowLeasedOr(ctx, bs, now, false)
+}
+
+// errWouldWait is allowLeasedOr's answer, with noWait, to a request that needs Redis.
+var errWouldWait = errors.New("ratelimit: the decision needs a call to Redis")
+
+// allowLeasedOr is allowLeased; with noWait, a request that needs a call to Redis is answered
+// errWouldWait with nothing spent or changed (the tokens it reserved given back).
+func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noWait bool) (res Result, backend string, done bool, err error) {
 	lt := l.leases
 	lt.mu.Lock()
 	lt.sweep(now)
@@ -93,6 +103,11 @@ func (l *Limiter) allowLeased(ctx context.Context, bs []bucket, now int64) (res 
 		res = leaseResult(bs, states, now)
 		lt.mu.Unlock()
 		return res, "lease", true, nil
+	}
+	if noWait {
+		giveBack(states, reserved)
+		lt.mu.Unlock()
+		return Result{}, "", true, errWouldWait
 	}
 	// 3. Ask Redis for the dry buckets: a batch where leasing pays, one token otherwise.
 	sub := make([]bucket, len(need))

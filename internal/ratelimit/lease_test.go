@@ -247,3 +247,43 @@ func TestLeaseStatesOfIdleBucketsAreDropped(t *testing.T) {
 		t.Fatalf("%d lease states after every other bucket went idle, want 1", n)
 	}
 }
+
+// TestAllowNoWaitNeverCallsRedis: AllowNoWait decides from leased tokens and remembered
+// denials exactly as Allow would, declines (spending nothing) when Redis would be needed, and
+// never calls Redis itself; the counts stay exact across both.
+func TestAllowNoWaitNeverCallsRedis(t *testing.T) {
+	clk := newClock() // frozen: no refill
+	l := leasedLimiters(t, 1, map[Rule]Limit{{Scope: ScopeTenant}: {Rate: 1, Burst: 100}}, 1000*time.Second, clk.Now)[0]
+	ctx := context.Background()
+	req := Request{Class: ClassRead, Tenant: "acme"}
+	if _, ok, err := l.AllowNoWait(req); ok || err != nil {
+		t.Fatalf("first request: decided %v (%v), want declined: no lease yet", ok, err)
+	}
+	allowed := 0
+	for range 200 {
+		calls := metricValue(t, l.redisCalls)
+		res, ok, err := l.AllowNoWait(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if metricValue(t, l.redisCalls) != calls {
+			t.Fatal("AllowNoWait called Redis")
+		}
+		if !ok {
+			res, err = l.Allow(ctx, req) // the caller's way when declined
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if res.Allowed {
+			allowed++
+		}
+	}
+	if allowed != 100 {
+		t.Fatalf("%d of 200 allowed over both paths, want exactly the burst, 100", allowed)
+	}
+	// The denial is remembered: decided without Redis.
+	if res, ok, err := l.AllowNoWait(req); !ok || err != nil || res.Allowed {
+		t.Fatalf("after the burst: %+v decided %v (%v), want a remembered denial", res, ok, err)
+	}
+}

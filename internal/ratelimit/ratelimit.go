@@ -442,6 +442,41 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 	return res, nil
 }
 
+// AllowNoWait decides req as Allow does when that needs no call to Redis: from tokens leased
+// earlier, a remembered denial, or the local limiter while Redis is failing and no probe is
+// due. ok is false, and nothing is spent or changed, when the decision needs Redis: the
+// caller then asks Allow, off any thread that must not block (the router's event loops).
+func (l *Limiter) AllowNoWait(req Request) (res Result, ok bool, err error) {
+	bs, err := l.buckets(req)
+	if err != nil {
+		return Result{}, true, err
+	}
+	if len(bs) == 0 {
+		return Result{Allowed: true}, true, nil
+	}
+	now := l.now().UnixMicro()
+	if l.redis != nil {
+		if !l.fallback.Load() {
+			if l.lease <= 0 {
+				return Result{}, false, nil
+			}
+			res, backend, _, err := l.allowLeasedOr(context.Background(), bs, now, true)
+			if errors.Is(err, errWouldWait) {
+				return Result{}, false, nil
+			}
+			l.count(req.Class, res.Allowed, backend)
+			return res, true, err
+		}
+		if time.Now().UnixNano()-l.lastProbe.Load() >= int64(l.probeInterval) {
+			return Result{}, false, nil // a probe of Redis is due: Allow makes it
+		}
+	}
+	res = l.local.allow(bs, now)
+	res.Local = l.redis != nil
+	l.count(req.Class, res.Allowed, "local")
+	return res, true, nil
+}
+
 // tryRedis says whether this decision should go to Redis: always outside fallback, and for one
 // request per probe interval inside it.
 func (l *Limiter) tryRedis() bool {

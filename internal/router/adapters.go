@@ -200,24 +200,42 @@ var _ Limiter = RateLimiter{}
 
 // Check asks the limiter; the stream class is limited as a read.
 func (l RateLimiter) Check(ctx context.Context, req LimitRequest) (LimitResult, error) {
-	class := ratelimit.ClassRead
-	switch req.Class {
-	case ClassWrite:
-		class = ratelimit.ClassWrite
-	case ClassAdmin:
-		class = ratelimit.ClassAdmin
-	}
-	res, err := l.L.Allow(ctx, ratelimit.Request{Class: class, Tenant: req.Tenant, Subject: req.Subject, IP: req.IP,
-		TenantRate: req.TenantRate, TenantBurst: req.TenantBurst})
+	res, err := l.L.Allow(ctx, ratelimit.Request{Class: limitClass(req.Class), Tenant: req.Tenant,
+		Subject: req.Subject, IP: req.IP, TenantRate: req.TenantRate, TenantBurst: req.TenantBurst})
 	if err != nil {
 		return LimitResult{}, err
 	}
+	return limitResult(res), nil
+}
+
+// CheckNoWait is Check when the limiter can decide without a call to Redis (decided false
+// otherwise, nothing spent): the event-loop front's rate limit (loop.go).
+func (l RateLimiter) CheckNoWait(req LimitRequest) (LimitResult, bool, error) {
+	res, ok, err := l.L.AllowNoWait(ratelimit.Request{Class: limitClass(req.Class), Tenant: req.Tenant,
+		Subject: req.Subject, IP: req.IP, TenantRate: req.TenantRate, TenantBurst: req.TenantBurst})
+	if !ok || err != nil {
+		return LimitResult{}, ok, err
+	}
+	return limitResult(res), true, nil
+}
+
+func limitClass(c string) ratelimit.Class {
+	switch c {
+	case ClassWrite:
+		return ratelimit.ClassWrite
+	case ClassAdmin:
+		return ratelimit.ClassAdmin
+	}
+	return ratelimit.ClassRead
+}
+
+func limitResult(res ratelimit.Result) LimitResult {
 	out := LimitResult{Allowed: res.Allowed, Remaining: int(res.Remaining), Reset: res.Reset,
 		RetryAfter: res.RetryAfter, Local: res.Local}
 	if res.Scope != "" {
 		out.Limit = int(res.Limit)
 	}
-	return out, nil
+	return out
 }
 
 // TenantDefault is the limiter's default tenant rule (see tenantDefaulter).

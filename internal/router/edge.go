@@ -72,13 +72,20 @@ func plainRead(r *http.Request) bool {
 // serveEdge answers a plain record GET from the region's cache, when it has a servable entry
 // and the read would be served in this region (Decide); false: the caller forwards it.
 func (s *Server) serveEdge(c *gin.Context, tenant string, route Route) bool {
+	coll, id, ok := s.edgeCandidate(c, route)
+	return ok && s.edgeAnswer(c, tenant, route, coll, id)
+}
+
+// edgeCandidate reports whether the request is one the edge looks up (the record's collection
+// and id); a record GET it forwards without a lookup is counted "bypass" here. It never blocks.
+func (s *Server) edgeCandidate(c *gin.Context, route Route) (coll, id string, ok bool) {
 	r := c.Request
 	if s.cfg.Edge == nil || r.Method != http.MethodGet {
-		return false
+		return "", "", false
 	}
-	coll, id, ok := recordPath(r)
+	coll, id, ok = recordPath(r)
 	if !ok {
-		return false
+		return "", "", false
 	}
 	// A move's reads go to the nodes, whose cache notices the cutover (a newer write epoch)
 	// and drops the tenant's entries; a read the router would send to another region is that
@@ -86,9 +93,15 @@ func (s *Server) serveEdge(c *gin.Context, tenant string, route Route) bool {
 	local := route.HomeRegion == s.cfg.Region || s.cfg.Upstreams.Healthy(s.cfg.Region)
 	if route.Moving || !local || !plainRead(r) {
 		s.cfg.Edge.Count("bypass")
-		return false
+		return "", "", false
 	}
-	rec, res := s.cfg.Edge.Record(r.Context(), tenant, route.Shard, route.Epoch, coll, id)
+	return coll, id, true
+}
+
+// edgeAnswer looks the candidate up and answers a hit; false: the caller forwards the request.
+// It may wait on Redis (a lookup the router's copy cannot answer).
+func (s *Server) edgeAnswer(c *gin.Context, tenant string, route Route, coll, id string) bool {
+	rec, res := s.cfg.Edge.Record(c.Request.Context(), tenant, route.Shard, route.Epoch, coll, id)
 	if res != "hit" {
 		return false
 	}

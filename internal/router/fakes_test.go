@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -421,6 +422,7 @@ func (a *apiNode) lastRequest() (*http.Request, []byte) {
 type rig struct {
 	srv   *Server
 	http  *httptest.Server
+	loop  *Loop // the event-loop front, when the suite runs against it (MERIDIAN_TEST_LOOP)
 	m     *fakeMap
 	ups   *fakeUpstreams
 	nodes map[string]*apiNode
@@ -456,7 +458,30 @@ func newRig(t testing.TB, mod func(*Config)) *rig {
 	rg.srv = s
 	rg.http = httptest.NewServer(s.Handler())
 	t.Cleanup(rg.http.Close)
+	if os.Getenv("MERIDIAN_TEST_LOOP") != "" {
+		// The whole suite against the event-loop front: the rig's URL is the loop's.
+		rg.loop = startTestLoop(t, s)
+		rg.http.URL = "http://" + rg.loop.Addr()
+	}
 	return rg
+}
+
+// startTestLoop starts s's event-loop front on a loopback port, its detached connections
+// served by an HTTP server with the daemon's limits.
+func startTestLoop(t testing.TB, s *Server) *Loop {
+	t.Helper()
+	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+	l, err := s.StartLoop(LoopConfig{Addr: "127.0.0.1:0", Loops: 2, HTTP: hs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = l.Stop(ctx)
+		_ = hs.Close()
+	})
+	return l
 }
 
 const (

@@ -233,6 +233,18 @@ func (o overridingLimiter) Check(ctx context.Context, req LimitRequest) (LimitRe
 	return o.Limiter.Check(ctx, req)
 }
 
+// CheckNoWait is Check without waiting, when the Limiter can (NoWaitLimiter).
+func (o overridingLimiter) CheckNoWait(req LimitRequest) (LimitResult, bool, error) {
+	nw, ok := o.Limiter.(NoWaitLimiter)
+	if !ok {
+		return LimitResult{}, false, nil
+	}
+	if l, ok := o.m.TenantLimits(req.Tenant); ok {
+		req.TenantRate, req.TenantBurst = l.RPS, l.Burst
+	}
+	return nw.CheckNoWait(req)
+}
+
 // tenantConcurrency is the tenant's bound on requests in flight through this router.
 func (s *Server) tenantConcurrency(tenant string) int {
 	if l, ok := s.cfg.Map.TenantLimits(tenant); ok && l.Concurrency > 0 {

@@ -210,9 +210,33 @@ func (s *Server) rateLimit(c *gin.Context, p Principal, class string) bool {
 	if s.cfg.Limiter == nil {
 		return true
 	}
-	res, err := s.cfg.Limiter.Check(c.Request.Context(), LimitRequest{
-		Tenant: p.Tenant, Subject: p.Subject, IP: clientIP(c), Class: class,
-	})
+	res, err := s.cfg.Limiter.Check(c.Request.Context(), s.limitRequest(c, p, class))
+	return s.applyLimit(c, class, res, err)
+}
+
+// rateLimitNoWait is rateLimit when the limiter can decide without waiting (NoWaitLimiter);
+// decided is false, and nothing was spent or written, when it cannot.
+func (s *Server) rateLimitNoWait(c *gin.Context, p Principal, class string) (ok, decided bool) {
+	if s.cfg.Limiter == nil {
+		return true, true
+	}
+	nw, can := s.cfg.Limiter.(NoWaitLimiter)
+	if !can {
+		return false, false
+	}
+	res, decided, err := nw.CheckNoWait(s.limitRequest(c, p, class))
+	if !decided {
+		return false, false
+	}
+	return s.applyLimit(c, class, res, err), true
+}
+
+func (s *Server) limitRequest(c *gin.Context, p Principal, class string) LimitRequest {
+	return LimitRequest{Tenant: p.Tenant, Subject: p.Subject, IP: clientIP(c), Class: class}
+}
+
+// applyLimit answers the limiter's decision: RateLimit-* on the answer, 429 on a denial.
+func (s *Server) applyLimit(c *gin.Context, class string, res LimitResult, err error) bool {
 	backend := "redis"
 	if res.Local {
 		backend = "local"
@@ -259,8 +283,26 @@ func (s *Server) leaseValid() bool {
 // bounds every attempt until its response headers, less the time spent held, which moves it
 // later; each attempt tells its API node the time left.
 func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route) {
+	s.forwardFrom(c, body, tenant, route, resume{})
+}
+
+// resume is where forwardFrom takes up a request whose first attempt the event-loop front made
+// (loop.go): with its deadline and traceparent, and the attempt's failure (to be judged by the
+// retry policy as forward judges its own) or its 421 (the wait for the map made already).
+type resume struct {
+	deadline    time.Time // zero: UpstreamTimeout from now
+	traceparent string    // "": a new one from the client's
+	fail        *upstreamError
+	retried421  bool
+}
+
+// forwardFrom is forward, taken up at rs.
+func (s *Server) forwardFrom(c *gin.Context, body []byte, tenant string, route Route, rs resume) {
 	r := c.Request
-	deadline := time.Now().Add(s.cfg.UpstreamTimeout)
+	deadline := rs.deadline
+	if deadline.IsZero() {
+		deadline = time.Now().Add(s.cfg.UpstreamTimeout)
+	}
 	in := DecisionInput{
 		Method:            r.Method,
 		Path:              r.URL.Path,
@@ -292,8 +334,15 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 		}
 		return true
 	}
-	traceparent := NextTraceparent(headerValue(r.Header, canonTraceparent))
-	retried421 := false
+	traceparent := rs.traceparent
+	if traceparent == "" {
+		traceparent = NextTraceparent(headerValue(r.Header, canonTraceparent))
+	}
+	retried421 := rs.retried421
+	if retried421 && !reroute() {
+		return
+	}
+	pending := rs.fail
 	// held is the write's ticket in its tenant's hold queue once it has been fenced: it keeps
 	// its place until its resend is answered, so the tenant's held writes go out in order.
 	var held *heldWrite
@@ -318,7 +367,14 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 		return retryCtx
 	}
 	for {
-		resp, up, fail := s.attempt(c, d.Region, body, route, traceparent, tries.Avoid(), deadline)
+		var resp *http.Response
+		var up Upstream
+		var fail *upstreamError
+		if pending != nil {
+			fail, pending = pending, nil
+		} else {
+			resp, up, fail = s.attempt(c, d.Region, body, route, traceparent, tries.Avoid(), deadline)
+		}
 		if fail != nil {
 			if !fail.unsendable && tries.Again(deadlineCtx(), fail.failure) {
 				s.m.retries.Inc()
@@ -462,38 +518,13 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 		up.Done(ErrNoVerdict)
 		return nil, nil, &upstreamError{url: up.URL(), err: fmt.Errorf("%w: %v", upstream.ErrUnsendable, err), unsendable: true}
 	}
-	copyHeader(req.Header, r.Header)
-	removeHop(req.Header)
-	// The router holds the whole body: a 100-continue was the client's with this router (net/http
-	// answered it when the body was read) and has no meaning on the hop, which cannot speak it.
-	req.Header.Del("Expect")
-	setCanon(req.Header, HeaderRequestID, c.GetString(ctxRequestID))
-	setCanon(req.Header, HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
-	if route.Epoch > 0 {
-		setCanon(req.Header, HeaderTenantEpoch, strconv.FormatUint(route.Epoch, 10))
-	} else {
-		req.Header.Del(HeaderTenantEpoch) // no epoch known: the node checks none
-	}
-	if c.GetString(ctxClass) == ClassStream {
+	stream := c.GetString(ctxClass) == ClassStream
+	s.prepareHop(c, req, route, traceparent, left, stream, len(body))
+	if stream {
 		// A stream ends when the router shuts down (StopStreams).
 		stopOnShutdown := context.AfterFunc(s.streams, func() { cancel(errShuttingDown) })
 		context.AfterFunc(ctx, func() { stopOnShutdown() })
-		// A change stream has no deadline on the API node (docs/api.md): the time left here
-		// bounds only the wait for its headers, which the node sends at once, and must not be
-		// read as a bound on the stream. A client's own value is not passed on either.
-		req.Header.Del(HeaderRequestTimeout)
-	} else {
-		setCanon(req.Header, HeaderRequestTimeout, strconv.FormatInt(timeLeft(left).Milliseconds(), 10))
 	}
-	req.Header[canonTraceparent] = []string{traceparent}
-	if ip := clientIP(c); ip != "" {
-		if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
-			ip = prior + ", " + ip
-		}
-		req.Header["X-Forwarded-For"] = []string{ip}
-	}
-	req.ContentLength = int64(len(body))
-	req.Host = r.Host
 
 	start := time.Now()
 	resp, err := s.cfg.Transport.RoundTrip(req)
@@ -526,6 +557,43 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 	resp.Body = cancelOnClose{resp.Body, cancel}
 	s.m.upstreamC.get(classCode{region, resp.StatusCode}).Inc()
 	return resp, up, nil
+}
+
+// prepareHop fills the hop's request req from the client's (c.Request): its header less the
+// hop-by-hop fields and Expect, the router's own (request id, map version, the tenant's epoch,
+// the time left, traceparent, X-Forwarded-For), its length and Host. Both fronts use it (the
+// event loop's native hop too, loop.go).
+func (s *Server) prepareHop(c *gin.Context, req *http.Request, route Route, traceparent string, left time.Duration, stream bool, bodyLen int) {
+	r := c.Request
+	copyHeader(req.Header, r.Header)
+	removeHop(req.Header)
+	// The router holds the whole body: a 100-continue was the client's with this router (net/http
+	// answered it when the body was read) and has no meaning on the hop, which cannot speak it.
+	req.Header.Del("Expect")
+	setCanon(req.Header, HeaderRequestID, c.GetString(ctxRequestID))
+	setCanon(req.Header, HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
+	if route.Epoch > 0 {
+		setCanon(req.Header, HeaderTenantEpoch, strconv.FormatUint(route.Epoch, 10))
+	} else {
+		req.Header.Del(HeaderTenantEpoch) // no epoch known: the node checks none
+	}
+	if stream {
+		// A change stream has no deadline on the API node (docs/api.md): the time left here
+		// bounds only the wait for its headers, which the node sends at once, and must not be
+		// read as a bound on the stream. A client's own value is not passed on either.
+		req.Header.Del(HeaderRequestTimeout)
+	} else {
+		setCanon(req.Header, HeaderRequestTimeout, strconv.FormatInt(timeLeft(left).Milliseconds(), 10))
+	}
+	req.Header[canonTraceparent] = []string{traceparent}
+	if ip := clientIP(c); ip != "" {
+		if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
+			ip = prior + ", " + ip
+		}
+		req.Header["X-Forwarded-For"] = []string{ip}
+	}
+	req.ContentLength = int64(bodyLen)
+	req.Host = r.Host
 }
 
 // cancelOnClose ends an attempt's context when its answer's body is closed.

@@ -177,6 +177,13 @@ type Limiter interface {
 	Check(ctx context.Context, req LimitRequest) (LimitResult, error)
 }
 
+// NoWaitLimiter is a Limiter that can say, without blocking, whether it can decide a request at
+// once: CheckNoWait is Check when decided, and spends or changes nothing when not (the
+// decision needs a network call). The event-loop front (loop.go) asks it on its loops.
+type NoWaitLimiter interface {
+	CheckNoWait(req LimitRequest) (res LimitResult, decided bool, err error)
+}
+
 // Upstream is one reserved API node; Done must be called exactly once.
 type Upstream interface {
 	// ID names the node (unique within the router's view), for Pick's avoid list.

@@ -116,13 +116,24 @@ func (s *Server) Handler() http.Handler { return s.engine }
 // overhead (time spent in the router, excluding the wait for API nodes).
 func (s *Server) observe(c *gin.Context) {
 	start := time.Now()
+	s.observeBegin(c)
+	c.Next()
+	s.observeEnd(c, start)
+}
+
+// observeBegin and observeEnd are observe's halves, before and after the handler; the
+// event-loop front (loop.go) calls them around its own steps.
+func (s *Server) observeBegin(c *gin.Context) {
 	rid := RequestID(c.GetHeader(HeaderRequestID))
 	c.Set(ctxRequestID, rid)
 	setCanon(c.Writer.Header(), HeaderRequestID, rid)
-	ut := &upstreamTime{}
-	c.Set(ctxUpstream, ut)
-	c.Next()
+	c.Set(ctxUpstream, &upstreamTime{})
+}
+
+func (s *Server) observeEnd(c *gin.Context, start time.Time) {
 	total := time.Since(start)
+	v, _ := c.Get(ctxUpstream)
+	ut, _ := v.(*upstreamTime)
 	class, _ := c.Get(ctxClass)
 	cl, _ := class.(string)
 	if cl == "" {

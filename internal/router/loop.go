@@ -1,0 +1,1241 @@
+package router
+
+// The event-loop front (issue 16, first stage; docs/router.md, "The event-loop front"): the
+// router's /v1 hot path served on github.com/panjf2000/gnet/v2's event loops, with no goroutine
+// per connection or per request, and a non-blocking hop to the API nodes on the same loop.
+//
+// The loop serves natively only what it can serve to the letter: a bodiless GET or HEAD of
+// /v1/… (not a change stream), HTTP/1.1, with a strictly valid head within the limits. Every
+// other request — and so its connection, from that request on — is detached: the socket is
+// taken out of the loop (a dup of its descriptor) with the bytes already read, and handed to
+// the router's own net/http server, which serves it for the rest of its life exactly as it
+// serves -listen's connections (its timeouts, limits and answers are the same code).
+//
+// A native request runs the router's own steps (the same functions as proxy, on a gin context
+// whose writer buffers the answer): request id, authentication and scope, rate limit, route,
+// admission, the edge, the decision, the pick with its breakers, the hop's request (prepareHop),
+// the answer's copy (copyResponse), metrics and the log line (observeBegin/End). A step that
+// may block runs off the loop in a goroutine and comes back with EventLoop.Execute: a rate
+// limit that needs Redis, an edge lookup, and anything after a first attempt that failed or was
+// answered 421 (forwardFrom, forward's own loop, takes the request up there).
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/textproto"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/panjf2000/gnet/v2"
+	"github.com/panjf2000/gnet/v2/pkg/logging"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/meridian-dev/meridian/internal/upstream"
+)
+
+// LoopConfig configures the event-loop front (Server.StartLoop).
+type LoopConfig struct {
+	// Addr is the host:port to listen on (port 0: any).
+	Addr string
+	// Loops is the number of event loops; 0: one per CPU the runtime uses (GOMAXPROCS).
+	Loops int
+	// HTTP serves the connections the loop detaches: the router's own server (its Handler the
+	// Server's, its timeouts and limits internal/daemon's HTTPLimits). Its ReadHeaderTimeout,
+	// IdleTimeout and MaxHeaderBytes bound the loop's own connections too.
+	HTTP *http.Server
+}
+
+// Loop is a running event-loop front.
+type Loop struct {
+	s      *Server
+	cfg    LoopConfig
+	eng    gnet.Engine
+	addr   string
+	detach *detachListener
+	base   context.Context // parent of the requests' contexts; ends at Stop
+	end    context.CancelFunc
+	done   chan error // gnet.Run's outcome
+
+	maxHead       int
+	headerTimeout time.Duration
+	idleTimeout   time.Duration
+
+	mu    sync.Mutex
+	conns map[*loopConn]struct{} // for the sweeper
+
+	upAddrs sync.Map // API node base URL → *net.TCPAddr
+
+	requests    *prometheus.CounterVec
+	native      prometheus.Counter
+	edge        prometheus.Counter
+	offloop     prometheus.Counter
+	detached    prometheus.Counter
+	connections prometheus.Gauge
+
+	booted chan error
+}
+
+// StartLoop starts the event-loop front on cfg.Addr and returns once it listens.
+func (s *Server) StartLoop(cfg LoopConfig) (*Loop, error) {
+	if cfg.HTTP == nil {
+		return nil, errors.New("router: loop: no HTTP server for detached connections")
+	}
+	if cfg.Loops <= 0 {
+		cfg.Loops = runtime.GOMAXPROCS(0)
+	}
+	l := &Loop{s: s, cfg: cfg, done: make(chan error, 1), booted: make(chan error, 1),
+		conns: map[*loopConn]struct{}{}, maxHead: cfg.HTTP.MaxHeaderBytes,
+		headerTimeout: cfg.HTTP.ReadHeaderTimeout, idleTimeout: cfg.HTTP.IdleTimeout}
+	if l.maxHead <= 0 {
+		l.maxHead = http.DefaultMaxHeaderBytes
+	}
+	l.maxHead += 4096 // net/http's slack above MaxHeaderBytes (its 431 comes from there)
+	if l.headerTimeout <= 0 {
+		l.headerTimeout = 5 * time.Second
+	}
+	if l.idleTimeout <= 0 {
+		l.idleTimeout = 2 * time.Minute
+	}
+	l.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_router_loop_requests_total",
+		Help: "Requests the event-loop front took, by path: native (served on a loop), edge (an edge lookup made off the loop), offloop (a step after a failed or misdirected first attempt, or a rate limit that needed Redis, made off the loop), detached (the connection handed to net/http)."},
+		[]string{"path"})
+	l.connections = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_router_loop_connections",
+		Help: "Client connections the event-loop front serves (detached ones not counted)."})
+	if err := registerLoop(s.cfg.Registry, l); err != nil {
+		return nil, err
+	}
+	l.native, l.edge = l.requests.WithLabelValues("native"), l.requests.WithLabelValues("edge")
+	l.offloop, l.detached = l.requests.WithLabelValues("offloop"), l.requests.WithLabelValues("detached")
+	l.base, l.end = context.WithCancel(context.Background())
+	l.detach = newDetachListener()
+	go func() { _ = cfg.HTTP.Serve(l.detach) }()
+	go func() {
+		err := gnet.Run(l, "tcp://"+cfg.Addr, gnet.WithMulticore(true), gnet.WithNumEventLoop(cfg.Loops),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay), gnet.WithLogger(loopLog{s.cfg.Logger}))
+		select {
+		case l.booted <- err:
+		default:
+		}
+		l.done <- err
+	}()
+	if err := <-l.booted; err != nil {
+		l.end()
+		_ = l.detach.Close()
+		return nil, fmt.Errorf("router: loop: %w", err)
+	}
+	go l.sweep()
+	return l, nil
+}
+
+// registerLoop registers the loop's metrics, or takes the ones registered already (a second
+// loop of the same Server shares them).
+func registerLoop(reg prometheus.Registerer, l *Loop) error {
+	if err := reg.Register(l.requests); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return err
+		}
+		l.requests = are.ExistingCollector.(*prometheus.CounterVec)
+	}
+	if err := reg.Register(l.connections); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return err
+		}
+		l.connections = are.ExistingCollector.(prometheus.Gauge)
+	}
+	return nil
+}
+
+// Addr is the host:port the loop listens on.
+func (l *Loop) Addr() string { return l.addr }
+
+// Stop closes the loop's listener and connections (requests in flight end with them) and the
+// listener of detached connections; the HTTP server's own Shutdown ends those it serves.
+func (l *Loop) Stop(ctx context.Context) error {
+	l.end()
+	_ = l.detach.Close()
+	err := l.eng.Stop(ctx)
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+	}
+	return err
+}
+
+// sweep closes the loop's connections that sat idle longer than the idle timeout, or took
+// longer than the header timeout to send a request's head (the net/http server's rules).
+func (l *Loop) sweep() {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.base.Done():
+			return
+		case now := <-t.C:
+			n := now.UnixNano()
+			l.mu.Lock()
+			for lc := range l.conns {
+				if lc.busy.Load() {
+					continue
+				}
+				if h := lc.headSince.Load(); h != 0 && n-h > int64(l.headerTimeout) ||
+					n-lc.active.Load() > int64(l.idleTimeout) {
+					_ = lc.c.Close()
+				}
+			}
+			l.mu.Unlock()
+		}
+	}
+}
+
+// loopConn is a client connection's state; only its loop touches it but for the atomics.
+type loopConn struct {
+	c          gnet.Conn
+	peer       string
+	ups        []*loopUp // its hop connections to API nodes
+	req        *loopReq  // the request in flight
+	closed     bool
+	closeAfter bool
+	wb         *bufio.Writer // the hop request's writer, over hopBuf
+	hopBuf     bytes.Buffer
+	out        []byte
+
+	busy      atomic.Bool  // a request is in flight (the sweeper leaves it alone)
+	active    atomic.Int64 // unix nanoseconds of the last request's end (or the open)
+	headSince atomic.Int64 // when the first bytes of a head not yet complete arrived; 0: none
+}
+
+// loopUp is a hop connection to an API node, owned by one client connection and its loop.
+type loopUp struct {
+	lc      *loopConn
+	addr    string
+	c       gnet.Conn // nil while dialling
+	req     *loopReq  // the request in flight on it
+	served  bool      // it has answered a request
+	got     bool      // bytes of the answer in flight have arrived
+	closed  bool
+	retired bool // closed by us: its close is no failure of anybody's request
+}
+
+// loopReq is one native request.
+type loopReq struct {
+	lc     *loopConn
+	gc     *gin.Context
+	w      *loopWriter
+	start  time.Time
+	isHead bool
+
+	p     Principal
+	class string
+	route Route
+	slots *tenantSlots
+
+	d           Decision
+	up          Upstream
+	hop         *loopUp
+	hopReq      *http.Request
+	hopBytes    []byte
+	reused      bool
+	resent      bool
+	sentAt      time.Time
+	deadline    time.Time
+	traceparent string
+	timer       *time.Timer
+
+	off    bool // a step runs off the loop
+	cancel context.CancelFunc
+	next   func() // the step to run on the loop when the one off it is back; nil: finish
+}
+
+var _ gnet.EventHandler = (*Loop)(nil)
+
+// OnBoot learns the listener's address (port 0 chosen by the kernel).
+func (l *Loop) OnBoot(eng gnet.Engine) gnet.Action {
+	l.eng = eng
+	fd, err := eng.Dup()
+	if err != nil {
+		l.booted <- err
+		return gnet.Shutdown
+	}
+	f := os.NewFile(uintptr(fd), "listener")
+	ln, err := net.FileListener(f)
+	_ = f.Close()
+	if err != nil {
+		l.booted <- err
+		return gnet.Shutdown
+	}
+	l.addr = ln.Addr().String()
+	_ = ln.Close()
+	l.booted <- nil
+	return gnet.None
+}
+
+func (l *Loop) OnShutdown(gnet.Engine) {}
+
+func (l *Loop) OnTick() (time.Duration, gnet.Action) { return time.Hour, gnet.None }
+
+func (l *Loop) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	if u, ok := c.Context().(*loopUp); ok { // a hop connection we dialled
+		u.c = c
+		if u.lc.closed || u.retired {
+			return nil, gnet.Close
+		}
+		if rq := u.req; rq != nil {
+			raceReleaseIO()
+			return rq.hopBytes, gnet.None
+		}
+		return nil, gnet.None
+	}
+	lc := &loopConn{c: c}
+	if a := c.RemoteAddr(); a != nil {
+		lc.peer = a.String()
+	}
+	lc.wb = bufio.NewWriterSize(&lc.hopBuf, 4096)
+	lc.active.Store(time.Now().UnixNano())
+	c.SetContext(lc)
+	l.mu.Lock()
+	l.conns[lc] = struct{}{}
+	l.mu.Unlock()
+	l.connections.Inc()
+	return nil, gnet.None
+}
+
+func (l *Loop) OnClose(c gnet.Conn, _ error) gnet.Action {
+	raceAcquireIO()
+	switch x := c.Context().(type) {
+	case *loopConn:
+		x.closed = true
+		l.mu.Lock()
+		delete(l.conns, x)
+		l.mu.Unlock()
+		l.connections.Dec()
+		for _, u := range x.ups {
+			u.retired = true
+			if u.c != nil {
+				_ = u.c.Close()
+			}
+		}
+		x.ups = nil
+		if rq := x.req; rq != nil {
+			l.abandon(rq)
+		}
+	case *loopUp:
+		l.hopClosed(x)
+	}
+	return gnet.None
+}
+
+func (l *Loop) OnTraffic(c gnet.Conn) gnet.Action {
+	raceAcquireIO()
+	switch x := c.Context().(type) {
+	case *loopConn:
+		return l.request(x)
+	case *loopUp:
+		return l.answer(x)
+	}
+	return gnet.Close
+}
+
+// request takes the next request off a client connection: natively, or by detaching it.
+func (l *Loop) request(lc *loopConn) gnet.Action {
+	if lc.req != nil || lc.closed { // pipelined: the next request waits until this answer is out
+		return gnet.None
+	}
+	buf, _ := lc.c.Peek(-1)
+	if len(buf) == 0 {
+		return gnet.None
+	}
+	end := bytes.Index(buf, crlfcrlf)
+	if end < 0 {
+		if len(buf) > l.maxHead {
+			return l.detachConn(lc)
+		}
+		if lc.headSince.Load() == 0 {
+			lc.headSince.Store(time.Now().UnixNano())
+		}
+		return gnet.None
+	}
+	if end+4 > l.maxHead {
+		return l.detachConn(lc)
+	}
+	r, closeAfter, ok := parseNative(buf[:end+4])
+	if !ok {
+		return l.detachConn(lc)
+	}
+	_, _ = lc.c.Discard(end + 4)
+	lc.headSince.Store(0)
+	r.RemoteAddr = lc.peer
+	lc.closeAfter = closeAfter
+	l.native.Inc()
+	l.begin(lc, r)
+	return gnet.None
+}
+
+// detachConn hands the connection, from the request at the head of its buffer on, to the
+// HTTP server. An answer still being written waits: its bytes must go out first.
+func (l *Loop) detachConn(lc *loopConn) gnet.Action {
+	if lc.c.OutboundBuffered() > 0 {
+		c := lc.c
+		time.AfterFunc(time.Millisecond, func() { _ = c.Wake(nil) })
+		return gnet.None
+	}
+	buf, _ := lc.c.Peek(-1)
+	pending := bytes.Clone(buf)
+	fd, err := lc.c.Dup()
+	if err != nil {
+		return gnet.Close
+	}
+	f := os.NewFile(uintptr(fd), "client")
+	nc, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		return gnet.Close
+	}
+	l.detached.Inc()
+	raceReleaseIO()
+	l.detach.hand(&prefixConn{Conn: nc, pending: pending})
+	return gnet.Close // closes the loop's descriptor; the socket lives on in nc
+}
+
+// begin starts a native request's steps.
+func (l *Loop) begin(lc *loopConn, r *http.Request) {
+	s := l.s
+	w := &loopWriter{h: make(http.Header, 8)}
+	gc := gin.CreateTestContextOnly(w, s.engine)
+	gc.Request = r
+	rq := &loopReq{lc: lc, gc: gc, w: w, start: time.Now(), isHead: r.Method == http.MethodHead}
+	lc.req = rq
+	lc.busy.Store(true)
+	s.observeBegin(gc)
+	rq.class = Classify(r.Method, r.URL.Path)
+	gc.Set(ctxClass, rq.class)
+	p, ok := s.authorize(gc)
+	if !ok {
+		l.finish(rq)
+		return
+	}
+	rq.p = p
+	gc.Set(ctxTenant, p.Tenant)
+	ok, decided := s.rateLimitNoWait(gc, p, rq.class)
+	if !decided {
+		l.offloopStep(rq, func() bool { return s.rateLimit(gc, p, rq.class) }, func() { l.admitted(rq) })
+		return
+	}
+	if !ok {
+		l.finish(rq)
+		return
+	}
+	l.admitted(rq)
+}
+
+// admitted is the request's route, admission and edge, once its rate limit let it in.
+func (l *Loop) admitted(rq *loopReq) {
+	s, gc := l.s, rq.gc
+	route, ok := s.lookup(gc, rq.p.Tenant)
+	if !ok {
+		l.finish(rq)
+		return
+	}
+	rq.route = route
+	slots, ok := s.admit(gc, rq.p.Tenant, route)
+	if !ok {
+		l.finish(rq)
+		return
+	}
+	rq.slots = slots
+	if coll, id, ok := s.edgeCandidate(gc, route); ok {
+		l.edge.Inc()
+		// A hit answers (finish); a miss goes on to the hop.
+		l.offloopStep(rq, func() bool { return !s.edgeAnswer(gc, rq.p.Tenant, route, coll, id) }, func() { l.hop(rq) })
+		return
+	}
+	l.hop(rq)
+}
+
+// hop decides where the request goes and sends it, as forward's first attempt does.
+func (l *Loop) hop(rq *loopReq) {
+	s, gc, r := l.s, rq.gc, rq.gc.Request
+	rq.deadline = time.Now().Add(s.cfg.UpstreamTimeout)
+	rq.d = Decide(DecisionInput{
+		Method: r.Method, Path: r.URL.Path, LocalRegion: s.cfg.Region, HomeRegion: rq.route.HomeRegion,
+		LocalHealthy: s.cfg.Upstreams.Healthy(s.cfg.Region), LeaseValid: s.leaseValid(),
+		HasIdempotencyKey: r.Header.Get(HeaderIdempotencyKey) != "",
+	})
+	if rq.d.Status != 0 {
+		gc.Header("Retry-After", "1")
+		s.problem(gc, rq.d.Status, "Service Unavailable", rq.d.Reason)
+		l.finish(rq)
+		return
+	}
+	rq.traceparent = NextTraceparent(headerValue(r.Header, canonTraceparent))
+	up, err := s.cfg.Upstreams.Pick(rq.d.Region, nil)
+	if err != nil {
+		l.resume(rq, &upstreamError{failure: upstream.Failure{NoNode: errors.Is(err, ErrNoUpstream)}, err: err}, false)
+		return
+	}
+	addr, ok := l.upAddr(up.URL())
+	if !ok { // not a plain http:// node: forward's transport speaks it
+		up.Done(ErrNoVerdict)
+		l.resume(rq, nil, false)
+		return
+	}
+	target := strings.TrimRight(up.URL(), "/") + r.URL.RequestURI()
+	req, err := http.NewRequestWithContext(l.base, r.Method, target, nil)
+	if err != nil {
+		up.Done(ErrNoVerdict)
+		l.resume(rq, nil, false)
+		return
+	}
+	left := time.Until(rq.deadline)
+	s.prepareHop(gc, req, rq.route, rq.traceparent, left, false, 0)
+	lc := rq.lc
+	lc.hopBuf.Reset()
+	lc.wb.Reset(&lc.hopBuf)
+	if err := upstream.WriteRequest(lc.wb, req); err != nil || lc.wb.Flush() != nil {
+		up.Done(ErrNoVerdict)
+		l.resume(rq, nil, false)
+		return
+	}
+	rq.up, rq.hopReq = up, req
+	rq.hopBytes = append(rq.hopBytes[:0], lc.hopBuf.Bytes()...)
+	rq.sentAt = time.Now()
+	el := lc.c.EventLoop()
+	rq.timer = time.AfterFunc(left, func() {
+		_ = el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			if lc.req == rq && rq.up != nil && !lc.closed {
+				l.hopFailed(rq, errDeadline)
+			}
+			return nil
+		}))
+	})
+	l.send(rq, addr)
+}
+
+// send writes the hop's request on an idle hop connection to addr, or dials one.
+func (l *Loop) send(rq *loopReq, addr *net.TCPAddr) {
+	lc := rq.lc
+	key := addr.String()
+	for _, u := range lc.ups {
+		if u.addr == key && u.req == nil && !u.closed && !u.retired && u.c != nil {
+			rq.hop, u.req, u.got = u, rq, false
+			rq.reused = u.served
+			raceReleaseIO()
+			if _, err := u.c.Write(rq.hopBytes); err != nil {
+				_ = u.c.Close() // hopClosed judges it
+			}
+			return
+		}
+	}
+	u := &loopUp{lc: lc, addr: key, req: rq}
+	rq.hop, rq.reused = u, false
+	lc.ups = append(lc.ups, u)
+	el := lc.c.EventLoop()
+	res, err := el.Register(gnet.NewContext(context.Background(), u), addr)
+	if err != nil {
+		l.dropUp(u)
+		l.hopFailed(rq, err)
+		return
+	}
+	go func() { // once per new hop connection: the dial's outcome
+		r := <-res
+		if r.Err == nil {
+			return
+		}
+		_ = el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			l.dropUp(u)
+			if rq2 := u.req; rq2 != nil && rq2.hop == u && lc.req == rq2 && !lc.closed {
+				u.req = nil
+				l.hopFailed(rq2, r.Err)
+			}
+			return nil
+		}))
+	}()
+}
+
+func (l *Loop) dropUp(u *loopUp) {
+	u.closed = true
+	lc := u.lc
+	for i, x := range lc.ups {
+		if x == u {
+			lc.ups = append(lc.ups[:i], lc.ups[i+1:]...)
+			break
+		}
+	}
+}
+
+// hopClosed: a hop connection closed. Under a request, as net/http's transport does, the
+// request is sent once more on a new connection if the old one had served before and nothing of
+// the answer came (a keep-alive connection the node closed while idle); otherwise the attempt
+// failed.
+func (l *Loop) hopClosed(u *loopUp) {
+	l.dropUp(u)
+	rq := u.req
+	u.req = nil
+	if rq == nil || u.retired || rq.hop != u || rq.lc.closed || rq.lc.req != rq {
+		return
+	}
+	rq.hop = nil
+	if rq.reused && !u.got && !rq.resent {
+		rq.resent = true
+		addr, _ := l.upAddr(rq.up.URL())
+		l.send(rq, addr)
+		return
+	}
+	l.hopFailed(rq, errHopClosed)
+}
+
+var errHopClosed = errors.New("router: the API node closed the connection before its answer")
+
+// hopFailed ends the native attempt as attempt does on a transport failure, then hands the
+// request to forwardFrom off the loop (its retry policy decides; the deadline is the request's).
+func (l *Loop) hopFailed(rq *loopReq, err error) {
+	s := l.s
+	if rq.timer != nil {
+		rq.timer.Stop()
+	}
+	if u := rq.hop; u != nil {
+		u.retired, u.req = true, nil
+		rq.hop = nil
+		if u.c != nil {
+			_ = u.c.Close()
+		}
+		l.dropUp(u)
+	}
+	elapsed := time.Since(rq.sentAt)
+	addUpstreamTime(rq.gc, elapsed)
+	s.m.upstreamDurC.get(rq.d.Region).Observe(elapsed.Seconds())
+	s.m.upstreamC.get(classCode{rq.d.Region, -1}).Inc()
+	up := rq.up
+	rq.up = nil
+	e := &upstreamError{failure: upstream.Failure{Node: up.ID(), Sent: true}, url: up.URL(), err: err}
+	if errors.Is(err, errDeadline) {
+		e.err = fmt.Errorf("%w (%v)", errDeadline, err)
+	}
+	up.Done(e.err)
+	l.resume(rq, e, false)
+}
+
+// resume hands the request to forwardFrom off the loop: after a failed first attempt (fail),
+// after a 421 (retried421: the wait for a newer map made first), or from the start of the hop
+// (neither: a request the native hop cannot send).
+func (l *Loop) resume(rq *loopReq, fail *upstreamError, retried421 bool) {
+	s := l.s
+	want := uint64(0)
+	if retried421 {
+		want = rq.route.Version + 1
+		if v := rq.w.misdirectedVersion; v != 0 {
+			want = v
+		}
+	}
+	l.offloop.Inc()
+	l.offloopStep(rq, func() bool {
+		if retried421 {
+			ctx, cancel := context.WithTimeout(rq.gc.Request.Context(), s.cfg.MapWait)
+			_ = s.cfg.Map.WaitVersion(ctx, want) // on timeout, retry with what we have
+			cancel()
+		}
+		s.forwardFrom(rq.gc, nil, rq.p.Tenant, rq.route, resume{deadline: rq.deadline,
+			traceparent: rq.traceparent, fail: fail, retried421: retried421})
+		return false
+	}, nil)
+}
+
+// answer reads the hop's answer; once whole, it goes to the client as copyResponse writes it.
+func (l *Loop) answer(u *loopUp) gnet.Action {
+	buf, _ := u.c.Peek(-1)
+	if len(buf) == 0 {
+		return gnet.None
+	}
+	u.got = true
+	rq := u.req
+	if rq == nil || rq.hop != u || rq.lc.closed {
+		// Bytes nobody asked for (a node writing on an idle connection): the connection is
+		// unusable, as the hop's idle-connection check has it.
+		u.retired = true
+		l.dropUp(u)
+		return gnet.Close
+	}
+	total, status, complete, ok := answerLength(buf, rq.isHead, l.maxHead)
+	if !ok {
+		l.hopFailed(rq, errors.New("router: malformed answer from the API node"))
+		return gnet.None
+	}
+	if !complete {
+		return gnet.None
+	}
+	s := l.s
+	rq.timer.Stop()
+	elapsed := time.Since(rq.sentAt)
+	addUpstreamTime(rq.gc, elapsed)
+	s.m.upstreamDurC.get(rq.d.Region).Observe(elapsed.Seconds())
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(buf[:total])), rq.hopReq)
+	if err != nil {
+		l.hopFailed(rq, err)
+		return gnet.None
+	}
+	s.m.upstreamC.get(classCode{rq.d.Region, status}).Inc()
+	up := rq.up
+	rq.hop, u.req, u.served = nil, nil, true
+	keep := !resp.Close && len(buf) == total
+	if status == http.StatusMisdirectedRequest {
+		want, _ := strconv.ParseUint(resp.Header.Get(HeaderShardmapVersion), 10, 64)
+		rq.w.misdirectedVersion = want
+		drain(resp)
+		_, _ = u.c.Discard(total)
+		up.Done(nil)
+		rq.up = nil
+		s.m.misdirected.Inc()
+		l.resume(rq, nil, true)
+		return l.keepOrClose(u, keep)
+	}
+	rq.up = nil
+	s.copyResponse(rq.gc, resp, up, rq.route) // reads the body before the buffer moves on
+	_, _ = u.c.Discard(total)
+	l.finish(rq)
+	return l.keepOrClose(u, keep)
+}
+
+func (l *Loop) keepOrClose(u *loopUp, keep bool) gnet.Action {
+	if keep {
+		return gnet.None
+	}
+	u.retired = true
+	l.dropUp(u)
+	return gnet.Close
+}
+
+// offloopStep runs f off the loop; back on it, next runs if f returned true, else the request
+// finishes with what f wrote. The client going away meanwhile cancels the request's context.
+func (l *Loop) offloopStep(rq *loopReq, f func() bool, next func()) {
+	ctx, cancel := context.WithCancel(l.base)
+	rq.cancel = cancel
+	rq.gc.Request = rq.gc.Request.WithContext(ctx)
+	rq.off = true
+	el := rq.lc.c.EventLoop()
+	go func() {
+		goOn := f()
+		back := func(context.Context) error {
+			rq.off = false
+			if rq.lc.closed || rq.lc.req != rq {
+				l.release(rq)
+				return nil
+			}
+			if goOn && next != nil {
+				next()
+				return nil
+			}
+			l.finish(rq)
+			return nil
+		}
+		if err := el.Execute(context.Background(), gnet.RunnableFunc(back)); err != nil {
+			l.release(rq) // the loop is shutting down with its connections
+		}
+	}()
+}
+
+// abandon ends a request whose client went away.
+func (l *Loop) abandon(rq *loopReq) {
+	if rq.cancel != nil {
+		rq.cancel()
+	}
+	if rq.timer != nil {
+		rq.timer.Stop()
+	}
+	if rq.up != nil {
+		rq.up.Done(fmt.Errorf("%w: the client went away", ErrNoVerdict))
+		rq.up = nil
+	}
+	if rq.off {
+		return // the step off the loop releases it when it is back
+	}
+	l.release(rq)
+}
+
+// release gives back the request's slot and records it (metrics, log line).
+func (l *Loop) release(rq *loopReq) {
+	if rq.slots != nil {
+		rq.slots.release(rq.p.Tenant)
+		rq.slots = nil
+	}
+	if rq.cancel != nil {
+		rq.cancel()
+	}
+	if rq.gc != nil {
+		l.s.observeEnd(rq.gc, rq.start)
+		rq.gc = nil
+	}
+}
+
+// finish writes the request's answer and readies the connection for its next request.
+func (l *Loop) finish(rq *loopReq) {
+	lc := rq.lc
+	if rq.gc != nil {
+		rq.gc.Writer.WriteHeaderNow()
+	}
+	lc.out = rq.w.appendAnswer(lc.out[:0], rq.isHead, lc.closeAfter)
+	l.release(rq)
+	lc.req = nil
+	lc.busy.Store(false)
+	lc.active.Store(time.Now().UnixNano())
+	if lc.closed {
+		return
+	}
+	raceReleaseIO()
+	if _, err := lc.c.Write(lc.out); err != nil || lc.closeAfter {
+		_ = lc.c.Close()
+		return
+	}
+	if lc.c.InboundBuffered() > 0 { // a pipelined request is waiting
+		_ = lc.c.Wake(nil)
+	}
+}
+
+// upAddr is the TCP address of an API node's base URL, for plain http:// URLs.
+func (l *Loop) upAddr(base string) (*net.TCPAddr, bool) {
+	if v, ok := l.upAddrs.Load(base); ok {
+		a, _ := v.(*net.TCPAddr)
+		return a, a != nil
+	}
+	var a *net.TCPAddr
+	if hp, ok := strings.CutPrefix(base, "http://"); ok {
+		hp = strings.TrimRight(hp, "/")
+		if !strings.Contains(hp, "/") {
+			if ta, err := net.ResolveTCPAddr("tcp", hp); err == nil {
+				a = ta
+			}
+		}
+	}
+	if a == nil {
+		l.upAddrs.Store(base, false)
+		return nil, false
+	}
+	l.upAddrs.Store(base, a)
+	return a, true
+}
+
+// loopWriter buffers a native request's answer (the gin context's ResponseWriter).
+type loopWriter struct {
+	h                  http.Header
+	status             int
+	body               []byte
+	misdirectedVersion uint64 // a 421's X-Shardmap-Version, for the wait on the map
+}
+
+func (w *loopWriter) Header() http.Header { return w.h }
+func (w *loopWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+}
+func (w *loopWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	w.body = append(w.body, b...)
+	return len(b), nil
+}
+func (w *loopWriter) Flush() {}
+
+// appendAnswer formats the answer as net/http's server would for this handler's writes: the
+// status line, the header (values with line breaks made spaces, invalid names left out), Date,
+// Content-Type sniffed when the handler set none, Content-Length, the body (none for HEAD,
+// 1xx, 204 and 304).
+func (w *loopWriter) appendAnswer(b []byte, head, closeAfter bool) []byte {
+	status := w.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(status)...)
+	b = append(b, "\r\n"...)
+	bodyless := status < 200 || status == http.StatusNoContent || status == http.StatusNotModified
+	for k, vv := range w.h {
+		switch k {
+		case "Content-Length", "Transfer-Encoding", "Connection", "Date":
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		for _, v := range vv {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = appendFieldValue(b, v)
+			b = append(b, "\r\n"...)
+		}
+	}
+	b = append(b, "Date: "...)
+	b = appendDate(b)
+	b = append(b, "\r\n"...)
+	if _, ok := w.h["Content-Type"]; !ok && len(w.body) > 0 && !bodyless {
+		b = append(b, "Content-Type: "...)
+		b = append(b, http.DetectContentType(w.body)...)
+		b = append(b, "\r\n"...)
+	}
+	if !bodyless {
+		cl := strconv.Itoa(len(w.body))
+		if head {
+			if v := w.h["Content-Length"]; len(v) > 0 {
+				cl = v[0]
+			}
+		}
+		b = append(b, "Content-Length: "...)
+		b = append(b, cl...)
+		b = append(b, "\r\n"...)
+	}
+	if closeAfter {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	if !head && !bodyless {
+		b = append(b, w.body...)
+	}
+	return b
+}
+
+// appendFieldValue appends v with CR and LF as spaces and outer blanks trimmed (net/http's).
+func appendFieldValue(b []byte, v string) []byte {
+	v = textproto.TrimString(v)
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c == '\r' || c == '\n' {
+			c = ' '
+		}
+		b = append(b, c)
+	}
+	return b
+}
+
+// dateCache is the formatted Date of the current second.
+var dateCache atomic.Pointer[dateStamp]
+
+type dateStamp struct {
+	sec int64
+	s   string
+}
+
+func appendDate(b []byte) []byte {
+	now := time.Now()
+	d := dateCache.Load()
+	if d == nil || d.sec != now.Unix() {
+		d = &dateStamp{sec: now.Unix(), s: now.UTC().Format(http.TimeFormat)}
+		dateCache.Store(d)
+	}
+	return append(b, d.s...)
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// parseNative parses a request head (its blank line included) the loop serves natively; ok is
+// false for any other — which the loop then detaches for net/http to judge and answer.
+// closeAfter: the client asked for the connection to close after the answer.
+func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
+	i := bytes.Index(head, crlfcrlf[:2])
+	line := head[:i]
+	sp1 := bytes.IndexByte(line, ' ')
+	if sp1 < 0 {
+		return nil, false, false
+	}
+	method := line[:sp1]
+	rest := line[sp1+1:]
+	sp2 := bytes.IndexByte(rest, ' ')
+	if sp2 < 0 || string(rest[sp2+1:]) != "HTTP/1.1" {
+		return nil, false, false
+	}
+	target := rest[:sp2]
+	var m string
+	switch string(method) {
+	case http.MethodGet:
+		m = http.MethodGet
+	case http.MethodHead:
+		m = http.MethodHead
+	default:
+		return nil, false, false
+	}
+	if !nativeTarget(target) {
+		return nil, false, false
+	}
+	h := make(http.Header, 8)
+	host, hosts := "", 0
+	for pos := i + 2; pos < len(head)-2; {
+		e := bytes.Index(head[pos:], crlfcrlf[:2])
+		l := head[pos : pos+e]
+		pos += e + 2
+		c := bytes.IndexByte(l, ':')
+		if c <= 0 {
+			return nil, false, false
+		}
+		name := l[:c]
+		for _, b := range name {
+			if !httpguts.IsTokenRune(rune(b)) {
+				return nil, false, false // also an obs-fold's leading blank
+			}
+		}
+		v := textproto.TrimBytes(l[c+1:])
+		for _, b := range v {
+			if b < ' ' && b != '\t' || b == 0x7f {
+				return nil, false, false
+			}
+		}
+		k := textproto.CanonicalMIMEHeaderKey(string(name))
+		switch k {
+		case "Content-Length", "Transfer-Encoding", "Expect", "Upgrade", "Trailer", "Te":
+			return nil, false, false
+		case "Host":
+			hosts++
+			host = string(v)
+		case "Connection":
+			for _, t := range strings.Split(string(v), ",") {
+				if strings.EqualFold(strings.TrimSpace(t), "close") {
+					closeAfter = true
+				}
+			}
+		}
+		h[k] = append(h[k], string(v))
+	}
+	if hosts != 1 || !httpguts.ValidHostHeader(host) {
+		return nil, false, false
+	}
+	r, err := http.NewRequest(m, string(target), nil)
+	if err != nil {
+		return nil, false, false
+	}
+	r.Header, r.Host, r.RequestURI = h, host, string(target)
+	r.URL.Host = ""
+	return r, closeAfter, true
+}
+
+// nativeTarget: an origin-form target under /v1/ (not a change stream), printable ASCII, no
+// fragment, no dot segment or empty segment (gin and net/http would judge those).
+func nativeTarget(t []byte) bool {
+	if !bytes.HasPrefix(t, []byte("/v1/")) || bytes.HasPrefix(t, []byte("/v1/changes")) {
+		return false
+	}
+	for _, b := range t {
+		if b <= ' ' || b >= 0x7f || b == '#' {
+			return false
+		}
+	}
+	p := t
+	if q := bytes.IndexByte(p, '?'); q >= 0 {
+		p = p[:q]
+	}
+	return !bytes.Contains(p, []byte("//")) && !bytes.Contains(p, []byte("/./")) &&
+		!bytes.Contains(p, []byte("/../")) && !bytes.HasSuffix(p, []byte("/.")) &&
+		!bytes.HasSuffix(p, []byte("/..")) && !bytes.Contains(p, []byte("%"))
+}
+
+// answerLength reads an API node's answer at the start of b: its whole length once complete,
+// its status; ok false for one the loop will not take (malformed, too large a head, delimited
+// by the close, a 1xx).
+func answerLength(b []byte, head bool, maxHead int) (total, status int, complete, ok bool) {
+	end := bytes.Index(b, crlfcrlf)
+	if end < 0 {
+		return 0, 0, false, len(b) <= maxHead
+	}
+	h := b[:end+2]
+	i := bytes.Index(h, crlfcrlf[:2])
+	line := h[:i]
+	if !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) || len(line) < 12 {
+		return 0, 0, false, false
+	}
+	status = atoiBytes(line[9:12])
+	if status < 200 || status > 999 {
+		return 0, 0, false, false
+	}
+	length, chunked, hasLength := -1, false, false
+	for pos := i + 2; pos < len(h); {
+		e := bytes.Index(h[pos:], crlfcrlf[:2])
+		l := h[pos : pos+e]
+		pos += e + 2
+		c := bytes.IndexByte(l, ':')
+		if c <= 0 {
+			return 0, 0, false, false
+		}
+		name, v := l[:c], textproto.TrimBytes(l[c+1:])
+		switch {
+		case asciiEqualFold(name, "Content-Length"):
+			n := atoiBytes(v)
+			if n < 0 || hasLength && n != length {
+				return 0, 0, false, false
+			}
+			length, hasLength = n, true
+		case asciiEqualFold(name, "Transfer-Encoding"):
+			if !asciiEqualFold(v, "chunked") {
+				return 0, 0, false, false
+			}
+			chunked = true
+		}
+	}
+	body := end + 4
+	switch {
+	case head || status == http.StatusNoContent || status == http.StatusNotModified:
+		return body, status, true, true
+	case chunked:
+		n, done, ok := chunkedLength(b[body:])
+		return body + n, status, done, ok
+	case hasLength:
+		return body + length, status, len(b) >= body+length, true
+	}
+	return 0, 0, false, false // delimited by the close: forward's transport takes it
+}
+
+// chunkedLength is the length of a chunked body at the start of b, trailers included, and
+// whether b holds all of it; ok false for a malformed one.
+func chunkedLength(b []byte) (n int, done, ok bool) {
+	pos := 0
+	for {
+		e := bytes.Index(b[pos:], crlfcrlf[:2])
+		if e < 0 {
+			return 0, false, true
+		}
+		size := b[pos : pos+e]
+		if s := bytes.IndexByte(size, ';'); s >= 0 {
+			size = size[:s]
+		}
+		sz, err := strconv.ParseInt(string(bytes.TrimSpace(size)), 16, 32)
+		if err != nil || sz < 0 {
+			return 0, false, false
+		}
+		pos += e + 2
+		if sz == 0 {
+			for {
+				e := bytes.Index(b[pos:], crlfcrlf[:2])
+				if e < 0 {
+					return 0, false, true
+				}
+				pos += e + 2
+				if e == 0 {
+					return pos, true, true
+				}
+			}
+		}
+		pos += int(sz) + 2
+		if pos > len(b) {
+			return 0, false, true
+		}
+	}
+}
+
+func atoiBytes(b []byte) int {
+	if len(b) == 0 || len(b) > 18 {
+		return -1
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		x, y := b[i], s[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// detachListener is the net.Listener the HTTP server accepts detached connections from.
+type detachListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newDetachListener() *detachListener {
+	return &detachListener{ch: make(chan net.Conn, 256), done: make(chan struct{})}
+}
+
+// hand gives a connection to the server without blocking the loop.
+func (d *detachListener) hand(c net.Conn) {
+	select {
+	case d.ch <- c:
+		return
+	default:
+	}
+	go func() {
+		select {
+		case d.ch <- c:
+		case <-d.done:
+			_ = c.Close()
+		}
+	}()
+}
+
+func (d *detachListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-d.ch:
+		return c, nil
+	case <-d.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (d *detachListener) Close() error {
+	d.once.Do(func() { close(d.done) })
+	return nil
+}
+
+func (d *detachListener) Addr() net.Addr { return loopAddr{} }
+
+type loopAddr struct{}
+
+func (loopAddr) Network() string { return "loop" }
+func (loopAddr) String() string  { return "event-loop front" }
+
+// prefixConn is a detached connection: the bytes the loop had read come first.
+type prefixConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(b, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// loopLog passes gnet's warnings and errors to the router's logger.
+type loopLog struct{ l *slog.Logger }
+
+var _ logging.Logger = loopLog{}
+
+func (loopLog) Debugf(string, ...any)       {}
+func (loopLog) Infof(string, ...any)        {}
+func (g loopLog) Warnf(f string, a ...any)  { g.l.Warn("event loop: " + fmt.Sprintf(f, a...)) }
+func (g loopLog) Errorf(f string, a ...any) { g.l.Error("event loop: " + fmt.Sprintf(f, a...)) }
+func (g loopLog) Fatalf(f string, a ...any) { g.l.Error("event loop: " + fmt.Sprintf(f, a...)) }

@@ -1,0 +1,224 @@
+package router
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// loopCount is the loop's request counter for path.
+func loopCount(t *testing.T, l *Loop, path string) float64 {
+	t.Helper()
+	return testutil.ToFloat64(l.requests.WithLabelValues(path))
+}
+
+// rawExchange sends raw on a new connection to addr and reads one answer.
+func rawExchange(t *testing.T, addr, raw string) (*http.Response, []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	method := raw[:strings.IndexByte(raw, ' ')]
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("%q: %v", raw, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, b
+}
+
+// comparable is an answer without what differs between two answers of the same request (Date).
+func answerText(resp *http.Response, body []byte) string {
+	var keys []string
+	for k := range resp.Header {
+		if k != "Date" && k != "Ratelimit-Remaining" { // the second request has one less
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d\n", resp.StatusCode)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s: %q\n", k, resp.Header[k])
+	}
+	fmt.Fprintf(&b, "\n%s", body)
+	return b.String()
+}
+
+// TestLoopAnswersAsNetHTTP sends the same requests to the router's net/http server and to its
+// event-loop front and compares the answers, header by header (but Date) and byte by byte; the
+// natively served ones must have been served on the loop, the others detached.
+func TestLoopAnswersAsNetHTTP(t *testing.T) {
+	rg := newRig(t, func(c *Config) {
+		c.Limiter = &fakeLimiter{limit: 1000}
+		c.Registry = prometheus.NewRegistry()
+	})
+	l := rg.loop
+	if l == nil {
+		l = startTestLoop(t, rg.srv)
+	}
+	netAddr := strings.TrimPrefix(rg.http.URL, "http://")
+	if rg.loop != nil {
+		netAddr = rg.http.Listener.Addr().String()
+	}
+	const rid = "X-Request-Id: req-1\r\n"
+	cases := []struct {
+		name   string
+		raw    string
+		native bool
+	}{
+		{"get", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"get query", "GET /v1/collections/c/records?limit=2&after=b HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"head", "HEAD /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"home elsewhere", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokEuco + "\r\n\r\n", true},
+		{"no token", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "\r\n", true},
+		{"bad token", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer nope\r\n\r\n", true},
+		{"no scope", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer acme|u1|data:write\r\n\r\n", true},
+		{"close", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Connection: close\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"hop headers", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Connection: X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 10.0.0.9\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"post", "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\nContent-Length: 7\r\n\r\n{\"a\":1}", false},
+		{"http/1.0", "GET /v1/collections/c/records/r1 HTTP/1.0\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", false},
+		{"admin", "GET /admin/v1/shardmap HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAdmin + "\r\n\r\n", false},
+		{"no host", "GET /v1/collections/c/records/r1 HTTP/1.1\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", false},
+		{"dot segment", "GET /v1/collections/../records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", false},
+		{"bad header", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Bad Name: 1\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			native, detached := loopCount(t, l, "native"), loopCount(t, l, "detached")
+			wantResp, wantBody := rawExchange(t, netAddr, tc.raw)
+			gotResp, gotBody := rawExchange(t, l.Addr(), tc.raw)
+			if want, got := answerText(wantResp, wantBody), answerText(gotResp, gotBody); want != got {
+				t.Errorf("net/http answered\n%s\nthe loop\n%s", want, got)
+			}
+			if tc.native && gotResp.Header.Get("Date") == "" {
+				t.Error("the loop's answer has no Date")
+			}
+			dn, dd := loopCount(t, l, "native")-native, loopCount(t, l, "detached")-detached
+			if tc.native && (dn != 1 || dd != 0) || !tc.native && (dn != 0 || dd != 1) {
+				t.Errorf("native %v, detached %v; want native: %v", dn, dd, tc.native)
+			}
+		})
+	}
+}
+
+// TestLoopKeepsConnectionsAndPipelines serves several requests on one connection, pipelined,
+// native and detached mixed: each answered in order, the connection detached from the first
+// request the loop does not serve on.
+func TestLoopKeepsConnectionsAndPipelines(t *testing.T) {
+	rg := newRig(t, func(c *Config) { c.Registry = prometheus.NewRegistry() })
+	l := rg.loop
+	if l == nil {
+		l = startTestLoop(t, rg.srv)
+	}
+	get := func(id string) string {
+		return "GET /v1/collections/c/records/" + id + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
+	}
+	post := "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\nContent-Length: 2\r\n\r\n{}"
+	c, err := net.Dial("tcp", l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	// One by one, then pipelined.
+	br := bufio.NewReader(c)
+	read := func(method, want string) {
+		t.Helper()
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+			t.Fatalf("status %d: %s", resp.StatusCode, b)
+		}
+		if !strings.Contains(string(b), want) {
+			t.Fatalf("answer %s, want it to contain %q", b, want)
+		}
+	}
+	_, _ = io.WriteString(c, get("a1"))
+	read("GET", "/v1/collections/c/records/a1")
+	_, _ = io.WriteString(c, get("a2")+get("a3")+post+get("a4"))
+	read("GET", "/v1/collections/c/records/a2")
+	read("GET", "/v1/collections/c/records/a3")
+	read("POST", `"method":"POST"`)
+	read("GET", "/v1/collections/c/records/a4")
+	if n, d := loopCount(t, l, "native"), loopCount(t, l, "detached"); n != 3 || d != 1 {
+		t.Fatalf("native %v, detached %v; want 3 and 1 (a4 rides the detached connection)", n, d)
+	}
+}
+
+// TestLoopRetriesAndFailures: a node gone before the answer is a transport failure the retry
+// policy judges (another node of the region answers), and with no node left the same 503 as
+// net/http's; an answer slower than the request deadline is 504.
+func TestLoopRetriesAndFailures(t *testing.T) {
+	rg := newRig(t, func(c *Config) {
+		c.Registry = prometheus.NewRegistry()
+		c.UpstreamTimeout = 300 * time.Millisecond
+	})
+	l := rg.loop
+	if l == nil {
+		l = startTestLoop(t, rg.srv)
+	}
+	req := "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\nX-Request-Id: r\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
+	// A second us-east node that hangs up on every request: the first pick may be it.
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	go func() {
+		for {
+			c, err := dead.Accept()
+			if err != nil {
+				return
+			}
+			buf := make([]byte, 4096)
+			_, _ = c.Read(buf)
+			_ = c.Close()
+		}
+	}()
+	rg.ups.mu.Lock()
+	rg.ups.nodes = append([]*fakeNode{{id: "us-east-dead", region: "us-east", url: "http://" + dead.Addr().String()}}, rg.ups.nodes...)
+	rg.ups.mu.Unlock()
+	for range 4 {
+		resp, body := rawExchange(t, l.Addr(), req)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("with one live node: %d %s", resp.StatusCode, body)
+		}
+	}
+	// Slow node: 504 at the deadline, as net/http's path answers.
+	rg.nodes["us-east"].mu.Lock()
+	rg.nodes["us-east"].handle = func(w http.ResponseWriter, r *http.Request) bool {
+		time.Sleep(time.Second)
+		return false
+	}
+	rg.nodes["us-east"].mu.Unlock()
+	rg.ups.mu.Lock()
+	rg.ups.nodes = rg.ups.nodes[1:]
+	rg.ups.mu.Unlock()
+	resp, body := rawExchange(t, l.Addr(), req)
+	want, wantBody := rawExchange(t, rg.http.Listener.Addr().String(), req)
+	if resp.StatusCode != http.StatusGatewayTimeout || answerText(resp, body) != answerText(want, wantBody) {
+		t.Fatalf("slow node: loop %s\nnet/http %s", answerText(resp, body), answerText(want, wantBody))
+	}
+}
