@@ -589,7 +589,7 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 	} else if loopNote != "" {
 		fmt.Fprintf(w, " (%s)", loopNote)
 	}
-	fmt.Fprintf(w, "; tenant `%s`; one GET of one record; load generator on the same machine, "+
+	fmt.Fprintf(w, "; tenant `%s`; one GET of one record with `Cache-Control: no-cache` (forwarded by the router, not answered by its edge cache; a store read on the API node for every target); load generator on the same machine, "+
 		"closed loop, side-by-side rounds of %s (%s per target per run, %s warm-up).\n",
 		p.targets[0].tenant.id, o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
 	fmt.Fprintf(w, "- CPU µs/request: the process's utime+stime from /proc/<pid>/stat over the target's rounds, "+

@@ -75,13 +75,21 @@ func setup(ctx context.Context, p *plan, log io.Writer) ([]loadgen.Target, error
 		if err := waitReadable(ctx, client, url, t.token); err != nil {
 			return nil, fmt.Errorf("target %s: %w", t.name, err)
 		}
+		// The proxy scenario measures a forwarded GET: with Cache-Control: no-cache the router's
+		// edge does not answer it and every target's API node reads the store alike.
+		noCache := p.scenario == scenarioProxy
 		targets = append(targets, loadgen.Target{Name: name, New: func(_ int, seq uint64) loadgen.Request {
-			return loadgen.Request{Method: http.MethodGet, URL: url,
-				Header: http.Header{"Authorization": auth, "Accept": accept, "X-Request-Id": rid(seq)}}
+			h := http.Header{"Authorization": auth, "Accept": accept, "X-Request-Id": rid(seq)}
+			if noCache {
+				h["Cache-Control"] = noCacheValue
+			}
+			return loadgen.Request{Method: http.MethodGet, URL: url, Header: h}
 		}})
 	}
 	return targets, nil
 }
+
+var noCacheValue = []string{"no-cache"}
 
 // createTenant creates ten through the admin API at base, homed in ten.home when known. An
 // existing tenant (409) is fine; a home elsewhere than ten.home is reported, since it changes

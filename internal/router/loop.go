@@ -20,7 +20,6 @@ package router
 // answered 421 (forwardFrom, forward's own loop, takes the request up there).
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -210,8 +209,6 @@ type loopConn struct {
 	req        *loopReq  // the request in flight
 	closed     bool
 	closeAfter bool
-	wb         *bufio.Writer // the hop request's writer, over hopBuf
-	hopBuf     bytes.Buffer
 	out        []byte
 
 	busy      atomic.Bool  // a request is in flight (the sweeper leaves it alone)
@@ -247,7 +244,6 @@ type loopReq struct {
 	d           Decision
 	up          Upstream
 	hop         *loopUp
-	hopReq      *http.Request
 	hopBytes    []byte
 	reused      bool
 	resent      bool
@@ -304,7 +300,6 @@ func (l *Loop) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if a := c.RemoteAddr(); a != nil {
 		lc.peer = a.String()
 	}
-	lc.wb = bufio.NewWriterSize(&lc.hopBuf, 4096)
 	lc.active.Store(time.Now().UnixNano())
 	c.SetContext(lc)
 	l.mu.Lock()
@@ -493,25 +488,10 @@ func (l *Loop) hop(rq *loopReq) {
 		l.resume(rq, nil, false)
 		return
 	}
-	target := strings.TrimRight(up.URL(), "/") + r.URL.RequestURI()
-	req, err := http.NewRequestWithContext(l.base, r.Method, target, nil)
-	if err != nil {
-		up.Done(ErrNoVerdict)
-		l.resume(rq, nil, false)
-		return
-	}
 	left := time.Until(rq.deadline)
-	s.prepareHop(gc, req, rq.route, rq.traceparent, left, false, 0)
 	lc := rq.lc
-	lc.hopBuf.Reset()
-	lc.wb.Reset(&lc.hopBuf)
-	if err := upstream.WriteRequest(lc.wb, req); err != nil || lc.wb.Flush() != nil {
-		up.Done(ErrNoVerdict)
-		l.resume(rq, nil, false)
-		return
-	}
-	rq.up, rq.hopReq = up, req
-	rq.hopBytes = append(rq.hopBytes[:0], lc.hopBuf.Bytes()...)
+	rq.up = up
+	rq.hopBytes = appendHopRequest(rq.hopBytes[:0], rq, left)
 	rq.sentAt = time.Now()
 	el := lc.c.EventLoop()
 	rq.timer = time.AfterFunc(left, func() {
@@ -669,12 +649,12 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 		l.dropUp(u)
 		return gnet.Close
 	}
-	total, status, complete, ok := answerLength(buf, rq.isHead, l.maxHead)
+	a, ok := answerLength(buf, rq.isHead, l.maxHead)
 	if !ok {
 		l.hopFailed(rq, errors.New("router: malformed answer from the API node"))
 		return gnet.None
 	}
-	if !complete {
+	if !a.complete {
 		return gnet.None
 	}
 	s := l.s
@@ -682,30 +662,29 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 	elapsed := time.Since(rq.sentAt)
 	addUpstreamTime(rq.gc, elapsed)
 	s.m.upstreamDurC.get(rq.d.Region).Observe(elapsed.Seconds())
-	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(buf[:total])), rq.hopReq)
-	if err != nil {
-		l.hopFailed(rq, err)
-		return gnet.None
-	}
-	s.m.upstreamC.get(classCode{rq.d.Region, status}).Inc()
+	s.m.upstreamC.get(classCode{rq.d.Region, a.status}).Inc()
 	up := rq.up
+	rq.up = nil
 	rq.hop, u.req, u.served = nil, nil, true
-	keep := !resp.Close && len(buf) == total
-	if status == http.StatusMisdirectedRequest {
-		want, _ := strconv.ParseUint(resp.Header.Get(HeaderShardmapVersion), 10, 64)
-		rq.w.misdirectedVersion = want
-		drain(resp)
-		_, _ = u.c.Discard(total)
+	keep := !a.close && len(buf) == a.total
+	if a.status == http.StatusMisdirectedRequest {
+		rq.w.misdirectedVersion = a.mapVersion
+		_, _ = u.c.Discard(a.total)
 		up.Done(nil)
-		rq.up = nil
 		s.m.misdirected.Inc()
 		l.resume(rq, nil, true)
 		return l.keepOrClose(u, keep)
 	}
-	rq.up = nil
-	s.copyResponse(rq.gc, resp, up, rq.route) // reads the body before the buffer moves on
-	_, _ = u.c.Discard(total)
-	l.finish(rq)
+	// copyResponse's verdict and headers, on the node's bytes.
+	var verdict error
+	if nodeFault(a.status) {
+		verdict = fmt.Errorf("%w: %d", errNodeFault, a.status)
+	}
+	up.Done(verdict)
+	rq.gc.Status(a.status)
+	rq.lc.out = appendNodeAnswer(rq.lc.out[:0], buf[:a.total], rq, rq.lc.closeAfter)
+	_, _ = u.c.Discard(a.total)
+	l.send2client(rq)
 	return l.keepOrClose(u, keep)
 }
 
@@ -780,13 +759,21 @@ func (l *Loop) release(rq *loopReq) {
 	}
 }
 
-// finish writes the request's answer and readies the connection for its next request.
+// finish writes the request's answer (its writer's) and readies the connection for its next
+// request.
 func (l *Loop) finish(rq *loopReq) {
 	lc := rq.lc
 	if rq.gc != nil {
 		rq.gc.Writer.WriteHeaderNow()
 	}
 	lc.out = rq.w.appendAnswer(lc.out[:0], rq.isHead, lc.closeAfter)
+	l.send2client(rq)
+}
+
+// send2client writes lc.out, the request's answer, and readies the connection for its next
+// request.
+func (l *Loop) send2client(rq *loopReq) {
+	lc := rq.lc
 	l.release(rq)
 	lc.req = nil
 	lc.busy.Store(false)
@@ -1021,43 +1008,65 @@ func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
 	return r, closeAfter, true
 }
 
+// pathByte are the bytes a native target's path may hold: unreserved, sub-delims, ':', '@',
+// '/', '[' and ']' (url's validEncoded; '%' left out, so no escapes).
+var pathByte = func() (t [256]bool) {
+	for _, c := range "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/[]" {
+		t[c] = true
+	}
+	return t
+}()
+
 // nativeTarget: an origin-form target under /v1/ (not a change stream), printable ASCII, no
 // fragment, no dot segment or empty segment (gin and net/http would judge those).
 func nativeTarget(t []byte) bool {
 	if !bytes.HasPrefix(t, []byte("/v1/")) || bytes.HasPrefix(t, []byte("/v1/changes")) {
 		return false
 	}
-	for _, b := range t {
-		if b <= ' ' || b >= 0x7f || b == '#' {
+	p := t
+	if q := bytes.IndexByte(p, '?'); q >= 0 {
+		for _, b := range p[q+1:] { // the query goes on as it came (URL.RawQuery)
+			if b <= ' ' || b >= 0x7f || b == '#' {
+				return false
+			}
+		}
+		p = p[:q]
+	}
+	for _, b := range p { // what URL.EscapedPath leaves as it came (no escapes: no '%')
+		if !pathByte[b] {
 			return false
 		}
 	}
-	p := t
-	if q := bytes.IndexByte(p, '?'); q >= 0 {
-		p = p[:q]
-	}
 	return !bytes.Contains(p, []byte("//")) && !bytes.Contains(p, []byte("/./")) &&
 		!bytes.Contains(p, []byte("/../")) && !bytes.HasSuffix(p, []byte("/.")) &&
-		!bytes.HasSuffix(p, []byte("/..")) && !bytes.Contains(p, []byte("%"))
+		!bytes.HasSuffix(p, []byte("/.."))
 }
 
-// answerLength reads an API node's answer at the start of b: its whole length once complete,
-// its status; ok false for one the loop will not take (malformed, too large a head, delimited
-// by the close, a 1xx).
-func answerLength(b []byte, head bool, maxHead int) (total, status int, complete, ok bool) {
+// nodeAnswer is what answerLength read of an API node's answer.
+type nodeAnswer struct {
+	total      int  // its length, head and body
+	status     int  // its status
+	complete   bool // the buffer holds all of it
+	close      bool // Connection: close
+	mapVersion uint64
+}
+
+// answerLength reads an API node's answer at the start of b; ok false for one the loop will not
+// take (malformed, too large a head, delimited by the close, a 1xx).
+func answerLength(b []byte, head bool, maxHead int) (a nodeAnswer, ok bool) {
 	end := bytes.Index(b, crlfcrlf)
 	if end < 0 {
-		return 0, 0, false, len(b) <= maxHead
+		return a, len(b) <= maxHead
 	}
 	h := b[:end+2]
 	i := bytes.Index(h, crlfcrlf[:2])
 	line := h[:i]
-	if !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) || len(line) < 12 {
-		return 0, 0, false, false
+	if !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) || len(line) < 12 || len(line) > 12 && line[12] != ' ' {
+		return a, false
 	}
-	status = atoiBytes(line[9:12])
-	if status < 200 || status > 999 {
-		return 0, 0, false, false
+	a.status = atoiBytes(line[9:12])
+	if a.status < 200 || a.status > 999 {
+		return a, false
 	}
 	length, chunked, hasLength := -1, false, false
 	for pos := i + 2; pos < len(h); {
@@ -1066,34 +1075,49 @@ func answerLength(b []byte, head bool, maxHead int) (total, status int, complete
 		pos += e + 2
 		c := bytes.IndexByte(l, ':')
 		if c <= 0 {
-			return 0, 0, false, false
+			return a, false
 		}
 		name, v := l[:c], textproto.TrimBytes(l[c+1:])
 		switch {
 		case asciiEqualFold(name, "Content-Length"):
 			n := atoiBytes(v)
 			if n < 0 || hasLength && n != length {
-				return 0, 0, false, false
+				return a, false
 			}
 			length, hasLength = n, true
 		case asciiEqualFold(name, "Transfer-Encoding"):
 			if !asciiEqualFold(v, "chunked") {
-				return 0, 0, false, false
+				return a, false
 			}
 			chunked = true
+		case asciiEqualFold(name, "Connection"):
+			for _, t := range splitComma(v) {
+				if asciiEqualFold(t, "close") {
+					a.close = true
+				}
+			}
+		case asciiEqualFold(name, HeaderShardmapVersion):
+			if n := atoiBytes(v); n > 0 {
+				a.mapVersion = uint64(n)
+			}
 		}
 	}
 	body := end + 4
 	switch {
-	case head || status == http.StatusNoContent || status == http.StatusNotModified:
-		return body, status, true, true
+	case head || a.status == http.StatusNoContent || a.status == http.StatusNotModified:
+		a.total, a.complete = body, true
+	case chunked && hasLength:
+		return a, false
 	case chunked:
 		n, done, ok := chunkedLength(b[body:])
-		return body + n, status, done, ok
+		a.total, a.complete = body+n, done
+		return a, ok
 	case hasLength:
-		return body + length, status, len(b) >= body+length, true
+		a.total, a.complete = body+length, len(b) >= body+length
+	default:
+		return a, false // delimited by the close: forward's transport takes it
 	}
-	return 0, 0, false, false // delimited by the close: forward's transport takes it
+	return a, true
 }
 
 // chunkedLength is the length of a chunked body at the start of b, trailers included, and

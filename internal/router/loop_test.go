@@ -62,6 +62,56 @@ func answerText(resp *http.Response, body []byte) string {
 	return b.String()
 }
 
+// hopText is the node's last request without what differs between two hops of the same
+// request (the traceparent's span, the time left), and clears it.
+func hopText(a *apiNode, traced bool) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.last
+	a.last = nil
+	if r == nil {
+		return "(none)"
+	}
+	var keys []string
+	for k := range r.Header {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s %s host=%s len=%d\n", r.Method, r.RequestURI, r.Proto, r.Host, r.ContentLength)
+	for _, k := range keys {
+		v := r.Header[k]
+		switch k {
+		case "Traceparent":
+			if len(v) == 1 && len(v[0]) == 55 {
+				// The version, and the trace id when the client sent one: the span id is new per
+				// hop, and so is the trace id of a request that came without one.
+				v = []string{v[0][:3]}
+				if traced {
+					v = []string{r.Header["Traceparent"][0][:36]}
+				}
+			}
+		case HeaderRequestTimeout:
+			if len(v) == 1 && mustAtoiQuiet(v[0]) > 0 {
+				v = []string{"positive"}
+			}
+		}
+		fmt.Fprintf(&b, "%s: %q\n", k, v)
+	}
+	return b.String()
+}
+
+func mustAtoiQuiet(s string) int {
+	n := 0
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
 // TestLoopAnswersAsNetHTTP sends the same requests to the router's net/http server and to its
 // event-loop front and compares the answers, header by header (but Date) and byte by byte; the
 // natively served ones must have been served on the loop, the others detached.
@@ -92,6 +142,10 @@ func TestLoopAnswersAsNetHTTP(t *testing.T) {
 		{"bad token", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer nope\r\n\r\n", true},
 		{"no scope", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer acme|u1|data:write\r\n\r\n", true},
 		{"close", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Connection: close\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"traceparent and agent", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nUser-Agent: curl/8\r\nAccept: a\r\nAccept: b\r\nX-Tenant-Epoch: 99\r\nX-Request-Timeout-Ms: 1\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"empty agent", "GET /v1/collections/c/records/r1?x=%22a%22 HTTP/1.1\r\nHost: x:1\r\n" + rid + "User-Agent:\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"path with sub-delims", "GET /v1/collections/c/records/a(b)*!$',;=:@ HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"path needing escapes", "GET /v1/collections/c/records/a\"b HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", false},
 		{"hop headers", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Connection: X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 10.0.0.9\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n", true},
 		{"post", "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\nContent-Length: 7\r\n\r\n{\"a\":1}", false},
 		{"http/1.0", "GET /v1/collections/c/records/r1 HTTP/1.0\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", false},
@@ -103,8 +157,17 @@ func TestLoopAnswersAsNetHTTP(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			native, detached := loopCount(t, l, "native"), loopCount(t, l, "detached")
+			hops := func(traced bool) string {
+				return hopText(rg.nodes["us-east"], traced) + hopText(rg.nodes["eu-west"], traced)
+			}
+			hops(false) // clear
 			wantResp, wantBody := rawExchange(t, netAddr, tc.raw)
+			traced := strings.Contains(tc.raw, "Traceparent:")
+			wantHop := hops(traced)
 			gotResp, gotBody := rawExchange(t, l.Addr(), tc.raw)
+			if gotHop := hops(traced); gotHop != wantHop {
+				t.Errorf("the node got from net/http's path\n%s\nfrom the loop's\n%s", wantHop, gotHop)
+			}
 			if want, got := answerText(wantResp, wantBody), answerText(gotResp, gotBody); want != got {
 				t.Errorf("net/http answered\n%s\nthe loop\n%s", want, got)
 			}
@@ -220,5 +283,55 @@ func TestLoopRetriesAndFailures(t *testing.T) {
 	want, wantBody := rawExchange(t, rg.http.Listener.Addr().String(), req)
 	if resp.StatusCode != http.StatusGatewayTimeout || answerText(resp, body) != answerText(want, wantBody) {
 		t.Fatalf("slow node: loop %s\nnet/http %s", answerText(resp, body), answerText(want, wantBody))
+	}
+}
+
+// TestLoopTimesOutSlowHeadsAndIdleConnections: the loop closes a connection whose request head
+// is not complete within the HTTP server's ReadHeaderTimeout, and one idle longer than its
+// IdleTimeout, as net/http does; a connection in use is left alone.
+func TestLoopTimesOutSlowHeadsAndIdleConnections(t *testing.T) {
+	rg := newRig(t, nil)
+	hs := &http.Server{Handler: rg.srv.Handler(), ReadHeaderTimeout: 500 * time.Millisecond, IdleTimeout: time.Second}
+	l, err := rg.srv.StartLoop(LoopConfig{Addr: "127.0.0.1:0", Loops: 1, HTTP: hs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Stop(t.Context()); _ = hs.Close() })
+	closedWithin := func(c net.Conn, d time.Duration) bool {
+		_ = c.SetReadDeadline(time.Now().Add(d))
+		_, err := c.Read(make([]byte, 1))
+		return err == io.EOF
+	}
+	slow, err := net.Dial("tcp", l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	_, _ = io.WriteString(slow, "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n")
+	start := time.Now()
+	if !closedWithin(slow, 3*time.Second) {
+		t.Fatal("a head not complete within the header timeout: connection still open")
+	}
+	if el := time.Since(start); el < 400*time.Millisecond {
+		t.Fatalf("closed after %v, before the header timeout", el)
+	}
+	idle, err := net.Dial("tcp", l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	_, _ = io.WriteString(idle, "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tokAcme+"\r\n\r\n")
+	br := bufio.NewReader(idle)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("%v %v", resp, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	start = time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: %v, want closed", err)
+	}
+	if el := time.Since(start); el < 800*time.Millisecond || el > 3*time.Second {
+		t.Fatalf("idle connection closed after %v, want about the 1 s idle timeout", el)
 	}
 }

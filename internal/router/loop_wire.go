@@ -1,0 +1,206 @@
+package router
+
+// The bytes the event-loop front writes on its hop (loop.go): the API node's request, written
+// from the client's parsed request as prepareHop and upstream.WriteRequest would write it, and
+// the client's answer, written from the node's answer as copyResponse and net/http's server
+// would — without building an *http.Request or reading an *http.Response per request.
+// TestLoopHopBytesMatch and TestLoopAnswersAsNetHTTP compare them with those.
+
+import (
+	"bytes"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// hopSkip are the client's fields the hop's request does not carry as they came: hop-by-hop
+// fields, Expect, the framing the router decides, and the fields the router sets itself.
+var hopSkip = map[string]bool{
+	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Expect": true, "Host": true, "User-Agent": true, "Content-Length": true,
+	HeaderRequestID: true, HeaderShardmapVersion: true, HeaderTenantEpoch: true, HeaderRequestTimeout: true,
+	canonTraceparent: true, "X-Forwarded-For": true,
+}
+
+// appendHopRequest appends the hop's request for rq (a bodiless GET or HEAD): what prepareHop
+// fills and upstream.WriteRequest writes, in another order of fields.
+func appendHopRequest(b []byte, rq *loopReq, left time.Duration) []byte {
+	r := rq.gc.Request
+	b = append(b, r.Method...)
+	b = append(b, ' ')
+	b = append(b, r.RequestURI...)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, r.Host...)
+	b = append(b, "\r\n"...)
+	ua := "Go-http-client/1.1"
+	if vv, ok := r.Header["User-Agent"]; ok {
+		ua = ""
+		if len(vv) > 0 {
+			ua = vv[0]
+		}
+	}
+	if ua != "" {
+		b = append(b, "User-Agent: "...)
+		b = append(b, ua...)
+		b = append(b, "\r\n"...)
+	}
+	conn := r.Header["Connection"]
+	for k, vv := range r.Header {
+		if hopSkip[k] || len(conn) > 0 && connectionNames(conn, k) {
+			continue
+		}
+		for _, v := range vv {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = append(b, v...)
+			b = append(b, "\r\n"...)
+		}
+	}
+	b = append(b, HeaderRequestID+": "...)
+	b = append(b, rq.gc.GetString(ctxRequestID)...)
+	b = append(b, "\r\n"+HeaderShardmapVersion+": "...)
+	b = strconv.AppendUint(b, rq.route.Version, 10)
+	if rq.route.Epoch > 0 {
+		b = append(b, "\r\n"+HeaderTenantEpoch+": "...)
+		b = strconv.AppendUint(b, rq.route.Epoch, 10)
+	}
+	b = append(b, "\r\n"+HeaderRequestTimeout+": "...)
+	b = strconv.AppendInt(b, timeLeft(left).Milliseconds(), 10)
+	b = append(b, "\r\n"+canonTraceparent+": "...)
+	b = append(b, rq.traceparent...)
+	b = append(b, "\r\n"...)
+	if ip := clientIP(rq.gc); ip != "" {
+		b = append(b, "X-Forwarded-For: "...)
+		if prior := headerValue(r.Header, "X-Forwarded-For"); prior != "" {
+			b = append(b, prior...)
+			b = append(b, ", "...)
+		}
+		b = append(b, ip...)
+		b = append(b, "\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}
+
+// connectionNames reports whether a Connection field of vv names the canonical field k.
+func connectionNames(vv []string, k string) bool {
+	for _, v := range vv {
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" && http.CanonicalHeaderKey(t) == k {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// nodeSkip are the node's answer fields the client's answer does not carry: the router's limits
+// and ids replace the node's, and hop-by-hop fields stay on the hop.
+var nodeSkip = []string{"Ratelimit-Limit", "Ratelimit-Remaining", "Ratelimit-Reset", HeaderRequestID,
+	HeaderShardmapVersion, "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// appendNodeAnswer appends the client's answer made of the node's (ans, one whole answer, head
+// and body): the node's status line and fields but those copyResponse drops, the router's own
+// fields (its writer's: request id, RateLimit-*), the map version, Date if the node sent none,
+// the framing as the node sent it, and the body as is.
+func appendNodeAnswer(b []byte, ans []byte, rq *loopReq, closeAfter bool) []byte {
+	end := indexCRLFCRLF(ans)
+	lineEnd := indexCRLF(ans)
+	b = append(b, ans[:lineEnd+2]...)
+	// The node's Connection fields name more fields to drop (rare: collected first).
+	var connNames [][]byte
+	for pos := lineEnd + 2; pos < end+2; {
+		e := pos + indexCRLF(ans[pos:])
+		line := ans[pos:e]
+		pos = e + 2
+		if c := indexByte(line, ':'); c > 0 && asciiEqualFold(line[:c], "Connection") {
+			for _, t := range splitComma(line[c+1:]) {
+				connNames = append(connNames, t)
+			}
+		}
+	}
+	chunked, date := false, false
+	for pos := lineEnd + 2; pos < end+2; {
+		e := pos + indexCRLF(ans[pos:])
+		line := ans[pos:e]
+		pos = e + 2
+		c := indexByte(line, ':')
+		name := line[:c]
+		if asciiEqualFold(name, "Transfer-Encoding") {
+			chunked = true
+		}
+		if skipField(name, connNames) {
+			continue
+		}
+		if asciiEqualFold(name, "Date") {
+			date = true
+		}
+		b = append(b, line...)
+		b = append(b, "\r\n"...)
+	}
+	for k, vv := range rq.w.h {
+		switch k {
+		case HeaderShardmapVersion, "Content-Length", "Transfer-Encoding", "Connection", "Date":
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		for _, v := range vv {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = appendFieldValue(b, v)
+			b = append(b, "\r\n"...)
+		}
+	}
+	b = append(b, HeaderShardmapVersion+": "...)
+	b = strconv.AppendUint(b, rq.route.Version, 10)
+	b = append(b, "\r\n"...)
+	if !date {
+		b = append(b, "Date: "...)
+		b = appendDate(b)
+		b = append(b, "\r\n"...)
+	}
+	if chunked {
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+	}
+	if closeAfter {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	return append(b, ans[end+4:]...)
+}
+
+func skipField(name []byte, connNames [][]byte) bool {
+	for _, s := range nodeSkip {
+		if asciiEqualFold(name, s) {
+			return true
+		}
+	}
+	for _, t := range connNames {
+		if len(t) == len(name) && asciiEqualFold(name, string(t)) {
+			return true
+		}
+	}
+	return false
+}
+
+func splitComma(v []byte) [][]byte {
+	var out [][]byte
+	for _, t := range strings.Split(string(v), ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			out = append(out, []byte(t))
+		}
+	}
+	return out
+}
+
+func indexCRLFCRLF(b []byte) int { return bytes.Index(b, crlfcrlf) }
+func indexCRLF(b []byte) int     { return bytes.Index(b, crlfcrlf[:2]) }
+func indexByte(b []byte, c byte) int {
+	return bytes.IndexByte(b, c)
+}
