@@ -1,7 +1,7 @@
 package router
 
 // The bytes the event-loop front writes on its hop (loop.go): the API node's request, written
-// from the client's parsed request as prepareHop and upstream.WriteRequest would write it, and
+// from the client's parsed request as prepareHop and the hop's writer (upstream.HopTransport) would write it, and
 // the client's answer, written from the node's answer as copyResponse and net/http's server
 // would — without building an *http.Request or reading an *http.Response per request.
 // TestLoopHopBytesMatch and TestLoopAnswersAsNetHTTP compare them with those.
@@ -27,7 +27,7 @@ var hopSkip = map[string]bool{
 }
 
 // appendHopRequest appends the hop's request for rq (a bodiless GET or HEAD): what prepareHop
-// fills and upstream.WriteRequest writes, in another order of fields.
+// fills and the hop's writer (upstream.HopTransport) writes, in another order of fields.
 func appendHopRequest(b []byte, rq *loopReq, left time.Duration) []byte {
 	r := rq.gc.Request
 	b = append(b, r.Method...)

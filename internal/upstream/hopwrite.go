@@ -22,12 +22,6 @@ import (
 // (a control byte in the URI, a host it cannot write) stay net/http's.
 // TestWriteRequestMatchesRequestWrite compares the two.
 func writeRequest(bw *bufio.Writer, req *http.Request) error {
-	return WriteRequest(bw, req)
-}
-
-// WriteRequest is writeRequest for the router's event-loop front, which writes its hop's
-// requests into its own buffers (internal/router/loop.go).
-func WriteRequest(bw *bufio.Writer, req *http.Request) error {
 	host, ruri, ok := fastWritable(req)
 	if !ok {
 		return req.Write(bw)
