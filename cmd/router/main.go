@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meridian-dev/meridian/internal/auth"
@@ -168,6 +169,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "router:", err)
 		os.Exit(2)
 	}
+	// Request ids (UUIDv7, one per request without one) draw their randomness from a pool
+	// refilled 4 KiB at a time instead of a read of crypto/rand each. Set before any goroutine
+	// makes one (the pool is not safe to switch on concurrently).
+	uuid.EnableRandPool()
 	os.Exit(daemon.Main("router", cfg.debugAddr, func(ctx context.Context, log *slog.Logger) error {
 		return run(ctx, cfg, log)
 	}))
@@ -287,6 +292,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// No deadline: each part bounds its own stop (the HTTP drain by -shutdown-grace).
 	return errors.Join(err, parts.Stop(context.Background()))
 }
+
+// The edge answers the event-loop front's lookups from memory on its loops.
+var _ router.EdgeNoWait = (*cache.Edge)(nil)
 
 // holdPolicy is the router's cutover hold from -hold-max and -hold-time (-hold-max 0, hold
 // none, is HoldPolicy's negative Max: its zero means the default).

@@ -263,29 +263,55 @@ func (e *Edge) Count(result string) { e.requests.WithLabelValues(result).Inc() }
 // reason it may not, which it counts. A hit is the caller's to count (Count(EdgeHit)) once it
 // has answered with it.
 func (e *Edge) Record(ctx context.Context, tenant, shard string, epoch uint64, coll, id string) (records.Record, string) {
-	r, res := e.record(ctx, tenant, shard, epoch, coll, id)
+	r, res, _ := e.record(ctx, tenant, shard, epoch, coll, id)
 	if res != EdgeHit {
 		e.requests.WithLabelValues(res).Inc()
 	}
 	return r, res
 }
 
+// RecordNoWait is Record when the router's copy holds every key the lookup reads: it never
+// waits on Redis (its context is ended before it starts, so a key the copy lacks fails at
+// once). ok is false, and nothing is counted, when the copy could not answer: the caller asks
+// Record then, off any thread that must not block (the router's event loops).
+func (e *Edge) RecordNoWait(tenant, shard string, epoch uint64, coll, id string) (r records.Record, result string, ok bool) {
+	r, res, err := e.record(canceledCtx, tenant, shard, epoch, coll, id)
+	if res == EdgeError && errors.Is(err, context.Canceled) {
+		return records.Record{}, "", false
+	}
+	if res != EdgeHit {
+		e.requests.WithLabelValues(res).Inc()
+	}
+	return r, res, true
+}
+
+// canceledCtx is RecordNoWait's context: ended before any lookup.
+var canceledCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
 // record reads what lookupScript reads, each key through the client's copy: the region epoch,
 // the tenant's generation and write epoch, the shard's freshness, then the entry under those
 // generations. Each value is one Redis held at some moment no earlier than the last
 // invalidation of it the client received; a change (an entry deleted, a generation bumped)
 // reaches the copy as Redis's push does, on the connection that read it.
-func (e *Edge) record(ctx context.Context, tenant, shard string, epoch uint64, coll, id string) (records.Record, string) {
+func (e *Edge) record(ctx context.Context, tenant, shard string, epoch uint64, coll, id string) (records.Record, string, error) {
 	if epoch == 0 {
-		return records.Record{}, EdgeEpoch
+		return records.Record{}, EdgeEpoch, nil
 	}
 	cp := e.rdb.Load()
 	if cp == nil {
-		return records.Record{}, EdgeError
+		return records.Record{}, EdgeError, nil
 	}
 	c := *cp
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
+	probe := ctx.Err() != nil // RecordNoWait's, ended before it began: it asks Redis nothing
+	if !probe {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, e.timeout)
+		defer cancel()
+	}
 	res := c.DoMultiCache(ctx,
 		rueidis.CT(c.B().Get().Key(epochKey).Cache(), edgeLocalTTL),
 		rueidis.CT(c.B().Hmget().Key(stateKey(tenant)).Field("g", "we").Cache(), edgeLocalTTL),
@@ -295,56 +321,56 @@ func (e *Edge) record(ctx context.Context, tenant, shard string, epoch uint64, c
 		asked = asked || !r.IsCacheHit()
 	}
 	defer func() {
-		if asked {
+		if asked && !probe {
 			e.roundTrips.Inc()
 		}
 	}()
 	regionEpoch, err := res[0].ToString()
 	if rueidis.IsRedisNil(err) {
-		return records.Record{}, EdgeMiss
+		return records.Record{}, EdgeMiss, nil
 	} else if err != nil {
-		return records.Record{}, EdgeError
+		return records.Record{}, EdgeError, err
 	}
 	state, err := res[1].ToArray()
 	if err != nil || len(state) != 2 {
-		return records.Record{}, EdgeError
+		return records.Record{}, EdgeError, err
 	}
 	gen, err := state[0].ToString()
 	if rueidis.IsRedisNil(err) {
-		return records.Record{}, EdgeMiss
+		return records.Record{}, EdgeMiss, nil
 	} else if err != nil {
-		return records.Record{}, EdgeError
+		return records.Record{}, EdgeError, err
 	}
 	fs, err := res[2].ToString()
 	if err != nil && !rueidis.IsRedisNil(err) {
-		return records.Record{}, EdgeError
+		return records.Record{}, EdgeError, err
 	}
 	asOf, perr := strconv.ParseInt(fs, 10, 64)
 	if err != nil || perr != nil || e.now().Sub(time.UnixMicro(asOf)) >= e.maxStaleness {
-		return records.Record{}, EdgeStale
+		return records.Record{}, EdgeStale, nil
 	}
 	we, err := state[1].ToString()
 	switch {
 	case rueidis.IsRedisNil(err):
-		return records.Record{}, EdgeMiss // no fill yet under this state: no entry either
+		return records.Record{}, EdgeMiss, nil // no fill yet under this state: no entry either
 	case we != strconv.FormatUint(epoch, 10):
-		return records.Record{}, EdgeEpoch
+		return records.Record{}, EdgeEpoch, nil
 	}
 	key := tenantPrefix(tenant) + regionEpoch + ":" + gen + ":r:" + coll + ":" + id
 	er := c.DoCache(ctx, c.B().Get().Key(key).Cache(), edgeLocalTTL)
 	asked = asked || !er.IsCacheHit()
 	v, err := er.ToString()
 	if rueidis.IsRedisNil(err) {
-		return records.Record{}, EdgeMiss
+		return records.Record{}, EdgeMiss, nil
 	} else if err != nil {
-		return records.Record{}, EdgeError
+		return records.Record{}, EdgeError, err
 	}
 	entryShard, _, r, err := decodeEntry[records.Record]([]byte(v))
 	switch {
 	case err != nil || r.Collection != coll || r.ID != id:
-		return records.Record{}, EdgeError
+		return records.Record{}, EdgeError, err
 	case entryShard != shard:
-		return records.Record{}, EdgeShard
+		return records.Record{}, EdgeShard, nil
 	}
-	return r, EdgeHit
+	return r, EdgeHit, nil
 }

@@ -240,3 +240,60 @@ func TestEdgeNoStaleReadAfterInvalidate(t *testing.T) {
 	}
 	t.Logf("edge hits %d, lookups that asked Redis %v", hits.Load(), testutil.ToFloat64(ed.roundTrips))
 }
+
+// TestEdgeRecordNoWait: what the router's copy holds is answered without waiting and without
+// asking Redis, exactly as Record answers it; what it lacks is declined (ok false) with nothing
+// counted, and Record then fetches it into the copy.
+func TestEdgeRecordNoWait(t *testing.T) {
+	e := newEnv(t)
+	ed := newEdge(t, e)
+	tg := records.Target{Tenant: "acme", Shard: "s1", Epoch: 1}
+	e.fake.set("books", "x", 3)
+	e.get(t, tg, records.ReadOptions{}, "books", "x")
+	e.publish(t, "s1")
+	counted := func() float64 {
+		n := 0.0
+		for _, r := range []string{EdgeMiss, EdgeStale, EdgeEpoch, EdgeShard, EdgeError} {
+			n += testutil.ToFloat64(ed.requests.WithLabelValues(r))
+		}
+		return n + testutil.ToFloat64(ed.roundTrips)
+	}
+	before := counted()
+	if _, _, ok := ed.RecordNoWait(tg.Tenant, tg.Shard, tg.Epoch, "books", "x"); ok {
+		t.Fatal("nothing in the router's copy yet: RecordNoWait answered")
+	}
+	if got := counted(); got != before {
+		t.Fatalf("a declined RecordNoWait counted %v results or lookups", got-before)
+	}
+	wantEdge(t, ed, tg, "x", EdgeHit, 3) // Record: fetched into the copy
+	asked := testutil.ToFloat64(ed.roundTrips)
+	for range 10 {
+		r, res, ok := ed.RecordNoWait(tg.Tenant, tg.Shard, tg.Epoch, "books", "x")
+		if !ok || res != EdgeHit || r.Version != 3 {
+			t.Fatalf("from the copy: %+v %s %v, want a hit of version 3", r, res, ok)
+		}
+	}
+	// Another epoch is decided from the copy as well (the state is in it).
+	if _, res, ok := ed.RecordNoWait(tg.Tenant, tg.Shard, 2, "books", "x"); !ok || res != EdgeEpoch {
+		t.Fatalf("another epoch: %s %v, want epoch, decided", res, ok)
+	}
+	if got := testutil.ToFloat64(ed.roundTrips); got != asked {
+		t.Fatalf("RecordNoWait asked Redis %v times", got-asked)
+	}
+	// After an invalidation the copy no longer holds the entry: declined, not a stale hit.
+	e.fake.set("books", "x", 4)
+	if err := e.c.Invalidate(bg, "acme", "s1", "books", "x", 4); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		r, res, ok := ed.RecordNoWait(tg.Tenant, tg.Shard, tg.Epoch, "books", "x")
+		if ok && res == EdgeHit && r.Version == 3 && time.Now().After(deadline) {
+			t.Fatal("the invalidated version still answered after 2 s")
+		}
+		if !ok || res != EdgeHit {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -25,6 +25,13 @@ type EdgeCache interface {
 	Count(result string)
 }
 
+// EdgeNoWait is an EdgeCache that can answer from what it holds in memory without waiting
+// (internal/cache.Edge's RecordNoWait): ok false, nothing counted, when it would have to ask
+// Redis. The event-loop front (loop.go) asks it on its loops.
+type EdgeNoWait interface {
+	RecordNoWait(tenant, shard string, epoch uint64, coll, id string) (rec records.Record, result string, ok bool)
+}
+
 // Answer headers of an edge hit, as the API node writes them for a cached record GET.
 const (
 	headerReadSource = "X-Read-Source"
@@ -102,9 +109,11 @@ func (s *Server) edgeCandidate(c *gin.Context, route Route) (coll, id string, ok
 // It may wait on Redis (a lookup the router's copy cannot answer).
 func (s *Server) edgeAnswer(c *gin.Context, tenant string, route Route, coll, id string) bool {
 	rec, res := s.cfg.Edge.Record(c.Request.Context(), tenant, route.Shard, route.Epoch, coll, id)
-	if res != "hit" {
-		return false
-	}
+	return res == "hit" && s.edgeRespond(c, route, rec)
+}
+
+// edgeRespond answers a hit with rec; false (counted "error"): the caller forwards the request.
+func (s *Server) edgeRespond(c *gin.Context, route Route, rec records.Record) bool {
 	body, ok := records.AppendJSON(make([]byte, 0, 192+len(rec.Data)), rec)
 	if !ok {
 		s.cfg.Edge.Count("error")

@@ -28,6 +28,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"os"
 	"runtime"
 	"strconv"
@@ -109,7 +110,7 @@ func (s *Server) StartLoop(cfg LoopConfig) (*Loop, error) {
 		l.idleTimeout = 2 * time.Minute
 	}
 	l.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_router_loop_requests_total",
-		Help: "Requests the event-loop front took, by path: native (served on a loop), edge (an edge lookup made off the loop), offloop (a step after a failed or misdirected first attempt, or a rate limit that needed Redis, made off the loop), detached (the connection handed to net/http)."},
+		Help: "Requests the event-loop front took, by path: native (served on a loop), edge (an edge lookup made off the loop: the router's copy of the cache lacked a key), offloop (a step after a failed or misdirected first attempt, or a rate limit that needed Redis, made off the loop), detached (the connection handed to net/http)."},
 		[]string{"path"})
 	l.connections = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_router_loop_connections",
 		Help: "Client connections the event-loop front serves (detached ones not counted)."})
@@ -453,6 +454,16 @@ func (l *Loop) admitted(rq *loopReq) {
 	}
 	rq.slots = slots
 	if coll, id, ok := s.edgeCandidate(gc, route); ok {
+		if nw, can := s.cfg.Edge.(EdgeNoWait); can {
+			if rec, res, decided := nw.RecordNoWait(rq.p.Tenant, route.Shard, route.Epoch, coll, id); decided {
+				if res == "hit" && s.edgeRespond(gc, route, rec) {
+					l.finish(rq)
+					return
+				}
+				l.hop(rq)
+				return
+			}
+		}
 		l.edge.Inc()
 		// A hit answers (finish); a miss goes on to the hop.
 		l.offloopStep(rq, func() bool { return !s.edgeAnswer(gc, rq.p.Tenant, route, coll, id) }, func() { l.hop(rq) })
@@ -999,12 +1010,16 @@ func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
 	if hosts != 1 || !httpguts.ValidHostHeader(host) {
 		return nil, false, false
 	}
-	r, err := http.NewRequest(m, string(target), nil)
-	if err != nil {
-		return nil, false, false
+	// The URL as net/http's server parses it: the path has no escapes (nativeTarget), so it is
+	// the target's path as it came; the query stays raw.
+	uri := string(target)
+	u := &url.URL{Path: uri}
+	if q := strings.IndexByte(uri, '?'); q >= 0 {
+		u.Path, u.RawQuery = uri[:q], uri[q+1:]
+		u.ForceQuery = u.RawQuery == ""
 	}
-	r.Header, r.Host, r.RequestURI = h, host, string(target)
-	r.URL.Host = ""
+	r = &http.Request{Method: m, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h,
+		Body: http.NoBody, Host: host, RequestURI: uri}
 	return r, closeAfter, true
 }
 

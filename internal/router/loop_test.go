@@ -2,6 +2,8 @@ package router
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/meridian-dev/meridian/internal/records"
 )
 
 // loopCount is the loop's request counter for path.
@@ -333,5 +337,69 @@ func TestLoopTimesOutSlowHeadsAndIdleConnections(t *testing.T) {
 	}
 	if el := time.Since(start); el < 800*time.Millisecond || el > 3*time.Second {
 		t.Fatalf("idle connection closed after %v, want about the 1 s idle timeout", el)
+	}
+}
+
+// noWaitEdge is a fakeEdge whose in-memory copy holds the entries of memory: RecordNoWait
+// answers those (decided) and declines the rest, which Record then answers.
+type noWaitEdge struct {
+	*fakeEdge
+	memory map[string]bool
+}
+
+func (f *noWaitEdge) RecordNoWait(tenant, shard string, epoch uint64, coll, id string) (records.Record, string, bool) {
+	k := edgeKey(tenant, shard, epoch, coll, id)
+	f.mu.Lock()
+	inMemory := f.memory[k]
+	f.mu.Unlock()
+	if !inMemory {
+		return records.Record{}, "", false
+	}
+	r, res := f.Record(context.Background(), tenant, shard, epoch, coll, id)
+	return r, res, true
+}
+
+// TestLoopEdge: a hit the edge's memory holds is answered on the loop, one it must fetch is
+// looked up off the loop, and both answer as net/http's front does; a miss is forwarded.
+func TestLoopEdge(t *testing.T) {
+	edge := &noWaitEdge{fakeEdge: &fakeEdge{entries: map[string]records.Record{}, counted: map[string]int{}}, memory: map[string]bool{}}
+	rg := newRig(t, func(c *Config) { c.Edge = edge })
+	l := rg.loop
+	if l == nil {
+		l = startTestLoop(t, rg.srv)
+	}
+	netAddr := strings.TrimPrefix(rg.http.URL, "http://")
+	if rg.loop != nil {
+		netAddr = rg.http.Listener.Addr().String()
+	}
+	rg.m.set("acme", Route{Shard: "us-east-1", HomeRegion: "us-east", Epoch: 3}, 5)
+	ts := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	for _, id := range []string{"mem", "far"} {
+		edge.entries[edgeKey("acme", "us-east-1", 3, "c", id)] = records.Record{ID: id, Collection: "c", Version: 2,
+			CreatedAt: ts, UpdatedAt: ts, Data: json.RawMessage(`{"a":1}`)}
+	}
+	edge.memory[edgeKey("acme", "us-east-1", 3, "c", "mem")] = true
+	node := rg.nodes["us-east"]
+	for _, tc := range []struct {
+		id       string
+		offloop  float64
+		fromNode bool
+	}{{"mem", 0, false}, {"far", 1, false}, {"none", 1, true}} {
+		raw := "GET /v1/collections/c/records/" + tc.id + " HTTP/1.1\r\nHost: x\r\nX-Request-Id: e1\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
+		wantResp, wantBody := rawExchange(t, netAddr, raw)
+		hits, edges := node.hits.Load(), loopCount(t, l, "edge")
+		gotResp, gotBody := rawExchange(t, l.Addr(), raw)
+		if want, got := answerText(wantResp, wantBody), answerText(gotResp, gotBody); want != got {
+			t.Errorf("%s: net/http answered\n%s\nthe loop\n%s", tc.id, want, got)
+		}
+		if d := loopCount(t, l, "edge") - edges; d != tc.offloop {
+			t.Errorf("%s: %v lookups off the loop, want %v", tc.id, d, tc.offloop)
+		}
+		if got := node.hits.Load() > hits; got != tc.fromNode {
+			t.Errorf("%s: reached the node %v, want %v", tc.id, got, tc.fromNode)
+		}
+		if src := gotResp.Header.Get("X-Read-Source"); (src == "cache") == tc.fromNode {
+			t.Errorf("%s: X-Read-Source %q", tc.id, src)
+		}
 	}
 }
