@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -178,6 +179,7 @@ type Edge struct {
 	now          func() time.Time
 	log          *slog.Logger
 	requests     *prometheus.CounterVec
+	counters     sync.Map // result → requests' child
 	roundTrips   prometheus.Counter
 }
 
@@ -256,7 +258,18 @@ func (e *Edge) Connected() bool { return e.rdb.Load() != nil }
 
 // Count counts a request by result: EdgeHit for a hit the caller answered with, EdgeBypass
 // for one it did not look up, EdgeError for a hit it could not answer with.
-func (e *Edge) Count(result string) { e.requests.WithLabelValues(result).Inc() }
+func (e *Edge) Count(result string) { e.counter(result).Inc() }
+
+// counter is requests' child for result, looked up once (a vector's lookup hashes the label
+// and takes its lock: one per request).
+func (e *Edge) counter(result string) prometheus.Counter {
+	if c, ok := e.counters.Load(result); ok {
+		return c.(prometheus.Counter)
+	}
+	c := e.requests.WithLabelValues(result)
+	e.counters.Store(result, c)
+	return c
+}
 
 // Record looks up record coll/id of tenant for a read routed to shard on write epoch epoch. It
 // returns the record and EdgeHit when the edge may answer with it, else a zero record and the
@@ -265,7 +278,7 @@ func (e *Edge) Count(result string) { e.requests.WithLabelValues(result).Inc() }
 func (e *Edge) Record(ctx context.Context, tenant, shard string, epoch uint64, coll, id string) (records.Record, string) {
 	r, res, _ := e.record(ctx, tenant, shard, epoch, coll, id)
 	if res != EdgeHit {
-		e.requests.WithLabelValues(res).Inc()
+		e.counter(res).Inc()
 	}
 	return r, res
 }
@@ -280,7 +293,7 @@ func (e *Edge) RecordNoWait(tenant, shard string, epoch uint64, coll, id string)
 		return records.Record{}, "", false
 	}
 	if res != EdgeHit {
-		e.requests.WithLabelValues(res).Inc()
+		e.counter(res).Inc()
 	}
 	return r, res, true
 }

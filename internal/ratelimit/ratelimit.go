@@ -246,6 +246,7 @@ type Limiter struct {
 
 	fallbackGauge prometheus.Gauge
 	decisions     *prometheus.CounterVec
+	decisionCs    sync.Map // decisionKey → decisions' child (count)
 	redisCalls    prometheus.Counter
 	redisErrors   prometheus.Counter
 }
@@ -525,7 +526,21 @@ func (l *Limiter) count(c Class, allowed bool, backend string) {
 	if allowed {
 		d = "allowed"
 	}
-	l.decisions.WithLabelValues(string(c), d, backend).Inc()
+	k := decisionKey{c, d, backend}
+	if ctr, ok := l.decisionCs.Load(k); ok {
+		ctr.(prometheus.Counter).Inc()
+		return
+	}
+	ctr := l.decisions.WithLabelValues(string(c), d, backend)
+	l.decisionCs.Store(k, ctr)
+	ctr.Inc()
+}
+
+// decisionKey names a child of decisions, which count keeps (a vector's lookup per request
+// hashes three labels under a lock).
+type decisionKey struct {
+	c          Class
+	d, backend string
 }
 
 // gcraScript checks every bucket and takes tokens from them all only if all admit the request.

@@ -211,6 +211,8 @@ type loopConn struct {
 	closed     bool
 	closeAfter bool
 	out        []byte
+	hopBytes   []byte // the hop's request being sent (reused)
+	ip         string // the peer's IP, as gin's ClientIP gives it without trusted proxies
 
 	busy      atomic.Bool  // a request is in flight (the sweeper leaves it alone)
 	active    atomic.Int64 // unix nanoseconds of the last request's end (or the open)
@@ -300,6 +302,9 @@ func (l *Loop) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	lc := &loopConn{c: c}
 	if a := c.RemoteAddr(); a != nil {
 		lc.peer = a.String()
+		if ta, ok := a.(*net.TCPAddr); ok {
+			lc.ip = ta.IP.String()
+		}
 	}
 	lc.active.Store(time.Now().UnixNano())
 	c.SetContext(lc)
@@ -417,6 +422,13 @@ func (l *Loop) begin(lc *loopConn, r *http.Request) {
 	lc.req = rq
 	lc.busy.Store(true)
 	s.observeBegin(gc)
+	if len(s.cfg.TrustedProxies) == 0 && lc.ip != "" {
+		// Without trusted proxies the client IP is the peer's: worked out once per connection.
+		if v, ok := gc.Get(ctxUpstream); ok {
+			ut := v.(*upstreamTime)
+			ut.ip, ut.ipKnown = lc.ip, true
+		}
+	}
 	rq.class = Classify(r.Method, r.URL.Path)
 	gc.Set(ctxClass, rq.class)
 	p, ok := s.authorize(gc)
@@ -502,7 +514,8 @@ func (l *Loop) hop(rq *loopReq) {
 	left := time.Until(rq.deadline)
 	lc := rq.lc
 	rq.up = up
-	rq.hopBytes = appendHopRequest(rq.hopBytes[:0], rq, left)
+	rq.hopBytes = appendHopRequest(lc.hopBytes[:0], rq, left)
+	lc.hopBytes = rq.hopBytes // the connection's buffer: one request at a time
 	rq.sentAt = time.Now()
 	el := lc.c.EventLoop()
 	rq.timer = time.AfterFunc(left, func() {

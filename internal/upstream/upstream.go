@@ -120,6 +120,22 @@ type node struct {
 	openUntil   time.Time
 	ejections   int // consecutive ejections, for backoff doubling
 	probing     bool
+
+	// The node's in-flight gauge and success counter, looked up once (for region): every
+	// request sets the one and counts on the other, and a vector's lookup hashes the labels.
+	region    string
+	inflightG prometheus.Gauge
+	successC  prometheus.Counter
+}
+
+// metrics returns n's per-request series for its target t.
+func (p *Pool) metrics(n *node, t Target) (inflight prometheus.Gauge, success prometheus.Counter) {
+	if n.inflightG == nil || n.region != t.Region {
+		n.region = t.Region
+		n.inflightG = p.inflight.WithLabelValues(t.ID, t.Region)
+		n.successC = p.requests.WithLabelValues(t.ID, t.Region, "success")
+	}
+	return n.inflightG, n.successC
 }
 
 // Pool selects upstream nodes. It is safe for concurrent use.
@@ -290,7 +306,8 @@ func (p *Pool) acquireIn(r string, ts []Target, skip func(string) bool) (*Lease,
 			l.probe = true
 			p.state.WithLabelValues(c.t.ID, r).Set(float64(HalfOpen))
 		}
-		p.inflight.WithLabelValues(c.t.ID, r).Set(float64(c.n.inFlight))
+		g, _ := p.metrics(c.n, c.t)
+		g.Set(float64(c.n.inFlight))
 		return l, false
 	}
 	return nil, true
@@ -312,7 +329,8 @@ func (l *Lease) Release() {
 		defer p.mu.Unlock()
 		n := p.nodes[l.Target.ID]
 		n.inFlight--
-		p.inflight.WithLabelValues(l.Target.ID, l.Target.Region).Set(float64(n.inFlight))
+		g, _ := p.metrics(n, l.Target)
+		g.Set(float64(n.inFlight))
 		if l.probe {
 			n.probing = false
 		}
@@ -327,12 +345,13 @@ func (p *Pool) done(l *Lease, failed bool) {
 	defer p.mu.Unlock()
 	n := p.nodes[t.ID]
 	n.inFlight--
-	p.inflight.WithLabelValues(t.ID, t.Region).Set(float64(n.inFlight))
+	g, success := p.metrics(n, t)
+	g.Set(float64(n.inFlight))
 	if l.probe {
 		n.probing = false
 	}
 	if !failed {
-		p.requests.WithLabelValues(t.ID, t.Region, "success").Inc()
+		success.Inc()
 		n.consecutive = 0
 		if l.probe || n.state != Closed {
 			n.state, n.ejections = Closed, 0
