@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -401,5 +403,25 @@ func TestLoopEdge(t *testing.T) {
 		if src := gotResp.Header.Get("X-Read-Source"); (src == "cache") == tc.fromNode {
 			t.Errorf("%s: X-Read-Source %q", tc.id, src)
 		}
+	}
+}
+
+// TestSuiteOnTheLoop runs this package's tests again with every rig served through the
+// event-loop front (MERIDIAN_TEST_LOOP: the rig's URL is its loop's), in a child process of
+// this test binary: every guarantee the tests pin for the net/http front is checked for the
+// loop too.
+func TestSuiteOnTheLoop(t *testing.T) {
+	if os.Getenv("MERIDIAN_TEST_LOOP") != "" {
+		return // this is the child's run
+	}
+	cmd := exec.Command(os.Args[0], "-test.count=1", "-test.skip=^TestSuiteOnTheLoop$", "-test.timeout=10m")
+	cmd.Env = append(os.Environ(), "MERIDIAN_TEST_LOOP=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		lines := strings.Split(string(out), "\n")
+		t.Fatalf("the tests against the event-loop front: %v\n%s", err, strings.Join(lines[max(0, len(lines)-80):], "\n"))
+	}
+	if !strings.Contains(string(out), "PASS") {
+		t.Fatalf("the child run did not pass:\n%s", out)
 	}
 }
