@@ -25,6 +25,7 @@ targets=(
   "./internal/router FuzzDecodeMoveRequest"
   "./internal/router FuzzTenantCursor"
   "./internal/router FuzzRouterRequest"
+  "./internal/router FuzzParseNative"
   "./replication FuzzDecodeToken"
 )
 for t in "${targets[@]}"; do

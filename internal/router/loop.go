@@ -982,12 +982,20 @@ func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
 	if !nativeTarget(target) {
 		return nil, false, false
 	}
-	h := make(http.Header, 8)
-	host, hosts := "", 0
+	// One string of the whole head; names and values are its substrings (a canonical name is
+	// its own canonical form: CanonicalMIMEHeaderKey returns it as it is), and the values'
+	// one-element slices share one array: three allocations for any number of fields.
+	hs := string(head)
+	nf := bytes.Count(head, crlfcrlf[:2]) - 2
+	if nf < 0 {
+		return nil, false, false
+	}
+	h := make(http.Header, nf)
+	vals := make([]string, nf)
+	host, hosts, f := "", 0, 0
 	for pos := i + 2; pos < len(head)-2; {
 		e := bytes.Index(head[pos:], crlfcrlf[:2])
 		l := head[pos : pos+e]
-		pos += e + 2
 		c := bytes.IndexByte(l, ':')
 		if c <= 0 {
 			return nil, false, false
@@ -998,38 +1006,60 @@ func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
 				return nil, false, false // also an obs-fold's leading blank
 			}
 		}
-		v := textproto.TrimBytes(l[c+1:])
-		for _, b := range v {
+		vs, ve := pos+c+1, pos+e
+		for vs < ve && (head[vs] == ' ' || head[vs] == '\t') {
+			vs++
+		}
+		for ve > vs && (head[ve-1] == ' ' || head[ve-1] == '\t') {
+			ve--
+		}
+		for _, b := range head[vs:ve] {
 			if b < ' ' && b != '\t' || b == 0x7f {
 				return nil, false, false
 			}
 		}
-		k := textproto.CanonicalMIMEHeaderKey(string(name))
+		k := textproto.CanonicalMIMEHeaderKey(hs[pos : pos+c])
+		v := hs[vs:ve]
+		pos += e + 2
 		switch k {
 		case "Content-Length", "Transfer-Encoding", "Expect", "Upgrade", "Trailer", "Te":
 			return nil, false, false
 		case "Host":
 			hosts++
-			host = string(v)
+			host = v
 		case "Connection":
-			for _, t := range strings.Split(string(v), ",") {
+			for _, t := range strings.Split(v, ",") {
 				if strings.EqualFold(strings.TrimSpace(t), "close") {
 					closeAfter = true
 				}
 			}
 		}
-		h[k] = append(h[k], string(v))
+		if f >= len(vals) {
+			return nil, false, false
+		}
+		if prior, ok := h[k]; ok {
+			h[k] = append(prior[:len(prior):len(prior)], v)
+		} else {
+			vals[f] = v
+			h[k] = vals[f : f+1 : f+1]
+		}
+		f++
 	}
 	if hosts != 1 || !httpguts.ValidHostHeader(host) {
 		return nil, false, false
 	}
 	// The URL as net/http's server parses it: the path has no escapes (nativeTarget), so it is
 	// the target's path as it came; the query stays raw.
-	uri := string(target)
+	uri := hs[sp1+1 : sp1+1+sp2]
 	u := &url.URL{Path: uri}
 	if q := strings.IndexByte(uri, '?'); q >= 0 {
 		u.Path, u.RawQuery = uri[:q], uri[q+1:]
 		u.ForceQuery = u.RawQuery == ""
+	}
+	if strings.ContainsAny(u.Path, "!'()*[]") {
+		// url keeps a path its escaping would change as RawPath (these are the bytes of
+		// pathByte that url.PathEscape escapes), so that EscapedPath gives it back as it came.
+		u.RawPath = u.Path
 	}
 	r = &http.Request{Method: m, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h,
 		Body: http.NoBody, Host: host, RequestURI: uri}

@@ -2,6 +2,7 @@ package router
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -424,4 +425,49 @@ func TestSuiteOnTheLoop(t *testing.T) {
 	if !strings.Contains(string(out), "PASS") {
 		t.Fatalf("the child run did not pass:\n%s", out)
 	}
+}
+
+// FuzzParseNative: a head the loop serves natively is one net/http's server reads the same way
+// — the same method, target, Host, URL path and query, and header fields — so the router's
+// steps see on the loop what they see behind net/http. (A head the loop declines goes to
+// net/http itself.)
+func FuzzParseNative(f *testing.F) {
+	for _, s := range []string{
+		"GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n",
+		"HEAD /v1/x?a=1&b HTTP/1.1\r\nHost: x:80\r\naccept: a\r\nAccept: b\r\nConnection: close\r\n\r\n",
+		"GET /v1/x? HTTP/1.1\r\nHost: h\r\nX:  padded \t\r\n\r\n",
+		"GET /v1/a(b)*!$',;=:@[] HTTP/1.1\r\nHost: h\r\nUser-Agent:\r\n\r\n",
+		"GET /v1/x HTTP/1.1\r\nHost: h\r\n fold\r\n\r\n",
+		"GET /v1/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		end := bytes.Index(raw, crlfcrlf)
+		if end < 0 {
+			return
+		}
+		head := raw[:end+4]
+		r, closeAfter, ok := parseNative(head)
+		if !ok {
+			return
+		}
+		want, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+		if err != nil {
+			t.Fatalf("parseNative took %q; net/http refuses it: %v", head, err)
+		}
+		if r.Method != want.Method || r.RequestURI != want.RequestURI || r.Host != want.Host ||
+			r.URL.Path != want.URL.Path || r.URL.RawPath != want.URL.RawPath || r.URL.RawQuery != want.URL.RawQuery ||
+			r.URL.RequestURI() != want.URL.RequestURI() || closeAfter != want.Close {
+			t.Fatalf("%q: loop %s %s host %q path %q query %q close %v; net/http %s %s host %q path %q query %q close %v",
+				head, r.Method, r.RequestURI, r.Host, r.URL.Path, r.URL.RawQuery, closeAfter,
+				want.Method, want.RequestURI, want.Host, want.URL.Path, want.URL.RawQuery, want.Close)
+		}
+		delete(want.Header, "Host") // net/http keeps Host out of the header; the loop's has it
+		got := r.Header.Clone()
+		delete(got, "Host")
+		if fmt.Sprint(got) != fmt.Sprint(want.Header) {
+			t.Fatalf("%q: loop's header %v, net/http's %v", head, got, want.Header)
+		}
+	})
 }

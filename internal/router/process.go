@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,6 +75,36 @@ type UpstreamsConfig struct {
 	Registerer       prometheus.Registerer
 }
 
+// targetsTTL is how long the pool reuses a region's list of API nodes (cachedSource).
+const targetsTTL = 50 * time.Millisecond
+
+// cachedSource keeps each region's targets for ttl. The pool asks for them twice per request
+// (admission's load, the pick), and merging gossip's members with the static list copies and
+// allocates each time; a change of membership or health reaches the pool within ttl (gossip
+// itself takes seconds to spread one). The slices it returns are shared: read only.
+type cachedSource struct {
+	src upstream.Source
+	ttl time.Duration
+	m   sync.Map // region → *targetsAt
+}
+
+type targetsAt struct {
+	at time.Time
+	ts []upstream.Target
+}
+
+func (c *cachedSource) Targets(r string) []upstream.Target {
+	now := time.Now()
+	if v, ok := c.m.Load(r); ok {
+		if e := v.(*targetsAt); now.Sub(e.at) < c.ttl {
+			return e.ts
+		}
+	}
+	ts := c.src.Targets(r)
+	c.m.Store(r, &targetsAt{at: now, ts: ts})
+	return ts
+}
+
 // NewUpstreams builds the pool of API nodes the router forwards to, found through gossip and
 // the static lists (merged; a node listed by both is one node).
 func NewUpstreams(cfg UpstreamsConfig) (PoolUpstreams, error) {
@@ -84,7 +115,7 @@ func NewUpstreams(cfg UpstreamsConfig) (PoolUpstreams, error) {
 	if len(cfg.Static) > 0 {
 		sources = append(sources, StaticSource(cfg.Static))
 	}
-	pool, err := upstream.New(upstream.Config{Source: sources, MaxInFlight: cfg.MaxInFlight,
+	pool, err := upstream.New(upstream.Config{Source: &cachedSource{src: sources, ttl: targetsTTL}, MaxInFlight: cfg.MaxInFlight,
 		EjectBase: cfg.EjectBase, FailureThreshold: cfg.FailureThreshold, Registerer: cfg.Registerer})
 	if err != nil {
 		return PoolUpstreams{}, err
