@@ -414,9 +414,10 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	for _, conns := range o.conns {
 		cfg := o.cfg
 		cfg.Concurrency = conns
-		rs := newRoundStatus(loadgen.NewTransport(conns))
-		cfg.Client = &http.Client{Transport: rs, Timeout: cfg.Timeout,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		// The lean load generator (loadgen.RawTransport, no http.Client: loadgen applies the
+		// timeout, and nothing follows redirects): it shares the CPUs with what it measures.
+		rs := newRoundStatus(loadgen.NewRawTransport(conns))
+		cfg.Client, cfg.Transport = nil, rs
 		meter := newPhaseMeter(roles, nil)
 		cfg.BeforeRound = func(ctx context.Context, target string, warmup bool) error {
 			if warmup {
@@ -589,7 +590,7 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 	} else if loopNote != "" {
 		fmt.Fprintf(w, " (%s)", loopNote)
 	}
-	fmt.Fprintf(w, "; tenant `%s`; one GET of one record with `Cache-Control: no-cache` (forwarded by the router, not answered by its edge cache; a store read on the API node for every target); load generator on the same machine, "+
+	fmt.Fprintf(w, "; tenant `%s`; one GET of one record with `Cache-Control: no-cache` (forwarded by the router, not answered by its edge cache; a store read on the API node for every target); load generator (loadgen.RawTransport: no goroutines per connection) on the same machine, "+
 		"closed loop, side-by-side rounds of %s (%s per target per run, %s warm-up).\n",
 		p.targets[0].tenant.id, o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
 	fmt.Fprintf(w, "- CPU µs/request: the process's utime+stime from /proc/<pid>/stat over the target's rounds, "+
