@@ -52,6 +52,12 @@ const (
 	directPrefix = "direct "
 )
 
+// The router's listeners -router-front picks between.
+const (
+	frontListen = "listen"
+	frontLoop   = "loop"
+)
+
 // Paths of -via: through the region's router, or straight to its first API node.
 const (
 	viaRouter = "router"
@@ -94,6 +100,7 @@ const (
 
 // cacheFlags are the flags of the cache and invalidation scenarios.
 type cacheFlags struct {
+	front       string // frontListen or frontLoop
 	records     int
 	zipfS       float64
 	seedWorkers int
@@ -109,6 +116,7 @@ type cacheFlags struct {
 }
 
 func (c *cacheFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.front, "router-front", frontListen, "cache: which of the router's listeners -via router goes through: listen (its net/http front, the cluster file's router) or loop (its event-loop front, the cluster file's router_loop)")
 	fs.IntVar(&c.records, "records", 10_000, "cache: records of the tenant, read by Zipf-distributed id")
 	fs.Float64Var(&c.zipfS, "zipf-s", 1.1, "cache: Zipf exponent s: record k of -records is read with probability ∝ k^-s (math/rand/v2 Zipf with v=1; pgbench random_zipfian)")
 	fs.IntVar(&c.seedWorkers, "seed-workers", 32, "cache: concurrent PUTs creating the records (through the router, to the home region)")
@@ -180,11 +188,13 @@ func parseVia(v string) ([]string, error) {
 // and invalidation scenarios read: more than plan.go's clusterFile.
 type clusterState struct {
 	Regions map[string]struct {
-		Router   string   `json:"router"`
-		Routers  []string `json:"routers"`
-		API      []string `json:"api"`
-		Redis    string   `json:"redis"`
-		Postgres struct {
+		Router  string   `json:"router"`
+		Routers []string `json:"routers"`
+		// RouterLoop is the router's event-loop listener ("" without one).
+		RouterLoop string   `json:"router_loop"`
+		API        []string `json:"api"`
+		Redis      string   `json:"redis"`
+		Postgres   struct {
 			Primary  string            `json:"primary"`
 			Shards   map[string]string `json:"shards"`
 			Standbys map[string]string `json:"standbys"`
@@ -1120,6 +1130,16 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 	router := strings.TrimRight(reg.Router, "/")
 	setupBase := router
+	switch o.front {
+	case frontListen, "":
+	case frontLoop:
+		if !validBase(reg.RouterLoop) {
+			return fmt.Errorf("region %s has no router_loop in %s (-router-front loop needs the launcher's router_loop_listen: true)", region, o.cluster)
+		}
+		router = strings.TrimRight(reg.RouterLoop, "/")
+	default:
+		return fmt.Errorf("%w: -router-front %q: want %s or %s", errUsage, o.front, frontListen, frontLoop)
+	}
 	if o.setupURL != "" {
 		setupBase = o.setupURL
 	}
@@ -1148,7 +1168,7 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 	pairs := cachePairs(via, router, api)
 	if o.title == "" {
-		o.title = "Cached vs uncached GET of Zipf-distributed records " + viaTitle(via) + ", beside pgbench"
+		o.title = "Cached vs uncached GET of Zipf-distributed records " + viaTitle(via) + frontTitle(o.front) + ", beside pgbench"
 	}
 	fmt.Fprintf(stderr, "bench: cache, %d records, Zipf s=%v, %d workers, %s per variant, rounds of %s, router %s, API node %s (region %s), via %s, tenant %s homed in %s\n",
 		o.records, o.zipfS, o.cfg.Concurrency, o.cfg.Duration, o.cfg.Round, router, api, region, strings.Join(via, ","), tenant.id, home)
@@ -1311,6 +1331,14 @@ func viaTitle(via []string) string {
 		return "direct to one API node"
 	}
 	return "through one router"
+}
+
+// frontTitle names the router's front the scenario went through, for the title.
+func frontTitle(front string) string {
+	if front == frontLoop {
+		return " (its event-loop front)"
+	}
+	return ""
 }
 
 // pairRatios compares each path's cached target with its uncached one, and each path's targets

@@ -877,3 +877,22 @@ func TestCPUPerRequest(t *testing.T) {
 		t.Error("a total without the API node's CPU")
 	}
 }
+
+// TestRunCacheRouterFront: -router-front loop needs the cluster file's router_loop and says
+// so without one; an unknown front is a usage error.
+func TestRunCacheRouterFront(t *testing.T) {
+	f := newFakeRegions(t, 0, "us-east", "us-west")
+	cluster := f.clusterFile(t, false)
+	for front, want := range map[string]string{
+		"loop":  "has no router_loop",
+		"other": `-router-front "other": want listen or loop`,
+	} {
+		var stdout, stderr bytes.Buffer
+		args := []string{"bench", "-cluster", cluster, "-scenario", "cache", "-router-front", front, "-records", "10",
+			"-c", "1", "-d", "100ms", "-round", "100ms"}
+		err := run(t.Context(), args, &stdout, &stderr)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("-router-front %s: %v, want an error with %q", front, err, want)
+		}
+	}
+}

@@ -227,11 +227,12 @@ func findListener(hostport string) int {
 	return slices.Collect(maps.Keys(found))[0]
 }
 
-// listensOn says whether args have -listen (or --listen) hostport, separate or with "=".
+// listensOn says whether args have -listen (or --listen) hostport, separate or with "=", or
+// -loop-listen hostport (a router's event-loop listener: the same process).
 func listensOn(args []string, hostport string) bool {
 	for i, a := range args {
 		name, val, eq := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !strings.HasPrefix(a, "-") || name != "listen" {
+		if !strings.HasPrefix(a, "-") || name != "listen" && name != "loop-listen" {
 			continue
 		}
 		if !eq && i+1 < len(args) {
