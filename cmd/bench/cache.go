@@ -1569,6 +1569,13 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 			if ok1 && ok2 && cu > 0 {
 				// With every CPU busy, throughput is the CPUs over the CPU time per request.
 				fmt.Fprintf(w, "; CPU of all the processes per request %.0f vs %.0f µs, so %.2f× on saturated CPUs", cu, uu, uu/cu)
+				su, ok1 := c.cpuPerRequestOf(pr.uncached, false)
+				sc, ok2 := c.cpuPerRequestOf(pr.cached, false)
+				if ok1 && ok2 && sc > 0 {
+					// The load generator shares the CPUs; what the service spends is the ratio a
+					// load generator elsewhere would see.
+					fmt.Fprintf(w, "; without the load generator's %.0f vs %.0f µs, %.2f×", sc, su, su/sc)
+				}
 			}
 			w.WriteString("\n")
 		}
@@ -1658,6 +1665,12 @@ func metricsHitRatio(u *phaseUsage, edge bool) (float64, bool) {
 // (and bench itself; pgbench in its phase), in µs; ok is false when a process is unknown or
 // the phase answered nothing.
 func (c cacheReport) cpuPerRequest(ph string) (float64, bool) {
+	return c.cpuPerRequestOf(ph, true)
+}
+
+// cpuPerRequestOf is cpuPerRequest, with or without the load generator's own CPU (without it:
+// what the service's processes spent per request).
+func (c cacheReport) cpuPerRequestOf(ph string, withLoadGen bool) (float64, bool) {
 	t, _ := c.target(ph)
 	u := c.meter.usage[ph]
 	if u == nil || t.Requests == 0 {
@@ -1673,7 +1686,7 @@ func (c cacheReport) cpuPerRequest(ph string) (float64, bool) {
 	us := float64(ticks) * 1e6 / clockTicks
 	if ph == pgbenchPhase {
 		us += float64(c.pg.cpu.Microseconds())
-	} else {
+	} else if withLoadGen {
 		us += float64(u.self) * 1e6 / clockTicks
 	}
 	return us / float64(t.Requests), true

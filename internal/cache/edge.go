@@ -276,7 +276,12 @@ func (e *Edge) counter(result string) prometheus.Counter {
 // reason it may not, which it counts. A hit is the caller's to count (Count(EdgeHit)) once it
 // has answered with it.
 func (e *Edge) Record(ctx context.Context, tenant, shard string, epoch uint64, coll, id string) (records.Record, string) {
-	r, res, _ := e.record(ctx, tenant, shard, epoch, coll, id)
+	r, res, err := e.record(ctx, tenant, shard, epoch, coll, id)
+	if res == EdgeError && errors.Is(err, context.Canceled) && ctx.Err() == nil {
+		// A fetch of the key by a RecordNoWait, which ends before it starts, was in flight and
+		// this lookup waited on it: nothing failed, the key was not in the copy.
+		res = EdgeMiss
+	}
 	if res != EdgeHit {
 		e.counter(res).Inc()
 	}

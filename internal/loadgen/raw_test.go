@@ -41,8 +41,15 @@ func TestRawTransportAnswersAsNetHTTP(t *testing.T) {
 	raw := NewRawTransport(1)
 	std := NewTransport(1)
 	reqs := []func() *http.Request{
-		func() *http.Request { r, _ := http.NewRequest("GET", srv.URL+"/a?b=c", nil); r.Header.Set("X-A", "1"); return r },
-		func() *http.Request { r, _ := http.NewRequest("POST", srv.URL+"/p", strings.NewReader(`{"x":1}`)); return r },
+		func() *http.Request {
+			r, _ := http.NewRequest("GET", srv.URL+"/a?b=c", nil)
+			r.Header.Set("X-A", "1")
+			return r
+		},
+		func() *http.Request {
+			r, _ := http.NewRequest("POST", srv.URL+"/p", strings.NewReader(`{"x":1}`))
+			return r
+		},
 		func() *http.Request { r, _ := http.NewRequest("GET", srv.URL+"/chunked", nil); return r },
 		func() *http.Request { r, _ := http.NewRequest("HEAD", srv.URL+"/a", nil); return r },
 		func() *http.Request { r, _ := http.NewRequest("GET", srv.URL+"/empty", nil); return r },

@@ -70,6 +70,7 @@ type Loop struct {
 	done   chan error // gnet.Run's outcome
 
 	maxHead       int
+	maxQueued     int // most bytes a connection may have sent ahead of what is served
 	headerTimeout time.Duration
 	idleTimeout   time.Duration
 
@@ -103,6 +104,7 @@ func (s *Server) StartLoop(cfg LoopConfig) (*Loop, error) {
 		l.maxHead = http.DefaultMaxHeaderBytes
 	}
 	l.maxHead += 4096 // net/http's slack above MaxHeaderBytes (its 431 comes from there)
+	l.maxQueued = l.maxHead + int(min(s.cfg.MaxBody, 64<<20)) + 64<<10
 	if l.headerTimeout <= 0 {
 		l.headerTimeout = 5 * time.Second
 	}
@@ -353,12 +355,26 @@ func (l *Loop) OnTraffic(c gnet.Conn) gnet.Action {
 
 // request takes the next request off a client connection: natively, or by detaching it.
 func (l *Loop) request(lc *loopConn) gnet.Action {
-	if lc.req != nil || lc.closed { // pipelined: the next request waits until this answer is out
+	if lc.closed {
+		return gnet.None
+	}
+	// The loop reads what a client sends whether or not it is served yet (net/http would stop
+	// reading, and TCP would hold the client back): a client that sends more than the next
+	// request's head and largest body while one is in flight is flooding, and is cut off.
+	if lc.c.InboundBuffered() > l.maxQueued {
+		return gnet.Close
+	}
+	if lc.req != nil { // pipelined: the next request waits until this answer is out
 		return gnet.None
 	}
 	buf, _ := lc.c.Peek(-1)
 	if len(buf) == 0 {
 		return gnet.None
+	}
+	if lc.c.OutboundBuffered() > loopMaxUnread {
+		// The client asks for more while it leaves this much of its answers unread: it is cut
+		// off rather than let the loop hold its answers in memory without end.
+		return gnet.Close
 	}
 	end := bytes.Index(buf, crlfcrlf)
 	if end < 0 {
@@ -952,6 +968,10 @@ func appendDate(b []byte) []byte {
 }
 
 var crlfcrlf = []byte("\r\n\r\n")
+
+// loopMaxUnread is how many bytes of answers a connection may leave unread and still have its
+// next request served.
+const loopMaxUnread = 256 << 10
 
 // parseNative parses a request head (its blank line included) the loop serves natively; ok is
 // false for any other — which the loop then detaches for net/http to judge and answer.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -470,4 +472,39 @@ func FuzzParseNative(f *testing.F) {
 			t.Fatalf("%q: loop's header %v, net/http's %v", head, got, want.Header)
 		}
 	})
+}
+
+// TestLoopCutsOffFloodingClients: a client that sends far more than its next request ahead of
+// the answers (pipelined requests it never reads the answers of) is cut off, and another
+// client is served meanwhile.
+func TestLoopCutsOffFloodingClients(t *testing.T) {
+	rg := newRig(t, nil)
+	l := rg.loop
+	if l == nil {
+		l = startTestLoop(t, rg.srv)
+	}
+	flood, err := net.Dial("tcp", l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flood.Close()
+	req := "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
+	chunk := []byte(strings.Repeat(req, 1000))
+	var sent int
+	_ = flood.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	for sent < 2*l.maxQueued {
+		n, err := flood.Write(chunk)
+		sent += n
+		if err != nil {
+			break // cut off (or the kernel's buffers full and the deadline passed)
+		}
+	}
+	resp, body := rawExchange(t, l.Addr(), req)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("another client: %d %s", resp.StatusCode, body)
+	}
+	_ = flood.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, flood); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the flooding connection: %v, want it closed by the loop", err)
+	}
 }
