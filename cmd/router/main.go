@@ -271,19 +271,32 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		// Open change streams end at shutdown (clients resume elsewhere with Last-Event-ID)
 		// instead of holding the drain for the whole grace period.
 		hs.RegisterOnShutdown(srv.StopStreams)
-		if cfg.loopListen != "" {
-			lp, err := srv.StartLoop(router.LoopConfig{Addr: cfg.loopListen, HTTP: hs})
-			if err != nil {
-				return err
-			}
-			log.Info("event-loop front listening", "addr", lp.Addr())
-			defer func() {
-				sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
-				defer cancel()
-				_ = lp.Stop(sctx)
-			}()
+		if cfg.loopListen == "" {
+			return daemon.ServeHTTP(ctx, hs, ln, cfg.shutdownGrace)
 		}
-		return daemon.ServeHTTP(ctx, hs, ln, cfg.shutdownGrace)
+		lp, err := srv.StartLoop(router.LoopConfig{Addr: cfg.loopListen, HTTP: hs})
+		if err != nil {
+			return err
+		}
+		log.Info("event-loop front listening", "addr", lp.Addr())
+		// On stop the loop drains beside the HTTP server, within the same grace period.
+		drained := make(chan struct{})
+		go func() {
+			defer close(drained)
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+			defer cancel()
+			if err := lp.Shutdown(sctx); err != nil {
+				log.Warn("event-loop front: drain cut short", "err", err)
+			}
+		}()
+		err = daemon.ServeHTTP(ctx, hs, ln, cfg.shutdownGrace)
+		if ctx.Err() == nil { // the server failed: the part stops, and the loop with it
+			_ = lp.Stop(context.Background())
+			return err
+		}
+		<-drained
+		return err
 	})
 	log.Info("router listening", "url", url, "raft", node.RaftAddr(), "id", id)
 

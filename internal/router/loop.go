@@ -87,6 +87,10 @@ type Loop struct {
 	connections prometheus.Gauge
 
 	booted chan error
+
+	draining atomic.Bool // Shutdown has begun
+	stopOnce sync.Once
+	stopErr  error
 }
 
 // StartLoop starts the event-loop front on cfg.Addr and returns once it listens.
@@ -168,14 +172,43 @@ func (l *Loop) Addr() string { return l.addr }
 // Stop closes the loop's listener and connections (requests in flight end with them) and the
 // listener of detached connections; the HTTP server's own Shutdown ends those it serves.
 func (l *Loop) Stop(ctx context.Context) error {
-	l.end()
-	_ = l.detach.Close()
-	err := l.eng.Stop(ctx)
-	select {
-	case <-l.done:
-	case <-ctx.Done():
+	l.stopOnce.Do(func() {
+		l.end()
+		_ = l.detach.Close()
+		l.stopErr = l.eng.Stop(ctx)
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+		}
+	})
+	return l.stopErr
+}
+
+// Shutdown drains the loop as net/http's Server.Shutdown drains its connections: new
+// connections are refused, idle ones closed, and each request in flight finishes — its answer
+// says Connection: close and the connection closes after it; then, or when ctx ends, Stop.
+func (l *Loop) Shutdown(ctx context.Context) error {
+	l.draining.Store(true)
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		l.mu.Lock()
+		n := len(l.conns)
+		for lc := range l.conns {
+			if !lc.woken.Swap(true) {
+				_ = lc.c.Wake(nil) // on its loop: closed if idle, else after its answer
+			}
+		}
+		l.mu.Unlock()
+		if n == 0 {
+			return l.Stop(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), l.Stop(context.Background()))
+		case <-t.C:
+		}
 	}
-	return err
 }
 
 // sweep closes the loop's connections that sat idle longer than the idle timeout, or took
@@ -217,6 +250,7 @@ type loopConn struct {
 	ip         string // the peer's IP, as gin's ClientIP gives it without trusted proxies
 
 	busy      atomic.Bool  // a request is in flight (the sweeper leaves it alone)
+	woken     atomic.Bool  // Shutdown has woken it
 	active    atomic.Int64 // unix nanoseconds of the last request's end (or the open)
 	headSince atomic.Int64 // when the first bytes of a head not yet complete arrived; 0: none
 }
@@ -301,6 +335,9 @@ func (l *Loop) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		}
 		return nil, gnet.None
 	}
+	if l.draining.Load() {
+		return nil, gnet.Close // shutting down: no new connections
+	}
 	lc := &loopConn{c: c}
 	if a := c.RemoteAddr(); a != nil {
 		lc.peer = a.String()
@@ -369,6 +406,9 @@ func (l *Loop) request(lc *loopConn) gnet.Action {
 	}
 	buf, _ := lc.c.Peek(-1)
 	if len(buf) == 0 {
+		if l.draining.Load() {
+			return gnet.Close // idle while shutting down
+		}
 		return gnet.None
 	}
 	if lc.c.OutboundBuffered() > loopMaxUnread {
@@ -396,7 +436,7 @@ func (l *Loop) request(lc *loopConn) gnet.Action {
 	_, _ = lc.c.Discard(end + 4)
 	lc.headSince.Store(0)
 	r.RemoteAddr = lc.peer
-	lc.closeAfter = closeAfter
+	lc.closeAfter = closeAfter || l.draining.Load() // shutting down: this answer is the last
 	l.native.Inc()
 	l.begin(lc, r)
 	return gnet.None
@@ -722,6 +762,7 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 	}
 	up.Done(verdict)
 	rq.gc.Status(a.status)
+	rq.lc.closeAfter = rq.lc.closeAfter || l.draining.Load()
 	rq.lc.out = appendNodeAnswer(rq.lc.out[:0], buf[:a.total], rq, rq.lc.closeAfter)
 	_, _ = u.c.Discard(a.total)
 	l.send2client(rq)
@@ -806,6 +847,7 @@ func (l *Loop) finish(rq *loopReq) {
 	if rq.gc != nil {
 		rq.gc.Writer.WriteHeaderNow()
 	}
+	lc.closeAfter = lc.closeAfter || l.draining.Load() // shutting down: the last answer
 	lc.out = rq.w.appendAnswer(lc.out[:0], rq.isHead, lc.closeAfter)
 	l.send2client(rq)
 }

@@ -508,3 +508,88 @@ func TestLoopCutsOffFloodingClients(t *testing.T) {
 		t.Fatalf("the flooding connection: %v, want it closed by the loop", err)
 	}
 }
+
+// TestLoopShutdownDrains: Shutdown lets a request in flight finish — its answer says
+// Connection: close and the connection closes after it — closes idle connections, refuses new
+// ones, and returns once none is left.
+func TestLoopShutdownDrains(t *testing.T) {
+	rg := newRig(t, nil)
+	hs := &http.Server{Handler: rg.srv.Handler()}
+	l, err := rg.srv.StartLoop(LoopConfig{Addr: "127.0.0.1:0", Loops: 1, HTTP: hs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Stop(context.Background()); _ = hs.Close() })
+	node := rg.nodes["us-east"]
+	node.mu.Lock()
+	node.handle = func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, "/slow") {
+			time.Sleep(400 * time.Millisecond)
+		}
+		return false
+	}
+	node.mu.Unlock()
+	req := func(id string) string {
+		return "GET /v1/collections/c/records/" + id + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
+	}
+	idle, err := net.Dial("tcp", l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if resp, _ := exchangeOn(t, idle, req("a")); resp.StatusCode != http.StatusOK {
+		t.Fatalf("before shutdown: %d", resp.StatusCode)
+	}
+	busy, err := net.Dial("tcp", l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	_, _ = io.WriteString(busy, req("slow"))
+	time.Sleep(100 * time.Millisecond) // the slow request is in flight
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- l.Shutdown(ctx)
+	}()
+	resp, err := http.ReadResponse(bufio.NewReader(busy), &http.Request{Method: "GET"})
+	if err != nil || resp.StatusCode != http.StatusOK || !resp.Close {
+		t.Fatalf("the request in flight: %v %v, want 200 with Connection: close", resp, err)
+	}
+	_ = idle.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the idle connection is still open")
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("Shutdown took %v", el)
+	}
+	if c, err := net.DialTimeout("tcp", l.Addr(), time.Second); err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, _ = io.WriteString(c, req("late"))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("a connection after Shutdown was served")
+		}
+		c.Close()
+	}
+}
+
+// exchangeOn sends raw on c and reads one answer.
+func exchangeOn(t *testing.T, c net.Conn, raw string) (*http.Response, []byte) {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: "GET"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, b
+}
