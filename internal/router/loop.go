@@ -20,6 +20,7 @@ package router
 // answered 421 (forwardFrom, forward's own loop, takes the request up there).
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -291,6 +292,8 @@ type loopReq struct {
 	traceparent string
 	timer       *time.Timer
 
+	body []byte // the request's body, all of it
+
 	off    bool // a step runs off the loop
 	cancel context.CancelFunc
 	next   func() // the step to run on the loop when the one off it is back; nil: finish
@@ -429,16 +432,27 @@ func (l *Loop) request(lc *loopConn) gnet.Action {
 	if end+4 > l.maxHead {
 		return l.detachConn(lc)
 	}
-	r, closeAfter, ok := parseNative(buf[:end+4])
+	r, closeAfter, cl, ok := parseNative(buf[:end+4])
 	if !ok {
 		return l.detachConn(lc)
 	}
-	_, _ = lc.c.Discard(end + 4)
+	// A body is served natively when all of it came with the head (a small JSON body does):
+	// one larger than the limit, or still on its way, is net/http's, with its 413 and its body
+	// deadline.
+	total := end + 4 + cl
+	if int64(cl) > l.s.cfg.MaxBody || len(buf) < total {
+		return l.detachConn(lc)
+	}
+	var body []byte
+	if cl > 0 {
+		body = bytes.Clone(buf[end+4 : total])
+	}
+	_, _ = lc.c.Discard(total)
 	lc.headSince.Store(0)
 	r.RemoteAddr = lc.peer
 	lc.closeAfter = closeAfter || l.draining.Load() // shutting down: this answer is the last
 	l.native.Inc()
-	l.begin(lc, r)
+	l.begin(lc, r, body)
 	return gnet.None
 }
 
@@ -469,12 +483,12 @@ func (l *Loop) detachConn(lc *loopConn) gnet.Action {
 }
 
 // begin starts a native request's steps.
-func (l *Loop) begin(lc *loopConn, r *http.Request) {
+func (l *Loop) begin(lc *loopConn, r *http.Request, body []byte) {
 	s := l.s
 	w := &loopWriter{h: make(http.Header, 8)}
 	gc := gin.CreateTestContextOnly(w, s.engine)
 	gc.Request = r
-	rq := &loopReq{lc: lc, gc: gc, w: w, start: time.Now(), isHead: r.Method == http.MethodHead}
+	rq := &loopReq{lc: lc, gc: gc, w: w, start: time.Now(), isHead: r.Method == http.MethodHead, body: body}
 	lc.req = rq
 	lc.busy.Store(true)
 	s.observeBegin(gc)
@@ -537,6 +551,9 @@ func (l *Loop) admitted(rq *loopReq) {
 		l.offloopStep(rq, func() bool { return !s.edgeAnswer(gc, rq.p.Tenant, route, coll, id) }, func() { l.hop(rq) })
 		return
 	}
+	if rq.gc.Request.ContentLength > 0 {
+		gc.Set(ctxBodyRead, true) // readBody's mark: the body is in hand from here on
+	}
 	l.hop(rq)
 }
 
@@ -558,13 +575,13 @@ func (l *Loop) hop(rq *loopReq) {
 	rq.traceparent = NextTraceparent(headerValue(r.Header, canonTraceparent))
 	up, err := s.cfg.Upstreams.Pick(rq.d.Region, nil)
 	if err != nil {
-		l.resume(rq, &upstreamError{failure: upstream.Failure{NoNode: errors.Is(err, ErrNoUpstream)}, err: err}, false)
+		l.resume(rq, resume{fail: &upstreamError{failure: upstream.Failure{NoNode: errors.Is(err, ErrNoUpstream)}, err: err}})
 		return
 	}
 	addr, ok := l.upAddr(up.URL())
 	if !ok { // not a plain http:// node: forward's transport speaks it
 		up.Done(ErrNoVerdict)
-		l.resume(rq, nil, false)
+		l.resume(rq, resume{})
 		return
 	}
 	left := time.Until(rq.deadline)
@@ -577,7 +594,7 @@ func (l *Loop) hop(rq *loopReq) {
 	rq.timer = time.AfterFunc(left, func() {
 		_ = el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
 			if lc.req == rq && rq.up != nil && !lc.closed {
-				l.hopFailed(rq, errDeadline)
+				l.hopFailed(rq, errDeadline, rq.hop == nil || rq.hop.c != nil)
 			}
 			return nil
 		}))
@@ -607,7 +624,7 @@ func (l *Loop) send(rq *loopReq, addr *net.TCPAddr) {
 	res, err := el.Register(gnet.NewContext(context.Background(), u), addr)
 	if err != nil {
 		l.dropUp(u)
-		l.hopFailed(rq, err)
+		l.hopFailed(rq, err, false)
 		return
 	}
 	go func() { // once per new hop connection: the dial's outcome
@@ -619,7 +636,7 @@ func (l *Loop) send(rq *loopReq, addr *net.TCPAddr) {
 			l.dropUp(u)
 			if rq2 := u.req; rq2 != nil && rq2.hop == u && lc.req == rq2 && !lc.closed {
 				u.req = nil
-				l.hopFailed(rq2, r.Err)
+				l.hopFailed(rq2, r.Err, false) // the dial failed: nothing was sent
 			}
 			return nil
 		}))
@@ -649,20 +666,34 @@ func (l *Loop) hopClosed(u *loopUp) {
 		return
 	}
 	rq.hop = nil
-	if rq.reused && !u.got && !rq.resent {
+	if rq.reused && !u.got && !rq.resent && replayableRequest(rq.gc.Request) {
 		rq.resent = true
 		addr, _ := l.upAddr(rq.up.URL())
 		l.send(rq, addr)
 		return
 	}
-	l.hopFailed(rq, errHopClosed)
+	l.hopFailed(rq, errHopClosed, true)
+}
+
+// replayableRequest is net/http's rule (and the hop's: internal/upstream) for sending a request
+// again on a new connection: a safe method, or an idempotency key.
+func replayableRequest(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := r.Header["Idempotency-Key"]
+	_, xkey := r.Header["X-Idempotency-Key"]
+	return key || xkey
 }
 
 var errHopClosed = errors.New("router: the API node closed the connection before its answer")
 
 // hopFailed ends the native attempt as attempt does on a transport failure, then hands the
 // request to forwardFrom off the loop (its retry policy decides; the deadline is the request's).
-func (l *Loop) hopFailed(rq *loopReq, err error) {
+// sent: the request may have reached the node (its connection was open), which the retry
+// policy weighs for a request that is not idempotent.
+func (l *Loop) hopFailed(rq *loopReq, err error, sent bool) {
 	s := l.s
 	if rq.timer != nil {
 		rq.timer.Stop()
@@ -681,35 +712,36 @@ func (l *Loop) hopFailed(rq *loopReq, err error) {
 	s.m.upstreamC.get(classCode{rq.d.Region, -1}).Inc()
 	up := rq.up
 	rq.up = nil
-	e := &upstreamError{failure: upstream.Failure{Node: up.ID(), Sent: true}, url: up.URL(), err: err}
+	e := &upstreamError{failure: upstream.Failure{Node: up.ID(), Sent: sent}, url: up.URL(), err: err}
 	if errors.Is(err, errDeadline) {
 		e.err = fmt.Errorf("%w (%v)", errDeadline, err)
 	}
 	up.Done(e.err)
-	l.resume(rq, e, false)
+	l.resume(rq, resume{fail: e})
 }
 
-// resume hands the request to forwardFrom off the loop: after a failed first attempt (fail),
-// after a 421 (retried421: the wait for a newer map made first), or from the start of the hop
-// (neither: a request the native hop cannot send).
-func (l *Loop) resume(rq *loopReq, fail *upstreamError, retried421 bool) {
+// resume hands the request to forwardFrom off the loop, at rs (its deadline and traceparent
+// filled in here): after a failed first attempt (rs.fail), after a 421 (rs.retried421: the
+// wait for a newer map made first), after a write's fenced answer (rs.fenced: held first), or
+// from the start of the hop (none: a request the native hop cannot send).
+func (l *Loop) resume(rq *loopReq, rs resume) {
 	s := l.s
 	want := uint64(0)
-	if retried421 {
+	if rs.retried421 {
 		want = rq.route.Version + 1
 		if v := rq.w.misdirectedVersion; v != 0 {
 			want = v
 		}
 	}
+	rs.deadline, rs.traceparent = rq.deadline, rq.traceparent
 	l.offloop.Inc()
 	l.offloopStep(rq, func() bool {
-		if retried421 {
+		if rs.retried421 {
 			ctx, cancel := context.WithTimeout(rq.gc.Request.Context(), s.cfg.MapWait)
 			_ = s.cfg.Map.WaitVersion(ctx, want) // on timeout, retry with what we have
 			cancel()
 		}
-		s.forwardFrom(rq.gc, nil, rq.p.Tenant, rq.route, resume{deadline: rq.deadline,
-			traceparent: rq.traceparent, fail: fail, retried421: retried421})
+		s.forwardFrom(rq.gc, rq.body, rq.p.Tenant, rq.route, rs)
 		return false
 	}, nil)
 }
@@ -731,7 +763,7 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 	}
 	a, ok := answerLength(buf, rq.isHead, l.maxHead)
 	if !ok {
-		l.hopFailed(rq, errors.New("router: malformed answer from the API node"))
+		l.hopFailed(rq, errors.New("router: malformed answer from the API node"), true)
 		return gnet.None
 	}
 	if !a.complete {
@@ -752,8 +784,18 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 		_, _ = u.c.Discard(a.total)
 		up.Done(nil)
 		s.m.misdirected.Inc()
-		l.resume(rq, nil, true)
+		l.resume(rq, resume{retried421: true})
 		return l.keepOrClose(u, keep)
+	}
+	if IsWrite(rq.gc.Request.Method) && s.hold.enabled() && a.status == http.StatusServiceUnavailable {
+		resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(buf[:a.total])), nil)
+		if err == nil && isFenced(resp) {
+			// The tenant is being moved: forward's hold takes the write (hold.go).
+			_, _ = u.c.Discard(a.total)
+			up.Done(nil)
+			l.resume(rq, resume{fenced: true})
+			return l.keepOrClose(u, keep)
+		}
 	}
 	// copyResponse's verdict and headers, on the node's bytes.
 	var verdict error
@@ -848,6 +890,9 @@ func (l *Loop) finish(rq *loopReq) {
 		rq.gc.Writer.WriteHeaderNow()
 	}
 	lc.closeAfter = lc.closeAfter || l.draining.Load() // shutting down: the last answer
+	if v := rq.w.h["Connection"]; len(v) > 0 && strings.EqualFold(v[0], "close") {
+		lc.closeAfter = true // an answer before the body (sendProblem's rule)
+	}
 	lc.out = rq.w.appendAnswer(lc.out[:0], rq.isHead, lc.closeAfter)
 	l.send2client(rq)
 }
@@ -1018,18 +1063,18 @@ const loopMaxUnread = 256 << 10
 // parseNative parses a request head (its blank line included) the loop serves natively; ok is
 // false for any other — which the loop then detaches for net/http to judge and answer.
 // closeAfter: the client asked for the connection to close after the answer.
-func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
+func parseNative(head []byte) (r *http.Request, closeAfter bool, contentLength int, ok bool) {
 	i := bytes.Index(head, crlfcrlf[:2])
 	line := head[:i]
 	sp1 := bytes.IndexByte(line, ' ')
 	if sp1 < 0 {
-		return nil, false, false
+		return nil, false, 0, false
 	}
 	method := line[:sp1]
 	rest := line[sp1+1:]
 	sp2 := bytes.IndexByte(rest, ' ')
 	if sp2 < 0 || string(rest[sp2+1:]) != "HTTP/1.1" {
-		return nil, false, false
+		return nil, false, 0, false
 	}
 	target := rest[:sp2]
 	var m string
@@ -1038,11 +1083,19 @@ func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
 		m = http.MethodGet
 	case http.MethodHead:
 		m = http.MethodHead
+	case http.MethodPost:
+		m = http.MethodPost
+	case http.MethodPut:
+		m = http.MethodPut
+	case http.MethodPatch:
+		m = http.MethodPatch
+	case http.MethodDelete:
+		m = http.MethodDelete
 	default:
-		return nil, false, false
+		return nil, false, 0, false
 	}
 	if !nativeTarget(target) {
-		return nil, false, false
+		return nil, false, 0, false
 	}
 	// One string of the whole head; names and values are its substrings (a canonical name is
 	// its own canonical form: CanonicalMIMEHeaderKey returns it as it is), and the values'
@@ -1050,22 +1103,22 @@ func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
 	hs := string(head)
 	nf := bytes.Count(head, crlfcrlf[:2]) - 2
 	if nf < 0 {
-		return nil, false, false
+		return nil, false, 0, false
 	}
 	h := make(http.Header, nf)
 	vals := make([]string, nf)
-	host, hosts, f := "", 0, 0
+	host, hosts, f, lengths := "", 0, 0, 0
 	for pos := i + 2; pos < len(head)-2; {
 		e := bytes.Index(head[pos:], crlfcrlf[:2])
 		l := head[pos : pos+e]
 		c := bytes.IndexByte(l, ':')
 		if c <= 0 {
-			return nil, false, false
+			return nil, false, 0, false
 		}
 		name := l[:c]
 		for _, b := range name {
 			if !httpguts.IsTokenRune(rune(b)) {
-				return nil, false, false // also an obs-fold's leading blank
+				return nil, false, 0, false // also an obs-fold's leading blank
 			}
 		}
 		vs, ve := pos+c+1, pos+e
@@ -1077,15 +1130,22 @@ func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
 		}
 		for _, b := range head[vs:ve] {
 			if b < ' ' && b != '\t' || b == 0x7f {
-				return nil, false, false
+				return nil, false, 0, false
 			}
 		}
 		k := textproto.CanonicalMIMEHeaderKey(hs[pos : pos+c])
 		v := hs[vs:ve]
 		pos += e + 2
 		switch k {
-		case "Content-Length", "Transfer-Encoding", "Expect", "Upgrade", "Trailer", "Te":
-			return nil, false, false
+		case "Transfer-Encoding", "Expect", "Upgrade", "Trailer", "Te":
+			return nil, false, 0, false
+		case "Content-Length":
+			// One, of digits only (net/http judges the rest: repeated, signed, spaced).
+			n := atoiBytes([]byte(v))
+			if lengths++; lengths > 1 || n < 0 || len(v) > 10 {
+				return nil, false, 0, false
+			}
+			contentLength = n
 		case "Host":
 			hosts++
 			host = v
@@ -1097,7 +1157,7 @@ func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
 			}
 		}
 		if f >= len(vals) {
-			return nil, false, false
+			return nil, false, 0, false
 		}
 		if prior, ok := h[k]; ok {
 			h[k] = append(prior[:len(prior):len(prior)], v)
@@ -1108,7 +1168,10 @@ func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
 		f++
 	}
 	if hosts != 1 || !httpguts.ValidHostHeader(host) {
-		return nil, false, false
+		return nil, false, 0, false
+	}
+	if contentLength > 0 && (m == http.MethodGet || m == http.MethodHead) {
+		return nil, false, 0, false // a body on a read: net/http's to judge
 	}
 	// The URL as net/http's server parses it: the path has no escapes (nativeTarget), so it is
 	// the target's path as it came; the query stays raw.
@@ -1124,8 +1187,8 @@ func parseNative(head []byte) (r *http.Request, closeAfter, ok bool) {
 		u.RawPath = u.Path
 	}
 	r = &http.Request{Method: m, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h,
-		Body: http.NoBody, Host: host, RequestURI: uri}
-	return r, closeAfter, true
+		Body: http.NoBody, ContentLength: int64(contentLength), Host: host, RequestURI: uri}
+	return r, closeAfter, contentLength, true
 }
 
 // pathByte are the bytes a native target's path may hold: unreserved, sub-delims, ':', '@',

@@ -156,7 +156,14 @@ func TestLoopAnswersAsNetHTTP(t *testing.T) {
 		{"path with sub-delims", "GET /v1/collections/c/records/a(b)*!$',;=:@ HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", true},
 		{"path needing escapes", "GET /v1/collections/c/records/a\"b HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", false},
 		{"hop headers", "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Connection: X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 10.0.0.9\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n", true},
-		{"post", "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\nContent-Length: 7\r\n\r\n{\"a\":1}", false},
+		{"post", "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\nContent-Length: 7\r\n\r\n{\"a\":1}", true},
+		{"post home elsewhere with a key", "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\n" + rid + "Idempotency-Key: k1\r\nAuthorization: Bearer " + tokEuco + "\r\nContent-Length: 2\r\n\r\n{}", true},
+		{"put", "PUT /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\nContent-Length: 11\r\n\r\n{\"data\":{}}", true},
+		{"patch empty", "PATCH /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"delete", "DELETE /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", true},
+		{"post without token", "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\n" + rid + "Content-Length: 2\r\n\r\n{}", true},
+		{"post read scope", "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer acme|u1|data:read\r\nContent-Length: 2\r\n\r\n{}", true},
+		{"post chunked", "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", false},
 		{"http/1.0", "GET /v1/collections/c/records/r1 HTTP/1.0\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", false},
 		{"admin", "GET /admin/v1/shardmap HTTP/1.1\r\nHost: x\r\n" + rid + "Authorization: Bearer " + tokAdmin + "\r\n\r\n", false},
 		{"no host", "GET /v1/collections/c/records/r1 HTTP/1.1\r\n" + rid + "Authorization: Bearer " + tokAcme + "\r\n\r\n", false},
@@ -203,7 +210,8 @@ func TestLoopKeepsConnectionsAndPipelines(t *testing.T) {
 	get := func(id string) string {
 		return "GET /v1/collections/c/records/" + id + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
 	}
-	post := "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\nContent-Length: 2\r\n\r\n{}"
+	// A chunked body is net/http's: the connection is detached from that request on.
+	post := "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
 	c, err := net.Dial("tcp", l.Addr())
 	if err != nil {
 		t.Fatal(err)
@@ -441,6 +449,11 @@ func FuzzParseNative(f *testing.F) {
 		"GET /v1/a(b)*!$',;=:@[] HTTP/1.1\r\nHost: h\r\nUser-Agent:\r\n\r\n",
 		"GET /v1/x HTTP/1.1\r\nHost: h\r\n fold\r\n\r\n",
 		"GET /v1/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+		"POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n",
+		"PUT /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nIdempotency-Key: k\r\n\r\n",
+		"DELETE /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n",
+		"PATCH /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+		"POST /v1/x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -450,7 +463,7 @@ func FuzzParseNative(f *testing.F) {
 			return
 		}
 		head := raw[:end+4]
-		r, closeAfter, ok := parseNative(head)
+		r, closeAfter, cl, ok := parseNative(head)
 		if !ok {
 			return
 		}
@@ -460,7 +473,8 @@ func FuzzParseNative(f *testing.F) {
 		}
 		if r.Method != want.Method || r.RequestURI != want.RequestURI || r.Host != want.Host ||
 			r.URL.Path != want.URL.Path || r.URL.RawPath != want.URL.RawPath || r.URL.RawQuery != want.URL.RawQuery ||
-			r.URL.RequestURI() != want.URL.RequestURI() || closeAfter != want.Close {
+			r.URL.RequestURI() != want.URL.RequestURI() || closeAfter != want.Close ||
+			int64(cl) != want.ContentLength || r.ContentLength != want.ContentLength {
 			t.Fatalf("%q: loop %s %s host %q path %q query %q close %v; net/http %s %s host %q path %q query %q close %v",
 				head, r.Method, r.RequestURI, r.Host, r.URL.Path, r.URL.RawQuery, closeAfter,
 				want.Method, want.RequestURI, want.Host, want.URL.Path, want.URL.RawQuery, want.Close)
@@ -592,4 +606,36 @@ func exchangeOn(t *testing.T, c net.Conn, raw string) (*http.Response, []byte) {
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	return resp, b
+}
+
+// TestLoopDetachesABodyOnItsWay: a body that has not all come with its head is net/http's (its
+// body deadline, its 408): the connection is detached, and the write answered once the rest
+// arrives.
+func TestLoopDetachesABodyOnItsWay(t *testing.T) {
+	rg := newRig(t, nil)
+	l := rg.loop
+	if l == nil {
+		l = startTestLoop(t, rg.srv)
+	}
+	c, err := net.Dial("tcp", l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	detached := loopCount(t, l, "detached")
+	_, _ = io.WriteString(c, "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tokAcme+"\r\nContent-Length: 11\r\n\r\n{\"data\"")
+	time.Sleep(50 * time.Millisecond)
+	_, _ = io.WriteString(c, ":{}}")
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: "POST"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"body":"{\"data\":{}}"`) {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	if d := loopCount(t, l, "detached") - detached; d != 1 {
+		t.Fatalf("detached %v, want 1", d)
+	}
 }

@@ -26,8 +26,8 @@ var hopSkip = map[string]bool{
 	canonTraceparent: true, "X-Forwarded-For": true,
 }
 
-// appendHopRequest appends the hop's request for rq (a bodiless GET or HEAD): what prepareHop
-// fills and the hop's writer (upstream.HopTransport) writes, in another order of fields.
+// appendHopRequest appends the hop's request for rq, its body included: what prepareHop fills
+// and the hop's writer (upstream.HopTransport) writes, in another order of fields.
 func appendHopRequest(b []byte, rq *loopReq, left time.Duration) []byte {
 	r := rq.gc.Request
 	b = append(b, r.Method...)
@@ -82,7 +82,14 @@ func appendHopRequest(b []byte, rq *loopReq, left time.Duration) []byte {
 		b = append(b, ip...)
 		b = append(b, "\r\n"...)
 	}
-	return append(b, "\r\n"...)
+	// Request.Write's rule (transferWriter.shouldSendContentLength) for a body of known length.
+	if m := r.Method; len(rq.body) > 0 || m == http.MethodPost || m == http.MethodPut || m == http.MethodPatch {
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, int64(len(rq.body)), 10)
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	return append(b, rq.body...)
 }
 
 // connectionNames reports whether a Connection field of vv names the canonical field k.

@@ -288,12 +288,14 @@ func (s *Server) forward(c *gin.Context, body []byte, tenant string, route Route
 
 // resume is where forwardFrom takes up a request whose first attempt the event-loop front made
 // (loop.go): with its deadline and traceparent, and the attempt's failure (to be judged by the
-// retry policy as forward judges its own) or its 421 (the wait for the map made already).
+// retry policy as forward judges its own), its 421 (the wait for the map made already) or its
+// fenced answer to a write (the write is held first).
 type resume struct {
 	deadline    time.Time // zero: UpstreamTimeout from now
 	traceparent string    // "": a new one from the client's
 	fail        *upstreamError
 	retried421  bool
+	fenced      bool // the first attempt, a write, was answered fenced: hold it first
 }
 
 // forwardFrom is forward, taken up at rs.
@@ -366,6 +368,38 @@ func (s *Server) forwardFrom(c *gin.Context, body []byte, tenant string, route R
 		}
 		return retryCtx
 	}
+	// holdFenced holds a write its node answered fenced until the map names the tenant's new
+	// home (hold.go); false: the answer has been written (or the client went away).
+	holdFenced := func() bool {
+		if held == nil {
+			held = newHeldWrite(tenant, r)
+		}
+		start := time.Now()
+		res := s.hold.hold(r.Context(), held, route)
+		switch res {
+		case holdGone:
+			c.Abort() // the client went away; nobody is listening
+			return false
+		case holdTimeout, holdOverflow:
+			c.Header("Retry-After", "1")
+			detail := "tenant is being moved; its writes were held for the longest hold and are still paused"
+			if res == holdOverflow {
+				detail = "tenant is being moved; this router holds as many paused writes as it may"
+			}
+			s.kindProblem(c, problem.TenantFenced, detail)
+			return false
+		}
+		// Released: the time held does not count against the request deadline, nor as the
+		// router's own overhead (it is a wait on others, like an API node's answer).
+		heldFor := time.Since(start)
+		deadline = deadline.Add(heldFor)
+		addUpstreamTime(c, heldFor)
+		retryCtx = nil // the deadline moved: deadlineCtx makes one that ends at the new one
+		return reroute()
+	}
+	if rs.fenced && !holdFenced() {
+		return
+	}
 	for {
 		var resp *http.Response
 		var up Upstream
@@ -409,31 +443,7 @@ func (s *Server) forwardFrom(c *gin.Context, body []byte, tenant string, route R
 			// is the node's verdict on the tenant, not a failure of the node.
 			drain(resp)
 			up.Done(nil)
-			if held == nil {
-				held = newHeldWrite(tenant, r)
-			}
-			start := time.Now()
-			res := s.hold.hold(r.Context(), held, route)
-			switch res {
-			case holdGone:
-				c.Abort() // the client went away; nobody is listening
-				return
-			case holdTimeout, holdOverflow:
-				c.Header("Retry-After", "1")
-				detail := "tenant is being moved; its writes were held for the longest hold and are still paused"
-				if res == holdOverflow {
-					detail = "tenant is being moved; this router holds as many paused writes as it may"
-				}
-				s.kindProblem(c, problem.TenantFenced, detail)
-				return
-			}
-			// Released: the time held does not count against the request deadline, nor as the
-			// router's own overhead (it is a wait on others, like an API node's answer).
-			heldFor := time.Since(start)
-			deadline = deadline.Add(heldFor)
-			addUpstreamTime(c, heldFor)
-			retryCtx = nil // the deadline moved: deadlineCtx makes one that ends at the new one
-			if !reroute() {
+			if !holdFenced() {
 				return
 			}
 			continue
