@@ -296,7 +296,6 @@ type loopReq struct {
 
 	off    bool // a step runs off the loop
 	cancel context.CancelFunc
-	next   func() // the step to run on the loop when the one off it is back; nil: finish
 }
 
 var _ gnet.EventHandler = (*Loop)(nil)

@@ -125,9 +125,7 @@ func appendNodeAnswer(b []byte, ans []byte, rq *loopReq, closeAfter bool) []byte
 		line := ans[pos:e]
 		pos = e + 2
 		if c := indexByte(line, ':'); c > 0 && asciiEqualFold(line[:c], "Connection") {
-			for _, t := range splitComma(line[c+1:]) {
-				connNames = append(connNames, t)
-			}
+			connNames = append(connNames, splitComma(line[c+1:])...)
 		}
 	}
 	chunked, date := false, false
