@@ -28,6 +28,8 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 	"github.com/panjf2000/gnet/v2/pkg/logging"
+
+	"github.com/meridian-dev/meridian/internal/h1"
 )
 
 // gnetProxyArg, as the first argument, makes bench serve as the bare gnet proxy.
@@ -339,7 +341,7 @@ func (p *gnetProxy) answer(u *gnetUp) gnet.Action {
 			p.badGateway(d)
 			return gnet.Close
 		}
-		status := atoi(h.first)
+		status := h1.Atoi(h.first)
 		if status >= 100 && status < 200 && status != 101 { // an interim answer: skip it
 			_, _ = u.c.Discard(end + 4)
 			buf, _ = u.c.Peek(-1)
@@ -352,7 +354,7 @@ func (p *gnetProxy) answer(u *gnetUp) gnet.Action {
 		switch {
 		case d.isHead || status == 204 || status == 304:
 		case h.chunked:
-			n, done, ok := chunkedLen(buf[end+4:])
+			n, done, ok := h1.ChunkedLength(buf[end+4:])
 			if !ok {
 				p.badGateway(d)
 				return gnet.Close
@@ -508,7 +510,7 @@ func parseHead(b []byte, fields []field) (h head, ok bool) {
 		name, val := b[f.name[0]:f.name[1]], b[vs:ve]
 		switch {
 		case bytes.EqualFold(name, []byte("Content-Length")):
-			h.length, h.hasLength = atoi(val), true
+			h.length, h.hasLength = h1.Atoi(val), true
 		case bytes.EqualFold(name, hdrTE):
 			// The last coding is the one that frames the body ("gzip, chunked").
 			last := val[bytes.LastIndexByte(val, ',')+1:]
@@ -520,56 +522,4 @@ func parseHead(b []byte, fields []field) (h head, ok bool) {
 		pos += e + 2
 	}
 	return h, true
-}
-
-// atoi parses a non-negative decimal of at most 18 digits, or returns -1.
-func atoi(b []byte) int {
-	if len(b) == 0 || len(b) > 18 {
-		return -1
-	}
-	n := 0
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return -1
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n
-}
-
-// chunkedLen returns the length of a chunked body at the start of b, trailers included, and
-// whether b holds all of it; ok is false for a malformed one.
-func chunkedLen(b []byte) (n int, done, ok bool) {
-	pos := 0
-	for {
-		e := bytes.Index(b[pos:], crlf2[:2])
-		if e < 0 {
-			return 0, false, true
-		}
-		size := b[pos : pos+e]
-		if s := bytes.IndexByte(size, ';'); s >= 0 {
-			size = size[:s]
-		}
-		sz, err := strconv.ParseInt(string(bytes.TrimSpace(size)), 16, 32)
-		if err != nil || sz < 0 {
-			return 0, false, false
-		}
-		pos += e + 2
-		if sz == 0 { // trailers, then an empty line
-			for {
-				e := bytes.Index(b[pos:], crlf2[:2])
-				if e < 0 {
-					return 0, false, true
-				}
-				pos += e + 2
-				if e == 0 {
-					return pos, true, true
-				}
-			}
-		}
-		pos += int(sz) + 2
-		if pos > len(b) {
-			return 0, false, true
-		}
-	}
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/auth"
+	"github.com/meridian-dev/meridian/internal/h1"
 	"github.com/meridian-dev/meridian/internal/loadgen"
 )
 
@@ -558,7 +559,7 @@ func FuzzGnetParse(f *testing.F) {
 				}
 			}
 		}
-		if n, done, ok := chunkedLen(body); ok && done && (n < 0 || n > len(body)) {
+		if n, done, ok := h1.ChunkedLength(body); ok && done && (n < 0 || n > len(body)) {
 			t.Fatalf("chunked length %d of %d bytes", n, len(body))
 		}
 	})

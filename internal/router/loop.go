@@ -44,6 +44,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/meridian-dev/meridian/internal/h1"
 	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
@@ -978,21 +979,7 @@ func (w *loopWriter) appendAnswer(b []byte, head, closeAfter bool) []byte {
 	b = append(b, http.StatusText(status)...)
 	b = append(b, "\r\n"...)
 	bodyless := status < 200 || status == http.StatusNoContent || status == http.StatusNotModified
-	for k, vv := range w.h {
-		switch k {
-		case "Content-Length", "Transfer-Encoding", "Connection", "Date":
-			continue
-		}
-		if !httpguts.ValidHeaderFieldName(k) {
-			continue
-		}
-		for _, v := range vv {
-			b = append(b, k...)
-			b = append(b, ": "...)
-			b = appendFieldValue(b, v)
-			b = append(b, "\r\n"...)
-		}
-	}
+	b = appendFields(b, w.h)
 	b = append(b, "Date: "...)
 	b = appendDate(b)
 	b = append(b, "\r\n"...)
@@ -1140,7 +1127,7 @@ func parseNative(head []byte) (r *http.Request, closeAfter bool, contentLength i
 			return nil, false, 0, false
 		case "Content-Length":
 			// One, of digits only (net/http judges the rest: repeated, signed, spaced).
-			n := atoiBytes([]byte(v))
+			n := h1.Atoi([]byte(v))
 			if lengths++; lengths > 1 || n < 0 || len(v) > 10 {
 				return nil, false, 0, false
 			}
@@ -1246,7 +1233,7 @@ func answerLength(b []byte, head bool, maxHead int) (a nodeAnswer, ok bool) {
 	if !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) || len(line) < 12 || len(line) > 12 && line[12] != ' ' {
 		return a, false
 	}
-	a.status = atoiBytes(line[9:12])
+	a.status = h1.Atoi(line[9:12])
 	if a.status < 200 || a.status > 999 {
 		return a, false
 	}
@@ -1262,7 +1249,7 @@ func answerLength(b []byte, head bool, maxHead int) (a nodeAnswer, ok bool) {
 		name, v := l[:c], textproto.TrimBytes(l[c+1:])
 		switch {
 		case asciiEqualFold(name, "Content-Length"):
-			n := atoiBytes(v)
+			n := h1.Atoi(v)
 			if n < 0 || hasLength && n != length {
 				return a, false
 			}
@@ -1279,7 +1266,7 @@ func answerLength(b []byte, head bool, maxHead int) (a nodeAnswer, ok bool) {
 				}
 			}
 		case asciiEqualFold(name, HeaderShardmapVersion):
-			if n := atoiBytes(v); n > 0 {
+			if n := h1.Atoi(v); n > 0 {
 				a.mapVersion = uint64(n)
 			}
 		}
@@ -1291,7 +1278,7 @@ func answerLength(b []byte, head bool, maxHead int) (a nodeAnswer, ok bool) {
 	case chunked && hasLength:
 		return a, false
 	case chunked:
-		n, done, ok := chunkedLength(b[body:])
+		n, done, ok := h1.ChunkedLength(b[body:])
 		a.total, a.complete = body+n, done
 		return a, ok
 	case hasLength:
@@ -1300,57 +1287,6 @@ func answerLength(b []byte, head bool, maxHead int) (a nodeAnswer, ok bool) {
 		return a, false // delimited by the close: forward's transport takes it
 	}
 	return a, true
-}
-
-// chunkedLength is the length of a chunked body at the start of b, trailers included, and
-// whether b holds all of it; ok false for a malformed one.
-func chunkedLength(b []byte) (n int, done, ok bool) {
-	pos := 0
-	for {
-		e := bytes.Index(b[pos:], crlfcrlf[:2])
-		if e < 0 {
-			return 0, false, true
-		}
-		size := b[pos : pos+e]
-		if s := bytes.IndexByte(size, ';'); s >= 0 {
-			size = size[:s]
-		}
-		sz, err := strconv.ParseInt(string(bytes.TrimSpace(size)), 16, 32)
-		if err != nil || sz < 0 {
-			return 0, false, false
-		}
-		pos += e + 2
-		if sz == 0 {
-			for {
-				e := bytes.Index(b[pos:], crlfcrlf[:2])
-				if e < 0 {
-					return 0, false, true
-				}
-				pos += e + 2
-				if e == 0 {
-					return pos, true, true
-				}
-			}
-		}
-		pos += int(sz) + 2
-		if pos > len(b) {
-			return 0, false, true
-		}
-	}
-}
-
-func atoiBytes(b []byte) int {
-	if len(b) == 0 || len(b) > 18 {
-		return -1
-	}
-	n := 0
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return -1
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n
 }
 
 func asciiEqualFold(b []byte, s string) bool {

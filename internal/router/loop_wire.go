@@ -9,6 +9,7 @@ package router
 import (
 	"bytes"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -147,21 +148,7 @@ func appendNodeAnswer(b []byte, ans []byte, rq *loopReq, closeAfter bool) []byte
 		b = append(b, line...)
 		b = append(b, "\r\n"...)
 	}
-	for k, vv := range rq.w.h {
-		switch k {
-		case HeaderShardmapVersion, "Content-Length", "Transfer-Encoding", "Connection", "Date":
-			continue
-		}
-		if !httpguts.ValidHeaderFieldName(k) {
-			continue
-		}
-		for _, v := range vv {
-			b = append(b, k...)
-			b = append(b, ": "...)
-			b = appendFieldValue(b, v)
-			b = append(b, "\r\n"...)
-		}
-	}
+	b = appendFields(b, rq.w.h, HeaderShardmapVersion)
 	b = append(b, HeaderShardmapVersion+": "...)
 	b = strconv.AppendUint(b, rq.route.Version, 10)
 	b = append(b, "\r\n"...)
@@ -178,6 +165,28 @@ func appendNodeAnswer(b []byte, ans []byte, rq *loopReq, closeAfter bool) []byte
 	}
 	b = append(b, "\r\n"...)
 	return append(b, ans[end+4:]...)
+}
+
+// appendFields appends h's fields as net/http's server writes them (values with line breaks
+// made spaces, invalid names left out), but the framing and connection fields the front writes
+// itself, Date, and the names in skip.
+func appendFields(b []byte, h http.Header, skip ...string) []byte {
+	for k, vv := range h {
+		switch k {
+		case "Content-Length", "Transfer-Encoding", "Connection", "Date":
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(k) || slices.Contains(skip, k) {
+			continue
+		}
+		for _, v := range vv {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = appendFieldValue(b, v)
+			b = append(b, "\r\n"...)
+		}
+	}
+	return b
 }
 
 func skipField(name []byte, connNames [][]byte) bool {

@@ -1,0 +1,62 @@
+// Package h1 holds the small pieces of HTTP/1.1 framing that the router's event-loop front
+// (internal/router) and bench's bare event-loop proxy (cmd/bench) both read bytes with.
+package h1
+
+import (
+	"bytes"
+	"strconv"
+)
+
+var crlf = []byte("\r\n")
+
+// ChunkedLength is the length of a chunked body at the start of b, trailers included, and
+// whether b holds all of it; ok false for a malformed one.
+func ChunkedLength(b []byte) (n int, done, ok bool) {
+	pos := 0
+	for {
+		e := bytes.Index(b[pos:], crlf)
+		if e < 0 {
+			return 0, false, true
+		}
+		size := b[pos : pos+e]
+		if s := bytes.IndexByte(size, ';'); s >= 0 {
+			size = size[:s]
+		}
+		sz, err := strconv.ParseInt(string(bytes.TrimSpace(size)), 16, 32)
+		if err != nil || sz < 0 {
+			return 0, false, false
+		}
+		pos += e + 2
+		if sz == 0 {
+			for {
+				e := bytes.Index(b[pos:], crlf)
+				if e < 0 {
+					return 0, false, true
+				}
+				pos += e + 2
+				if e == 0 {
+					return pos, true, true
+				}
+			}
+		}
+		pos += int(sz) + 2
+		if pos > len(b) {
+			return 0, false, true
+		}
+	}
+}
+
+// Atoi parses a non-negative decimal of at most 18 digits, or returns -1.
+func Atoi(b []byte) int {
+	if len(b) == 0 || len(b) > 18 {
+		return -1
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
