@@ -823,6 +823,9 @@ func (l *Loop) keepOrClose(u *loopUp, keep bool) gnet.Action {
 // offloopStep runs f off the loop; back on it, next runs if f returned true, else the request
 // finishes with what f wrote. The client going away meanwhile cancels the request's context.
 func (l *Loop) offloopStep(rq *loopReq, f func() bool, next func()) {
+	if rq.cancel != nil {
+		rq.cancel() // an earlier step's, which is over: its context leaves the base's children
+	}
 	ctx, cancel := context.WithCancel(l.base)
 	rq.cancel = cancel
 	rq.gc.Request = rq.gc.Request.WithContext(ctx)
