@@ -80,6 +80,7 @@ type Loop struct {
 	conns map[*loopConn]struct{} // for the sweeper
 
 	upAddrs sync.Map // API node base URL → *net.TCPAddr
+	pools   sync.Map // gnet.EventLoop → *loopPool: each loop's idle hop connections
 
 	requests    *prometheus.CounterVec
 	native      prometheus.Counter
@@ -243,7 +244,6 @@ func (l *Loop) sweep() {
 type loopConn struct {
 	c          gnet.Conn
 	peer       string
-	ups        []*loopUp // its hop connections to API nodes
 	req        *loopReq  // the request in flight
 	closed     bool
 	closeAfter bool
@@ -257,9 +257,10 @@ type loopConn struct {
 	headSince atomic.Int64 // when the first bytes of a head not yet complete arrived; 0: none
 }
 
-// loopUp is a hop connection to an API node, owned by one client connection and its loop.
+// loopUp is a hop connection to an API node, on one loop: idle in that loop's pool, or carrying
+// one request.
 type loopUp struct {
-	lc      *loopConn
+	pool    *loopPool
 	addr    string
 	c       gnet.Conn // nil while dialling
 	req     *loopReq  // the request in flight on it
@@ -329,14 +330,12 @@ func (l *Loop) OnTick() (time.Duration, gnet.Action) { return time.Hour, gnet.No
 func (l *Loop) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if u, ok := c.Context().(*loopUp); ok { // a hop connection we dialled
 		u.c = c
-		if u.lc.closed || u.retired {
-			return nil, gnet.Close
-		}
-		if rq := u.req; rq != nil {
+		if rq := u.req; rq != nil && !u.retired && !rq.lc.closed {
 			raceReleaseIO()
 			return rq.hopBytes, gnet.None
 		}
-		return nil, gnet.None
+		u.retired = true // its request is gone (its client left, or it failed elsewhere)
+		return nil, gnet.Close
 	}
 	if l.draining.Load() {
 		return nil, gnet.Close // shutting down: no new connections
@@ -366,14 +365,14 @@ func (l *Loop) OnClose(c gnet.Conn, _ error) gnet.Action {
 		delete(l.conns, x)
 		l.mu.Unlock()
 		l.connections.Dec()
-		for _, u := range x.ups {
-			u.retired = true
-			if u.c != nil {
-				_ = u.c.Close()
-			}
-		}
-		x.ups = nil
 		if rq := x.req; rq != nil {
+			if u := rq.hop; u != nil {
+				// Its answer would come for nobody: the connection goes too.
+				u.retired, u.req, rq.hop = true, nil, nil
+				if u.c != nil {
+					_ = u.c.Close()
+				}
+			}
 			l.abandon(rq)
 		}
 	case *loopUp:
@@ -606,21 +605,19 @@ func (l *Loop) hop(rq *loopReq) {
 func (l *Loop) send(rq *loopReq, addr *net.TCPAddr) {
 	lc := rq.lc
 	key := addr.String()
-	for _, u := range lc.ups {
-		if u.addr == key && u.req == nil && !u.closed && !u.retired && u.c != nil {
-			rq.hop, u.req, u.got = u, rq, false
-			rq.reused = u.served
-			raceReleaseIO()
-			if _, err := u.c.Write(rq.hopBytes); err != nil {
-				_ = u.c.Close() // hopClosed judges it
-			}
-			return
-		}
-	}
-	u := &loopUp{lc: lc, addr: key, req: rq}
-	rq.hop, rq.reused = u, false
-	lc.ups = append(lc.ups, u)
 	el := lc.c.EventLoop()
+	p := l.pool(el)
+	if u := p.take(key); u != nil {
+		rq.hop, u.req, u.got = u, rq, false
+		rq.reused = u.served
+		raceReleaseIO()
+		if _, err := u.c.Write(rq.hopBytes); err != nil {
+			_ = u.c.Close() // hopClosed judges it
+		}
+		return
+	}
+	u := &loopUp{pool: p, addr: key, req: rq}
+	rq.hop, rq.reused = u, false
 	res, err := el.Register(gnet.NewContext(context.Background(), u), addr)
 	if err != nil {
 		l.dropUp(u)
@@ -645,11 +642,53 @@ func (l *Loop) send(rq *loopReq, addr *net.TCPAddr) {
 
 func (l *Loop) dropUp(u *loopUp) {
 	u.closed = true
-	lc := u.lc
-	for i, x := range lc.ups {
+	u.pool.remove(u)
+}
+
+// loopPool holds one loop's idle hop connections by node address; only that loop touches it.
+type loopPool struct {
+	idle map[string][]*loopUp
+}
+
+// loopMaxIdlePerNode is how many idle connections to one API node a loop keeps.
+const loopMaxIdlePerNode = 256
+
+// pool is el's pool.
+func (l *Loop) pool(el gnet.EventLoop) *loopPool {
+	if p, ok := l.pools.Load(el); ok {
+		return p.(*loopPool)
+	}
+	p, _ := l.pools.LoadOrStore(el, &loopPool{idle: map[string][]*loopUp{}})
+	return p.(*loopPool)
+}
+
+// take returns an idle open connection to key, or nil.
+func (p *loopPool) take(key string) *loopUp {
+	for list := p.idle[key]; len(list) > 0; list = p.idle[key] {
+		u := list[len(list)-1]
+		p.idle[key] = list[:len(list)-1]
+		if !u.closed && !u.retired && u.c != nil {
+			return u
+		}
+	}
+	return nil
+}
+
+// put keeps u idle; false when the pool holds as many to its node as it may.
+func (p *loopPool) put(u *loopUp) bool {
+	if len(p.idle[u.addr]) >= loopMaxIdlePerNode {
+		return false
+	}
+	p.idle[u.addr] = append(p.idle[u.addr], u)
+	return true
+}
+
+func (p *loopPool) remove(u *loopUp) {
+	list := p.idle[u.addr]
+	for i, x := range list {
 		if x == u {
-			lc.ups = append(lc.ups[:i], lc.ups[i+1:]...)
-			break
+			p.idle[u.addr] = append(list[:i], list[i+1:]...)
+			return
 		}
 	}
 }
@@ -812,7 +851,7 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 }
 
 func (l *Loop) keepOrClose(u *loopUp, keep bool) gnet.Action {
-	if keep {
+	if keep && u.pool.put(u) {
 		return gnet.None
 	}
 	u.retired = true

@@ -10,10 +10,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -637,5 +640,45 @@ func TestLoopDetachesABodyOnItsWay(t *testing.T) {
 	}
 	if d := loopCount(t, l, "detached") - detached; d != 1 {
 		t.Fatalf("detached %v, want 1", d)
+	}
+}
+
+// TestLoopSharesHopConnections: a loop's connections to an API node are its own, not one
+// client connection's: clients that come one after another reuse one hop connection.
+func TestLoopSharesHopConnections(t *testing.T) {
+	rg := newRig(t, nil)
+	var conns atomic.Int64
+	node := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	node.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	node.Start()
+	defer node.Close()
+	rg.ups.mu.Lock()
+	for _, n := range rg.ups.nodes {
+		if n.region == "us-east" {
+			n.url = node.URL
+		}
+	}
+	rg.ups.mu.Unlock()
+	hs := &http.Server{Handler: rg.srv.Handler()}
+	l, err := rg.srv.StartLoop(LoopConfig{Addr: "127.0.0.1:0", Loops: 1, HTTP: hs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Stop(context.Background()); _ = hs.Close() })
+	for i := range 5 {
+		resp, body := rawExchange(t, l.Addr(), "GET /v1/collections/c/records/r"+strconv.Itoa(i)+" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tokAcme+"\r\n\r\n")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("the node saw %d connections for 5 clients one after another, want 1", n)
 	}
 }
