@@ -244,7 +244,7 @@ func (l *Loop) sweep() {
 type loopConn struct {
 	c          gnet.Conn
 	peer       string
-	req        *loopReq  // the request in flight
+	req        *loopReq // the request in flight
 	closed     bool
 	closeAfter bool
 	out        []byte
