@@ -4,8 +4,9 @@ package router
 // router's /v1 hot path served on github.com/panjf2000/gnet/v2's event loops, with no goroutine
 // per connection or per request, and a non-blocking hop to the API nodes on the same loop.
 //
-// The loop serves natively only what it can serve to the letter: a bodiless GET or HEAD of
-// /v1/… (not a change stream), HTTP/1.1, with a strictly valid head within the limits. Every
+// The loop serves natively only what it can serve to the letter: a GET, HEAD, POST, PUT, PATCH
+// or DELETE of /v1/… (not a change stream), HTTP/1.1, with a strictly valid head within the
+// limits and all of its body (if any) arrived with it. Every
 // other request — and so its connection, from that request on — is detached: the socket is
 // taken out of the loop (a dup of its descriptor) with the bytes already read, and handed to
 // the router's own net/http server, which serves it for the rest of its life exactly as it
@@ -14,10 +15,12 @@ package router
 // A native request runs the router's own steps (the same functions as proxy, on a gin context
 // whose writer buffers the answer): request id, authentication and scope, rate limit, route,
 // admission, the edge, the decision, the pick with its breakers, the hop's request (prepareHop),
-// the answer's copy (copyResponse), metrics and the log line (observeBegin/End). A step that
+// the answer's verdict and fields (copyResponse's rules, on bytes: loop_wire.go), metrics and the
+// log line (observeBegin/End). A step that
 // may block runs off the loop in a goroutine and comes back with EventLoop.Execute: a rate
-// limit that needs Redis, an edge lookup, and anything after a first attempt that failed or was
-// answered 421 (forwardFrom, forward's own loop, takes the request up there).
+// limit that needs Redis, an edge lookup the router's copy cannot answer, and anything after a
+// first attempt that failed, was answered 421 or (a write) fenced (forwardFrom, forward's own
+// loop, takes the request up there).
 
 import (
 	"bufio"
@@ -151,22 +154,21 @@ func (s *Server) StartLoop(cfg LoopConfig) (*Loop, error) {
 
 // registerLoop registers the loop's metrics, or takes the ones registered already (a second
 // loop of the same Server shares them).
-func registerLoop(reg prometheus.Registerer, l *Loop) error {
-	if err := reg.Register(l.requests); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return err
-		}
-		l.requests = are.ExistingCollector.(*prometheus.CounterVec)
+func registerLoop(reg prometheus.Registerer, l *Loop) (err error) {
+	if l.requests, err = registerOrShare(reg, l.requests); err != nil {
+		return err
 	}
-	if err := reg.Register(l.connections); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return err
-		}
-		l.connections = are.ExistingCollector.(prometheus.Gauge)
+	l.connections, err = registerOrShare(reg, l.connections)
+	return err
+}
+
+// registerOrShare registers c, or returns the collector registered already in its place.
+func registerOrShare[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		return are.ExistingCollector.(C), nil
 	}
-	return nil
+	return c, err
 }
 
 // Addr is the host:port the loop listens on.
@@ -248,8 +250,9 @@ type loopConn struct {
 	closed     bool
 	closeAfter bool
 	out        []byte
-	hopBytes   []byte // the hop's request being sent (reused)
-	ip         string // the peer's IP, as gin's ClientIP gives it without trusted proxies
+	hopBytes   []byte        // the hop's request being sent (reused)
+	ip         string        // the peer's IP, as gin's ClientIP gives it without trusted proxies
+	detachWait time.Duration // detachConn's last wait for an answer to go out
 
 	busy      atomic.Bool  // a request is in flight (the sweeper leaves it alone)
 	woken     atomic.Bool  // Shutdown has woken it
@@ -286,13 +289,13 @@ type loopReq struct {
 	d           Decision
 	up          Upstream
 	hop         *loopUp
-	hopBytes    []byte
 	reused      bool
 	resent      bool
 	sentAt      time.Time
 	deadline    time.Time
 	traceparent string
 	timer       *time.Timer
+	misdirected uint64 // a 421's X-Shardmap-Version, for the wait on the map
 
 	body []byte // the request's body, all of it
 
@@ -332,7 +335,7 @@ func (l *Loop) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		u.c = c
 		if rq := u.req; rq != nil && !u.retired && !rq.lc.closed {
 			raceReleaseIO()
-			return rq.hopBytes, gnet.None
+			return rq.lc.hopBytes, gnet.None
 		}
 		u.retired = true // its request is gone (its client left, or it failed elsewhere)
 		return nil, gnet.Close
@@ -449,18 +452,21 @@ func (l *Loop) request(lc *loopConn) gnet.Action {
 	_, _ = lc.c.Discard(total)
 	lc.headSince.Store(0)
 	r.RemoteAddr = lc.peer
-	lc.closeAfter = closeAfter || l.draining.Load() // shutting down: this answer is the last
+	lc.closeAfter = closeAfter
 	l.native.Inc()
 	l.begin(lc, r, body)
 	return gnet.None
 }
 
 // detachConn hands the connection, from the request at the head of its buffer on, to the
-// HTTP server. An answer still being written waits: its bytes must go out first.
+// HTTP server. An answer still being written waits: its bytes must go out first; the loop looks
+// again after 1 ms, then twice as long each time up to 100 ms (a client that does not read
+// costs its loop a wake-up a tenth of a second, until the idle timeout closes it).
 func (l *Loop) detachConn(lc *loopConn) gnet.Action {
 	if lc.c.OutboundBuffered() > 0 {
+		lc.detachWait = min(max(2*lc.detachWait, time.Millisecond), 100*time.Millisecond)
 		c := lc.c
-		time.AfterFunc(time.Millisecond, func() { _ = c.Wake(nil) })
+		time.AfterFunc(lc.detachWait, func() { _ = c.Wake(nil) })
 		return gnet.None
 	}
 	buf, _ := lc.c.Peek(-1)
@@ -509,6 +515,7 @@ func (l *Loop) begin(lc *loopConn, r *http.Request, body []byte) {
 	gc.Set(ctxTenant, p.Tenant)
 	ok, decided := s.rateLimitNoWait(gc, p, rq.class)
 	if !decided {
+		l.offloop.Inc()
 		l.offloopStep(rq, func() bool { return s.rateLimit(gc, p, rq.class) }, func() { l.admitted(rq) })
 		return
 	}
@@ -560,17 +567,12 @@ func (l *Loop) admitted(rq *loopReq) {
 func (l *Loop) hop(rq *loopReq) {
 	s, gc, r := l.s, rq.gc, rq.gc.Request
 	rq.deadline = time.Now().Add(s.cfg.UpstreamTimeout)
-	rq.d = Decide(DecisionInput{
-		Method: r.Method, Path: r.URL.Path, LocalRegion: s.cfg.Region, HomeRegion: rq.route.HomeRegion,
-		LocalHealthy: s.cfg.Upstreams.Healthy(s.cfg.Region), LeaseValid: s.leaseValid(),
-		HasIdempotencyKey: r.Header.Get(HeaderIdempotencyKey) != "",
-	})
-	if rq.d.Status != 0 {
-		gc.Header("Retry-After", "1")
-		s.problem(gc, rq.d.Status, "Service Unavailable", rq.d.Reason)
+	d, ok := s.decide(gc, s.decisionInput(r, rq.route))
+	if !ok {
 		l.finish(rq)
 		return
 	}
+	rq.d = d
 	rq.traceparent = NextTraceparent(headerValue(r.Header, canonTraceparent))
 	up, err := s.cfg.Upstreams.Pick(rq.d.Region, nil)
 	if err != nil {
@@ -586,8 +588,7 @@ func (l *Loop) hop(rq *loopReq) {
 	left := time.Until(rq.deadline)
 	lc := rq.lc
 	rq.up = up
-	rq.hopBytes = appendHopRequest(lc.hopBytes[:0], rq, left)
-	lc.hopBytes = rq.hopBytes // the connection's buffer: one request at a time
+	lc.hopBytes = appendHopRequest(lc.hopBytes[:0], rq, left) // one request at a time
 	rq.sentAt = time.Now()
 	el := lc.c.EventLoop()
 	rq.timer = time.AfterFunc(left, func() {
@@ -611,7 +612,7 @@ func (l *Loop) send(rq *loopReq, addr *net.TCPAddr) {
 		rq.hop, u.req, u.got = u, rq, false
 		rq.reused = u.served
 		raceReleaseIO()
-		if _, err := u.c.Write(rq.hopBytes); err != nil {
+		if _, err := u.c.Write(rq.lc.hopBytes); err != nil {
 			_ = u.c.Close() // hopClosed judges it
 		}
 		return
@@ -768,7 +769,7 @@ func (l *Loop) resume(rq *loopReq, rs resume) {
 	want := uint64(0)
 	if rs.retried421 {
 		want = rq.route.Version + 1
-		if v := rq.w.misdirectedVersion; v != 0 {
+		if v := rq.misdirected; v != 0 {
 			want = v
 		}
 	}
@@ -819,7 +820,7 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 	rq.hop, u.req, u.served = nil, nil, true
 	keep := !a.close && len(buf) == a.total
 	if a.status == http.StatusMisdirectedRequest {
-		rq.w.misdirectedVersion = a.mapVersion
+		rq.misdirected = a.mapVersion
 		_, _ = u.c.Discard(a.total)
 		up.Done(nil)
 		s.m.misdirected.Inc()
@@ -985,10 +986,9 @@ func (l *Loop) upAddr(base string) (*net.TCPAddr, bool) {
 
 // loopWriter buffers a native request's answer (the gin context's ResponseWriter).
 type loopWriter struct {
-	h                  http.Header
-	status             int
-	body               []byte
-	misdirectedVersion uint64 // a 421's X-Shardmap-Version, for the wait on the map
+	h      http.Header
+	status int
+	body   []byte
 }
 
 func (w *loopWriter) Header() http.Header { return w.h }

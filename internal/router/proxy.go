@@ -305,19 +305,9 @@ func (s *Server) forwardFrom(c *gin.Context, body []byte, tenant string, route R
 	if deadline.IsZero() {
 		deadline = time.Now().Add(s.cfg.UpstreamTimeout)
 	}
-	in := DecisionInput{
-		Method:            r.Method,
-		Path:              r.URL.Path,
-		HasIdempotencyKey: r.Header.Get(HeaderIdempotencyKey) != "",
-		LocalRegion:       s.cfg.Region,
-		HomeRegion:        route.HomeRegion,
-		LocalHealthy:      s.cfg.Upstreams.Healthy(s.cfg.Region),
-		LeaseValid:        s.leaseValid(),
-	}
-	d := Decide(in)
-	if d.Status != 0 {
-		c.Header("Retry-After", "1")
-		s.problem(c, d.Status, "Service Unavailable", d.Reason)
+	in := s.decisionInput(r, route)
+	d, ok := s.decide(c, in)
+	if !ok {
 		return
 	}
 	// reroute resolves the tenant again on the local map and decides anew; on false the
@@ -329,12 +319,9 @@ func (s *Server) forwardFrom(c *gin.Context, body []byte, tenant string, route R
 		in.HomeRegion = route.HomeRegion
 		in.LeaseValid = s.leaseValid()
 		in.LocalHealthy = s.cfg.Upstreams.Healthy(s.cfg.Region)
-		if d = Decide(in); d.Status != 0 {
-			c.Header("Retry-After", "1")
-			s.problem(c, d.Status, "Service Unavailable", d.Reason)
-			return false
-		}
-		return true
+		var ok bool
+		d, ok = s.decide(c, in)
+		return ok
 	}
 	traceparent := rs.traceparent
 	if traceparent == "" {
@@ -453,6 +440,30 @@ func (s *Server) forwardFrom(c *gin.Context, body []byte, tenant string, route R
 		s.copyResponse(c, resp, up, route)
 		return
 	}
+}
+
+// decisionInput is what Decide needs of r, routed to route, as this router stands now.
+func (s *Server) decisionInput(r *http.Request, route Route) DecisionInput {
+	return DecisionInput{
+		Method:            r.Method,
+		Path:              r.URL.Path,
+		HasIdempotencyKey: r.Header.Get(HeaderIdempotencyKey) != "",
+		LocalRegion:       s.cfg.Region,
+		HomeRegion:        route.HomeRegion,
+		LocalHealthy:      s.cfg.Upstreams.Healthy(s.cfg.Region),
+		LeaseValid:        s.leaseValid(),
+	}
+}
+
+// decide is Decide's verdict on in; false: the request is refused and the answer written.
+func (s *Server) decide(c *gin.Context, in DecisionInput) (Decision, bool) {
+	d := Decide(in)
+	if d.Status != 0 {
+		c.Header("Retry-After", "1")
+		s.problem(c, d.Status, "Service Unavailable", d.Reason)
+		return d, false
+	}
+	return d, true
 }
 
 // errShuttingDown ends a change stream when the router shuts down.
