@@ -19,13 +19,15 @@ import (
 
 // hopSkip are the client's fields the hop's request does not carry as they came: hop-by-hop
 // fields, Expect, the framing the router decides, and the fields the router sets itself.
-var hopSkip = map[string]bool{
-	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
-	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
-	"Expect": true, "Host": true, "User-Agent": true, "Content-Length": true,
-	HeaderRequestID: true, HeaderShardmapVersion: true, HeaderTenantEpoch: true, HeaderRequestTimeout: true,
-	canonTraceparent: true, "X-Forwarded-For": true,
-}
+var hopSkip = func() map[string]bool {
+	m := map[string]bool{"Expect": true, "Host": true, "User-Agent": true, "Content-Length": true,
+		HeaderRequestID: true, HeaderShardmapVersion: true, HeaderTenantEpoch: true,
+		HeaderRequestTimeout: true, canonTraceparent: true, "X-Forwarded-For": true}
+	for _, h := range hopHeaders {
+		m[h] = true
+	}
+	return m
+}()
 
 // appendHopRequest appends the hop's request for rq, its body included: what prepareHop fills
 // and the hop's writer (upstream.HopTransport) writes, in another order of fields.
@@ -107,9 +109,8 @@ func connectionNames(vv []string, k string) bool {
 
 // nodeSkip are the node's answer fields the client's answer does not carry: the router's limits
 // and ids replace the node's, and hop-by-hop fields stay on the hop.
-var nodeSkip = []string{"Ratelimit-Limit", "Ratelimit-Remaining", "Ratelimit-Reset", HeaderRequestID,
-	HeaderShardmapVersion, "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+var nodeSkip = append([]string{canonRateLimitLimit, canonRateLimitRemaining, canonRateLimitReset,
+	HeaderRequestID, HeaderShardmapVersion}, hopHeaders...)
 
 // appendNodeAnswer appends the client's answer made of the node's (ans, one whole answer, head
 // and body): the node's status line and fields but those copyResponse drops, the router's own
