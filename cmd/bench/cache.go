@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/loadgen"
+	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
 // The cache scenario (issue 13): a tenant with -records records; GETs of ids drawn from a Zipf
@@ -1281,12 +1282,12 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 }
 
 // useCacheClient sets cfg to send the cache scenario's requests: straight through a readCounter
-// over loadgen's RawTransport for cfg.Concurrency workers (no http.Client: loadgen applies
+// over upstream.HopTransport, kept alive for cfg.Concurrency workers (no http.Client: loadgen applies
 // cfg.Timeout itself, and a RoundTripper never follows redirects; no reader and writer
 // goroutines per connection: the load generator shares the machine's CPUs with what it
 // measures, and its cost per request dilutes the cached/uncached ratio), and returns the counter.
 func useCacheClient(cfg *loadgen.Config) *readCounter {
-	counter := newReadCounter(loadgen.NewRawTransport(cfg.Concurrency))
+	counter := newReadCounter(&upstream.HopTransport{MaxIdlePerHost: cfg.Concurrency})
 	cfg.Client, cfg.Transport = nil, counter
 	return counter
 }

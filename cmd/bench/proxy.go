@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/loadgen"
+	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
 // nginxName is the target name of the nginx reverse proxy in the proxy scenario.
@@ -331,15 +332,15 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		return err
 	}
 	direct, router := plan.targets[0], plan.targets[1]
-	upstream := hostPort(direct.base)
-	if upstream == "" {
+	directAddr := hostPort(direct.base)
+	if directAddr == "" {
 		return fmt.Errorf("%w: direct target %s has no host:port", errUsage, direct.base)
 	}
 	maxConns := 0
 	for _, c := range o.conns {
 		maxConns = max(maxConns, c)
 	}
-	nginxPID, stopNginx, err := startNginx(ctx, bin, o.nginxListen, upstream, maxConns, o.nginxLog, stderr)
+	nginxPID, stopNginx, err := startNginx(ctx, bin, o.nginxListen, directAddr, maxConns, o.nginxLog, stderr)
 	if err != nil {
 		return fmt.Errorf("nginx: %w", err)
 	}
@@ -361,7 +362,7 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		if !b.on {
 			continue
 		}
-		base, pid, stop, err := b.start(ctx, upstream)
+		base, pid, stop, err := b.start(ctx, directAddr)
 		if err != nil {
 			return fmt.Errorf("%s: %w", b.flag, err)
 		}
@@ -390,7 +391,7 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		return fmt.Errorf("setup: %w", err)
 	}
 	roles := []procRole{
-		{name: "API node", pids: pidIf(findListener(upstream))},
+		{name: "API node", pids: pidIf(findListener(directAddr))},
 		{name: "nginx", pids: []int{nginxPID}}, // its worker is its child
 	}
 	roles = append(roles, bareRoles...)
@@ -414,9 +415,9 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	for _, conns := range o.conns {
 		cfg := o.cfg
 		cfg.Concurrency = conns
-		// The lean load generator (loadgen.RawTransport, no http.Client: loadgen applies the
+		// The lean load generator (upstream.HopTransport, no http.Client: loadgen applies the
 		// timeout, and nothing follows redirects): it shares the CPUs with what it measures.
-		rs := newRoundStatus(loadgen.NewRawTransport(conns))
+		rs := newRoundStatus(&upstream.HopTransport{MaxIdlePerHost: conns})
 		cfg.Client, cfg.Transport = nil, rs
 		meter := newPhaseMeter(roles, nil)
 		cfg.BeforeRound = func(ctx context.Context, target string, warmup bool) error {
@@ -590,7 +591,7 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 	} else if loopNote != "" {
 		fmt.Fprintf(w, " (%s)", loopNote)
 	}
-	fmt.Fprintf(w, "; tenant `%s`; one GET of one record with `Cache-Control: no-cache` (forwarded by the router, not answered by its edge cache; a store read on the API node for every target); load generator (loadgen.RawTransport: no goroutines per connection) on the same machine, "+
+	fmt.Fprintf(w, "; tenant `%s`; one GET of one record with `Cache-Control: no-cache` (forwarded by the router, not answered by its edge cache; a store read on the API node for every target); load generator (upstream.HopTransport: no goroutines per connection) on the same machine, "+
 		"closed loop, side-by-side rounds of %s (%s per target per run, %s warm-up).\n",
 		p.targets[0].tenant.id, o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
 	fmt.Fprintf(w, "- CPU µs/request: the process's utime+stime from /proc/<pid>/stat over the target's rounds, "+
