@@ -582,8 +582,9 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 
 // prepareHop fills the hop's request req from the client's (c.Request): its header less the
 // hop-by-hop fields and Expect, the router's own (request id, map version, the tenant's epoch,
-// the time left, traceparent, X-Forwarded-For), its length and Host. Both fronts use it (the
-// event loop's native hop too, loop.go).
+// the time left, traceparent, X-Forwarded-For), its length and Host. The event-loop front
+// writes the same fields as bytes (appendHopRequest); TestLoopAnswersAsNetHTTP compares what the
+// API node receives from each.
 func (s *Server) prepareHop(c *gin.Context, req *http.Request, route Route, traceparent string, left time.Duration, stream bool, bodyLen int) {
 	r := c.Request
 	copyHeader(req.Header, r.Header)
