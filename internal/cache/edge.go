@@ -324,7 +324,7 @@ func (e *Edge) record(ctx context.Context, tenant, shard string, epoch uint64, c
 		return records.Record{}, EdgeError, nil
 	}
 	c := *cp
-	probe := ctx.Err() != nil // RecordNoWait's, ended before it began: it asks Redis nothing
+	probe := ctx.Err() != nil // RecordNoWait's, ended before it began: it waits on nothing
 	if !probe {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, e.timeout)
