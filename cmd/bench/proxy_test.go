@@ -25,6 +25,7 @@ import (
 	"github.com/meridian-dev/meridian/internal/auth"
 	"github.com/meridian-dev/meridian/internal/h1"
 	"github.com/meridian-dev/meridian/internal/loadgen"
+	"github.com/meridian-dev/meridian/internal/testenv"
 )
 
 func TestConnList(t *testing.T) {
@@ -353,20 +354,35 @@ func TestServesLoop(t *testing.T) {
 // to the router; one another process serves (by its command line) gets a role of its own; one
 // no process can be found for gets a role without a process and a note.
 func TestLoopRole(t *testing.T) {
+	// A shell blocked in its builtin read: it forks no child (a forked child keeps the shell's
+	// command line until it execs, and two processes with -loop-listen are none to findListener).
+	// Started means exec'd: until then /proc shows the test binary's command line.
 	start := func(env []string, args ...string) int {
 		cmd := exec.Command("sh", args...)
 		cmd.Env = env
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		want := strings.Join(append([]string{"sh"}, args...), "\x00") + "\x00"
+		testenv.WaitFor(t, 5*time.Second, func() error {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
+			if err != nil || string(b) != want {
+				return fmt.Errorf("pid %d's command line %q, want %q (%v)", cmd.Process.Pid, b, want, err)
+			}
+			return nil
+		})
 		return cmd.Process.Pid
 	}
 	const byEnv, byFlag, none = "127.0.0.1:29091", "127.0.0.1:29092", "127.0.0.1:29093"
-	router := procRole{name: "router", pids: []int{start([]string{loopListenEnv + "=" + byEnv}, "-c", "sleep 30; true")}}
+	router := procRole{name: "router", pids: []int{start([]string{loopListenEnv + "=" + byEnv}, "-c", "read _")}}
 	// sh's own arguments: the shell runs its script with $0 and $1 $2 set, and keeps them in
 	// its command line.
-	other := start(nil, "-c", "sleep 30; true", "sh", "-loop-listen", byFlag)
+	other := start(nil, "-c", "read _", "sh", "-loop-listen", byFlag)
 	if role, note := loopRole(router, byEnv); role != nil || note != "" {
 		t.Errorf("the router's own loop: %+v %q, want it charged to the router", role, note)
 	}
