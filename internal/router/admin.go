@@ -23,7 +23,7 @@ import (
 
 // requireAdmin lets only tokens with the admin scope through (a tenant token → 403).
 func (s *Server) requireAdmin(c *gin.Context) {
-	c.Set(ctxClass, ClassAdmin)
+	stateOf(c).class = ClassAdmin
 	p, ok := s.authenticate(c)
 	if !ok {
 		return
@@ -79,7 +79,7 @@ func (s *Server) createTenant(c *gin.Context) {
 		s.problem(c, http.StatusBadRequest, "Bad Request", err.Error())
 		return
 	}
-	c.Set(ctxTenant, id)
+	stateOf(c).tenant = id
 	if region != "" && !slices.ContainsFunc(s.cfg.Map.Summary().Regions, func(r RegionRef) bool { return r.ID == region }) {
 		s.problem(c, http.StatusBadRequest, "Bad Request", "unknown region "+region)
 		return
@@ -146,7 +146,7 @@ func (s *Server) getTenant(c *gin.Context) {
 		s.problem(c, http.StatusBadRequest, "Bad Request", "tenant id must match "+ids.TenantPattern)
 		return
 	}
-	c.Set(ctxTenant, id)
+	stateOf(c).tenant = id
 	route, err := s.cfg.Map.Lookup(id)
 	if err != nil {
 		s.problem(c, http.StatusBadRequest, "Bad Request", err.Error())
@@ -180,7 +180,7 @@ func (s *Server) patchTenant(c *gin.Context) {
 		s.problem(c, http.StatusBadRequest, "Bad Request", "tenant id must match "+ids.TenantPattern)
 		return
 	}
-	c.Set(ctxTenant, id)
+	stateOf(c).tenant = id
 	body, ok := s.readBody(c)
 	if !ok {
 		return

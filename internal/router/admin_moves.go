@@ -114,7 +114,7 @@ func (s *Server) createMove(c *gin.Context) {
 		s.kindProblem(c, problem.InvalidBody, err.Error())
 		return
 	}
-	c.Set(ctxTenant, tenant)
+	stateOf(c).tenant = tenant
 	v, ok := s.view(c)
 	if !ok {
 		return
@@ -210,7 +210,7 @@ func (s *Server) pathMove(c *gin.Context) (shardmap.Move, bool) {
 		s.kindProblem(c, problem.MoveNotFound, "no move "+id)
 		return shardmap.Move{}, false
 	}
-	c.Set(ctxTenant, mv.Tenant)
+	stateOf(c).tenant = mv.Tenant
 	return mv, true
 }
 

@@ -125,7 +125,7 @@ func (s *Server) edgeRespond(c *gin.Context, route Route, rec records.Record) bo
 	h[headerReadSource] = edgeSource
 	h["Vary"] = edgeVary
 	setCanon(h, HeaderServedRegion, s.cfg.Region)
-	setCanon(h, HeaderRequestID, c.GetString(ctxRequestID))
+	setCanon(h, HeaderRequestID, stateOf(c).requestID)
 	setCanon(h, HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
 	h["Content-Length"] = []string{strconv.Itoa(len(body))}
 	c.Status(http.StatusOK)

@@ -82,7 +82,7 @@ type Loop struct {
 	mu    sync.Mutex
 	conns map[*loopConn]struct{} // for the sweeper
 
-	upAddrs sync.Map // API node base URL → *net.TCPAddr
+	upAddrs sync.Map // API node base URL → *hopAddr (false: not a plain http:// URL)
 	pools   sync.Map // gnet.EventLoop → *loopPool: each loop's idle hop connections
 
 	requests    *prometheus.CounterVec
@@ -253,11 +253,31 @@ type loopConn struct {
 	hopBytes   []byte        // the hop's request being sent (reused)
 	ip         string        // the peer's IP, as gin's ClientIP gives it without trusted proxies
 	detachWait time.Duration // detachConn's last wait for an answer to go out
+	gc         *gin.Context  // the requests' context, one at a time (context)
+	w          loopWriter    // gc's writer
+	st         reqState      // the request's state (begin resets it)
 
 	busy      atomic.Bool  // a request is in flight (the sweeper leaves it alone)
 	woken     atomic.Bool  // Shutdown has woken it
 	active    atomic.Int64 // unix nanoseconds of the last request's end (or the open)
 	headSince atomic.Int64 // when the first bytes of a head not yet complete arrived; 0: none
+}
+
+// context is the gin context and writer for the connection's next request: made once per
+// connection, reset per request as gin's own pool does (the fields the router's steps use:
+// Keys, Errors, Params, Accepted; its handlers never run on the loop).
+func (lc *loopConn) context(s *Server, r *http.Request) (*gin.Context, *loopWriter) {
+	w := &lc.w
+	w.reset()
+	if lc.gc == nil {
+		lc.gc = gin.CreateTestContextOnly(w, s.engine)
+	}
+	gc := lc.gc
+	gc.Writer = w
+	gc.Request = r
+	clear(gc.Keys)
+	gc.Errors, gc.Params, gc.Accepted = gc.Errors[:0], gc.Params[:0], nil
+	return gc, w
 }
 
 // loopUp is a hop connection to an API node, on one loop: idle in that loop's pool, or carrying
@@ -278,6 +298,7 @@ type loopReq struct {
 	lc     *loopConn
 	gc     *gin.Context
 	w      *loopWriter
+	st     *reqState // the connection's
 	start  time.Time
 	isHead bool
 
@@ -490,29 +511,26 @@ func (l *Loop) detachConn(lc *loopConn) gnet.Action {
 // begin starts a native request's steps.
 func (l *Loop) begin(lc *loopConn, r *http.Request, body []byte) {
 	s := l.s
-	w := &loopWriter{h: make(http.Header, 8)}
-	gc := gin.CreateTestContextOnly(w, s.engine)
-	gc.Request = r
-	rq := &loopReq{lc: lc, gc: gc, w: w, start: time.Now(), isHead: r.Method == http.MethodHead, body: body}
+	gc, w := lc.context(s, r)
+	st := &lc.st
+	*st = reqState{}
+	rq := &loopReq{lc: lc, gc: gc, w: w, st: st, start: time.Now(), isHead: r.Method == http.MethodHead, body: body}
 	lc.req = rq
 	lc.busy.Store(true)
-	s.observeBegin(gc)
+	s.observeBegin(gc, st)
 	if len(s.cfg.TrustedProxies) == 0 && lc.ip != "" {
 		// Without trusted proxies the client IP is the peer's: worked out once per connection.
-		if v, ok := gc.Get(ctxUpstream); ok {
-			ut := v.(*upstreamTime)
-			ut.ip, ut.ipKnown = lc.ip, true
-		}
+		st.ip, st.ipKnown = lc.ip, true
 	}
 	rq.class = Classify(r.Method, r.URL.Path)
-	gc.Set(ctxClass, rq.class)
+	st.class = rq.class
 	p, ok := s.authorize(gc)
 	if !ok {
 		l.finish(rq)
 		return
 	}
 	rq.p = p
-	gc.Set(ctxTenant, p.Tenant)
+	rq.st.tenant = p.Tenant
 	ok, decided := s.rateLimitNoWait(gc, p, rq.class)
 	if !decided {
 		l.offloop.Inc()
@@ -558,7 +576,7 @@ func (l *Loop) admitted(rq *loopReq) {
 		return
 	}
 	if rq.gc.Request.ContentLength > 0 {
-		gc.Set(ctxBodyRead, true) // readBody's mark: the body is in hand from here on
+		rq.st.bodyRead = true // readBody's mark: the body is in hand from here on
 	}
 	l.hop(rq)
 }
@@ -603,9 +621,9 @@ func (l *Loop) hop(rq *loopReq) {
 }
 
 // send writes the hop's request on an idle hop connection to addr, or dials one.
-func (l *Loop) send(rq *loopReq, addr *net.TCPAddr) {
+func (l *Loop) send(rq *loopReq, addr *hopAddr) {
 	lc := rq.lc
-	key := addr.String()
+	key := addr.key
 	el := lc.c.EventLoop()
 	p := l.pool(el)
 	if u := p.take(key); u != nil {
@@ -619,7 +637,7 @@ func (l *Loop) send(rq *loopReq, addr *net.TCPAddr) {
 	}
 	u := &loopUp{pool: p, addr: key, req: rq}
 	rq.hop, rq.reused = u, false
-	res, err := el.Register(gnet.NewContext(context.Background(), u), addr)
+	res, err := el.Register(gnet.NewContext(context.Background(), u), addr.tcp)
 	if err != nil {
 		l.dropUp(u)
 		l.hopFailed(rq, err, false)
@@ -961,18 +979,25 @@ func (l *Loop) send2client(rq *loopReq) {
 	}
 }
 
+// hopAddr is an API node's TCP address and its string, the key of the loop's idle hop
+// connections (formatted once, not per request).
+type hopAddr struct {
+	tcp *net.TCPAddr
+	key string
+}
+
 // upAddr is the TCP address of an API node's base URL, for plain http:// URLs.
-func (l *Loop) upAddr(base string) (*net.TCPAddr, bool) {
+func (l *Loop) upAddr(base string) (*hopAddr, bool) {
 	if v, ok := l.upAddrs.Load(base); ok {
-		a, _ := v.(*net.TCPAddr)
+		a, _ := v.(*hopAddr)
 		return a, a != nil
 	}
-	var a *net.TCPAddr
+	var a *hopAddr
 	if hp, ok := strings.CutPrefix(base, "http://"); ok {
 		hp = strings.TrimRight(hp, "/")
 		if !strings.Contains(hp, "/") {
 			if ta, err := net.ResolveTCPAddr("tcp", hp); err == nil {
-				a = ta
+				a = &hopAddr{tcp: ta, key: ta.String()}
 			}
 		}
 	}
@@ -984,27 +1009,63 @@ func (l *Loop) upAddr(base string) (*net.TCPAddr, bool) {
 	return a, true
 }
 
-// loopWriter buffers a native request's answer (the gin context's ResponseWriter).
+// loopWriter buffers a native request's answer. It is the gin context's ResponseWriter itself,
+// with gin's own writer's rules (the status may change until the header is written, 200 unless
+// set; a write writes the header), and is reused, like the context, by the connection's next
+// request (reset).
 type loopWriter struct {
-	h      http.Header
-	status int
-	body   []byte
+	h       http.Header
+	status  int
+	written bool
+	body    []byte
+}
+
+var _ gin.ResponseWriter = (*loopWriter)(nil)
+
+// reset readies w for a request: no fields, status 200, nothing written; the maps and buffers
+// are kept.
+func (w *loopWriter) reset() {
+	if w.h == nil {
+		w.h = make(http.Header, 8)
+	}
+	clear(w.h)
+	w.status, w.written, w.body = http.StatusOK, false, w.body[:0]
 }
 
 func (w *loopWriter) Header() http.Header { return w.h }
 func (w *loopWriter) WriteHeader(code int) {
-	if w.status == 0 {
+	if code > 0 && !w.written {
 		w.status = code
 	}
 }
+func (w *loopWriter) WriteHeaderNow() { w.written = true }
 func (w *loopWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
+	w.written = true
 	w.body = append(w.body, b...)
 	return len(b), nil
 }
-func (w *loopWriter) Flush() {}
+func (w *loopWriter) WriteString(s string) (int, error) {
+	w.written = true
+	w.body = append(w.body, s...)
+	return len(s), nil
+}
+func (w *loopWriter) Status() int   { return w.status }
+func (w *loopWriter) Written() bool { return w.written }
+func (w *loopWriter) Size() int {
+	if !w.written {
+		return -1
+	}
+	return len(w.body)
+}
+func (w *loopWriter) Flush()              {}
+func (w *loopWriter) Pusher() http.Pusher { return nil }
+func (w *loopWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, errors.New("router: a connection on the event loop cannot be hijacked")
+}
+
+// CloseNotify is gin's interface's; nothing on the router's paths uses it (a request's
+// context says when its client went away).
+func (w *loopWriter) CloseNotify() <-chan bool { return nil }
 
 // appendAnswer formats the answer as net/http's server would for this handler's writes: the
 // status line, the header (values with line breaks made spaces, invalid names left out), Date,

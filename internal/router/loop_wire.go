@@ -64,7 +64,7 @@ func appendHopRequest(b []byte, rq *loopReq, left time.Duration) []byte {
 		}
 	}
 	b = append(b, HeaderRequestID+": "...)
-	b = append(b, rq.gc.GetString(ctxRequestID)...)
+	b = append(b, rq.st.requestID...)
 	b = append(b, "\r\n"+HeaderShardmapVersion+": "...)
 	b = strconv.AppendUint(b, rq.route.Version, 10)
 	if rq.route.Epoch > 0 {

@@ -78,8 +78,8 @@ type UpstreamsConfig struct {
 // targetsTTL is how long the pool reuses a region's list of API nodes (cachedSource).
 const targetsTTL = 50 * time.Millisecond
 
-// cachedSource keeps each region's targets for ttl. The pool asks for them twice per request
-// (admission's load, the pick), and merging gossip's members with the static list copies and
+// cachedSource keeps each region's targets for ttl. They are asked for three times per request
+// (admission's load, the decision's Healthy, the pick), and merging gossip's members with the static list copies and
 // allocates each time; a change of membership or health reaches the pool within ttl (gossip
 // itself takes seconds to spread one). The slices it returns are shared: read only.
 type cachedSource struct {
@@ -115,7 +115,9 @@ func NewUpstreams(cfg UpstreamsConfig) (PoolUpstreams, error) {
 	if len(cfg.Static) > 0 {
 		sources = append(sources, StaticSource(cfg.Static))
 	}
-	pool, err := upstream.New(upstream.Config{Source: &cachedSource{src: sources, ttl: targetsTTL}, MaxInFlight: cfg.MaxInFlight,
+	// One cached list for the pool and for Healthy (every request's decision asks it).
+	cached := &cachedSource{src: sources, ttl: targetsTTL}
+	pool, err := upstream.New(upstream.Config{Source: cached, MaxInFlight: cfg.MaxInFlight,
 		EjectBase: cfg.EjectBase, FailureThreshold: cfg.FailureThreshold, Registerer: cfg.Registerer})
 	if err != nil {
 		return PoolUpstreams{}, err
@@ -129,5 +131,5 @@ func NewUpstreams(cfg UpstreamsConfig) (PoolUpstreams, error) {
 		}
 		return rs
 	}
-	return PoolUpstreams{Pool: pool, Source: sources, Regions: regions}, nil
+	return PoolUpstreams{Pool: pool, Source: cached, Regions: regions}, nil
 }

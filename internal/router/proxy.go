@@ -51,14 +51,8 @@ var hopHeaders = []string{
 	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
-// ctx keys stored on the gin context.
-const (
-	ctxRequestID = "meridian.request_id"
-	ctxTenant    = "meridian.tenant"
-	ctxClass     = "meridian.class"
-	ctxUpstream  = "meridian.upstream_time" // *upstreamTime, set by observe
-	ctxBodyRead  = "meridian.body_read"
-)
+// ctxState is the gin context's key of the request's *reqState (stateOf).
+const ctxState = "meridian.request"
 
 // proxy serves every /v1 request, in the order docs/router.md ("Request path") gives: nothing
 // of the body is read before the caller has a valid token and scope, is within its limits and
@@ -66,7 +60,7 @@ const (
 func (s *Server) proxy(c *gin.Context) {
 	r := c.Request
 	class := Classify(r.Method, r.URL.Path)
-	c.Set(ctxClass, class)
+	stateOf(c).class = class
 
 	// 1. Authentication and scope, from the headers alone: the tenant is the token's claim,
 	//    never the request's.
@@ -74,7 +68,7 @@ func (s *Server) proxy(c *gin.Context) {
 	if !ok {
 		return
 	}
-	c.Set(ctxTenant, p.Tenant)
+	stateOf(c).tenant = p.Tenant
 
 	// 2. Rate limits; RateLimit-* go on every answer from here on.
 	if !s.rateLimit(c, p, class) {
@@ -166,7 +160,7 @@ func (s *Server) readBody(c *gin.Context) ([]byte, bool) {
 		return nil, true
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBody+1))
-	c.Set(ctxBodyRead, true)
+	stateOf(c).bodyRead = true
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		s.log(c).Info("request body timed out", "err", err)
@@ -231,6 +225,22 @@ func (s *Server) rateLimitNoWait(c *gin.Context, p Principal, class string) (ok,
 	return s.applyLimit(c, class, res, err), true
 }
 
+// limitString is strconv.Itoa(n), the RateLimit-Limit value: a tenant's limit is the same
+// from one request to the next, so the last one formatted is kept.
+func (s *Server) limitString(n int) string {
+	if l := s.lastLimit.Load(); l != nil && l.n == n {
+		return l.s
+	}
+	l := &formattedInt{n: n, s: strconv.Itoa(n)}
+	s.lastLimit.Store(l)
+	return l.s
+}
+
+type formattedInt struct {
+	n int
+	s string
+}
+
 func (s *Server) limitRequest(c *gin.Context, p Principal, class string) LimitRequest {
 	return LimitRequest{Tenant: p.Tenant, Subject: p.Subject, IP: clientIP(c), Class: class}
 }
@@ -249,9 +259,9 @@ func (s *Server) applyLimit(c *gin.Context, class string, res LimitResult, err e
 	}
 	h := c.Writer.Header()
 	if res.Limit > 0 { // 0: no limit applied to this request, so there is nothing to report
-		h[canonRateLimitLimit] = []string{strconv.Itoa(res.Limit)}
-		h[canonRateLimitRemaining] = []string{strconv.Itoa(max(res.Remaining, 0))}
-		h[canonRateLimitReset] = []string{strconv.Itoa(ceilSeconds(res.Reset))}
+		v := make([]string, 3) // the three fields' values in one allocation
+		v[0], v[1], v[2] = s.limitString(res.Limit), strconv.Itoa(max(res.Remaining, 0)), strconv.Itoa(ceilSeconds(res.Reset))
+		h[canonRateLimitLimit], h[canonRateLimitRemaining], h[canonRateLimitReset] = v[0:1:1], v[1:2:2], v[2:3:3]
 	}
 	if res.Allowed {
 		s.m.rateLimitC.get([2]string{"allow", backend}).Inc()
@@ -539,7 +549,7 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 		up.Done(ErrNoVerdict)
 		return nil, nil, &upstreamError{url: up.URL(), err: fmt.Errorf("%w: %v", upstream.ErrUnsendable, err), unsendable: true}
 	}
-	stream := c.GetString(ctxClass) == ClassStream
+	stream := stateOf(c).class == ClassStream
 	s.prepareHop(c, req, route, traceparent, left, stream, len(body))
 	if stream {
 		// A stream ends when the router shuts down (StopStreams).
@@ -592,7 +602,7 @@ func (s *Server) prepareHop(c *gin.Context, req *http.Request, route Route, trac
 	// The router holds the whole body: a 100-continue was the client's with this router (net/http
 	// answered it when the body was read) and has no meaning on the hop, which cannot speak it.
 	req.Header.Del("Expect")
-	setCanon(req.Header, HeaderRequestID, c.GetString(ctxRequestID))
+	setCanon(req.Header, HeaderRequestID, stateOf(c).requestID)
 	setCanon(req.Header, HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
 	if route.Epoch > 0 {
 		setCanon(req.Header, HeaderTenantEpoch, strconv.FormatUint(route.Epoch, 10))
@@ -630,30 +640,43 @@ func (b cancelOnClose) Close() error {
 	return err
 }
 
-// upstreamTime adds up a request's time spent waiting on others (API nodes, a cutover hold).
-// observe stores one per request, so adding to it allocates nothing (a time.Duration stored
-// with c.Set is boxed on every call). It also keeps the request's client IP once known.
-type upstreamTime struct {
-	d   time.Duration
-	set bool
+// reqState is what a request's steps record for the later ones (the hop's headers, the
+// problem documents, the metrics and the log line), under one key of the gin context: one
+// lookup, not one per value, and nothing boxed per value. observe (and the event loop, once
+// per connection) stores it; stateOf makes one for a handler chain without observe (tests).
+type reqState struct {
+	requestID string
+	tenant    string
+	class     string
+	bodyRead  bool // the body is in hand (readBody's mark): a problem needs no Connection: close
 
-	ip      string
+	// upstream adds up the request's time spent waiting on others (API nodes, a cutover hold).
+	upstream    time.Duration
+	upstreamSet bool
+
+	ip      string // the client IP, once known (clientIP)
 	ipKnown bool
+}
+
+// stateOf is c's reqState.
+func stateOf(c *gin.Context) *reqState {
+	if v, ok := c.Get(ctxState); ok {
+		return v.(*reqState)
+	}
+	st := &reqState{}
+	c.Set(ctxState, st)
+	return st
 }
 
 // clientIP is gin's ClientIP of the request (the TCP peer's, or the trusted proxies' view),
 // worked out once per request: the rate limit and every attempt's X-Forwarded-For need it,
 // and each call parses the address and formats the IP anew.
 func clientIP(c *gin.Context) string {
-	v, _ := c.Get(ctxUpstream)
-	ut, ok := v.(*upstreamTime)
-	if !ok {
-		return c.ClientIP() // a handler chain without observe (tests)
+	st := stateOf(c)
+	if !st.ipKnown {
+		st.ip, st.ipKnown = c.ClientIP(), true
 	}
-	if !ut.ipKnown {
-		ut.ip, ut.ipKnown = c.ClientIP(), true
-	}
-	return ut.ip
+	return st.ip
 }
 
 // setCanon is h.Set(key, v) for a key already in canonical form (the Header* constants but
@@ -670,13 +693,9 @@ func headerValue(h http.Header, key string) string {
 }
 
 func addUpstreamTime(c *gin.Context, d time.Duration) {
-	v, _ := c.Get(ctxUpstream)
-	if ut, ok := v.(*upstreamTime); ok {
-		ut.d += d
-		ut.set = true
-		return
-	}
-	c.Set(ctxUpstream, &upstreamTime{d: d, set: true}) // a handler chain without observe (tests)
+	st := stateOf(c)
+	st.upstream += d
+	st.upstreamSet = true
 }
 
 func isTimeout(err error) bool {
@@ -733,7 +752,7 @@ func (s *Server) copyResponse(c *gin.Context, resp *http.Response, up Upstream, 
 	if nodeFault(resp.StatusCode) {
 		verdict = fmt.Errorf("%w: %d", errNodeFault, resp.StatusCode)
 	}
-	stream := c.GetString(ctxClass) == ClassStream ||
+	stream := stateOf(c).class == ClassStream ||
 		strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	if stream {
 		up.Done(verdict)
@@ -748,7 +767,7 @@ func (s *Server) copyResponse(c *gin.Context, resp *http.Response, up Upstream, 
 		h[k] = vv // resp is this request's alone and its header is not used again: no copy
 	}
 	removeHop(h)
-	setCanon(h, HeaderRequestID, c.GetString(ctxRequestID))
+	setCanon(h, HeaderRequestID, stateOf(c).requestID)
 	setCanon(h, HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
 	c.Status(resp.StatusCode)
 	c.Writer.WriteHeaderNow()

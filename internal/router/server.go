@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -33,6 +34,8 @@ type Server struct {
 	// "region" (false when the handler's attributes already hold this region).
 	reqlog       *jsonlog.Handler
 	reqlogRegion bool
+
+	lastLimit atomic.Pointer[formattedInt] // limitString's
 
 	// streams ends when StopStreams is called: open change streams end.
 	streams     context.Context
@@ -116,34 +119,36 @@ func (s *Server) Handler() http.Handler { return s.engine }
 // overhead (time spent in the router, excluding the wait for API nodes).
 func (s *Server) observe(c *gin.Context) {
 	start := time.Now()
-	s.observeBegin(c)
+	s.observeBegin(c, nil)
 	c.Next()
 	s.observeEnd(c, start)
 }
 
 // observeBegin and observeEnd are observe's halves, before and after the handler; the
 // event-loop front (loop.go) calls them around its own steps.
-func (s *Server) observeBegin(c *gin.Context) {
-	rid := RequestID(c.GetHeader(HeaderRequestID))
-	c.Set(ctxRequestID, rid)
-	setCanon(c.Writer.Header(), HeaderRequestID, rid)
-	c.Set(ctxUpstream, &upstreamTime{})
+//
+// st is the request's state, reset (the event loop's, reused per connection), or nil: a new one.
+func (s *Server) observeBegin(c *gin.Context, st *reqState) {
+	if st == nil {
+		st = &reqState{}
+	}
+	c.Set(ctxState, st)
+	st.requestID = RequestID(headerValue(c.Request.Header, HeaderRequestID))
+	setCanon(c.Writer.Header(), HeaderRequestID, st.requestID)
 }
 
 func (s *Server) observeEnd(c *gin.Context, start time.Time) {
 	total := time.Since(start)
-	v, _ := c.Get(ctxUpstream)
-	ut, _ := v.(*upstreamTime)
-	class, _ := c.Get(ctxClass)
-	cl, _ := class.(string)
+	st := stateOf(c)
+	cl := st.class
 	if cl == "" {
 		cl = Classify(c.Request.Method, c.Request.URL.Path)
 	}
 	status := c.Writer.Status()
 	s.m.requestsC.get(classCode{cl, status}).Inc()
 	s.m.durationC.get(cl).Observe(total.Seconds())
-	if ut.set && cl != ClassStream {
-		s.m.overhead.Observe(max(total-ut.d, 0).Seconds())
+	if st.upstreamSet && cl != ClassStream {
+		s.m.overhead.Observe(max(total-st.upstream, 0).Seconds())
 	}
 	level := slog.LevelInfo
 	if status >= 500 {
@@ -165,7 +170,7 @@ func (s *Server) logRequest(c *gin.Context, level slog.Level, status int, cl str
 	ms := float64(total.Microseconds()) / 1000
 	if s.reqlog != nil {
 		if l := s.reqlog.Begin(time.Now(), level, "request"); l != nil {
-			l.Str("request_id", c.GetString(ctxRequestID)).Str("tenant", c.GetString(ctxTenant))
+			l.Str("request_id", stateOf(c).requestID).Str("tenant", stateOf(c).tenant)
 			if s.reqlogRegion {
 				l.Str("region", s.cfg.Region)
 			}
@@ -177,7 +182,7 @@ func (s *Server) logRequest(c *gin.Context, level slog.Level, status int, cl str
 	// LogAttrs with the request attributes inline: Logger.With would format them into a new
 	// handler on every request.
 	s.cfg.Logger.LogAttrs(c.Request.Context(), level, "request",
-		slog.String("request_id", c.GetString(ctxRequestID)), slog.String("tenant", c.GetString(ctxTenant)),
+		slog.String("request_id", stateOf(c).requestID), slog.String("tenant", stateOf(c).tenant),
 		slog.String("region", s.cfg.Region), slog.String("method", c.Request.Method),
 		slog.String("path", c.Request.URL.Path), slog.Int("status", status), slog.String("class", cl),
 		slog.Float64("duration_ms", ms))
@@ -185,8 +190,8 @@ func (s *Server) logRequest(c *gin.Context, level slog.Level, status int, cl str
 
 // log returns the logger with the request's attributes.
 func (s *Server) log(c *gin.Context) *slog.Logger {
-	return s.cfg.Logger.With("request_id", c.GetString(ctxRequestID),
-		"tenant", c.GetString(ctxTenant), "region", s.cfg.Region)
+	return s.cfg.Logger.With("request_id", stateOf(c).requestID,
+		"tenant", stateOf(c).tenant, "region", s.cfg.Region)
 }
 
 // problemBody is an RFC 9457 problem document (the shape internal/problem writes).
@@ -205,7 +210,7 @@ func (s *Server) kindProblem(c *gin.Context, k problem.Kind, detail string) {
 }
 
 func (s *Server) sendProblem(c *gin.Context, p problem.Problem) {
-	if c.Request.ContentLength != 0 && !c.GetBool(ctxBodyRead) {
+	if c.Request.ContentLength != 0 && !stateOf(c).bodyRead {
 		// An answer before the body (a 401 ahead of it): close the connection after the
 		// answer. net/http would still read and discard up to 256 KiB of the unread body
 		// before closing — a stalled one for the whole body timeout — so a read deadline in
@@ -213,7 +218,7 @@ func (s *Server) sendProblem(c *gin.Context, p problem.Problem) {
 		c.Header("Connection", "close")
 		_ = http.NewResponseController(c.Writer).SetReadDeadline(time.Now())
 	}
-	p.RequestID = c.GetString(ctxRequestID)
+	p.RequestID = stateOf(c).requestID
 	b, _ := json.Marshal(p)
 	c.Header("Content-Type", problem.ContentType)
 	c.Status(p.Status)
