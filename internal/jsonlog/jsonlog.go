@@ -19,6 +19,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -28,9 +29,50 @@ type Handler struct {
 	json   slog.Handler
 	out    *lockedWriter
 	level  slog.Leveler
-	prefix []byte      // the With attributes, formatted: `,"k":v` each
-	attrs  []slog.Attr // the same, for HasString
-	lines  bool        // Begin may write lines (see the package doc)
+	prefix []byte       // the With attributes, formatted: `,"k":v` each
+	attrs  []slog.Attr  // the same, for HasString
+	lines  bool         // Begin may write lines (see the package doc)
+	second *secondCache // Begin's time to the second, kept (shared with the With handlers)
+}
+
+// secondCache holds the last second Begin formatted: its lines share it up to the fraction.
+type secondCache struct {
+	p atomic.Pointer[formattedSecond]
+}
+
+type formattedSecond struct {
+	sec    int64
+	loc    *time.Location
+	prefix []byte // 2006-01-02T15:04:05
+	zone   []byte // Z07:00
+}
+
+// appendTime is t.AppendFormat(b, time.RFC3339Nano): the date, clock and zone are formatted
+// once per second (and location: within one second a zone's offset cannot change, since a
+// change of offset falls on a whole second), the fraction on every call.
+func (c *secondCache) appendTime(b []byte, t time.Time) []byte {
+	sec, loc := t.Unix(), t.Location()
+	f := c.p.Load()
+	if f == nil || f.sec != sec || f.loc != loc {
+		f = &formattedSecond{sec: sec, loc: loc, prefix: t.AppendFormat(nil, "2006-01-02T15:04:05"),
+			zone: t.AppendFormat(nil, "Z07:00")}
+		c.p.Store(f)
+	}
+	b = append(b, f.prefix...)
+	if ns := t.Nanosecond(); ns != 0 {
+		var d [10]byte
+		d[0] = '.'
+		for i := 9; i >= 1; i-- {
+			d[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := 10
+		for d[n-1] == '0' {
+			n--
+		}
+		b = append(b, d[:n]...)
+	}
+	return append(b, f.zone...)
 }
 
 var _ slog.Handler = (*Handler)(nil)
@@ -56,7 +98,7 @@ func NewHandler(w io.Writer, opts *slog.HandlerOptions) *Handler {
 	}
 	lw := &lockedWriter{w: w}
 	h := &Handler{json: slog.NewJSONHandler(lw, &o), out: lw, level: o.Level,
-		lines: o.ReplaceAttr == nil && !o.AddSource}
+		lines: o.ReplaceAttr == nil && !o.AddSource, second: &secondCache{}}
 	if h.level == nil {
 		h.level = slog.LevelInfo
 	}
@@ -136,7 +178,7 @@ func (h *Handler) Begin(t time.Time, level slog.Level, msg string) *Line {
 	l := linePool.Get().(*Line)
 	l.h = h
 	b := append(l.buf[:0], `{"time":"`...)
-	b = t.AppendFormat(b, time.RFC3339Nano)
+	b = h.second.appendTime(b, t)
 	b = append(b, `","level":`...)
 	b = appendString(b, level.String())
 	b = append(b, `,"msg":`...)

@@ -202,3 +202,37 @@ func BenchmarkRequestLine(b *testing.B) {
 		}
 	})
 }
+
+// TestAppendTimeIsRFC3339Nano: Begin's time, kept to the second between calls, is what
+// AppendFormat(RFC3339Nano) writes, for fractions with and without trailing zeros, in several
+// zones (one with a DST change, crossed second by second), in an order that reuses and
+// replaces the kept second.
+func TestAppendTimeIsRFC3339Nano(t *testing.T) {
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	locs := []*time.Location{time.UTC, time.FixedZone("x", 5*3600+30*60), time.FixedZone("y", -3600), ny, time.Local}
+	var c secondCache
+	check := func(tm time.Time) {
+		t.Helper()
+		got, want := c.appendTime(nil, tm), tm.AppendFormat(nil, time.RFC3339Nano)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%v: %s, want %s", tm, got, want)
+		}
+	}
+	base := time.Date(2026, 3, 8, 6, 59, 58, 0, time.UTC) // 01:59:58 in New York, before the change
+	fracs := []int{0, 1, 10, 100_000_000, 120_000_000, 999_999_999, 500, 123_456_789, 100}
+	for s := range 5 {
+		for _, ns := range fracs {
+			for _, loc := range locs {
+				check(base.Add(time.Duration(s)*time.Second + time.Duration(ns)).In(loc))
+				check(base.Add(time.Duration(s)*time.Second + time.Duration(ns)).In(loc)) // kept
+			}
+		}
+	}
+	for i := range 10000 { // random times, each in a zone, often the same second twice
+		tm := time.Unix(1_700_000_000+int64(i/3), int64(i*7919%1_000_000_000)).In(locs[i%len(locs)])
+		check(tm)
+	}
+}
