@@ -256,6 +256,7 @@ type loopConn struct {
 	gc         *gin.Context  // the requests' context, one at a time (context)
 	w          loopWriter    // gc's writer
 	st         reqState      // the request's state (begin resets it)
+	deadline   *time.Timer   // the first attempt's deadline, for the request in flight (hop)
 
 	busy      atomic.Bool  // a request is in flight (the sweeper leaves it alone)
 	woken     atomic.Bool  // Shutdown has woken it
@@ -315,7 +316,7 @@ type loopReq struct {
 	sentAt      time.Time
 	deadline    time.Time
 	traceparent string
-	timer       *time.Timer
+	timed       bool   // the connection's deadline timer runs for this request's first attempt
 	misdirected uint64 // a 421's X-Shardmap-Version, for the wait on the map
 
 	body []byte // the request's body, all of it
@@ -608,16 +609,31 @@ func (l *Loop) hop(rq *loopReq) {
 	rq.up = up
 	lc.hopBytes = appendHopRequest(lc.hopBytes[:0], rq, left) // one request at a time
 	rq.sentAt = time.Now()
-	el := lc.c.EventLoop()
-	rq.timer = time.AfterFunc(left, func() {
-		_ = el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-			if lc.req == rq && rq.up != nil && !lc.closed {
-				l.hopFailed(rq, errDeadline, rq.hop == nil || rq.hop.c != nil)
-			}
-			return nil
-		}))
-	})
+	rq.timed = true
+	if lc.deadline == nil {
+		el := lc.c.EventLoop()
+		lc.deadline = time.AfterFunc(left, func() {
+			_ = el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+				// The request then in flight, if its deadline has passed: the timer is the
+				// connection's, and may have fired for an earlier request.
+				if rq := lc.req; rq != nil && rq.timed && rq.up != nil && !lc.closed && !time.Now().Before(rq.deadline) {
+					l.hopFailed(rq, errDeadline, rq.hop == nil || rq.hop.c != nil)
+				}
+				return nil
+			}))
+		})
+	} else {
+		lc.deadline.Reset(left)
+	}
 	l.send(rq, addr)
+}
+
+// stopDeadline stops the timer of rq's first attempt, if it runs.
+func (rq *loopReq) stopDeadline() {
+	if rq.timed {
+		rq.timed = false
+		rq.lc.deadline.Stop()
+	}
 }
 
 // send writes the hop's request on an idle hop connection to addr, or dials one.
@@ -753,9 +769,7 @@ var errHopClosed = errors.New("router: the API node closed the connection before
 // policy weighs for a request that is not idempotent.
 func (l *Loop) hopFailed(rq *loopReq, err error, sent bool) {
 	s := l.s
-	if rq.timer != nil {
-		rq.timer.Stop()
-	}
+	rq.stopDeadline()
 	if u := rq.hop; u != nil {
 		u.retired, u.req = true, nil
 		rq.hop = nil
@@ -828,7 +842,7 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 		return gnet.None
 	}
 	s := l.s
-	rq.timer.Stop()
+	rq.stopDeadline()
 	elapsed := time.Since(rq.sentAt)
 	addUpstreamTime(rq.gc, elapsed)
 	s.m.upstreamDurC.get(rq.d.Region).Observe(elapsed.Seconds())
@@ -915,9 +929,7 @@ func (l *Loop) abandon(rq *loopReq) {
 	if rq.cancel != nil {
 		rq.cancel()
 	}
-	if rq.timer != nil {
-		rq.timer.Stop()
-	}
+	rq.stopDeadline()
 	if rq.up != nil {
 		rq.up.Done(fmt.Errorf("%w: the client went away", ErrNoVerdict))
 		rq.up = nil

@@ -38,6 +38,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meridian-dev/meridian/region"
@@ -221,7 +222,7 @@ type Lease struct {
 	Target Target
 	p      *Pool
 	probe  bool
-	once   sync.Once
+	ended  atomic.Bool // Done or Release has counted
 }
 
 // Acquire reserves a slot on a node of the first region (in order) that has a candidate,
@@ -253,7 +254,8 @@ func (p *Pool) acquireIn(r string, ts []Target, skip func(string) bool) (*Lease,
 		t Target
 		n *node
 	}
-	var cands []cand
+	var candsBuf [8]cand // on the stack for a region of up to 8 nodes
+	cands := candsBuf[:0]
 	for _, t := range ts {
 		if !t.Healthy || (skip != nil && skip(t.ID)) {
 			continue
@@ -277,7 +279,8 @@ func (p *Pool) acquireIn(r string, ts []Target, skip func(string) bool) (*Lease,
 	}
 	// Power of two choices: two random candidates, the less loaded wins; if both are full,
 	// fall back to scanning so a free node is never missed.
-	order := make([]int, 0, len(cands))
+	var orderBuf [10]int
+	order := orderBuf[:0]
 	i := int(p.cfg.Rand(int64(len(cands))))
 	order = append(order, i)
 	if len(cands) > 1 {
@@ -315,7 +318,9 @@ func (p *Pool) acquireIn(r string, ts []Target, skip func(string) bool) (*Lease,
 
 // Done releases the slot and records the attempt's outcome for the node's breaker.
 func (l *Lease) Done(failed bool) {
-	l.once.Do(func() { l.p.done(l, failed) })
+	if !l.ended.Swap(true) {
+		l.p.done(l, failed)
+	}
 }
 
 // Release frees the slot without an outcome, for an attempt that says nothing about the node
@@ -323,19 +328,20 @@ func (l *Lease) Done(failed bool) {
 // left as it was, and a half-open node's probe slot is freed for the next request. Done or
 // Release, whichever comes first, counts; the other does nothing.
 func (l *Lease) Release() {
-	l.once.Do(func() {
-		p := l.p
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		n := p.nodes[l.Target.ID]
-		n.inFlight--
-		g, _ := p.metrics(n, l.Target)
-		g.Set(float64(n.inFlight))
-		if l.probe {
-			n.probing = false
-		}
-		p.requests.WithLabelValues(l.Target.ID, l.Target.Region, "released").Inc()
-	})
+	if l.ended.Swap(true) {
+		return
+	}
+	p := l.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.nodes[l.Target.ID]
+	n.inFlight--
+	g, _ := p.metrics(n, l.Target)
+	g.Set(float64(n.inFlight))
+	if l.probe {
+		n.probing = false
+	}
+	p.requests.WithLabelValues(l.Target.ID, l.Target.Region, "released").Inc()
 }
 
 func (p *Pool) done(l *Lease, failed bool) {
