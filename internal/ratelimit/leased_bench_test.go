@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -10,9 +11,11 @@ import (
 )
 
 // benchLeasedLimiter returns a Limiter on a real Redis with leases on (the default 100 ms) and
-// a rule for each scope, big enough (10⁶/s, burst 10⁶: a lease cap of 10⁵ tokens) that one
-// goroutine never runs a bucket dry, and a request that touches all three buckets.
-func benchLeasedLimiter(b *testing.B) (*Limiter, Request) {
+// a rule for each scope, and requests that each touch all three buckets. A bucket admits at
+// most 10⁶/s (the package's highest rate) and one goroutine decides faster than that, so the
+// requests are spread over benchClients tenants, subjects and IPs: no bucket runs dry, and
+// every batch (at most 10⁵ tokens) is a lease's worth.
+func benchLeasedLimiter(b *testing.B) (*Limiter, [benchClients]Request) {
 	b.Helper()
 	srv := testenv.Redis(b)
 	rc := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
@@ -24,8 +27,16 @@ func benchLeasedLimiter(b *testing.B) (*Limiter, Request) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return l, Request{Class: ClassRead, Tenant: "bench-tenant", Subject: "user-4711", IP: "203.0.113.7"}
+	var reqs [benchClients]Request
+	for i := range reqs {
+		reqs[i] = Request{Class: ClassRead, Tenant: fmt.Sprintf("bench-tenant-%d", i),
+			Subject: fmt.Sprintf("user-%d", 4711+i), IP: fmt.Sprintf("203.0.113.%d", 7+i)}
+	}
+	return l, reqs
 }
+
+// benchClients is how many clients the benchmarks' requests come from.
+const benchClients = 8
 
 // benchDecide is the router's way: AllowNoWait, and Allow when that declines. It reports
 // whether the decision needed Redis.
@@ -43,18 +54,18 @@ func benchDecide(b *testing.B, l *Limiter, req Request) (redisCall bool) {
 
 // BenchmarkAllowNoWaitLeased measures the router event loop's decision: AllowNoWait, served
 // from leased tokens. An iteration it declines goes to Allow, as in the router; the
-// "declined/op" metric shows how rare that is (a batch of up to 10⁵ tokens lasts 100 ms).
+// "declined/op" metric shows how rare that is (about one per bucket and lease).
 //
 //	go test -run '^$' -bench AllowNoWaitLeased -benchmem -count 5 ./internal/ratelimit
 func BenchmarkAllowNoWaitLeased(b *testing.B) {
-	l, req := benchLeasedLimiter(b)
-	for range 1 << 16 { // let the batches grow to their cap
-		benchDecide(b, l, req)
+	l, reqs := benchLeasedLimiter(b)
+	for i := range 1 << 16 { // let the batches grow
+		benchDecide(b, l, reqs[i%benchClients])
 	}
 	b.ReportAllocs()
 	declined := 0
-	for b.Loop() {
-		if benchDecide(b, l, req) {
+	for i := 0; b.Loop(); i++ {
+		if benchDecide(b, l, reqs[i%benchClients]) {
 			declined++
 		}
 	}
@@ -64,16 +75,16 @@ func BenchmarkAllowNoWaitLeased(b *testing.B) {
 // BenchmarkAllowLeased is BenchmarkAllowNoWaitLeased through Allow, which shares the leased
 // path (and asks Redis itself when a batch runs out).
 func BenchmarkAllowLeased(b *testing.B) {
-	l, req := benchLeasedLimiter(b)
+	l, reqs := benchLeasedLimiter(b)
 	ctx := context.Background()
-	for range 1 << 16 {
-		if res, err := l.Allow(ctx, req); err != nil || !res.Allowed {
+	for i := range 1 << 16 {
+		if res, err := l.Allow(ctx, reqs[i%benchClients]); err != nil || !res.Allowed {
 			b.Fatalf("%+v %v", res, err)
 		}
 	}
 	b.ReportAllocs()
-	for b.Loop() {
-		if res, err := l.Allow(ctx, req); err != nil || !res.Allowed || res.Local {
+	for i := 0; b.Loop(); i++ {
+		if res, err := l.Allow(ctx, reqs[i%benchClients]); err != nil || !res.Allowed || res.Local {
 			b.Fatalf("%+v %v", res, err)
 		}
 	}
