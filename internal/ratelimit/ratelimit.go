@@ -463,7 +463,10 @@ func (l *Limiter) resolve(req Request, arr *[len(scopes)]bucket) ([]bucket, erro
 		if !ok {
 			continue
 		}
-		arr[n] = bucket{scope: s, class: r.class, id: ids[i], limit: lim, overridden: overridden}
+		// Field by field: a composite literal is built on the stack and copied, and its
+		// 16-byte loads of the fields just stored stall (store forwarding fails).
+		b := &arr[n]
+		b.key, b.scope, b.class, b.id, b.limit, b.overridden = "", s, r.class, ids[i], lim, overridden
 		n++
 	}
 	return arr[:n], nil
