@@ -18,9 +18,19 @@ type leaseState struct {
 	resetAt     int64 // when the bucket is full again, as of the last answer
 	deniedUntil int64 // a denial Redis gave holds until then
 	refilling   bool  // a batch request is in flight
+	// key is the bucket's Redis key, the state's own key in leaseTable.m: a request decided
+	// from the lease finds its state by a key built on the stack and takes this string for
+	// its bucket, so that no request builds a key string while the state lives.
+	key string
 }
 
-// leaseTable holds the lease states of every bucket in use.
+// leaseTable holds the lease states of every bucket in use. It is also where a leased
+// decision finds its buckets' key strings (leaseState.key): a separate cache of keys by
+// (scope, class, id) would be one more map to bound against hostile ids, and would save
+// nothing, since the state must be looked up by its key anyway. So each request builds its
+// keys in a buffer on its stack (a few bytes copied, nothing allocated), looks its states up
+// with them, and only a new state allocates its key. The table's size is bounded as before:
+// sweep drops idle states, and with them their keys.
 type leaseTable struct {
 	mu        sync.Mutex // guards the fields below and every leaseState in m
 	m         map[string]*leaseState
@@ -52,7 +62,7 @@ func (l *Limiter) leaseCap(b bucket) int64 {
 // call that also refills the buckets that ran dry. done is false when Redis failed and the
 // fallback has been entered: the caller then decides locally. err is ctx's error when the
 // request's context ended.
-func (l *Limiter) allowLeased(ctx context.Context, bs []bucket, now int64) (res Result, backend string, done bool, err error) {
+func (l *Limiter) allowLeased(ctx context.Context, bs []bucket, now int64) (res Result, backend int, done bool, err error) {
 	return l.allowLeasedOr(ctx, bs, now, false)
 }
 
@@ -61,20 +71,40 @@ var errWouldWait = errors.New("ratelimit: the decision needs a call to Redis")
 
 // allowLeasedOr is allowLeased; with noWait, a request that needs a call to Redis is answered
 // errWouldWait with nothing spent or changed (the tokens it reserved given back).
-func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noWait bool) (res Result, backend string, done bool, err error) {
+//
+// A decision from held tokens or a remembered denial allocates nothing: bs's keys are built on
+// the stack, and every per-bucket slice is an array of len(scopes). bs's keys are set to the
+// strings the lease states keep, for the Redis call and the fallback.
+func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noWait bool) (res Result, backend int, done bool, err error) {
+	// The keys are built before the lock is taken; ends[i] is where bucket i's key ends in buf.
+	var kbuf [keyBufSize]byte
+	var ends [len(scopes)]int
+	buf := kbuf[:0]
+	for i := range bs {
+		buf = bs[i].appendKey(buf, l.prefix)
+		ends[i] = len(buf)
+	}
+	var (
+		states   [len(scopes)]*leaseState
+		reserved [len(scopes)]bool
+		need     [len(scopes)]int // indexes into bs of the buckets that need Redis
+		nNeed    int
+	)
 	lt := l.leases
 	lt.mu.Lock()
 	lt.sweep(now)
-	states := make([]*leaseState, len(bs))
-	reserved := make([]bool, len(bs))
-	var need []int
 	worst := -1
-	for i, b := range bs {
-		st := lt.m[b.key]
-		if st == nil {
-			st = &leaseState{want: 1}
-			lt.m[b.key] = st
+	for i := range bs {
+		k := buf[:ends[i]]
+		if i > 0 {
+			k = k[ends[i-1]:]
 		}
+		st := lt.m[string(k)] // no allocation: the compiler looks up with the bytes
+		if st == nil {
+			st = &leaseState{want: 1, key: string(k)}
+			lt.m[st.key] = st
+		}
+		bs[i].key = st.key
 		states[i] = st
 		switch {
 		case st.held > 0 && now < st.expires:
@@ -87,7 +117,8 @@ func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noW
 				worst = i
 			}
 		default:
-			need = append(need, i)
+			need[nNeed] = i
+			nNeed++
 		}
 	}
 	if worst >= 0 {
@@ -95,26 +126,26 @@ func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noW
 		res = Result{Limit: bs[worst].limit.burst(), Scope: bs[worst].scope,
 			Reset:      usec(max(0, st.resetAt-now)),
 			RetryAfter: usec(st.deniedUntil - now)}
-		giveBack(states, reserved)
+		giveBack(states[:len(bs)], reserved[:len(bs)])
 		lt.mu.Unlock()
-		return res, "lease", true, nil
+		return res, backendLease, true, nil
 	}
-	if len(need) == 0 {
-		res = leaseResult(bs, states, now)
+	if nNeed == 0 {
+		res = leaseResult(bs, states[:len(bs)], now)
 		lt.mu.Unlock()
-		return res, "lease", true, nil
+		return res, backendLease, true, nil
 	}
 	if noWait {
-		giveBack(states, reserved)
+		giveBack(states[:len(bs)], reserved[:len(bs)])
 		lt.mu.Unlock()
-		return Result{}, "", true, errWouldWait
+		return Result{}, 0, true, errWouldWait
 	}
 	// 3. Ask Redis for the dry buckets: a batch where leasing pays, one token otherwise.
-	sub := make([]bucket, len(need))
-	want := make([]int64, len(need))
-	refund := make([]int64, len(need))
-	mine := make([]bool, len(need)) // this call owns the bucket's refill
-	for j, i := range need {
+	sub := make([]bucket, nNeed)
+	want := make([]int64, nNeed)
+	refund := make([]int64, nNeed)
+	mine := make([]bool, nNeed) // this call owns the bucket's refill
+	for j, i := range need[:nNeed] {
 		st, c := states[i], l.leaseCap(bs[i])
 		sub[j], want[j] = bs[i], 1
 		if st.held > 0 { // the lease ended with tokens unspent: give back those still due
@@ -140,32 +171,32 @@ func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noW
 
 	lt.mu.Lock()
 	defer lt.mu.Unlock()
-	for j, i := range need {
+	for j, i := range need[:nNeed] {
 		if mine[j] {
 			states[i].refilling = false
 		}
 	}
 	if rerr != nil {
-		giveBack(states, reserved)
+		giveBack(states[:len(bs)], reserved[:len(bs)])
 		if ctx.Err() != nil {
-			return Result{}, "", true, ctx.Err()
+			return Result{}, 0, true, ctx.Err()
 		}
 		l.redisErrors.Inc()
 		l.enterFallback(rerr)
-		return Result{}, "", false, nil
+		return Result{}, 0, false, nil
 	}
 	l.leaveFallback()
 	if !rr.Allowed {
-		for j, i := range need {
+		for j, i := range need[:nNeed] {
 			if o := rr.outs[j]; o.retryAfter > 0 {
 				states[i].deniedUntil = now + o.retryAfter
 				states[i].resetAt = now + o.reset
 			}
 		}
-		giveBack(states, reserved)
-		return rr.Result, "redis", true, nil
+		giveBack(states[:len(bs)], reserved[:len(bs)])
+		return rr.Result, backendRedis, true, nil
 	}
-	for j, i := range need {
+	for j, i := range need[:nNeed] {
 		st := states[i]
 		if mine[j] || rr.granted[j] > 1 {
 			st.held += rr.granted[j] - 1
@@ -175,7 +206,7 @@ func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noW
 		st.remaining = rr.outs[j].remaining
 		st.resetAt = now + rr.outs[j].reset
 	}
-	return leaseResult(bs, states, now), "redis", true, nil
+	return leaseResult(bs, states[:len(bs)], now), backendRedis, true, nil
 }
 
 // refundable is how many of held unspent tokens can go back to their bucket at now. A batch's
@@ -202,7 +233,8 @@ func giveBack(states []*leaseState, reserved []bool) {
 // leaseResult describes an admitted request: per bucket, what Redis had left at the last grant
 // plus what this Limiter still holds.
 func leaseResult(bs []bucket, states []*leaseState, now int64) Result {
-	outs := make([]outcome, len(bs))
+	var arr [len(scopes)]outcome
+	outs := arr[:len(bs)]
 	for i, st := range states {
 		outs[i] = outcome{remaining: st.remaining + st.held, reset: max(0, st.resetAt-now)}
 	}

@@ -237,6 +237,9 @@ type Limiter struct {
 	lease         time.Duration // ≤ 0: off
 	redisClock    bool          // the script reads Redis's TIME (Config.Now was nil)
 	leases        *leaseTable
+	// rules is limits resolved per scope and class (indexed as scopes and classIndex), so that
+	// a request does not hash Rule keys: limits never changes after New.
+	rules [len(scopes)][len(classes)]rule
 
 	fallback  atomic.Bool  // true while decisions are local because Redis failed
 	lastProbe atomic.Int64 // unix nanoseconds of the last Redis attempt while in fallback
@@ -246,9 +249,11 @@ type Limiter struct {
 
 	fallbackGauge prometheus.Gauge
 	decisions     *prometheus.CounterVec
-	decisionCs    sync.Map // decisionKey → decisions' child (count)
-	redisCalls    prometheus.Counter
-	redisErrors   prometheus.Counter
+	// decisionCs holds decisions' children by class, decision and backend (see count),
+	// created at first use.
+	decisionCs  [len(classes)][2][len(backends)]atomic.Pointer[prometheus.Counter]
+	redisCalls  prometheus.Counter
+	redisErrors prometheus.Counter
 }
 
 // New builds a Limiter and registers its metrics with cfg.Registerer when non-nil.
@@ -284,6 +289,16 @@ func New(cfg Config) (*Limiter, error) {
 		case "", ClassRead, ClassWrite, ClassAdmin:
 		default:
 			return nil, fmt.Errorf("%w: %q", ErrBadClass, r.Class)
+		}
+	}
+	for si, sc := range scopes {
+		shared, sharedOK := l.limits[Rule{Scope: sc}]
+		for ci, c := range classes {
+			if lim, ok := l.limits[Rule{Scope: sc, Class: c}]; ok {
+				l.rules[si][ci] = rule{limit: lim, class: c, ok: true}
+			} else {
+				l.rules[si][ci] = rule{limit: shared, ok: sharedOK}
+			}
 		}
 	}
 	if l.timeout <= 0 {
@@ -342,32 +357,91 @@ func (l *Limiter) TenantDefault() (lim Limit, ok bool) {
 // Fallback reports whether decisions are currently made in-process.
 func (l *Limiter) Fallback() bool { return l.fallback.Load() }
 
-// bucket is one GCRA key with its limit.
-type bucket struct {
-	key   string
-	scope Scope
-	limit Limit
+// classes are the route classes, in the order rules and decisionCs index them.
+var classes = [...]Class{ClassRead, ClassWrite, ClassAdmin}
+
+// classIndex is c's index in classes, or -1 for an unknown class.
+func classIndex(c Class) int {
+	switch c {
+	case ClassRead:
+		return 0
+	case ClassWrite:
+		return 1
+	case ClassAdmin:
+		return 2
+	}
+	return -1
 }
 
-// buckets resolves the buckets req touches.
-func (l *Limiter) buckets(req Request) ([]bucket, error) {
-	switch req.Class {
-	case ClassRead, ClassWrite, ClassAdmin:
-	default:
+// rule is the Limit that applies to one scope and class, and the class of the Rule it came
+// from ("" for a rule shared by every class).
+type rule struct {
+	limit Limit
+	class Class
+	ok    bool // false: no rule, the scope is not limited for this class
+}
+
+// bucket is one GCRA key with its limit.
+type bucket struct {
+	// key is the bucket's Redis key (see appendKey), or "" until a path that needs it as a
+	// string sets it: the leased path looks its state up without building a string and takes
+	// the key from the state (see allowLeasedOr), the others call keyed.
+	key        string
+	scope      Scope
+	class      Class // the rule's class: "" for a rule every class shares
+	id         string
+	limit      Limit
+	overridden bool // limit is the tenant's override: its numbers are part of the key
+}
+
+// appendKey appends b's Redis key to dst: prefix, scope, the rule's class, the override's
+// numbers when overridden, and the id. The id goes last so that colons in it (IPv6) cannot
+// collide with another key.
+func (b *bucket) appendKey(dst []byte, prefix string) []byte {
+	dst = append(dst, prefix...)
+	dst = append(dst, b.scope...)
+	dst = append(dst, ':')
+	dst = append(dst, b.class...)
+	dst = append(dst, ':')
+	if b.overridden {
+		dst = strconv.AppendFloat(dst, b.limit.Rate, 'g', -1, 64)
+		dst = append(dst, '/')
+		dst = strconv.AppendInt(dst, int64(b.limit.Burst), 10)
+		dst = append(dst, ':')
+	}
+	return append(dst, b.id...)
+}
+
+// keyBufSize is the room on the stack for the keys of one request's buckets; longer keys
+// still work, on the heap.
+const keyBufSize = 256
+
+// keyed sets the key of every bucket in bs that has none.
+func (l *Limiter) keyed(bs []bucket) {
+	for i := range bs {
+		if bs[i].key == "" {
+			var buf [keyBufSize]byte
+			bs[i].key = string(bs[i].appendKey(buf[:0], l.prefix))
+		}
+	}
+}
+
+// resolve puts the buckets req touches in arr and returns them, keys not set (see bucket.key).
+// It neither allocates nor hashes anything unless req is invalid: a request's buckets live in
+// the caller's array (there are at most len(scopes)).
+func (l *Limiter) resolve(req Request, arr *[len(scopes)]bucket) ([]bucket, error) {
+	ci := classIndex(req.Class)
+	if ci < 0 {
 		return nil, fmt.Errorf("%w: %q", ErrBadClass, req.Class)
 	}
 	ids := [...]string{req.Tenant, req.Subject, req.IP}
-	var bs []bucket
+	n := 0
 	for i, s := range scopes {
 		if ids[i] == "" {
 			continue
 		}
-		class := req.Class
-		lim, ok := l.limits[Rule{Scope: s, Class: class}]
-		if !ok {
-			class = ""
-			lim, ok = l.limits[Rule{Scope: s}]
-		}
+		r := l.rules[i][ci]
+		lim, ok := r.limit, r.ok
 		overridden := s == ScopeTenant && (req.TenantRate != 0 || req.TenantBurst != 0)
 		if overridden {
 			if !ok {
@@ -389,14 +463,22 @@ func (l *Limiter) buckets(req Request) ([]bucket, error) {
 		if !ok {
 			continue
 		}
-		// The id goes last so that colons in it (IPv6) cannot collide with another key.
-		key := l.prefix + string(s) + ":" + string(class) + ":" + ids[i]
-		if overridden {
-			key = l.prefix + string(s) + ":" + string(class) + ":" + strconv.FormatFloat(lim.Rate, 'g', -1, 64) +
-				"/" + strconv.Itoa(lim.Burst) + ":" + ids[i]
-		}
-		bs = append(bs, bucket{key: key, scope: s, limit: lim})
+		// Field by field: a composite literal is built on the stack and copied, and its
+		// 16-byte loads of the fields just stored stall (store forwarding fails).
+		b := &arr[n]
+		b.key, b.scope, b.class, b.id, b.limit, b.overridden = "", s, r.class, ids[i], lim, overridden
+		n++
 	}
+	return arr[:n], nil
+}
+
+// buckets is resolve with every key set, on the heap.
+func (l *Limiter) buckets(req Request) ([]bucket, error) {
+	bs, err := l.resolve(req, new([len(scopes)]bucket))
+	if err != nil {
+		return nil, err
+	}
+	l.keyed(bs)
 	return bs, nil
 }
 
@@ -404,7 +486,8 @@ func (l *Limiter) buckets(req Request) ([]bucket, error) {
 // An error is returned only for an invalid request (an unknown class, an override that is not
 // a valid Limit) or when ctx itself has ended; Redis failures are absorbed by the fallback.
 func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
-	bs, err := l.buckets(req)
+	var arr [len(scopes)]bucket
+	bs, err := l.resolve(req, &arr)
 	if err != nil {
 		return Result{}, err
 	}
@@ -423,12 +506,13 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 			return res, nil
 		}
 	}
+	l.keyed(bs)
 	if l.redis != nil && l.tryRedis() {
 		res, err := l.allowRedis(ctx, bs, now, ones(len(bs)), nil)
 		l.probing.Store(false)
 		if err == nil {
 			l.leaveFallback()
-			l.count(req.Class, res.Allowed, "redis")
+			l.count(req.Class, res.Allowed, backendRedis)
 			return res.Result, nil
 		}
 		if ctx.Err() != nil {
@@ -439,7 +523,7 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 	}
 	res := l.local.allow(bs, now)
 	res.Local = l.redis != nil
-	l.count(req.Class, res.Allowed, "local")
+	l.count(req.Class, res.Allowed, backendLocal)
 	return res, nil
 }
 
@@ -448,7 +532,8 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 // due. ok is false, and nothing is spent or changed, when the decision needs Redis: the
 // caller then asks Allow, off any thread that must not block (the router's event loops).
 func (l *Limiter) AllowNoWait(req Request) (res Result, ok bool, err error) {
-	bs, err := l.buckets(req)
+	var arr [len(scopes)]bucket
+	bs, err := l.resolve(req, &arr)
 	if err != nil {
 		return Result{}, true, err
 	}
@@ -472,9 +557,10 @@ func (l *Limiter) AllowNoWait(req Request) (res Result, ok bool, err error) {
 			return Result{}, false, nil // a probe of Redis is due: Allow makes it
 		}
 	}
+	l.keyed(bs)
 	res = l.local.allow(bs, now)
 	res.Local = l.redis != nil
-	l.count(req.Class, res.Allowed, "local")
+	l.count(req.Class, res.Allowed, backendLocal)
 	return res, true, nil
 }
 
@@ -521,26 +607,32 @@ func (l *Limiter) leaveFallback() {
 	l.log.Info("ratelimit: Redis reachable again, using Redis")
 }
 
-func (l *Limiter) count(c Class, allowed bool, backend string) {
-	d := "limited"
+// Backends, as count and the decisions metric name them.
+const (
+	backendRedis = iota // asked Redis
+	backendLease        // tokens or a denial Redis gave earlier
+	backendLocal        // the in-process fallback
+	numBackends
+)
+
+var backends = [numBackends]string{backendRedis: "redis", backendLease: "lease", backendLocal: "local"}
+
+// count counts a decision of class c (a valid class: resolve checked it) by backend. The
+// children of decisions are kept in an array, since a vector's lookup per request hashes three
+// labels under a lock (and a map keyed by them would box the key on every lookup).
+func (l *Limiter) count(c Class, allowed bool, backend int) {
+	d := 0
 	if allowed {
-		d = "allowed"
+		d = 1
 	}
-	k := decisionKey{c, d, backend}
-	if ctr, ok := l.decisionCs.Load(k); ok {
-		ctr.(prometheus.Counter).Inc()
+	slot := &l.decisionCs[classIndex(c)][d][backend]
+	if ctr := slot.Load(); ctr != nil {
+		(*ctr).Inc()
 		return
 	}
-	ctr := l.decisions.WithLabelValues(string(c), d, backend)
-	l.decisionCs.Store(k, ctr)
+	ctr := l.decisions.WithLabelValues(string(c), [2]string{"limited", "allowed"}[d], backends[backend])
+	slot.Store(&ctr) // another goroutine may store the same child: harmless
 	ctr.Inc()
-}
-
-// decisionKey names a child of decisions, which count keeps (a vector's lookup per request
-// hashes three labels under a lock).
-type decisionKey struct {
-	c          Class
-	d, backend string
 }
 
 // gcraScript checks every bucket and takes tokens from them all only if all admit the request.
