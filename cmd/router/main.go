@@ -92,7 +92,7 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&c.region, "region", env.String("MERIDIAN_REGION", ""), "this router's region (MERIDIAN_REGION; required)")
 	fs.StringVar(&c.id, "id", env.String("MERIDIAN_ROUTER_ID", ""), "Raft id and gossip name, stable across restarts (MERIDIAN_ROUTER_ID; default <region>-router-<port>)")
 	fs.StringVar(&c.listen, "listen", env.String("MERIDIAN_ROUTER_LISTEN", "127.0.0.1:8080"), "HTTP listen address (MERIDIAN_ROUTER_LISTEN)")
-	fs.IntVar(&c.loops, "loops", env.Int("MERIDIAN_ROUTER_LOOPS", 0), "event loops of the -loop-listen front (0 = one per CPU the runtime uses, GOMAXPROCS) (MERIDIAN_ROUTER_LOOPS)")
+	fs.IntVar(&c.loops, "loops", env.Int("MERIDIAN_ROUTER_LOOPS", 0), "event loops of the -loop-listen front (0 = GOMAXPROCS less one, at least one: docs/router.md, \"The router's own work\") (MERIDIAN_ROUTER_LOOPS)")
 	fs.StringVar(&c.loopListen, "loop-listen", env.String("MERIDIAN_ROUTER_LOOP_LISTEN", ""), "also serve the router on this host:port through the event-loop front (docs/router.md, \"The event-loop front\"; empty = off) (MERIDIAN_ROUTER_LOOP_LISTEN)")
 	fs.StringVar(&c.advertiseURL, "advertise-url", env.String("MERIDIAN_ROUTER_URL", ""), "base URL other nodes reach this router at (MERIDIAN_ROUTER_URL; default http://<listen>)")
 	fs.StringVar(&c.raftAddr, "raft-addr", env.String("MERIDIAN_RAFT_ADDR", "127.0.0.1:7000"), "Raft bind address (MERIDIAN_RAFT_ADDR)")

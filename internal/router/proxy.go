@@ -658,8 +658,12 @@ type reqState struct {
 	ipKnown bool
 }
 
-// stateOf is c's reqState.
+// stateOf is c's reqState: on the event loop its writer's (no lookup under the context's
+// lock), else the one under ctxState.
 func stateOf(c *gin.Context) *reqState {
+	if w, ok := c.Writer.(*loopWriter); ok && w.st != nil {
+		return w.st
+	}
 	if v, ok := c.Get(ctxState); ok {
 		return v.(*reqState)
 	}

@@ -127,12 +127,13 @@ func (s *Server) observe(c *gin.Context) {
 // observeBegin and observeEnd are observe's halves, before and after the handler; the
 // event-loop front (loop.go) calls them around its own steps.
 //
-// st is the request's state, reset (the event loop's, reused per connection), or nil: a new one.
+// st is the request's state, reset: the event loop's, reused per connection, which its writer
+// carries (stateOf); nil: a new one, stored on c.
 func (s *Server) observeBegin(c *gin.Context, st *reqState) {
 	if st == nil {
 		st = &reqState{}
+		c.Set(ctxState, st)
 	}
-	c.Set(ctxState, st)
 	st.requestID = RequestID(headerValue(c.Request.Header, HeaderRequestID))
 	setCanon(c.Writer.Header(), HeaderRequestID, st.requestID)
 }
