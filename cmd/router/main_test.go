@@ -133,3 +133,19 @@ func TestParseConfigHold(t *testing.T) {
 		}
 	}
 }
+
+// TestParseConfigLoops: -loops defaults to 0 (the front's DefaultLoops), is read from the
+// environment, and refuses a negative count.
+func TestParseConfigLoops(t *testing.T) {
+	required(t)
+	if c, err := parseConfig(nil); err != nil || c.loops != 0 {
+		t.Fatalf("default: %d %v, want 0", c.loops, err)
+	}
+	t.Setenv("MERIDIAN_ROUTER_LOOPS", "3")
+	if c, err := parseConfig(nil); err != nil || c.loops != 3 {
+		t.Fatalf("from the environment: %d %v, want 3", c.loops, err)
+	}
+	if _, err := parseConfig([]string{"-loops", "-1"}); err == nil || !strings.Contains(err.Error(), "-loops") {
+		t.Errorf("-loops -1: %v, want an error naming -loops", err)
+	}
+}

@@ -79,9 +79,10 @@ type UpstreamsConfig struct {
 const targetsTTL = 50 * time.Millisecond
 
 // cachedSource keeps each region's targets for ttl. They are asked for three times per request
-// (admission's load, the decision's Healthy, the pick), and merging gossip's members with the static list copies and
-// allocates each time; a change of membership or health reaches the pool within ttl (gossip
-// itself takes seconds to spread one). The slices it returns are shared: read only.
+// (admission's load, the decision's Healthy, the pick), and merging gossip's members with the
+// static list copies and allocates each time; a change of membership or health reaches the
+// pool within ttl (gossip itself takes seconds to spread one). The slices it returns are
+// shared: read only.
 type cachedSource struct {
 	src upstream.Source
 	ttl time.Duration
