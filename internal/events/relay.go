@@ -458,9 +458,7 @@ func (a *shardRelay) publish(ctx context.Context, b batch, full bool) error {
 	}
 	hb := Event{Kind: KindHeartbeat, Shard: a.shard, AsOf: b.asOf, LSN: b.lsn,
 		Session: a.session, Since: a.since, Count: a.count, OutboxID: a.maxID}
-	pctx, cancel := context.WithTimeout(ctx, ackWait)
-	defer cancel()
-	if _, err := cfg.JS.Publish(pctx, a.subject, hb.Marshal(), jetstream.WithExpectStream(OriginStream(cfg.Region))); err != nil {
+	if err := a.publishHeartbeat(ctx, hb); err != nil {
 		m.errors.WithLabelValues(a.shard, "heartbeat").Inc()
 		return fmt.Errorf("%w: heartbeat: %w", errPublish, err)
 	}
@@ -468,6 +466,32 @@ func (a *shardRelay) publish(ctx context.Context, b batch, full bool) error {
 	m.backlogRows.WithLabelValues(a.shard).Set(0)
 	m.backlogAge.WithLabelValues(a.shard).Set(0)
 	return nil
+}
+
+// publishHeartbeat publishes hb and waits for its acknowledgement, at most ackWait. It
+// publishes asynchronously, as send does: an asynchronous publish's acknowledgement fails when
+// the connection it went out on is lost, where a synchronous Publish's request waits its
+// context out — after a NATS restart that held the heartbeats, and the consumers' freshness,
+// for ackWait (TestRelayHeartbeatFailsWithItsConnection).
+func (a *shardRelay) publishHeartbeat(ctx context.Context, hb Event) error {
+	cfg := a.r.cfg
+	f, err := cfg.JS.PublishMsgAsync(&nats.Msg{Subject: a.subject, Data: hb.Marshal()},
+		jetstream.WithExpectStream(OriginStream(cfg.Region)))
+	if err != nil {
+		return err
+	}
+	timeout := time.NewTimer(ackWait)
+	defer timeout.Stop()
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-timeout.C:
+		return fmt.Errorf("no acknowledgement within %v", ackWait)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // send publishes the rows asynchronously in order and returns how many of them, from the first,
