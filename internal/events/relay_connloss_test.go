@@ -98,6 +98,7 @@ func TestRelayPublishFailsWithItsConnection(t *testing.T) {
 	js := jsFor(t, px.url())
 
 	cfg := relayConfig(s, js, prometheus.NewRegistry())
+	cfg.Heartbeat = time.Hour // no idle heartbeat: the only publish held back below is the rows'
 	r := NewRelay(cfg)
 	runRelay(t, r)
 	c := s.conn(t)
@@ -108,6 +109,15 @@ func TestRelayPublishFailsWithItsConnection(t *testing.T) {
 		}
 	}
 	waitAllSent(t, s)
+	// The heartbeat after the rows is in the stream and, a moment later, acknowledged: the
+	// relay is idle when the answers are held back.
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if evs := streamEvents(t, direct); len(evs) == 0 || evs[len(evs)-1].Kind != KindHeartbeat {
+			return fmt.Errorf("no heartbeat after the rows yet (%d messages)", len(evs))
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond)
 
 	px.frozen.Store(true)
 	for i := range 10 {
@@ -117,7 +127,7 @@ func TestRelayPublishFailsWithItsConnection(t *testing.T) {
 	}
 	// The relay publishes the next batch (the stream has it) and waits for the acknowledgements
 	// the proxy holds back; the batches after it wait their turn.
-	testenv.WaitFor(t, 5*time.Second, func() error {
+	testenv.WaitFor(t, 10*time.Second, func() error {
 		if n := len(changes(streamEvents(t, direct))); n <= 10 {
 			return fmt.Errorf("%d changes in the stream, want more than 10", n)
 		}
@@ -168,12 +178,16 @@ func TestRelayHeartbeatFailsWithItsConnection(t *testing.T) {
 		return nil
 	})
 	px.frozen.Store(true)
-	time.Sleep(400 * time.Millisecond) // the next heartbeat is stored, its acknowledgement held
-	frozenAt := heartbeats()
-	time.Sleep(300 * time.Millisecond)
-	if n := heartbeats(); n != frozenAt {
-		t.Fatalf("heartbeats went on (%d → %d) with their acknowledgements held back", frozenAt, n)
-	}
+	// The next heartbeat is stored, its acknowledgement held: no more come.
+	var frozenAt int
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		a := heartbeats()
+		time.Sleep(300 * time.Millisecond)
+		if frozenAt = heartbeats(); frozenAt != a {
+			return fmt.Errorf("heartbeats went on (%d → %d) with their acknowledgements held back", a, frozenAt)
+		}
+		return nil
+	})
 	lostAt := time.Now()
 	px.kill()
 	px.frozen.Store(false)
