@@ -35,6 +35,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -273,10 +274,11 @@ type loopConn struct {
 	headSince atomic.Int64 // when the first bytes of a head not yet complete arrived; 0: none
 }
 
-// context is the gin context and writer for the connection's next request: made once per
-// connection, reset per request as gin's own pool does (the fields the router's steps use:
+// context is the gin context, writer and state for the connection's next request: made once
+// per connection, reset per request as gin's own pool does (the fields the router's steps use:
 // Keys, Errors, Params, Accepted; its handlers never run on the loop).
-func (lc *loopConn) context(s *Server, r *http.Request) (*gin.Context, *loopWriter) {
+func (lc *loopConn) context(s *Server, r *http.Request) (*gin.Context, *loopWriter, *reqState) {
+	lc.st = reqState{}
 	w := &lc.w
 	w.reset()
 	w.st = &lc.st
@@ -288,7 +290,7 @@ func (lc *loopConn) context(s *Server, r *http.Request) (*gin.Context, *loopWrit
 	gc.Request = r
 	clear(gc.Keys)
 	gc.Errors, gc.Params, gc.Accepted = gc.Errors[:0], gc.Params[:0], nil
-	return gc, w
+	return gc, w, w.st
 }
 
 // loopUp is a hop connection to an API node, on one loop: idle in that loop's pool, or carrying
@@ -522,9 +524,7 @@ func (l *Loop) detachConn(lc *loopConn) gnet.Action {
 // begin starts a native request's steps.
 func (l *Loop) begin(lc *loopConn, r *http.Request, body []byte) {
 	s := l.s
-	gc, w := lc.context(s, r)
-	st := &lc.st
-	*st = reqState{}
+	gc, w, st := lc.context(s, r)
 	rq := &loopReq{lc: lc, gc: gc, w: w, st: st, start: time.Now(), isHead: r.Method == http.MethodHead, body: body}
 	lc.req = rq
 	lc.busy.Store(true)
@@ -750,25 +750,13 @@ func (l *Loop) hopClosed(u *loopUp) {
 		return
 	}
 	rq.hop = nil
-	if rq.reused && !u.got && !rq.resent && replayableRequest(rq.gc.Request) {
+	if rq.reused && !u.got && !rq.resent && upstream.Replayable(rq.gc.Request) {
 		rq.resent = true
 		addr, _ := l.upAddr(rq.up.URL())
 		l.send(rq, addr)
 		return
 	}
 	l.hopFailed(rq, errHopClosed, true)
-}
-
-// replayableRequest is net/http's rule (and the hop's: internal/upstream) for sending a request
-// again on a new connection: a safe method, or an idempotency key.
-func replayableRequest(r *http.Request) bool {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	_, key := r.Header["Idempotency-Key"]
-	_, xkey := r.Header["X-Idempotency-Key"]
-	return key || xkey
 }
 
 var errHopClosed = errors.New("router: the API node closed the connection before its answer")
@@ -1189,23 +1177,11 @@ func parseNative(head []byte) (r *http.Request, closeAfter bool, contentLength i
 		return nil, false, 0, false
 	}
 	target := rest[:sp2]
-	var m string
-	switch string(method) {
-	case http.MethodGet:
-		m = http.MethodGet
-	case http.MethodHead:
-		m = http.MethodHead
-	case http.MethodPost:
-		m = http.MethodPost
-	case http.MethodPut:
-		m = http.MethodPut
-	case http.MethodPatch:
-		m = http.MethodPatch
-	case http.MethodDelete:
-		m = http.MethodDelete
-	default:
+	mi := slices.IndexFunc(nativeMethods, func(m string) bool { return string(method) == m })
+	if mi < 0 {
 		return nil, false, 0, false
 	}
+	m := nativeMethods[mi] // the constant: no string made of the bytes
 	if !nativeTarget(target) {
 		return nil, false, 0, false
 	}
@@ -1302,6 +1278,9 @@ func parseNative(head []byte) (r *http.Request, closeAfter bool, contentLength i
 		Body: http.NoBody, ContentLength: int64(contentLength), Host: host, RequestURI: uri}
 	return r, closeAfter, contentLength, true
 }
+
+// nativeMethods are the methods the loop serves itself.
+var nativeMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // pathByte are the bytes a native target's path may hold: unreserved, sub-delims, ':', '@',
 // '/', '[' and ']' (url's validEncoded; '%' left out, so no escapes).

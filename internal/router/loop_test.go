@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/meridian-dev/meridian/internal/h1"
 	"github.com/meridian-dev/meridian/internal/records"
 )
 
@@ -104,24 +105,13 @@ func hopText(a *apiNode, traced bool) string {
 				}
 			}
 		case HeaderRequestTimeout:
-			if len(v) == 1 && mustAtoiQuiet(v[0]) > 0 {
+			if len(v) == 1 && h1.Atoi([]byte(v[0])) > 0 {
 				v = []string{"positive"}
 			}
 		}
 		fmt.Fprintf(&b, "%s: %q\n", k, v)
 	}
 	return b.String()
-}
-
-func mustAtoiQuiet(s string) int {
-	n := 0
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return -1
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n
 }
 
 // TestLoopAnswersAsNetHTTP sends the same requests to the router's net/http server and to its

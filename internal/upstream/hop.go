@@ -138,7 +138,7 @@ func (t *HopTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if errors.Is(err, ErrUnsendable) {
 			return nil, err // a new connection would refuse it too
 		}
-		if attempt == 0 && reused && sentNothing && replayable(req) && req.Context().Err() == nil {
+		if attempt == 0 && reused && sentNothing && Replayable(req) && req.Context().Err() == nil {
 			if req.GetBody != nil {
 				body, gerr := req.GetBody()
 				if gerr != nil {
@@ -229,8 +229,9 @@ func closeBody(req *http.Request) {
 	}
 }
 
-// replayable is net/http's rule for resending a request on a new connection.
-func replayable(req *http.Request) bool {
+// Replayable is net/http's rule for resending a request on a new connection: a safe method,
+// or an idempotency key. The router's event-loop front applies it to its own hop too.
+func Replayable(req *http.Request) bool {
 	switch req.Method {
 	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 		return true
