@@ -149,9 +149,12 @@ const DefaultEdgeMaxStaleness = time.Second
 const DefaultEdgeMemory = 64 << 20
 
 // edgeLocalTTL bounds how long the router keeps a key of Redis in its memory without Redis
-// saying it changed (Redis's own expiry of the key bounds it too). Redis tells of every change
-// (CLIENT TRACKING), so this only ages out keys nobody changes.
-const edgeLocalTTL = 30 * time.Second
+// saying it changed; Redis's own expiry of the key bounds it too, so an entry's copy lives as
+// long as the entry (the nodes' TTL, 60 s by default) and this bounds the region epoch and the
+// tenants' state. Redis tells of every change (CLIENT TRACKING) or the connection breaks and
+// the copy goes with it, so this only ages out keys nobody changes; it was 30 s, which sent a
+// lookup of every key still in Redis off the router's loop to fetch it again twice a minute.
+const edgeLocalTTL = 5 * time.Minute
 
 // edgeClientOption is the option of the router's client of the region's Redis for the edge:
 // client-side caching (Redis 6+'s CLIENT TRACKING over RESP3: Redis pushes an invalidation
@@ -181,6 +184,66 @@ type Edge struct {
 	requests     *prometheus.CounterVec
 	counters     sync.Map // result → requests' child
 	roundTrips   prometheus.Counter
+	fresh        sync.Map // shard → *shardFresh
+}
+
+// shardFresh is what the edge last read of a shard's freshness key. A node rewrites the key
+// every 100 ms, and Redis's push of each rewrite drops it from the router's copy; until the copy
+// holds it again, a lookup that must not wait decides with the AsOf read last. That is only ever
+// more cautious than the key's current value — a published AsOf only rises (publishFreshScript)
+// and proves the shard's events applied up to it, and the edge serves only while it is within
+// MaxStaleness — except after a dirty node deleted the key, a stop that is best-effort anyway
+// (PublishFresh): the fetch started at once (fetchFresh) ends it a Redis round trip later.
+type shardFresh struct {
+	asOf     atomic.Int64 // Unix µs; 0: none read yet, or the key was gone
+	fetching atomic.Bool  // a fetchFresh is running
+}
+
+// freshOf is shard's shardFresh (shards are the shard map's, not a client's: a bounded set).
+func (e *Edge) freshOf(shard string) *shardFresh {
+	if v, ok := e.fresh.Load(shard); ok {
+		return v.(*shardFresh)
+	}
+	v, _ := e.fresh.LoadOrStore(shard, &shardFresh{})
+	return v.(*shardFresh)
+}
+
+// note records asOf (0: the key was gone) as the newest read of the key.
+func (f *shardFresh) note(asOf int64) {
+	if f.asOf.Load() != asOf {
+		f.asOf.Store(asOf)
+	}
+}
+
+// fetchFresh reads shard's freshness key into the client's copy and f, off the caller's
+// goroutine, unless a fetch of it is already running. A fetch that joined a RecordNoWait's,
+// which that probe's ended context fails for every waiter, is tried again.
+func (e *Edge) fetchFresh(c rueidis.Client, shard string, f *shardFresh) {
+	if !f.fetching.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer f.fetching.Store(false)
+		for range 3 {
+			ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+			v, err := c.DoCache(ctx, c.B().Get().Key(freshKey(shard)).Cache(), edgeLocalTTL).ToString()
+			cancel()
+			switch {
+			case err == nil:
+				n, perr := strconv.ParseInt(v, 10, 64)
+				if perr != nil {
+					n = 0
+				}
+				f.note(n)
+				return
+			case rueidis.IsRedisNil(err):
+				f.note(0)
+				return
+			case !errors.Is(err, context.Canceled):
+				return // Redis failed: the AsOf held ages out within MaxStaleness
+			}
+		}
+	}()
 }
 
 // Results of an edge lookup (the result label of meridian_edge_cache_requests_total).
@@ -359,12 +422,26 @@ func (e *Edge) record(ctx context.Context, tenant, shard string, epoch uint64, c
 	} else if err != nil {
 		return records.Record{}, EdgeError, err
 	}
-	fs, err := res[2].ToString()
-	if err != nil && !rueidis.IsRedisNil(err) {
+	sf := e.freshOf(shard)
+	var asOf int64
+	switch fs, err := res[2].ToString(); {
+	case err == nil:
+		if asOf, err = strconv.ParseInt(fs, 10, 64); err != nil {
+			asOf = 0
+		}
+		sf.note(asOf)
+	case rueidis.IsRedisNil(err):
+		sf.note(0)
+	case probe && errors.Is(err, context.Canceled):
+		// Rewritten since the copy held it: decide with the AsOf read last, fetch it again.
+		if asOf = sf.asOf.Load(); asOf == 0 {
+			return records.Record{}, EdgeError, err
+		}
+		e.fetchFresh(c, shard, sf)
+	default:
 		return records.Record{}, EdgeError, err
 	}
-	asOf, perr := strconv.ParseInt(fs, 10, 64)
-	if err != nil || perr != nil || e.now().Sub(time.UnixMicro(asOf)) >= e.maxStaleness {
+	if asOf == 0 || e.now().Sub(time.UnixMicro(asOf)) >= e.maxStaleness {
 		return records.Record{}, EdgeStale, nil
 	}
 	we, err := state[1].ToString()

@@ -322,3 +322,67 @@ func TestEdgeRecordNoWait(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestEdgeNoWaitKeepsTheShardsFreshness: a node rewrites a shard's freshness key every 100 ms,
+// and each rewrite drops it from the router's copy. A lookup that must not wait decides with the
+// AsOf it read last meanwhile (it used to decline, sending the router's loop off it for every
+// request until something fetched the key again) and the key is fetched again at once; a key
+// deleted by a dirty node stops the edge once that fetch has seen it gone.
+func TestEdgeNoWaitKeepsTheShardsFreshness(t *testing.T) {
+	e := newEnv(t)
+	ed := newEdge(t, e)
+	tg := records.Target{Tenant: "acme", Shard: "s1", Epoch: 1}
+	e.fake.set("books", "x", 3)
+	e.get(t, tg, records.ReadOptions{}, "books", "x")
+	e.publish(t, "s1")
+	wantEdge(t, ed, tg, "x", EdgeHit, 3) // Record: every key fetched into the copy
+	probe := func() (string, bool) {
+		r, res, ok := ed.RecordNoWait(tg.Tenant, tg.Shard, tg.Epoch, "books", "x")
+		if ok && res == EdgeHit && r.Version != 3 {
+			t.Fatalf("hit of version %d, want 3", r.Version)
+		}
+		return res, ok
+	}
+	if res, ok := probe(); !ok || res != EdgeHit {
+		t.Fatalf("from the copy: %s %v, want a hit", res, ok)
+	}
+	held := ed.freshOf("s1").asOf.Load()
+	if want := e.clk.asOf.UnixMicro(); held != want {
+		t.Fatalf("freshness held %d, want the published %d", held, want)
+	}
+
+	// Republished newer: Redis's push drops the key from the copy; no probe is declined.
+	e.clk.advance(time.Second)
+	e.publish(t, "s1")
+	newer := e.clk.asOf.UnixMicro()
+	probes := 0
+	for deadline := time.Now().Add(5 * time.Second); ed.freshOf("s1").asOf.Load() != newer; probes++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d probes the edge still holds freshness %d, want %d", probes, ed.freshOf("s1").asOf.Load(), newer)
+		}
+		if res, ok := probe(); !ok || res != EdgeHit {
+			t.Fatalf("probe %d after the freshness was republished: %s %v, want a hit decided from what the edge held", probes, res, ok)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+
+	// Deleted (a dirty node): the edge stops once its fetch has seen the key gone.
+	if err := e.rc.Del(bg, freshKey("s1")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Microsecond) {
+		res, ok := probe()
+		if ok && res == EdgeStale {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("5 s after the freshness key was deleted the edge answers %s %v, want stale", res, ok)
+		}
+	}
+	if got := ed.freshOf("s1").asOf.Load(); got != 0 {
+		t.Fatalf("freshness held %d after the key was deleted, want none", got)
+	}
+	if res, ok := probe(); ok && res == EdgeHit {
+		t.Fatal("a hit after the freshness key was seen deleted")
+	}
+}
