@@ -131,8 +131,8 @@ type Config struct {
 	// Engine picks what sends the requests: "" or EngineGoroutines, a goroutine per worker
 	// over Client or Transport (every mode); EngineLoop, one gnet event loop driving
 	// Concurrency keep-alive HTTP/1.1 connections per target host, closed loop only (Rate must be
-	// zero), plain http URLs only, Client and Transport ignored (see evloop.go). Any other value
-	// is a config error.
+	// zero), plain http URLs only, Client and Transport ignored, its connections kept for the
+	// whole Run (see evloop.go). Any other value is a config error.
 	Engine string
 	// OnAnswer, when not nil, is called once for every request whose outcome Run records
 	// (warm-up included, interrupted requests not): status is the answer's status code (zero
