@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/loadgen"
-	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
 // The cache scenario (issue 13): a tenant with -records records; GETs of ids drawn from a Zipf
@@ -296,10 +295,10 @@ func (z *zipfSampler) next() int { return int(z.z.Uint64()) + 1 }
 // zipfSeed fixes the generators, so every run draws the same ids in the same order per worker.
 const zipfSeed = 13
 
-// readCounter is a RoundTripper that counts answers by status and the X-Read-Source of the 200s,
-// under the phase (target) being measured; answers outside a phase (warm-up) are not counted.
+// readCounter counts answers by status and the X-Read-Source of the 200s, under the phase
+// (target) being measured; answers outside a phase (warm-up) are not counted. Its answer method
+// is the run's loadgen.Config.OnAnswer, so that both load generator engines count alike.
 type readCounter struct {
-	base  http.RoundTripper
 	phase atomic.Pointer[readPhase] // nil: outside a phase
 
 	mu     sync.Mutex // guards counts (the map; each readPhase has its own lock)
@@ -319,10 +318,8 @@ type readCounts struct {
 	source200 map[string]int64 // X-Read-Source of the 200s: "cache", "replica", "primary", "none"
 }
 
-var _ http.RoundTripper = (*readCounter)(nil)
-
-func newReadCounter(base http.RoundTripper) *readCounter {
-	return &readCounter{base: base, counts: map[string]*readPhase{}}
+func newReadCounter() *readCounter {
+	return &readCounter{counts: map[string]*readPhase{}}
 }
 
 // setPhase counts the answers that come back from now on under name ("": none).
@@ -341,23 +338,23 @@ func (c *readCounter) setPhase(name string) {
 	c.phase.Store(p)
 }
 
-func (c *readCounter) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := c.base.RoundTrip(req)
+// answer counts one finished request (a loadgen.Config.OnAnswer): its status, or a transport
+// error, and the X-Read-Source of a 200.
+func (c *readCounter) answer(status int, header func(string) string, err error) {
 	p := c.phase.Load()
 	if p == nil {
-		return resp, err
+		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err != nil {
 		p.rc.status[loadgen.TransportError]++
-		return resp, err
+		return
 	}
-	p.rc.status[countKey(resp.StatusCode)]++
-	if resp.StatusCode == http.StatusOK {
-		p.rc.source200[readSource(resp.Header)]++
+	p.rc.status[countKey(status)]++
+	if status == http.StatusOK {
+		p.rc.source200[sourceOf(header)]++
 	}
-	return resp, err
 }
 
 // countKey is a status code as a count's key; "200" without building the string again.
@@ -383,8 +380,11 @@ func (c *readCounter) get(phase string) readCounts {
 }
 
 // readSource is an answer's X-Read-Source, "none" when it has none.
-func readSource(h http.Header) string {
-	if s := h.Get("X-Read-Source"); s != "" {
+func readSource(h http.Header) string { return sourceOf(h.Get) }
+
+// sourceOf is the X-Read-Source that header looks up, "none" when there is none.
+func sourceOf(header func(string) string) string {
+	if s := header("X-Read-Source"); s != "" {
 		return s
 	}
 	return "none"
@@ -1228,7 +1228,7 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 
 	// The two variants on every path.
-	counter := useCacheClient(&o.cfg)
+	counter := useCacheClient(&o.cfg, o.client)
 	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
 	targets := cacheTargets(pairs, token, runID, o.cfg.Concurrency, o.records, o.zipfS)
 
@@ -1281,14 +1281,12 @@ func runCache(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	return emit(o, md.String(), rep, stdout, stderr)
 }
 
-// useCacheClient sets cfg to send the cache scenario's requests: straight through a readCounter
-// over upstream.HopTransport, kept alive for cfg.Concurrency workers (no http.Client: loadgen applies
-// cfg.Timeout itself, and a RoundTripper never follows redirects; no reader and writer
-// goroutines per connection: the load generator shares the machine's CPUs with what it
-// measures, and its cost per request dilutes the cached/uncached ratio), and returns the counter.
-func useCacheClient(cfg *loadgen.Config) *readCounter {
-	counter := newReadCounter(&upstream.HopTransport{MaxIdlePerHost: cfg.Concurrency})
-	cfg.Client, cfg.Transport = nil, counter
+// useCacheClient sets cfg to send the cache scenario's requests with the load generator
+// client names (see useLoadClient) and to count their answers in the counter it returns.
+func useCacheClient(cfg *loadgen.Config, client string) *readCounter {
+	counter := newReadCounter()
+	useLoadClient(cfg, client)
+	cfg.OnAnswer = counter.answer
 	return counter
 }
 
@@ -1302,8 +1300,9 @@ func cacheTargets(pairs []cachePair, token, runID string, concurrency, records i
 		coll := pr.base + "/v1/collections/" + zipfCollection + "/records/"
 		for i, name := range []string{pr.uncached, pr.cached} {
 			uncached := i == 0
-			// One sampler per worker: loadgen calls New for a worker from that worker's
-			// goroutine only, and its rounds (and warm-up) one after another. Every path draws
+			// One sampler per worker: loadgen calls New for a worker one call at a time (from
+			// the worker's goroutine, or under the event-loop engine's lock), and its rounds
+			// (and warm-up) one after another. Every path draws
 			// the same ids (the seed depends on the variant only).
 			samplers := make([]*zipfSampler, concurrency)
 			for w := range samplers {

@@ -89,46 +89,54 @@ func TestHitShare(t *testing.T) {
 	}
 }
 
-// TestReadCounter counts statuses and the 200s' sources from real answers, only within a phase.
+// TestReadCounter counts statuses and the 200s' sources from real answers, only within a phase,
+// fed through loadgen's OnAnswer by either engine (useCacheClient).
 func TestReadCounter(t *testing.T) {
-	var n atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch n.Add(1) % 4 {
-		case 0:
-			w.Header().Set("X-Read-Source", "replica")
-		case 1, 2:
-			w.Header().Set("X-Read-Source", "cache")
-		case 3:
-			w.Header().Set("X-Read-Source", "cache") // a 429 with a source must not count as a hit
-			w.WriteHeader(http.StatusTooManyRequests)
-		}
-	}))
-	defer srv.Close()
-	rc := newReadCounter(http.DefaultTransport)
-	client := &http.Client{Transport: rc}
-	get := func() {
-		resp, err := client.Get(srv.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-	}
-	get() // no phase: not counted
-	rc.setPhase("p")
-	for range 7 { // answers 2…8: cache, 429, replica, cache, cache, 429, replica
-		get()
-	}
-	rc.setPhase("")
-	get()
-	got := rc.get("p")
-	if got.status["200"] != 5 || got.status["429"] != 2 || got.source200["cache"] != 3 || got.source200["replica"] != 2 {
-		t.Errorf("counts %v %v", got.status, got.source200)
-	}
-	if hits, total, _, _ := hitShare(got.source200); hits != 3 || total != 5 {
-		t.Errorf("hit share %d/%d", hits, total)
-	}
-	if len(rc.get("other").status) != 0 {
-		t.Error("an unknown phase has counts")
+	for _, client := range []string{clientLoop, clientGoroutines} {
+		t.Run(client, func(t *testing.T) {
+			var n atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch n.Add(1) % 4 {
+				case 0:
+					w.Header().Set("X-Read-Source", "replica")
+				case 1, 2:
+					w.Header().Set("X-Read-Source", "cache")
+				case 3:
+					w.Header().Set("X-Read-Source", "cache") // a 429 with a source must not count as a hit
+					w.WriteHeader(http.StatusTooManyRequests)
+				}
+			}))
+			defer srv.Close()
+			cfg := loadgen.Config{Concurrency: 1}
+			rc := useCacheClient(&cfg, client)
+			if want := map[string]string{clientLoop: loadgen.EngineLoop, clientGoroutines: loadgen.EngineGoroutines}[client]; cfg.Engine != want {
+				t.Fatalf("engine %q, want %q", cfg.Engine, want)
+			}
+			get := func(requests int) {
+				t.Helper()
+				cfg.Requests = requests
+				if _, err := loadgen.Run(t.Context(), cfg, []loadgen.Target{{Name: "t", New: func(int, uint64) loadgen.Request {
+					return loadgen.Request{URL: srv.URL}
+				}}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			get(1) // no phase: not counted
+			rc.setPhase("p")
+			get(7) // answers 2…8: cache, 429, replica, cache, cache, 429, replica
+			rc.setPhase("")
+			get(1)
+			got := rc.get("p")
+			if got.status["200"] != 5 || got.status["429"] != 2 || got.source200["cache"] != 3 || got.source200["replica"] != 2 {
+				t.Errorf("counts %v %v", got.status, got.source200)
+			}
+			if hits, total, _, _ := hitShare(got.source200); hits != 3 || total != 5 {
+				t.Errorf("hit share %d/%d", hits, total)
+			}
+			if len(rc.get("other").status) != 0 {
+				t.Error("an unknown phase has counts")
+			}
+		})
 	}
 }
 
@@ -684,6 +692,7 @@ func TestRunCache(t *testing.T) {
 		"pgbench was not run: the cluster file has no database for shard \"us-west-1\" in us-west.",
 		"300 created, 0 already there",
 		"- hit ratio of `cached` over 300 records, Zipf s=1.1: **",
+		"; load generator: bench `-client loop` (loadgen's event-loop engine", // the default client
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
@@ -842,7 +851,7 @@ func TestCacheReportEdge(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var w strings.Builder
 			writeCacheReport(&w, cacheReport{o: &options{cacheFlags: cacheFlags{records: 10, zipfS: 1.1}}, rep: &loadgen.Report{},
-				counter: newReadCounter(nil), meter: tc.meter, pairs: pairs})
+				counter: newReadCounter(), meter: tc.meter, pairs: pairs})
 			md := w.String()
 			for _, want := range []string{"| cached | – | – | – | hit×10, miss×20 " + tc.cached,
 				"| direct cached | – | – | – | hit×90, miss×10 " + tc.direct, tc.sentence} {

@@ -265,6 +265,7 @@ type options struct {
 	adminToken       string
 	tenant           string
 	scenario         string
+	client           string // -client: clientLoop or clientGoroutines
 	cfg              loadgen.Config
 	sequential       bool
 	baselineProxy    bool
@@ -366,6 +367,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.tenant, "tenant", "", "tenant to measure (default bench-<home region> with a cluster file, else bench)")
 	fs.StringVar(&o.home, "home", "", "region to home the tenant in when creating it (default -region; compare-home: the next region)")
 	fs.StringVar(&o.scenario, "scenario", scenarioGet, scenarioNames)
+	fs.StringVar(&o.client, "client", clientLoop, "cache, proxy: the load generator's engine: loop (internal/loadgen's event-loop engine: one gnet loop, no goroutine per connection or request; closed loop only, so -rate without -client selects goroutines) or goroutines (a goroutine per worker over upstream.HopTransport)")
 	fs.IntVar(&o.cfg.Concurrency, "c", loadgen.DefaultConcurrency, "concurrent workers (with -rate: the most requests in flight)")
 	fs.Float64Var(&o.cfg.Rate, "rate", 0, "open loop: requests per second per target on a fixed schedule, latency from the scheduled time (0: closed loop)")
 	fs.DurationVar(&o.cfg.Duration, "d", loadgen.DefaultDuration, "measured duration per target")
@@ -463,6 +465,27 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	} else if o.routerLoop != "" && !validBase(o.routerLoop) {
 		return nil, fmt.Errorf("%w: -router-loop %q is not an http(s) URL", errUsage, o.routerLoop)
 	}
+	if err := o.checkClient(); err != nil {
+		return nil, err
+	}
 	o.cfg.SideBySide = !o.sequential
 	return o, nil
+}
+
+// checkClient checks -client: a known engine, only for the scenarios that use it, and not the
+// event-loop engine in open loop (-rate without -client picks the goroutine engine).
+func (o *options) checkClient() error {
+	if o.client != clientLoop && o.client != clientGoroutines {
+		return fmt.Errorf("%w: -client %q: want %s or %s", errUsage, o.client, clientLoop, clientGoroutines)
+	}
+	if o.set["client"] && o.scenario != scenarioCache && o.scenario != scenarioProxy {
+		return fmt.Errorf("%w: -client is for -scenario %s and %s", errUsage, scenarioCache, scenarioProxy)
+	}
+	if o.cfg.Rate > 0 && o.client == clientLoop {
+		if o.set["client"] {
+			return fmt.Errorf("%w: -client %s runs closed loop only; -rate needs -client %s", errUsage, clientLoop, clientGoroutines)
+		}
+		o.client = clientGoroutines
+	}
+	return nil
 }

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +21,6 @@ import (
 	"time"
 
 	"github.com/meridian-dev/meridian/internal/loadgen"
-	"github.com/meridian-dev/meridian/internal/upstream"
 )
 
 // nginxName is the target name of the nginx reverse proxy in the proxy scenario.
@@ -197,9 +195,9 @@ func startNginx(ctx context.Context, bin, listen, upstream string, conns int, ac
 }
 
 // roundStatus counts the answers of the round in progress by class, so a round with any
-// answer other than a 2xx can be declared void.
+// answer other than a 2xx can be declared void. Its answer method is the run's
+// loadgen.Config.OnAnswer, so that both load generator engines count alike.
 type roundStatus struct {
-	base     http.RoundTripper
 	ok, fail atomic.Int64
 
 	mu    sync.Mutex
@@ -211,18 +209,18 @@ type roundStatus struct {
 	statuses     map[string]map[string]int64
 }
 
-func newRoundStatus(base http.RoundTripper) *roundStatus {
-	return &roundStatus{base: base, rounds: map[string]int{}, void: map[string]int{},
+func newRoundStatus() *roundStatus {
+	return &roundStatus{rounds: map[string]int{}, void: map[string]int{},
 		statuses: map[string]map[string]int64{}}
 }
 
-func (r *roundStatus) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := r.base.RoundTrip(req)
+// answer counts one finished request (a loadgen.Config.OnAnswer).
+func (r *roundStatus) answer(status int, _ func(string) string, err error) {
 	key := loadgen.TransportError
 	if err == nil {
-		key = strconv.Itoa(resp.StatusCode)
+		key = strconv.Itoa(status)
 	}
-	if err == nil && resp.StatusCode/100 == 2 {
+	if err == nil && status/100 == 2 {
 		r.ok.Add(1)
 	} else {
 		r.fail.Add(1)
@@ -237,7 +235,6 @@ func (r *roundStatus) RoundTrip(req *http.Request) (*http.Response, error) {
 		m[key]++
 	}
 	r.mu.Unlock()
-	return resp, err
 }
 
 // next ends the round in progress (counting it for its target, void if it had a failure) and
@@ -415,10 +412,10 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	for _, conns := range o.conns {
 		cfg := o.cfg
 		cfg.Concurrency = conns
-		// The lean load generator (upstream.HopTransport, no http.Client: loadgen applies the
-		// timeout, and nothing follows redirects): it shares the CPUs with what it measures.
-		rs := newRoundStatus(&upstream.HopTransport{MaxIdlePerHost: conns})
-		cfg.Client, cfg.Transport = nil, rs
+		// The lean load generator (-client): it shares the CPUs with what it measures.
+		rs := newRoundStatus()
+		useLoadClient(&cfg, o.client)
+		cfg.OnAnswer = rs.answer
 		meter := newPhaseMeter(roles, nil)
 		cfg.BeforeRound = func(ctx context.Context, target string, warmup bool) error {
 			if warmup {
@@ -591,9 +588,9 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 	} else if loopNote != "" {
 		fmt.Fprintf(w, " (%s)", loopNote)
 	}
-	fmt.Fprintf(w, "; tenant `%s`; one GET of one record with `Cache-Control: no-cache` (forwarded by the router, not answered by its edge cache; a store read on the API node for every target); load generator (upstream.HopTransport: no goroutines per connection) on the same machine, "+
+	fmt.Fprintf(w, "; tenant `%s`; one GET of one record with `Cache-Control: no-cache` (forwarded by the router, not answered by its edge cache; a store read on the API node for every target); load generator: %s, on the same machine, "+
 		"closed loop, side-by-side rounds of %s (%s per target per run, %s warm-up).\n",
-		p.targets[0].tenant.id, o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
+		p.targets[0].tenant.id, loadClientText(o.client), o.cfg.Round, o.cfg.Duration, o.cfg.Warmup)
 	fmt.Fprintf(w, "- CPU µs/request: the process's utime+stime from /proc/<pid>/stat over the target's rounds, "+
 		"divided by the target's 2xx answers (10 ms ticks). \"net\": less the process's background, its CPU per "+
 		"second in the other targets' rounds (where it forwards nothing: Raft, gossip, health checks) times "+

@@ -98,12 +98,16 @@ func (statusRT) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 func TestRoundStatusVoidsRoundsWithAFailure(t *testing.T) {
-	rs := newRoundStatus(statusRT{})
+	rs := newRoundStatus()
 	send := func(path string) {
 		req, _ := http.NewRequest("GET", "http://x"+path, nil)
-		if resp, err := rs.RoundTrip(req); err == nil {
-			resp.Body.Close()
+		resp, err := statusRT{}.RoundTrip(req)
+		if err != nil {
+			rs.answer(0, nil, err)
+			return
 		}
+		resp.Body.Close()
+		rs.answer(resp.StatusCode, resp.Header.Get, nil)
 	}
 	rs.next("") // warm-up: not counted
 	send("/503")
@@ -173,6 +177,46 @@ func TestProxyCPUPerRequest(t *testing.T) {
 	for _, want := range []string{"go run ./cmd/bench -scenario proxy", "| 16 | nginx | 250 | 0.500 |", " 60 |", "2 CPUs (nproc), test"} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("section lacks %q:\n%s", want, md.String())
+		}
+	}
+	// The run's line names the load generator's engine that ran.
+	for client, want := range map[string]string{
+		clientLoop:       "load generator: bench `-client loop` (loadgen's event-loop engine",
+		clientGoroutines: "load generator: bench `-client goroutines` (loadgen's goroutine engine: a goroutine per worker over upstream.HopTransport",
+	} {
+		o.client = client
+		var md strings.Builder
+		writeProxySection(&md, o, p, roles, []proxyRun{run}, "", machine{nproc: 2, cpu: "test"})
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("-client %s: section lacks %q:\n%s", client, want, md.String())
+		}
+	}
+}
+
+// TestParseFlagsClient: -client picks the cache and proxy scenarios' engine, loop by default;
+// open loop (-rate) without -client picks goroutines, and is refused with -client loop.
+func TestParseFlagsClient(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // "" = a usage error
+	}{
+		{[]string{"-scenario", "cache"}, clientLoop},
+		{[]string{"-scenario", "proxy"}, clientLoop},
+		{[]string{"-scenario", "cache", "-client", "goroutines"}, clientGoroutines},
+		{[]string{"-scenario", "proxy", "-client", "loop"}, clientLoop},
+		{[]string{"-scenario", "cache", "-rate", "100"}, clientGoroutines},
+		{[]string{"-scenario", "cache", "-rate", "100", "-client", "loop"}, ""},
+		{[]string{"-scenario", "cache", "-client", "threads"}, ""},
+		{[]string{"-scenario", "get", "-client", "loop"}, ""},
+	} {
+		o, err := parseFlags(tc.args, &strings.Builder{})
+		switch {
+		case tc.want == "" && !errors.Is(err, errUsage):
+			t.Errorf("%v: err %v, want a usage error", tc.args, err)
+		case tc.want != "" && err != nil:
+			t.Errorf("%v: %v", tc.args, err)
+		case tc.want != "" && o.client != tc.want:
+			t.Errorf("%v: client %q, want %q", tc.args, o.client, tc.want)
 		}
 	}
 }

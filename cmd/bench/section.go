@@ -132,7 +132,11 @@ func writeSection(w io.Writer, o *options, p *plan, rep *loadgen.Report, m machi
 		}
 		fmt.Fprintf(w, ")")
 	}
-	fmt.Fprintf(w, "; load generator on the same machine.\n\n")
+	if o.scenario == scenarioCache {
+		fmt.Fprintf(w, "; load generator: %s, on the same machine.\n\n", loadClientText(o.client))
+	} else {
+		fmt.Fprintf(w, "; load generator on the same machine.\n\n")
+	}
 	if slices.ContainsFunc(p.targets, func(t benchTarget) bool { return t.name == baselineName }) {
 		fmt.Fprintf(w, "`%s` is Go's net/http/httputil.ReverseProxy alone, in its own process, in front of "+
 			"the same API node as `%s`: no authentication, limits, routing or metrics — what any Go HTTP "+
