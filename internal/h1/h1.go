@@ -1,5 +1,6 @@
 // Package h1 holds the small pieces of HTTP/1.1 framing that the router's event-loop front
-// (internal/router) and bench's bare event-loop proxy (cmd/bench) both read bytes with.
+// (internal/router), bench's bare event-loop proxy (cmd/bench) and the load generator's
+// event-loop engine (internal/loadgen) read bytes with.
 package h1
 
 import (
@@ -59,4 +60,28 @@ func Atoi(b []byte) int {
 		n = n*10 + int(c-'0')
 	}
 	return n
+}
+
+// EqualFold reports whether b and s are equal ignoring ASCII case (field names and tokens are
+// ASCII; a byte outside it must match exactly).
+func EqualFold[T string | []byte](b T, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		x, y := b[i], s[i]
+		if x == y {
+			continue
+		}
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }

@@ -30,3 +30,27 @@ func TestAtoi(t *testing.T) {
 		}
 	}
 }
+
+func TestEqualFold(t *testing.T) {
+	for _, tc := range []struct {
+		b, s string
+		want bool
+	}{
+		{"Content-Length", "content-length", true},
+		{"CONNECTION", "Connection", true},
+		{"chunked", "chunked", true},
+		{"chunked", "chunke", false},
+		{"chunkeD ", "chunked", false},
+		{"Host", "Hosu", false},
+		{"[", "{", false},               // '[' + 32 is '{': only letters fold
+		{"\xc3\x89", "\xc3\xa9", false}, // É, é: ASCII only
+		{"", "", true},
+	} {
+		if got := EqualFold(tc.b, tc.s); got != tc.want {
+			t.Errorf("EqualFold(%q, %q) = %v, want %v", tc.b, tc.s, got, tc.want)
+		}
+		if got := EqualFold([]byte(tc.b), tc.s); got != tc.want {
+			t.Errorf("EqualFold([]byte(%q), %q) = %v, want %v", tc.b, tc.s, got, tc.want)
+		}
+	}
+}

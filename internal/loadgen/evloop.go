@@ -51,6 +51,8 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+
+	"github.com/meridian-dev/meridian/internal/h1"
 	"github.com/panjf2000/gnet/v2/pkg/logging"
 )
 
@@ -563,7 +565,7 @@ func (e *loopEngine) OnTick() (time.Duration, gnet.Action) {
 func (s *loopSlot) header(name string) string {
 	p := &s.p
 	for _, f := range p.fields {
-		if equalFoldASCII(p.hdr[f.name:f.nameEnd], name) {
+		if h1.EqualFold(p.hdr[f.name:f.nameEnd], name) {
 			return string(p.hdr[f.value:f.valueEnd])
 		}
 	}
@@ -639,7 +641,7 @@ func appendRequest(b []byte, method, target, host string, h http.Header, body []
 	b = append(b, host...)
 	b = append(b, "\r\n"...)
 	for k, vs := range h {
-		if equalFoldASCII(k, "Host") || equalFoldASCII(k, "Content-Length") {
+		if h1.EqualFold(k, "Host") || h1.EqualFold(k, "Content-Length") {
 			continue
 		}
 		for _, v := range vs {
@@ -658,29 +660,6 @@ func appendRequest(b []byte, method, target, host string, h http.Header, body []
 	return append(b, body...)
 }
 
-// equalFoldASCII reports whether b and s are equal ignoring ASCII case.
-func equalFoldASCII[T string | []byte](b T, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := 0; i < len(b); i++ {
-		x, y := b[i], s[i]
-		if x == y {
-			continue
-		}
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
-
 // hasTokenFold reports whether the comma-separated list v has the token tok, ignoring case.
 func hasTokenFold(v []byte, tok string) bool {
 	for len(v) > 0 {
@@ -690,7 +669,7 @@ func hasTokenFold(v []byte, tok string) bool {
 		} else {
 			item, v = v, nil
 		}
-		if equalFoldASCII(bytes.TrimSpace(item), tok) {
+		if h1.EqualFold(bytes.TrimSpace(item), tok) {
 			return true
 		}
 	}
@@ -825,15 +804,15 @@ func (p *answerParser) line(line []byte) (bool, error) {
 		}
 		name, value := line[:colon], bytes.Trim(line[colon+1:], " \t")
 		switch {
-		case equalFoldASCII(name, "Content-Length"):
+		case h1.EqualFold(name, "Content-Length"):
 			v, ok := parseDecimal(value)
 			if !ok || (p.haveLength && v != p.length) {
 				return false, fmt.Errorf("%w: Content-Length %q", errLoopMalformed, truncate(value))
 			}
 			p.length, p.haveLength = v, true
-		case equalFoldASCII(name, "Transfer-Encoding"):
+		case h1.EqualFold(name, "Transfer-Encoding"):
 			p.chunked = hasTokenFold(value, "chunked")
-		case equalFoldASCII(name, "Connection"):
+		case h1.EqualFold(name, "Connection"):
 			if hasTokenFold(value, "close") {
 				p.closeAfter = true
 			}

@@ -1353,24 +1353,24 @@ func answerLength(b []byte, head bool, maxHead int) (a nodeAnswer, ok bool) {
 		}
 		name, v := l[:c], textproto.TrimBytes(l[c+1:])
 		switch {
-		case asciiEqualFold(name, "Content-Length"):
+		case h1.EqualFold(name, "Content-Length"):
 			n := h1.Atoi(v)
 			if n < 0 || hasLength && n != length {
 				return a, false
 			}
 			length, hasLength = n, true
-		case asciiEqualFold(name, "Transfer-Encoding"):
-			if !asciiEqualFold(v, "chunked") {
+		case h1.EqualFold(name, "Transfer-Encoding"):
+			if !h1.EqualFold(v, "chunked") {
 				return a, false
 			}
 			chunked = true
-		case asciiEqualFold(name, "Connection"):
+		case h1.EqualFold(name, "Connection"):
 			for _, t := range splitComma(v) {
-				if asciiEqualFold(t, "close") {
+				if h1.EqualFold(t, "close") {
 					a.close = true
 				}
 			}
-		case asciiEqualFold(name, HeaderShardmapVersion):
+		case h1.EqualFold(name, HeaderShardmapVersion):
 			if n := h1.Atoi(v); n > 0 {
 				a.mapVersion = uint64(n)
 			}
@@ -1392,25 +1392,6 @@ func answerLength(b []byte, head bool, maxHead int) (a nodeAnswer, ok bool) {
 		return a, false // delimited by the close: forward's transport takes it
 	}
 	return a, true
-}
-
-func asciiEqualFold(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range b {
-		x, y := b[i], s[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // detachListener is the net.Listener the HTTP server accepts detached connections from.

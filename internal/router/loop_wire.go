@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/meridian-dev/meridian/internal/h1"
 )
 
 // hopSkip are the client's fields the hop's request does not carry as they came: hop-by-hop
@@ -126,7 +128,7 @@ func appendNodeAnswer(b []byte, ans []byte, rq *loopReq, closeAfter bool) []byte
 		e := pos + indexCRLF(ans[pos:])
 		line := ans[pos:e]
 		pos = e + 2
-		if c := indexByte(line, ':'); c > 0 && asciiEqualFold(line[:c], "Connection") {
+		if c := indexByte(line, ':'); c > 0 && h1.EqualFold(line[:c], "Connection") {
 			connNames = append(connNames, splitComma(line[c+1:])...)
 		}
 	}
@@ -137,13 +139,13 @@ func appendNodeAnswer(b []byte, ans []byte, rq *loopReq, closeAfter bool) []byte
 		pos = e + 2
 		c := indexByte(line, ':')
 		name := line[:c]
-		if asciiEqualFold(name, "Transfer-Encoding") {
+		if h1.EqualFold(name, "Transfer-Encoding") {
 			chunked = true
 		}
 		if skipField(name, connNames) {
 			continue
 		}
-		if asciiEqualFold(name, "Date") {
+		if h1.EqualFold(name, "Date") {
 			date = true
 		}
 		b = append(b, line...)
@@ -192,12 +194,12 @@ func appendFields(b []byte, h http.Header, skip ...string) []byte {
 
 func skipField(name []byte, connNames [][]byte) bool {
 	for _, s := range nodeSkip {
-		if asciiEqualFold(name, s) {
+		if h1.EqualFold(name, s) {
 			return true
 		}
 	}
 	for _, t := range connNames {
-		if len(t) == len(name) && asciiEqualFold(name, string(t)) {
+		if len(t) == len(name) && h1.EqualFold(name, string(t)) {
 			return true
 		}
 	}
