@@ -85,3 +85,20 @@ func EqualFold[T string | []byte](b T, s string) bool {
 	}
 	return true
 }
+
+// HasToken reports whether the comma-separated list v (a Connection or Transfer-Encoding
+// field's value) has the token tok, ignoring ASCII case and the spaces around items.
+func HasToken(v []byte, tok string) bool {
+	for len(v) > 0 {
+		var item []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			item, v = v[:i], v[i+1:]
+		} else {
+			item, v = v, nil
+		}
+		if EqualFold(bytes.TrimSpace(item), tok) {
+			return true
+		}
+	}
+	return false
+}

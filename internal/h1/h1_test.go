@@ -54,3 +54,23 @@ func TestEqualFold(t *testing.T) {
 		}
 	}
 }
+
+func TestHasToken(t *testing.T) {
+	for _, tc := range []struct {
+		v, tok string
+		want   bool
+	}{
+		{"close", "close", true},
+		{"Keep-Alive, CLOSE", "close", true},
+		{" upgrade ,close ", "close", true},
+		{"closed", "close", false},
+		{"keep-alive", "close", false},
+		{"gzip, chunked", "chunked", true},
+		{",,", "close", false},
+		{"", "close", false},
+	} {
+		if got := HasToken([]byte(tc.v), tc.tok); got != tc.want {
+			t.Errorf("HasToken(%q, %q) = %v, want %v", tc.v, tc.tok, got, tc.want)
+		}
+	}
+}

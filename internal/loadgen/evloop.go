@@ -660,22 +660,6 @@ func appendRequest(b []byte, method, target, host string, h http.Header, body []
 	return append(b, body...)
 }
 
-// hasTokenFold reports whether the comma-separated list v has the token tok, ignoring case.
-func hasTokenFold(v []byte, tok string) bool {
-	for len(v) > 0 {
-		var item []byte
-		if i := bytes.IndexByte(v, ','); i >= 0 {
-			item, v = v[:i], v[i+1:]
-		} else {
-			item, v = v, nil
-		}
-		if h1.EqualFold(bytes.TrimSpace(item), tok) {
-			return true
-		}
-	}
-	return false
-}
-
 // States of answerParser.
 const (
 	stStatus     = iota // the status line
@@ -805,18 +789,18 @@ func (p *answerParser) line(line []byte) (bool, error) {
 		name, value := line[:colon], bytes.Trim(line[colon+1:], " \t")
 		switch {
 		case h1.EqualFold(name, "Content-Length"):
-			v, ok := parseDecimal(value)
-			if !ok || (p.haveLength && v != p.length) {
+			v := int64(h1.Atoi(value))
+			if v < 0 || (p.haveLength && v != p.length) {
 				return false, fmt.Errorf("%w: Content-Length %q", errLoopMalformed, truncate(value))
 			}
 			p.length, p.haveLength = v, true
 		case h1.EqualFold(name, "Transfer-Encoding"):
-			p.chunked = hasTokenFold(value, "chunked")
+			p.chunked = h1.HasToken(value, "chunked")
 		case h1.EqualFold(name, "Connection"):
-			if hasTokenFold(value, "close") {
+			if h1.HasToken(value, "close") {
 				p.closeAfter = true
 			}
-			if hasTokenFold(value, "keep-alive") {
+			if h1.HasToken(value, "keep-alive") {
 				p.keepAlive = true
 			}
 		}
@@ -876,21 +860,6 @@ func (p *answerParser) endOfHead() (bool, error) {
 		p.state, p.closeAfter = stUntilClose, true
 	}
 	return false, nil
-}
-
-// parseDecimal parses a non-empty run of decimal digits below 2^62.
-func parseDecimal(b []byte) (int64, bool) {
-	if len(b) == 0 || len(b) > 18 {
-		return 0, false
-	}
-	var v int64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		v = v*10 + int64(c-'0')
-	}
-	return v, true
 }
 
 // parseHex parses a non-empty run of hex digits below 2^60.

@@ -1365,10 +1365,8 @@ func answerLength(b []byte, head bool, maxHead int) (a nodeAnswer, ok bool) {
 			}
 			chunked = true
 		case h1.EqualFold(name, "Connection"):
-			for _, t := range splitComma(v) {
-				if h1.EqualFold(t, "close") {
-					a.close = true
-				}
+			if h1.HasToken(v, "close") {
+				a.close = true
 			}
 		case h1.EqualFold(name, HeaderShardmapVersion):
 			if n := h1.Atoi(v); n > 0 {
