@@ -185,7 +185,22 @@ type Edge struct {
 	counters     sync.Map // result → requests' child
 	roundTrips   prometheus.Counter
 	fresh        sync.Map // shard → *shardFresh
+	warms        chan warmReq
+	warmed       *prometheus.CounterVec
 }
+
+// warmReq is an entry Warm fetches into the router's copy.
+type warmReq struct {
+	tenant, coll, id string
+}
+
+// warmQueue bounds the entries waiting to be warmed; a Warm that finds it full is dropped (the
+// entry's next read is cold again and warms it then). warmBatch is how many one round trip
+// fetches.
+const (
+	warmQueue = 1024
+	warmBatch = 64
+)
 
 // shardFresh is what the edge last read of a shard's freshness key. A node rewrites the key
 // every 100 ms, and Redis's push of each rewrite drops it from the router's copy; until the copy
@@ -254,6 +269,10 @@ const (
 	EdgeEpoch  = "epoch"  // the tenant's entries were filled on another write epoch
 	EdgeShard  = "shard"  // the entry was read from another shard
 	EdgeError  = "error"  // Redis failed or timed out, or the entry did not decode
+	// EdgeCold: the router's copy holds the tenant's state but not the entry, and the lookup
+	// must not wait (RecordNoWait). The read goes to a node, whose lookup asks Redis anyway,
+	// and the router fetches the entry into its copy after the node has answered (Warm).
+	EdgeCold = "cold"
 	EdgeBypass = "bypass" // the request is not one the edge answers (counted by the router)
 )
 
@@ -263,7 +282,7 @@ func NewEdge(cfg EdgeConfig) (*Edge, error) {
 		return nil, ErrNoRedis
 	}
 	e := &Edge{opt: edgeClientOption(cfg.Addr, cfg.Memory), maxStaleness: cmp0(cfg.MaxStaleness, DefaultEdgeMaxStaleness),
-		timeout: cmp0(cfg.Timeout, DefaultTimeout), now: cfg.Now, log: cfg.Logger}
+		timeout: cmp0(cfg.Timeout, DefaultTimeout), now: cfg.Now, log: cfg.Logger, warms: make(chan warmReq, warmQueue)}
 	if e.now == nil {
 		e.now = time.Now
 	}
@@ -272,14 +291,18 @@ func NewEdge(cfg EdgeConfig) (*Edge, error) {
 	}
 	e.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meridian_edge_cache_requests_total",
-		Help: "Record GETs the router looked up in the region's cache, by result: hit (answered by the router), miss, stale (shard's events not proven current), epoch (filled on another write epoch), shard (read from another shard), error (Redis failed); bypass (not a plain record GET: forwarded without a lookup).",
+		Help: "Record GETs the router looked up in the region's cache, by result: hit (answered by the router), miss, cold (not in the router's copy: forwarded at once, fetched after the node's answer), stale (shard's events not proven current), epoch (filled on another write epoch), shard (read from another shard), error (Redis failed); bypass (not a plain record GET: forwarded without a lookup).",
+	}, []string{"result"})
+	e.warmed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meridian_edge_cache_warms_total",
+		Help: "Entries the router fetched into its copy after a node answered a cold read, by result: fetched (the entry, or its absence, is in the copy), dropped (the queue was full or Redis not connected), error (the fetch failed).",
 	}, []string{"result"})
 	e.roundTrips = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "meridian_edge_cache_redis_lookups_total",
 		Help: "Edge lookups that asked Redis for something the router did not hold (the rest were answered from the router's copy of Redis's keys).",
 	})
 	if cfg.Registerer != nil {
-		for _, col := range []prometheus.Collector{e.requests, e.roundTrips} {
+		for _, col := range []prometheus.Collector{e.requests, e.roundTrips, e.warmed} {
 			if err := cfg.Registerer.Register(col); err != nil {
 				return nil, fmt.Errorf("cache: register edge metrics: %w", err)
 			}
@@ -299,7 +322,10 @@ func (e *Edge) Run(ctx context.Context) error {
 		if err == nil {
 			e.rdb.Store(&c)
 			e.log.Info("edge cache: connected to redis", "addr", e.opt.InitAddress[0])
+			done := make(chan struct{})
+			go func() { defer close(done); e.runWarms(ctx, c) }()
 			<-ctx.Done()
+			<-done
 			e.rdb.Store(nil)
 			c.Close()
 			return ctx.Err()
@@ -354,7 +380,14 @@ func (e *Edge) Record(ctx context.Context, tenant, shard string, epoch uint64, c
 // RecordNoWait is Record when the router's copy holds every key the lookup reads: it never
 // waits on Redis (its context is ended before it starts, so a key the copy lacks fails at
 // once). ok is false, and nothing is counted, when the copy could not answer: the caller asks
-// Record then, off any thread that must not block (the router's event loops).
+// Record then, off any thread that must not block (the router's event loops). An entry the
+// copy lacks while it holds the tenant's state is no reason to wait: the result is EdgeCold
+// (ok true), the caller forwards the read, and once the node has answered it calls Warm.
+//
+// Why not fetch the entry first, as Record does: a node's lookup asks Redis anyway, and an
+// entry the router fetched before the node filled it is a cached absence that the fill's
+// invalidation then drops, so the next read had to fetch it again — two round trips off the
+// router's loop per miss, where Warm after the answer takes one, off the request's path.
 func (e *Edge) RecordNoWait(tenant, shard string, epoch uint64, coll, id string) (r records.Record, result string, ok bool) {
 	r, res, err := e.record(canceledCtx, tenant, shard, epoch, coll, id)
 	if res == EdgeError && errors.Is(err, context.Canceled) {
@@ -364,6 +397,88 @@ func (e *Edge) RecordNoWait(tenant, shard string, epoch uint64, coll, id string)
 		e.counter(res).Inc()
 	}
 	return r, res, true
+}
+
+// Warm fetches record coll/id of tenant into the router's copy, after a node has
+// answered a read of it that RecordNoWait found cold: the node's fill, if it made one, is in
+// Redis by then, so the fetch brings the entry (or its absence) into the copy, and Redis's
+// push keeps it current from there as it does every key the copy holds. It never blocks: the
+// fetch runs off the caller, with others in one round trip, and is dropped (counted) when
+// warmQueue entries already wait or Redis is not connected.
+func (e *Edge) Warm(tenant, coll, id string) {
+	if e.rdb.Load() == nil {
+		e.warmed.WithLabelValues("dropped").Inc()
+		return
+	}
+	select {
+	case e.warms <- warmReq{tenant: tenant, coll: coll, id: id}:
+	default:
+		e.warmed.WithLabelValues("dropped").Inc()
+	}
+}
+
+// runWarms does Warm's fetches until ctx ends: whatever waits, up to warmBatch entries, in one
+// round trip. An entry's key is spelled with the generations the copy holds; an entry whose
+// tenant state the copy does not hold is left to its next read (Record fetches all of it).
+func (e *Edge) runWarms(ctx context.Context, c rueidis.Client) {
+	batch := make([]warmReq, 0, warmBatch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case w := <-e.warms:
+			batch = append(batch[:0], w)
+		}
+	more:
+		for len(batch) < warmBatch {
+			select {
+			case w := <-e.warms:
+				batch = append(batch, w)
+			default:
+				break more
+			}
+		}
+		e.warmBatch(ctx, c, batch)
+	}
+}
+
+func (e *Edge) warmBatch(ctx context.Context, c rueidis.Client, batch []warmReq) {
+	cmds := make([]rueidis.CacheableTTL, 0, len(batch))
+	seen := make(map[string]bool, len(batch))
+	for _, w := range batch {
+		res := c.DoMultiCache(canceledCtx,
+			rueidis.CT(c.B().Get().Key(epochKey).Cache(), edgeLocalTTL),
+			rueidis.CT(c.B().Hmget().Key(stateKey(w.tenant)).Field("g", "we").Cache(), edgeLocalTTL))
+		regionEpoch, err := res[0].ToString()
+		if err != nil {
+			continue
+		}
+		state, err := res[1].ToArray()
+		if err != nil || len(state) != 2 {
+			continue
+		}
+		gen, err := state[0].ToString()
+		if err != nil {
+			continue
+		}
+		key := tenantPrefix(w.tenant) + regionEpoch + ":" + gen + ":r:" + w.coll + ":" + w.id
+		if !seen[key] {
+			seen[key] = true
+			cmds = append(cmds, rueidis.CT(c.B().Get().Key(key).Cache(), edgeLocalTTL))
+		}
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	for _, r := range c.DoMultiCache(ctx, cmds...) {
+		if err := r.Error(); err == nil || rueidis.IsRedisNil(err) {
+			e.warmed.WithLabelValues("fetched").Inc()
+		} else {
+			e.warmed.WithLabelValues("error").Inc()
+		}
+	}
 }
 
 // canceledCtx is RecordNoWait's context: ended before any lookup.
@@ -457,6 +572,8 @@ func (e *Edge) record(ctx context.Context, tenant, shard string, epoch uint64, c
 	v, err := er.ToString()
 	if rueidis.IsRedisNil(err) {
 		return records.Record{}, EdgeMiss, nil
+	} else if probe && errors.Is(err, context.Canceled) {
+		return records.Record{}, EdgeCold, nil
 	} else if err != nil {
 		return records.Record{}, EdgeError, err
 	}

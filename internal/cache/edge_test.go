@@ -386,3 +386,70 @@ func TestEdgeNoWaitKeepsTheShardsFreshness(t *testing.T) {
 		t.Fatal("a hit after the freshness key was seen deleted")
 	}
 }
+
+// TestEdgeColdEntryIsWarmedAfterTheNode: an entry the router's copy lacks, while it holds the
+// tenant's state, is decided at once as cold (no round trip: the router forwards the read and
+// a node's lookup asks Redis); Warm then fetches it into the copy, whether Redis holds the entry
+// (a hit from then on) or not (a miss decided from the copy until a fill's push drops it).
+func TestEdgeColdEntryIsWarmedAfterTheNode(t *testing.T) {
+	e := newEnv(t)
+	ed := newEdge(t, e)
+	tg := records.Target{Tenant: "acme", Shard: "s1", Epoch: 1}
+	for _, id := range []string{"x", "y", "z"} {
+		e.fake.set("books", id, 3)
+	}
+	e.get(t, tg, records.ReadOptions{}, "books", "x")
+	e.publish(t, "s1")
+	wantEdge(t, ed, tg, "x", EdgeHit, 3) // the tenant's state is in the copy now
+	e.get(t, tg, records.ReadOptions{}, "books", "y")
+
+	asked := testutil.ToFloat64(ed.roundTrips)
+	cold := testutil.ToFloat64(ed.requests.WithLabelValues(EdgeCold))
+	if _, res, ok := ed.RecordNoWait(tg.Tenant, tg.Shard, tg.Epoch, "books", "y"); !ok || res != EdgeCold {
+		t.Fatalf("an entry the copy never read: %s %v, want cold, decided", res, ok)
+	}
+	if got := testutil.ToFloat64(ed.requests.WithLabelValues(EdgeCold)); got != cold+1 {
+		t.Fatalf("cold counted %v times, want once", got-cold)
+	}
+	probeUntil := func(id, want string) records.Record {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+			r, res, ok := ed.RecordNoWait(tg.Tenant, tg.Shard, tg.Epoch, "books", id)
+			if ok && res == want {
+				return r
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: RecordNoWait answers %s %v 2 s after Warm, want %s", id, res, ok, want)
+			}
+		}
+	}
+	ed.Warm(tg.Tenant, "books", "y")
+	if r := probeUntil("y", EdgeHit); r.Version != 3 || r.ID != "y" {
+		t.Fatalf("warmed hit %+v, want y at version 3", r)
+	}
+
+	// Not in Redis: warmed as an absence, a miss decided from the copy.
+	ed.Warm(tg.Tenant, "books", "z")
+	probeUntil("z", EdgeMiss)
+	// A node's fill of it reaches the copy by Redis's push: cold again, never a miss for good.
+	e.get(t, tg, records.ReadOptions{}, "books", "z")
+	probeUntil("z", EdgeCold)
+	ed.Warm(tg.Tenant, "books", "z")
+	probeUntil("z", EdgeHit)
+	if got := testutil.ToFloat64(ed.roundTrips); got != asked {
+		t.Fatalf("RecordNoWait counted %v lookups that asked Redis", got-asked)
+	}
+	if got := testutil.ToFloat64(ed.warmed.WithLabelValues("fetched")); got != 3 {
+		t.Fatalf("warms fetched %v, want 3", got)
+	}
+
+	// An edge not connected drops what it is asked to warm, and counts it.
+	idle, err := NewEdge(EdgeConfig{Addr: e.redis.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle.Warm(tg.Tenant, "books", "y")
+	if got := testutil.ToFloat64(idle.warmed.WithLabelValues("dropped")); got != 1 {
+		t.Fatalf("a warm with no connection: dropped %v, want 1", got)
+	}
+}

@@ -32,6 +32,17 @@ type EdgeNoWait interface {
 	RecordNoWait(tenant, shard string, epoch uint64, coll, id string) (rec records.Record, result string, ok bool)
 }
 
+// edgeCold is RecordNoWait's result for an entry the router's copy does not hold (the tenant's
+// state it does): the read is forwarded at once, and Warm fetches the entry into the copy once a
+// node has answered it with a 200 (internal/cache.Edge's RecordNoWait says why).
+const edgeCold = "cold"
+
+// EdgeWarmer is an EdgeNoWait that fetches an entry into the router's copy without blocking
+// (internal/cache.Edge's Warm).
+type EdgeWarmer interface {
+	Warm(tenant, coll, id string)
+}
+
 // Answer headers of an edge hit, as the API node writes them for a cached record GET.
 const (
 	headerReadSource = "X-Read-Source"

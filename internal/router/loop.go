@@ -333,6 +333,10 @@ type loopReq struct {
 
 	body []byte // the request's body, all of it
 
+	// coldColl and coldID name the record of an edge lookup that found it cold: warmed after a
+	// 200 from the node.
+	coldColl, coldID string
+
 	off    bool // a step runs off the loop
 	cancel context.CancelFunc
 }
@@ -576,6 +580,9 @@ func (l *Loop) admitted(rq *loopReq) {
 				if res == "hit" && s.edgeRespond(gc, route, rec) {
 					l.finish(rq)
 					return
+				}
+				if res == edgeCold {
+					rq.coldColl, rq.coldID = coll, id
 				}
 				l.hop(rq)
 				return
@@ -873,6 +880,11 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 		verdict = fmt.Errorf("%w: %d", errNodeFault, a.status)
 	}
 	up.Done(verdict)
+	if rq.coldID != "" && a.status == http.StatusOK {
+		if w, ok := s.cfg.Edge.(EdgeWarmer); ok {
+			w.Warm(rq.p.Tenant, rq.coldColl, rq.coldID)
+		}
+	}
 	rq.gc.Status(a.status)
 	rq.lc.closeAfter = rq.lc.closeAfter || l.draining.Load()
 	rq.lc.out = appendNodeAnswer(rq.lc.out[:0], buf[:a.total], rq, rq.lc.closeAfter)

@@ -351,18 +351,92 @@ func TestLoopTimesOutSlowHeadsAndIdleConnections(t *testing.T) {
 type noWaitEdge struct {
 	*fakeEdge
 	memory map[string]bool
+	cold   map[string]bool // entries the copy lacks while it holds their tenant's state
+	warmed []string        // Warm's calls, tenant/coll/id
 }
 
 func (f *noWaitEdge) RecordNoWait(tenant, shard string, epoch uint64, coll, id string) (records.Record, string, bool) {
 	k := edgeKey(tenant, shard, epoch, coll, id)
 	f.mu.Lock()
-	inMemory := f.memory[k]
+	inMemory, cold := f.memory[k], f.cold[k]
 	f.mu.Unlock()
+	if cold {
+		return records.Record{}, edgeCold, true
+	}
 	if !inMemory {
 		return records.Record{}, "", false
 	}
 	r, res := f.Record(context.Background(), tenant, shard, epoch, coll, id)
 	return r, res, true
+}
+
+func (f *noWaitEdge) Warm(tenant, coll, id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.warmed = append(f.warmed, tenant+"/"+coll+"/"+id)
+}
+
+func (f *noWaitEdge) warms() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.warmed...)
+}
+
+// TestLoopEdgeColdIsWarmedAfterTheNodesAnswer: an entry the router's copy lacks (its tenant's
+// state it holds) is forwarded at once, without a lookup off the loop, and fetched into the
+// copy after the node's 200 — before the client has the answer; a node's other answers warm
+// nothing, and neither does a hit or a read the copy declined.
+func TestLoopEdgeColdIsWarmedAfterTheNodesAnswer(t *testing.T) {
+	edge := &noWaitEdge{fakeEdge: &fakeEdge{entries: map[string]records.Record{}, counted: map[string]int{}},
+		memory: map[string]bool{}, cold: map[string]bool{}}
+	rg := newRig(t, func(c *Config) { c.Edge = edge })
+	l := rg.loop
+	if l == nil {
+		l = startTestLoop(t, rg.srv)
+	}
+	rg.m.set("acme", Route{Shard: "us-east-1", HomeRegion: "us-east", Epoch: 3}, 5)
+	node := rg.nodes["us-east"]
+	node.mu.Lock()
+	node.handle = func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, "/gone") {
+			w.WriteHeader(http.StatusNotFound)
+			return true
+		}
+		return false
+	}
+	node.mu.Unlock()
+	for _, id := range []string{"cold", "gone"} {
+		edge.cold[edgeKey("acme", "us-east-1", 3, "c", id)] = true
+	}
+	for _, tc := range []struct {
+		id     string
+		status int
+		warmed []string
+	}{
+		{"cold", 200, []string{"acme/c/cold"}},
+		{"gone", 404, []string{"acme/c/cold"}},
+		{"declined", 200, []string{"acme/c/cold"}}, // looked up off the loop: Record fetched it
+	} {
+		raw := "GET /v1/collections/c/records/" + tc.id + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
+		hits, edges := node.hits.Load(), loopCount(t, l, "edge")
+		resp, body := rawExchange(t, l.Addr(), raw)
+		if resp.StatusCode != tc.status {
+			t.Fatalf("%s: %d %s, want %d", tc.id, resp.StatusCode, body, tc.status)
+		}
+		if node.hits.Load() == hits {
+			t.Errorf("%s: not forwarded to the node", tc.id)
+		}
+		wantOff := 0.0
+		if tc.id == "declined" {
+			wantOff = 1
+		}
+		if d := loopCount(t, l, "edge") - edges; d != wantOff {
+			t.Errorf("%s: %v lookups off the loop, want %v", tc.id, d, wantOff)
+		}
+		if got := edge.warms(); !slices.Equal(got, tc.warmed) {
+			t.Errorf("%s: warmed %q once the client had its answer, want %q", tc.id, got, tc.warmed)
+		}
+	}
 }
 
 // TestLoopEdge: a hit the edge's memory holds is answered on the loop, one it must fetch is
