@@ -1451,7 +1451,7 @@ func writeCacheReport(w *strings.Builder, c cacheReport) {
 		"(whichever process answered them); from the counters read between rounds, where two processes count the reads: " +
 		"the router answers a plain record GET itself when it finds the record in the region's cache (the edge, `" + edgeMetric +
 		"` on the router: its hits never reach an API node), and the region's API nodes count the rest (`" + cacheMetric +
-		"`: every read the router forwarded — an edge miss, stale, epoch, shard, error or bypass — and every direct one). " +
+		"`: every read the router forwarded — an edge miss, cold, stale, epoch, shard, error or bypass — and every direct one). " +
 		"Hit ratio (metrics) = (node hit + edge hit) / (node hit + miss + bypass + edge hit).")
 	if slices.ContainsFunc(c.pairs, func(pr cachePair) bool { return pr.via == viaDirect }) {
 		w.WriteString(" The direct variants never pass the router, so its edge counter does not move in them and only the nodes' count.")
