@@ -197,6 +197,19 @@ func ProcessCPU() time.Duration {
 // EdgeCounts scrapes a router's /metrics (base URL router) for
 // meridian_edge_cache_requests_total by result; a result not yet counted is absent (0).
 func EdgeCounts(ctx context.Context, c *http.Client, router string) (map[string]float64, error) {
+	return labelCounts(ctx, c, router, `meridian_edge_cache_requests_total{result="`)
+}
+
+// LoopCounts scrapes a router's /metrics (base URL router) for
+// meridian_router_loop_requests_total by path (native, edge, offloop, detached): the requests
+// its event-loop listener took; absent when it has none.
+func LoopCounts(ctx context.Context, c *http.Client, router string) (map[string]float64, error) {
+	return labelCounts(ctx, c, router, `meridian_router_loop_requests_total{path="`)
+}
+
+// labelCounts scrapes router's /metrics for the series of one counter with one label, series
+// being the counter's name and the label up to its value's opening quote.
+func labelCounts(ctx context.Context, c *http.Client, router, series string) (map[string]float64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, router+"/metrics", nil)
 	if err != nil {
 		return nil, err
@@ -210,7 +223,6 @@ func EdgeCounts(ctx context.Context, c *http.Client, router string) (map[string]
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("scrape %s/metrics: status %d", router, resp.StatusCode)
 	}
-	const series = `meridian_edge_cache_requests_total{result="`
 	counts := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)

@@ -46,6 +46,9 @@ func startCluster(t *testing.T, ctx context.Context) *sim.Cluster {
 	for i := range f.Regions {
 		f.Regions[i].PortBase -= portShift
 	}
+	// Every router with its event-loop listener too: the workload's odd processes read and
+	// write through it (workload.recordURL), so every checker judges both fronts.
+	f.RouterLoopListen = true
 	topo, err := topology.New(f)
 	if err != nil {
 		t.Fatal(err)
@@ -126,6 +129,21 @@ func TestFaultsEvents(t *testing.T) {
 			}
 		}
 		t.Logf("cached reads in the history: %d; edge hits of the routers: %.0f", s.CachedReads, hits)
+		var onLoop float64
+		for _, r := range slices.Sorted(maps.Keys(f.Regions)) {
+			for _, router := range f.Regions[r].Routers {
+				counts, err := testenv.LoopCounts(context.Background(), &http.Client{Timeout: 10 * time.Second}, router)
+				if err != nil {
+					t.Errorf("router of %s: %v", r, err)
+					continue
+				}
+				t.Logf("event-loop listener of %s's router %s: %v", r, router, counts)
+				onLoop += counts["native"]
+			}
+		}
+		if onLoop == 0 {
+			t.Errorf("no request was served through a router's event-loop listener: the loop front was not judged")
+		}
 		if hits == 0 {
 			t.Errorf("no router answered a read from its edge cache (meridian_edge_cache_requests_total{result=\"hit\"} is 0 on every router)")
 		}

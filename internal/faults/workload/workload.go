@@ -203,7 +203,7 @@ func (w *Workload) Setup(ctx context.Context) error {
 	// "tenant not found".
 	for _, t := range w.tenants {
 		for _, r := range w.regions {
-			url := w.recordURL(r, RegColl, "probe")
+			url := w.recordURL(-1, r, RegColl, "probe")
 			if err := retry(ctx, time.Minute, func() error {
 				a := w.do(ctx, http.MethodGet, url, t.token, nil, map[string]string{"Prefer": "consistency=strong"})
 				if a.err == nil && a.status == http.StatusNotFound && a.problem == "record-not-found" {
@@ -364,9 +364,17 @@ func (w *Workload) noteWrite(o history.Op, token string, versions map[string]int
 // CachedRead invoked after it to the write's version or a later one.
 func (w *Workload) due(o history.Op) time.Duration { return o.Complete + w.cfg.InvalidationBound }
 
-// recordURL is a record's URL through region's router.
-func (w *Workload) recordURL(region, coll, rec string) string {
-	return w.cfg.Cluster.Regions[region].Router + "/v1/collections/" + coll + "/records/" + rec
+// recordURL is a record's URL through region's router, as process p reaches it: a process
+// with an odd number through the router's event-loop listener when the cluster has one
+// (router_loop_listen), every other through its net/http listener, so that the checkers judge
+// both fronts (p < 0: the net/http listener).
+func (w *Workload) recordURL(p int, region, coll, rec string) string {
+	ep := w.cfg.Cluster.Regions[region]
+	base := ep.Router
+	if p >= 0 && p%2 == 1 && ep.RouterLoop != "" {
+		base = ep.RouterLoop
+	}
+	return base + "/v1/collections/" + coll + "/records/" + rec
 }
 
 // record is the part of a record body the workload reads.
@@ -388,7 +396,7 @@ func (w *Workload) write(ctx context.Context, p int, region string, t Tenant, re
 		hdr["If-Match"] = strconv.Quote(strconv.FormatInt(ifMatch, 10))
 	}
 	body, _ := json.Marshal(map[string]any{"data": map[string]string{"v": value}})
-	a := w.do(ctx, http.MethodPut, w.recordURL(region, RegColl, rec), t.token, body, hdr)
+	a := w.do(ctx, http.MethodPut, w.recordURL(p, region, RegColl, rec), t.token, body, hdr)
 	w.finish(&o, a)
 	token := ""
 	if o.Outcome == history.OK {
@@ -417,7 +425,7 @@ func (w *Workload) read(ctx context.Context, p int, region string, t Tenant, rec
 		hdr["Consistency-Token"] = lw.token
 		o.TokenOf = lw.op.ID
 	}
-	a := w.do(ctx, http.MethodGet, w.recordURL(region, RegColl, rec), t.token, nil, hdr)
+	a := w.do(ctx, http.MethodGet, w.recordURL(p, region, RegColl, rec), t.token, nil, hdr)
 	w.finish(&o, a)
 	if kind == history.PlainRead && a.err == nil && a.header.Get("X-Read-Source") == "cache" {
 		// Answered by a cache: judged against the writes' invalidation due times instead
