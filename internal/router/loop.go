@@ -145,8 +145,10 @@ func (s *Server) StartLoop(cfg LoopConfig) (*Loop, error) {
 	l.detach = newDetachListener()
 	go func() { _ = cfg.HTTP.Serve(l.detach) }()
 	go func() {
+		// SO_REUSEADDR, as net.Listen sets it: a router restarted on its port must bind it while
+		// the connections its predecessor closed wait out TIME_WAIT there.
 		err := gnet.Run(l, "tcp://"+cfg.Addr, gnet.WithMulticore(true), gnet.WithNumEventLoop(cfg.Loops),
-			gnet.WithTCPNoDelay(gnet.TCPNoDelay), gnet.WithLogger(loopLog{s.cfg.Logger}))
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay), gnet.WithReuseAddr(true), gnet.WithLogger(loopLog{s.cfg.Logger}))
 		select {
 		case l.booted <- err:
 		default:

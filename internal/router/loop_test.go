@@ -746,3 +746,36 @@ func TestLoopSharesHopConnections(t *testing.T) {
 		t.Fatalf("the node saw %d connections for 5 clients one after another, want 1", n)
 	}
 }
+
+// TestLoopRebindsItsPortAfterARestart: a router restarted on its loop port binds it again while
+// connections its predecessor closed still wait out TIME_WAIT on that port (SO_REUSEADDR, as
+// net.Listen sets it); without it the restarted router exited with "address already in use"
+// for a minute after each kill (found by the fault suite's router kills).
+func TestLoopRebindsItsPortAfterARestart(t *testing.T) {
+	rg := newRig(t, nil)
+	hs := &http.Server{Handler: rg.srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	defer hs.Close()
+	first, err := rg.srv.StartLoop(LoopConfig{Addr: "127.0.0.1:0", Loops: 1, HTTP: hs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := first.Addr()
+	// The loop closes first (Connection: close), so the TIME_WAIT is on its port.
+	resp, _ := rawExchange(t, addr, "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer "+tokAcme+"\r\n\r\n")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("first loop: %d", resp.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := first.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	second, err := rg.srv.StartLoop(LoopConfig{Addr: addr, Loops: 1, HTTP: hs})
+	if err != nil {
+		t.Fatalf("restart on %s: %v", addr, err)
+	}
+	defer func() { _ = second.Stop(ctx) }()
+	if resp, _ := rawExchange(t, addr, "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tokAcme+"\r\n\r\n"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("restarted loop: %d", resp.StatusCode)
+	}
+}
