@@ -26,7 +26,11 @@
 //   - BindAddr "": "0.0.0.0"; BindPort 0: a free port picked by the kernel (see Addr).
 //   - AdvertiseAddr/AdvertisePort zero: memberlist's choice (the bind address, or the first
 //     private IP when bound to 0.0.0.0).
-//   - Memberlist nil: memberlist.DefaultLANConfig() (probe 1 s, gossip 200 ms, push/pull 30 s).
+//   - Memberlist nil: memberlist.DefaultLANConfig() (probe 1 s, gossip 200 ms, push/pull 30 s)
+//     without compression: memberlist compresses every message with a newly allocated LZW
+//     writer, about an eighth of an idle router's CPU profile, to shrink messages of a few
+//     hundred bytes (a member's meta is at most MetaMaxSize) on a LAN. A member decodes
+//     compressed messages whatever its own setting, so members of either kind mix.
 //   - Logger nil: slog.Default(); memberlist's own log lines are forwarded to it.
 //   - Meta.Health "": HealthOK.
 //   - OnChange nil: no callback; Changes() still works.
@@ -227,6 +231,14 @@ type Config struct {
 	OnChange func(Event)
 }
 
+// defaultMemberlist is the memberlist configuration of a Config without one (the package doc
+// says why compression is off).
+func defaultMemberlist() *memberlist.Config {
+	ml := memberlist.DefaultLANConfig()
+	ml.EnableCompression = false
+	return ml
+}
+
 // TestConfig returns a Config for tests: loopback, kernel-chosen port, and memberlist timings
 // cut so that joins propagate in tens of milliseconds and a dead member is removed within
 // about a second.
@@ -299,7 +311,7 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	ml := cfg.Memberlist
 	if ml == nil {
-		ml = memberlist.DefaultLANConfig()
+		ml = defaultMemberlist()
 	} else {
 		cp := *ml // the caller's config may be shared between members in tests
 		ml = &cp

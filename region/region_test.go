@@ -285,3 +285,42 @@ func FuzzDecodeMeta(f *testing.F) {
 		}
 	})
 }
+
+// TestDefaultConfigMixesWithCompressingMembers: a member on the default configuration sends
+// gossip uncompressed, and it and a member that compresses (TestConfig keeps memberlist's
+// default) join and see each other's meta changes both ways.
+func TestDefaultConfigMixesWithCompressingMembers(t *testing.T) {
+	if defaultMemberlist().EnableCompression {
+		t.Fatal("the default configuration compresses gossip")
+	}
+	plain, err := New(Config{Name: "plain", BindAddr: "127.0.0.1", Meta: Meta{Region: "us-east", Role: RoleRouter, HTTPAddr: "127.0.0.1:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = plain.Shutdown() })
+	packed := newMember(t, "packed", "us-east", RoleAPI, nil)
+	if !TestConfig("x", Meta{}).Memberlist.EnableCompression {
+		t.Fatal("TestConfig does not compress: the mix is not tested")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := packed.Join(ctx, []string{plain.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		from, to *Cluster
+		lag      int64
+	}{{plain, packed, 11}, {packed, plain, 22}} {
+		if err := tc.from.UpdateMeta(ctx, func(m *Meta) { m.LagMS = tc.lag }); err != nil {
+			t.Fatal(err)
+		}
+		testenv.WaitFor(t, 10*time.Second, func() error {
+			for _, m := range tc.to.Members() {
+				if m.Name == tc.from.Name() && m.LagMS == tc.lag {
+					return nil
+				}
+			}
+			return fmt.Errorf("%s does not see %s's lag %d: %v", tc.to.Name(), tc.from.Name(), tc.lag, tc.to.Members())
+		})
+	}
+}
