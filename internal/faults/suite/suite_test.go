@@ -116,31 +116,26 @@ func TestFaultsEvents(t *testing.T) {
 		if s.CachedReads == 0 {
 			t.Errorf("no read was answered by a cache (X-Read-Source: cache): the cache was never exercised")
 		}
-		var hits float64
+		var hits, onLoop float64
+		hc := &http.Client{Timeout: 10 * time.Second}
 		for _, r := range slices.Sorted(maps.Keys(f.Regions)) {
 			for _, router := range f.Regions[r].Routers {
-				counts, err := testenv.EdgeCounts(context.Background(), &http.Client{Timeout: 10 * time.Second}, router)
+				edge, err := testenv.EdgeCounts(context.Background(), hc, router)
 				if err != nil {
 					t.Errorf("router of %s: %v", r, err)
 					continue
 				}
-				t.Logf("edge cache of %s's router %s: %v", r, router, counts)
-				hits += counts["hit"]
+				loop, err := testenv.LoopCounts(context.Background(), hc, router)
+				if err != nil {
+					t.Errorf("router of %s: %v", r, err)
+					continue
+				}
+				t.Logf("%s's router %s: edge cache %v, event-loop listener %v", r, router, edge, loop)
+				hits += edge["hit"]
+				onLoop += loop["native"]
 			}
 		}
 		t.Logf("cached reads in the history: %d; edge hits of the routers: %.0f", s.CachedReads, hits)
-		var onLoop float64
-		for _, r := range slices.Sorted(maps.Keys(f.Regions)) {
-			for _, router := range f.Regions[r].Routers {
-				counts, err := testenv.LoopCounts(context.Background(), &http.Client{Timeout: 10 * time.Second}, router)
-				if err != nil {
-					t.Errorf("router of %s: %v", r, err)
-					continue
-				}
-				t.Logf("event-loop listener of %s's router %s: %v", r, router, counts)
-				onLoop += counts["native"]
-			}
-		}
 		if onLoop == 0 {
 			t.Errorf("no request was served through a router's event-loop listener: the loop front was not judged")
 		}
