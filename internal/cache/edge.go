@@ -269,10 +269,7 @@ const (
 	EdgeEpoch  = "epoch"  // the tenant's entries were filled on another write epoch
 	EdgeShard  = "shard"  // the entry was read from another shard
 	EdgeError  = "error"  // Redis failed or timed out, or the entry did not decode
-	// EdgeCold: the router's copy holds the tenant's state but not the entry, and the lookup
-	// must not wait (RecordNoWait). The read goes to a node, whose lookup asks Redis anyway,
-	// and the router fetches the entry into its copy after the node has answered (Warm).
-	EdgeCold = "cold"
+	EdgeCold   = "cold"   // the copy lacks the entry (RecordNoWait): forwarded, then Warm
 	EdgeBypass = "bypass" // the request is not one the edge answers (counted by the router)
 )
 
