@@ -37,8 +37,8 @@ type EdgeNoWait interface {
 // node has answered it with a 200 (internal/cache.Edge's RecordNoWait says why).
 const edgeCold = "cold"
 
-// EdgeWarmer is an EdgeNoWait that fetches an entry into the router's copy without blocking
-// (internal/cache.Edge's Warm).
+// EdgeWarmer is an edge that fetches an entry into the router's copy without blocking
+// (internal/cache.Edge's Warm); the event-loop front calls it after a cold read's 200.
 type EdgeWarmer interface {
 	Warm(tenant, coll, id string)
 }
