@@ -52,8 +52,8 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 
+	"github.com/meridian-dev/meridian/internal/gnetlog"
 	"github.com/meridian-dev/meridian/internal/h1"
-	"github.com/panjf2000/gnet/v2/pkg/logging"
 )
 
 const (
@@ -180,7 +180,7 @@ func newLoopEngine(cfg Config) (*loopEngine, error) {
 	}
 	// gnet.NewClient installs its logger as gnet's process-wide default.
 	cli, err := gnet.NewClient(e, gnet.WithMulticore(false), gnet.WithNumEventLoop(1), gnet.WithTicker(true),
-		gnet.WithTCPNoDelay(gnet.TCPNoDelay), gnet.WithLogger(gnetLogger{}))
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay), gnet.WithLogger(gnetlog.Logger{Prefix: "loadgen: gnet: "}))
 	if err != nil {
 		e.cancelDial()
 		return nil, fmt.Errorf("loadgen: event loop: %w", err)
@@ -891,21 +891,4 @@ func truncate(b []byte) string {
 		return string(b[:64]) + "…"
 	}
 	return string(b)
-}
-
-// gnetLogger passes gnet's warnings and errors to slog and drops the rest (its start-up line).
-type gnetLogger struct{}
-
-var _ logging.Logger = gnetLogger{}
-
-func (gnetLogger) Debugf(string, ...any) {}
-func (gnetLogger) Infof(string, ...any)  {}
-func (gnetLogger) Warnf(f string, a ...any) {
-	slog.Warn("loadgen: gnet: " + fmt.Sprintf(f, a...))
-}
-func (gnetLogger) Errorf(f string, a ...any) {
-	slog.Error("loadgen: gnet: " + fmt.Sprintf(f, a...))
-}
-func (gnetLogger) Fatalf(f string, a ...any) {
-	slog.Error("loadgen: gnet: " + fmt.Sprintf(f, a...))
 }

@@ -28,7 +28,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -44,10 +43,10 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/panjf2000/gnet/v2"
-	"github.com/panjf2000/gnet/v2/pkg/logging"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/meridian-dev/meridian/internal/gnetlog"
 	"github.com/meridian-dev/meridian/internal/h1"
 	"github.com/meridian-dev/meridian/internal/upstream"
 )
@@ -148,7 +147,7 @@ func (s *Server) StartLoop(cfg LoopConfig) (*Loop, error) {
 		// SO_REUSEADDR, as net.Listen sets it: a router restarted on its port must bind it while
 		// the connections its predecessor closed wait out TIME_WAIT there.
 		err := gnet.Run(l, "tcp://"+cfg.Addr, gnet.WithMulticore(true), gnet.WithNumEventLoop(cfg.Loops),
-			gnet.WithTCPNoDelay(gnet.TCPNoDelay), gnet.WithReuseAddr(true), gnet.WithLogger(loopLog{s.cfg.Logger}))
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay), gnet.WithReuseAddr(true), gnet.WithLogger(gnetlog.Logger{L: s.cfg.Logger, Prefix: "event loop: "}))
 		select {
 		case l.booted <- err:
 		default:
@@ -1468,14 +1467,3 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 	}
 	return c.Conn.Read(b)
 }
-
-// loopLog passes gnet's warnings and errors to the router's logger.
-type loopLog struct{ l *slog.Logger }
-
-var _ logging.Logger = loopLog{}
-
-func (loopLog) Debugf(string, ...any)       {}
-func (loopLog) Infof(string, ...any)        {}
-func (g loopLog) Warnf(f string, a ...any)  { g.l.Warn("event loop: " + fmt.Sprintf(f, a...)) }
-func (g loopLog) Errorf(f string, a ...any) { g.l.Error("event loop: " + fmt.Sprintf(f, a...)) }
-func (g loopLog) Fatalf(f string, a ...any) { g.l.Error("event loop: " + fmt.Sprintf(f, a...)) }
