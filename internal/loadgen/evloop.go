@@ -401,13 +401,7 @@ func (e *loopEngine) finish(w *loopWorker, s *loopSlot, status int, err error) {
 		return
 	}
 	r.locals[w.idx].add(lat, status, err)
-	if e.cfg.OnAnswer != nil {
-		if err != nil {
-			e.cfg.OnAnswer(0, noHeader, err)
-		} else {
-			e.cfg.OnAnswer(status, s.hdrFn, nil)
-		}
-	}
+	e.cfg.answered(status, s.hdrFn, err)
 }
 
 // enter takes the lock for a loop callback unless a callback further up the loop's stack

@@ -402,7 +402,7 @@ func closedLoop(ctx context.Context, cfg Config, s *targetState, deadline time.T
 					return // interrupted, not a failure of the target
 				}
 				st.add(lat, status, err)
-				cfg.answered(status, hdr, err)
+				cfg.answered(status, headerOf(hdr), err)
 			}
 		})
 	}
@@ -484,7 +484,7 @@ func openLoop(ctx context.Context, cfg Config, s *targetState, start time.Time, 
 					return // interrupted, not a failure of the target
 				}
 				st.add(lat, status, err)
-				cfg.answered(status, hdr, err)
+				cfg.answered(status, headerOf(hdr), err)
 			}
 		})
 	}
@@ -541,16 +541,28 @@ func (s *sender) close() {
 	}
 }
 
-// answered calls OnAnswer, when set, with an answer's header (nil: none).
-func (c Config) answered(status int, h http.Header, err error) {
+// answered calls OnAnswer, when set, with an answer's status and header lookup (nil: an
+// answer without a header); a request that failed (err) has neither.
+func (c Config) answered(status int, header func(string) string, err error) {
 	if c.OnAnswer == nil {
 		return
 	}
-	if err != nil || h == nil {
-		c.OnAnswer(status, noHeader, err)
-		return
+	switch {
+	case err != nil:
+		c.OnAnswer(0, noHeader, err)
+	case header == nil:
+		c.OnAnswer(status, noHeader, nil)
+	default:
+		c.OnAnswer(status, header, nil)
 	}
-	c.OnAnswer(status, h.Get, nil)
+}
+
+// headerOf is h's lookup, nil when there is no header (a failed request).
+func headerOf(h http.Header) func(string) string {
+	if h == nil {
+		return nil
+	}
+	return h.Get
 }
 
 // noHeader is the header lookup of a request without an answer.
