@@ -458,7 +458,7 @@ func (e *Edge) warmBatch(ctx context.Context, c rueidis.Client, batch []warmReq)
 		if err != nil {
 			continue
 		}
-		key := tenantPrefix(w.tenant) + regionEpoch + ":" + gen + ":r:" + w.coll + ":" + w.id
+		key := recordKey(w.tenant, regionEpoch, gen, w.coll, w.id)
 		if !seen[key] {
 			seen[key] = true
 			cmds = append(cmds, rueidis.CT(c.B().Get().Key(key).Cache(), edgeLocalTTL))
@@ -563,7 +563,7 @@ func (e *Edge) record(ctx context.Context, tenant, shard string, epoch uint64, c
 	case we != strconv.FormatUint(epoch, 10):
 		return records.Record{}, EdgeEpoch, nil
 	}
-	key := tenantPrefix(tenant) + regionEpoch + ":" + gen + ":r:" + coll + ":" + id
+	key := recordKey(tenant, regionEpoch, gen, coll, id)
 	er := c.DoCache(ctx, c.B().Get().Key(key).Cache(), edgeLocalTTL)
 	asked = asked || !er.IsCacheHit()
 	v, err := er.ToString()

@@ -244,16 +244,24 @@ func TestEdgeNoStaleReadAfterInvalidate(t *testing.T) {
 	t.Logf("edge hits %d, lookups that asked Redis %v", hits.Load(), testutil.ToFloat64(ed.roundTrips))
 }
 
-// TestEdgeRecordNoWait: what the router's copy holds is answered without waiting and without
-// asking Redis, exactly as Record answers it; what it lacks is declined (ok false) with nothing
-// counted, and Record then fetches it into the copy.
-func TestEdgeRecordNoWait(t *testing.T) {
+// edgeWithX starts an edge over a fresh env in which a node's read has filled record books/x
+// (version 3) of tenant acme on shard s1, epoch 1, and the shard's freshness is published.
+func edgeWithX(t *testing.T) (*env, *Edge, records.Target) {
+	t.Helper()
 	e := newEnv(t)
 	ed := newEdge(t, e)
 	tg := records.Target{Tenant: "acme", Shard: "s1", Epoch: 1}
 	e.fake.set("books", "x", 3)
 	e.get(t, tg, records.ReadOptions{}, "books", "x")
 	e.publish(t, "s1")
+	return e, ed, tg
+}
+
+// TestEdgeRecordNoWait: what the router's copy holds is answered without waiting and without
+// asking Redis, exactly as Record answers it; what it lacks is declined (ok false) with nothing
+// counted, and Record then fetches it into the copy.
+func TestEdgeRecordNoWait(t *testing.T) {
+	e, ed, tg := edgeWithX(t)
 	counted := func() float64 {
 		n := 0.0
 		for _, r := range []string{EdgeMiss, EdgeStale, EdgeEpoch, EdgeShard, EdgeError} {
@@ -329,12 +337,7 @@ func TestEdgeRecordNoWait(t *testing.T) {
 // request until something fetched the key again) and the key is fetched again at once; a key
 // deleted by a dirty node stops the edge once that fetch has seen it gone.
 func TestEdgeNoWaitKeepsTheShardsFreshness(t *testing.T) {
-	e := newEnv(t)
-	ed := newEdge(t, e)
-	tg := records.Target{Tenant: "acme", Shard: "s1", Epoch: 1}
-	e.fake.set("books", "x", 3)
-	e.get(t, tg, records.ReadOptions{}, "books", "x")
-	e.publish(t, "s1")
+	e, ed, tg := edgeWithX(t)
 	wantEdge(t, ed, tg, "x", EdgeHit, 3) // Record: every key fetched into the copy
 	probe := func() (string, bool) {
 		r, res, ok := ed.RecordNoWait(tg.Tenant, tg.Shard, tg.Epoch, "books", "x")
@@ -392,14 +395,10 @@ func TestEdgeNoWaitKeepsTheShardsFreshness(t *testing.T) {
 // a node's lookup asks Redis); Warm then fetches it into the copy, whether Redis holds the entry
 // (a hit from then on) or not (a miss decided from the copy until a fill's push drops it).
 func TestEdgeColdEntryIsWarmedAfterTheNode(t *testing.T) {
-	e := newEnv(t)
-	ed := newEdge(t, e)
-	tg := records.Target{Tenant: "acme", Shard: "s1", Epoch: 1}
-	for _, id := range []string{"x", "y", "z"} {
+	e, ed, tg := edgeWithX(t)
+	for _, id := range []string{"y", "z"} {
 		e.fake.set("books", id, 3)
 	}
-	e.get(t, tg, records.ReadOptions{}, "books", "x")
-	e.publish(t, "s1")
 	wantEdge(t, ed, tg, "x", EdgeHit, 3) // the tenant's state is in the copy now
 	e.get(t, tg, records.ReadOptions{}, "books", "y")
 

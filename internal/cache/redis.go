@@ -38,6 +38,12 @@ const epochKey = "m:E"
 func tenantPrefix(tenant string) string { return "m:{" + tenant + "}:" }
 func stateKey(tenant string) string     { return tenantPrefix(tenant) + "s" }
 
+// recordKey is the key of record coll/id of tenant under region epoch regionEpoch and the
+// tenant's generation gen, as lookupScript spells it (the edge's reads).
+func recordKey(tenant, regionEpoch, gen, coll, id string) string {
+	return tenantPrefix(tenant) + regionEpoch + ":" + gen + ":r:" + coll + ":" + id
+}
+
 // Entry kinds, as they appear in keys (and as the kind label of the requests metric).
 const (
 	kindRecord = "record"
