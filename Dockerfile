@@ -9,6 +9,8 @@ FROM golang:1.26 AS build
 WORKDIR /src
 # Dependencies first so that code changes reuse the module download layer.
 COPY go.mod go.sum ./
+# go.mod replaces gnet with the patched copy here (third_party/gnet/MERIDIAN.md).
+COPY third_party/ third_party/
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 # Static binaries: the runtime image has no libc.
