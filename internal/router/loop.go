@@ -261,13 +261,14 @@ type loopConn struct {
 	closed     bool
 	closeAfter bool
 	out        []byte
-	hopBytes   []byte        // the hop's request being sent (reused)
-	ip         string        // the peer's IP, as gin's ClientIP gives it without trusted proxies
-	detachWait time.Duration // detachConn's last wait for an answer to go out
-	gc         *gin.Context  // the requests' context, one at a time (context)
-	w          loopWriter    // gc's writer
-	st         reqState      // the request's state (begin resets it)
-	deadline   *time.Timer   // the first attempt's deadline, for the request in flight (hop)
+	hopBytes   []byte         // the hop's request being sent (reused)
+	ip         string         // the peer's IP, as gin's ClientIP gives it without trusted proxies
+	detachWait time.Duration  // detachConn's last wait for an answer to go out
+	gc         *gin.Context   // the requests' context, one at a time (context)
+	w          loopWriter     // gc's writer
+	st         reqState       // the request's state (begin resets it)
+	deadline   *time.Timer    // the first attempt's deadline, for the request in flight (hop)
+	scratch    *nativeScratch // what the next request is parsed into (nil: a new one)
 
 	busy      atomic.Bool  // a request is in flight (the sweeper leaves it alone)
 	woken     atomic.Bool  // Shutdown has woken it
@@ -473,7 +474,10 @@ func (l *Loop) request(lc *loopConn) gnet.Action {
 	if end+4 > l.maxHead {
 		return l.detachConn(lc)
 	}
-	r, closeAfter, cl, ok := parseNative(buf[:end+4])
+	if lc.scratch == nil {
+		lc.scratch = new(nativeScratch)
+	}
+	r, closeAfter, cl, ok := parseNative(buf[:end+4], lc.scratch)
 	if !ok {
 		return l.detachConn(lc)
 	}
@@ -622,11 +626,11 @@ func (l *Loop) hop(rq *loopReq) {
 		l.resume(rq, resume{})
 		return
 	}
-	left := time.Until(rq.deadline)
+	rq.sentAt = time.Now()
+	left := rq.deadline.Sub(rq.sentAt)
 	lc := rq.lc
 	rq.up = up
 	lc.hopBytes = appendHopRequest(lc.hopBytes[:0], rq, left) // one request at a time
-	rq.sentAt = time.Now()
 	rq.timed = true
 	if lc.deadline == nil {
 		el := lc.c.EventLoop()
@@ -849,7 +853,8 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 	}
 	s := l.s
 	rq.stopDeadline()
-	elapsed := time.Since(rq.sentAt)
+	now := time.Now() // the answer's arrival: the hop's end, the request's and its log line's
+	elapsed := now.Sub(rq.sentAt)
 	addUpstreamTime(rq.gc, elapsed)
 	s.m.upstreamDurC.get(rq.d.Region).Observe(elapsed.Seconds())
 	s.m.upstreamC.get(classCode{rq.d.Region, a.status}).Inc()
@@ -890,7 +895,7 @@ func (l *Loop) answer(u *loopUp) gnet.Action {
 	rq.lc.closeAfter = rq.lc.closeAfter || l.draining.Load()
 	rq.lc.out = appendNodeAnswer(rq.lc.out[:0], buf[:a.total], rq, rq.lc.closeAfter)
 	_, _ = u.c.Discard(a.total)
-	l.send2client(rq)
+	l.send2client(rq, now)
 	return l.keepOrClose(u, keep)
 }
 
@@ -912,6 +917,9 @@ func (l *Loop) offloopStep(rq *loopReq, f func() bool, next func()) {
 	ctx, cancel := context.WithCancel(l.base)
 	rq.cancel = cancel
 	rq.gc.Request = rq.gc.Request.WithContext(ctx)
+	// The goroutine (and net/http's transport under forwardFrom) may hold the request's header
+	// and URL past its answer: the connection's next request is parsed into new ones.
+	rq.lc.scratch = nil
 	rq.off = true
 	el := rq.lc.c.EventLoop()
 	go func() {
@@ -952,7 +960,10 @@ func (l *Loop) abandon(rq *loopReq) {
 }
 
 // release gives back the request's slot and records it (metrics, log line).
-func (l *Loop) release(rq *loopReq) {
+func (l *Loop) release(rq *loopReq) { l.releaseAt(rq, time.Now()) }
+
+// releaseAt is release with the request's end read already.
+func (l *Loop) releaseAt(rq *loopReq, now time.Time) {
 	if rq.slots != nil {
 		rq.slots.release(rq.p.Tenant)
 		rq.slots = nil
@@ -961,7 +972,7 @@ func (l *Loop) release(rq *loopReq) {
 		rq.cancel()
 	}
 	if rq.gc != nil {
-		l.s.observeEnd(rq.gc, rq.start)
+		l.s.observeEndAt(rq.gc, rq.start, now)
 		rq.gc = nil
 	}
 }
@@ -978,17 +989,17 @@ func (l *Loop) finish(rq *loopReq) {
 		lc.closeAfter = true // an answer before the body (sendProblem's rule)
 	}
 	lc.out = rq.w.appendAnswer(lc.out[:0], rq.isHead, lc.closeAfter)
-	l.send2client(rq)
+	l.send2client(rq, time.Now())
 }
 
 // send2client writes lc.out, the request's answer, and readies the connection for its next
-// request.
-func (l *Loop) send2client(rq *loopReq) {
+// request; now is the request's end.
+func (l *Loop) send2client(rq *loopReq, now time.Time) {
 	lc := rq.lc
-	l.release(rq)
+	l.releaseAt(rq, now)
 	lc.req = nil
 	lc.busy.Store(false)
-	lc.active.Store(time.Now().UnixNano())
+	lc.active.Store(now.UnixNano())
 	if lc.closed {
 		return
 	}
@@ -1173,10 +1184,25 @@ var crlfcrlf = []byte("\r\n\r\n")
 // next request served.
 const loopMaxUnread = 256 << 10
 
-// parseNative parses a request head (its blank line included) the loop serves natively; ok is
-// false for any other — which the loop then detaches for net/http to judge and answer.
-// closeAfter: the client asked for the connection to close after the answer.
-func parseNative(head []byte) (r *http.Request, closeAfter bool, contentLength int, ok bool) {
+// nativeScratch is the request, URL, header map and values a connection's requests are parsed
+// into: reused from one request to the next (four allocations fewer per request), but for a
+// request with a step off the loop, whose goroutine may hold them past the answer
+// (offloopStep gives the connection new ones).
+type nativeScratch struct {
+	r    http.Request
+	u    url.URL
+	h    http.Header
+	vals []string
+}
+
+// parseNative parses a request head (its blank line included) the loop serves natively, into
+// sc (reset here; nil: new ones); ok is false for any other — which the loop then detaches for
+// net/http to judge and answer. closeAfter: the client asked for the connection to close after
+// the answer.
+func parseNative(head []byte, sc *nativeScratch) (r *http.Request, closeAfter bool, contentLength int, ok bool) {
+	if sc == nil {
+		sc = new(nativeScratch)
+	}
 	i := bytes.Index(head, crlfcrlf[:2])
 	line := head[:i]
 	sp1 := bytes.IndexByte(line, ' ')
@@ -1206,8 +1232,16 @@ func parseNative(head []byte) (r *http.Request, closeAfter bool, contentLength i
 	if nf < 0 {
 		return nil, false, 0, false
 	}
-	h := make(http.Header, nf)
-	vals := make([]string, nf)
+	if sc.h == nil {
+		sc.h = make(http.Header, nf)
+	} else {
+		clear(sc.h)
+	}
+	if cap(sc.vals) < nf {
+		sc.vals = make([]string, nf)
+	}
+	h, vals := sc.h, sc.vals[:nf]
+	clear(vals)
 	host, hosts, f, lengths := "", 0, 0, 0
 	for pos := i + 2; pos < len(head)-2; {
 		e := bytes.Index(head[pos:], crlfcrlf[:2])
@@ -1277,7 +1311,8 @@ func parseNative(head []byte) (r *http.Request, closeAfter bool, contentLength i
 	// The URL as net/http's server parses it: the path has no escapes (nativeTarget), so it is
 	// the target's path as it came; the query stays raw.
 	uri := hs[sp1+1 : sp1+1+sp2]
-	u := &url.URL{Path: uri}
+	sc.u = url.URL{Path: uri}
+	u := &sc.u
 	if q := strings.IndexByte(uri, '?'); q >= 0 {
 		u.Path, u.RawQuery = uri[:q], uri[q+1:]
 		u.ForceQuery = u.RawQuery == ""
@@ -1287,9 +1322,9 @@ func parseNative(head []byte) (r *http.Request, closeAfter bool, contentLength i
 		// pathByte that url.PathEscape escapes), so that EscapedPath gives it back as it came.
 		u.RawPath = u.Path
 	}
-	r = &http.Request{Method: m, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h,
+	sc.r = http.Request{Method: m, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h,
 		Body: http.NoBody, ContentLength: int64(contentLength), Host: host, RequestURI: uri}
-	return r, closeAfter, contentLength, true
+	return &sc.r, closeAfter, contentLength, true
 }
 
 // nativeMethods are the methods the loop serves itself.

@@ -138,8 +138,12 @@ func (s *Server) observeBegin(c *gin.Context, st *reqState) {
 	setCanon(c.Writer.Header(), HeaderRequestID, st.requestID)
 }
 
-func (s *Server) observeEnd(c *gin.Context, start time.Time) {
-	total := time.Since(start)
+func (s *Server) observeEnd(c *gin.Context, start time.Time) { s.observeEndAt(c, start, time.Now()) }
+
+// observeEndAt is observeEnd with the request's end read already (the loop reads the clock
+// once for the hop's time, the request's and its log line's).
+func (s *Server) observeEndAt(c *gin.Context, start, now time.Time) {
+	total := now.Sub(start)
 	st := stateOf(c)
 	cl := st.class
 	if cl == "" {
@@ -159,7 +163,7 @@ func (s *Server) observeEnd(c *gin.Context, start time.Time) {
 		level = slog.LevelDebug
 	}
 	if s.cfg.Logger.Enabled(c.Request.Context(), level) {
-		s.logRequest(c, level, status, cl, total)
+		s.logRequest(c, level, status, cl, total, now)
 	}
 }
 
@@ -167,10 +171,10 @@ func (s *Server) observeEnd(c *gin.Context, start time.Time) {
 // path, status, class and duration_ms. Through jsonlog's Line when the handler allows it (the
 // same JSON slog's handler writes, with "region" once: the handler's attributes carry it in
 // cmd/router), else through slog.
-func (s *Server) logRequest(c *gin.Context, level slog.Level, status int, cl string, total time.Duration) {
+func (s *Server) logRequest(c *gin.Context, level slog.Level, status int, cl string, total time.Duration, now time.Time) {
 	ms := float64(total.Microseconds()) / 1000
 	if s.reqlog != nil {
-		if l := s.reqlog.Begin(time.Now(), level, "request"); l != nil {
+		if l := s.reqlog.Begin(now, level, "request"); l != nil {
 			l.Str("request_id", stateOf(c).requestID).Str("tenant", stateOf(c).tenant)
 			if s.reqlogRegion {
 				l.Str("region", s.cfg.Region)
