@@ -132,7 +132,20 @@ func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noW
 	}
 	if nNeed == 0 {
 		res = leaseResult(bs, states[:len(bs)], now)
+		var renew [len(scopes)]int64 // the batch to ask for ahead, per bucket; 0: none
+		if noWait {
+			for i := range bs {
+				if reserved[i] {
+					renew[i] = l.renewAhead(states[i], bs[i], now)
+				}
+			}
+		}
 		lt.mu.Unlock()
+		for i := range bs {
+			if renew[i] > 0 {
+				go l.renew(bs[i], states[i], renew[i])
+			}
+		}
 		return res, backendLease, true, nil
 	}
 	if noWait {
@@ -207,6 +220,59 @@ func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noW
 		st.resetAt = now + rr.outs[j].reset
 	}
 	return leaseResult(bs, states[:len(bs)], now), backendRedis, true, nil
+}
+
+// renewAhead says how large a batch to ask Redis for now, ahead of need, for st's bucket b,
+// from which a decision that may not wait (the router's event loop: AllowNoWait) has just
+// spent a token; 0: none. Under lt.mu; a batch asked for marks st refilling.
+//
+// Without it, the request that finds a lease dry or ended waits for Redis, and so does every
+// request on the bucket until the refill answers (each asking for one token of its own): on
+// the event loop, a step off the loop each. So a lease is renewed while it still has tokens:
+// when fewer than a quarter of its batch is left (the batch then doubles, as when a lease runs
+// out before its end), or a quarter of its time. The tokens held stay bounded by the cap, so a
+// Limiter still holds at most a tenth of a bucket; renew adds the batch to them and starts a
+// new lease, and, as for any lease, what is unspent at its end goes back to the bucket
+// (refundable: counted back from the latest batch's end, so nothing is given back twice and
+// every admitted request spent a token Redis granted and kept).
+func (l *Limiter) renewAhead(st *leaseState, b bucket, now int64) int64 {
+	c := l.leaseCap(b)
+	if c <= 1 || st.refilling || now >= st.expires || st.held >= c {
+		return 0
+	}
+	low := st.held*4 < st.want
+	ending := (st.expires-now)*4 < l.lease.Microseconds()
+	if !low && !ending {
+		return 0
+	}
+	if low {
+		st.want = min(max(st.want*2, 1), c)
+	}
+	st.refilling = true
+	return max(1, min(st.want, c-st.held))
+}
+
+// renew asks Redis for n tokens of bucket b (whose key is set) and adds what it grants to st's
+// lease, which it starts again (renewAhead). A failure or a denial leaves the lease as it was:
+// its end, or its last token, goes to Redis on the request's path as before, which also
+// judges whether Redis is down (the fallback).
+func (l *Limiter) renew(b bucket, st *leaseState, n int64) {
+	now := l.now().UnixMicro()
+	rr, err := l.allowRedis(context.Background(), []bucket{b}, now, []int64{n}, nil)
+	lt := l.leases
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	st.refilling = false
+	if err != nil || !rr.Allowed {
+		l.renewals.WithLabelValues("failed").Inc()
+		return
+	}
+	l.renewals.WithLabelValues("granted").Inc()
+	st.held += rr.granted[0]
+	st.expires = now + l.lease.Microseconds()
+	st.grantEnd = now + rr.outs[0].reset
+	st.remaining = rr.outs[0].remaining
+	st.resetAt = now + rr.outs[0].reset
 }
 
 // refundable is how many of held unspent tokens can go back to their bucket at now. A batch's

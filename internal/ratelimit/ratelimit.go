@@ -25,7 +25,9 @@
 // been refilled, and another router may have spent it. So leasing withholds at most one batch
 // per router and bucket, for at most one lease, from the others — a bucket that goes idle keeps its last unspent batch withheld until it
 // refills. A bucket whose cap is 1 (small limits) is decided exactly, one Redis call per
-// request. A denial is remembered until its Retry-After, since no other router
+// request. AllowNoWait's decisions (the router's event loop) renew a lease ahead of need, in
+// the background, so that they need not wait for Redis (renewAhead in lease.go); a busy
+// Limiter then withholds up to the cap, a tenth of the bucket, while it stays busy. A denial is remembered until its Retry-After, since no other router
 // can make the bucket admit earlier; while it lasts, requests on that bucket are denied without
 // asking Redis (if Redis loses its state, a denial can outlive it by at most that Retry-After).
 // RateLimit-Remaining of a request served from a lease is Redis's count at the grant plus the
@@ -254,6 +256,7 @@ type Limiter struct {
 	decisionCs  [len(classes)][2][len(backends)]atomic.Pointer[prometheus.Counter]
 	redisCalls  prometheus.Counter
 	redisErrors prometheus.Counter
+	renewals    *prometheus.CounterVec // leases renewed ahead of need (lease.go, renewAhead)
 }
 
 // New builds a Limiter and registers its metrics with cfg.Registerer when non-nil.
@@ -333,8 +336,12 @@ func New(cfg Config) (*Limiter, error) {
 		Name: "meridian_ratelimit_redis_errors_total",
 		Help: "Rate-limit decisions that fell back because Redis failed or timed out.",
 	})
+	l.renewals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meridian_ratelimit_lease_renewals_total",
+		Help: "Leases renewed ahead of need for decisions that may not wait (the router's event loop), by result: granted (tokens added), failed (Redis failed or denied: the lease runs on as it was).",
+	}, []string{"result"})
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{l.fallbackGauge, l.decisions, l.redisCalls, l.redisErrors} {
+		for _, c := range []prometheus.Collector{l.fallbackGauge, l.decisions, l.redisCalls, l.redisErrors, l.renewals} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("ratelimit: register metrics: %w", err)
 			}
