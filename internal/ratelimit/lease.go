@@ -18,6 +18,10 @@ type leaseState struct {
 	resetAt     int64 // when the bucket is full again, as of the last answer
 	deniedUntil int64 // a denial Redis gave holds until then
 	refilling   bool  // a batch request is in flight
+	// batch is the size of the last batch granted: a lease gives back at most that many
+	// (refundable counts back from that batch's end, grantEnd; a renewed lease's older tokens,
+	// whose slots lie before it, may have been refilled since, so they are never given back).
+	batch int64
 	// key is the bucket's Redis key, the state's own key in leaseTable.m: a request decided
 	// from the lease finds its state by a key built on the stack and takes this string for
 	// its bucket, so that no request builds a key string while the state lives.
@@ -162,7 +166,7 @@ func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noW
 		st, c := states[i], l.leaseCap(bs[i])
 		sub[j], want[j] = bs[i], 1
 		if st.held > 0 { // the lease ended with tokens unspent: give back those still due
-			refund[j], st.held = refundable(st.held, st.grantEnd, now, bs[i].limit.interval()), 0
+			refund[j], st.held = refundable(min(st.held, st.batch), st.grantEnd, now, bs[i].limit.interval()), 0
 		}
 		if c <= 1 || st.refilling {
 			continue
@@ -213,6 +217,7 @@ func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noW
 		st := states[i]
 		if mine[j] || rr.granted[j] > 1 {
 			st.held += rr.granted[j] - 1
+			st.batch = rr.granted[j]
 			st.expires = now + l.lease.Microseconds()
 			st.grantEnd = now + rr.outs[j].reset
 		}
@@ -232,9 +237,13 @@ func (l *Limiter) allowLeasedOr(ctx context.Context, bs []bucket, now int64, noW
 // when fewer than a quarter of its batch is left (the batch then doubles, as when a lease runs
 // out before its end), or a quarter of its time. The tokens held stay bounded by the cap, so a
 // Limiter still holds at most a tenth of a bucket; renew adds the batch to them and starts a
-// new lease, and, as for any lease, what is unspent at its end goes back to the bucket
-// (refundable: counted back from the latest batch's end, so nothing is given back twice and
-// every admitted request spent a token Redis granted and kept).
+// new lease. What is unspent at its end goes back to the bucket as for any lease, but no more
+// than the latest batch (leaseState.batch): older tokens left unspent are kept by the bucket,
+// never given back, because their slots lie before that batch and may have been refilled
+// since (giving them back would let the bucket admit more than its limit). So every admitted
+// request still spent a token Redis granted and kept; what a router that stops may withhold is
+// at most the cap, until the bucket's clock passes those slots (about one lease: a batch is at
+// most rate × lease).
 func (l *Limiter) renewAhead(st *leaseState, b bucket, now int64) int64 {
 	c := l.leaseCap(b)
 	if c <= 1 || st.refilling || now >= st.expires || st.held >= c {
@@ -269,6 +278,7 @@ func (l *Limiter) renew(b bucket, st *leaseState, n int64) {
 	}
 	l.renewals.WithLabelValues("granted").Inc()
 	st.held += rr.granted[0]
+	st.batch = rr.granted[0]
 	st.expires = now + l.lease.Microseconds()
 	st.grantEnd = now + rr.outs[0].reset
 	st.remaining = rr.outs[0].remaining

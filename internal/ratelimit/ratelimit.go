@@ -26,8 +26,9 @@
 // per router and bucket, for at most one lease, from the others — a bucket that goes idle keeps its last unspent batch withheld until it
 // refills. A bucket whose cap is 1 (small limits) is decided exactly, one Redis call per
 // request. AllowNoWait's decisions (the router's event loop) renew a lease ahead of need, in
-// the background, so that they need not wait for Redis (renewAhead in lease.go); a busy
-// Limiter then withholds up to the cap, a tenth of the bucket, while it stays busy. A denial is remembered until its Retry-After, since no other router
+// the background, when less than a quarter of its batch or of its time is left, so that they
+// need not wait for Redis (renewAhead in lease.go); a busy Limiter then withholds up to the
+// cap, a tenth of the bucket, while it stays busy. A denial is remembered until its Retry-After, since no other router
 // can make the bucket admit earlier; while it lasts, requests on that bucket are denied without
 // asking Redis (if Redis loses its state, a denial can outlive it by at most that Retry-After).
 // RateLimit-Remaining of a request served from a lease is Redis's count at the grant plus the

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -138,5 +139,73 @@ func TestLeaseRenewalOfADrainedBucketAdmitsNoMore(t *testing.T) {
 	}
 	if got, held := rvConsumed(t, rc, key, lim, clk.Now().UnixMicro()), rvHeld(ls, key); got != float64(admitted+held) || held != 0 {
 		t.Fatalf("Redis counts %v taken; admitted %d, held %d (want none left)", got, admitted, held)
+	}
+}
+
+// TestLeaseRenewalGivesBackNoMoreThanItsLatestBatch: a renewed lease holds tokens of two
+// batches; when it ends unspent, only the latest batch's can go back to the bucket (the older
+// ones' slots lie before it and may have been refilled since: giving them back would let the
+// bucket admit more than its limit), however far ahead the bucket's count is.
+func TestLeaseRenewalGivesBackNoMoreThanItsLatestBatch(t *testing.T) {
+	clk := newClock()
+	lease := 10000 * time.Second
+	lim := Limit{Rate: 0.01, Burst: 1000} // cap 100
+	ls, rc, _ := rvRouters(t, 2, map[Rule]Limit{{Scope: ScopeTenant}: lim}, lease, clk.Now)
+	a, b := ls[0], ls[1]
+	const key = "meridian:rl:tenant::acme"
+	req := Request{Class: ClassRead, Tenant: "acme"}
+	ctx := context.Background()
+	tat := func() int64 {
+		v, err := rc.Get(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// The bucket deep in debt (another router took 600), so that slots stay ahead of the clock.
+	for range 600 {
+		if res, err := b.Allow(ctx, req); err != nil || !res.Allowed {
+			t.Fatalf("router b: %+v %v", res, err)
+		}
+	}
+	for range 40 { // batches 1 … 32
+		if res, err := a.Allow(ctx, req); err != nil || !res.Allowed {
+			t.Fatalf("router a: %+v %v", res, err)
+		}
+	}
+	var held, batch int64
+	for i := 0; ; i++ {
+		if res, ok, err := a.AllowNoWait(req); !ok || err != nil || !res.Allowed {
+			t.Fatalf("decision %d: decided %v, %+v, %v", i, ok, res, err)
+		}
+		waitRenewed(t, a, key)
+		if metricValue(t, a.renewals.WithLabelValues("granted")) > 0 {
+			a.leases.mu.Lock()
+			held, batch = a.leases.m[key].held, a.leases.m[key].batch
+			a.leases.mu.Unlock()
+			break
+		}
+		if i > 100 {
+			t.Fatal("no renewal in 100 decisions")
+		}
+	}
+	if held <= batch || batch <= 0 {
+		t.Fatalf("after the renewal router a holds %d of a batch of %d: want tokens of the older batch too", held, batch)
+	}
+	before := tat()
+	clk.Add(lease + time.Second) // a's lease ends unspent; its slots are still ahead of the clock
+	if res, err := a.Allow(ctx, req); err != nil || !res.Allowed {
+		t.Fatalf("after the lease: %+v %v", res, err)
+	}
+	a.leases.mu.Lock()
+	granted := a.leases.m[key].batch
+	a.leases.mu.Unlock()
+	back := (before + granted*lim.interval() - tat()) / lim.interval()
+	if back != batch {
+		t.Fatalf("the ended lease gave back %d tokens of the %d it held: want its latest batch's %d", back, held, batch)
 	}
 }
