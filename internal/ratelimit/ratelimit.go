@@ -23,14 +23,16 @@
 // held when a lease ends are given back to the bucket by the next call for it (the TAT moves
 // back) — only those whose emission slots are still in the future: a slot already past has
 // been refilled, and another router may have spent it. So leasing withholds at most one batch
-// per router and bucket, for at most one lease, from the others — a bucket that goes idle keeps its last unspent batch withheld until it
-// refills. A bucket whose cap is 1 (small limits) is decided exactly, one Redis call per
-// request. AllowNoWait's decisions (the router's event loop) renew a lease ahead of need, in
-// the background, when less than a quarter of its batch or of its time is left, so that they
-// need not wait for Redis (renewAhead in lease.go); a busy Limiter then withholds up to the
-// cap, a tenth of the bucket, while it stays busy. A denial is remembered until its Retry-After, since no other router
-// can make the bucket admit earlier; while it lasts, requests on that bucket are denied without
-// asking Redis (if Redis loses its state, a denial can outlive it by at most that Retry-After).
+// per router and bucket, for at most one lease, from the others — a bucket that goes idle
+// keeps its last unspent batch withheld until it refills. A bucket whose cap is 1 (small
+// limits) is decided exactly, one Redis call per request. AllowNoWait's decisions (the
+// router's event loop) renew a lease ahead of need, in the background, when less than a
+// quarter of its batch or of its time is left, so that they need not wait for Redis
+// (renewAhead in lease.go); a renewed lease gives back at most its latest batch, and a busy
+// Limiter withholds up to the cap, a tenth of the bucket, while it stays busy. A denial is
+// remembered until its Retry-After, since no other router can make the bucket admit earlier;
+// while it lasts, requests on that bucket are denied without asking Redis (if Redis loses its
+// state, a denial can outlive it by at most that Retry-After).
 // RateLimit-Remaining of a request served from a lease is Redis's count at the grant plus the
 // tokens still held, so it is approximate by at most what other routers spent since.
 //

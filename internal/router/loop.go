@@ -1196,13 +1196,9 @@ type nativeScratch struct {
 }
 
 // parseNative parses a request head (its blank line included) the loop serves natively, into
-// sc (reset here; nil: new ones); ok is false for any other — which the loop then detaches for
-// net/http to judge and answer. closeAfter: the client asked for the connection to close after
-// the answer.
+// sc (reset here); ok is false for any other — which the loop then detaches for net/http to
+// judge and answer. closeAfter: the client asked for the connection to close after the answer.
 func parseNative(head []byte, sc *nativeScratch) (r *http.Request, closeAfter bool, contentLength int, ok bool) {
-	if sc == nil {
-		sc = new(nativeScratch)
-	}
 	i := bytes.Index(head, crlfcrlf[:2])
 	line := head[:i]
 	sp1 := bytes.IndexByte(line, ' ')
