@@ -30,11 +30,15 @@ const nginxName = "nginx"
 const nginxPackage = "nginx"
 
 // routerLoopName is the target name of the router's event-loop listener (cmd/router
-// -loop-listen): the same router process as the router target, another front.
+// -loop-listen): the same router process as the router target, whose HTTP port is served by
+// the front its -front names (the event loop by default).
 const routerLoopName = "router-loop"
 
-// loopListenEnv is cmd/router's environment variable for -loop-listen.
-const loopListenEnv = "MERIDIAN_ROUTER_LOOP_LISTEN"
+// loopListenEnv is cmd/router's environment variable for -loop-listen; frontEnv for -front.
+const (
+	loopListenEnv = "MERIDIAN_ROUTER_LOOP_LISTEN"
+	frontEnv      = "MERIDIAN_ROUTER_FRONT"
+)
 
 // proxyFlags are the proxy scenario's flags.
 type proxyFlags struct {
@@ -49,6 +53,9 @@ type proxyFlags struct {
 	// routerLoop is the base URL of the router's event-loop listener, measured as router-loop.
 	// "" = the cluster file's router_loop of the region; none there either = not measured.
 	routerLoop string
+	// routerFront is not a flag: the measured router's -front (or MERIDIAN_ROUTER_FRONT), read
+	// from its process; "" = neither given (its default, the event-loop front).
+	routerFront string
 }
 
 func (p *proxyFlags) register(fs *flag.FlagSet) {
@@ -394,6 +401,9 @@ func runProxy(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	roles = append(roles, bareRoles...)
 	routerRole := procRole{name: "router", pids: pidIf(findListener(hostPort(router.base)))}
 	roles = append(roles, routerRole)
+	for _, pid := range routerRole.pids {
+		o.routerFront = flagOrEnv(procArgs(pid, "cmdline"), procArgs(pid, "environ"), "front", frontEnv)
+	}
 	if loop != nil {
 		role, note := loopRole(routerRole, hostPort(loop.base))
 		if note != "" {
@@ -532,6 +542,30 @@ func servesLoop(args, env []string, hostport string) bool {
 	return slices.Contains(env, loopListenEnv+"="+hostport)
 }
 
+// flagOrEnv is the value of the flag name (-name or --name, separate or with "=") in args, or
+// without it the environment variable envName's in env; "" for neither.
+func flagOrEnv(args, env []string, name, envName string) string {
+	for i, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		n, val, eq := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if n != name {
+			continue
+		}
+		if !eq && i+1 < len(args) {
+			val = args[i+1]
+		}
+		return val
+	}
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, envName+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
 // proxyRole is the index in roles of the process that forwards target's requests: the role of
 // the target's own name (nginx, the bare proxies, the router), for router-loop the router's
 // unless it has a role of its own; -1 for direct.
@@ -581,10 +615,14 @@ func writeProxySection(w *strings.Builder, o *options, p *plan, roles []procRole
 		fmt.Fprintf(w, ", %s = %s (bench's bare reverse proxy on gnet's event loops to direct, own process)", gnetProxyName, p.targets[i].base)
 	}
 	if i := slices.IndexFunc(p.targets, func(t benchTarget) bool { return t.name == "router" }); i >= 0 {
-		fmt.Fprintf(w, ", router = %s", p.targets[i].base)
+		front := "its default front, the event loop"
+		if o.routerFront != "" {
+			front = "-front " + o.routerFront
+		}
+		fmt.Fprintf(w, ", router = %s (%s)", p.targets[i].base, front)
 	}
 	if i := slices.IndexFunc(p.targets, func(t benchTarget) bool { return t.name == routerLoopName }); i >= 0 {
-		fmt.Fprintf(w, ", %s = %s (the router's event-loop listener: the same process, another front)", routerLoopName, p.targets[i].base)
+		fmt.Fprintf(w, ", %s = %s (the router's -loop-listen, an event-loop front: the same process)", routerLoopName, p.targets[i].base)
 	} else if loopNote != "" {
 		fmt.Fprintf(w, " (%s)", loopNote)
 	}

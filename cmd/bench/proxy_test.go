@@ -273,7 +273,7 @@ func TestProxyRouterLoopCPU(t *testing.T) {
 		{name: "router", base: "http://c"}, {name: routerLoopName, base: "http://d"}}}
 	writeProxySection(&md, o, p, roles, []proxyRun{run}, "", machine{nproc: 2, cpu: "test"})
 	for _, want := range []string{
-		"router = http://c, router-loop = http://d (the router's event-loop listener",
+		"router = http://c (its default front, the event loop), router-loop = http://d (the router's -loop-listen, an event-loop front",
 		"| 16 | router-loop | 250 | 0.500 |",
 		"| 200×500 | 0/1 | 280 | 20 | 220 | 200 |",
 		"router-loop CPU per request 0.44× the router's (220 vs 500 µs; net of background 0.42×, 200 vs 475 µs), 3.67× nginx's, throughput 1.250× the router's, 1.000× nginx's",
@@ -319,7 +319,7 @@ func TestProxySectionWithoutLoop(t *testing.T) {
 	var md strings.Builder
 	run := proxyRun{conns: 16, rep: &loadgen.Report{Targets: []loadgen.TargetResult{{Name: "direct", OK: 1, Throughput: 1}}}}
 	writeProxySection(&md, o, p, nil, []proxyRun{run}, note, machine{nproc: 2, cpu: "test"})
-	if !strings.Contains(md.String(), "router = http://c ("+note+")") {
+	if !strings.Contains(md.String(), "router = http://c (its default front, the event loop) ("+note+")") {
 		t.Errorf("section does not say why router-loop is missing:\n%s", md.String())
 	}
 	if strings.Contains(md.String(), "| router-loop |") {
@@ -721,4 +721,31 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// TestRouterFrontNamed: the section names the router's front as its process gives it (-front, or
+// MERIDIAN_ROUTER_FRONT without the flag), else its default.
+func TestRouterFrontNamed(t *testing.T) {
+	for _, c := range []struct {
+		args, env []string
+		want      string
+	}{
+		{[]string{"router", "-front", "http"}, nil, "http"},
+		{[]string{"router", "--front=loop"}, []string{frontEnv + "=http"}, "loop"},
+		{[]string{"router", "-listen", "x"}, []string{"A=b", frontEnv + "=http"}, "http"},
+		{[]string{"router", "-frontier", "x"}, nil, ""},
+	} {
+		if got := flagOrEnv(c.args, c.env, "front", frontEnv); got != c.want {
+			t.Errorf("flagOrEnv(%q, %q) = %q, want %q", c.args, c.env, got, c.want)
+		}
+	}
+	o := &options{args: []string{"-scenario", "proxy"}}
+	o.routerFront = "http"
+	p := &plan{targets: []benchTarget{{name: "direct", base: "http://a"}, {name: nginxName, base: "http://b"}, {name: "router", base: "http://c"}}}
+	var md strings.Builder
+	run := proxyRun{conns: 16, rep: &loadgen.Report{Targets: []loadgen.TargetResult{{Name: "direct", OK: 1, Throughput: 1}}}}
+	writeProxySection(&md, o, p, nil, []proxyRun{run}, "", machine{nproc: 2, cpu: "test"})
+	if !strings.Contains(md.String(), "router = http://c (-front http)") {
+		t.Errorf("section does not name the router's front:\n%s", md.String())
+	}
 }

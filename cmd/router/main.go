@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -32,6 +33,12 @@ import (
 	"github.com/meridian-dev/meridian/shardmap"
 )
 
+// The fronts -front chooses between.
+const (
+	frontLoop = "loop"
+	frontHTTP = "http"
+)
+
 type config struct {
 	region, id, listen, advertiseURL, raftAddr, dataDir string
 	bootstrap                                           bool
@@ -42,7 +49,7 @@ type config struct {
 	jwtSecret, jwksFile, jwtIssuer, jwtAudience         string
 	redisAddr                                           string
 	edgeCache                                           bool
-	loopListen                                          string
+	front, loopListen                                   string
 	loops                                               int
 	edgeMemory                                          int
 	cacheMaxLag                                         time.Duration
@@ -92,8 +99,9 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&c.region, "region", env.String("MERIDIAN_REGION", ""), "this router's region (MERIDIAN_REGION; required)")
 	fs.StringVar(&c.id, "id", env.String("MERIDIAN_ROUTER_ID", ""), "Raft id and gossip name, stable across restarts (MERIDIAN_ROUTER_ID; default <region>-router-<port>)")
 	fs.StringVar(&c.listen, "listen", env.String("MERIDIAN_ROUTER_LISTEN", "127.0.0.1:8080"), "HTTP listen address (MERIDIAN_ROUTER_LISTEN)")
-	fs.IntVar(&c.loops, "loops", env.Int("MERIDIAN_ROUTER_LOOPS", 0), "event loops of the -loop-listen front (0 = GOMAXPROCS less one, at least one: docs/router.md, \"The router's own work\") (MERIDIAN_ROUTER_LOOPS)")
-	fs.StringVar(&c.loopListen, "loop-listen", env.String("MERIDIAN_ROUTER_LOOP_LISTEN", ""), "also serve the router on this host:port through the event-loop front (docs/router.md, \"The event-loop front\"; empty = off) (MERIDIAN_ROUTER_LOOP_LISTEN)")
+	fs.StringVar(&c.front, "front", env.String("MERIDIAN_ROUTER_FRONT", frontLoop), "what serves -listen: \"loop\", the event-loop front (the router's steps on gnet's event loops; what it does not serve natively, such as change streams and the admin API, it hands to net/http), or \"http\", net/http alone (docs/router.md, \"The event-loop front\") (MERIDIAN_ROUTER_FRONT)")
+	fs.IntVar(&c.loops, "loops", env.Int("MERIDIAN_ROUTER_LOOPS", 0), "event loops of each event-loop front, -listen's and -loop-listen's (0 = GOMAXPROCS less one, at least one: docs/router.md, \"The router's own work\") (MERIDIAN_ROUTER_LOOPS)")
+	fs.StringVar(&c.loopListen, "loop-listen", env.String("MERIDIAN_ROUTER_LOOP_LISTEN", ""), "also serve the router on this host:port through an event-loop front of its own, whatever -front says: a second listener to set the two fronts side by side (empty = off) (MERIDIAN_ROUTER_LOOP_LISTEN)")
 	fs.StringVar(&c.advertiseURL, "advertise-url", env.String("MERIDIAN_ROUTER_URL", ""), "base URL other nodes reach this router at (MERIDIAN_ROUTER_URL; default http://<listen>)")
 	fs.StringVar(&c.raftAddr, "raft-addr", env.String("MERIDIAN_RAFT_ADDR", "127.0.0.1:7000"), "Raft bind address (MERIDIAN_RAFT_ADDR)")
 	fs.StringVar(&c.dataDir, "data-dir", env.String("MERIDIAN_DATA_DIR", "./data/router"), "shard-map data directory (MERIDIAN_DATA_DIR)")
@@ -148,6 +156,9 @@ func parseConfig(args []string) (config, error) {
 	if c.loops < 0 {
 		return c, fmt.Errorf("-loops must not be negative, got %d", c.loops)
 	}
+	if c.front != frontLoop && c.front != frontHTTP {
+		return c, fmt.Errorf("-front must be %q or %q, got %q", frontLoop, frontHTTP, c.front)
+	}
 	if c.holdTime <= 0 {
 		return c, fmt.Errorf("-hold-time must be positive, got %v", c.holdTime)
 	}
@@ -198,19 +209,34 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 
-	// Listener first: the advertised URL and the default id name its port.
-	ln, err := net.Listen("tcp", cfg.listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+	// Listener first: the advertised URL and the default id name its port. The event-loop
+	// front binds now and serves once the Server exists (Loop.Serve); until then its
+	// connections wait, as they would in net/http's listener's queue.
+	var (
+		ln   net.Listener
+		lp   *router.Loop
+		addr string
+	)
+	if cfg.front == frontLoop {
+		if lp, err = router.ListenLoop(cfg.listen, cfg.loops, log); err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+		parts.Add("listener", lp.Stop)
+		addr = lp.Addr()
+	} else {
+		if ln, err = net.Listen("tcp", cfg.listen); err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+		parts.Add("listener", func(context.Context) error { return closeListener(ln) })
+		addr = ln.Addr().String()
 	}
-	parts.Add("listener", func(context.Context) error { return closeListener(ln) })
 	url := cfg.advertiseURL
 	if url == "" {
-		url = "http://" + ln.Addr().String()
+		url = "http://" + addr
 	}
 	id := cfg.id
 	if id == "" {
-		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		_, port, _ := net.SplitHostPort(addr)
 		id = cfg.region + "-router-" + port
 	}
 	reg := prometheus.NewRegistry()
@@ -276,28 +302,62 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		// Open change streams end at shutdown (clients resume elsewhere with Last-Event-ID)
 		// instead of holding the drain for the whole grace period.
 		hs.RegisterOnShutdown(srv.StopStreams)
-		if cfg.loopListen == "" {
-			return daemon.ServeHTTP(ctx, hs, ln, cfg.shutdownGrace)
+		var loops []*router.Loop
+		if lp != nil {
+			if err := lp.Serve(srv, hs); err != nil {
+				return err
+			}
+			loops = append(loops, lp)
+			log.Info("event-loop front serving", "addr", lp.Addr(), "front", cfg.front)
 		}
-		lp, err := srv.StartLoop(router.LoopConfig{Addr: cfg.loopListen, Loops: cfg.loops, HTTP: hs})
-		if err != nil {
-			return err
+		if cfg.loopListen != "" {
+			second, err := srv.StartLoop(router.LoopConfig{Addr: cfg.loopListen, Loops: cfg.loops, HTTP: hs})
+			if err != nil {
+				return err
+			}
+			loops = append(loops, second)
+			log.Info("event-loop front listening", "addr", second.Addr())
 		}
-		log.Info("event-loop front listening", "addr", lp.Addr())
-		// On stop the loop drains beside the HTTP server, within the same grace period.
+		// On stop the loops drain beside the HTTP server, within the same grace period.
 		drained := make(chan struct{})
 		go func() {
 			defer close(drained)
 			<-ctx.Done()
 			sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
 			defer cancel()
-			if err := lp.Shutdown(sctx); err != nil {
-				log.Warn("event-loop front: drain cut short", "err", err)
+			var wg sync.WaitGroup
+			for _, l := range loops {
+				wg.Go(func() {
+					if err := l.Shutdown(sctx); err != nil {
+						log.Warn("event-loop front: drain cut short", "addr", l.Addr(), "err", err)
+					}
+				})
 			}
+			wg.Wait()
 		}()
+		if ln == nil {
+			// The HTTP server serves only what the loop detaches (Loop.Serve started it on
+			// that): it drains with the loop at stop.
+			select {
+			case <-ctx.Done():
+			case <-lp.Exited(): // the engine failed: the part stops, and the router with it
+				_ = hs.Close()
+				return errors.New("event-loop front stopped serving -listen")
+			}
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+			err := hs.Shutdown(sctx)
+			cancel()
+			if err != nil {
+				_ = hs.Close()
+			}
+			<-drained
+			return err
+		}
 		err = daemon.ServeHTTP(ctx, hs, ln, cfg.shutdownGrace)
-		if ctx.Err() == nil { // the server failed: the part stops, and the loop with it
-			_ = lp.Stop(context.Background())
+		if ctx.Err() == nil { // the server failed: the part stops, and the loops with it
+			for _, l := range loops {
+				_ = l.Stop(context.Background())
+			}
 			return err
 		}
 		<-drained

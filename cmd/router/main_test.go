@@ -149,3 +149,21 @@ func TestParseConfigLoops(t *testing.T) {
 		t.Errorf("-loops -1: %v, want an error naming -loops", err)
 	}
 }
+
+// TestParseConfigFront: -front defaults to the event-loop front, is read from the environment,
+// and refuses anything but "loop" and "http".
+func TestParseConfigFront(t *testing.T) {
+	required(t)
+	if c, err := parseConfig(nil); err != nil || c.front != frontLoop {
+		t.Fatalf("default: %q %v, want %q", c.front, err, frontLoop)
+	}
+	t.Setenv("MERIDIAN_ROUTER_FRONT", "http")
+	if c, err := parseConfig(nil); err != nil || c.front != frontHTTP {
+		t.Fatalf("from the environment: %q %v, want %q", c.front, err, frontHTTP)
+	}
+	for _, v := range []string{"", "gnet", "LOOP"} {
+		if _, err := parseConfig([]string{"-front", v}); err == nil || !strings.Contains(err.Error(), "-front") {
+			t.Errorf("-front %q: %v, want an error naming -front", v, err)
+		}
+	}
+}

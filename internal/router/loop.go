@@ -28,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -81,7 +82,8 @@ type Loop struct {
 	detach *detachListener
 	base   context.Context // parent of the requests' contexts; ends at Stop
 	end    context.CancelFunc
-	done   chan error // gnet.Run's outcome
+	done   chan error    // gnet.Run's outcome
+	exited chan struct{} // closed when gnet.Run has returned
 
 	maxHead       int
 	maxQueued     int // most bytes a connection may have sent ahead of what is served
@@ -103,22 +105,88 @@ type Loop struct {
 
 	booted chan error
 
+	serving  atomic.Bool // Serve has begun: s and the limits above are set
 	draining atomic.Bool // Shutdown has begun
 	stopOnce sync.Once
 	stopErr  error
 }
 
-// StartLoop starts the event-loop front on cfg.Addr and returns once it listens.
+// StartLoop starts the event-loop front on cfg.Addr and returns once it listens and serves:
+// ListenLoop, then Serve.
 func (s *Server) StartLoop(cfg LoopConfig) (*Loop, error) {
 	if cfg.HTTP == nil {
 		return nil, errors.New("router: loop: no HTTP server for detached connections")
 	}
-	if cfg.Loops <= 0 {
-		cfg.Loops = DefaultLoops()
+	l, err := ListenLoop(cfg.Addr, cfg.Loops, s.cfg.Logger)
+	if err != nil {
+		return nil, err
 	}
-	l := &Loop{s: s, cfg: cfg, done: make(chan error, 1), booted: make(chan error, 1),
-		conns: map[*loopConn]struct{}{}, maxHead: cfg.HTTP.MaxHeaderBytes,
-		headerTimeout: cfg.HTTP.ReadHeaderTimeout, idleTimeout: cfg.HTTP.IdleTimeout}
+	if err := l.Serve(s, cfg.HTTP); err != nil {
+		_ = l.Stop(context.Background())
+		return nil, err
+	}
+	return l, nil
+}
+
+// loopPreServeMax is the most a client may send before the front serves (Serve): its bytes wait
+// in the loop's buffer, as they would in the kernel's before net/http's first Accept.
+const loopPreServeMax = 1 << 20
+
+// ListenLoop binds the event-loop front on addr (port 0: any) with loops event loops (0:
+// DefaultLoops) and returns once it listens, before it serves: the router binds its listener
+// first, for the address it advertises, and builds the Server after. Connections it accepts
+// until Serve wait, their requests unread, as they would in the kernel's queue before net/http
+// serves a listener. Stop closes it, served or not.
+func ListenLoop(addr string, loops int, logger *slog.Logger) (*Loop, error) {
+	if loops <= 0 {
+		loops = DefaultLoops()
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	l := &Loop{cfg: LoopConfig{Addr: addr, Loops: loops}, done: make(chan error, 1), exited: make(chan struct{}), booted: make(chan error, 1),
+		conns: map[*loopConn]struct{}{}, maxQueued: loopPreServeMax}
+	l.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_router_loop_requests_total",
+		Help: "Requests the event-loop front took, by path: native (served on a loop), edge (an edge lookup made off the loop: the router's copy of the cache lacked a key), offloop (a step after a failed or misdirected first attempt, or a rate limit that needed Redis, made off the loop), detached (the connection handed to net/http)."},
+		[]string{"path"})
+	l.connections = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_router_loop_connections",
+		Help: "Client connections the event-loop front serves (detached ones not counted)."})
+	l.base, l.end = context.WithCancel(context.Background())
+	l.detach = newDetachListener()
+	go func() {
+		// SO_REUSEADDR, as net.Listen sets it: a router restarted on its port must bind it while
+		// the connections its predecessor closed wait out TIME_WAIT there.
+		err := gnet.Run(l, "tcp://"+addr, gnet.WithMulticore(true), gnet.WithNumEventLoop(loops),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay), gnet.WithReuseAddr(true), gnet.WithLogger(gnetlog.Logger{L: logger, Prefix: "event loop: "}))
+		select {
+		case l.booted <- err:
+		default:
+		}
+		l.done <- err
+		close(l.exited)
+	}()
+	if err := <-l.booted; err != nil {
+		l.end()
+		_ = l.detach.Close()
+		return nil, fmt.Errorf("router: loop: %w", err)
+	}
+	return l, nil
+}
+
+// Serve starts serving the loop's connections with s's steps, the ones that waited since
+// ListenLoop first; hs serves the connections the loop detaches (the router's own server: its
+// Handler the Server's, its timeouts and limits internal/daemon's HTTPLimits), and its
+// ReadHeaderTimeout, IdleTimeout and MaxHeaderBytes bound the loop's own connections too. Once
+// only.
+func (l *Loop) Serve(s *Server, hs *http.Server) error {
+	if hs == nil {
+		return errors.New("router: loop: no HTTP server for detached connections")
+	}
+	if l.s != nil {
+		return errors.New("router: loop: already serving")
+	}
+	l.s, l.cfg.HTTP = s, hs
+	l.maxHead, l.headerTimeout, l.idleTimeout = hs.MaxHeaderBytes, hs.ReadHeaderTimeout, hs.IdleTimeout
 	if l.maxHead <= 0 {
 		l.maxHead = http.DefaultMaxHeaderBytes
 	}
@@ -130,37 +198,23 @@ func (s *Server) StartLoop(cfg LoopConfig) (*Loop, error) {
 	if l.idleTimeout <= 0 {
 		l.idleTimeout = 2 * time.Minute
 	}
-	l.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_router_loop_requests_total",
-		Help: "Requests the event-loop front took, by path: native (served on a loop), edge (an edge lookup made off the loop: the router's copy of the cache lacked a key), offloop (a step after a failed or misdirected first attempt, or a rate limit that needed Redis, made off the loop), detached (the connection handed to net/http)."},
-		[]string{"path"})
-	l.connections = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_router_loop_connections",
-		Help: "Client connections the event-loop front serves (detached ones not counted)."})
 	if err := registerLoop(s.cfg.Registry, l); err != nil {
-		return nil, err
+		return err
 	}
 	l.native, l.edge = l.requests.WithLabelValues("native"), l.requests.WithLabelValues("edge")
 	l.offloop, l.detached = l.requests.WithLabelValues("offloop"), l.requests.WithLabelValues("detached")
-	l.base, l.end = context.WithCancel(context.Background())
-	l.detach = newDetachListener()
-	go func() { _ = cfg.HTTP.Serve(l.detach) }()
-	go func() {
-		// SO_REUSEADDR, as net.Listen sets it: a router restarted on its port must bind it while
-		// the connections its predecessor closed wait out TIME_WAIT there.
-		err := gnet.Run(l, "tcp://"+cfg.Addr, gnet.WithMulticore(true), gnet.WithNumEventLoop(cfg.Loops),
-			gnet.WithTCPNoDelay(gnet.TCPNoDelay), gnet.WithReuseAddr(true), gnet.WithLogger(gnetlog.Logger{L: s.cfg.Logger, Prefix: "event loop: "}))
-		select {
-		case l.booted <- err:
-		default:
-		}
-		l.done <- err
-	}()
-	if err := <-l.booted; err != nil {
-		l.end()
-		_ = l.detach.Close()
-		return nil, fmt.Errorf("router: loop: %w", err)
-	}
+	go func() { _ = hs.Serve(l.detach) }()
 	go l.sweep()
-	return l, nil
+	// The connections that came before: counted from now, and woken to read what they sent.
+	l.mu.Lock()
+	l.serving.Store(true)
+	for lc := range l.conns {
+		lc.counted = true
+		l.connections.Inc()
+		_ = lc.c.Wake(nil)
+	}
+	l.mu.Unlock()
+	return nil
 }
 
 // registerLoop registers the loop's metrics, or takes the ones registered already (a second
@@ -181,6 +235,9 @@ func registerOrShare[C prometheus.Collector](reg prometheus.Registerer, c C) (C,
 	}
 	return c, err
 }
+
+// Exited is closed when the loop's engine has stopped: after Stop, or on its own when it failed.
+func (l *Loop) Exited() <-chan struct{} { return l.exited }
 
 // Addr is the host:port the loop listens on.
 func (l *Loop) Addr() string { return l.addr }
@@ -269,6 +326,8 @@ type loopConn struct {
 	st         reqState       // the request's state (begin resets it)
 	deadline   *time.Timer    // the first attempt's deadline, for the request in flight (hop)
 	scratch    *nativeScratch // what the next request is parsed into (nil: a new one)
+
+	counted bool // in the connections gauge (under Loop.mu: a connection opened before Serve is counted there)
 
 	busy      atomic.Bool  // a request is in flight (the sweeper leaves it alone)
 	woken     atomic.Bool  // Shutdown has woken it
@@ -394,8 +453,11 @@ func (l *Loop) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	c.SetContext(lc)
 	l.mu.Lock()
 	l.conns[lc] = struct{}{}
+	if l.serving.Load() {
+		lc.counted = true
+		l.connections.Inc()
+	}
 	l.mu.Unlock()
-	l.connections.Inc()
 	return nil, gnet.None
 }
 
@@ -406,8 +468,10 @@ func (l *Loop) OnClose(c gnet.Conn, _ error) gnet.Action {
 		x.closed = true
 		l.mu.Lock()
 		delete(l.conns, x)
+		if x.counted {
+			l.connections.Dec()
+		}
 		l.mu.Unlock()
-		l.connections.Dec()
 		if rq := x.req; rq != nil {
 			if u := rq.hop; u != nil {
 				// Its answer would come for nobody: the connection goes too.
@@ -428,6 +492,15 @@ func (l *Loop) OnTraffic(c gnet.Conn) gnet.Action {
 	raceAcquireIO()
 	switch x := c.Context().(type) {
 	case *loopConn:
+		if !l.serving.Load() {
+			// Not served yet (ListenLoop without Serve): the request waits in the buffer, which
+			// Serve's wake-up reads; a client that sends more than loopPreServeMax meanwhile
+			// is cut off.
+			if x.c.InboundBuffered() > loopPreServeMax || l.draining.Load() {
+				return gnet.Close
+			}
+			return gnet.None
+		}
 		return l.request(x)
 	case *loopUp:
 		return l.answer(x)

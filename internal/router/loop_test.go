@@ -787,3 +787,100 @@ func TestLoopRebindsItsPortAfterARestart(t *testing.T) {
 		t.Fatalf("restarted loop: %d", resp.StatusCode)
 	}
 }
+
+// TestListenLoopServesWhatWaited: a front bound by ListenLoop accepts connections before it
+// serves, and answers nothing on them; Serve then answers what they sent, in order, and counts
+// them as connections; a second Serve is refused. A front never served stops, and drains (an
+// idle connection closed), without hanging.
+func TestListenLoopServesWhatWaited(t *testing.T) {
+	rg := newRig(t, nil)
+	l, err := ListenLoop("127.0.0.1:0", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Stop(context.Background()) })
+	req := func(id string) string {
+		return "GET /v1/collections/c/records/" + id + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
+	}
+	early, err := net.Dial("tcp", l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Close()
+	if _, err := io.WriteString(early, req("a")+req("b")); err != nil {
+		t.Fatal(err)
+	}
+	_ = early.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := early.Read(make([]byte, 1)); n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("before Serve: read %d bytes, %v; want nothing until the deadline", n, err)
+	}
+
+	hs := &http.Server{Handler: rg.srv.Handler()}
+	t.Cleanup(func() { _ = hs.Close() })
+	if err := l.Serve(rg.srv, hs); err != nil {
+		t.Fatal(err)
+	}
+	_ = early.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(early)
+	for _, id := range []string{"a", "b"} {
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("%s after Serve: %v", id, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`/records/`+id+`"`)) {
+			t.Fatalf("%s after Serve: %d %s", id, resp.StatusCode, body)
+		}
+	}
+	if n := loopCount(t, l, "native"); n != 2 {
+		t.Errorf("native requests %v, want 2", n)
+	}
+	if g := testutil.ToFloat64(l.connections); g != 1 {
+		t.Errorf("connections gauge %v with the early connection open, want 1", g)
+	}
+	if resp, _ := rawExchange(t, l.Addr(), req("c")); resp.StatusCode != http.StatusOK {
+		t.Errorf("a connection after Serve: %d", resp.StatusCode)
+	}
+	early.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(l.connections) != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g := testutil.ToFloat64(l.connections); g != 0 {
+		t.Errorf("connections gauge %v with every connection closed, want 0", g)
+	}
+	if err := l.Serve(rg.srv, hs); err == nil {
+		t.Error("a second Serve was accepted")
+	}
+
+	// Never served: Shutdown closes an idle connection and returns; the port is released.
+	unserved, err := ListenLoop("127.0.0.1:0", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle, err := net.Dial("tcp", unserved.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	time.Sleep(50 * time.Millisecond) // the loop has taken it
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := unserved.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown of a front never served: %v", err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("Shutdown of a front never served took %v", el)
+	}
+	_ = idle.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the idle connection of a front never served: %v, want it closed", err)
+	}
+	select {
+	case <-unserved.Exited():
+	case <-time.After(5 * time.Second):
+		t.Error("Exited not closed after Shutdown")
+	}
+}

@@ -101,3 +101,31 @@ func flagValue(args []string, name string) (string, bool) {
 	}
 	return args[i+1], true
 }
+
+// TestRouterFront: the topology's router_front reaches every router as -front; empty (the
+// repository's default) passes no flag, and the router takes its own default.
+func TestRouterFront(t *testing.T) {
+	base, err := topology.Load(filepath.Join(repoRoot(t), "deploy", "multi-region", "topology.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, front := range []string{"", "loop", "http"} {
+		f := base.File()
+		f.RouterFront = front
+		topo, err := topology.New(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &Cluster{topo: topo}
+		first := topo.Routers(topo.Regions()[0])[0]
+		for _, r := range topo.Regions() {
+			for _, n := range topo.Routers(r) {
+				args := c.routerArgs(n, first, "/data/raft")
+				got, has := flagValue(args, "-front")
+				if has != (front != "") || got != front {
+					t.Errorf("router_front %q: %s has -front %q (given %v): %q", front, n.ID, got, has, args)
+				}
+			}
+		}
+	}
+}

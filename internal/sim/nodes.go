@@ -61,6 +61,10 @@ func (c *Cluster) routerArgs(n, first topology.Node, raftDir string) []string {
 		"-ip-burst", fmt.Sprint(c.topo.RateLimits().IPBurst),
 		"-debug-addr", host + ":0", // pprof; the log says where
 	}
+	// Only when set: a router that predates -front does not know the flag.
+	if f := c.topo.RouterFront(); f != "" {
+		args = append(args, "-front", f)
+	}
 	// Only with router_loop_listen: a router that predates the loop does not know the flag.
 	if n.Loop != 0 {
 		args = append(args, "-loop-listen", fmt.Sprintf("%s:%d", host, n.Loop))

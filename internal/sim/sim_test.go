@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -136,6 +137,7 @@ func TestClusterUpDemoDown(t *testing.T) {
 	}
 
 	checkEdge(t, ctx, f)
+	checkFront(t, ctx, f)
 	checkPartition(t, ctx, c, f)
 	checkKillRestart(t, ctx, c, f)
 
@@ -164,6 +166,39 @@ func TestClusterUpDemoDown(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "cluster.json")); !os.IsNotExist(err) {
 		t.Errorf("cluster.json left behind: %v", err)
+	}
+}
+
+// checkFront holds the routers' HTTP ports to cmd/router's default front, the event loop: a
+// record GET on a new connection to each region's router is served on its loop natively (its
+// meridian_router_loop_requests_total{path="native"} moves). A connection whose first request
+// the loop does not serve natively (the admin API's, the demo's first) is net/http's for good,
+// hence the new one.
+func checkFront(t *testing.T, ctx context.Context, f *ClusterFile) {
+	t.Helper()
+	tok, err := MintToken(f.DevJWTSecret, TokenSpec{Tenant: "demo-us-east"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range slices.Sorted(maps.Keys(f.Regions)) {
+		router := f.Regions[r].Router
+		before, err := testenv.LoopCounts(ctx, http.DefaultClient, router)
+		if err != nil {
+			t.Fatalf("%s: %v", r, err)
+		}
+		client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{}}
+		st, _, b, err := call(ctx, client, http.MethodGet, router+"/v1/collections/notes/records/edge", tok, "", "")
+		client.CloseIdleConnections()
+		if err != nil || st != http.StatusOK {
+			t.Fatalf("%s: GET through the router: %d %s %v", r, st, b, err)
+		}
+		after, err := testenv.LoopCounts(ctx, http.DefaultClient, router)
+		if err != nil {
+			t.Fatalf("%s: %v", r, err)
+		}
+		if after["native"] <= before["native"] {
+			t.Errorf("%s's router did not serve a GET natively on its HTTP port (loop counts %v, then %v): is the port net/http's?", r, before, after)
+		}
 	}
 }
 

@@ -90,13 +90,17 @@ type File struct {
 	// RouterLoopListen gives every router a second listener, served through its event-loop
 	// front (cmd/router -loop-listen), on ports.offsets.router_loop (+k per router). false (the
 	// default) = routers listen on their HTTP port only.
-	RouterLoopListen bool         `yaml:"router_loop_listen"`
-	MaxStaleness     Duration     `yaml:"max_staleness"`
-	RateLimits       RateLimits   `yaml:"rate_limits"`
-	DevJWTSecret     string       `yaml:"dev_jwt_secret"`
-	Ports            PortsSection `yaml:"ports"`
-	Regions          []RegionSpec `yaml:"regions"`
-	RTT              []RTTSpec    `yaml:"rtt"`
+	RouterLoopListen bool `yaml:"router_loop_listen"`
+	// RouterFront is what serves every router's HTTP port (cmd/router -front): "loop" (the
+	// event-loop front) or "http" (net/http alone); "" (the default) = the router's own default,
+	// "loop", with no flag passed (a router that predates the flag would refuse it).
+	RouterFront  string       `yaml:"router_front"`
+	MaxStaleness Duration     `yaml:"max_staleness"`
+	RateLimits   RateLimits   `yaml:"rate_limits"`
+	DevJWTSecret string       `yaml:"dev_jwt_secret"`
+	Ports        PortsSection `yaml:"ports"`
+	Regions      []RegionSpec `yaml:"regions"`
+	RTT          []RTTSpec    `yaml:"rtt"`
 }
 
 // RateLimits are the routers' development rate limits. Zero fields take the defaults
@@ -277,6 +281,11 @@ func New(f File) (*Topology, error) {
 			return bad("%s: at most %d, got %d", field, max, *v)
 		}
 		return nil
+	}
+	switch f.RouterFront {
+	case "", "loop", "http":
+	default:
+		return nil, bad("router_front: want \"loop\" or \"http\" (or none: the router's default), got %q", f.RouterFront)
 	}
 	// slot_count has the shard map's range: a file the map would refuse at bootstrap fails here.
 	if f.SlotCount == 0 {
@@ -535,6 +544,10 @@ func (t *Topology) RateLimits() RateLimits { return t.file.RateLimits }
 
 // RouterLoopListen says whether every router gets an event-loop listener (Node.Loop).
 func (t *Topology) RouterLoopListen() bool { return t.file.RouterLoopListen }
+
+// RouterFront is what serves every router's HTTP port ("loop", "http"), or "" for the router's
+// default.
+func (t *Topology) RouterFront() string { return t.file.RouterFront }
 
 // DevJWTSecret is the pinned development secret, or "" when the launcher should generate one.
 func (t *Topology) DevJWTSecret() string { return t.file.DevJWTSecret }

@@ -306,3 +306,23 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestRouterFront: router_front is empty by default (the repository's file included), takes
+// "loop" and "http", and refuses anything else.
+func TestRouterFront(t *testing.T) {
+	for _, topo := range []*Topology{loadRepo(t), mustParse(t, base)} {
+		if f := topo.RouterFront(); f != "" {
+			t.Errorf("router_front %q by default, want empty", f)
+		}
+	}
+	for _, v := range []string{"loop", "http"} {
+		if f := mustParse(t, base+"router_front: "+v+"\n").RouterFront(); f != v {
+			t.Errorf("router_front: %s read as %q", v, f)
+		}
+	}
+	for _, v := range []string{"gnet", "LOOP", "' '"} {
+		if _, err := Parse([]byte(base + "router_front: " + v + "\n")); err == nil || !strings.Contains(err.Error(), "router_front") {
+			t.Errorf("router_front: %s: %v, want an error naming router_front", v, err)
+		}
+	}
+}

@@ -46,8 +46,10 @@ func startCluster(t *testing.T, ctx context.Context) *sim.Cluster {
 	for i := range f.Regions {
 		f.Regions[i].PortBase -= portShift
 	}
-	// Every router with its event-loop listener too: the workload's odd processes read and
-	// write through it (workload.recordURL), so every checker judges both fronts.
+	// Every router's HTTP port served by net/http alone, and an event-loop listener beside it:
+	// the workload's odd processes read and write through the loop (workload.recordURL), the
+	// others through net/http, so every checker judges both fronts.
+	f.RouterFront = "http"
 	f.RouterLoopListen = true
 	topo, err := topology.New(f)
 	if err != nil {

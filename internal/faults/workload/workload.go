@@ -366,8 +366,8 @@ func (w *Workload) due(o history.Op) time.Duration { return o.Complete + w.cfg.I
 
 // recordURL is a record's URL through region's router, as process p reaches it: a process
 // with an odd number through the router's event-loop listener when the cluster has one
-// (router_loop_listen), every other through its net/http listener, so that the checkers judge
-// both fronts (p < 0: the net/http listener).
+// (router_loop_listen), every other through its HTTP port (p < 0 too). The suite serves that
+// port by net/http alone (router_front: http), so that the checkers judge both fronts.
 func (w *Workload) recordURL(p int, region, coll, rec string) string {
 	ep := w.cfg.Cluster.Regions[region]
 	base := ep.Router
