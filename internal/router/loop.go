@@ -101,6 +101,7 @@ type Loop struct {
 	edge        prometheus.Counter
 	offloop     prometheus.Counter
 	detached    prometheus.Counter
+	returned    prometheus.Counter
 	connections prometheus.Gauge
 
 	booted chan error
@@ -151,6 +152,8 @@ func ListenLoop(addr string, loops int, logger *slog.Logger) (*Loop, error) {
 		[]string{"path"})
 	l.connections = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_router_loop_connections",
 		Help: "Client connections the event-loop front serves (detached ones not counted)."})
+	l.returned = prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_router_loop_returned_total",
+		Help: "Detached connections net/http handed back to the event-loop front between two requests, once it had answered the ones it was handed."})
 	l.base, l.end = context.WithCancel(context.Background())
 	l.detach = newDetachListener()
 	go func() {
@@ -201,6 +204,7 @@ func (l *Loop) Serve(s *Server, hs *http.Server) error {
 	if err := registerLoop(s.cfg.Registry, l); err != nil {
 		return err
 	}
+	handBack(hs)
 	l.native, l.edge = l.requests.WithLabelValues("native"), l.requests.WithLabelValues("edge")
 	l.offloop, l.detached = l.requests.WithLabelValues("offloop"), l.requests.WithLabelValues("detached")
 	go func() { _ = hs.Serve(l.detach) }()
@@ -223,7 +227,10 @@ func registerLoop(reg prometheus.Registerer, l *Loop) (err error) {
 	if l.requests, err = registerOrShare(reg, l.requests); err != nil {
 		return err
 	}
-	l.connections, err = registerOrShare(reg, l.connections)
+	if l.connections, err = registerOrShare(reg, l.connections); err != nil {
+		return err
+	}
+	l.returned, err = registerOrShare(reg, l.returned)
 	return err
 }
 
@@ -442,6 +449,9 @@ func (l *Loop) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if l.draining.Load() {
 		return nil, gnet.Close // shutting down: no new connections
 	}
+	if _, ok := c.Context().(returnedConn); ok {
+		l.returned.Inc()
+	}
 	lc := &loopConn{c: c}
 	if a := c.RemoteAddr(); a != nil {
 		lc.peer = a.String()
@@ -599,7 +609,7 @@ func (l *Loop) detachConn(lc *loopConn) gnet.Action {
 	}
 	l.detached.Inc()
 	raceReleaseIO()
-	l.detach.hand(&prefixConn{Conn: nc, pending: pending})
+	l.detach.hand(&prefixConn{Conn: nc, pending: pending, loop: l, el: lc.c.EventLoop()})
 	return gnet.Close // closes the loop's descriptor; the socket lives on in nc
 }
 
@@ -1556,18 +1566,3 @@ type loopAddr struct{}
 
 func (loopAddr) Network() string { return "loop" }
 func (loopAddr) String() string  { return "event-loop front" }
-
-// prefixConn is a detached connection: the bytes the loop had read come first.
-type prefixConn struct {
-	net.Conn
-	pending []byte
-}
-
-func (c *prefixConn) Read(b []byte) (int, error) {
-	if len(c.pending) > 0 {
-		n := copy(b, c.pending)
-		c.pending = c.pending[n:]
-		return n, nil
-	}
-	return c.Conn.Read(b)
-}

@@ -171,9 +171,7 @@ func TestClusterUpDemoDown(t *testing.T) {
 
 // checkFront holds the routers' HTTP ports to cmd/router's default front, the event loop: a
 // record GET on a new connection to each region's router is served on its loop natively (its
-// meridian_router_loop_requests_total{path="native"} moves). A connection whose first request
-// the loop does not serve natively (the admin API's, the demo's first) is net/http's for good,
-// hence the new one.
+// meridian_router_loop_requests_total{path="native"} moves).
 func checkFront(t *testing.T, ctx context.Context, f *ClusterFile) {
 	t.Helper()
 	tok, err := MintToken(f.DevJWTSecret, TokenSpec{Tenant: "demo-us-east"})

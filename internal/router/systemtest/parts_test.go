@@ -64,12 +64,30 @@ func startRouter(t testing.TB, o routerOptions) *testRouter {
 	r := &testRouter{parts: parts}
 	t.Cleanup(func() { _ = r.Close() })
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("start router %s: %v", o.id, err)
+	// The front cmd/router serves -listen with by default, the event loop, bound first; with
+	// MERIDIAN_TEST_FRONT=http (TestSuiteOnNetHTTP's child run) net/http alone.
+	var (
+		ln net.Listener
+		lp *router.Loop
+	)
+	if httpFront() {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("start router %s: %v", o.id, err)
+		}
+		ln = l
+		parts.Add("listener", func(context.Context) error { _ = ln.Close(); return nil })
+		r.URL = "http://" + ln.Addr().String()
+	} else {
+		l, err := router.ListenLoop("127.0.0.1:0", 0, o.log)
+		if err != nil {
+			t.Fatalf("start router %s: %v", o.id, err)
+		}
+		lp = l
+		parts.Add("listener", lp.Stop)
+		r.URL = "http://" + lp.Addr()
 	}
-	parts.Add("listener", func(context.Context) error { _ = ln.Close(); return nil })
-	r.URL = "http://" + ln.Addr().String()
+	var err error
 	reg := prometheus.NewRegistry()
 
 	r.Node, err = shardmap.NewNode(shardmap.NodeConfig{ID: o.id, DataDir: o.dataDir, RaftAddr: o.raftAddr,
@@ -122,8 +140,16 @@ func startRouter(t testing.TB, o routerOptions) *testRouter {
 		t.Fatalf("start router %s: %v", o.id, err)
 	}
 	// No grace: Close is also how a test kills a router.
+	hs := daemon.NewHTTPServer(srv.Handler(), o.httpLimits)
+	if lp != nil {
+		if err := lp.Serve(srv, hs); err != nil {
+			t.Fatalf("start router %s: %v", o.id, err)
+		}
+		parts.Add("http", func(context.Context) error { _ = hs.Close(); return lp.Stop(context.Background()) })
+		return r
+	}
 	parts.Go("http", func(ctx context.Context) error {
-		return daemon.ServeHTTP(ctx, daemon.NewHTTPServer(srv.Handler(), o.httpLimits), ln, 0)
+		return daemon.ServeHTTP(ctx, hs, ln, 0)
 	})
 	return r
 }

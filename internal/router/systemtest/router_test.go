@@ -80,6 +80,32 @@ func TestWritesGoHomeReadsStayLocal(t *testing.T) {
 	if a := c.do("eu-west", "GET", "/admin/v1/regions", dataToken(t, "eu-tenant"), ""); a.status != 403 {
 		t.Fatalf("tenant token on admin: %d", a.status)
 	}
+
+	// The routers serve on cmd/router's default front, the event loop (unless this is
+	// TestSuiteOnNetHTTP's child): plain reads are its own, on connections that began with the
+	// admin API too (net/http gives them back between requests).
+	if httpFront() {
+		return
+	}
+	tok := dataToken(t, "us-tenant")
+	for _, via := range regions {
+		before, err := testenv.LoopCounts(context.Background(), httpClient, c.routers[via].URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 5 {
+			if a := c.do(via, "GET", "/v1/collections/notes/records/r-us-west", tok, ""); a.status != 200 {
+				t.Fatalf("GET via %s: %d %s", via, a.status, a.body)
+			}
+		}
+		after, err := testenv.LoopCounts(context.Background(), httpClient, c.routers[via].URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after["native"] <= before["native"] {
+			t.Errorf("%s's router served none of five GETs on its event loop (loop counts %v, then %v)", via, before, after)
+		}
+	}
 }
 
 // laggingMap is a router's view of the map frozen at one snapshot until the router asks to
