@@ -3,7 +3,6 @@ package router
 import (
 	"bufio"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -28,17 +27,7 @@ import (
 // moment an answer arrives; that request is then net/http's, and the connection comes back
 // after it. So the GETs after each case are sent until one is served on the loop, ten at most.
 func TestLoopTakesBackDetachedConnections(t *testing.T) {
-	rg := newRig(t, nil)
-	l := rg.loop
-	if l == nil {
-		l = startTestLoop(t, rg.srv)
-	}
-	c, err := net.Dial("tcp", l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	l, c := dialLoop(t, newRig(t, nil), 30*time.Second)
 	br := bufio.NewReader(c)
 	get := func(id string, extra string) string {
 		return "GET /v1/collections/c/records/" + id + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n" + extra + "\r\n"

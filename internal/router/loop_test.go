@@ -618,9 +618,7 @@ func TestLoopShutdownDrains(t *testing.T) {
 		return false
 	}
 	node.mu.Unlock()
-	req := func(id string) string {
-		return "GET /v1/collections/c/records/" + id + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
-	}
+	req := getRecordHead
 	idle, err := net.Dial("tcp", l.Addr())
 	if err != nil {
 		t.Fatal(err)
@@ -667,6 +665,28 @@ func TestLoopShutdownDrains(t *testing.T) {
 	}
 }
 
+// getRecordHead is a record GET's head for the rig's tenant acme.
+func getRecordHead(id string) string {
+	return "GET /v1/collections/c/records/" + id + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
+}
+
+// dialLoop is a connection to the rig's event-loop front (started for the test when the suite
+// does not run against it), with a deadline.
+func dialLoop(t *testing.T, rg *rig, deadline time.Duration) (*Loop, net.Conn) {
+	t.Helper()
+	l := rg.loop
+	if l == nil {
+		l = startTestLoop(t, rg.srv)
+	}
+	c, err := net.Dial("tcp", l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(deadline))
+	return l, c
+}
+
 // exchangeOn sends raw on c and reads one answer.
 func exchangeOn(t *testing.T, c net.Conn, raw string) (*http.Response, []byte) {
 	t.Helper()
@@ -687,17 +707,7 @@ func exchangeOn(t *testing.T, c net.Conn, raw string) (*http.Response, []byte) {
 // body deadline, its 408): the connection is detached, and the write answered once the rest
 // arrives.
 func TestLoopDetachesABodyOnItsWay(t *testing.T) {
-	rg := newRig(t, nil)
-	l := rg.loop
-	if l == nil {
-		l = startTestLoop(t, rg.srv)
-	}
-	c, err := net.Dial("tcp", l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	l, c := dialLoop(t, newRig(t, nil), 10*time.Second)
 	detached := loopCount(t, l, "detached")
 	_, _ = io.WriteString(c, "POST /v1/collections/c/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tokAcme+"\r\nContent-Length: 11\r\n\r\n{\"data\"")
 	time.Sleep(50 * time.Millisecond)
@@ -799,9 +809,7 @@ func TestListenLoopServesWhatWaited(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.Stop(context.Background()) })
-	req := func(id string) string {
-		return "GET /v1/collections/c/records/" + id + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
-	}
+	req := getRecordHead
 	early, err := net.Dial("tcp", l.Addr())
 	if err != nil {
 		t.Fatal(err)
