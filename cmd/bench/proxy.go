@@ -526,20 +526,7 @@ func findLoopListener(hostport string) int {
 // router loop listener on hostport: -loop-listen (or --loop-listen) hostport, separate or with
 // "="; without the flag, MERIDIAN_ROUTER_LOOP_LISTEN=hostport (a flag overrides the variable).
 func servesLoop(args, env []string, hostport string) bool {
-	for i, a := range args {
-		if !strings.HasPrefix(a, "-") {
-			continue
-		}
-		name, val, eq := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if name != "loop-listen" {
-			continue
-		}
-		if !eq && i+1 < len(args) {
-			val = args[i+1]
-		}
-		return val == hostport
-	}
-	return slices.Contains(env, loopListenEnv+"="+hostport)
+	return hostport != "" && flagOrEnv(args, env, "loop-listen", loopListenEnv) == hostport
 }
 
 // flagOrEnv is the value of the flag name (-name or --name, separate or with "=") in args, or

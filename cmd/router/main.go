@@ -344,12 +344,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 				_ = hs.Close()
 				return errors.New("event-loop front stopped serving -listen")
 			}
-			sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
-			err := hs.Shutdown(sctx)
-			cancel()
-			if err != nil {
-				_ = hs.Close()
-			}
+			err := daemon.ShutdownHTTP(hs, cfg.shutdownGrace)
 			<-drained
 			return err
 		}

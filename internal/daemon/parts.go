@@ -117,14 +117,21 @@ func ServeHTTP(ctx context.Context, srv *http.Server, ln net.Listener, grace tim
 		return err
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	err := srv.Shutdown(sctx)
-	if err != nil {
-		_ = srv.Close()
-	}
+	err := ShutdownHTTP(srv, grace)
 	if serveErr := <-errc; !errors.Is(serveErr, http.ErrServerClosed) {
 		return errors.Join(err, serveErr)
+	}
+	return err
+}
+
+// ShutdownHTTP shuts srv down gracefully: its listeners close at once and requests in flight
+// get up to grace to finish, after which the remaining connections are closed.
+func ShutdownHTTP(srv *http.Server, grace time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	if err != nil {
+		_ = srv.Close()
 	}
 	return err
 }

@@ -76,7 +76,6 @@ type LoopConfig struct {
 // Loop is a running event-loop front.
 type Loop struct {
 	s      *Server
-	cfg    LoopConfig
 	eng    gnet.Engine
 	addr   string
 	detach *detachListener
@@ -145,8 +144,8 @@ func ListenLoop(addr string, loops int, logger *slog.Logger) (*Loop, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Loop{cfg: LoopConfig{Addr: addr, Loops: loops}, done: make(chan error, 1), exited: make(chan struct{}), booted: make(chan error, 1),
-		conns: map[*loopConn]struct{}{}, maxQueued: loopPreServeMax}
+	l := &Loop{done: make(chan error, 1), exited: make(chan struct{}), booted: make(chan error, 1),
+		conns: map[*loopConn]struct{}{}}
 	l.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_router_loop_requests_total",
 		Help: "Requests the event-loop front took, by path: native (served on a loop), edge (an edge lookup made off the loop: the router's copy of the cache lacked a key), offloop (a step after a failed or misdirected first attempt, or a rate limit that needed Redis, made off the loop), detached (the connection handed to net/http)."},
 		[]string{"path"})
@@ -188,7 +187,7 @@ func (l *Loop) Serve(s *Server, hs *http.Server) error {
 	if l.s != nil {
 		return errors.New("router: loop: already serving")
 	}
-	l.s, l.cfg.HTTP = s, hs
+	l.s = s
 	l.maxHead, l.headerTimeout, l.idleTimeout = hs.MaxHeaderBytes, hs.ReadHeaderTimeout, hs.IdleTimeout
 	if l.maxHead <= 0 {
 		l.maxHead = http.DefaultMaxHeaderBytes

@@ -128,14 +128,12 @@ func (l *Loop) takesBack() bool {
 	return l.serving.Load() && !l.draining.Load() && l.base.Err() == nil
 }
 
-// handedBack are the HTTP servers handBack has set up (each once, whatever loops share it).
-var handedBack sync.Map
-
 // handBack sets hs up to give detached connections back: its connections' contexts carry them
-// (ConnContext, after any it had), and its handler marks each request's start and end on its
-// connection. Both wrap what hs had; a connection that did not come from a loop is untouched.
+// (ConnContext, after any it had), and its handler (handBackHandler) marks each request's start
+// and end on its connection. Both wrap what hs had, once: a second loop sharing hs finds its
+// handler wrapped already. A connection that did not come from a loop is untouched.
 func handBack(hs *http.Server) {
-	if _, done := handedBack.LoadOrStore(hs, struct{}{}); done {
+	if _, done := hs.Handler.(handBackHandler); done {
 		return
 	}
 	prevCtx := hs.ConnContext
@@ -152,14 +150,19 @@ func handBack(hs *http.Server) {
 	if h == nil {
 		h = http.DefaultServeMux
 	}
-	hs.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		pc, _ := r.Context().Value(prefixConnKey{}).(*prefixConn)
-		if pc == nil {
-			h.ServeHTTP(w, r)
-			return
-		}
-		pc.begin(r)
-		defer pc.end()
-		h.ServeHTTP(w, r)
-	})
+	hs.Handler = handBackHandler{h}
+}
+
+// handBackHandler marks each request of a detached connection running on it (handBack).
+type handBackHandler struct{ h http.Handler }
+
+func (b handBackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	pc, _ := r.Context().Value(prefixConnKey{}).(*prefixConn)
+	if pc == nil {
+		b.h.ServeHTTP(w, r)
+		return
+	}
+	pc.begin(r)
+	defer pc.end()
+	b.h.ServeHTTP(w, r)
 }
