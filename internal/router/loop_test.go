@@ -567,17 +567,8 @@ func FuzzParseNative(f *testing.F) {
 // the answers (pipelined requests it never reads the answers of) is cut off, and another
 // client is served meanwhile.
 func TestLoopCutsOffFloodingClients(t *testing.T) {
-	rg := newRig(t, nil)
-	l := rg.loop
-	if l == nil {
-		l = startTestLoop(t, rg.srv)
-	}
-	flood, err := net.Dial("tcp", l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer flood.Close()
-	req := "GET /v1/collections/c/records/r1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokAcme + "\r\n\r\n"
+	l, flood := dialLoop(t, newRig(t, nil), time.Minute) // its own deadlines below
+	req := getRecordHead("r1")
 	chunk := []byte(strings.Repeat(req, 1000))
 	var sent int
 	_ = flood.SetWriteDeadline(time.Now().Add(10 * time.Second))
