@@ -18,6 +18,14 @@ func TestWriteCarriesRequestID(t *testing.T) {
 		wantEcho bool
 	}{
 		{"echo", "abc-123", true},
+		// Everything the router keeps (1–128 visible ASCII, no quote or backslash) is kept
+		// here too, so a request has one id on both hops.
+		{"echo what the router keeps", "a/b=c+d@e{f}|g~", true},
+		{"echo 128 characters", strings.Repeat("a", 128), true},
+		{"generated with a quote", `a"b`, false},
+		{"generated with a backslash", `a\b`, false},
+		{"generated with a space", "a b", false},
+		{"generated with a byte above ASCII", "a\xffb", false},
 		{"generated when absent", "", false},
 		{"generated when malformed", "bad id\nx", false},
 		{"generated when too long", strings.Repeat("a", 200), false},

@@ -41,16 +41,10 @@ func appendHopRequest(b []byte, rq *loopReq, left time.Duration) []byte {
 	b = append(b, " HTTP/1.1\r\nHost: "...)
 	b = append(b, r.Host...)
 	b = append(b, "\r\n"...)
-	ua := "Go-http-client/1.1"
-	if vv, ok := r.Header["User-Agent"]; ok {
-		ua = ""
-		if len(vv) > 0 {
-			ua = vv[0]
-		}
-	}
-	if ua != "" {
+	if vv := r.Header["User-Agent"]; len(vv) > 0 && vv[0] != "" {
+		// The client's; the router adds none of its own (prepareHop).
 		b = append(b, "User-Agent: "...)
-		b = append(b, ua...)
+		b = append(b, vv[0]...)
 		b = append(b, "\r\n"...)
 	}
 	conn := r.Header["Connection"]
@@ -69,7 +63,7 @@ func appendHopRequest(b []byte, rq *loopReq, left time.Duration) []byte {
 	b = append(b, rq.st.requestID...)
 	b = append(b, "\r\n"+HeaderShardmapVersion+": "...)
 	b = strconv.AppendUint(b, rq.route.Version, 10)
-	if rq.route.Epoch > 0 {
+	if hopEpoch(r.Method, rq.route) {
 		b = append(b, "\r\n"+HeaderTenantEpoch+": "...)
 		b = strconv.AppendUint(b, rq.route.Epoch, 10)
 	}

@@ -591,8 +591,9 @@ func (s *Server) attempt(c *gin.Context, region string, body []byte, route Route
 }
 
 // prepareHop fills the hop's request req from the client's (c.Request): its header less the
-// hop-by-hop fields and Expect, the router's own (request id, map version, the tenant's epoch,
-// the time left, traceparent, X-Forwarded-For), its length and Host. The event-loop front
+// hop-by-hop fields and Expect, the router's own (request id, map version, a write's tenant
+// epoch, the time left, traceparent, X-Forwarded-For), its length and Host; no User-Agent of its
+// own when the client sent none. The event-loop front
 // writes the same fields as bytes (appendHopRequest); TestLoopAnswersAsNetHTTP compares what the
 // API node receives from each.
 func (s *Server) prepareHop(c *gin.Context, req *http.Request, route Route, traceparent string, left time.Duration, stream bool, bodyLen int) {
@@ -604,10 +605,16 @@ func (s *Server) prepareHop(c *gin.Context, req *http.Request, route Route, trac
 	req.Header.Del("Expect")
 	setCanon(req.Header, HeaderRequestID, stateOf(c).requestID)
 	setCanon(req.Header, HeaderShardmapVersion, strconv.FormatUint(route.Version, 10))
-	if route.Epoch > 0 {
+	if hopEpoch(r.Method, route) {
 		setCanon(req.Header, HeaderTenantEpoch, strconv.FormatUint(route.Epoch, 10))
 	} else {
-		req.Header.Del(HeaderTenantEpoch) // no epoch known: the node checks none
+		req.Header.Del(HeaderTenantEpoch) // a read, or no epoch known: the node checks none
+	}
+	if _, ok := r.Header["User-Agent"]; !ok {
+		// Named and empty: neither Request.Write nor the hop's writer adds its default
+		// (Go-http-client/1.1), which nothing behind the router reads and every API node
+		// would parse (hopUserAgent).
+		req.Header["User-Agent"] = nil
 	}
 	if stream {
 		// A change stream has no deadline on the API node (docs/api.md): the time left here
@@ -626,6 +633,13 @@ func (s *Server) prepareHop(c *gin.Context, req *http.Request, route Route, trac
 	}
 	req.ContentLength = int64(bodyLen)
 	req.Host = r.Host
+}
+
+// hopEpoch reports whether the hop carries X-Tenant-Epoch: for a write, when the route has an
+// epoch. An API node checks the epoch of writes alone (docs/api.md, "Write epochs"), so a read
+// does not carry a field every node would parse for nothing.
+func hopEpoch(method string, route Route) bool {
+	return route.Epoch > 0 && IsWrite(method)
 }
 
 // cancelOnClose ends an attempt's context when its answer's body is closed.

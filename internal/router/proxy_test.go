@@ -641,12 +641,13 @@ func TestProxyRetriesWithADyingNode(t *testing.T) {
 	}
 }
 
-// TestProxySendsTenantEpoch: every forwarded request carries the route's epoch, never the
-// client's; a route without an epoch sends none.
+// TestProxySendsTenantEpoch: every forwarded write carries the route's epoch, never the
+// client's; a read and a route without an epoch send none (the API node checks the epoch of
+// writes alone).
 func TestProxySendsTenantEpoch(t *testing.T) {
 	rg := newRig(t, nil)
 	for _, tc := range []struct{ method, token, region, want string }{
-		{"GET", tokEuco, "us-east", "2"},
+		{"GET", tokEuco, "us-east", ""},
 		{"POST", tokEuco, "eu-west", "2"},
 		{"POST", tokAcme, "us-east", ""},
 	} {
@@ -655,6 +656,20 @@ func TestProxySendsTenantEpoch(t *testing.T) {
 		req, _ := rg.nodes[tc.region].lastRequest()
 		if got := req.Header.Values(HeaderTenantEpoch); strings.Join(got, ",") != tc.want {
 			t.Fatalf("%s %s: %s %q, want %q", tc.method, tc.token, HeaderTenantEpoch, got, tc.want)
+		}
+	}
+}
+
+// TestProxyAddsNoUserAgent: the hop carries the client's User-Agent, and none when the client
+// sent none (not Go's default, which every API node would parse for nothing).
+func TestProxyAddsNoUserAgent(t *testing.T) {
+	rg := newRig(t, nil)
+	for _, ua := range []string{"", "curl/8.1"} {
+		resp, b := rg.do(t, "GET", "/v1/collections/c/records", tokAcme, "", "User-Agent", ua)
+		wantStatus(t, resp, b, 200)
+		req, _ := rg.nodes["us-east"].lastRequest()
+		if got := req.Header.Values("User-Agent"); strings.Join(got, ",") != ua {
+			t.Fatalf("client's User-Agent %q: the hop's %q", ua, got)
 		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/google/uuid"
+
+	"github.com/meridian-dev/meridian/internal/problem"
 )
 
 // ParseTraceparent parses a W3C traceparent header (version 00 layout; higher versions are
@@ -87,18 +89,8 @@ func nonZero(b []byte) bool {
 // RequestID returns the client's X-Request-Id when it is a sane token (1–128 visible ASCII
 // characters without spaces or quotes), else a new UUIDv7.
 func RequestID(incoming string) string {
-	if n := len(incoming); n >= 1 && n <= 128 {
-		ok := true
-		for i := 0; i < n; i++ {
-			c := incoming[i]
-			if c <= ' ' || c > '~' || c == '"' || c == '\\' {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return incoming
-		}
+	if problem.ValidRequestID(incoming) {
+		return incoming
 	}
 	id, err := uuid.NewV7()
 	if err != nil {
