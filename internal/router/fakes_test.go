@@ -468,10 +468,13 @@ func newRig(t testing.TB, mod func(*Config)) *rig {
 
 // startTestLoop starts s's event-loop front on a loopback port, its detached connections
 // served by an HTTP server with the daemon's limits.
-func startTestLoop(t testing.TB, s *Server) *Loop {
+func startTestLoop(t testing.TB, s *Server) *Loop { return startTestLoopN(t, s, 2) }
+
+// startTestLoopN is startTestLoop with the given number of event loops.
+func startTestLoopN(t testing.TB, s *Server, loops int) *Loop {
 	t.Helper()
 	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
-	l, err := s.StartLoop(LoopConfig{Addr: "127.0.0.1:0", Loops: 2, HTTP: hs})
+	l, err := s.StartLoop(LoopConfig{Addr: "127.0.0.1:0", Loops: loops, HTTP: hs})
 	if err != nil {
 		t.Fatal(err)
 	}

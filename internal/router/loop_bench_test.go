@@ -119,16 +119,7 @@ func BenchmarkLoopGET(b *testing.B) {
 	})
 	for _, loops := range []int{1, 2} {
 		b.Run("loops="+strconv.Itoa(loops), func(b *testing.B) {
-			hs := &http.Server{Handler: rg.srv.Handler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
-			l, err := rg.srv.StartLoop(LoopConfig{Addr: "127.0.0.1:0", Loops: loops, HTTP: hs})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = l.Stop(ctx)
-			}()
+			l := startTestLoopN(b, rg.srv, loops)
 			req := []byte("GET /v1/collections/c/records/x HTTP/1.1\r\nHost: router\r\nAuthorization: Bearer " + tokAcme +
 				"\r\nAccept: application/json\r\nCache-Control: no-cache\r\n\r\n")
 			b.SetParallelism(8) // 8 × GOMAXPROCS connections
@@ -196,16 +187,7 @@ func BenchmarkNodeParsesHop(b *testing.B) {
 		c.Upstreams = &fakeUpstreams{nodes: []*fakeNode{{id: "us-east-raw", region: "us-east", url: "http://" + ln.Addr().String()}}}
 		c.Limiter = &decidingLimiter{fakeLimiter{limit: 1 << 40}}
 	})
-	hs := &http.Server{Handler: rg.srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	l, err := rg.srv.StartLoop(LoopConfig{Addr: "127.0.0.1:0", Loops: 1, HTTP: hs})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = l.Stop(ctx)
-	}()
+	l := startTestLoopN(b, rg.srv, 1)
 	client := "GET /v1/collections/c/records/01a230a3-bbaf-7350-8205-32dcc175b1e5 HTTP/1.1\r\nHost: 127.0.0.1\r\n" +
 		"Authorization: Bearer " + tokAcme + "\r\nCache-Control: no-cache\r\n"
 	c, err := net.Dial("tcp", l.Addr())
@@ -222,8 +204,12 @@ func BenchmarkNodeParsesHop(b *testing.B) {
 	case <-time.After(5 * time.Second):
 		b.Fatal("no hop reached the node")
 	}
-	for name, head := range map[string][]byte{"nginx": []byte(client + "\r\n"), "router": router} {
-		b.Run(name, func(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		head []byte
+	}{{"nginx", []byte(client + "\r\n")}, {"router", router}} {
+		head := tc.head
+		b.Run(tc.name, func(b *testing.B) {
 			rd := bytes.NewReader(head)
 			br := bufio.NewReader(rd)
 			b.ReportAllocs()

@@ -613,7 +613,7 @@ func (s *Server) prepareHop(c *gin.Context, req *http.Request, route Route, trac
 	if _, ok := r.Header["User-Agent"]; !ok {
 		// Named and empty: neither Request.Write nor the hop's writer adds its default
 		// (Go-http-client/1.1), which nothing behind the router reads and every API node
-		// would parse (hopUserAgent).
+		// would parse (appendHopRequest, the loop's writer, adds none either).
 		req.Header["User-Agent"] = nil
 	}
 	if stream {

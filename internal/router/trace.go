@@ -86,8 +86,8 @@ func nonZero(b []byte) bool {
 	return false
 }
 
-// RequestID returns the client's X-Request-Id when it is a sane token (1–128 visible ASCII
-// characters without spaces or quotes), else a new UUIDv7.
+// RequestID returns the client's X-Request-Id when problem.ValidRequestID keeps it (the API
+// node's rule too), else a new UUIDv7.
 func RequestID(incoming string) string {
 	if problem.ValidRequestID(incoming) {
 		return incoming
