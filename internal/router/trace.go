@@ -1,8 +1,8 @@
 package router
 
 import (
-	"crypto/rand"
 	"encoding/hex"
+	"math/rand/v2"
 	"strings"
 
 	"github.com/google/uuid"
@@ -56,7 +56,7 @@ func NextTraceparent(incoming string) string {
 		b = rnd[:]
 	}
 	for {
-		_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
+		_, _ = fastRand{}.Read(b)
 		if nonZero(rnd[16:]) && (ok || nonZero(rnd[:16])) {
 			break
 		}
@@ -76,6 +76,22 @@ func NextTraceparent(incoming string) string {
 	return string(out[:])
 }
 
+// fastRand reads from math/rand/v2's per-thread ChaCha8 generator: ids and traces must be unique
+// and unpredictable enough to never collide, not secret, and crypto/rand's getrandom call cost
+// ≈0.6 µs per proxied request in the sixteenth session's router profile (docs/router.md).
+type fastRand struct{}
+
+func (fastRand) Read(p []byte) (int, error) {
+	for i := 0; i < len(p); i += 8 {
+		v := rand.Uint64()
+		for j := i; j < i+8 && j < len(p); j++ {
+			p[j] = byte(v)
+			v >>= 8
+		}
+	}
+	return len(p), nil
+}
+
 // nonZero reports whether b has a byte other than zero (an all-zero trace or span id is invalid).
 func nonZero(b []byte) bool {
 	for _, x := range b {
@@ -92,7 +108,7 @@ func RequestID(incoming string) string {
 	if problem.ValidRequestID(incoming) {
 		return incoming
 	}
-	id, err := uuid.NewV7()
+	id, err := uuid.NewV7FromReader(fastRand{})
 	if err != nil {
 		return uuid.NewString()
 	}
