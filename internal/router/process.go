@@ -81,29 +81,28 @@ const targetsTTL = 50 * time.Millisecond
 // cachedSource keeps each region's targets for ttl. They are asked for three times per request
 // (admission's load, the decision's Healthy, the pick), and merging gossip's members with the
 // static list copies and allocates each time; a change of membership or health reaches the
-// pool within ttl (gossip itself takes seconds to spread one). The slices it returns are
-// shared: read only.
+// pool within ttl (gossip itself takes seconds to spread one). An entry is dropped by a timer
+// ttl after it was made, so a lookup reads no clock (time.Now is ≈ 0.13 µs on this machine's
+// VMs and was a quarter of the router's clock reads per request; docs/router.md, "Seventeenth
+// session"). The slices it returns are shared: read only.
 type cachedSource struct {
 	src upstream.Source
 	ttl time.Duration
-	m   sync.Map // region → *targetsAt
+	m   sync.Map // region → *targetsEntry
 }
 
-type targetsAt struct {
-	at time.Time
-	ts []upstream.Target
-}
+type targetsEntry struct{ ts []upstream.Target }
 
 func (c *cachedSource) Targets(r string) []upstream.Target {
-	now := time.Now()
 	if v, ok := c.m.Load(r); ok {
-		if e := v.(*targetsAt); now.Sub(e.at) < c.ttl {
-			return e.ts
-		}
+		return v.(*targetsEntry).ts
 	}
-	ts := c.src.Targets(r)
-	c.m.Store(r, &targetsAt{at: now, ts: ts})
-	return ts
+	e := &targetsEntry{ts: c.src.Targets(r)}
+	if v, loaded := c.m.LoadOrStore(r, e); loaded {
+		return v.(*targetsEntry).ts // another lookup made it first: one timer per entry
+	}
+	time.AfterFunc(c.ttl, func() { c.m.CompareAndDelete(r, e) })
+	return e.ts
 }
 
 // NewUpstreams builds the pool of API nodes the router forwards to, found through gossip and
