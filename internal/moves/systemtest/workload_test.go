@@ -2,6 +2,7 @@ package systemtest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -53,8 +54,12 @@ type workload struct {
 	writers   []*writer
 	all       []*record // every record, seeded or created (appended under mu)
 
-	writes, reads, cacheReads, retries atomic.Int64
-	moveRate                           float64 // acknowledged writes/s during the move (runMove)
+	// slow lists the reads the database did not answer within the API node's statement
+	// timeout (slowRead); they are bounded by checkErrors, not failed one by one.
+	slow []string
+
+	writes, reads, cacheReads, retries, slowReads atomic.Int64
+	moveRate                                      float64 // acknowledged writes/s during the move (runMove)
 }
 
 type writer struct {
@@ -141,6 +146,32 @@ func (tl tolerance) allows(r resp) bool {
 		return r.err != nil || r.status == http.StatusBadGateway || r.status == http.StatusServiceUnavailable || r.status == http.StatusGatewayTimeout
 	}
 	return false
+}
+
+// slowRead: a 504 of the API node's own, the database not answering a read within its
+// statement timeout (3 s under test, see TestMain). A CI run saw three of 803 reads so answered
+// at once, in two regions, while the controller's statement on a primary hit the same timeout
+// (a stall of the shared 2-CPU host, not of a move: the tenant's move was only requested). A
+// read has no outcome to lose, so these are bounded, not failed one by one: checkErrors fails
+// when more than maxSlowReads are.
+func slowRead(r resp) bool {
+	return r.err == nil && r.status == http.StatusGatewayTimeout && bytes.Contains(r.body, []byte("database did not answer in time"))
+}
+
+// maxSlowReads is how many slow reads (slowRead) a workload of reads reads may have: 1 %, and
+// at least 5. A move that kept a tenant's reads waiting would pass it (the readers sample each
+// region about twice a second for the whole move).
+func maxSlowReads(reads int64) int64 { return max(5, reads/100) }
+
+// noteSlow records a slow read (see slowRead).
+func (w *workload) noteSlow(format string, args ...any) {
+	ph := ""
+	if w.phase != nil {
+		ph = w.phase()
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.slow = append(w.slow, fmt.Sprintf("%s [phase %s] %s", time.Now().Format("15:04:05.000"), ph, fmt.Sprintf(format, args...)))
 }
 
 // noteTolerated records an unavailability the test allows (see send).
@@ -288,6 +319,9 @@ func (w *workload) run(ctx context.Context, writeRate, readRate float64) (wait f
 						w.cacheReads.Add(1)
 					}
 				case r.status == http.StatusNotFound: // deleted by a writer
+				case slowRead(r):
+					w.slowReads.Add(1)
+					w.noteSlow("GET %s via %s: %v", id, region, r)
 				default:
 					w.fail("GET %s via %s: %v", id, region, r)
 				}
@@ -494,7 +528,13 @@ func (w *workload) checkErrors(t *testing.T) {
 	}
 	w.mu.Lock()
 	tol := append([]string(nil), w.tolerated...)
+	slow := append([]string(nil), w.slow...)
 	w.mu.Unlock()
+	if n, limit := int64(len(slow)), maxSlowReads(w.reads.Load()); n > limit {
+		t.Errorf("%d of %d reads answered 504 by a database that did not answer in time, more than %d:\n%s", n, w.reads.Load(), limit, strings.Join(slow[:min(30, len(slow))], "\n"))
+	} else if n > 0 {
+		t.Logf("%d of %d reads answered 504 by a database that did not answer in time (at most %d allowed):\n%s", n, w.reads.Load(), limit, strings.Join(slow, "\n"))
+	}
 	if len(tol) > 0 {
 		t.Logf("%d tolerated unavailabilities (retried as unknown outcomes), the first: %s", len(tol), strings.Join(tol[:min(5, len(tol))], "\n"))
 	}
