@@ -79,15 +79,20 @@ func newWorkload(e *env, t *testing.T, tenant, home string, writersPerRegion int
 	return w
 }
 
-func (w *workload) fail(format string, args ...any) {
+// note appends to list, under w.mu, the line format and args make, stamped with the time and
+// the move's phase.
+func (w *workload) note(list *[]string, format string, args ...any) {
 	ph := ""
 	if w.phase != nil {
 		ph = w.phase()
 	}
+	line := fmt.Sprintf("%s [phase %s] %s", time.Now().Format("15:04:05.000"), ph, fmt.Sprintf(format, args...))
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.errs = append(w.errs, fmt.Sprintf("%s [phase %s] %s", time.Now().Format("15:04:05.000"), ph, fmt.Sprintf(format, args...)))
+	*list = append(*list, line)
 }
+
+func (w *workload) fail(format string, args ...any) { w.note(&w.errs, format, args...) }
 
 func (w *workload) url(region, id string) string {
 	u := w.e.router(region) + "/v1/collections/" + coll + "/records"
@@ -164,26 +169,10 @@ func slowRead(r resp) bool {
 func maxSlowReads(reads int64) int64 { return max(5, reads/100) }
 
 // noteSlow records a slow read (see slowRead).
-func (w *workload) noteSlow(format string, args ...any) {
-	ph := ""
-	if w.phase != nil {
-		ph = w.phase()
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.slow = append(w.slow, fmt.Sprintf("%s [phase %s] %s", time.Now().Format("15:04:05.000"), ph, fmt.Sprintf(format, args...)))
-}
+func (w *workload) noteSlow(format string, args ...any) { w.note(&w.slow, format, args...) }
 
 // noteTolerated records an unavailability the test allows (see send).
-func (w *workload) noteTolerated(format string, args ...any) {
-	ph := ""
-	if w.phase != nil {
-		ph = w.phase()
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.tolerated = append(w.tolerated, fmt.Sprintf("%s [phase %s] %s", time.Now().Format("15:04:05.000"), ph, fmt.Sprintf(format, args...)))
-}
+func (w *workload) noteTolerated(format string, args ...any) { w.note(&w.tolerated, format, args...) }
 
 type apiRecord struct {
 	ID      string `json:"id"`
