@@ -455,22 +455,3 @@ func TestFollowersLearnCommitAtOnce(t *testing.T) {
 		})
 	}
 }
-
-// TestRaftConfigSendsFewIdleAppends: a node's leader waits CommitTimeout (ten times raft's
-// default) before an AppendEntries with nothing new, which an idle cluster's CPU pays for; a
-// node's Tune still has the last word (these tests' fastRaft).
-func TestRaftConfigSendsFewIdleAppends(t *testing.T) {
-	rc := raftConfig(NodeConfig{ID: "n1"}, nil)
-	if rc.CommitTimeout != CommitTimeout || rc.CommitTimeout < 10*raft.DefaultConfig().CommitTimeout {
-		t.Fatalf("CommitTimeout %v, want %v (10× raft's default %v)", rc.CommitTimeout, CommitTimeout, raft.DefaultConfig().CommitTimeout)
-	}
-	if rc.LocalID != "n1" || rc.HeartbeatTimeout != raft.DefaultConfig().HeartbeatTimeout {
-		t.Fatalf("id %q, heartbeat timeout %v: want n1 and raft's default", rc.LocalID, rc.HeartbeatTimeout)
-	}
-	if err := raft.ValidateConfig(rc); err != nil {
-		t.Fatalf("invalid config: %v", err)
-	}
-	if rc := raftConfig(NodeConfig{ID: "n1", Tune: fastRaft}, nil); rc.CommitTimeout != 5*time.Millisecond {
-		t.Fatalf("Tune's CommitTimeout: got %v, want 5ms", rc.CommitTimeout)
-	}
-}

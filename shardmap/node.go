@@ -61,28 +61,6 @@ type NodeConfig struct {
 	Tune func(*raft.Config)
 }
 
-// CommitTimeout is how long the leader's replication to a follower waits without a new entry
-// before it sends an AppendEntries anyway (raft's default 50 ms, randomized to 50–100 ms).
-// Nothing here waits for that send: every command is followed at once by a barrier that
-// carries its commit (applyLocal, TestFollowersLearnCommitAtOnce), and a follower's lease is
-// kept by the heartbeats (HeartbeatTimeout/10). At 50 ms an idle three-router cluster's leader
-// sent ≈ 27 empty appends a second and spent 24 ms of CPU a second, at 500 ms 13–14 ms, its
-// followers 11–12 → 8–10 (docs/router.md, "Seventeenth session").
-const CommitTimeout = 500 * time.Millisecond
-
-// raftConfig is the Raft configuration of a node: raft's defaults, the node's id and logger,
-// CommitTimeout, then cfg.Tune.
-func raftConfig(cfg NodeConfig, hlog hclog.Logger) *raft.Config {
-	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(cfg.ID)
-	rc.Logger = hlog
-	rc.CommitTimeout = CommitTimeout
-	if cfg.Tune != nil {
-		cfg.Tune(rc)
-	}
-	return rc
-}
-
 // Node is a Raft member holding the shard map. Routers embed one.
 type Node struct {
 	cfg   NodeConfig
@@ -167,7 +145,12 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("shardmap: raft transport: %w", err)
 	}
-	rc := raftConfig(cfg, hlog)
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = hlog
+	if cfg.Tune != nil {
+		cfg.Tune(rc)
+	}
 	existing, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
 		trans.Close()
