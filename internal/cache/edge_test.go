@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -410,31 +411,40 @@ func TestEdgeColdEntryIsWarmedAfterTheNode(t *testing.T) {
 	if got := testutil.ToFloat64(ed.requests.WithLabelValues(EdgeCold)); got != cold+1 {
 		t.Fatalf("cold counted %v times, want once", got-cold)
 	}
-	probeUntil := func(id, want string) records.Record {
+	// probeUntil polls until id answers one of want, within 10 s. With warm it also asks Warm again
+	// every 200 ms: a warm whose fetch timed out (the shared CI host stalled past the edge's
+	// timeout once, 2 s without a warm) is dropped by design and left to the next read.
+	probeUntil := func(id string, warm bool, want ...string) records.Record {
 		t.Helper()
-		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+		last := time.Now()
+		if warm {
+			ed.Warm(tg.Tenant, "books", id)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 			r, res, ok := ed.RecordNoWait(tg.Tenant, tg.Shard, tg.Epoch, "books", id)
-			if ok && res == want {
+			if ok && slices.Contains(want, res) {
 				return r
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: RecordNoWait answers %s %v 2 s after Warm, want %s", id, res, ok, want)
+				t.Fatalf("%s: RecordNoWait answers %s %v after 10 s, want one of %v", id, res, ok, want)
+			}
+			if warm && time.Since(last) > 200*time.Millisecond {
+				ed.Warm(tg.Tenant, "books", id)
+				last = time.Now()
 			}
 		}
 	}
-	ed.Warm(tg.Tenant, "books", "y")
-	if r := probeUntil("y", EdgeHit); r.Version != 3 || r.ID != "y" {
+	if r := probeUntil("y", true, EdgeHit); r.Version != 3 || r.ID != "y" {
 		t.Fatalf("warmed hit %+v, want y at version 3", r)
 	}
 
 	// Not in Redis: warmed as an absence, a miss decided from the copy.
-	ed.Warm(tg.Tenant, "books", "z")
-	probeUntil("z", EdgeMiss)
+	probeUntil("z", true, EdgeMiss)
 	// A node's fill of it reaches the copy by Redis's push: cold again, never a miss for good.
 	e.get(t, tg, records.ReadOptions{}, "books", "z")
-	probeUntil("z", EdgeCold)
-	ed.Warm(tg.Tenant, "books", "z")
-	probeUntil("z", EdgeHit)
+	// (Or a hit of the filled entry: a warm asked while the miss was awaited may land after.)
+	probeUntil("z", false, EdgeCold, EdgeHit)
+	probeUntil("z", true, EdgeHit)
 	if got := testutil.ToFloat64(ed.roundTrips); got != asked {
 		t.Fatalf("RecordNoWait counted %v lookups that asked Redis", got-asked)
 	}
