@@ -3,6 +3,7 @@ package localsrv
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -160,5 +161,52 @@ func TestStopNATSRemovesTempStore(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("store dir %s left after StopNATS (err=%v)", dir, err)
+	}
+}
+
+// TestExclusiveIsOneHolderAtATime: a second Exclusive of the same name waits while the first
+// holds it (and gives up with its context), gets it once the first releases, and another name
+// is independent.
+func TestExclusiveIsOneHolderAtATime(t *testing.T) {
+	name := fmt.Sprintf("test-exclusive-%d", os.Getpid())
+	t.Cleanup(func() { os.Remove(filepath.Join(os.TempDir(), "meridian-"+name+".lock")) })
+	release, err := Exclusive(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if r2, err := Exclusive(ctx, name); err == nil {
+		r2()
+		t.Fatal("a second Exclusive got the lock while the first held it")
+	}
+	other, err := Exclusive(context.Background(), name+"-other")
+	if err != nil {
+		t.Fatalf("another name: %v", err)
+	}
+	other()
+	os.Remove(filepath.Join(os.TempDir(), "meridian-"+name+"-other.lock"))
+	got := make(chan error, 1)
+	go func() {
+		r3, err := Exclusive(context.Background(), name)
+		if err == nil {
+			r3()
+		}
+		got <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-got:
+		t.Fatalf("Exclusive returned (%v) while the lock was held", err)
+	default:
+	}
+	release()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("after release: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Exclusive still waiting 5 s after the release")
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/meridian-dev/meridian/internal/faults/history"
 	"github.com/meridian-dev/meridian/internal/faults/nemesis"
 	"github.com/meridian-dev/meridian/internal/faults/workload"
+	"github.com/meridian-dev/meridian/internal/localsrv"
 	"github.com/meridian-dev/meridian/internal/sim"
 	"github.com/meridian-dev/meridian/internal/testenv"
 	"github.com/meridian-dev/meridian/internal/topology"
@@ -210,6 +211,21 @@ func TestFaultsPartition(t *testing.T) {
 // and checks the result, then calls more (if set) with it and the cluster's endpoints (the
 // cluster is still up).
 func runFaults(t *testing.T, seed int64, kinds []string, plan nemesis.PlanConfig, d time.Duration, more func(*testing.T, Result, *sim.ClusterFile)) {
+	// One cluster suite at a time on the machine (localsrv.Exclusive): this package's clusters
+	// and internal/moves/systemtest's, side by side under go test -p 2, starved each other into
+	// timeouts. Taken before the run's deadline starts; released after the cluster's
+	// Down (cleanups run last-in first-out).
+	waitFrom := time.Now()
+	lctx, lcancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	release, err := localsrv.Exclusive(lctx, localsrv.ClusterSuites)
+	lcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	if waited := time.Since(waitFrom); waited > time.Second {
+		t.Logf("waited %v for another cluster suite", waited.Round(time.Second))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute+d)
 	defer cancel()
 	c := startCluster(t, ctx)

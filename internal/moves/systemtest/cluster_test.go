@@ -23,6 +23,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/meridian-dev/meridian/internal/localsrv"
 	"github.com/meridian-dev/meridian/internal/sim"
 	"github.com/meridian-dev/meridian/internal/topology"
 )
@@ -65,6 +66,7 @@ type env struct {
 	regions []string // sorted
 	base    string   // temp dir: binaries and state
 	client  *http.Client
+	release func() // the cluster suites' machine lock (localsrv.Exclusive); nil before it is taken
 }
 
 var (
@@ -96,6 +98,9 @@ func TestMain(m *testing.M) {
 	}
 	if shared != nil && shared.c != nil {
 		shared.c.Down()
+	}
+	if shared != nil && shared.release != nil {
+		shared.release()
 	}
 	if shared != nil && shared.base != "" {
 		os.RemoveAll(shared.base)
@@ -161,6 +166,18 @@ func startCluster() (*env, error) {
 		return e, fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	tBuild := time.Since(t0)
+	// One cluster suite at a time on the machine (localsrv.Exclusive): the fault suite's
+	// clusters and this one, side by side under go test -p 2, starved each other into timeouts.
+	lctx, lcancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	e.release, err = localsrv.Exclusive(lctx, localsrv.ClusterSuites)
+	lcancel()
+	if err != nil {
+		return e, err
+	}
+	if waited := time.Since(t0) - tBuild; waited > time.Second {
+		fmt.Fprintf(os.Stderr, "moves systemtest: waited %v for another cluster suite\n", waited.Round(time.Second))
+	}
+	tUp := time.Now()
 	var progress bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -179,7 +196,7 @@ func startCluster() (*env, error) {
 	}
 	slices.Sort(e.regions)
 	e.client = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	fmt.Fprintf(os.Stderr, "moves systemtest: built in %v, cluster up in %v\n", tBuild.Round(time.Millisecond), (time.Since(t0) - tBuild).Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "moves systemtest: built in %v, cluster up in %v\n", tBuild.Round(time.Millisecond), time.Since(tUp).Round(time.Millisecond))
 	return e, nil
 }
 
