@@ -62,7 +62,13 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 		c.mu.Unlock()
 		return n, nil
 	}
-	if c.back || c.served && !c.busy && string(c.tail[:]) == "\r\n\r\n" && c.loop.takesBack() {
+	// Never on a one-byte read: that is net/http's background read, which it starts after a
+	// request's head, before the handler (and so before begin), to notice a client that left.
+	// When that request's bytes came with the one before it, served is still the earlier
+	// request's, and an EOF here cancelled the request being served: its handler saw the client
+	// gone and answered nothing, a 200 without a body (TestProxyChunkedAndPipelined through the
+	// loop, 11 of 300 runs under -race before this).
+	if c.back || len(b) > 1 && c.served && !c.busy && string(c.tail[:]) == "\r\n\r\n" && c.loop.takesBack() {
 		c.back = true
 		c.mu.Unlock()
 		return 0, io.EOF
